@@ -1,0 +1,205 @@
+//! The event, topic `mailpipe.events.v1`. See docs/schemas.md and
+//! docs/schemas/event.v1.json.
+//!
+//! Consumers must ignore fields they do not know: new optional fields may be
+//! added within v1. Events carry no recipient address; `job_id` joins them to
+//! the send ledger, which is where personal data lives (and is erased).
+
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+use crate::id::{CampaignId, JobId, TenantId};
+use crate::job::Category;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventType {
+    Sent,
+    Deferred,
+    Bounced,
+    Suppressed,
+    Failed,
+    DeadLettered,
+    Open,
+    Click,
+    Unsubscribe,
+    Complaint,
+}
+
+impl EventType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventType::Sent => "sent",
+            EventType::Deferred => "deferred",
+            EventType::Bounced => "bounced",
+            EventType::Suppressed => "suppressed",
+            EventType::Failed => "failed",
+            EventType::DeadLettered => "dead_lettered",
+            EventType::Open => "open",
+            EventType::Click => "click",
+            EventType::Unsubscribe => "unsubscribe",
+            EventType::Complaint => "complaint",
+        }
+    }
+
+    /// Whether this event ends a job. Each job has exactly one terminal event.
+    pub fn is_terminal(self) -> bool {
+        match self {
+            EventType::Sent
+            | EventType::Bounced
+            | EventType::Suppressed
+            | EventType::Failed
+            | EventType::DeadLettered => true,
+            EventType::Deferred
+            | EventType::Open
+            | EventType::Click
+            | EventType::Unsubscribe
+            | EventType::Complaint => false,
+        }
+    }
+}
+
+/// An SMTP reply as seen by the worker.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SmtpReply {
+    pub code: u16,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enhanced: Option<String>,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum VerdictClass {
+    Human,
+    Machine,
+    Unknown,
+}
+
+/// The tracker's opinion of who opened or clicked.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Verdict {
+    pub class: VerdictClass,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    /// Stable across retries of the same fact: consumers deduplicate on it.
+    pub event_id: String,
+    #[serde(rename = "type")]
+    pub kind: EventType,
+    /// Absent only on `dead_lettered` events for jobs too broken to name their tenant.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant_id: Option<TenantId>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub campaign_id: Option<CampaignId>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job_id: Option<JobId>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message_id: Option<String>,
+    #[serde(with = "time::serde::rfc3339")]
+    pub occurred_at: OffsetDateTime,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub category: Option<Category>,
+    /// Provider group of the recipient's domain (`google`, `microsoft`, `other`...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provider: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempt: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub smtp: Option<SmtpReply>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verdict: Option<Verdict>,
+    /// A reason code: why a job was dead-lettered, failed or suppressed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Human-readable detail for `reason`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+}
+
+impl Event {
+    /// A new event for a job, with every optional field empty. `discriminator`
+    /// makes the event id unique among events of the same type for the job
+    /// (an attempt number, a click's URL, a request id); use "" when there is
+    /// only ever one.
+    pub fn for_job(
+        kind: EventType,
+        tenant_id: &TenantId,
+        campaign_id: &CampaignId,
+        job_id: &JobId,
+        discriminator: &str,
+    ) -> Self {
+        Event {
+            event_id: crate::stable_digest(&[
+                tenant_id.as_str(),
+                job_id.as_str(),
+                kind.as_str(),
+                discriminator,
+            ]),
+            kind,
+            tenant_id: Some(tenant_id.clone()),
+            campaign_id: Some(campaign_id.clone()),
+            job_id: Some(job_id.clone()),
+            message_id: None,
+            occurred_at: OffsetDateTime::now_utc(),
+            category: None,
+            provider: None,
+            attempt: None,
+            smtp: None,
+            url: None,
+            verdict: None,
+            reason: None,
+            detail: None,
+        }
+    }
+
+    pub fn to_json(&self) -> Vec<u8> {
+        // Serialising a struct of strings and numbers cannot fail.
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn event_ids_are_stable_and_distinct() {
+        let t = TenantId::parse("acme").unwrap();
+        let c = CampaignId::parse("c").unwrap();
+        let j = JobId::parse("j").unwrap();
+        let a = Event::for_job(EventType::Sent, &t, &c, &j, "");
+        let b = Event::for_job(EventType::Sent, &t, &c, &j, "");
+        let d = Event::for_job(EventType::Deferred, &t, &c, &j, "1");
+        assert_eq!(a.event_id, b.event_id);
+        assert_ne!(a.event_id, d.event_id);
+        let other_tenant = TenantId::parse("globex").unwrap();
+        assert_ne!(a.event_id, Event::for_job(EventType::Sent, &other_tenant, &c, &j, "").event_id);
+    }
+
+    #[test]
+    fn json_round_trip_uses_the_wire_names() {
+        let t = TenantId::parse("acme").unwrap();
+        let c = CampaignId::parse("c").unwrap();
+        let j = JobId::parse("j").unwrap();
+        let mut e = Event::for_job(EventType::DeadLettered, &t, &c, &j, "");
+        e.reason = Some("malformed".into());
+        let v: serde_json::Value = serde_json::from_slice(&e.to_json()).unwrap();
+        assert_eq!(v["type"], "dead_lettered");
+        assert!(v.get("url").is_none());
+        let back: Event = serde_json::from_value(v).unwrap();
+        assert_eq!(back.event_id, e.event_id);
+        assert_eq!(back.kind, EventType::DeadLettered);
+    }
+
+    #[test]
+    fn exactly_five_types_are_terminal() {
+        use EventType::*;
+        let all = [Sent, Deferred, Bounced, Suppressed, Failed, DeadLettered, Open, Click, Unsubscribe, Complaint];
+        assert_eq!(all.iter().filter(|t| t.is_terminal()).count(), 5);
+    }
+}

@@ -1,0 +1,1 @@
+//! Job sources and event sinks: Apache Kafka, and the in-process queue of the embedded default

@@ -1,0 +1,1 @@
+//! Templates, tracked links and MIME for mailpipe messages

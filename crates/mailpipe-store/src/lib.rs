@@ -1,0 +1,1 @@
+//! PostgreSQL and SQLite storage for mailpipe: ledger, events, suppressions, templates, dead letters

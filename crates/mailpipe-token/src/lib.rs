@@ -1,0 +1,423 @@
+//! Signed tokens for tracked links: open pixels, click redirects and unsubscribes.
+//!
+//! # Format (version 1)
+//!
+//! ```text
+//! token = base64url-nopad( body || tag )
+//! body  = 0x01 version | kind u8 | key id u16be
+//!       | tenant (u8 len + bytes) | campaign (u8 len + bytes) | job (u8 len + bytes)
+//!       | category u8 | sent_at u32be (unix seconds)
+//!       | action payload: click: url (u16be len + bytes); unsubscribe: recipient ref (16 bytes)
+//! tag   = HMAC-SHA256(tenant_key(key id, tenant), body), first 16 bytes
+//! tenant_key(k, t) = HMAC-SHA256(master secret k, "mailpipe/token/v1/tenant/" || t)
+//! ```
+//!
+//! * The tenant is inside the MAC'd body *and* in the key, so a token minted
+//!   for one tenant never verifies for another, even with a copied body.
+//! * The key id lets keys rotate: every key in the [`Keyring`] verifies, only
+//!   the active one signs, and removing a key retires its tokens.
+//! * The tag is compared in constant time before any field past the key
+//!   selector is parsed.
+#![forbid(unsafe_code)]
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use hmac::{Hmac, Mac};
+use mailpipe_core::{CampaignId, Category, JobId, TenantId};
+use secrecy::{ExposeSecret, SecretSlice};
+use sha2::Sha256;
+use subtle::ConstantTimeEq;
+
+type HmacSha256 = Hmac<Sha256>;
+
+const VERSION: u8 = 1;
+const TAG_LEN: usize = 16;
+/// Longest token accepted, in characters. Checked before decoding anything.
+pub const MAX_TOKEN_CHARS: usize = 4096;
+/// Longest URL a click token may carry.
+pub const MAX_URL_LEN: usize = 2048;
+
+/// A 16-byte keyed hash of a recipient's canonical address. Unsubscribe tokens
+/// carry it instead of the address, and suppressions are keyed by it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RecipientRef(pub [u8; 16]);
+
+impl RecipientRef {
+    pub fn to_hex(&self) -> String {
+        self.0.iter().map(|b| format!("{b:02x}")).collect()
+    }
+}
+
+/// What the token lets its bearer do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    Open,
+    Click { url: String },
+    Unsubscribe { recipient: RecipientRef },
+}
+
+impl Action {
+    fn kind(&self) -> u8 {
+        match self {
+            Action::Open => 1,
+            Action::Click { .. } => 2,
+            Action::Unsubscribe { .. } => 3,
+        }
+    }
+}
+
+/// The facts a token binds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Claims {
+    pub tenant_id: TenantId,
+    pub campaign_id: CampaignId,
+    pub job_id: JobId,
+    pub category: Category,
+    /// When the message was rendered, unix seconds. Lets the tracker spot
+    /// clicks that come too soon after delivery to be human.
+    pub sent_at: u32,
+    pub action: Action,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum TokenError {
+    #[error("token is longer than {MAX_TOKEN_CHARS} characters")]
+    TooLong,
+    #[error("token is not base64url")]
+    Encoding,
+    #[error("token is truncated")]
+    Truncated,
+    #[error("token version is not supported")]
+    Version,
+    #[error("token was signed with an unknown or retired key")]
+    UnknownKey,
+    #[error("token signature does not match")]
+    BadSignature,
+    #[error("token body is malformed")]
+    Malformed,
+    #[error("url is longer than {MAX_URL_LEN} bytes")]
+    UrlTooLong,
+}
+
+/// A signing key: an id that travels in the token, and a master secret.
+pub struct SigningKey {
+    pub id: u16,
+    pub secret: SecretSlice<u8>,
+}
+
+/// The keys a deployment knows. All verify; `active` signs.
+pub struct Keyring {
+    keys: Vec<(u16, HmacSha256)>,
+    active: u16,
+}
+
+impl std::fmt::Debug for Keyring {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let ids: Vec<u16> = self.keys.iter().map(|(id, _)| *id).collect();
+        f.debug_struct("Keyring").field("key_ids", &ids).field("active", &self.active).finish()
+    }
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum KeyringError {
+    #[error("no token keys are configured")]
+    Empty,
+    #[error("active key id {0} is not among the configured keys")]
+    ActiveMissing(u16),
+    #[error("key id {0} appears twice")]
+    Duplicate(u16),
+    #[error("key {0} is shorter than 32 bytes")]
+    TooShort(u16),
+}
+
+impl Keyring {
+    pub fn new(keys: Vec<SigningKey>, active: u16) -> Result<Self, KeyringError> {
+        if keys.is_empty() {
+            return Err(KeyringError::Empty);
+        }
+        let mut out: Vec<(u16, HmacSha256)> = Vec::with_capacity(keys.len());
+        for k in keys {
+            if out.iter().any(|(id, _)| *id == k.id) {
+                return Err(KeyringError::Duplicate(k.id));
+            }
+            if k.secret.expose_secret().len() < 32 {
+                return Err(KeyringError::TooShort(k.id));
+            }
+            let mac = HmacSha256::new_from_slice(k.secret.expose_secret())
+                .map_err(|_| KeyringError::TooShort(k.id))?;
+            out.push((k.id, mac));
+        }
+        if !out.iter().any(|(id, _)| *id == active) {
+            return Err(KeyringError::ActiveMissing(active));
+        }
+        Ok(Self { keys: out, active })
+    }
+
+    fn master(&self, id: u16) -> Option<&HmacSha256> {
+        self.keys.iter().find(|(k, _)| *k == id).map(|(_, m)| m)
+    }
+
+    fn tenant_mac(master: &HmacSha256, tenant: &[u8]) -> HmacSha256 {
+        let mut m = master.clone();
+        m.update(b"mailpipe/token/v1/tenant/");
+        m.update(tenant);
+        let tenant_key = m.finalize().into_bytes();
+        // A 32-byte key is always accepted by HMAC.
+        HmacSha256::new_from_slice(&tenant_key).expect("32-byte HMAC key")
+    }
+
+    /// A keyed hash of a recipient's canonical address, for unsubscribe tokens
+    /// and suppression keys. Uses the active key's domain-separated derivation.
+    pub fn recipient_ref(&self, canonical_address: &str) -> RecipientRef {
+        let mut m = self.master(self.active).expect("active key exists").clone();
+        m.update(b"mailpipe/recipient/v1/");
+        m.update(canonical_address.as_bytes());
+        let out = m.finalize().into_bytes();
+        let mut r = [0u8; 16];
+        r.copy_from_slice(&out[..16]);
+        RecipientRef(r)
+    }
+
+    /// Signs `claims` with the active key.
+    pub fn sign(&self, claims: &Claims) -> Result<String, TokenError> {
+        let mut body = Vec::with_capacity(96);
+        body.push(VERSION);
+        body.push(claims.action.kind());
+        body.extend_from_slice(&self.active.to_be_bytes());
+        for s in [claims.tenant_id.as_str(), claims.campaign_id.as_str(), claims.job_id.as_str()] {
+            // Ids are at most 64 bytes, so the length fits in a u8.
+            body.push(s.len() as u8);
+            body.extend_from_slice(s.as_bytes());
+        }
+        body.push(match claims.category {
+            Category::Marketing => 0,
+            Category::Transactional => 1,
+        });
+        body.extend_from_slice(&claims.sent_at.to_be_bytes());
+        match &claims.action {
+            Action::Open => {}
+            Action::Click { url } => {
+                if url.len() > MAX_URL_LEN {
+                    return Err(TokenError::UrlTooLong);
+                }
+                body.extend_from_slice(&(url.len() as u16).to_be_bytes());
+                body.extend_from_slice(url.as_bytes());
+            }
+            Action::Unsubscribe { recipient } => body.extend_from_slice(&recipient.0),
+        }
+        let master = self.master(self.active).expect("active key exists");
+        let mut mac = Self::tenant_mac(master, claims.tenant_id.as_bytes_for_mac());
+        mac.update(&body);
+        let tag = mac.finalize().into_bytes();
+        body.extend_from_slice(&tag[..TAG_LEN]);
+        Ok(URL_SAFE_NO_PAD.encode(body))
+    }
+
+    /// Verifies a token and returns what it binds.
+    ///
+    /// The only work done before the constant-time tag comparison is decoding
+    /// and reading the key id and tenant, which select the key.
+    pub fn verify(&self, token: &str) -> Result<Claims, TokenError> {
+        if token.len() > MAX_TOKEN_CHARS {
+            return Err(TokenError::TooLong);
+        }
+        let raw = URL_SAFE_NO_PAD.decode(token).map_err(|_| TokenError::Encoding)?;
+        if raw.len() < 5 + TAG_LEN {
+            return Err(TokenError::Truncated);
+        }
+        let (body, tag) = raw.split_at(raw.len() - TAG_LEN);
+        if body[0] != VERSION {
+            return Err(TokenError::Version);
+        }
+        let kid = u16::from_be_bytes([body[2], body[3]]);
+        let master = self.master(kid).ok_or(TokenError::UnknownKey)?;
+        let tlen = body[4] as usize;
+        let tenant = body.get(5..5 + tlen).ok_or(TokenError::Truncated)?;
+        let mut mac = Self::tenant_mac(master, tenant);
+        mac.update(body);
+        let expected = mac.finalize().into_bytes();
+        if !bool::from(expected[..TAG_LEN].ct_eq(tag)) {
+            return Err(TokenError::BadSignature);
+        }
+        parse_body(body)
+    }
+}
+
+trait MacBytes {
+    fn as_bytes_for_mac(&self) -> &[u8];
+}
+impl MacBytes for TenantId {
+    fn as_bytes_for_mac(&self) -> &[u8] {
+        self.as_str().as_bytes()
+    }
+}
+
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], TokenError> {
+        if self.0.len() < n {
+            return Err(TokenError::Malformed);
+        }
+        let (a, b) = self.0.split_at(n);
+        self.0 = b;
+        Ok(a)
+    }
+    fn u8(&mut self) -> Result<u8, TokenError> {
+        Ok(self.take(1)?[0])
+    }
+    fn short_str(&mut self) -> Result<&'a str, TokenError> {
+        let n = self.u8()? as usize;
+        std::str::from_utf8(self.take(n)?).map_err(|_| TokenError::Malformed)
+    }
+}
+
+fn parse_body(body: &[u8]) -> Result<Claims, TokenError> {
+    let mut r = Reader(body);
+    let _version = r.u8()?;
+    let kind = r.u8()?;
+    let _kid = r.take(2)?;
+    let tenant_id = TenantId::parse(r.short_str()?).map_err(|_| TokenError::Malformed)?;
+    let campaign_id = CampaignId::parse(r.short_str()?).map_err(|_| TokenError::Malformed)?;
+    let job_id = JobId::parse(r.short_str()?).map_err(|_| TokenError::Malformed)?;
+    let category = match r.u8()? {
+        0 => Category::Marketing,
+        1 => Category::Transactional,
+        _ => return Err(TokenError::Malformed),
+    };
+    let s = r.take(4)?;
+    let sent_at = u32::from_be_bytes([s[0], s[1], s[2], s[3]]);
+    let action = match kind {
+        1 => Action::Open,
+        2 => {
+            let l = r.take(2)?;
+            let n = u16::from_be_bytes([l[0], l[1]]) as usize;
+            let url = std::str::from_utf8(r.take(n)?).map_err(|_| TokenError::Malformed)?;
+            Action::Click { url: url.to_owned() }
+        }
+        3 => {
+            let mut rr = [0u8; 16];
+            rr.copy_from_slice(r.take(16)?);
+            Action::Unsubscribe { recipient: RecipientRef(rr) }
+        }
+        _ => return Err(TokenError::Malformed),
+    };
+    if !r.0.is_empty() {
+        return Err(TokenError::Malformed);
+    }
+    Ok(Claims { tenant_id, campaign_id, job_id, category, sent_at, action })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(id: u16, fill: u8) -> SigningKey {
+        SigningKey { id, secret: vec![fill; 32].into() }
+    }
+
+    fn claims(action: Action) -> Claims {
+        Claims {
+            tenant_id: TenantId::parse("acme").unwrap(),
+            campaign_id: CampaignId::parse("spring").unwrap(),
+            job_id: JobId::parse("job-42").unwrap(),
+            category: Category::Marketing,
+            sent_at: 1_790_000_000,
+            action,
+        }
+    }
+
+    #[test]
+    fn round_trips_every_action() {
+        let ring = Keyring::new(vec![key(1, 7)], 1).unwrap();
+        let rr = ring.recipient_ref("jane@example.com");
+        for action in [
+            Action::Open,
+            Action::Click { url: "https://acme.example/p?a=1&b=2#x".into() },
+            Action::Unsubscribe { recipient: rr },
+        ] {
+            let c = claims(action);
+            let t = ring.sign(&c).unwrap();
+            assert!(t.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'));
+            assert_eq!(ring.verify(&t).unwrap(), c);
+        }
+    }
+
+    #[test]
+    fn every_flipped_bit_is_rejected() {
+        let ring = Keyring::new(vec![key(1, 7)], 1).unwrap();
+        let t = ring.sign(&claims(Action::Click { url: "https://a.example/".into() })).unwrap();
+        let raw = URL_SAFE_NO_PAD.decode(&t).unwrap();
+        for i in 0..raw.len() {
+            for bit in 0..8 {
+                let mut m = raw.clone();
+                m[i] ^= 1 << bit;
+                let forged = URL_SAFE_NO_PAD.encode(&m);
+                assert!(ring.verify(&forged).is_err(), "byte {i} bit {bit} verified");
+            }
+        }
+    }
+
+    #[test]
+    fn truncation_and_garbage_are_rejected() {
+        let ring = Keyring::new(vec![key(1, 7)], 1).unwrap();
+        let t = ring.sign(&claims(Action::Open)).unwrap();
+        for n in 0..t.len() {
+            assert!(ring.verify(&t[..n]).is_err(), "prefix {n} verified");
+        }
+        assert_eq!(ring.verify("!!!"), Err(TokenError::Encoding));
+        assert_eq!(ring.verify(&"A".repeat(MAX_TOKEN_CHARS + 1)), Err(TokenError::TooLong));
+    }
+
+    #[test]
+    fn a_token_for_one_tenant_never_verifies_as_another() {
+        let ring = Keyring::new(vec![key(1, 7)], 1).unwrap();
+        let t = ring.sign(&claims(Action::Open)).unwrap();
+        // Rewrite the tenant in the body, keeping the length, and keep the tag.
+        let mut raw = URL_SAFE_NO_PAD.decode(&t).unwrap();
+        raw[5..9].copy_from_slice(b"evil");
+        assert_eq!(ring.verify(&URL_SAFE_NO_PAD.encode(&raw)), Err(TokenError::BadSignature));
+        // And a token signed properly for another tenant carries that tenant.
+        let mut other = claims(Action::Open);
+        other.tenant_id = TenantId::parse("globex").unwrap();
+        let t2 = ring.sign(&other).unwrap();
+        assert_eq!(ring.verify(&t2).unwrap().tenant_id.as_str(), "globex");
+    }
+
+    #[test]
+    fn keys_rotate_and_retire() {
+        let old = Keyring::new(vec![key(1, 7)], 1).unwrap();
+        let t_old = old.sign(&claims(Action::Open)).unwrap();
+        // Rotation: key 2 signs, key 1 still verifies.
+        let rotated = Keyring::new(vec![key(1, 7), key(2, 9)], 2).unwrap();
+        assert!(rotated.verify(&t_old).is_ok());
+        let t_new = rotated.sign(&claims(Action::Open)).unwrap();
+        assert!(rotated.verify(&t_new).is_ok());
+        // Retirement: key 1 removed, its tokens stop verifying.
+        let retired = Keyring::new(vec![key(2, 9)], 2).unwrap();
+        assert_eq!(retired.verify(&t_old), Err(TokenError::UnknownKey));
+        assert!(retired.verify(&t_new).is_ok());
+        // Same id, different secret: a bad signature, not a pass.
+        let swapped = Keyring::new(vec![key(1, 8)], 1).unwrap();
+        assert_eq!(swapped.verify(&t_old), Err(TokenError::BadSignature));
+    }
+
+    #[test]
+    fn keyring_rejects_bad_configuration() {
+        assert_eq!(Keyring::new(vec![], 1).unwrap_err(), KeyringError::Empty);
+        assert_eq!(Keyring::new(vec![key(1, 1)], 2).unwrap_err(), KeyringError::ActiveMissing(2));
+        assert_eq!(
+            Keyring::new(vec![key(1, 1), key(1, 2)], 1).unwrap_err(),
+            KeyringError::Duplicate(1)
+        );
+        let short = SigningKey { id: 3, secret: vec![1u8; 8].into() };
+        assert_eq!(Keyring::new(vec![short], 3).unwrap_err(), KeyringError::TooShort(3));
+    }
+
+    #[test]
+    fn overlong_urls_are_refused_at_signing() {
+        let ring = Keyring::new(vec![key(1, 7)], 1).unwrap();
+        let c = claims(Action::Click { url: format!("https://a.example/{}", "x".repeat(MAX_URL_LEN)) });
+        assert_eq!(ring.sign(&c), Err(TokenError::UrlTooLong));
+    }
+}

@@ -1,0 +1,1 @@
+//! The tracking endpoint: open pixel, click redirect and one-click unsubscribe

@@ -1,0 +1,1 @@
+//! The send worker: consume, suppress, render, send, record, then acknowledge

@@ -1,0 +1,1 @@
+//! mailpipe library side of the binary

@@ -1,0 +1,257 @@
+#!/usr/bin/env bash
+# Real services for mailpipe's development and tests, without Docker.
+#
+#   scripts/services.sh up      install what is missing, start everything, create topics
+#   scripts/services.sh down    stop everything (data is kept)
+#   scripts/services.sh status  say what runs, exit 1 if anything is down
+#   scripts/services.sh env     print the variables the tests read
+#
+# Everything listens on loopback only:
+#   PostgreSQL 15     127.0.0.1:55432  (user/password/db: mailpipe)
+#   Apache Kafka 4.x  127.0.0.1:59092  (single-node KRaft; controller on :59093)
+#   smtp-sink         127.0.0.1:2525   (Postfix's test SMTP server)
+#
+# State lives in $MAILPIPE_SERVICES_DIR (default /var/tmp/mailpipe-services),
+# outside the checkout, so that every clone on this machine shares one set of
+# services and the Kafka jars are resolved once.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+STATE=${MAILPIPE_SERVICES_DIR:-/var/tmp/mailpipe-services}
+PG_PORT=${MAILPIPE_PG_PORT:-55432}
+KAFKA_PORT=${MAILPIPE_KAFKA_PORT:-59092}
+KAFKA_CONTROLLER_PORT=${MAILPIPE_KAFKA_CONTROLLER_PORT:-59093}
+SMTP_PORT=${MAILPIPE_SMTP_PORT:-2525}
+PG_BIN=/usr/lib/postgresql/15/bin
+KAFKA_PARTITIONS=${MAILPIPE_KAFKA_PARTITIONS:-6}
+
+say() { printf '[services] %s\n' "$*" >&2; }
+die() { printf '[services] ERROR: %s\n' "$*" >&2; exit 1; }
+
+need_root_or_have() {
+  # $1 = command that must exist, $2.. = Debian packages providing it
+  local cmd=$1; shift
+  command -v "$cmd" >/dev/null 2>&1 && return 0
+  [ -x "$cmd" ] && return 0
+  if [ "$(id -u)" != 0 ]; then
+    die "$cmd is missing; install Debian packages '$*' (apt-get install $*) or run this script as root"
+  fi
+  say "installing $* (apt-get)"
+  if [ ! -f "$STATE/.apt-updated" ]; then
+    apt-get update -qq || die "apt-get update failed"
+    mkdir -p "$STATE" && touch "$STATE/.apt-updated"
+  fi
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null \
+    || die "apt-get install $* failed"
+}
+
+install_all() {
+  mkdir -p "$STATE"
+  need_root_or_have "$PG_BIN/pg_ctl" postgresql-15 postgresql-client-15
+  need_root_or_have /usr/sbin/smtp-sink postfix
+  need_root_or_have kcat kcat
+  need_root_or_have java openjdk-17-jre-headless
+  need_root_or_have mvn maven
+  # librdkafka's bundled build (rdkafka-sys) needs these; no cmake.
+  need_root_or_have make make
+  need_root_or_have gcc gcc
+  need_root_or_have perl perl
+  need_root_or_have pkg-config pkg-config
+  need_root_or_have curl curl
+}
+
+# ---------------------------------------------------------------- PostgreSQL
+pg_data=$STATE/postgres
+pg_running() { [ -f "$pg_data/postmaster.pid" ] && as_pg "$PG_BIN/pg_ctl" -D "$pg_data" status >/dev/null 2>&1; }
+
+as_pg() {
+  if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi
+}
+
+pg_up() {
+  if [ ! -f "$pg_data/PG_VERSION" ]; then
+    say "initialising PostgreSQL in $pg_data"
+    mkdir -p "$pg_data"
+    [ "$(id -u)" = 0 ] && chown postgres:postgres "$pg_data"
+    chmod 700 "$pg_data"
+    echo mailpipe > "$STATE/pgpass.tmp"
+    [ "$(id -u)" = 0 ] && chown postgres "$STATE/pgpass.tmp"
+    as_pg "$PG_BIN/initdb" -D "$pg_data" -U postgres --auth-local=trust --auth-host=scram-sha-256 \
+      -E UTF8 --locale=C.UTF-8 >"$STATE/initdb.log" 2>&1 || { cat "$STATE/initdb.log" >&2; die "initdb failed"; }
+    rm -f "$STATE/pgpass.tmp"
+  fi
+  if pg_running; then say "PostgreSQL already running on :$PG_PORT"; else
+    say "starting PostgreSQL on 127.0.0.1:$PG_PORT"
+    # fsync is off: this instance holds test data only, and is rebuilt at will.
+    as_pg "$PG_BIN/pg_ctl" -D "$pg_data" -l "$pg_data/server.log" -w -t 60 start \
+      -o "-c listen_addresses=127.0.0.1 -c port=$PG_PORT -c unix_socket_directories=$pg_data -c fsync=off -c full_page_writes=off -c max_connections=300 -c shared_buffers=256MB" \
+      >/dev/null || { tail -20 "$pg_data/server.log" >&2; die "PostgreSQL did not start (log: $pg_data/server.log)"; }
+  fi
+  # Idempotent role and database.
+  as_pg "$PG_BIN/../bin/psql" -h "$pg_data" -p "$PG_PORT" -U postgres -d postgres -qtA -v ON_ERROR_STOP=1 >/dev/null <<'SQL' || die "could not create the mailpipe role and database"
+DO $$ BEGIN
+  IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'mailpipe') THEN
+    CREATE ROLE mailpipe LOGIN CREATEDB PASSWORD 'mailpipe';
+  END IF;
+END $$;
+SELECT 'CREATE DATABASE mailpipe OWNER mailpipe' WHERE NOT EXISTS (SELECT 1 FROM pg_database WHERE datname = 'mailpipe')
+\gexec
+SQL
+}
+
+pg_down() {
+  if pg_running; then say "stopping PostgreSQL"; as_pg "$PG_BIN/pg_ctl" -D "$pg_data" -m fast -w stop >/dev/null; fi
+}
+
+# --------------------------------------------------------------------- Kafka
+kafka_dir=$STATE/kafka
+kafka_cp_file=$kafka_dir/classpath
+kafka_pid_file=$kafka_dir/kafka.pid
+
+kafka_classpath() {
+  # Resolve the broker jars from Maven Central once; the pom pins the version.
+  local pom=$ROOT/scripts/kafka/pom.xml
+  local stamp; stamp=$(sha256sum "$pom" | cut -c1-16)
+  if [ ! -s "$kafka_cp_file" ] || [ "$(cat "$kafka_dir/pom.stamp" 2>/dev/null)" != "$stamp" ]; then
+    say "resolving Apache Kafka jars from Maven Central ($(grep -o '<kafka.version>[^<]*' "$pom" | cut -d'>' -f2))"
+    mkdir -p "$kafka_dir"
+    mvn -q -B -f "$pom" dependency:build-classpath -Dmdep.outputFile="$kafka_cp_file" \
+      >"$kafka_dir/mvn.log" 2>&1 || { tail -30 "$kafka_dir/mvn.log" >&2; die "Maven could not resolve the Kafka jars (log: $kafka_dir/mvn.log)"; }
+    echo "$stamp" > "$kafka_dir/pom.stamp"
+  fi
+  cat "$kafka_cp_file"
+}
+
+kafka_running() { [ -f "$kafka_pid_file" ] && kill -0 "$(cat "$kafka_pid_file")" 2>/dev/null; }
+
+kafka_java() {
+  java -Xms256m -Xmx1g -XX:+UseG1GC -Djava.awt.headless=true \
+    -Dlog4j2.configurationFile="$kafka_dir/log4j2.xml" -cp "$(kafka_classpath)" "$@"
+}
+
+wait_port() { # host port seconds
+  local i
+  for ((i = 0; i < $3 * 10; i++)); do
+    (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null && return 0
+    sleep 0.1
+  done
+  return 1
+}
+
+kafka_up() {
+  mkdir -p "$kafka_dir"
+  kafka_classpath >/dev/null
+  cat > "$kafka_dir/log4j2.xml" <<XML
+<?xml version="1.0" encoding="UTF-8"?>
+<Configuration status="WARN">
+  <Appenders>
+    <File name="file" fileName="$kafka_dir/server.log"><PatternLayout pattern="[%d] %p %m (%c)%n"/></File>
+  </Appenders>
+  <Loggers><Root level="INFO"><AppenderRef ref="file"/></Root></Loggers>
+</Configuration>
+XML
+  cat > "$kafka_dir/server.properties" <<PROPS
+process.roles=broker,controller
+node.id=1
+controller.quorum.voters=1@127.0.0.1:$KAFKA_CONTROLLER_PORT
+listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT,CONTROLLER://127.0.0.1:$KAFKA_CONTROLLER_PORT
+advertised.listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT
+controller.listener.names=CONTROLLER
+inter.broker.listener.name=PLAINTEXT
+listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
+log.dirs=$kafka_dir/data
+num.partitions=$KAFKA_PARTITIONS
+auto.create.topics.enable=false
+offsets.topic.replication.factor=1
+offsets.topic.num.partitions=10
+transaction.state.log.replication.factor=1
+transaction.state.log.min.isr=1
+share.coordinator.state.topic.replication.factor=1
+share.coordinator.state.topic.min.isr=1
+group.initial.rebalance.delay.ms=0
+log.retention.hours=24
+PROPS
+  if kafka_running; then say "Kafka already running on :$KAFKA_PORT"; else
+    if [ ! -f "$kafka_dir/data/meta.properties" ]; then
+      say "formatting Kafka KRaft storage"
+      local cluster_id; cluster_id=$(kafka_java kafka.tools.StorageTool random-uuid 2>/dev/null | tail -1)
+      kafka_java kafka.tools.StorageTool format -t "$cluster_id" -c "$kafka_dir/server.properties" \
+        >"$kafka_dir/format.log" 2>&1 || { cat "$kafka_dir/format.log" >&2; die "Kafka storage format failed"; }
+    fi
+    say "starting Apache Kafka (KRaft) on 127.0.0.1:$KAFKA_PORT"
+    nohup java -Xms256m -Xmx1g -XX:+UseG1GC -Djava.awt.headless=true \
+      -Dlog4j2.configurationFile="$kafka_dir/log4j2.xml" -cp "$(kafka_classpath)" \
+      kafka.Kafka "$kafka_dir/server.properties" >"$kafka_dir/stdout.log" 2>&1 &
+    echo $! > "$kafka_pid_file"
+    wait_port 127.0.0.1 "$KAFKA_PORT" 90 || { tail -30 "$kafka_dir/server.log" "$kafka_dir/stdout.log" >&2; die "Kafka did not open :$KAFKA_PORT within 90s"; }
+  fi
+  # The broker answers metadata before it is ready to create topics; retry briefly.
+  local t ok
+  for t in mailpipe.send.v1 mailpipe.events.v1 mailpipe.send.dlq.v1; do
+    ok=
+    for _ in 1 2 3 4 5 6 7 8 9 10; do
+      if kafka_java org.apache.kafka.tools.TopicCommand --bootstrap-server "127.0.0.1:$KAFKA_PORT" \
+          --create --if-not-exists --topic "$t" --partitions "$KAFKA_PARTITIONS" --replication-factor 1 \
+          >>"$kafka_dir/topics.log" 2>&1; then ok=1; break; fi
+      sleep 2
+    done
+    [ -n "$ok" ] || { tail -20 "$kafka_dir/topics.log" >&2; die "could not create topic $t"; }
+  done
+  say "topics ready: mailpipe.send.v1 mailpipe.events.v1 mailpipe.send.dlq.v1"
+}
+
+kafka_down() {
+  if kafka_running; then
+    say "stopping Kafka"
+    local pid; pid=$(cat "$kafka_pid_file")
+    kill "$pid" 2>/dev/null || true
+    for _ in $(seq 1 300); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -9 "$pid" 2>/dev/null || true
+  fi
+  rm -f "$kafka_pid_file"
+}
+
+# ----------------------------------------------------------------- smtp-sink
+sink_pid_file=$STATE/smtp-sink.pid
+sink_running() { [ -f "$sink_pid_file" ] && kill -0 "$(cat "$sink_pid_file")" 2>/dev/null; }
+
+sink_up() {
+  if sink_running; then say "smtp-sink already running on :$SMTP_PORT"; return; fi
+  say "starting smtp-sink on 127.0.0.1:$SMTP_PORT"
+  local user=()
+  [ "$(id -u)" = 0 ] && user=(-u nobody)
+  nohup /usr/sbin/smtp-sink "${user[@]}" -m 512 "127.0.0.1:$SMTP_PORT" 1024 >"$STATE/smtp-sink.log" 2>&1 &
+  echo $! > "$sink_pid_file"
+  wait_port 127.0.0.1 "$SMTP_PORT" 10 || { cat "$STATE/smtp-sink.log" >&2; die "smtp-sink did not open :$SMTP_PORT"; }
+}
+
+sink_down() {
+  if sink_running; then say "stopping smtp-sink"; kill "$(cat "$sink_pid_file")" 2>/dev/null || true; fi
+  rm -f "$sink_pid_file"
+}
+
+print_env() {
+  cat <<ENV
+export MAILPIPE_TEST_DATABASE_URL=postgres://mailpipe:mailpipe@127.0.0.1:$PG_PORT/mailpipe
+export MAILPIPE_TEST_KAFKA_BROKERS=127.0.0.1:$KAFKA_PORT
+export MAILPIPE_TEST_SMTP=127.0.0.1:$SMTP_PORT
+ENV
+}
+
+status() {
+  local rc=0
+  if pg_running; then echo "postgres  up    127.0.0.1:$PG_PORT"; else echo "postgres  down"; rc=1; fi
+  if kafka_running && wait_port 127.0.0.1 "$KAFKA_PORT" 1; then echo "kafka     up    127.0.0.1:$KAFKA_PORT"; else echo "kafka     down"; rc=1; fi
+  if sink_running; then echo "smtp-sink up    127.0.0.1:$SMTP_PORT"; else echo "smtp-sink down"; rc=1; fi
+  return $rc
+}
+
+case "${1:-}" in
+  up) install_all; pg_up; sink_up; kafka_up; status ;;
+  down) kafka_down; sink_down; pg_down ;;
+  status) status ;;
+  env) print_env ;;
+  restart-kafka) kafka_down; kafka_up ;;
+  restart-postgres) pg_down; pg_up ;;
+  *) echo "usage: $0 up|down|status|env|restart-kafka|restart-postgres" >&2; exit 2 ;;
+esac
