@@ -195,6 +195,10 @@ fn mailbox(field: &'static str, w: MailboxWire) -> Result<Mailbox, SendJobError>
     Ok(Mailbox { email, name: w.name.filter(|n| !n.trim().is_empty()) })
 }
 
+fn id<T>(field: &'static str, r: Result<T, IdError>) -> Result<T, SendJobError> {
+    r.map_err(|source| SendJobError::BadId { field, source })
+}
+
 fn template(field: &'static str, s: Option<String>) -> Result<Option<String>, SendJobError> {
     match s {
         Some(s) if s.len() > MAX_TEMPLATE_BYTES => {
@@ -251,9 +255,6 @@ impl TryFrom<SendJobWire> for SendJob {
     type Error = SendJobError;
 
     fn try_from(w: SendJobWire) -> Result<Self, SendJobError> {
-        let id = |field: &'static str, r: Result<_, IdError>| {
-            r.map_err(|source| SendJobError::BadId { field, source })
-        };
         let job_id = id("job_id", JobId::parse(w.job_id))?;
         let tenant_id = id("tenant_id", TenantId::parse(w.tenant_id))?;
         let campaign_id = id("campaign_id", CampaignId::parse(w.campaign_id))?;
@@ -272,16 +273,14 @@ impl TryFrom<SendJobWire> for SendJob {
                     "give either template_id or inline subject/html/text, not both".into(),
                 ));
             }
-            (None, Some(subject), html, text) if html.is_some() || text.is_some() => {
-                Content::Inline { subject, html, text }
+            (None, Some(_), None, None) => {
+                return Err(SendJobError::Invalid("html or text is required".into()));
             }
+            (None, Some(subject), html, text) => Content::Inline { subject, html, text },
             (None, None, ..) => {
                 return Err(SendJobError::Invalid(
                     "subject is required when template_id is absent".into(),
                 ));
-            }
-            (None, Some(_), None, None) => {
-                return Err(SendJobError::Invalid("html or text is required".into()));
             }
         };
 

@@ -1,1 +1,196 @@
-//! Templates, tracked links and MIME for mailpipe messages
+//! Turns a send job into the bytes of a MIME message.
+//!
+//! The pipeline, all pure and synchronous:
+//! 1. [`template`]: minijinja renders subject, HTML and text with strict
+//!    undefined variables, HTML auto-escaping, and fuel and recursion limits.
+//! 2. [`links`]: lol_html rewrites every http(s) link to a signed click URL
+//!    (including links inside Outlook conditional comments), appends the open
+//!    pixel, and derives a text part when the job has none.
+//! 3. [`mime`]: mail-builder writes the message with Message-ID, Date, the
+//!    correlation headers and, for marketing mail, RFC 8058 List-Unsubscribe.
+#![forbid(unsafe_code)]
+
+pub mod links;
+pub mod mime;
+pub mod template;
+
+use std::sync::Arc;
+
+use mailpipe_core::{Category, Content, SendJob};
+use mailpipe_token::{Action, Claims, Keyring, TokenError};
+use time::OffsetDateTime;
+
+pub use template::{CompiledTemplates, TemplateLimits, TemplateSet};
+
+/// Why a job could not be rendered. None of these gets better on retry:
+/// each is a dead letter.
+#[derive(Debug, thiserror::Error)]
+pub enum RenderError {
+    #[error("{part} template: {source}")]
+    Template {
+        part: &'static str,
+        #[source]
+        source: minijinja::Error,
+    },
+    #[error("rendered subject contains CR, LF or another control character")]
+    SubjectInjection,
+    #[error("html rewriting failed: {0}")]
+    Html(String),
+    #[error("token: {0}")]
+    Token(#[from] TokenError),
+    #[error("job names template {0:?} but none was supplied")]
+    MissingTemplate(String),
+    #[error("mime: {0}")]
+    Mime(#[from] std::io::Error),
+}
+
+impl RenderError {
+    /// A stable reason code for dead letters and metrics.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            RenderError::Template { .. } => "template_error",
+            RenderError::SubjectInjection => "header_injection",
+            RenderError::Html(_) => "html_error",
+            RenderError::Token(_) => "token_error",
+            RenderError::MissingTemplate(_) => "unknown_template",
+            RenderError::Mime(_) => "mime_error",
+        }
+    }
+}
+
+/// Where tracked links point, and the optional mailto for List-Unsubscribe.
+#[derive(Debug, Clone)]
+pub struct TrackingLinks {
+    /// Public base URL of the tracker, without a trailing slash,
+    /// e.g. `https://t.mail.example.com`.
+    pub base_url: String,
+    /// An address for `List-Unsubscribe: <mailto:...>`, if the platform runs one.
+    pub unsubscribe_mailto: Option<String>,
+}
+
+/// A message ready for signing and sending.
+#[derive(Debug, Clone)]
+pub struct Composed {
+    /// Without angle brackets.
+    pub message_id: String,
+    pub bytes: Vec<u8>,
+    /// How many links were rewritten to tracked ones.
+    pub tracked_links: usize,
+}
+
+/// Composes messages. Cheap to share behind an `Arc`.
+pub struct Composer {
+    keyring: Arc<Keyring>,
+    links: TrackingLinks,
+    limits: TemplateLimits,
+}
+
+impl Composer {
+    pub fn new(keyring: Arc<Keyring>, mut links: TrackingLinks, limits: TemplateLimits) -> Self {
+        while links.base_url.ends_with('/') {
+            links.base_url.pop();
+        }
+        Self { keyring, links, limits }
+    }
+
+    pub fn keyring(&self) -> &Keyring {
+        &self.keyring
+    }
+
+    pub fn limits(&self) -> &TemplateLimits {
+        &self.limits
+    }
+
+    /// The Message-ID of a job. Deterministic, so a redelivered job carries
+    /// the same id and a duplicate is recognisable on the receiving side.
+    pub fn message_id(job: &SendJob) -> String {
+        let digest =
+            mailpipe_core::stable_digest(&[job.tenant_id.as_str(), job.job_id.as_str()]);
+        format!("{digest}@{}", job.from.email.domain())
+    }
+
+    /// Renders and builds the message for `job`. `registered` must be given
+    /// when the job names a template; inline jobs ignore it.
+    pub fn compose(
+        &self,
+        job: &SendJob,
+        registered: Option<&CompiledTemplates>,
+        now: OffsetDateTime,
+    ) -> Result<Composed, RenderError> {
+        let sent_at = u32::try_from(now.unix_timestamp()).unwrap_or(u32::MAX);
+        let claims = |action| Claims {
+            tenant_id: job.tenant_id.clone(),
+            campaign_id: job.campaign_id.clone(),
+            job_id: job.job_id.clone(),
+            category: job.category,
+            sent_at,
+            action,
+        };
+        let recipient = self.keyring.recipient_ref(&job.to.email.canonical());
+        let unsub_token = self.keyring.sign(&claims(Action::Unsubscribe { recipient }))?;
+        let unsubscribe_url = format!("{}/u/{unsub_token}", self.links.base_url);
+        let open_url =
+            format!("{}/o/{}", self.links.base_url, self.keyring.sign(&claims(Action::Open))?);
+
+        let ctx = template::context(job, &unsubscribe_url);
+        let rendered = match (&job.content, registered) {
+            (Content::Inline { subject, html, text }, _) => template::render_inline(
+                &self.limits,
+                subject,
+                html.as_deref(),
+                text.as_deref(),
+                &ctx,
+            )?,
+            (Content::Registered(_), Some(t)) => t.render(&ctx)?,
+            (Content::Registered(id), None) => {
+                return Err(RenderError::MissingTemplate(id.to_string()));
+            }
+        };
+        if rendered.subject.chars().any(char::is_control) {
+            return Err(RenderError::SubjectInjection);
+        }
+
+        let mut sign_click = |url: &str| -> Result<String, TokenError> {
+            let t = self.keyring.sign(&claims(Action::Click { url: url.to_owned() }))?;
+            Ok(format!("{}/c/{t}", self.links.base_url))
+        };
+        let tracker_prefix = format!("{}/", self.links.base_url);
+        let (html, text, tracked_links) = match rendered.html {
+            Some(html) => {
+                let out = links::rewrite_html(&html, &tracker_prefix, &open_url, &mut sign_click)?;
+                let text = match rendered.text {
+                    Some(t) => links::rewrite_text(&t, &tracker_prefix, &mut sign_click)?.0,
+                    None => links::html_to_text(&out.html)?,
+                };
+                (Some(out.html), text, out.rewritten)
+            }
+            None => {
+                let (text, n) = links::rewrite_text(
+                    rendered.text.as_deref().unwrap_or_default(),
+                    &tracker_prefix,
+                    &mut sign_click,
+                )?;
+                (None, text, n)
+            }
+        };
+
+        let message_id = Self::message_id(job);
+        let list_unsubscribe = (job.category == Category::Marketing).then(|| {
+            let mut v = format!("<{unsubscribe_url}>");
+            if let Some(m) = &self.links.unsubscribe_mailto {
+                v.push_str(&format!(", <mailto:{m}?subject=unsubscribe>"));
+            }
+            v
+        });
+        let bytes = mime::build(mime::Parts {
+            job,
+            message_id: &message_id,
+            date: now,
+            subject: &rendered.subject,
+            html: html.as_deref(),
+            text: &text,
+            list_unsubscribe: list_unsubscribe.as_deref(),
+        })?;
+        Ok(Composed { message_id, bytes, tracked_links })
+    }
+}

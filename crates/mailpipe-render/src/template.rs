@@ -1,0 +1,180 @@
+//! minijinja rendering with the limits a multi-tenant worker needs.
+
+use minijinja::{Environment, UndefinedBehavior, Value};
+use mailpipe_core::SendJob;
+
+use crate::RenderError;
+
+/// Limits that stop a hostile template from hanging or exhausting a worker.
+#[derive(Debug, Clone)]
+pub struct TemplateLimits {
+    /// minijinja fuel: roughly, instructions executed per render.
+    pub fuel: u64,
+    /// Nesting depth of blocks, loops, macros and includes.
+    pub recursion: usize,
+}
+
+impl Default for TemplateLimits {
+    fn default() -> Self {
+        Self { fuel: 200_000, recursion: 64 }
+    }
+}
+
+/// The three sources of one message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TemplateSet {
+    pub subject: String,
+    pub html: Option<String>,
+    pub text: Option<String>,
+}
+
+/// Rendered, not yet rewritten, parts.
+pub(crate) struct Rendered {
+    pub subject: String,
+    pub html: Option<String>,
+    pub text: Option<String>,
+}
+
+fn environment(limits: &TemplateLimits) -> Environment<'static> {
+    let mut env = Environment::new();
+    env.set_undefined_behavior(UndefinedBehavior::Strict);
+    env.set_fuel(Some(limits.fuel));
+    env.set_recursion_limit(limits.recursion);
+    // Only the HTML part is escaped; names decide, so give parts fixed names.
+    env.set_auto_escape_callback(|name| {
+        if name.ends_with(".html") {
+            minijinja::AutoEscape::Html
+        } else {
+            minijinja::AutoEscape::None
+        }
+    });
+    env
+}
+
+/// The variables a template sees: the job's `vars`, plus `unsubscribe_url`
+/// and `to_name` (built-ins win over vars of the same name).
+pub(crate) fn context(job: &SendJob, unsubscribe_url: &str) -> Value {
+    let mut map: std::collections::BTreeMap<String, Value> = job
+        .vars
+        .iter()
+        .map(|(k, v)| (k.clone(), Value::from_serialize(v)))
+        .collect();
+    map.insert("unsubscribe_url".into(), Value::from(unsubscribe_url));
+    map.insert(
+        "to_name".into(),
+        Value::from(job.to.name.clone().unwrap_or_default()),
+    );
+    Value::from(map)
+}
+
+fn err(part: &'static str) -> impl FnOnce(minijinja::Error) -> RenderError {
+    move |source| RenderError::Template { part, source }
+}
+
+pub(crate) fn render_inline(
+    limits: &TemplateLimits,
+    subject: &str,
+    html: Option<&str>,
+    text: Option<&str>,
+    ctx: &Value,
+) -> Result<Rendered, RenderError> {
+    let env = environment(limits);
+    let one = |name: &'static str, part: &'static str, src: &str| -> Result<String, RenderError> {
+        env.template_from_named_str(name, src).map_err(err(part))?.render(ctx).map_err(err(part))
+    };
+    Ok(Rendered {
+        subject: one("subject.txt", "subject", subject)?,
+        html: html.map(|h| one("body.html", "html", h)).transpose()?,
+        text: text.map(|t| one("body.txt", "text", t)).transpose()?,
+    })
+}
+
+/// A registered template set, parsed once and reused for every job of its
+/// campaign.
+pub struct CompiledTemplates {
+    env: Environment<'static>,
+    has_html: bool,
+    has_text: bool,
+}
+
+impl CompiledTemplates {
+    /// Parses all parts, so syntax errors surface at registration, not per job.
+    pub fn compile(set: &TemplateSet, limits: &TemplateLimits) -> Result<Self, RenderError> {
+        let mut env = environment(limits);
+        env.add_template_owned("subject.txt", set.subject.clone()).map_err(err("subject"))?;
+        if let Some(h) = &set.html {
+            env.add_template_owned("body.html", h.clone()).map_err(err("html"))?;
+        }
+        if let Some(t) = &set.text {
+            env.add_template_owned("body.txt", t.clone()).map_err(err("text"))?;
+        }
+        Ok(Self { env, has_html: set.html.is_some(), has_text: set.text.is_some() })
+    }
+
+    pub(crate) fn render(&self, ctx: &Value) -> Result<Rendered, RenderError> {
+        let one = |name: &str, part: &'static str| -> Result<String, RenderError> {
+            self.env.get_template(name).map_err(err(part))?.render(ctx).map_err(err(part))
+        };
+        Ok(Rendered {
+            subject: one("subject.txt", "subject")?,
+            html: self.has_html.then(|| one("body.html", "html")).transpose()?,
+            text: self.has_text.then(|| one("body.txt", "text")).transpose()?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use minijinja::context;
+
+    fn limits() -> TemplateLimits {
+        TemplateLimits::default()
+    }
+
+    #[test]
+    fn html_is_escaped_and_subject_is_not() {
+        let ctx = context! { name => "<b>Tom & Jerry</b>" };
+        let r = render_inline(&limits(), "Hi {{ name }}", Some("<p>{{ name }}</p>"), None, &ctx).unwrap();
+        assert_eq!(r.subject, "Hi <b>Tom & Jerry</b>");
+        assert_eq!(r.html.unwrap(), "<p>&lt;b&gt;Tom &amp; Jerry&lt;&#x2f;b&gt;</p>");
+    }
+
+    #[test]
+    fn undefined_variables_are_errors() {
+        let e = render_inline(&limits(), "Hi {{ nobody }}", None, Some("x"), &context! {}).err().unwrap();
+        assert_eq!(e.reason(), "template_error");
+        assert!(e.to_string().contains("subject"), "{e}");
+    }
+
+    #[test]
+    fn fuel_stops_runaway_loops() {
+        let src = "{% for a in range(100000) %}{% for b in range(100000) %}x{% endfor %}{% endfor %}";
+        let e = render_inline(&limits(), "s", None, Some(src), &context! {}).err().unwrap();
+        assert!(e.to_string().to_lowercase().contains("fuel"), "{e}");
+    }
+
+    #[test]
+    fn recursion_is_bounded() {
+        let src = "{% macro f(n) %}{{ f(n + 1) }}{% endmacro %}{{ f(0) }}";
+        let e = render_inline(&limits(), "s", None, Some(src), &context! {}).err().unwrap();
+        assert_eq!(e.reason(), "template_error");
+    }
+
+    #[test]
+    fn compiled_templates_render_repeatedly() {
+        let set = TemplateSet {
+            subject: "Hello {{ name }}".into(),
+            html: Some("<p>{{ name }}</p>".into()),
+            text: None,
+        };
+        let c = CompiledTemplates::compile(&set, &limits()).unwrap();
+        for name in ["a", "b"] {
+            let r = c.render(&context! { name }).unwrap();
+            assert_eq!(r.subject, format!("Hello {name}"));
+            assert!(r.text.is_none());
+        }
+        let bad = TemplateSet { subject: "{% if %}".into(), html: None, text: Some("x".into()) };
+        assert!(CompiledTemplates::compile(&bad, &limits()).is_err());
+    }
+}
