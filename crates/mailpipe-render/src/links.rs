@@ -46,6 +46,12 @@ impl LinkRewriter<'_> {
         let Some(raw) = el.get_attribute("href") else { return false };
         let href = decode_entities(raw.trim());
         if !trackable(&href, self.prefix) {
+            // Our own links (unsubscribe) come out of auto-escaping as
+            // `https:&#x2f;&#x2f;...`; write them back plain. They are base64url
+            // under our base, so there is nothing that needs escaping.
+            if href.starts_with(self.prefix) && href != raw.as_str() {
+                let _ = el.set_attribute("href", &href);
+            }
             return false;
         }
         match (self.sign.borrow_mut())(&href) {

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use mail_parser::MessageParser;
+use mail_parser::{MessageParser, MimeHeaders};
 use mailpipe_core::SendJob;
 use mailpipe_render::{Composer, CompiledTemplates, TemplateLimits, TemplateSet, TrackingLinks};
 use mailpipe_token::{Action, Keyring, SigningKey};
