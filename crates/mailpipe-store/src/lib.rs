@@ -1,1 +1,426 @@
-//! PostgreSQL and SQLite storage for mailpipe: ledger, events, suppressions, templates, dead letters
+//! Storage for mailpipe: PostgreSQL beyond one machine, SQLite embedded.
+//!
+//! Both backends run the same SQL (positional `$N` parameters, unix
+//! millisecond timestamps, `ON CONFLICT` upserts); [`Store`] picks the pool
+//! by URL. Migrations live in `migrations/{postgres,sqlite}` and are embedded
+//! in the binary.
+//!
+//! Invariant: a job's ledger row and its outcome event are written in one
+//! transaction ([`Store::finish`]), so "the outcome is durable" means both.
+#![forbid(unsafe_code)]
+
+use std::collections::BTreeMap;
+use std::str::FromStr;
+use std::time::Duration;
+
+use mailpipe_core::{Category, Event, SendJob, TenantId, now_ms};
+use sqlx::postgres::{PgPool, PgPoolOptions};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database URL must start with postgres:// or sqlite: (got {0:?})")]
+    UnsupportedUrl(String),
+    #[error("cannot reach the {backend} database: {source}")]
+    Connect {
+        backend: &'static str,
+        #[source]
+        source: sqlx::Error,
+    },
+    #[error("migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("database error: {0}")]
+    Db(#[from] sqlx::Error),
+    #[error("ledger holds an unknown status {0:?}")]
+    BadStatus(String),
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// Where a job stands in the send ledger.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LedgerStatus {
+    Pending,
+    /// An SMTP transaction was under way. Seen on redelivery, it means the
+    /// previous attempt died mid-send: the job is in doubt.
+    Sending,
+    Deferred,
+    Sent,
+    Bounced,
+    Suppressed,
+    Failed,
+    DeadLettered,
+}
+
+impl LedgerStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LedgerStatus::Pending => "pending",
+            LedgerStatus::Sending => "sending",
+            LedgerStatus::Deferred => "deferred",
+            LedgerStatus::Sent => "sent",
+            LedgerStatus::Bounced => "bounced",
+            LedgerStatus::Suppressed => "suppressed",
+            LedgerStatus::Failed => "failed",
+            LedgerStatus::DeadLettered => "dead_lettered",
+        }
+    }
+
+    pub fn is_terminal(self) -> bool {
+        match self {
+            LedgerStatus::Pending | LedgerStatus::Sending | LedgerStatus::Deferred => false,
+            LedgerStatus::Sent
+            | LedgerStatus::Bounced
+            | LedgerStatus::Suppressed
+            | LedgerStatus::Failed
+            | LedgerStatus::DeadLettered => true,
+        }
+    }
+}
+
+impl FromStr for LedgerStatus {
+    type Err = StoreError;
+    fn from_str(s: &str) -> Result<Self> {
+        Ok(match s {
+            "pending" => LedgerStatus::Pending,
+            "sending" => LedgerStatus::Sending,
+            "deferred" => LedgerStatus::Deferred,
+            "sent" => LedgerStatus::Sent,
+            "bounced" => LedgerStatus::Bounced,
+            "suppressed" => LedgerStatus::Suppressed,
+            "failed" => LedgerStatus::Failed,
+            "dead_lettered" => LedgerStatus::DeadLettered,
+            other => return Err(StoreError::BadStatus(other.to_owned())),
+        })
+    }
+}
+
+/// The ledger row as the worker sees it after claiming a job.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Claim {
+    pub status: LedgerStatus,
+    /// Attempts made before this one.
+    pub attempts: i32,
+    pub message_id: Option<String>,
+}
+
+/// A registered template set as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredTemplate {
+    pub subject: String,
+    pub html: Option<String>,
+    pub text: Option<String>,
+    pub version: i64,
+}
+
+/// A queue record the worker could not accept.
+#[derive(Debug, Clone)]
+pub struct DeadLetter {
+    /// Where it came from, unique per record: `topic/partition/offset`.
+    pub source: String,
+    pub reason: String,
+    pub detail: String,
+    pub tenant_id: Option<String>,
+    pub job_id: Option<String>,
+    pub payload: Vec<u8>,
+}
+
+/// Which suppression stops a send, if any.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Suppressed {
+    pub reason: String,
+    pub platform_wide: bool,
+}
+
+#[derive(Clone, Debug)]
+enum Pool {
+    Postgres(PgPool),
+    Sqlite(SqlitePool),
+}
+
+/// A handle to the database. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Store {
+    pool: Pool,
+}
+
+/// Runs the same expression against whichever pool this store has: the SQL is
+/// shared, only the driver type differs.
+macro_rules! on_pool {
+    ($self:expr, $p:ident => $body:expr) => {
+        match &$self.pool {
+            Pool::Postgres($p) => $body,
+            Pool::Sqlite($p) => $body,
+        }
+    };
+}
+
+/// Same, for an open transaction.
+macro_rules! in_tx {
+    ($self:expr, $tx:ident => $body:block) => {
+        match &$self.pool {
+            Pool::Postgres(p) => {
+                let mut $tx = p.begin().await?;
+                $body
+                $tx.commit().await?;
+            }
+            Pool::Sqlite(p) => {
+                let mut $tx = p.begin().await?;
+                $body
+                $tx.commit().await?;
+            }
+        }
+    };
+}
+
+impl Store {
+    /// Connects to `postgres://...` or `sqlite:PATH` (created if missing).
+    pub async fn connect(url: &str, max_connections: u32) -> Result<Self> {
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            let pool = PgPoolOptions::new()
+                .max_connections(max_connections)
+                .acquire_timeout(Duration::from_secs(10))
+                .connect(url)
+                .await
+                .map_err(|source| StoreError::Connect { backend: "PostgreSQL", source })?;
+            Ok(Self { pool: Pool::Postgres(pool) })
+        } else if url.starts_with("sqlite:") {
+            let opts = SqliteConnectOptions::from_str(url)
+                .map_err(|source| StoreError::Connect { backend: "SQLite", source })?
+                .create_if_missing(true)
+                .journal_mode(SqliteJournalMode::Wal)
+                // WAL + NORMAL is durable against process crashes (kill -9),
+                // which is what the ledger needs; power loss may drop the last
+                // transactions, as documented for the embedded default.
+                .synchronous(SqliteSynchronous::Normal)
+                .busy_timeout(Duration::from_secs(10));
+            let pool = SqlitePoolOptions::new()
+                .max_connections(max_connections)
+                .connect_with(opts)
+                .await
+                .map_err(|source| StoreError::Connect { backend: "SQLite", source })?;
+            Ok(Self { pool: Pool::Sqlite(pool) })
+        } else {
+            Err(StoreError::UnsupportedUrl(url.to_owned()))
+        }
+    }
+
+    pub fn backend(&self) -> &'static str {
+        match self.pool {
+            Pool::Postgres(_) => "postgres",
+            Pool::Sqlite(_) => "sqlite",
+        }
+    }
+
+    /// Applies the embedded migrations of this backend.
+    pub async fn migrate(&self) -> Result<()> {
+        match &self.pool {
+            Pool::Postgres(p) => sqlx::migrate!("./migrations/postgres").run(p).await?,
+            Pool::Sqlite(p) => sqlx::migrate!("./migrations/sqlite").run(p).await?,
+        }
+        Ok(())
+    }
+
+    pub async fn close(&self) {
+        on_pool!(self, p => p.close().await)
+    }
+
+    pub async fn upsert_tenant(&self, tenant: &TenantId, name: &str) -> Result<()> {
+        let sql = "INSERT INTO tenants (tenant_id, name, created_at) VALUES ($1, $2, $3)
+                   ON CONFLICT (tenant_id) DO UPDATE SET name = excluded.name";
+        on_pool!(self, p => sqlx::query(sql).bind(tenant.as_str()).bind(name).bind(now_ms()).execute(p).await.map(|_| ()))?;
+        Ok(())
+    }
+
+    /// Whether the tenant is registered.
+    pub async fn tenant_exists(&self, tenant: &TenantId) -> Result<bool> {
+        let sql = "SELECT COUNT(*) FROM tenants WHERE tenant_id = $1";
+        let n: i64 = on_pool!(self, p => sqlx::query_scalar(sql).bind(tenant.as_str()).fetch_one(p).await)?;
+        Ok(n > 0)
+    }
+
+    pub async fn put_template(
+        &self,
+        tenant: &str,
+        campaign: &str,
+        template: &str,
+        t: &StoredTemplate,
+    ) -> Result<()> {
+        let sql = "INSERT INTO campaign_templates (tenant_id, campaign_id, template_id, subject, html, text, version, created_at)
+                   VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+                   ON CONFLICT (tenant_id, campaign_id, template_id) DO UPDATE
+                   SET subject = excluded.subject, html = excluded.html, text = excluded.text, version = excluded.version";
+        on_pool!(self, p => sqlx::query(sql)
+            .bind(tenant).bind(campaign).bind(template)
+            .bind(&t.subject).bind(&t.html).bind(&t.text).bind(t.version).bind(now_ms())
+            .execute(p).await.map(|_| ()))?;
+        Ok(())
+    }
+
+    pub async fn template(&self, tenant: &str, campaign: &str, template: &str) -> Result<Option<StoredTemplate>> {
+        let sql = "SELECT subject, html, text, version FROM campaign_templates
+                   WHERE tenant_id = $1 AND campaign_id = $2 AND template_id = $3";
+        let row: Option<(String, Option<String>, Option<String>, i64)> = on_pool!(self, p =>
+            sqlx::query_as(sql).bind(tenant).bind(campaign).bind(template).fetch_optional(p).await)?;
+        Ok(row.map(|(subject, html, text, version)| StoredTemplate { subject, html, text, version }))
+    }
+
+    /// Claims a job in the ledger: inserts it as `pending` if new, and
+    /// returns its row either way. The caller decides from the status whether
+    /// to send (new, pending, deferred), resolve an in-doubt attempt
+    /// (sending), or only re-announce a finished outcome (terminal).
+    pub async fn claim_job(&self, job: &SendJob) -> Result<Claim> {
+        let now = now_ms();
+        let insert = "INSERT INTO send_ledger (tenant_id, job_id, campaign_id, category, recipient, recipient_domain, status, attempts, created_at, updated_at)
+                      VALUES ($1, $2, $3, $4, $5, $6, 'pending', 0, $7, $7)
+                      ON CONFLICT (tenant_id, job_id) DO NOTHING";
+        let select = "SELECT status, attempts, message_id FROM send_ledger WHERE tenant_id = $1 AND job_id = $2";
+        let row: (String, i32, Option<String>) = on_pool!(self, p => {
+            sqlx::query(insert)
+                .bind(job.tenant_id.as_str()).bind(job.job_id.as_str()).bind(job.campaign_id.as_str())
+                .bind(job.category.as_str()).bind(job.to.email.as_str()).bind(job.to.email.domain())
+                .bind(now)
+                .execute(p).await?;
+            sqlx::query_as(select).bind(job.tenant_id.as_str()).bind(job.job_id.as_str()).fetch_one(p).await
+        })?;
+        Ok(Claim { status: row.0.parse()?, attempts: row.1, message_id: row.2 })
+    }
+
+    /// Marks the start of an SMTP transaction. If the process dies before
+    /// [`Store::finish`], the row stays `sending` and the job is in doubt.
+    pub async fn mark_sending(&self, tenant: &str, job_id: &str, message_id: &str) -> Result<()> {
+        let sql = "UPDATE send_ledger SET status = 'sending', message_id = $3, attempts = attempts + 1, updated_at = $4
+                   WHERE tenant_id = $1 AND job_id = $2";
+        on_pool!(self, p => sqlx::query(sql).bind(tenant).bind(job_id).bind(message_id).bind(now_ms()).execute(p).await.map(|_| ()))?;
+        Ok(())
+    }
+
+    /// Records an outcome: the ledger status and its event, in one transaction.
+    /// The event insert is idempotent on `event_id`.
+    pub async fn finish(
+        &self,
+        tenant: &str,
+        job_id: &str,
+        status: LedgerStatus,
+        last_reply: Option<&str>,
+        next_attempt_at: Option<i64>,
+        event: &Event,
+    ) -> Result<()> {
+        let update = "UPDATE send_ledger SET status = $3, last_reply = $4, next_attempt_at = $5, updated_at = $6
+                      WHERE tenant_id = $1 AND job_id = $2";
+        let payload = String::from_utf8(event.to_json()).unwrap_or_default();
+        in_tx!(self, tx => {
+            sqlx::query(update)
+                .bind(tenant).bind(job_id).bind(status.as_str()).bind(last_reply).bind(next_attempt_at).bind(now_ms())
+                .execute(&mut *tx).await?;
+            insert_event_q(event, &payload).execute(&mut *tx).await?;
+        });
+        Ok(())
+    }
+
+    /// Stores events, ignoring any whose `event_id` is already stored.
+    pub async fn insert_events(&self, events: &[Event]) -> Result<()> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        in_tx!(self, tx => {
+            for e in events {
+                let payload = String::from_utf8(e.to_json()).unwrap_or_default();
+                insert_event_q(e, &payload).execute(&mut *tx).await?;
+            }
+        });
+        Ok(())
+    }
+
+    /// Records a dead letter and, if given, its event, once per source record.
+    pub async fn dead_letter(&self, dl: &DeadLetter, event: &Event) -> Result<()> {
+        let sql = "INSERT INTO dead_letters (received_at, source, reason, detail, tenant_id, job_id, payload)
+                   VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (source) DO NOTHING";
+        let payload = String::from_utf8(event.to_json()).unwrap_or_default();
+        in_tx!(self, tx => {
+            sqlx::query(sql)
+                .bind(now_ms()).bind(&dl.source).bind(&dl.reason).bind(&dl.detail)
+                .bind(&dl.tenant_id).bind(&dl.job_id).bind(&dl.payload)
+                .execute(&mut *tx).await?;
+            insert_event_q(event, &payload).execute(&mut *tx).await?;
+        });
+        Ok(())
+    }
+
+    /// Adds a suppression. `scope_tenant` is `None` for platform-wide.
+    pub async fn add_suppression(
+        &self,
+        scope_tenant: Option<&str>,
+        recipient_hash: &str,
+        reason: &str,
+        applies_to: Category,
+        source_tenant: Option<&str>,
+    ) -> Result<()> {
+        let applies = match applies_to {
+            Category::Marketing => "marketing",
+            Category::Transactional => "all",
+        };
+        let sql = "INSERT INTO suppressions (scope_tenant, recipient_hash, reason, applies_to, source_tenant, created_at)
+                   VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (scope_tenant, recipient_hash, applies_to) DO NOTHING";
+        on_pool!(self, p => sqlx::query(sql)
+            .bind(scope_tenant.unwrap_or("")).bind(recipient_hash).bind(reason).bind(applies)
+            .bind(source_tenant).bind(now_ms())
+            .execute(p).await.map(|_| ()))?;
+        Ok(())
+    }
+
+    /// The suppression that stops a send of `category` to `recipient_hash` for
+    /// `tenant`, if any: platform-wide entries and the tenant's own; marketing
+    /// entries only stop marketing mail.
+    pub async fn suppression(&self, recipient_hash: &str, tenant: &str, category: Category) -> Result<Option<Suppressed>> {
+        let sql = "SELECT reason, scope_tenant FROM suppressions
+                   WHERE recipient_hash = $1 AND scope_tenant IN ('', $2)
+                     AND (applies_to = 'all' OR $3 = 'marketing')
+                   ORDER BY scope_tenant LIMIT 1";
+        let row: Option<(String, String)> = on_pool!(self, p => sqlx::query_as(sql)
+            .bind(recipient_hash).bind(tenant).bind(category.as_str())
+            .fetch_optional(p).await)?;
+        Ok(row.map(|(reason, scope)| Suppressed { reason, platform_wide: scope.is_empty() }))
+    }
+
+    /// Event counts by type for one campaign.
+    pub async fn event_counts(&self, tenant: &str, campaign: &str) -> Result<BTreeMap<String, i64>> {
+        let sql = "SELECT type, COUNT(*) FROM events WHERE tenant_id = $1 AND campaign_id = $2 GROUP BY type";
+        let rows: Vec<(String, i64)> = on_pool!(self, p => sqlx::query_as(sql).bind(tenant).bind(campaign).fetch_all(p).await)?;
+        Ok(rows.into_iter().collect())
+    }
+
+    /// Ledger rows by status for one campaign.
+    pub async fn ledger_counts(&self, tenant: &str, campaign: &str) -> Result<BTreeMap<String, i64>> {
+        let sql = "SELECT status, COUNT(*) FROM send_ledger WHERE tenant_id = $1 AND campaign_id = $2 GROUP BY status";
+        let rows: Vec<(String, i64)> = on_pool!(self, p => sqlx::query_as(sql).bind(tenant).bind(campaign).fetch_all(p).await)?;
+        Ok(rows.into_iter().collect())
+    }
+
+    /// Number of dead letters recorded.
+    pub async fn dead_letter_count(&self) -> Result<i64> {
+        Ok(on_pool!(self, p => sqlx::query_scalar("SELECT COUNT(*) FROM dead_letters").fetch_one(p).await)?)
+    }
+}
+
+fn insert_event_q<'q, DB: sqlx::Database>(
+    e: &'q Event,
+    payload: &'q str,
+) -> sqlx::query::Query<'q, DB, <DB as sqlx::Database>::Arguments<'q>>
+where
+    &'q str: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    Option<&'q str>: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    i64: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+{
+    sqlx::query(
+        "INSERT INTO events (event_id, tenant_id, campaign_id, job_id, type, occurred_at, payload)
+         VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (event_id) DO NOTHING",
+    )
+    .bind(e.event_id.as_str())
+    .bind(e.tenant_id.as_ref().map(|t| t.as_str()))
+    .bind(e.campaign_id.as_ref().map(|c| c.as_str()))
+    .bind(e.job_id.as_ref().map(|j| j.as_str()))
+    .bind(e.kind.as_str())
+    .bind((e.occurred_at.unix_timestamp_nanos() / 1_000_000) as i64)
+    .bind(payload)
+}

@@ -1,0 +1,103 @@
+//! The one place that decides what an SMTP result means for a job.
+
+use crate::{DeliveryError, Phase, Reply};
+
+/// What the worker does with a job after a delivery attempt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Disposition {
+    /// Accepted by the server.
+    Delivered,
+    /// Try again later; nothing was delivered.
+    Deferred { slow_down: bool },
+    /// Permanently refused for this recipient. `suppress` says whether the
+    /// address itself is bad (unknown user, mailbox disabled), so that it is
+    /// never mailed again.
+    Bounced { suppress: bool },
+    /// The job itself is at fault (a rejected sender, an unsendable address);
+    /// retrying cannot help.
+    DeadLetter { reason: &'static str },
+    /// The content went out but the final reply was lost: the message may or
+    /// may not have been delivered.
+    InDoubt,
+}
+
+/// Classifies every result: no wildcard arms, so a new phase or error kind
+/// fails to compile until someone decides what it means.
+pub fn classify(result: &Result<Reply, DeliveryError>) -> Disposition {
+    match result {
+        Ok(reply) => match reply.code {
+            200..=299 => Disposition::Delivered,
+            // A transport never returns a non-2xx reply as Ok, but if one
+            // did, treating it as a temporary failure loses nothing.
+            _ => Disposition::Deferred { slow_down: false },
+        },
+        Err(DeliveryError::Rejected { phase, reply }) => rejected(*phase, reply),
+        Err(DeliveryError::Io { phase, .. } | DeliveryError::Protocol { phase, .. }) => match phase {
+            Phase::Message => Disposition::InDoubt,
+            Phase::Connect | Phase::Greeting | Phase::MailFrom | Phase::RcptTo | Phase::Data => {
+                Disposition::Deferred { slow_down: false }
+            }
+        },
+        Err(DeliveryError::Unsendable(_)) => Disposition::DeadLetter { reason: "unsendable" },
+    }
+}
+
+fn rejected(phase: Phase, reply: &Reply) -> Disposition {
+    let enhanced = reply.enhanced.as_deref().unwrap_or("");
+    if reply.code < 500 {
+        // 421 and 4.7.x are how providers say "too fast": slow that provider.
+        let slow_down = reply.code == 421 || enhanced.starts_with("4.7.");
+        return Disposition::Deferred { slow_down };
+    }
+    match phase {
+        // A relay that refuses us outright is our problem, not the recipient's.
+        Phase::Connect | Phase::Greeting => Disposition::Deferred { slow_down: true },
+        Phase::MailFrom => Disposition::DeadLetter { reason: "sender_rejected" },
+        Phase::RcptTo | Phase::Data | Phase::Message => Disposition::Bounced { suppress: bad_mailbox(reply.code, enhanced, phase) },
+    }
+}
+
+/// Whether a permanent failure says the mailbox is bad (RFC 3463 x.1.x and
+/// x.2.1), as opposed to a policy or content rejection (x.7.x, x.6.x).
+fn bad_mailbox(code: u16, enhanced: &str, phase: Phase) -> bool {
+    if let Some(rest) = enhanced.strip_prefix("5.") {
+        return rest.starts_with("1.") || rest == "2.1";
+    }
+    // No enhanced code: 550/551/553 to RCPT mean "no such user" in practice.
+    phase == Phase::RcptTo && matches!(code, 550 | 551 | 553)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rej(phase: Phase, code: u16, text: &str) -> Result<Reply, DeliveryError> {
+        Err(DeliveryError::Rejected { phase, reply: Reply::new(code, text) })
+    }
+
+    #[test]
+    fn table() {
+        let io = |phase| Err(DeliveryError::Io { phase, detail: "reset".into() });
+        let cases: Vec<(Result<Reply, DeliveryError>, Disposition)> = vec![
+            (Ok(Reply::new(250, "2.0.0 Ok: queued")), Disposition::Delivered),
+            (rej(Phase::RcptTo, 450, "4.2.0 mailbox busy"), Disposition::Deferred { slow_down: false }),
+            (rej(Phase::Connect, 421, "4.3.2 shutting down"), Disposition::Deferred { slow_down: true }),
+            (rej(Phase::MailFrom, 451, "4.7.1 rate limited"), Disposition::Deferred { slow_down: true }),
+            (rej(Phase::RcptTo, 550, "5.1.1 no such user"), Disposition::Bounced { suppress: true }),
+            (rej(Phase::RcptTo, 550, "no such user"), Disposition::Bounced { suppress: true }),
+            (rej(Phase::RcptTo, 552, "5.2.2 mailbox full"), Disposition::Bounced { suppress: false }),
+            (rej(Phase::Message, 554, "5.7.1 spam"), Disposition::Bounced { suppress: false }),
+            (rej(Phase::Data, 500, "5.3.0 Error: command failed"), Disposition::Bounced { suppress: false }),
+            (rej(Phase::MailFrom, 553, "5.1.8 bad sender"), Disposition::DeadLetter { reason: "sender_rejected" }),
+            (rej(Phase::Greeting, 554, "no service"), Disposition::Deferred { slow_down: true }),
+            (io(Phase::Connect), Disposition::Deferred { slow_down: false }),
+            (io(Phase::Data), Disposition::Deferred { slow_down: false }),
+            (io(Phase::Message), Disposition::InDoubt),
+            (Err(DeliveryError::Protocol { phase: Phase::Message, detail: "junk".into() }), Disposition::InDoubt),
+            (Err(DeliveryError::Unsendable("no SMTPUTF8".into())), Disposition::DeadLetter { reason: "unsendable" }),
+        ];
+        for (r, want) in cases {
+            assert_eq!(classify(&r), want, "{r:?}");
+        }
+    }
+}
