@@ -1,0 +1,263 @@
+//! Apache Kafka: the send-job consumer group and the event producer.
+//!
+//! Offsets are never committed by the worker directly. Auto-commit is on,
+//! auto offset *store* is off: a position is stored (and later committed) only
+//! when [`Acker::ack`] says a job's outcome is durable, and only up to the
+//! lowest unfinished offset of its partition.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use mailpipe_core::{Event, topics};
+use rdkafka::ClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
+use rdkafka::message::{Header, Message, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use tracing::{debug, info, warn};
+
+use crate::{Acker, Delivery, JobSource, OffsetTracker, QueueError, RecordId};
+
+/// Connection settings shared by consumer and producer.
+#[derive(Debug, Clone)]
+pub struct KafkaSettings {
+    pub brokers: String,
+    pub group_id: String,
+    pub send_topic: String,
+    pub events_topic: String,
+    pub dlq_topic: String,
+    /// Extra librdkafka properties, applied last.
+    pub extra: Vec<(String, String)>,
+}
+
+impl KafkaSettings {
+    pub fn new(brokers: impl Into<String>) -> Self {
+        Self {
+            brokers: brokers.into(),
+            group_id: "mailpipe-worker".into(),
+            send_topic: topics::SEND.into(),
+            events_topic: topics::EVENTS.into(),
+            dlq_topic: topics::SEND_DLQ.into(),
+            extra: Vec::new(),
+        }
+    }
+
+    fn base(&self) -> ClientConfig {
+        let mut c = ClientConfig::new();
+        c.set("bootstrap.servers", &self.brokers);
+        c.set("client.id", "mailpipe");
+        for (k, v) in &self.extra {
+            c.set(k, v);
+        }
+        c
+    }
+
+    fn unreachable(&self, detail: impl ToString) -> QueueError {
+        QueueError::Unreachable { brokers: self.brokers.clone(), detail: detail.to_string() }
+    }
+}
+
+/// Keeps the offset tracker in step with partition assignment.
+pub struct TrackingContext {
+    tracker: Arc<Mutex<OffsetTracker>>,
+}
+
+impl ClientContext for TrackingContext {}
+
+impl ConsumerContext for TrackingContext {
+    fn pre_rebalance(&self, _c: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Revoke(tpl) = rebalance {
+            let mut t = self.tracker.lock().unwrap_or_else(|p| p.into_inner());
+            for e in tpl.elements() {
+                t.revoke(e.partition());
+            }
+            info!(partitions = tpl.count(), "partitions revoked; unfinished jobs will be redelivered to their new owner, and the ledger makes that harmless");
+        }
+    }
+
+    fn post_rebalance(&self, _c: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Assign(tpl) => info!(partitions = tpl.count(), "partitions assigned"),
+            Rebalance::Revoke(_) => {}
+            Rebalance::Error(e) => warn!(error = %e, "rebalance error"),
+        }
+    }
+}
+
+/// The consumer side of `mailpipe.send.v1`.
+pub struct KafkaSource {
+    consumer: Arc<StreamConsumer<TrackingContext>>,
+    tracker: Arc<Mutex<OffsetTracker>>,
+    topic: String,
+}
+
+impl KafkaSource {
+    /// Joins the consumer group. Fails within `timeout` if no broker answers.
+    pub async fn connect(s: &KafkaSettings, timeout: Duration) -> Result<Self, QueueError> {
+        let tracker = Arc::new(Mutex::new(OffsetTracker::new()));
+        let mut c = s.base();
+        c.set("group.id", &s.group_id)
+            .set("enable.auto.commit", "true")
+            .set("auto.commit.interval.ms", "1000")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("partition.assignment.strategy", "cooperative-sticky")
+            .set("session.timeout.ms", "10000")
+            .set("max.poll.interval.ms", "300000");
+        for (k, v) in &s.extra {
+            c.set(k, v);
+        }
+        let consumer: StreamConsumer<TrackingContext> =
+            c.create_with_context(TrackingContext { tracker: tracker.clone() })?;
+        let consumer = Arc::new(consumer);
+        check_topic(consumer.as_ref(), &s.send_topic, timeout, s).await?;
+        consumer.subscribe(&[&s.send_topic])?;
+        Ok(Self { consumer, tracker, topic: s.send_topic.clone() })
+    }
+
+    /// Commits stored offsets synchronously; call after draining on shutdown.
+    pub fn commit_stored(&self) -> Result<(), QueueError> {
+        match self.consumer.commit_consumer_state(CommitMode::Sync) {
+            Ok(()) => Ok(()),
+            // Nothing stored since the last commit.
+            Err(rdkafka::error::KafkaError::ConsumerCommit(rdkafka::types::RDKafkaErrorCode::NoOffset)) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    pub fn in_flight(&self) -> usize {
+        self.tracker.lock().unwrap_or_else(|p| p.into_inner()).in_flight()
+    }
+}
+
+async fn check_topic<C: Consumer<X>, X: ConsumerContext>(
+    consumer: &C,
+    topic: &str,
+    timeout: Duration,
+    s: &KafkaSettings,
+) -> Result<(), QueueError> {
+    // fetch_metadata blocks; it is bounded by `timeout` and runs once at start-up.
+    let md = tokio::task::block_in_place(|| consumer.fetch_metadata(Some(topic), timeout))
+        .map_err(|e| s.unreachable(e))?;
+    let ok = md.topics().iter().any(|t| t.name() == topic && t.error().is_none() && !t.partitions().is_empty());
+    if !ok {
+        return Err(s.unreachable(format!("topic {topic} does not exist (scripts/services.sh up creates it)")));
+    }
+    Ok(())
+}
+
+struct KafkaAcker {
+    consumer: Arc<StreamConsumer<TrackingContext>>,
+    tracker: Arc<Mutex<OffsetTracker>>,
+}
+
+impl Acker for KafkaAcker {
+    fn ack(&self, id: &RecordId) {
+        let pos = self
+            .tracker
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .complete(id.partition, id.offset);
+        if let Some(pos) = pos {
+            let mut tpl = TopicPartitionList::new();
+            if tpl.add_partition_offset(&id.topic, id.partition, Offset::Offset(pos)).is_ok() {
+                // Fails only if the partition was revoked meanwhile; the new
+                // owner redelivers, and the ledger turns that into a no-op.
+                if let Err(e) = self.consumer.store_offsets(&tpl) {
+                    debug!(error = %e, partition = id.partition, "offset not stored");
+                }
+            }
+        }
+    }
+}
+
+impl JobSource for KafkaSource {
+    async fn recv(&mut self) -> Result<Option<Delivery>, QueueError> {
+        let m = self.consumer.recv().await?;
+        let d = Delivery {
+            payload: m.payload().map(<[u8]>::to_vec).unwrap_or_default(),
+            key: m.key().map(<[u8]>::to_vec),
+            id: RecordId { topic: self.topic.clone(), partition: m.partition(), offset: m.offset() },
+        };
+        self.tracker.lock().unwrap_or_else(|p| p.into_inner()).begin(d.id.partition, d.id.offset);
+        Ok(Some(d))
+    }
+
+    fn acker(&self) -> Arc<dyn Acker> {
+        Arc::new(KafkaAcker { consumer: self.consumer.clone(), tracker: self.tracker.clone() })
+    }
+}
+
+/// Publishes events, dead letters and (for `mailpipe enqueue`) send jobs,
+/// each call returning once the broker has acknowledged the write.
+#[derive(Clone)]
+pub struct KafkaEvents {
+    producer: FutureProducer,
+    settings: Arc<KafkaSettings>,
+}
+
+impl KafkaEvents {
+    pub async fn connect(s: &KafkaSettings, timeout: Duration) -> Result<Self, QueueError> {
+        let mut c = s.base();
+        c.set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("linger.ms", "5")
+            .set("compression.type", "lz4")
+            .set("message.timeout.ms", "30000");
+        for (k, v) in &s.extra {
+            c.set(k, v);
+        }
+        let producer: FutureProducer = c.create()?;
+        let md = tokio::task::block_in_place(|| producer.client().fetch_metadata(Some(&s.events_topic), timeout))
+            .map_err(|e| s.unreachable(e))?;
+        if md.topics().iter().all(|t| t.error().is_some() || t.partitions().is_empty()) {
+            return Err(s.unreachable(format!("topic {} does not exist (scripts/services.sh up creates it)", s.events_topic)));
+        }
+        Ok(Self { producer, settings: Arc::new(s.clone()) })
+    }
+
+    async fn send(&self, topic: &str, key: &[u8], payload: &[u8], headers: Option<OwnedHeaders>) -> Result<(), QueueError> {
+        let mut rec = FutureRecord::to(topic).key(key).payload(payload);
+        if let Some(h) = headers {
+            rec = rec.headers(h);
+        }
+        self.producer
+            .send(rec, Duration::from_secs(30))
+            .await
+            .map(|_| ())
+            .map_err(|(e, _)| QueueError::Kafka(e))
+    }
+
+    /// Publishes events keyed by tenant, so one tenant's events stay in order.
+    pub async fn publish(&self, events: &[Event]) -> Result<(), QueueError> {
+        let sends = events.iter().map(|e| {
+            let key = e.tenant_id.as_ref().map(|t| t.as_str()).unwrap_or("").as_bytes().to_vec();
+            let payload = e.to_json();
+            async move { self.send(&self.settings.events_topic, &key, &payload, None).await }
+        });
+        // Concurrent, so the records batch in the producer (linger.ms).
+        futures::future::try_join_all(sends).await.map(|_| ())
+    }
+
+    /// Copies a rejected record to the dead-letter topic with its reason.
+    pub async fn dead_letter(&self, d: &Delivery, reason: &str, detail: &str) -> Result<(), QueueError> {
+        let source = d.id.to_string();
+        let headers = OwnedHeaders::new()
+            .insert(Header { key: "mailpipe-reason", value: Some(reason) })
+            .insert(Header { key: "mailpipe-detail", value: Some(detail) })
+            .insert(Header { key: "mailpipe-source", value: Some(source.as_str()) });
+        let key = d.key.clone().unwrap_or_default();
+        self.send(&self.settings.dlq_topic, &key, &d.payload, Some(headers)).await
+    }
+
+    /// Produces a send job (what a campaign scheduler does).
+    pub async fn enqueue(&self, key: &str, payload: &[u8]) -> Result<(), QueueError> {
+        self.send(&self.settings.send_topic, key.as_bytes(), payload, None).await
+    }
+
+    /// Waits for every queued write, bounded by `timeout`.
+    pub fn flush(&self, timeout: Duration) -> Result<(), QueueError> {
+        self.producer.flush(timeout).map_err(QueueError::from)
+    }
+}
