@@ -27,6 +27,9 @@ impl OffsetTracker {
     pub fn begin(&mut self, partition: i32, offset: i64) {
         let p = self.partitions.entry(partition).or_default();
         p.in_flight.insert(offset);
+        // Records of a partition arrive in order: the first one seen is where
+        // this consumer's position already stands.
+        p.stored.get_or_insert(offset);
         p.highest_seen = Some(p.highest_seen.map_or(offset, |h| h.max(offset)));
     }
 
