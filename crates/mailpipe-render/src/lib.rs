@@ -17,7 +17,7 @@ pub mod template;
 use std::sync::Arc;
 
 use mailpipe_core::{Category, Content, SendJob};
-use mailpipe_token::{Action, Claims, Keyring, TokenError};
+use mailpipe_token::{Action, Claims, Keyring, RecipientHasher, TokenError};
 use time::OffsetDateTime;
 
 pub use template::{CompiledTemplates, TemplateLimits, TemplateSet};
@@ -81,16 +81,26 @@ pub struct Composed {
 /// Composes messages. Cheap to share behind an `Arc`.
 pub struct Composer {
     keyring: Arc<Keyring>,
+    recipients: RecipientHasher,
     links: TrackingLinks,
     limits: TemplateLimits,
 }
 
 impl Composer {
-    pub fn new(keyring: Arc<Keyring>, mut links: TrackingLinks, limits: TemplateLimits) -> Self {
+    pub fn new(
+        keyring: Arc<Keyring>,
+        recipients: RecipientHasher,
+        mut links: TrackingLinks,
+        limits: TemplateLimits,
+    ) -> Self {
         while links.base_url.ends_with('/') {
             links.base_url.pop();
         }
-        Self { keyring, links, limits }
+        Self { keyring, recipients, links, limits }
+    }
+
+    pub fn recipients(&self) -> &RecipientHasher {
+        &self.recipients
     }
 
     pub fn keyring(&self) -> &Keyring {
@@ -126,7 +136,7 @@ impl Composer {
             sent_at,
             action,
         };
-        let recipient = self.keyring.recipient_ref(&job.to.email.canonical());
+        let recipient = self.recipients.hash(&job.to.email.canonical());
         let unsub_token = self.keyring.sign(&claims(Action::Unsubscribe { recipient }))?;
         let unsubscribe_url = format!("{}/u/{unsub_token}", self.links.base_url);
         let open_url =

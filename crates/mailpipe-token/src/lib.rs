@@ -48,6 +48,42 @@ impl RecipientRef {
     }
 }
 
+/// Hashes canonical addresses into [`RecipientRef`]s with a platform secret
+/// of its own. It is deliberately separate from the token keys: those rotate,
+/// and a rotation must not change the key of every suppression.
+#[derive(Clone)]
+pub struct RecipientHasher {
+    mac: HmacSha256,
+}
+
+impl std::fmt::Debug for RecipientHasher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RecipientHasher(..)")
+    }
+}
+
+impl RecipientHasher {
+    pub fn new(secret: &SecretSlice<u8>) -> Result<Self, KeyringError> {
+        if secret.expose_secret().len() < 32 {
+            return Err(KeyringError::RecipientKeyTooShort);
+        }
+        let mac = HmacSha256::new_from_slice(secret.expose_secret())
+            .map_err(|_| KeyringError::RecipientKeyTooShort)?;
+        Ok(Self { mac })
+    }
+
+    /// The reference of a canonical (lower-cased) address.
+    pub fn hash(&self, canonical_address: &str) -> RecipientRef {
+        let mut m = self.mac.clone();
+        m.update(b"mailpipe/recipient/v1/");
+        m.update(canonical_address.as_bytes());
+        let out = m.finalize().into_bytes();
+        let mut r = [0u8; 16];
+        r.copy_from_slice(&out[..16]);
+        RecipientRef(r)
+    }
+}
+
 /// What the token lets its bearer do.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
@@ -128,6 +164,8 @@ pub enum KeyringError {
     Duplicate(u16),
     #[error("key {0} is shorter than 32 bytes")]
     TooShort(u16),
+    #[error("the recipient hash key is shorter than 32 bytes")]
+    RecipientKeyTooShort,
 }
 
 impl Keyring {
@@ -164,18 +202,6 @@ impl Keyring {
         let tenant_key = m.finalize().into_bytes();
         // A 32-byte key is always accepted by HMAC.
         HmacSha256::new_from_slice(&tenant_key).expect("32-byte HMAC key")
-    }
-
-    /// A keyed hash of a recipient's canonical address, for unsubscribe tokens
-    /// and suppression keys. Uses the active key's domain-separated derivation.
-    pub fn recipient_ref(&self, canonical_address: &str) -> RecipientRef {
-        let mut m = self.master(self.active).expect("active key exists").clone();
-        m.update(b"mailpipe/recipient/v1/");
-        m.update(canonical_address.as_bytes());
-        let out = m.finalize().into_bytes();
-        let mut r = [0u8; 16];
-        r.copy_from_slice(&out[..16]);
-        RecipientRef(r)
     }
 
     /// Signs `claims` with the active key.
@@ -330,7 +356,7 @@ mod tests {
     #[test]
     fn round_trips_every_action() {
         let ring = Keyring::new(vec![key(1, 7)], 1).unwrap();
-        let rr = ring.recipient_ref("jane@example.com");
+        let rr = RecipientHasher::new(&vec![5u8; 32].into()).unwrap().hash("jane@example.com");
         for action in [
             Action::Open,
             Action::Click { url: "https://acme.example/p?a=1&b=2#x".into() },
@@ -412,6 +438,20 @@ mod tests {
         );
         let short = SigningKey { id: 3, secret: vec![1u8; 8].into() };
         assert_eq!(Keyring::new(vec![short], 3).unwrap_err(), KeyringError::TooShort(3));
+    }
+
+    #[test]
+    fn recipient_hashes_are_keyed_and_stable() {
+        let a = RecipientHasher::new(&vec![5u8; 32].into()).unwrap();
+        let b = RecipientHasher::new(&vec![6u8; 32].into()).unwrap();
+        assert_eq!(a.hash("x@y.example"), a.hash("x@y.example"));
+        assert_ne!(a.hash("x@y.example"), a.hash("z@y.example"));
+        assert_ne!(a.hash("x@y.example"), b.hash("x@y.example"));
+        assert_eq!(a.hash("x@y.example").to_hex().len(), 32);
+        assert_eq!(
+            RecipientHasher::new(&vec![1u8; 31].into()).unwrap_err(),
+            KeyringError::RecipientKeyTooShort
+        );
     }
 
     #[test]
