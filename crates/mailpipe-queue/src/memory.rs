@@ -15,6 +15,9 @@ use crate::{Acker, Delivery, JobSource, QueueError, RecordId};
 pub struct MemoryProducer {
     tx: mpsc::Sender<Delivery>,
     next: std::sync::Arc<AtomicI64>,
+    /// `memory-<start ms>`: record ids stay unique across runs that share a
+    /// database, as dead letters are recorded once per record id.
+    run: std::sync::Arc<str>,
 }
 
 impl MemoryProducer {
@@ -24,7 +27,7 @@ impl MemoryProducer {
         let d = Delivery {
             payload,
             key: Some(key.as_bytes().to_vec()),
-            id: RecordId { topic: "memory".into(), partition: 0, offset },
+            id: RecordId { topic: self.run.to_string(), partition: 0, offset },
         };
         self.tx.send(d).await.map_err(|_| QueueError::Closed)
     }
@@ -37,7 +40,8 @@ pub struct MemorySource {
 /// A bounded in-process queue holding at most `capacity` jobs.
 pub fn memory_queue(capacity: usize) -> (MemoryProducer, MemorySource) {
     let (tx, rx) = mpsc::channel(capacity.max(1));
-    (MemoryProducer { tx, next: Default::default() }, MemorySource { rx })
+    let run = format!("memory-{}", mailpipe_core::now_ms()).into();
+    (MemoryProducer { tx, next: Default::default(), run }, MemorySource { rx })
 }
 
 struct NoAck;

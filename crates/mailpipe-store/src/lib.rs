@@ -383,6 +383,15 @@ impl Store {
         Ok(row.map(|(reason, scope)| Suppressed { reason, platform_wide: scope.is_empty() }))
     }
 
+    /// The stored terminal event of a job, if it has one: re-published when a
+    /// finished job is redelivered, in case the first publish never happened.
+    pub async fn terminal_event(&self, tenant: &str, job_id: &str) -> Result<Option<Event>> {
+        let sql = "SELECT payload FROM events WHERE tenant_id = $1 AND job_id = $2
+                   AND type IN ('sent', 'bounced', 'suppressed', 'failed', 'dead_lettered') LIMIT 1";
+        let row: Option<String> = on_pool!(self, p => sqlx::query_scalar(sql).bind(tenant).bind(job_id).fetch_optional(p).await)?;
+        Ok(row.and_then(|p| serde_json::from_str(&p).ok()))
+    }
+
     /// Event counts by type for one campaign.
     pub async fn event_counts(&self, tenant: &str, campaign: &str) -> Result<BTreeMap<String, i64>> {
         let sql = "SELECT type, COUNT(*) FROM events WHERE tenant_id = $1 AND campaign_id = $2 GROUP BY type";

@@ -1,1 +1,141 @@
-//! The send worker: consume, suppress, render, send, record, then acknowledge
+//! The send worker.
+//!
+//! For each job: parse, claim in the ledger, check suppression, render, mark
+//! `sending`, send, then record the outcome (ledger row and event in one
+//! transaction), publish the event, and only then acknowledge the record.
+//!
+//! Invariants:
+//! * A record is acknowledged only after its outcome is durable in the store
+//!   and, with Kafka, acknowledged by the broker on the events topic.
+//! * A job whose ledger row is terminal is never sent again; its stored
+//!   terminal event is re-published instead (same `event_id`).
+//! * Infrastructure failures (store, broker) are retried with back-off while
+//!   the job holds its concurrency permit, so an outage turns into
+//!   backpressure, not loss.
+#![forbid(unsafe_code)]
+
+mod pipeline;
+mod templates;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use mailpipe_queue::JobSource;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+
+pub use pipeline::{EventOut, InDoubtPolicy, Outcome, Pipeline, PipelineConfig};
+
+/// How the worker runs.
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    /// Jobs processed at once, across all partitions.
+    pub max_in_flight: usize,
+    /// How long shutdown waits for in-flight jobs before giving up on them
+    /// (they are then redelivered, unacknowledged, after a restart).
+    pub grace_period: Duration,
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        Self { max_in_flight: 64, grace_period: Duration::from_secs(30) }
+    }
+}
+
+/// Outcome counters, for progress display and the end-of-run summary.
+#[derive(Debug, Default)]
+pub struct Counters {
+    pub received: AtomicU64,
+    pub sent: AtomicU64,
+    pub deferred: AtomicU64,
+    pub bounced: AtomicU64,
+    pub suppressed: AtomicU64,
+    pub failed: AtomicU64,
+    pub dead_lettered: AtomicU64,
+    pub replayed: AtomicU64,
+    pub in_doubt: AtomicU64,
+}
+
+impl Counters {
+    /// Jobs that reached a terminal outcome in this run (including replays
+    /// of outcomes recorded by an earlier run).
+    pub fn finished(&self) -> u64 {
+        [&self.sent, &self.bounced, &self.suppressed, &self.failed, &self.dead_lettered, &self.replayed]
+            .iter()
+            .map(|c| c.load(Ordering::Relaxed))
+            .sum()
+    }
+}
+
+/// What a run did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RunReport {
+    /// Jobs still in flight when the grace period ran out.
+    pub abandoned: usize,
+}
+
+/// Consumes `source` until it is exhausted or `shutdown` fires, then drains.
+pub async fn run<S: JobSource>(
+    mut source: S,
+    pipeline: Arc<Pipeline>,
+    cfg: WorkerConfig,
+    shutdown: CancellationToken,
+) -> RunReport {
+    let permits = Arc::new(Semaphore::new(cfg.max_in_flight.max(1)));
+    let tasks = TaskTracker::new();
+    let acker = source.acker();
+    let gauge = metrics::gauge!("mailpipe_jobs_in_flight");
+    loop {
+        // A permit first: with all permits taken we stop reading, which is
+        // the backpressure that bounds memory and protects the store.
+        let permit = tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => break,
+            p = permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+        };
+        let delivery = tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => break,
+            r = source.recv() => r,
+        };
+        let delivery = match delivery {
+            Ok(Some(d)) => d,
+            Ok(None) => break,
+            Err(e) => {
+                warn!(error = %e, "receive failed; retrying in 1s");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        let pipeline = pipeline.clone();
+        let acker = acker.clone();
+        let shutdown = shutdown.clone();
+        let gauge = gauge.clone();
+        gauge.increment(1.0);
+        tasks.spawn(async move {
+            let id = delivery.id.clone();
+            if pipeline.process(delivery, &shutdown).await.is_some() {
+                acker.ack(&id);
+            }
+            gauge.decrement(1.0);
+            drop(permit);
+        });
+    }
+    tasks.close();
+    let pending = tasks.len();
+    if pending > 0 {
+        info!(pending, grace_secs = cfg.grace_period.as_secs(), "draining in-flight jobs");
+    }
+    let abandoned = match tokio::time::timeout(cfg.grace_period, tasks.wait()).await {
+        Ok(()) => 0,
+        Err(_) => {
+            let left = tasks.len();
+            warn!(left, "grace period over; unfinished jobs stay unacknowledged and will be redelivered");
+            left
+        }
+    };
+    RunReport { abandoned }
+}

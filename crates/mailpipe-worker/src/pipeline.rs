@@ -1,0 +1,434 @@
+//! One job, from bytes to a durable outcome.
+
+use std::collections::HashSet;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use mailpipe_core::{Content, Event, EventType, SendJob, TenantId, now_ms};
+use mailpipe_queue::Delivery;
+use mailpipe_queue::kafka::KafkaEvents;
+use mailpipe_render::Composer;
+use mailpipe_smtp::{DeliveryError, Disposition, Envelope, Reply, Transport, classify};
+use mailpipe_store::{DeadLetter, LedgerStatus, Store, StoreError};
+use time::OffsetDateTime;
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, debug, info_span, warn};
+
+use crate::Counters;
+use crate::templates::{Lookup, TemplateCache};
+
+/// Where events go besides the store.
+pub enum EventOut {
+    /// Kafka: events to `mailpipe.events.v1`, rejects to `mailpipe.send.dlq.v1`.
+    Kafka(KafkaEvents),
+    /// Embedded default: the store is the only record.
+    StoreOnly,
+}
+
+/// What to do with a job found `sending` on redelivery: its previous attempt
+/// died after the SMTP transaction began, so it may have been delivered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InDoubtPolicy {
+    /// Record it as sent (flagged in doubt) and never send again: no
+    /// duplicates, at the risk of a lost message. The default.
+    AssumeDelivered,
+    /// Send again: no loss, at the risk of a duplicate (same Message-ID).
+    Retry,
+}
+
+#[derive(Debug, Clone)]
+pub struct PipelineConfig {
+    pub in_doubt: InDoubtPolicy,
+    /// Delivery attempts before a deferred job fails.
+    pub max_attempts: u32,
+    /// First retry delay; doubled per attempt, with jitter.
+    pub retry_base: Duration,
+    pub retry_max: Duration,
+}
+
+impl Default for PipelineConfig {
+    fn default() -> Self {
+        Self {
+            in_doubt: InDoubtPolicy::AssumeDelivered,
+            max_attempts: 5,
+            retry_base: Duration::from_secs(1),
+            retry_max: Duration::from_secs(300),
+        }
+    }
+}
+
+/// The terminal outcome of one job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Sent,
+    Bounced,
+    Suppressed,
+    Failed,
+    DeadLettered,
+    /// Finished in an earlier run; its event was re-published.
+    Replayed,
+}
+
+pub struct Pipeline {
+    store: Store,
+    composer: Composer,
+    transport: Arc<dyn Transport>,
+    events: EventOut,
+    cfg: PipelineConfig,
+    templates: TemplateCache,
+    known_tenants: Mutex<HashSet<TenantId>>,
+    pub counters: Arc<Counters>,
+}
+
+/// A failure of our own infrastructure, retried until it heals or shutdown.
+#[derive(Debug, thiserror::Error)]
+enum Infra {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Queue(#[from] mailpipe_queue::QueueError),
+}
+
+/// Retries `op` with capped exponential back-off while `shutdown` has not
+/// fired. `None` means shutdown came first; the job is then left
+/// unacknowledged and will be redelivered.
+async fn durably<T, F, Fut>(what: &'static str, shutdown: &CancellationToken, mut op: F) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, Infra>>,
+{
+    let mut delay = Duration::from_millis(100);
+    loop {
+        match op().await {
+            Ok(v) => return Some(v),
+            Err(e) => {
+                metrics::counter!("mailpipe_infra_retries_total", "step" => what).increment(1);
+                warn!(step = what, error = %e, retry_in_ms = delay.as_millis() as u64, "infrastructure error; holding the job and retrying");
+                tokio::select! {
+                    _ = shutdown.cancelled() => return None,
+                    _ = tokio::time::sleep(delay) => {}
+                }
+                delay = (delay * 2).min(Duration::from_secs(10));
+            }
+        }
+    }
+}
+
+impl Pipeline {
+    pub fn new(store: Store, composer: Composer, transport: Arc<dyn Transport>, events: EventOut, cfg: PipelineConfig) -> Self {
+        let limits = composer.limits().clone();
+        Self {
+            store,
+            composer,
+            transport,
+            events,
+            cfg,
+            templates: TemplateCache::new(limits, 1024),
+            known_tenants: Mutex::new(HashSet::new()),
+            counters: Arc::new(Counters::default()),
+        }
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Processes one record to a durable outcome. Returns `None` only if
+    /// shutdown interrupted it before the outcome was durable.
+    pub async fn process(&self, d: Delivery, shutdown: &CancellationToken) -> Option<Outcome> {
+        self.counters.received.fetch_add(1, Ordering::Relaxed);
+        let job = match SendJob::from_json(&d.payload) {
+            Ok(job) => job,
+            Err(e) => return self.reject(&d, None, e.reason(), &e.to_string(), shutdown).await,
+        };
+        let span = info_span!("job", tenant = %job.tenant_id, campaign = %job.campaign_id, job = %job.job_id, rcpt_domain = job.to.email.domain(), record = %d.id);
+        self.process_job(&d, job, shutdown).instrument(span).await
+    }
+
+    async fn process_job(&self, d: &Delivery, job: SendJob, shutdown: &CancellationToken) -> Option<Outcome> {
+        if !self.tenant_known(&job.tenant_id, shutdown).await? {
+            return self.reject(d, Some(&job), "unknown_tenant", "tenant is not registered", shutdown).await;
+        }
+        let claim = durably("claim", shutdown, || async { Ok(self.store.claim_job(&job).await?) }).await?;
+        if claim.status.is_terminal() {
+            return self.replay(&job, shutdown).await;
+        }
+        if claim.status == LedgerStatus::Sending {
+            self.counters.in_doubt.fetch_add(1, Ordering::Relaxed);
+            metrics::counter!("mailpipe_jobs_in_doubt_total").increment(1);
+            if self.cfg.in_doubt == InDoubtPolicy::AssumeDelivered {
+                warn!("previous attempt died mid-transaction; recording as sent (in doubt) per policy");
+                let mut ev = self.event(&job, EventType::Sent, "");
+                ev.message_id = claim.message_id.clone();
+                ev.reason = Some("in_doubt".into());
+                return self.finish(&job, LedgerStatus::Sent, None, ev, Outcome::Sent, shutdown).await;
+            }
+        }
+
+        // Suppression comes before rendering: a suppressed job costs one lookup.
+        let rref = self.composer.recipients().hash(&job.to.email.canonical()).to_hex();
+        let tenant = job.tenant_id.as_str();
+        let supp = durably("suppression", shutdown, || async {
+            Ok(self.store.suppression(&rref, tenant, job.category).await?)
+        })
+        .await?;
+        if let Some(s) = supp {
+            let mut ev = self.event(&job, EventType::Suppressed, "");
+            ev.reason = Some(s.reason.clone());
+            ev.detail = Some(if s.platform_wide { "platform" } else { "tenant" }.into());
+            return self.finish(&job, LedgerStatus::Suppressed, None, ev, Outcome::Suppressed, shutdown).await;
+        }
+
+        let compiled = match &job.content {
+            Content::Inline { .. } => None,
+            Content::Registered(t) => {
+                let lookup = durably("template", shutdown, || async {
+                    Ok(self.templates.get(&self.store, tenant, job.campaign_id.as_str(), t.as_str()).await?)
+                })
+                .await?;
+                match lookup {
+                    Lookup::Found(c) => Some(c),
+                    Lookup::Unknown => {
+                        return self.reject(d, Some(&job), "unknown_template", &format!("template {t} is not registered for this campaign"), shutdown).await;
+                    }
+                    Lookup::Invalid(e) => return self.reject(d, Some(&job), e.reason(), &e.to_string(), shutdown).await,
+                }
+            }
+        };
+        let composed = match self.composer.compose(&job, compiled.as_deref(), OffsetDateTime::now_utc()) {
+            Ok(c) => c,
+            Err(e) => return self.reject(d, Some(&job), e.reason(), &e.to_string(), shutdown).await,
+        };
+
+        let envelope = Envelope { from: job.from.email.clone(), to: job.to.email.clone() };
+        let mut attempt = claim.attempts.max(0) as u32;
+        loop {
+            attempt += 1;
+            durably("mark_sending", shutdown, || async {
+                Ok(self.store.mark_sending(tenant, job.job_id.as_str(), &composed.message_id).await?)
+            })
+            .await?;
+            let started = Instant::now();
+            let result = self.transport.send(&envelope, &composed.bytes).await;
+            metrics::histogram!("mailpipe_send_duration_seconds").record(started.elapsed().as_secs_f64());
+            let disposition = classify(&result);
+            debug!(?disposition, attempt, "delivery attempt");
+            let reply = reply_of(&result);
+            let ev = |kind, disc: &str| {
+                let mut e = self.event(&job, kind, disc);
+                e.message_id = Some(composed.message_id.clone());
+                e.attempt = Some(attempt);
+                e.smtp = reply.as_ref().map(Reply::to_event);
+                e
+            };
+            let last = reply.as_ref().map(ToString::to_string).or_else(|| result.as_ref().err().map(ToString::to_string));
+            match disposition {
+                Disposition::Delivered => {
+                    return self.finish(&job, LedgerStatus::Sent, last.as_deref(), ev(EventType::Sent, ""), Outcome::Sent, shutdown).await;
+                }
+                Disposition::InDoubt => {
+                    self.counters.in_doubt.fetch_add(1, Ordering::Relaxed);
+                    metrics::counter!("mailpipe_jobs_in_doubt_total").increment(1);
+                    if self.cfg.in_doubt == InDoubtPolicy::AssumeDelivered {
+                        let mut e = ev(EventType::Sent, "");
+                        e.reason = Some("in_doubt".into());
+                        return self.finish(&job, LedgerStatus::Sent, last.as_deref(), e, Outcome::Sent, shutdown).await;
+                    }
+                    // Retry policy: fall through to a deferral.
+                }
+                Disposition::Bounced { suppress } => {
+                    if suppress {
+                        durably("suppress", shutdown, || async {
+                            Ok(self.store.add_suppression(None, &rref, "hard_bounce", mailpipe_core::Category::Transactional, Some(tenant)).await?)
+                        })
+                        .await?;
+                    }
+                    let mut e = ev(EventType::Bounced, "");
+                    e.reason = Some(if suppress { "hard_bounce" } else { "rejected" }.into());
+                    return self.finish(&job, LedgerStatus::Bounced, last.as_deref(), e, Outcome::Bounced, shutdown).await;
+                }
+                Disposition::DeadLetter { reason } => {
+                    let detail = last.clone().unwrap_or_default();
+                    return self.reject(d, Some(&job), reason, &detail, shutdown).await;
+                }
+                Disposition::Deferred { .. } => {}
+            }
+            // Deferred (or in doubt under the retry policy).
+            if attempt >= self.cfg.max_attempts {
+                let mut e = ev(EventType::Failed, "");
+                e.reason = Some("max_attempts".into());
+                return self.finish(&job, LedgerStatus::Failed, last.as_deref(), e, Outcome::Failed, shutdown).await;
+            }
+            let delay = backoff(self.cfg.retry_base, self.cfg.retry_max, attempt);
+            let next = now_ms() + delay.as_millis() as i64;
+            let e = ev(EventType::Deferred, &attempt.to_string());
+            self.counters.deferred.fetch_add(1, Ordering::Relaxed);
+            metrics::counter!("mailpipe_jobs_total", "outcome" => "deferred").increment(1);
+            durably("record_deferral", shutdown, || async {
+                self.store.finish(tenant, job.job_id.as_str(), LedgerStatus::Deferred, last.as_deref(), Some(next), &e).await?;
+                self.publish(std::slice::from_ref(&e)).await
+            })
+            .await?;
+            // The job keeps its permit while it waits; its offset is not
+            // stored, so a restart redelivers it and the ledger resumes it.
+            tokio::select! {
+                _ = shutdown.cancelled() => return None,
+                _ = tokio::time::sleep(delay) => {}
+            }
+        }
+    }
+
+    async fn tenant_known(&self, tenant: &TenantId, shutdown: &CancellationToken) -> Option<bool> {
+        if self.known_tenants.lock().unwrap_or_else(|p| p.into_inner()).contains(tenant) {
+            return Some(true);
+        }
+        let known = durably("tenant", shutdown, || async { Ok(self.store.tenant_exists(tenant).await?) }).await?;
+        if known {
+            self.known_tenants.lock().unwrap_or_else(|p| p.into_inner()).insert(tenant.clone());
+        }
+        Some(known)
+    }
+
+    fn event(&self, job: &SendJob, kind: EventType, discriminator: &str) -> Event {
+        let mut e = Event::for_job(kind, &job.tenant_id, &job.campaign_id, &job.job_id, discriminator);
+        e.category = Some(job.category);
+        e
+    }
+
+    async fn publish(&self, events: &[Event]) -> Result<(), Infra> {
+        match &self.events {
+            EventOut::Kafka(k) => Ok(k.publish(events).await?),
+            EventOut::StoreOnly => Ok(()),
+        }
+    }
+
+    /// Store the outcome, then publish it; both retried until done.
+    async fn finish(
+        &self,
+        job: &SendJob,
+        status: LedgerStatus,
+        last_reply: Option<&str>,
+        event: Event,
+        outcome: Outcome,
+        shutdown: &CancellationToken,
+    ) -> Option<Outcome> {
+        let (tenant, id) = (job.tenant_id.as_str(), job.job_id.as_str());
+        durably("record_outcome", shutdown, || async {
+            Ok(self.store.finish(tenant, id, status, last_reply, None, &event).await?)
+        })
+        .await?;
+        durably("publish_outcome", shutdown, || self.publish(std::slice::from_ref(&event))).await?;
+        self.count(outcome);
+        Some(outcome)
+    }
+
+    async fn replay(&self, job: &SendJob, shutdown: &CancellationToken) -> Option<Outcome> {
+        let (tenant, id) = (job.tenant_id.as_str(), job.job_id.as_str());
+        let ev = durably("load_outcome", shutdown, || async { Ok(self.store.terminal_event(tenant, id).await?) }).await?;
+        if let Some(ev) = ev {
+            durably("publish_outcome", shutdown, || self.publish(std::slice::from_ref(&ev))).await?;
+        }
+        debug!("job already finished; outcome re-published, nothing sent");
+        self.count(Outcome::Replayed);
+        Some(Outcome::Replayed)
+    }
+
+    /// Dead-letters a record: to the store (with its event), to the DLQ
+    /// topic, and the event to the events topic.
+    async fn reject(&self, d: &Delivery, job: Option<&SendJob>, reason: &str, detail: &str, shutdown: &CancellationToken) -> Option<Outcome> {
+        warn!(reason, detail, record = %d.id, "dead-lettering job");
+        let mut ev = match job {
+            Some(j) => self.event(j, EventType::DeadLettered, ""),
+            None => {
+                // Too broken to name a tenant: key the event by the record.
+                let mut e = Event::for_job(
+                    EventType::DeadLettered,
+                    &TenantId::parse("unknown").expect("valid id"),
+                    &mailpipe_core::CampaignId::parse("unknown").expect("valid id"),
+                    &mailpipe_core::JobId::parse("unknown").expect("valid id"),
+                    &d.id.to_string(),
+                );
+                e.tenant_id = None;
+                e.campaign_id = None;
+                e.job_id = None;
+                e
+            }
+        };
+        ev.reason = Some(reason.to_owned());
+        ev.detail = Some(detail.to_owned());
+        let dl = DeadLetter {
+            source: d.id.to_string(),
+            reason: reason.to_owned(),
+            detail: detail.to_owned(),
+            tenant_id: job.map(|j| j.tenant_id.to_string()),
+            job_id: job.map(|j| j.job_id.to_string()),
+            payload: d.payload.clone(),
+        };
+        durably("record_dead_letter", shutdown, || async {
+            self.store.dead_letter(&dl, &ev).await?;
+            if let Some(j) = job {
+                // A claimed job's ledger row ends here too; unclaimed jobs have none.
+                self.store.finish(j.tenant_id.as_str(), j.job_id.as_str(), LedgerStatus::DeadLettered, Some(detail), None, &ev).await?;
+            }
+            Ok(())
+        })
+        .await?;
+        if let EventOut::Kafka(k) = &self.events {
+            durably("publish_dead_letter", shutdown, || async {
+                k.dead_letter(d, reason, detail).await?;
+                Ok(k.publish(std::slice::from_ref(&ev)).await?)
+            })
+            .await?;
+        }
+        self.count(Outcome::DeadLettered);
+        Some(Outcome::DeadLettered)
+    }
+
+    fn count(&self, o: Outcome) {
+        let (c, label) = match o {
+            Outcome::Sent => (&self.counters.sent, "sent"),
+            Outcome::Bounced => (&self.counters.bounced, "bounced"),
+            Outcome::Suppressed => (&self.counters.suppressed, "suppressed"),
+            Outcome::Failed => (&self.counters.failed, "failed"),
+            Outcome::DeadLettered => (&self.counters.dead_lettered, "dead_lettered"),
+            Outcome::Replayed => (&self.counters.replayed, "replayed"),
+        };
+        c.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!("mailpipe_jobs_total", "outcome" => label).increment(1);
+    }
+}
+
+fn reply_of(r: &Result<Reply, DeliveryError>) -> Option<Reply> {
+    match r {
+        Ok(reply) => Some(reply.clone()),
+        Err(DeliveryError::Rejected { reply, .. }) => Some(reply.clone()),
+        Err(DeliveryError::Io { .. } | DeliveryError::Protocol { .. } | DeliveryError::Unsendable(_)) => None,
+    }
+}
+
+/// Exponential back-off with ±25% jitter, capped.
+fn backoff(base: Duration, max: Duration, attempt: u32) -> Duration {
+    let exp = base.saturating_mul(1u32 << attempt.saturating_sub(1).min(16));
+    let capped = exp.min(max);
+    // Cheap jitter from the clock: enough to spread retries, no RNG needed.
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
+    let factor = 0.75 + (nanos % 1000) as f64 / 2000.0;
+    capped.mul_f64(factor)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        let b = Duration::from_secs(1);
+        let m = Duration::from_secs(60);
+        let d1 = backoff(b, m, 1);
+        assert!(d1 >= Duration::from_millis(750) && d1 <= Duration::from_millis(1250), "{d1:?}");
+        let d4 = backoff(b, m, 4);
+        assert!(d4 >= Duration::from_secs(6) && d4 <= Duration::from_secs(10), "{d4:?}");
+        assert!(backoff(b, m, 30) <= Duration::from_secs(75));
+    }
+}
