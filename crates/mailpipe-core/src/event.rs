@@ -113,6 +113,11 @@ pub struct Event {
     pub url: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub verdict: Option<Verdict>,
+    /// Keyed hash of the recipient's address (32 hex digits), never the
+    /// address itself: on `unsubscribe`, `complaint` and hard `bounced` events,
+    /// so that consumers can act on the recipient without holding their data.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recipient_ref: Option<String>,
     /// A reason code: why a job was dead-lettered, failed or suppressed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
@@ -152,6 +157,7 @@ impl Event {
             smtp: None,
             url: None,
             verdict: None,
+            recipient_ref: None,
             reason: None,
             detail: None,
         }

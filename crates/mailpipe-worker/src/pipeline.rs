@@ -245,6 +245,9 @@ impl Pipeline {
                         .await?;
                     }
                     let mut e = ev(EventType::Bounced, "");
+                    if suppress {
+                        e.recipient_ref = Some(rref.clone());
+                    }
                     e.reason = Some(if suppress { "hard_bounce" } else { "rejected" }.into());
                     return self.finish(&job, LedgerStatus::Bounced, last.as_deref(), e, Outcome::Bounced, shutdown).await;
                 }
