@@ -79,7 +79,7 @@ pub struct RunReport {
 
 /// Consumes `source` until it is exhausted or `shutdown` fires, then drains.
 pub async fn run<S: JobSource>(
-    mut source: S,
+    source: &mut S,
     pipeline: Arc<Pipeline>,
     cfg: WorkerConfig,
     shutdown: CancellationToken,

@@ -1,0 +1,478 @@
+//! One typed configuration tree, layered: `config/default.toml` (built in),
+//! then `--config FILE`, then `MAILPIPE__SECTION__KEY` environment variables.
+//!
+//! Loading reports every problem at once: each unknown key, each section
+//! that fails to parse, and each invalid or missing value, by its dotted path.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use base64::Engine as _;
+use secrecy::{ExposeSecret, SecretSlice, SecretString};
+use serde::Deserialize;
+
+/// The built-in defaults: the embedded single-machine setup.
+pub const DEFAULT_TOML: &str = include_str!("../../../config/default.toml");
+
+/// Every configuration error found, each naming its key.
+#[derive(Debug)]
+pub struct ConfigErrors(pub Vec<String>);
+
+impl std::fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let n = self.0.len();
+        writeln!(f, "invalid configuration ({n} error{}):", if n == 1 { "" } else { "s" })?;
+        for e in &self.0 {
+            writeln!(f, "  - {e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+#[derive(Debug, Deserialize)]
+pub struct StoreConfig {
+    /// May hold a password, so it is a secret; [`StoreConfig::redacted_url`] is loggable.
+    pub url: SecretString,
+    pub max_connections: u32,
+}
+
+impl StoreConfig {
+    pub fn redacted_url(&self) -> String {
+        redact_url(self.url.expose_secret())
+    }
+}
+
+/// `postgres://user:secret@host/db` → `postgres://user:***@host/db`.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let creds = &url[s + 3..at];
+            match creds.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..s + 3], &url[at..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum QueueKind {
+    Memory,
+    Kafka,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct KafkaConfig {
+    pub brokers: String,
+    pub group_id: String,
+    pub send_topic: String,
+    pub events_topic: String,
+    pub dlq_topic: String,
+    pub connect_timeout_secs: u64,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct QueueConfig {
+    pub kind: QueueKind,
+    pub capacity: usize,
+    pub kafka: KafkaConfig,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SmtpKind {
+    File,
+    Smtp,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct SmtpConfig {
+    pub kind: SmtpKind,
+    pub dir: PathBuf,
+    pub host: String,
+    pub port: u16,
+    pub hello_name: String,
+    pub max_connections: usize,
+    pub connect_timeout_secs: u64,
+    pub command_timeout_secs: u64,
+    pub data_timeout_secs: u64,
+    pub idle_timeout_secs: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum InDoubt {
+    AssumeDelivered,
+    Retry,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct WorkerSection {
+    pub max_in_flight: usize,
+    pub grace_period_secs: u64,
+    pub in_doubt: InDoubt,
+    pub max_attempts: u32,
+    pub retry_base_ms: u64,
+    pub retry_max_ms: u64,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct TrackerConfig {
+    pub listen: SocketAddr,
+    pub public_url: String,
+    #[serde(default)]
+    pub unsubscribe_mailto: Option<String>,
+    pub event_queue: usize,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct TokensConfig {
+    pub active_key: u16,
+    #[serde(default)]
+    pub recipient_key: Option<SecretString>,
+    /// Key id → base64 secret.
+    #[serde(default)]
+    pub keys: BTreeMap<String, SecretString>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct MetricsConfig {
+    pub listen: SocketAddr,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    pub level: String,
+}
+
+#[derive(Debug)]
+pub struct Config {
+    pub store: StoreConfig,
+    pub queue: QueueConfig,
+    pub smtp: SmtpConfig,
+    pub worker: WorkerSection,
+    pub tracker: TrackerConfig,
+    pub tokens: TokensConfig,
+    pub metrics: MetricsConfig,
+    pub log: LogConfig,
+}
+
+/// Decoded token secrets, ready for the keyring.
+pub struct TokenSecrets {
+    pub keys: Vec<(u16, SecretSlice<u8>)>,
+    pub recipient_key: SecretSlice<u8>,
+}
+
+fn decode_secret(path: &str, s: &SecretString) -> Result<SecretSlice<u8>, String> {
+    let raw = s.expose_secret().trim();
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(raw)
+        .or_else(|_| base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(raw))
+        .map_err(|_| format!("{path}: must be base64"))?;
+    if bytes.len() < 32 {
+        return Err(format!("{path}: must decode to at least 32 bytes (got {})", bytes.len()));
+    }
+    Ok(bytes.into())
+}
+
+impl Config {
+    /// Loads the layers. `env` is the process environment (injected for tests).
+    pub fn load(file: Option<&Path>, env: impl IntoIterator<Item = (String, String)>) -> Result<Self, ConfigErrors> {
+        let mut errors = Vec::new();
+        let mut tree: toml::Table = DEFAULT_TOML.parse().map_err(|e| ConfigErrors(vec![format!("built-in defaults: {e}")]))?;
+        if let Some(path) = file {
+            match std::fs::read_to_string(path) {
+                Ok(text) => match text.parse::<toml::Table>() {
+                    Ok(t) => merge(&mut tree, t),
+                    Err(e) => errors.push(format!("{}: {}", path.display(), e.to_string().trim())),
+                },
+                Err(e) => errors.push(format!("{}: {e}", path.display())),
+            }
+        }
+        for (k, v) in env {
+            if let Some(rest) = k.strip_prefix("MAILPIPE__") {
+                let path: Vec<String> = rest.split("__").map(|p| p.to_ascii_lowercase()).collect();
+                if path.iter().any(String::is_empty) {
+                    errors.push(format!("environment variable {k}: empty path segment"));
+                    continue;
+                }
+                set_path(&mut tree, &path, env_value(&v));
+            }
+        }
+        if !errors.is_empty() {
+            // Without a parsed file there is no tree worth checking further.
+            return Err(ConfigErrors(errors));
+        }
+
+        const SECTIONS: [&str; 8] = ["store", "queue", "smtp", "worker", "tracker", "tokens", "metrics", "log"];
+        for key in tree.keys() {
+            if !SECTIONS.contains(&key.as_str()) {
+                errors.push(format!("{key}: unknown section (known: {})", SECTIONS.join(", ")));
+            }
+        }
+        fn section<T: serde::de::DeserializeOwned>(tree: &toml::Table, name: &str, errors: &mut Vec<String>) -> Option<T> {
+            let value = tree.get(name).cloned().unwrap_or_else(|| toml::Value::Table(Default::default()));
+            let mut unknown = Vec::new();
+            let r = serde_ignored::deserialize(value, |p| unknown.push(p.to_string()));
+            for u in unknown {
+                errors.push(format!("{name}.{u}: unknown key"));
+            }
+            match r {
+                Ok(v) => Some(v),
+                Err(e) => {
+                    errors.push(format!("{name}: {}", e.to_string().trim()));
+                    None
+                }
+            }
+        }
+        let store = section::<StoreConfig>(&tree, "store", &mut errors);
+        let queue = section::<QueueConfig>(&tree, "queue", &mut errors);
+        let smtp = section::<SmtpConfig>(&tree, "smtp", &mut errors);
+        let worker = section::<WorkerSection>(&tree, "worker", &mut errors);
+        let tracker = section::<TrackerConfig>(&tree, "tracker", &mut errors);
+        let tokens = section::<TokensConfig>(&tree, "tokens", &mut errors);
+        let metrics = section::<MetricsConfig>(&tree, "metrics", &mut errors);
+        let log = section::<LogConfig>(&tree, "log", &mut errors);
+
+        let (Some(store), Some(queue), Some(smtp), Some(worker), Some(tracker), Some(tokens), Some(metrics), Some(log)) =
+            (store, queue, smtp, worker, tracker, tokens, metrics, log)
+        else {
+            return Err(ConfigErrors(errors));
+        };
+        let cfg = Config { store, queue, smtp, worker, tracker, tokens, metrics, log };
+        cfg.validate(&mut errors);
+        if errors.is_empty() { Ok(cfg) } else { Err(ConfigErrors(errors)) }
+    }
+
+    fn validate(&self, errors: &mut Vec<String>) {
+        let url = self.store.url.expose_secret();
+        if !(url.starts_with("postgres://") || url.starts_with("postgresql://") || url.starts_with("sqlite:")) {
+            errors.push(format!("store.url: must start with postgres:// or sqlite: (got {})", self.store.redacted_url()));
+        }
+        if self.store.max_connections == 0 {
+            errors.push("store.max_connections: must be at least 1".into());
+        }
+        if self.queue.capacity == 0 {
+            errors.push("queue.capacity: must be at least 1".into());
+        }
+        if self.worker.max_in_flight == 0 {
+            errors.push("worker.max_in_flight: must be at least 1".into());
+        }
+        if self.worker.max_attempts == 0 {
+            errors.push("worker.max_attempts: must be at least 1".into());
+        }
+        if self.smtp.max_connections == 0 {
+            errors.push("smtp.max_connections: must be at least 1".into());
+        }
+        let p = &self.tracker.public_url;
+        if !(p.starts_with("http://") || p.starts_with("https://")) {
+            errors.push(format!("tracker.public_url: must be an http(s) URL (got {p:?})"));
+        }
+        for (id, secret) in &self.tokens.keys {
+            if id.parse::<u16>().is_err() {
+                errors.push(format!("tokens.keys.{id}: key ids are numbers from 0 to 65535"));
+            }
+            if let Err(e) = decode_secret(&format!("tokens.keys.{id}"), secret) {
+                errors.push(e);
+            }
+        }
+        if !self.tokens.keys.is_empty() && !self.tokens.keys.contains_key(&self.tokens.active_key.to_string()) {
+            errors.push(format!("tokens.active_key: key {} is not in tokens.keys", self.tokens.active_key));
+        }
+        if let Some(r) = &self.tokens.recipient_key {
+            if let Err(e) = decode_secret("tokens.recipient_key", r) {
+                errors.push(e);
+            }
+        }
+    }
+
+    /// The token secrets, or an error naming each missing one. `worker` and
+    /// `tracker` call this; `demo` makes throw-away secrets instead.
+    pub fn token_secrets(&self) -> Result<TokenSecrets, ConfigErrors> {
+        let mut errors = Vec::new();
+        if self.tokens.keys.is_empty() {
+            errors.push("tokens.keys: no signing key is configured (set MAILPIPE__TOKENS__KEYS__1 to a base64 secret of 32+ bytes)".into());
+        }
+        if self.tokens.recipient_key.is_none() {
+            errors.push("tokens.recipient_key: missing (set MAILPIPE__TOKENS__RECIPIENT_KEY to a base64 secret of 32+ bytes)".into());
+        }
+        if !errors.is_empty() {
+            return Err(ConfigErrors(errors));
+        }
+        let mut keys = Vec::new();
+        for (id, s) in &self.tokens.keys {
+            // Validated at load.
+            if let (Ok(id), Ok(secret)) = (id.parse::<u16>(), decode_secret(id, s)) {
+                keys.push((id, secret));
+            }
+        }
+        let recipient_key = self
+            .tokens
+            .recipient_key
+            .as_ref()
+            .map(|r| decode_secret("tokens.recipient_key", r))
+            .transpose()
+            .map_err(|e| ConfigErrors(vec![e]))?
+            .ok_or_else(|| ConfigErrors(vec!["tokens.recipient_key: missing".into()]))?;
+        Ok(TokenSecrets { keys, recipient_key })
+    }
+}
+
+fn merge(base: &mut toml::Table, over: toml::Table) {
+    for (k, v) in over {
+        match (base.get_mut(&k), v) {
+            (Some(toml::Value::Table(b)), toml::Value::Table(o)) => merge(b, o),
+            (_, v) => {
+                base.insert(k, v);
+            }
+        }
+    }
+}
+
+fn set_path(tree: &mut toml::Table, path: &[String], value: toml::Value) {
+    let (last, parents) = path.split_last().expect("non-empty path");
+    let mut t = tree;
+    for p in parents {
+        let entry = t.entry(p.clone()).or_insert_with(|| toml::Value::Table(Default::default()));
+        if !entry.is_table() {
+            *entry = toml::Value::Table(Default::default());
+        }
+        t = entry.as_table_mut().expect("just made a table");
+    }
+    t.insert(last.clone(), value);
+}
+
+/// Environment values are typed like TOML scalars when they parse as one
+/// (`64`, `true`, `1.5`), and are strings otherwise.
+fn env_value(v: &str) -> toml::Value {
+    if let Ok(i) = v.parse::<i64>() {
+        return toml::Value::Integer(i);
+    }
+    if let Ok(b) = v.parse::<bool>() {
+        return toml::Value::Boolean(b);
+    }
+    if let Ok(f) = v.parse::<f64>() {
+        if v.contains('.') {
+            return toml::Value::Float(f);
+        }
+    }
+    toml::Value::String(v.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn defaults_load_with_nothing_set() {
+        let c = Config::load(None, env(&[])).unwrap();
+        assert_eq!(c.queue.kind, QueueKind::Memory);
+        assert_eq!(c.smtp.kind, SmtpKind::File);
+        assert!(c.store.url.expose_secret().starts_with("sqlite:"));
+        assert!(c.token_secrets().is_err(), "no secrets in the defaults");
+    }
+
+    #[test]
+    fn environment_overrides_nested_keys_with_types() {
+        let c = Config::load(
+            None,
+            env(&[
+                ("MAILPIPE__QUEUE__KIND", "kafka"),
+                ("MAILPIPE__QUEUE__KAFKA__BROKERS", "b1:9092,b2:9092"),
+                ("MAILPIPE__WORKER__MAX_IN_FLIGHT", "7"),
+                ("MAILPIPE__TOKENS__KEYS__3", "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA="),
+                ("MAILPIPE__TOKENS__ACTIVE_KEY", "3"),
+                ("MAILPIPE__TOKENS__RECIPIENT_KEY", "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA="),
+                ("UNRELATED", "x"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.queue.kind, QueueKind::Kafka);
+        assert_eq!(c.queue.kafka.brokers, "b1:9092,b2:9092");
+        assert_eq!(c.worker.max_in_flight, 7);
+        let s = c.token_secrets().unwrap();
+        assert_eq!(s.keys.len(), 1);
+        assert_eq!(s.keys[0].0, 3);
+    }
+
+    #[test]
+    fn every_error_is_reported_at_once() {
+        let dir = std::env::temp_dir().join(format!("mailpipe-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("bad.toml");
+        std::fs::write(
+            &f,
+            r#"
+            [store]
+            url = "mysql://x"
+            colour = "blue"
+            [worker]
+            max_in_flight = "many"
+            [smtp]
+            max_connections = 0
+            [tokens]
+            active_key = 9
+            [tokens.keys]
+            1 = "short"
+            [nonsense]
+            x = 1
+            "#,
+        )
+        .unwrap();
+        let err = Config::load(Some(&f), env(&[("MAILPIPE__LOG__VERBOSITY", "3")])).unwrap_err();
+        let all = err.to_string();
+        for want in ["store.colour: unknown key", "log.verbosity: unknown key", "nonsense: unknown section", "worker:"] {
+            assert!(all.contains(want), "missing {want:?} in:\n{all}");
+        }
+        // Sections that parsed are still validated... once all sections parse.
+        let f2 = dir.join("bad2.toml");
+        std::fs::write(&f2, "[store]\nurl = \"mysql://x\"\n[smtp]\nmax_connections = 0\n[tokens]\nactive_key = 9\n[tokens.keys]\n1 = \"short\"\n").unwrap();
+        let all = Config::load(Some(&f2), env(&[])).unwrap_err().to_string();
+        for want in ["store.url", "smtp.max_connections", "tokens.keys.1: must be base64", "tokens.active_key"] {
+            assert!(all.contains(want), "missing {want:?} in:\n{all}");
+        }
+    }
+
+    #[test]
+    fn syntax_errors_name_the_file() {
+        let dir = std::env::temp_dir().join(format!("mailpipe-cfg2-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("broken.toml");
+        std::fs::write(&f, "[store\nurl=").unwrap();
+        let err = Config::load(Some(&f), env(&[])).unwrap_err().to_string();
+        assert!(err.contains("broken.toml"), "{err}");
+    }
+
+    #[test]
+    fn secrets_never_show_in_debug_output() {
+        let c = Config::load(
+            None,
+            env(&[
+                ("MAILPIPE__STORE__URL", "postgres://u:hunter2hunter2@h/db"),
+                ("MAILPIPE__TOKENS__RECIPIENT_KEY", "c2VjcmV0LXNlY3JldC1zZWNyZXQtc2VjcmV0LXNlY3JldC0="),
+            ]),
+        )
+        .unwrap();
+        let dbg = format!("{c:?}");
+        assert!(!dbg.contains("hunter2"), "{dbg}");
+        assert!(!dbg.contains("c2VjcmV0"), "{dbg}");
+        assert_eq!(c.store.redacted_url(), "postgres://u:***@h/db");
+    }
+}
