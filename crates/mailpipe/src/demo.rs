@@ -37,6 +37,7 @@ pub struct DemoSummary {
     pub dead_lettered: u64,
     pub bounced: u64,
     pub failed: u64,
+    pub replayed: u64,
     pub ledger_total: i64,
     pub events_total: i64,
     pub eml_files: Option<usize>,
@@ -49,7 +50,7 @@ pub struct DemoSummary {
 
 impl DemoSummary {
     pub fn accounted(&self) -> u64 {
-        self.sent + self.suppressed + self.dead_lettered + self.bounced + self.failed
+        self.sent + self.suppressed + self.dead_lettered + self.bounced + self.failed + self.replayed
     }
 }
 
@@ -68,10 +69,15 @@ const HTML: &str = r#"<!doctype html><html><head><meta charset="utf-8"><title>{{
 <p style="font-size:small"><a href="{{ unsubscribe_url }}">Unsubscribe</a> &middot; <a href="https://acme.example/privacy" data-notrack>Privacy</a></p>
 </body></html>"#;
 
-fn job(i: usize, tenant: &str, campaign: &str) -> serde_json::Value {
-    let first = FIRST[i % FIRST.len()];
-    let domain = DOMAINS[i % DOMAINS.len()];
-    let email = format!("{}.{i:04}@{domain}", first.to_lowercase());
+/// The sample recipient number `r`.
+fn recipient(r: usize) -> (&'static str, String) {
+    let first = FIRST[r % FIRST.len()];
+    (first, format!("{}.{r:04}@{}", first.to_lowercase(), DOMAINS[r % DOMAINS.len()]))
+}
+
+/// Job `i` of the sample, for recipient `r`.
+fn job(i: usize, r: usize, tenant: &str, campaign: &str) -> serde_json::Value {
+    let (first, email) = recipient(r);
     if tenant == "globex" {
         // Transactional mail through a registered template.
         return json!({
@@ -110,12 +116,14 @@ fn bad_job(i: usize, campaign: &str) -> Vec<u8> {
     match i % 3 {
         0 => b"{\"job_id\": \"broken\", this is not json".to_vec(),
         1 => {
-            let mut j = job(i, "acme", campaign);
+            let mut j = job(i, i, "acme", campaign);
+            j["job_id"] = json!(format!("bad-{i}"));
             j["to"]["name"] = json!("Mallory\r\nBcc: everyone@example.com");
             serde_json::to_vec(&j).unwrap_or_default()
         }
         _ => {
-            let mut j = job(i, "acme", campaign);
+            let mut j = job(i, i, "acme", campaign);
+            j["job_id"] = json!(format!("bad-{i}"));
             j["html"] = json!("<p>Hi {{ first_name.missing_attribute.deeper }}</p>");
             serde_json::to_vec(&j).unwrap_or_default()
         }
@@ -160,12 +168,12 @@ pub async fn run(cfg: &Config, opts: DemoOptions, shutdown: CancellationToken) -
         )
         .await?;
 
-    // Every 100th recipient has unsubscribed from marketing (platform-wide);
-    // their receipts (transactional) must still go out.
+    // Recipients 55, 155, 255... unsubscribed from marketing (platform-wide):
+    // their marketing jobs are suppressed, and the receipt each of them also
+    // gets (job 65, 165, ...) still goes out, because it is transactional.
     let n = opts.messages.max(10);
-    for i in (50..n).step_by(100) {
-        let email = format!("{}.{i:04}@{}", FIRST[i % FIRST.len()].to_lowercase(), DOMAINS[i % DOMAINS.len()]);
-        store.add_suppression(None, &hasher.hash(&email).to_hex(), "unsubscribe", Category::Marketing, Some("acme")).await?;
+    for r in (55..n).step_by(100) {
+        store.add_suppression(None, &hasher.hash(&recipient(r).1).to_hex(), "unsubscribe", Category::Marketing, Some("acme")).await?;
     }
 
     // The tracker, on localhost, sharing this process's keys.
@@ -194,10 +202,12 @@ pub async fn run(cfg: &Config, opts: DemoOptions, shutdown: CancellationToken) -
         for i in 0..n {
             let payload = if i % 333 == 332 {
                 bad_job(i / 333, &c1)
-            } else if i % 10 == 0 || i % 100 == 50 {
-                serde_json::to_vec(&job(i, "globex", &c2)).unwrap_or_default()
+            } else if i % 100 == 65 {
+                serde_json::to_vec(&job(i, i - 10, "globex", &c2)).unwrap_or_default()
+            } else if i % 10 == 0 {
+                serde_json::to_vec(&job(i, i, "globex", &c2)).unwrap_or_default()
             } else {
-                serde_json::to_vec(&job(i, "acme", &c1)).unwrap_or_default()
+                serde_json::to_vec(&job(i, i, "acme", &c1)).unwrap_or_default()
             };
             let key = DOMAINS[i % DOMAINS.len()];
             if producer.send(key, payload).await.is_err() {
@@ -268,6 +278,7 @@ pub async fn run(cfg: &Config, opts: DemoOptions, shutdown: CancellationToken) -
         dead_lettered: counters.dead_lettered.load(Ordering::Relaxed),
         bounced: counters.bounced.load(Ordering::Relaxed),
         failed: counters.failed.load(Ordering::Relaxed),
+        replayed: counters.replayed.load(Ordering::Relaxed),
         ledger_total: ledger,
         events_total: events,
         eml_files,
@@ -310,9 +321,10 @@ fn print_summary(s: &DemoSummary) {
     println!("  sent           {:>6}", s.sent);
     println!("  suppressed     {:>6}   (marketing unsubscribes; their receipts still went out)", s.suppressed);
     println!("  dead-lettered  {:>6}   (malformed JSON, header injection, template error)", s.dead_lettered);
-    if s.bounced + s.failed > 0 {
+    if s.bounced + s.failed + s.replayed > 0 {
         println!("  bounced        {:>6}", s.bounced);
         println!("  failed         {:>6}", s.failed);
+        println!("  replayed       {:>6}   (finished earlier; outcome re-published, nothing sent)", s.replayed);
     }
     let ok = s.accounted() == s.enqueued;
     println!(
