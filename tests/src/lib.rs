@@ -1,1 +1,285 @@
-//! Shared harness for the integration tests.
+//! The harness for mailpipe's integration tests: real PostgreSQL, real
+//! Apache Kafka and Postfix's smtp-sink, as started by `scripts/services.sh up`.
+//!
+//! Each test gets its own database, its own topics and consumer group, and
+//! its own smtp-sink process on a free port, so tests run in parallel and
+//! leave nothing behind that the next one could trip on. A missing service
+//! fails the test with the command that starts it; nothing is skipped.
+
+use std::collections::HashMap;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use mailpipe::config::Config;
+use rdkafka::ClientConfig;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Headers, Message};
+use sqlx::Connection;
+
+pub const START_HINT: &str = "start the test services with `scripts/services.sh up` (the README's test command does this)";
+
+pub fn database_url() -> String {
+    std::env::var("MAILPIPE_TEST_DATABASE_URL").unwrap_or_else(|_| "postgres://mailpipe:mailpipe@127.0.0.1:55432/mailpipe".into())
+}
+
+pub fn kafka_brokers() -> String {
+    std::env::var("MAILPIPE_TEST_KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:59092".into())
+}
+
+pub fn unique(prefix: &str) -> String {
+    format!("{prefix}_{}_{:08x}", std::process::id(), rand::random::<u32>())
+}
+
+/// A fresh, empty PostgreSQL database; returns its URL.
+pub async fn fresh_database() -> String {
+    let admin = database_url();
+    let mut conn = sqlx::PgConnection::connect(&admin)
+        .await
+        .unwrap_or_else(|e| panic!("PostgreSQL is not reachable at {admin}: {e}\n{START_HINT}"));
+    let name = unique("mailpipe_test");
+    sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut conn).await.expect("create test database");
+    let (base, _) = admin.rsplit_once('/').expect("database URL has a path");
+    format!("{base}/{name}")
+}
+
+/// The three topics of wire contract v1, with a unique suffix.
+pub struct Topics {
+    pub send: String,
+    pub events: String,
+    pub dlq: String,
+}
+
+pub async fn fresh_topics(partitions: i32) -> Topics {
+    let brokers = kafka_brokers();
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .create()
+        .expect("admin client");
+    let suffix = unique("t");
+    let t = Topics {
+        send: format!("mailpipe.send.v1.{suffix}"),
+        events: format!("mailpipe.events.v1.{suffix}"),
+        dlq: format!("mailpipe.send.dlq.v1.{suffix}"),
+    };
+    let new: Vec<NewTopic<'_>> = [&t.send, &t.events, &t.dlq]
+        .iter()
+        .map(|n| NewTopic::new(n, partitions, TopicReplication::Fixed(1)))
+        .collect();
+    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(15)));
+    let res = tokio::time::timeout(Duration::from_secs(20), admin.create_topics(&new, &opts))
+        .await
+        .unwrap_or_else(|_| panic!("Kafka at {brokers} did not answer within 20s\n{START_HINT}"))
+        .unwrap_or_else(|e| panic!("Kafka at {brokers} refused to create topics: {e}\n{START_HINT}"));
+    for r in res {
+        if let Err((name, e)) = r {
+            panic!("creating topic {name}: {e}\n{START_HINT}");
+        }
+    }
+    t
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
+}
+
+/// A private smtp-sink that dumps every message to a directory.
+pub struct SmtpSink {
+    pub port: u16,
+    pub dir: PathBuf,
+    child: Child,
+}
+
+impl SmtpSink {
+    /// `extra` are smtp-sink flags, e.g. `["-r", "RCPT"]` for 4xx to RCPT.
+    pub fn start(extra: &[&str]) -> Self {
+        let bin = Path::new("/usr/sbin/smtp-sink");
+        assert!(bin.exists(), "/usr/sbin/smtp-sink is missing: install Debian's postfix package\n{START_HINT}");
+        let dir = std::env::temp_dir().join(unique("sink"));
+        std::fs::create_dir_all(&dir).expect("sink dir");
+        // smtp-sink drops privileges to `nobody` when run as root.
+        let _ = Command::new("chmod").arg("777").arg(&dir).status();
+        let port = free_port();
+        let mut cmd = Command::new(bin);
+        if is_root() {
+            cmd.args(["-u", "nobody"]);
+        }
+        let child = cmd
+            .args(extra)
+            .arg("-d")
+            .arg(format!("{}/", dir.display()))
+            .arg(format!("127.0.0.1:{port}"))
+            .arg("256")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn smtp-sink");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "smtp-sink did not listen on {port}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Self { port, dir, child }
+    }
+
+    /// The messages received so far, as text.
+    pub fn messages(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if let Ok(rd) = std::fs::read_dir(&self.dir) {
+            for e in rd.flatten() {
+                if let Ok(s) = std::fs::read_to_string(e.path()) {
+                    out.push(s);
+                }
+            }
+        }
+        out
+    }
+
+    /// Message-ID header values of the messages received.
+    pub fn message_ids(&self) -> Vec<String> {
+        self.messages()
+            .iter()
+            .filter_map(|m| {
+                m.lines()
+                    .find(|l| l.to_ascii_lowercase().starts_with("message-id:"))
+                    .map(|l| l[11..].trim().trim_matches(['<', '>']).to_owned())
+            })
+            .collect()
+    }
+}
+
+impl Drop for SmtpSink {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn is_root() -> bool {
+    std::env::var("USER").map(|u| u == "root").unwrap_or(false)
+        || Command::new("id").arg("-u").output().map(|o| o.stdout.starts_with(b"0")).unwrap_or(false)
+}
+
+pub const TEST_TOKEN_KEY: &str = "dGVzdC10b2tlbi1rZXktdGhhdC1pcy1hdC1sZWFzdC0zMi1ieXRlcw==";
+pub const TEST_RECIPIENT_KEY: &str = "dGVzdC1yZWNpcGllbnQta2V5LXRoYXQtaXMtMzItYnl0ZXMtbG9uZw==";
+
+/// A configuration for the real services, built the way an operator would:
+/// the defaults plus `MAILPIPE__...` overrides.
+pub fn config(db: &str, topics: &Topics, sink: &SmtpSink, extra: &[(&str, &str)]) -> Config {
+    let group = unique("group");
+    let port = sink.port.to_string();
+    let mut env: Vec<(String, String)> = [
+        ("MAILPIPE__STORE__URL", db),
+        ("MAILPIPE__QUEUE__KIND", "kafka"),
+        ("MAILPIPE__QUEUE__KAFKA__BROKERS", &kafka_brokers()),
+        ("MAILPIPE__QUEUE__KAFKA__GROUP_ID", &group),
+        ("MAILPIPE__QUEUE__KAFKA__SEND_TOPIC", &topics.send),
+        ("MAILPIPE__QUEUE__KAFKA__EVENTS_TOPIC", &topics.events),
+        ("MAILPIPE__QUEUE__KAFKA__DLQ_TOPIC", &topics.dlq),
+        ("MAILPIPE__SMTP__KIND", "smtp"),
+        ("MAILPIPE__SMTP__PORT", &port),
+        ("MAILPIPE__TOKENS__KEYS__1", TEST_TOKEN_KEY),
+        ("MAILPIPE__TOKENS__RECIPIENT_KEY", TEST_RECIPIENT_KEY),
+        ("MAILPIPE__METRICS__LISTEN", "127.0.0.1:0"),
+        ("MAILPIPE__WORKER__GRACE_PERIOD_SECS", "10"),
+    ]
+    .iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+    Config::load(None, env).unwrap_or_else(|e| panic!("test config: {e}"))
+}
+
+/// A send job for tests, as JSON.
+pub fn job(i: usize, tenant: &str, campaign: &str, domain: &str) -> serde_json::Value {
+    serde_json::json!({
+        "job_id": format!("job-{i:05}"),
+        "tenant_id": tenant,
+        "campaign_id": campaign,
+        "category": "marketing",
+        "from": {"email": "news@sender.example", "name": "Sender"},
+        "to": {"email": format!("user{i}@{domain}"), "name": format!("User {i}")},
+        "subject": "Hello {{ name }}",
+        "html": "<p>Hi {{ name }}</p><a href=\"https://shop.example/item/{{ n }}\">Item</a>",
+        "vars": {"name": format!("User {i}"), "n": i}
+    })
+}
+
+/// A record read back from a topic.
+#[derive(Debug)]
+pub struct Record {
+    pub key: Option<String>,
+    pub payload: Vec<u8>,
+    pub headers: HashMap<String, String>,
+}
+
+/// Reads `topic` from the beginning until `want` records arrived or `timeout`.
+pub fn read_topic(topic: &str, want: usize, timeout: Duration) -> Vec<Record> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", kafka_brokers())
+        .set("group.id", unique("reader"))
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("reader");
+    consumer.subscribe(&[topic]).expect("subscribe");
+    let mut out = Vec::new();
+    let deadline = Instant::now() + timeout;
+    while out.len() < want && Instant::now() < deadline {
+        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) {
+            let mut headers = HashMap::new();
+            if let Some(h) = m.headers() {
+                for hd in h.iter() {
+                    headers.insert(hd.key.to_owned(), String::from_utf8_lossy(hd.value.unwrap_or_default()).into_owned());
+                }
+            }
+            out.push(Record {
+                key: m.key().map(|k| String::from_utf8_lossy(k).into_owned()),
+                payload: m.payload().unwrap_or_default().to_vec(),
+                headers,
+            });
+        }
+    }
+    out
+}
+
+/// The group's committed positions, by partition.
+pub fn committed(group: &str, topic: &str, partitions: i32) -> HashMap<i32, i64> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", kafka_brokers())
+        .set("group.id", group)
+        .create()
+        .expect("offset reader");
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition(topic, p);
+    }
+    let got = consumer.committed_offsets(tpl, Duration::from_secs(10)).expect("committed offsets");
+    got.elements()
+        .iter()
+        .filter_map(|e| match e.offset() {
+            rdkafka::Offset::Offset(o) => Some((e.partition(), o)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Polls `f` every 100 ms until it returns true or `timeout` passes.
+pub async fn eventually<F, Fut>(what: &str, timeout: Duration, mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if f().await {
+            return;
+        }
+        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
