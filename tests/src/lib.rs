@@ -20,10 +20,12 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message};
 use sqlx::Connection;
 
-pub const START_HINT: &str = "start the test services with `scripts/services.sh up` (the README's test command does this)";
+pub const START_HINT: &str =
+    "start the test services with `scripts/services.sh up` (the README's test command does this)";
 
 pub fn database_url() -> String {
-    std::env::var("MAILPIPE_TEST_DATABASE_URL").unwrap_or_else(|_| "postgres://mailpipe:mailpipe@127.0.0.1:55432/mailpipe".into())
+    std::env::var("MAILPIPE_TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://mailpipe:mailpipe@127.0.0.1:55432/mailpipe".into())
 }
 
 pub fn kafka_brokers() -> String {
@@ -55,10 +57,8 @@ pub struct Topics {
 
 pub async fn fresh_topics(partitions: i32) -> Topics {
     let brokers = kafka_brokers();
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", &brokers)
-        .create()
-        .expect("admin client");
+    let admin: AdminClient<DefaultClientContext> =
+        ClientConfig::new().set("bootstrap.servers", &brokers).create().expect("admin client");
     let suffix = unique("t");
     let t = Topics {
         send: format!("mailpipe.send.v1.{suffix}"),
@@ -97,7 +97,10 @@ impl SmtpSink {
     /// `extra` are smtp-sink flags, e.g. `["-r", "RCPT"]` for 4xx to RCPT.
     pub fn start(extra: &[&str]) -> Self {
         let bin = Path::new("/usr/sbin/smtp-sink");
-        assert!(bin.exists(), "/usr/sbin/smtp-sink is missing: install Debian's postfix package\n{START_HINT}");
+        assert!(
+            bin.exists(),
+            "/usr/sbin/smtp-sink is missing: install Debian's postfix package\n{START_HINT}"
+        );
         let dir = std::env::temp_dir().join(unique("sink"));
         std::fs::create_dir_all(&dir).expect("sink dir");
         // smtp-sink drops privileges to `nobody` when run as root.
@@ -234,7 +237,10 @@ pub fn read_topic(topic: &str, want: usize, timeout: Duration) -> Vec<Record> {
             let mut headers = HashMap::new();
             if let Some(h) = m.headers() {
                 for hd in h.iter() {
-                    headers.insert(hd.key.to_owned(), String::from_utf8_lossy(hd.value.unwrap_or_default()).into_owned());
+                    headers.insert(
+                        hd.key.to_owned(),
+                        String::from_utf8_lossy(hd.value.unwrap_or_default()).into_owned(),
+                    );
                 }
             }
             out.push(Record {

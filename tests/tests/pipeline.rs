@@ -2,6 +2,8 @@
 //! outcomes in PostgreSQL and on the events topic, and offsets committed
 //! only after outcomes are durable.
 
+#![allow(clippy::unwrap_used)] // Tests fail loudly on purpose.
+
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,7 +15,10 @@ use mailpipe_tests::*;
 use sqlx::Connection;
 use tokio_util::sync::CancellationToken;
 
-fn spawn_worker(cfg: Arc<mailpipe::Config>, stop: CancellationToken) -> tokio::task::JoinHandle<anyhow::Result<()>> {
+fn spawn_worker(
+    cfg: Arc<mailpipe::Config>,
+    stop: CancellationToken,
+) -> tokio::task::JoinHandle<anyhow::Result<()>> {
     tokio::spawn(async move { app::run_worker(&cfg, stop, None).await })
 }
 
@@ -48,7 +53,8 @@ async fn jobs_flow_from_kafka_to_the_sink_the_store_and_the_events_topic_then_of
     let worker = spawn_worker(cfg.clone(), stop.clone());
 
     eventually("30 jobs sent and 2 dead-lettered", Duration::from_secs(60), || async {
-        ledger(&store, "acme", "spring").await.get("sent") == Some(&30) && store.dead_letter_count().await.unwrap() == 2
+        ledger(&store, "acme", "spring").await.get("sent") == Some(&30)
+            && store.dead_letter_count().await.unwrap() == 2
     })
     .await;
 
@@ -58,22 +64,28 @@ async fn jobs_flow_from_kafka_to_the_sink_the_store_and_the_events_topic_then_of
     let unique: HashSet<&String> = sink_ids.iter().collect();
     assert_eq!(unique.len(), 30, "no duplicate deliveries");
     let mut conn = sqlx::PgConnection::connect(&db).await.unwrap();
-    let ledger_ids: HashSet<String> = sqlx::query_scalar::<_, String>("SELECT message_id FROM send_ledger WHERE status = 'sent'")
-        .fetch_all(&mut conn)
-        .await
-        .unwrap()
-        .into_iter()
-        .collect();
+    let ledger_ids: HashSet<String> =
+        sqlx::query_scalar::<_, String>("SELECT message_id FROM send_ledger WHERE status = 'sent'")
+            .fetch_all(&mut conn)
+            .await
+            .unwrap()
+            .into_iter()
+            .collect();
     assert_eq!(ledger_ids, sink_ids.iter().cloned().collect::<HashSet<_>>());
     // The message is the rendered one: personalised and with tracked links.
-    let one = sink.messages().into_iter().find(|m| m.contains("job-00007") || m.contains("User 7")).expect("job 7 on the sink");
+    let one = sink
+        .messages()
+        .into_iter()
+        .find(|m| m.contains("job-00007") || m.contains("User 7"))
+        .expect("job 7 on the sink");
     assert!(one.contains("Subject: Hello User 7"), "{one}");
     assert!(one.contains("List-Unsubscribe-Post: List-Unsubscribe=One-Click"));
     assert!(!one.contains("https://shop.example/item/7"), "links are rewritten");
 
     // Events: one per outcome on the topic, and the same ids in the store.
     let records = read_topic(&topics.events, 32, Duration::from_secs(30));
-    let events: Vec<Event> = records.iter().map(|r| serde_json::from_slice(&r.payload).expect("event json")).collect();
+    let events: Vec<Event> =
+        records.iter().map(|r| serde_json::from_slice(&r.payload).expect("event json")).collect();
     let count = |k: EventType| events.iter().filter(|e| e.kind == k).count();
     assert_eq!((count(EventType::Sent), count(EventType::DeadLettered)), (30, 2), "{events:#?}");
     assert_eq!(events.iter().map(|e| &e.event_id).collect::<HashSet<_>>().len(), 32);
@@ -82,7 +94,8 @@ async fn jobs_flow_from_kafka_to_the_sink_the_store_and_the_events_topic_then_of
 
     // Dead letters: on the DLQ topic with their reasons.
     let dlq = read_topic(&topics.dlq, 2, Duration::from_secs(30));
-    let reasons: HashSet<&str> = dlq.iter().map(|r| r.headers.get("mailpipe-reason").map(String::as_str).unwrap_or("")).collect();
+    let reasons: HashSet<&str> =
+        dlq.iter().map(|r| r.headers.get("mailpipe-reason").map(String::as_str).unwrap_or("")).collect();
     assert_eq!(reasons, HashSet::from(["malformed", "header_injection"]));
 
     // Offsets: every record committed, once its outcome was stored.
@@ -110,10 +123,8 @@ async fn jobs_flow_from_kafka_to_the_sink_the_store_and_the_events_topic_then_of
     assert_eq!(sink.message_ids().len(), 30, "redelivery sent nothing again");
     // Ask for more than should exist, so that extra records would show.
     let again = read_topic(&topics.events, 65, Duration::from_secs(8));
-    let ids: HashSet<String> = again
-        .iter()
-        .map(|r| serde_json::from_slice::<Event>(&r.payload).unwrap().event_id)
-        .collect();
+    let ids: HashSet<String> =
+        again.iter().map(|r| serde_json::from_slice::<Event>(&r.payload).unwrap().event_id).collect();
     assert_eq!(again.len(), 64, "each of the 32 outcomes published once more, no other events");
     assert_eq!(ids.len(), 32, "re-published events carry the same event ids");
 }
@@ -139,8 +150,9 @@ async fn an_offset_is_stored_only_after_the_outcome_is_durable() {
     .await
     .unwrap();
 
-    let jobs: Vec<(String, Vec<u8>)> =
-        (0..5).map(|i| ("a.example".to_owned(), serde_json::to_vec(&job(i, "acme", "c1", "a.example")).unwrap())).collect();
+    let jobs: Vec<(String, Vec<u8>)> = (0..5)
+        .map(|i| ("a.example".to_owned(), serde_json::to_vec(&job(i, "acme", "c1", "a.example")).unwrap()))
+        .collect();
     app::enqueue(&cfg, &jobs).await.expect("enqueue");
     let stop = CancellationToken::new();
     let worker = spawn_worker(cfg.clone(), stop.clone());
@@ -153,7 +165,11 @@ async fn an_offset_is_stored_only_after_the_outcome_is_durable() {
     // stay at 2 however long we wait (auto-commit runs every second).
     tokio::time::sleep(Duration::from_secs(3)).await;
     let group = cfg.queue.kafka.group_id.clone();
-    assert_eq!(committed(&group, &topics.send, 1).get(&0).copied(), Some(2), "position held at the unfinished job");
+    assert_eq!(
+        committed(&group, &topics.send, 1).get(&0).copied(),
+        Some(2),
+        "position held at the unfinished job"
+    );
     assert_eq!(ledger(&store, "acme", "c1").await.get("sending"), Some(&1), "job 2 still in flight");
 
     // The outage ends: job 2's outcome is recorded (not re-sent) and the position moves past all five.

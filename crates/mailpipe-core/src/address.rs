@@ -220,10 +220,7 @@ mod tests {
 
     #[test]
     fn rejects_injection_and_garbage() {
-        assert_eq!(
-            EmailAddress::parse("a@b.com\r\nBcc: x@y.com"),
-            Err(AddressError::ControlChar)
-        );
+        assert_eq!(EmailAddress::parse("a@b.com\r\nBcc: x@y.com"), Err(AddressError::ControlChar));
         assert_eq!(EmailAddress::parse("nobody"), Err(AddressError::NoAt));
         assert_eq!(EmailAddress::parse("a..b@x.com"), Err(AddressError::EmptyAtom));
         assert_eq!(EmailAddress::parse("a b@x.com"), Err(AddressError::BadLocalChar(' ')));

@@ -205,7 +205,8 @@ mod tests {
     #[test]
     fn exactly_five_types_are_terminal() {
         use EventType::*;
-        let all = [Sent, Deferred, Bounced, Suppressed, Failed, DeadLettered, Open, Click, Unsubscribe, Complaint];
+        let all =
+            [Sent, Deferred, Bounced, Suppressed, Failed, DeadLettered, Open, Click, Unsubscribe, Complaint];
         assert_eq!(all.iter().filter(|t| t.is_terminal()).count(), 5);
     }
 }

@@ -26,10 +26,7 @@ fn check_id(kind: &'static str, s: &str) -> Result<(), IdError> {
     if s.len() > MAX_ID_LEN {
         return Err(IdError::TooLong { kind });
     }
-    if let Some(ch) = s
-        .chars()
-        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | ':' | '-')))
-    {
+    if let Some(ch) = s.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | ':' | '-'))) {
         return Err(IdError::BadChar { kind, ch });
     }
     Ok(())
@@ -121,14 +118,8 @@ mod tests {
     #[test]
     fn rejects_empty_long_and_odd_characters() {
         assert_eq!(TenantId::parse(""), Err(IdError::Empty { kind: "tenant_id" }));
-        assert_eq!(
-            JobId::parse("x".repeat(65)),
-            Err(IdError::TooLong { kind: "job_id" })
-        );
-        assert_eq!(
-            CampaignId::parse("a b"),
-            Err(IdError::BadChar { kind: "campaign_id", ch: ' ' })
-        );
+        assert_eq!(JobId::parse("x".repeat(65)), Err(IdError::TooLong { kind: "job_id" }));
+        assert_eq!(CampaignId::parse("a b"), Err(IdError::BadChar { kind: "campaign_id", ch: ' ' }));
         assert!(JobId::parse("a\r\nb").is_err());
         assert!(JobId::parse("a/b").is_err());
     }

@@ -49,11 +49,7 @@ pub struct Mailbox {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Content {
     /// Templates carried in the job itself. At least one of html and text.
-    Inline {
-        subject: String,
-        html: Option<String>,
-        text: Option<String>,
-    },
+    Inline { subject: String, html: Option<String>, text: Option<String> },
     /// A template registered for the job's campaign.
     Registered(TemplateId),
 }
@@ -184,8 +180,7 @@ fn no_control(field: impl Into<String>, s: &str) -> Result<(), SendJobError> {
 }
 
 fn mailbox(field: &'static str, w: MailboxWire) -> Result<Mailbox, SendJobError> {
-    let email = EmailAddress::parse(&w.email)
-        .map_err(|source| SendJobError::BadAddress { field, source })?;
+    let email = EmailAddress::parse(&w.email).map_err(|source| SendJobError::BadAddress { field, source })?;
     if let Some(n) = &w.name {
         no_control(format!("{field}.name"), n)?;
         if n.len() > MAX_DISPLAY_NAME {
@@ -265,9 +260,7 @@ impl TryFrom<SendJobWire> for SendJob {
         let html = template("html", w.html)?;
         let text = template("text", w.text)?;
         let content = match (w.template_id, subject, html, text) {
-            (Some(t), None, None, None) => {
-                Content::Registered(id("template_id", TemplateId::parse(t))?)
-            }
+            (Some(t), None, None, None) => Content::Registered(id("template_id", TemplateId::parse(t))?),
             (Some(_), ..) => {
                 return Err(SendJobError::Invalid(
                     "give either template_id or inline subject/html/text, not both".into(),
@@ -278,9 +271,7 @@ impl TryFrom<SendJobWire> for SendJob {
             }
             (None, Some(subject), html, text) => Content::Inline { subject, html, text },
             (None, None, ..) => {
-                return Err(SendJobError::Invalid(
-                    "subject is required when template_id is absent".into(),
-                ));
+                return Err(SendJobError::Invalid("subject is required when template_id is absent".into()));
             }
         };
 
@@ -379,17 +370,94 @@ mod tests {
     fn each_bad_input_has_its_reason() {
         let cases: Vec<(serde_json::Value, &str)> = vec![
             (json!("not an object"), "malformed"),
-            ({ let mut v = base(); v.as_object_mut().unwrap().remove("to"); v }, "malformed"),
-            ({ let mut v = base(); v["subjet"] = json!("x"); v }, "malformed"),
-            ({ let mut v = base(); v["category"] = json!("promo"); v }, "malformed"),
-            ({ let mut v = base(); v["tenant_id"] = json!("a b"); v }, "invalid_id"),
-            ({ let mut v = base(); v["to"]["email"] = json!("nope"); v }, "invalid_address"),
-            ({ let mut v = base(); v["to"]["name"] = json!("Jane\r\nBcc: x@y.com"); v }, "header_injection"),
-            ({ let mut v = base(); v["headers"]["X-Ok"] = json!("a\nb"); v }, "header_injection"),
-            ({ let mut v = base(); v["headers"]["Subject"] = json!("x"); v }, "invalid"),
-            ({ let mut v = base(); v["html"] = json!("x".repeat(MAX_TEMPLATE_BYTES + 1)); v }, "oversized_template"),
-            ({ let mut v = base(); v["template_id"] = json!("t"); v }, "invalid"),
-            ({ let mut v = base(); v.as_object_mut().unwrap().remove("subject"); v }, "invalid"),
+            (
+                {
+                    let mut v = base();
+                    v.as_object_mut().unwrap().remove("to");
+                    v
+                },
+                "malformed",
+            ),
+            (
+                {
+                    let mut v = base();
+                    v["subjet"] = json!("x");
+                    v
+                },
+                "malformed",
+            ),
+            (
+                {
+                    let mut v = base();
+                    v["category"] = json!("promo");
+                    v
+                },
+                "malformed",
+            ),
+            (
+                {
+                    let mut v = base();
+                    v["tenant_id"] = json!("a b");
+                    v
+                },
+                "invalid_id",
+            ),
+            (
+                {
+                    let mut v = base();
+                    v["to"]["email"] = json!("nope");
+                    v
+                },
+                "invalid_address",
+            ),
+            (
+                {
+                    let mut v = base();
+                    v["to"]["name"] = json!("Jane\r\nBcc: x@y.com");
+                    v
+                },
+                "header_injection",
+            ),
+            (
+                {
+                    let mut v = base();
+                    v["headers"]["X-Ok"] = json!("a\nb");
+                    v
+                },
+                "header_injection",
+            ),
+            (
+                {
+                    let mut v = base();
+                    v["headers"]["Subject"] = json!("x");
+                    v
+                },
+                "invalid",
+            ),
+            (
+                {
+                    let mut v = base();
+                    v["html"] = json!("x".repeat(MAX_TEMPLATE_BYTES + 1));
+                    v
+                },
+                "oversized_template",
+            ),
+            (
+                {
+                    let mut v = base();
+                    v["template_id"] = json!("t");
+                    v
+                },
+                "invalid",
+            ),
+            (
+                {
+                    let mut v = base();
+                    v.as_object_mut().unwrap().remove("subject");
+                    v
+                },
+                "invalid",
+            ),
         ];
         for (v, want) in cases {
             let err = parse(v.clone()).expect_err(&v.to_string());

@@ -72,7 +72,10 @@ impl ConsumerContext for TrackingContext {
             for e in tpl.elements() {
                 t.revoke(e.partition());
             }
-            info!(partitions = tpl.count(), "partitions revoked; unfinished jobs will be redelivered to their new owner, and the ledger makes that harmless");
+            info!(
+                partitions = tpl.count(),
+                "partitions revoked; unfinished jobs will be redelivered to their new owner, and the ledger makes that harmless"
+            );
         }
     }
 
@@ -121,7 +124,9 @@ impl KafkaSource {
         match self.consumer.commit_consumer_state(CommitMode::Sync) {
             Ok(()) => Ok(()),
             // Nothing stored since the last commit.
-            Err(rdkafka::error::KafkaError::ConsumerCommit(rdkafka::types::RDKafkaErrorCode::NoOffset)) => Ok(()),
+            Err(rdkafka::error::KafkaError::ConsumerCommit(rdkafka::types::RDKafkaErrorCode::NoOffset)) => {
+                Ok(())
+            }
             Err(e) => Err(e.into()),
         }
     }
@@ -140,9 +145,12 @@ async fn check_topic<C: Consumer<X>, X: ConsumerContext>(
     // fetch_metadata blocks; it is bounded by `timeout` and runs once at start-up.
     let md = tokio::task::block_in_place(|| consumer.fetch_metadata(Some(topic), timeout))
         .map_err(|e| s.unreachable(e))?;
-    let ok = md.topics().iter().any(|t| t.name() == topic && t.error().is_none() && !t.partitions().is_empty());
+    let ok =
+        md.topics().iter().any(|t| t.name() == topic && t.error().is_none() && !t.partitions().is_empty());
     if !ok {
-        return Err(s.unreachable(format!("topic {topic} does not exist (scripts/services.sh up creates it)")));
+        return Err(
+            s.unreachable(format!("topic {topic} does not exist (scripts/services.sh up creates it)"))
+        );
     }
     Ok(())
 }
@@ -154,11 +162,7 @@ struct KafkaAcker {
 
 impl Acker for KafkaAcker {
     fn ack(&self, id: &RecordId) {
-        let pos = self
-            .tracker
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .complete(id.partition, id.offset);
+        let pos = self.tracker.lock().unwrap_or_else(|p| p.into_inner()).complete(id.partition, id.offset);
         if let Some(pos) = pos {
             let mut tpl = TopicPartitionList::new();
             if tpl.add_partition_offset(&id.topic, id.partition, Offset::Offset(pos)).is_ok() {
@@ -209,15 +213,25 @@ impl KafkaEvents {
             c.set(k, v);
         }
         let producer: FutureProducer = c.create()?;
-        let md = tokio::task::block_in_place(|| producer.client().fetch_metadata(Some(&s.events_topic), timeout))
-            .map_err(|e| s.unreachable(e))?;
+        let md =
+            tokio::task::block_in_place(|| producer.client().fetch_metadata(Some(&s.events_topic), timeout))
+                .map_err(|e| s.unreachable(e))?;
         if md.topics().iter().all(|t| t.error().is_some() || t.partitions().is_empty()) {
-            return Err(s.unreachable(format!("topic {} does not exist (scripts/services.sh up creates it)", s.events_topic)));
+            return Err(s.unreachable(format!(
+                "topic {} does not exist (scripts/services.sh up creates it)",
+                s.events_topic
+            )));
         }
         Ok(Self { producer, settings: Arc::new(s.clone()) })
     }
 
-    async fn send(&self, topic: &str, key: &[u8], payload: &[u8], headers: Option<OwnedHeaders>) -> Result<(), QueueError> {
+    async fn send(
+        &self,
+        topic: &str,
+        key: &[u8],
+        payload: &[u8],
+        headers: Option<OwnedHeaders>,
+    ) -> Result<(), QueueError> {
         let mut rec = FutureRecord::to(topic).key(key).payload(payload);
         if let Some(h) = headers {
             rec = rec.headers(h);

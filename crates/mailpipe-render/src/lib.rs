@@ -114,8 +114,7 @@ impl Composer {
     /// The Message-ID of a job. Deterministic, so a redelivered job carries
     /// the same id and a duplicate is recognisable on the receiving side.
     pub fn message_id(job: &SendJob) -> String {
-        let digest =
-            mailpipe_core::stable_digest(&[job.tenant_id.as_str(), job.job_id.as_str()]);
+        let digest = mailpipe_core::stable_digest(&[job.tenant_id.as_str(), job.job_id.as_str()]);
         format!("{digest}@{}", job.from.email.domain())
     }
 
@@ -139,18 +138,13 @@ impl Composer {
         let recipient = self.recipients.hash(&job.to.email.canonical());
         let unsub_token = self.keyring.sign(&claims(Action::Unsubscribe { recipient }))?;
         let unsubscribe_url = format!("{}/u/{unsub_token}", self.links.base_url);
-        let open_url =
-            format!("{}/o/{}", self.links.base_url, self.keyring.sign(&claims(Action::Open))?);
+        let open_url = format!("{}/o/{}", self.links.base_url, self.keyring.sign(&claims(Action::Open))?);
 
         let ctx = template::context(job, &unsubscribe_url);
         let rendered = match (&job.content, registered) {
-            (Content::Inline { subject, html, text }, _) => template::render_inline(
-                &self.limits,
-                subject,
-                html.as_deref(),
-                text.as_deref(),
-                &ctx,
-            )?,
+            (Content::Inline { subject, html, text }, _) => {
+                template::render_inline(&self.limits, subject, html.as_deref(), text.as_deref(), &ctx)?
+            }
             (Content::Registered(_), Some(t)) => t.render(&ctx)?,
             (Content::Registered(id), None) => {
                 return Err(RenderError::MissingTemplate(id.to_string()));

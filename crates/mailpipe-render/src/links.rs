@@ -131,11 +131,11 @@ pub(crate) fn rewrite_html(
             ],
             document_content_handlers: vec![doc_comments!(|c| {
                 // Only conditional comments carry markup that clients render.
-                if c.text().trim_start().starts_with("[if") {
-                    if let Some(new) = links.rewrite_fragment(&c.text()) {
-                        // Refused only if the text contains "-->"; ours cannot.
-                        let _ = c.set_text(&new);
-                    }
+                if c.text().trim_start().starts_with("[if")
+                    && let Some(new) = links.rewrite_fragment(&c.text())
+                {
+                    // Refused only if the text contains "-->"; ours cannot.
+                    let _ = c.set_text(&new);
                 }
                 Ok(())
             })],
@@ -350,11 +350,18 @@ mod tests {
         </body></html>"##;
         let out = rewrite_html(html, PREFIX, "https://t.example/o/P", &mut fake_sign).unwrap();
         assert_eq!(out.rewritten, 2);
-        assert!(out.html.contains(r#"href="https://t.example/c/[https://shop.example/a?x=1&y=2]""#), "{}", out.html);
+        assert!(
+            out.html.contains(r#"href="https://t.example/c/[https://shop.example/a?x=1&y=2]""#),
+            "{}",
+            out.html
+        );
         assert!(out.html.contains("c/[HTTP://shop.example/b]"));
         assert!(out.html.contains(r#"href="mailto:x@y.example""#));
         assert!(out.html.contains(r##"href="#top""##));
-        assert!(out.html.contains(r#"<a href="https://shop.example/private">"#), "data-notrack removed, link kept");
+        assert!(
+            out.html.contains(r#"<a href="https://shop.example/private">"#),
+            "data-notrack removed, link kept"
+        );
         assert!(out.html.contains(r#"href="https://t.example/u/abc""#));
         let pixel_at = out.html.find("https://t.example/o/P").unwrap();
         assert!(pixel_at < out.html.find("</body>").unwrap());
@@ -390,9 +397,14 @@ mod tests {
 
     #[test]
     fn rewrites_urls_in_text() {
-        let (t, n) = rewrite_text("See https://shop.example/a. Or http://x.example/b, bye", PREFIX, &mut fake_sign).unwrap();
+        let (t, n) =
+            rewrite_text("See https://shop.example/a. Or http://x.example/b, bye", PREFIX, &mut fake_sign)
+                .unwrap();
         assert_eq!(n, 2);
-        assert_eq!(t, "See https://t.example/c/[https://shop.example/a]. Or https://t.example/c/[http://x.example/b], bye");
+        assert_eq!(
+            t,
+            "See https://t.example/c/[https://shop.example/a]. Or https://t.example/c/[http://x.example/b], bye"
+        );
     }
 
     #[test]

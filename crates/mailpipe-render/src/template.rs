@@ -1,7 +1,7 @@
 //! minijinja rendering with the limits a multi-tenant worker needs.
 
-use minijinja::{Environment, UndefinedBehavior, Value};
 use mailpipe_core::SendJob;
+use minijinja::{Environment, UndefinedBehavior, Value};
 
 use crate::RenderError;
 
@@ -42,11 +42,7 @@ fn environment(limits: &TemplateLimits) -> Environment<'static> {
     env.set_recursion_limit(limits.recursion);
     // Only the HTML part is escaped; names decide, so give parts fixed names.
     env.set_auto_escape_callback(|name| {
-        if name.ends_with(".html") {
-            minijinja::AutoEscape::Html
-        } else {
-            minijinja::AutoEscape::None
-        }
+        if name.ends_with(".html") { minijinja::AutoEscape::Html } else { minijinja::AutoEscape::None }
     });
     env
 }
@@ -54,16 +50,10 @@ fn environment(limits: &TemplateLimits) -> Environment<'static> {
 /// The variables a template sees: the job's `vars`, plus `unsubscribe_url`
 /// and `to_name` (built-ins win over vars of the same name).
 pub(crate) fn context(job: &SendJob, unsubscribe_url: &str) -> Value {
-    let mut map: std::collections::BTreeMap<String, Value> = job
-        .vars
-        .iter()
-        .map(|(k, v)| (k.clone(), Value::from_serialize(v)))
-        .collect();
+    let mut map: std::collections::BTreeMap<String, Value> =
+        job.vars.iter().map(|(k, v)| (k.clone(), Value::from_serialize(v))).collect();
     map.insert("unsubscribe_url".into(), Value::from(unsubscribe_url));
-    map.insert(
-        "to_name".into(),
-        Value::from(job.to.name.clone().unwrap_or_default()),
-    );
+    map.insert("to_name".into(), Value::from(job.to.name.clone().unwrap_or_default()));
     Value::from(map)
 }
 

@@ -1,11 +1,13 @@
 //! Build-then-parse: every message we build is read back with an independent
 //! parser (mail-parser) and checked header by header.
 
+#![allow(clippy::unwrap_used)] // Tests fail loudly on purpose.
+
 use std::sync::Arc;
 
 use mail_parser::{MessageParser, MimeHeaders};
 use mailpipe_core::SendJob;
-use mailpipe_render::{Composer, CompiledTemplates, TemplateLimits, TemplateSet, TrackingLinks};
+use mailpipe_render::{CompiledTemplates, Composer, TemplateLimits, TemplateSet, TrackingLinks};
 use mailpipe_token::{Action, Keyring, RecipientHasher, SigningKey};
 use time::macros::datetime;
 
@@ -126,7 +128,11 @@ fn registered_templates_are_used_and_required() {
     let c = composer();
     let err = c.compose(&j, None, datetime!(2026-11-29 12:00 UTC)).unwrap_err();
     assert_eq!(err.reason(), "unknown_template");
-    let set = TemplateSet { subject: "Welcome {{ first }}".into(), html: None, text: Some("Hello {{ first }}, see https://acme.example/x".into()) };
+    let set = TemplateSet {
+        subject: "Welcome {{ first }}".into(),
+        html: None,
+        text: Some("Hello {{ first }}, see https://acme.example/x".into()),
+    };
     let compiled = CompiledTemplates::compile(&set, &TemplateLimits::default()).unwrap();
     let out = c.compose(&j, Some(&compiled), datetime!(2026-11-29 12:00 UTC)).unwrap();
     let msg = MessageParser::default().parse(&out.bytes).unwrap();

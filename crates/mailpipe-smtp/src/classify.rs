@@ -53,7 +53,9 @@ fn rejected(phase: Phase, reply: &Reply) -> Disposition {
         // A relay that refuses us outright is our problem, not the recipient's.
         Phase::Connect | Phase::Greeting => Disposition::Deferred { slow_down: true },
         Phase::MailFrom => Disposition::DeadLetter { reason: "sender_rejected" },
-        Phase::RcptTo | Phase::Data | Phase::Message => Disposition::Bounced { suppress: bad_mailbox(reply.code, enhanced, phase) },
+        Phase::RcptTo | Phase::Data | Phase::Message => {
+            Disposition::Bounced { suppress: bad_mailbox(reply.code, enhanced, phase) }
+        }
     }
 }
 
@@ -88,13 +90,22 @@ mod tests {
             (rej(Phase::RcptTo, 552, "5.2.2 mailbox full"), Disposition::Bounced { suppress: false }),
             (rej(Phase::Message, 554, "5.7.1 spam"), Disposition::Bounced { suppress: false }),
             (rej(Phase::Data, 500, "5.3.0 Error: command failed"), Disposition::Bounced { suppress: false }),
-            (rej(Phase::MailFrom, 553, "5.1.8 bad sender"), Disposition::DeadLetter { reason: "sender_rejected" }),
+            (
+                rej(Phase::MailFrom, 553, "5.1.8 bad sender"),
+                Disposition::DeadLetter { reason: "sender_rejected" },
+            ),
             (rej(Phase::Greeting, 554, "no service"), Disposition::Deferred { slow_down: true }),
             (io(Phase::Connect), Disposition::Deferred { slow_down: false }),
             (io(Phase::Data), Disposition::Deferred { slow_down: false }),
             (io(Phase::Message), Disposition::InDoubt),
-            (Err(DeliveryError::Protocol { phase: Phase::Message, detail: "junk".into() }), Disposition::InDoubt),
-            (Err(DeliveryError::Unsendable("no SMTPUTF8".into())), Disposition::DeadLetter { reason: "unsendable" }),
+            (
+                Err(DeliveryError::Protocol { phase: Phase::Message, detail: "junk".into() }),
+                Disposition::InDoubt,
+            ),
+            (
+                Err(DeliveryError::Unsendable("no SMTPUTF8".into())),
+                Disposition::DeadLetter { reason: "unsendable" },
+            ),
         ];
         for (r, want) in cases {
             assert_eq!(classify(&r), want, "{r:?}");

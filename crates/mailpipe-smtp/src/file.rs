@@ -51,4 +51,3 @@ impl Transport for FileTransport {
         "file"
     }
 }
-

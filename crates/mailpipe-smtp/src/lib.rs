@@ -78,7 +78,11 @@ impl Reply {
     }
 
     pub fn to_event(&self) -> mailpipe_core::SmtpReply {
-        mailpipe_core::SmtpReply { code: self.code, enhanced: self.enhanced.clone(), message: self.text.clone() }
+        mailpipe_core::SmtpReply {
+            code: self.code,
+            enhanced: self.enhanced.clone(),
+            message: self.text.clone(),
+        }
     }
 }
 

@@ -117,10 +117,11 @@ impl SmtpPool {
 
     async fn deliver(&self, env: &Envelope, msg: &[u8]) -> Result<Reply, DeliveryError> {
         // The permit bounds connections, idle or busy, to max_connections.
-        let _permit = self.permits.acquire().await.map_err(|_| DeliveryError::Io {
-            phase: Phase::Connect,
-            detail: "pool closed".into(),
-        })?;
+        let _permit = self
+            .permits
+            .acquire()
+            .await
+            .map_err(|_| DeliveryError::Io { phase: Phase::Connect, detail: "pool closed".into() })?;
         let mut conn = match self.take_idle() {
             Some(c) => c,
             None => self.connect().await?,

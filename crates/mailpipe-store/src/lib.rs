@@ -15,7 +15,9 @@ use std::time::Duration;
 
 use mailpipe_core::{Category, Event, SendJob, TenantId, now_ms};
 use sqlx::postgres::{PgPool, PgPoolOptions};
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -257,7 +259,12 @@ impl Store {
         Ok(())
     }
 
-    pub async fn template(&self, tenant: &str, campaign: &str, template: &str) -> Result<Option<StoredTemplate>> {
+    pub async fn template(
+        &self,
+        tenant: &str,
+        campaign: &str,
+        template: &str,
+    ) -> Result<Option<StoredTemplate>> {
         let sql = "SELECT subject, html, text, version FROM campaign_templates
                    WHERE tenant_id = $1 AND campaign_id = $2 AND template_id = $3";
         let row: Option<(String, Option<String>, Option<String>, i64)> = on_pool!(self, p =>
@@ -274,7 +281,8 @@ impl Store {
         let insert = "INSERT INTO send_ledger (tenant_id, job_id, campaign_id, category, recipient, recipient_domain, status, attempts, created_at, updated_at)
                       VALUES ($1, $2, $3, $4, $5, $6, 'pending', 0, $7, $7)
                       ON CONFLICT (tenant_id, job_id) DO NOTHING";
-        let select = "SELECT status, attempts, message_id FROM send_ledger WHERE tenant_id = $1 AND job_id = $2";
+        let select =
+            "SELECT status, attempts, message_id FROM send_ledger WHERE tenant_id = $1 AND job_id = $2";
         let row: (String, i32, Option<String>) = on_pool!(self, p => {
             sqlx::query(insert)
                 .bind(job.tenant_id.as_str()).bind(job.job_id.as_str()).bind(job.campaign_id.as_str())
@@ -306,7 +314,8 @@ impl Store {
         next_attempt_at: Option<i64>,
         event: &Event,
     ) -> Result<()> {
-        let update = "UPDATE send_ledger SET status = $3, last_reply = $4, next_attempt_at = $5, updated_at = $6
+        let update =
+            "UPDATE send_ledger SET status = $3, last_reply = $4, next_attempt_at = $5, updated_at = $6
                       WHERE tenant_id = $1 AND job_id = $2";
         let payload = String::from_utf8(event.to_json()).unwrap_or_default();
         in_tx!(self, tx => {
@@ -372,7 +381,12 @@ impl Store {
     /// The suppression that stops a send of `category` to `recipient_hash` for
     /// `tenant`, if any: platform-wide entries and the tenant's own; marketing
     /// entries only stop marketing mail.
-    pub async fn suppression(&self, recipient_hash: &str, tenant: &str, category: Category) -> Result<Option<Suppressed>> {
+    pub async fn suppression(
+        &self,
+        recipient_hash: &str,
+        tenant: &str,
+        category: Category,
+    ) -> Result<Option<Suppressed>> {
         let sql = "SELECT reason, scope_tenant FROM suppressions
                    WHERE recipient_hash = $1 AND scope_tenant IN ('', $2)
                      AND (applies_to = 'all' OR $3 = 'marketing')
@@ -388,21 +402,24 @@ impl Store {
     pub async fn terminal_event(&self, tenant: &str, job_id: &str) -> Result<Option<Event>> {
         let sql = "SELECT payload FROM events WHERE tenant_id = $1 AND job_id = $2
                    AND type IN ('sent', 'bounced', 'suppressed', 'failed', 'dead_lettered') LIMIT 1";
-        let row: Option<String> = on_pool!(self, p => sqlx::query_scalar(sql).bind(tenant).bind(job_id).fetch_optional(p).await)?;
+        let row: Option<String> =
+            on_pool!(self, p => sqlx::query_scalar(sql).bind(tenant).bind(job_id).fetch_optional(p).await)?;
         Ok(row.and_then(|p| serde_json::from_str(&p).ok()))
     }
 
     /// Event counts by type for one campaign.
     pub async fn event_counts(&self, tenant: &str, campaign: &str) -> Result<BTreeMap<String, i64>> {
         let sql = "SELECT type, COUNT(*) FROM events WHERE tenant_id = $1 AND campaign_id = $2 GROUP BY type";
-        let rows: Vec<(String, i64)> = on_pool!(self, p => sqlx::query_as(sql).bind(tenant).bind(campaign).fetch_all(p).await)?;
+        let rows: Vec<(String, i64)> =
+            on_pool!(self, p => sqlx::query_as(sql).bind(tenant).bind(campaign).fetch_all(p).await)?;
         Ok(rows.into_iter().collect())
     }
 
     /// Ledger rows by status for one campaign.
     pub async fn ledger_counts(&self, tenant: &str, campaign: &str) -> Result<BTreeMap<String, i64>> {
         let sql = "SELECT status, COUNT(*) FROM send_ledger WHERE tenant_id = $1 AND campaign_id = $2 GROUP BY status";
-        let rows: Vec<(String, i64)> = on_pool!(self, p => sqlx::query_as(sql).bind(tenant).bind(campaign).fetch_all(p).await)?;
+        let rows: Vec<(String, i64)> =
+            on_pool!(self, p => sqlx::query_as(sql).bind(tenant).bind(campaign).fetch_all(p).await)?;
         Ok(rows.into_iter().collect())
     }
 

@@ -432,10 +432,7 @@ mod tests {
     fn keyring_rejects_bad_configuration() {
         assert_eq!(Keyring::new(vec![], 1).unwrap_err(), KeyringError::Empty);
         assert_eq!(Keyring::new(vec![key(1, 1)], 2).unwrap_err(), KeyringError::ActiveMissing(2));
-        assert_eq!(
-            Keyring::new(vec![key(1, 1), key(1, 2)], 1).unwrap_err(),
-            KeyringError::Duplicate(1)
-        );
+        assert_eq!(Keyring::new(vec![key(1, 1), key(1, 2)], 1).unwrap_err(), KeyringError::Duplicate(1));
         let short = SigningKey { id: 3, secret: vec![1u8; 8].into() };
         assert_eq!(Keyring::new(vec![short], 3).unwrap_err(), KeyringError::TooShort(3));
     }

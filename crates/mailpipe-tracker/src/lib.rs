@@ -30,9 +30,9 @@ pub use writer::{EventWriter, WriterHandle};
 
 /// A 1x1 transparent GIF.
 pub const PIXEL_GIF: [u8; 43] = [
-    0x47, 0x49, 0x46, 0x38, 0x39, 0x61, 0x01, 0x00, 0x01, 0x00, 0x80, 0x00, 0x00, 0x00, 0x00, 0x00,
-    0xff, 0xff, 0xff, 0x21, 0xf9, 0x04, 0x01, 0x00, 0x00, 0x00, 0x00, 0x2c, 0x00, 0x00, 0x00, 0x00,
-    0x01, 0x00, 0x01, 0x00, 0x00, 0x02, 0x02, 0x44, 0x01, 0x00, 0x3b,
+    0x47, 0x49, 0x46, 0x38, 0x39, 0x61, 0x01, 0x00, 0x01, 0x00, 0x80, 0x00, 0x00, 0x00, 0x00, 0x00, 0xff,
+    0xff, 0xff, 0x21, 0xf9, 0x04, 0x01, 0x00, 0x00, 0x00, 0x00, 0x2c, 0x00, 0x00, 0x00, 0x00, 0x01, 0x00,
+    0x01, 0x00, 0x00, 0x02, 0x02, 0x44, 0x01, 0x00, 0x3b,
 ];
 
 /// Renders the Prometheus exposition, if the process has a recorder.
@@ -134,7 +134,12 @@ fn verdict(method: &Method, headers: &HeaderMap) -> Verdict {
     Verdict { class: VerdictClass::Unknown, reason: "no_signal".into() }
 }
 
-async fn open(State(s): State<TrackerState>, method: Method, headers: HeaderMap, Path(token): Path<String>) -> Response {
+async fn open(
+    State(s): State<TrackerState>,
+    method: Method,
+    headers: HeaderMap,
+    Path(token): Path<String>,
+) -> Response {
     let Some(c) = verify(&s, &token) else { return not_found() };
     if c.action != Action::Open {
         return not_found();
@@ -152,7 +157,12 @@ async fn open(State(s): State<TrackerState>, method: Method, headers: HeaderMap,
         .into_response()
 }
 
-async fn click(State(s): State<TrackerState>, method: Method, headers: HeaderMap, Path(token): Path<String>) -> Response {
+async fn click(
+    State(s): State<TrackerState>,
+    method: Method,
+    headers: HeaderMap,
+    Path(token): Path<String>,
+) -> Response {
     let Some(c) = verify(&s, &token) else { return not_found() };
     let Action::Click { url } = &c.action else { return not_found() };
     // Defence in depth: only http(s) targets, and only ones a header can carry.
@@ -165,7 +175,11 @@ async fn click(State(s): State<TrackerState>, method: Method, headers: HeaderMap
     e.url = Some(url.clone());
     e.verdict = Some(verdict(&method, &headers));
     s.events.send(e).await;
-    (StatusCode::FOUND, [(header::LOCATION, location), (header::CACHE_CONTROL, HeaderValue::from_static("no-store"))]).into_response()
+    (
+        StatusCode::FOUND,
+        [(header::LOCATION, location), (header::CACHE_CONTROL, HeaderValue::from_static("no-store"))],
+    )
+        .into_response()
 }
 
 /// GET never changes state: scanners fetch every link in a message.

@@ -116,7 +116,13 @@ where
 }
 
 impl Pipeline {
-    pub fn new(store: Store, composer: Composer, transport: Arc<dyn Transport>, events: EventOut, cfg: PipelineConfig) -> Self {
+    pub fn new(
+        store: Store,
+        composer: Composer,
+        transport: Arc<dyn Transport>,
+        events: EventOut,
+        cfg: PipelineConfig,
+    ) -> Self {
         let limits = composer.limits().clone();
         Self {
             store,
@@ -177,7 +183,9 @@ impl Pipeline {
             let mut ev = self.event(&job, EventType::Suppressed, "");
             ev.reason = Some(s.reason.clone());
             ev.detail = Some(if s.platform_wide { "platform" } else { "tenant" }.into());
-            return self.finish(&job, LedgerStatus::Suppressed, None, ev, Outcome::Suppressed, shutdown).await;
+            return self
+                .finish(&job, LedgerStatus::Suppressed, None, ev, Outcome::Suppressed, shutdown)
+                .await;
         }
 
         let compiled = match &job.content {
@@ -190,9 +198,19 @@ impl Pipeline {
                 match lookup {
                     Lookup::Found(c) => Some(c),
                     Lookup::Unknown => {
-                        return self.reject(d, Some(&job), "unknown_template", &format!("template {t} is not registered for this campaign"), shutdown).await;
+                        return self
+                            .reject(
+                                d,
+                                Some(&job),
+                                "unknown_template",
+                                &format!("template {t} is not registered for this campaign"),
+                                shutdown,
+                            )
+                            .await;
                     }
-                    Lookup::Invalid(e) => return self.reject(d, Some(&job), e.reason(), &e.to_string(), shutdown).await,
+                    Lookup::Invalid(e) => {
+                        return self.reject(d, Some(&job), e.reason(), &e.to_string(), shutdown).await;
+                    }
                 }
             }
         };
@@ -222,10 +240,22 @@ impl Pipeline {
                 e.smtp = reply.as_ref().map(Reply::to_event);
                 e
             };
-            let last = reply.as_ref().map(ToString::to_string).or_else(|| result.as_ref().err().map(ToString::to_string));
+            let last = reply
+                .as_ref()
+                .map(ToString::to_string)
+                .or_else(|| result.as_ref().err().map(ToString::to_string));
             match disposition {
                 Disposition::Delivered => {
-                    return self.finish(&job, LedgerStatus::Sent, last.as_deref(), ev(EventType::Sent, ""), Outcome::Sent, shutdown).await;
+                    return self
+                        .finish(
+                            &job,
+                            LedgerStatus::Sent,
+                            last.as_deref(),
+                            ev(EventType::Sent, ""),
+                            Outcome::Sent,
+                            shutdown,
+                        )
+                        .await;
                 }
                 Disposition::InDoubt => {
                     self.counters.in_doubt.fetch_add(1, Ordering::Relaxed);
@@ -233,14 +263,25 @@ impl Pipeline {
                     if self.cfg.in_doubt == InDoubtPolicy::AssumeDelivered {
                         let mut e = ev(EventType::Sent, "");
                         e.reason = Some("in_doubt".into());
-                        return self.finish(&job, LedgerStatus::Sent, last.as_deref(), e, Outcome::Sent, shutdown).await;
+                        return self
+                            .finish(&job, LedgerStatus::Sent, last.as_deref(), e, Outcome::Sent, shutdown)
+                            .await;
                     }
                     // Retry policy: fall through to a deferral.
                 }
                 Disposition::Bounced { suppress } => {
                     if suppress {
                         durably("suppress", shutdown, || async {
-                            Ok(self.store.add_suppression(None, &rref, "hard_bounce", mailpipe_core::Category::Transactional, Some(tenant)).await?)
+                            Ok(self
+                                .store
+                                .add_suppression(
+                                    None,
+                                    &rref,
+                                    "hard_bounce",
+                                    mailpipe_core::Category::Transactional,
+                                    Some(tenant),
+                                )
+                                .await?)
                         })
                         .await?;
                     }
@@ -249,7 +290,9 @@ impl Pipeline {
                         e.recipient_ref = Some(rref.clone());
                     }
                     e.reason = Some(if suppress { "hard_bounce" } else { "rejected" }.into());
-                    return self.finish(&job, LedgerStatus::Bounced, last.as_deref(), e, Outcome::Bounced, shutdown).await;
+                    return self
+                        .finish(&job, LedgerStatus::Bounced, last.as_deref(), e, Outcome::Bounced, shutdown)
+                        .await;
                 }
                 Disposition::DeadLetter { reason } => {
                     let detail = last.clone().unwrap_or_default();
@@ -261,7 +304,9 @@ impl Pipeline {
             if attempt >= self.cfg.max_attempts {
                 let mut e = ev(EventType::Failed, "");
                 e.reason = Some("max_attempts".into());
-                return self.finish(&job, LedgerStatus::Failed, last.as_deref(), e, Outcome::Failed, shutdown).await;
+                return self
+                    .finish(&job, LedgerStatus::Failed, last.as_deref(), e, Outcome::Failed, shutdown)
+                    .await;
             }
             let delay = backoff(self.cfg.retry_base, self.cfg.retry_max, attempt);
             let next = now_ms() + delay.as_millis() as i64;
@@ -269,7 +314,16 @@ impl Pipeline {
             self.counters.deferred.fetch_add(1, Ordering::Relaxed);
             metrics::counter!("mailpipe_jobs_total", "outcome" => "deferred").increment(1);
             durably("record_deferral", shutdown, || async {
-                self.store.finish(tenant, job.job_id.as_str(), LedgerStatus::Deferred, last.as_deref(), Some(next), &e).await?;
+                self.store
+                    .finish(
+                        tenant,
+                        job.job_id.as_str(),
+                        LedgerStatus::Deferred,
+                        last.as_deref(),
+                        Some(next),
+                        &e,
+                    )
+                    .await?;
                 self.publish(std::slice::from_ref(&e)).await
             })
             .await?;
@@ -286,7 +340,8 @@ impl Pipeline {
         if self.known_tenants.lock().unwrap_or_else(|p| p.into_inner()).contains(tenant) {
             return Some(true);
         }
-        let known = durably("tenant", shutdown, || async { Ok(self.store.tenant_exists(tenant).await?) }).await?;
+        let known =
+            durably("tenant", shutdown, || async { Ok(self.store.tenant_exists(tenant).await?) }).await?;
         if known {
             self.known_tenants.lock().unwrap_or_else(|p| p.into_inner()).insert(tenant.clone());
         }
@@ -328,7 +383,9 @@ impl Pipeline {
 
     async fn replay(&self, job: &SendJob, shutdown: &CancellationToken) -> Option<Outcome> {
         let (tenant, id) = (job.tenant_id.as_str(), job.job_id.as_str());
-        let ev = durably("load_outcome", shutdown, || async { Ok(self.store.terminal_event(tenant, id).await?) }).await?;
+        let ev =
+            durably("load_outcome", shutdown, || async { Ok(self.store.terminal_event(tenant, id).await?) })
+                .await?;
         if let Some(ev) = ev {
             durably("publish_outcome", shutdown, || self.publish(std::slice::from_ref(&ev))).await?;
         }
@@ -339,7 +396,14 @@ impl Pipeline {
 
     /// Dead-letters a record: to the store (with its event), to the DLQ
     /// topic, and the event to the events topic.
-    async fn reject(&self, d: &Delivery, job: Option<&SendJob>, reason: &str, detail: &str, shutdown: &CancellationToken) -> Option<Outcome> {
+    async fn reject(
+        &self,
+        d: &Delivery,
+        job: Option<&SendJob>,
+        reason: &str,
+        detail: &str,
+        shutdown: &CancellationToken,
+    ) -> Option<Outcome> {
         warn!(reason, detail, record = %d.id, "dead-lettering job");
         let mut ev = match job {
             Some(j) => self.event(j, EventType::DeadLettered, ""),
@@ -372,7 +436,16 @@ impl Pipeline {
             self.store.dead_letter(&dl, &ev).await?;
             if let Some(j) = job {
                 // A claimed job's ledger row ends here too; unclaimed jobs have none.
-                self.store.finish(j.tenant_id.as_str(), j.job_id.as_str(), LedgerStatus::DeadLettered, Some(detail), None, &ev).await?;
+                self.store
+                    .finish(
+                        j.tenant_id.as_str(),
+                        j.job_id.as_str(),
+                        LedgerStatus::DeadLettered,
+                        Some(detail),
+                        None,
+                        &ev,
+                    )
+                    .await?;
             }
             Ok(())
         })
@@ -415,7 +488,10 @@ fn backoff(base: Duration, max: Duration, attempt: u32) -> Duration {
     let exp = base.saturating_mul(1u32 << attempt.saturating_sub(1).min(16));
     let capped = exp.min(max);
     // Cheap jitter from the clock: enough to spread retries, no RNG needed.
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
     let factor = 0.75 + (nanos % 1000) as f64 / 2000.0;
     capped.mul_f64(factor)
 }

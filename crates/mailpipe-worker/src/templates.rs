@@ -27,7 +27,13 @@ impl TemplateCache {
         Self { limits, capacity, map: Mutex::new(HashMap::new()) }
     }
 
-    pub(crate) async fn get(&self, store: &Store, tenant: &str, campaign: &str, template: &str) -> Result<Lookup, StoreError> {
+    pub(crate) async fn get(
+        &self,
+        store: &Store,
+        tenant: &str,
+        campaign: &str,
+        template: &str,
+    ) -> Result<Lookup, StoreError> {
         let key = (tenant.to_owned(), campaign.to_owned(), template.to_owned());
         if let Some(t) = self.map.lock().unwrap_or_else(|p| p.into_inner()).get(&key) {
             return Ok(Lookup::Found(t.clone()));

@@ -102,7 +102,8 @@ fn kafka_hint(e: impl std::fmt::Display) -> anyhow::Error {
 pub async fn transport(cfg: &Config) -> Result<Arc<dyn Transport>> {
     match cfg.smtp.kind {
         SmtpKind::File => Ok(Arc::new(
-            FileTransport::new(&cfg.smtp.dir).with_context(|| format!("smtp.dir {}", cfg.smtp.dir.display()))?,
+            FileTransport::new(&cfg.smtp.dir)
+                .with_context(|| format!("smtp.dir {}", cfg.smtp.dir.display()))?,
         )),
         SmtpKind::Smtp => {
             let s = &cfg.smtp;
@@ -128,7 +129,10 @@ pub fn composer(cfg: &Config, keyring: Arc<Keyring>, hasher: RecipientHasher) ->
     Composer::new(
         keyring,
         hasher,
-        TrackingLinks { base_url: cfg.tracker.public_url.clone(), unsubscribe_mailto: cfg.tracker.unsubscribe_mailto.clone() },
+        TrackingLinks {
+            base_url: cfg.tracker.public_url.clone(),
+            unsubscribe_mailto: cfg.tracker.unsubscribe_mailto.clone(),
+        },
         TemplateLimits::default(),
     )
 }
@@ -146,13 +150,22 @@ pub fn pipeline_config(cfg: &Config) -> PipelineConfig {
 }
 
 pub fn worker_config(cfg: &Config) -> WorkerConfig {
-    WorkerConfig { max_in_flight: cfg.worker.max_in_flight, grace_period: Duration::from_secs(cfg.worker.grace_period_secs) }
+    WorkerConfig {
+        max_in_flight: cfg.worker.max_in_flight,
+        grace_period: Duration::from_secs(cfg.worker.grace_period_secs),
+    }
 }
 
 /// `mailpipe worker`: the Kafka consumer group, until shutdown.
-pub async fn run_worker(cfg: &Config, shutdown: CancellationToken, metrics: Option<mailpipe_tracker::MetricsRender>) -> Result<()> {
+pub async fn run_worker(
+    cfg: &Config,
+    shutdown: CancellationToken,
+    metrics: Option<mailpipe_tracker::MetricsRender>,
+) -> Result<()> {
     if cfg.queue.kind != QueueKind::Kafka {
-        bail!("queue.kind: `worker` consumes from Kafka; set queue.kind = \"kafka\" (the embedded in-process queue runs as `mailpipe demo`)");
+        bail!(
+            "queue.kind: `worker` consumes from Kafka; set queue.kind = \"kafka\" (the embedded in-process queue runs as `mailpipe demo`)"
+        );
     }
     let secrets = cfg.token_secrets()?;
     let (ring, hasher) = keyring(&secrets, cfg.tokens.active_key)?;
@@ -166,7 +179,13 @@ pub async fn run_worker(cfg: &Config, shutdown: CancellationToken, metrics: Opti
     if let Some(render) = metrics {
         spawn_metrics_server(cfg.metrics.listen, render, shutdown.clone()).await?;
     }
-    let pipeline = Arc::new(Pipeline::new(store.clone(), composer(cfg, ring, hasher), transport, EventOut::Kafka(events.clone()), pipeline_config(cfg)));
+    let pipeline = Arc::new(Pipeline::new(
+        store.clone(),
+        composer(cfg, ring, hasher),
+        transport,
+        EventOut::Kafka(events.clone()),
+        pipeline_config(cfg),
+    ));
     info!(brokers = %settings.brokers, group = %settings.group_id, store = store.backend(), "worker started");
     let report = mailpipe_worker::run(&mut source, pipeline, worker_config(cfg), shutdown).await;
     // Everything that finished has its offset stored; commit before leaving
@@ -178,31 +197,48 @@ pub async fn run_worker(cfg: &Config, shutdown: CancellationToken, metrics: Opti
     Ok(())
 }
 
-async fn spawn_metrics_server(addr: std::net::SocketAddr, render: mailpipe_tracker::MetricsRender, shutdown: CancellationToken) -> Result<()> {
-    let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("metrics.listen {addr}"))?;
+async fn spawn_metrics_server(
+    addr: std::net::SocketAddr,
+    render: mailpipe_tracker::MetricsRender,
+    shutdown: CancellationToken,
+) -> Result<()> {
+    let listener =
+        tokio::net::TcpListener::bind(addr).await.with_context(|| format!("metrics.listen {addr}"))?;
     let app = axum::Router::new()
-        .route("/metrics", axum::routing::get(move || {
-            let r = render.clone();
-            async move { r() }
-        }))
+        .route(
+            "/metrics",
+            axum::routing::get(move || {
+                let r = render.clone();
+                async move { r() }
+            }),
+        )
         .route("/healthz", axum::routing::get(|| async { "ok\n" }));
     tokio::spawn(async move {
-        let _ = axum::serve(listener, app).with_graceful_shutdown(async move { shutdown.cancelled().await }).await;
+        let _ = axum::serve(listener, app)
+            .with_graceful_shutdown(async move { shutdown.cancelled().await })
+            .await;
     });
     Ok(())
 }
 
 /// `mailpipe tracker`: serves until shutdown, then flushes events.
-pub async fn run_tracker(cfg: &Config, shutdown: CancellationToken, metrics: Option<mailpipe_tracker::MetricsRender>) -> Result<()> {
+pub async fn run_tracker(
+    cfg: &Config,
+    shutdown: CancellationToken,
+    metrics: Option<mailpipe_tracker::MetricsRender>,
+) -> Result<()> {
     let secrets = cfg.token_secrets()?;
     let (ring, _) = keyring(&secrets, cfg.tokens.active_key)?;
     ensure_sqlite_dir(cfg)?;
     let store = store(cfg).await?;
     let kafka = match cfg.queue.kind {
         QueueKind::Kafka => Some(
-            KafkaEvents::connect(&kafka_settings(cfg), Duration::from_secs(cfg.queue.kafka.connect_timeout_secs))
-                .await
-                .map_err(kafka_hint)?,
+            KafkaEvents::connect(
+                &kafka_settings(cfg),
+                Duration::from_secs(cfg.queue.kafka.connect_timeout_secs),
+            )
+            .await
+            .map_err(kafka_hint)?,
         ),
         QueueKind::Memory => None,
     };
@@ -236,8 +272,11 @@ pub struct BadLine {
     pub error: String,
 }
 
+/// A job ready to produce: its Kafka key (the recipient domain) and bytes.
+pub type KeyedJob = (String, Vec<u8>);
+
 /// Reads and validates a JSON Lines file of send jobs.
-pub fn read_jobs(path: &Path) -> Result<(Vec<(String, Vec<u8>)>, Vec<BadLine>)> {
+pub fn read_jobs(path: &Path) -> Result<(Vec<KeyedJob>, Vec<BadLine>)> {
     let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     let mut ok = Vec::new();
     let mut bad = Vec::new();
@@ -255,7 +294,7 @@ pub fn read_jobs(path: &Path) -> Result<(Vec<(String, Vec<u8>)>, Vec<BadLine>)> 
 
 /// `mailpipe enqueue`: produces jobs to `mailpipe.send.v1`, keyed by
 /// recipient domain, and returns how many the broker acknowledged.
-pub async fn enqueue(cfg: &Config, jobs: &[(String, Vec<u8>)]) -> Result<usize> {
+pub async fn enqueue(cfg: &Config, jobs: &[KeyedJob]) -> Result<usize> {
     let settings = kafka_settings(cfg);
     let producer = KafkaEvents::connect(&settings, Duration::from_secs(cfg.queue.kafka.connect_timeout_secs))
         .await

@@ -190,9 +190,13 @@ fn decode_secret(path: &str, s: &SecretString) -> Result<SecretSlice<u8>, String
 
 impl Config {
     /// Loads the layers. `env` is the process environment (injected for tests).
-    pub fn load(file: Option<&Path>, env: impl IntoIterator<Item = (String, String)>) -> Result<Self, ConfigErrors> {
+    pub fn load(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigErrors> {
         let mut errors = Vec::new();
-        let mut tree: toml::Table = DEFAULT_TOML.parse().map_err(|e| ConfigErrors(vec![format!("built-in defaults: {e}")]))?;
+        let mut tree: toml::Table =
+            DEFAULT_TOML.parse().map_err(|e| ConfigErrors(vec![format!("built-in defaults: {e}")]))?;
         if let Some(path) = file {
             match std::fs::read_to_string(path) {
                 Ok(text) => match text.parse::<toml::Table>() {
@@ -217,13 +221,18 @@ impl Config {
             return Err(ConfigErrors(errors));
         }
 
-        const SECTIONS: [&str; 8] = ["store", "queue", "smtp", "worker", "tracker", "tokens", "metrics", "log"];
+        const SECTIONS: [&str; 8] =
+            ["store", "queue", "smtp", "worker", "tracker", "tokens", "metrics", "log"];
         for key in tree.keys() {
             if !SECTIONS.contains(&key.as_str()) {
                 errors.push(format!("{key}: unknown section (known: {})", SECTIONS.join(", ")));
             }
         }
-        fn section<T: serde::de::DeserializeOwned>(tree: &toml::Table, name: &str, errors: &mut Vec<String>) -> Option<T> {
+        fn section<T: serde::de::DeserializeOwned>(
+            tree: &toml::Table,
+            name: &str,
+            errors: &mut Vec<String>,
+        ) -> Option<T> {
             let value = tree.get(name).cloned().unwrap_or_else(|| toml::Value::Table(Default::default()));
             let mut unknown = Vec::new();
             let r = serde_ignored::deserialize(value, |p| unknown.push(p.to_string()));
@@ -247,8 +256,16 @@ impl Config {
         let metrics = section::<MetricsConfig>(&tree, "metrics", &mut errors);
         let log = section::<LogConfig>(&tree, "log", &mut errors);
 
-        let (Some(store), Some(queue), Some(smtp), Some(worker), Some(tracker), Some(tokens), Some(metrics), Some(log)) =
-            (store, queue, smtp, worker, tracker, tokens, metrics, log)
+        let (
+            Some(store),
+            Some(queue),
+            Some(smtp),
+            Some(worker),
+            Some(tracker),
+            Some(tokens),
+            Some(metrics),
+            Some(log),
+        ) = (store, queue, smtp, worker, tracker, tokens, metrics, log)
         else {
             return Err(ConfigErrors(errors));
         };
@@ -259,8 +276,12 @@ impl Config {
 
     fn validate(&self, errors: &mut Vec<String>) {
         let url = self.store.url.expose_secret();
-        if !(url.starts_with("postgres://") || url.starts_with("postgresql://") || url.starts_with("sqlite:")) {
-            errors.push(format!("store.url: must start with postgres:// or sqlite: (got {})", self.store.redacted_url()));
+        if !(url.starts_with("postgres://") || url.starts_with("postgresql://") || url.starts_with("sqlite:"))
+        {
+            errors.push(format!(
+                "store.url: must start with postgres:// or sqlite: (got {})",
+                self.store.redacted_url()
+            ));
         }
         if self.store.max_connections == 0 {
             errors.push("store.max_connections: must be at least 1".into());
@@ -289,13 +310,14 @@ impl Config {
                 errors.push(e);
             }
         }
-        if !self.tokens.keys.is_empty() && !self.tokens.keys.contains_key(&self.tokens.active_key.to_string()) {
+        if !self.tokens.keys.is_empty() && !self.tokens.keys.contains_key(&self.tokens.active_key.to_string())
+        {
             errors.push(format!("tokens.active_key: key {} is not in tokens.keys", self.tokens.active_key));
         }
-        if let Some(r) = &self.tokens.recipient_key {
-            if let Err(e) = decode_secret("tokens.recipient_key", r) {
-                errors.push(e);
-            }
+        if let Some(r) = &self.tokens.recipient_key
+            && let Err(e) = decode_secret("tokens.recipient_key", r)
+        {
+            errors.push(e);
         }
     }
 
@@ -364,10 +386,10 @@ fn env_value(v: &str) -> toml::Value {
     if let Ok(b) = v.parse::<bool>() {
         return toml::Value::Boolean(b);
     }
-    if let Ok(f) = v.parse::<f64>() {
-        if v.contains('.') {
-            return toml::Value::Float(f);
-        }
+    if let Ok(f) = v.parse::<f64>()
+        && v.contains('.')
+    {
+        return toml::Value::Float(f);
     }
     toml::Value::String(v.to_owned())
 }
@@ -438,14 +460,21 @@ mod tests {
         .unwrap();
         let err = Config::load(Some(&f), env(&[("MAILPIPE__LOG__VERBOSITY", "3")])).unwrap_err();
         let all = err.to_string();
-        for want in ["store.colour: unknown key", "log.verbosity: unknown key", "nonsense: unknown section", "worker:"] {
+        for want in [
+            "store.colour: unknown key",
+            "log.verbosity: unknown key",
+            "nonsense: unknown section",
+            "worker:",
+        ] {
             assert!(all.contains(want), "missing {want:?} in:\n{all}");
         }
         // Sections that parsed are still validated... once all sections parse.
         let f2 = dir.join("bad2.toml");
         std::fs::write(&f2, "[store]\nurl = \"mysql://x\"\n[smtp]\nmax_connections = 0\n[tokens]\nactive_key = 9\n[tokens.keys]\n1 = \"short\"\n").unwrap();
         let all = Config::load(Some(&f2), env(&[])).unwrap_err().to_string();
-        for want in ["store.url", "smtp.max_connections", "tokens.keys.1: must be base64", "tokens.active_key"] {
+        for want in
+            ["store.url", "smtp.max_connections", "tokens.keys.1: must be base64", "tokens.active_key"]
+        {
             assert!(all.contains(want), "missing {want:?} in:\n{all}");
         }
     }

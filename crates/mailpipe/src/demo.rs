@@ -54,7 +54,10 @@ impl DemoSummary {
     }
 }
 
-const FIRST: [&str; 12] = ["Ada", "Grace", "Alan", "Edsger", "Barbara", "Donald", "Frances", "Ken", "Radia", "Leslie", "Margaret", "Tim"];
+const FIRST: [&str; 12] = [
+    "Ada", "Grace", "Alan", "Edsger", "Barbara", "Donald", "Frances", "Ken", "Radia", "Leslie", "Margaret",
+    "Tim",
+];
 const CITIES: [&str; 6] = ["Lisbon", "Oslo", "Nairobi", "Osaka", "Quito", "Tallinn"];
 const DOMAINS: [&str; 4] = ["example.com", "example.net", "example.org", "mail.example"];
 
@@ -173,7 +176,15 @@ pub async fn run(cfg: &Config, opts: DemoOptions, shutdown: CancellationToken) -
     // gets (job 65, 165, ...) still goes out, because it is transactional.
     let n = opts.messages.max(10);
     for r in (55..n).step_by(100) {
-        store.add_suppression(None, &hasher.hash(&recipient(r).1).to_hex(), "unsubscribe", Category::Marketing, Some("acme")).await?;
+        store
+            .add_suppression(
+                None,
+                &hasher.hash(&recipient(r).1).to_hex(),
+                "unsubscribe",
+                Category::Marketing,
+                Some("acme"),
+            )
+            .await?;
     }
 
     // The tracker, on localhost, sharing this process's keys.
@@ -264,11 +275,20 @@ pub async fn run(cfg: &Config, opts: DemoOptions, shutdown: CancellationToken) -
         action,
     };
     let base = cfg.tracker.public_url.trim_end_matches('/');
-    let sample_click = format!("{base}/c/{}", ring.sign(&claims(Action::Click { url: "https://shop.acme.example/sale?city=Oslo".into() }))?);
+    let sample_click = format!(
+        "{base}/c/{}",
+        ring.sign(&claims(Action::Click { url: "https://shop.acme.example/sale?city=Oslo".into() }))?
+    );
     let rref = app_recipient(&secrets, "ada.0001@example.net")?;
-    let sample_unsubscribe = format!("{base}/u/{}", ring.sign(&claims(Action::Unsubscribe { recipient: rref }))?);
-    let eml_files = (cfg.smtp.kind == SmtpKind::File)
-        .then(|| std::fs::read_dir(&cfg.smtp.dir).map(|d| d.filter_map(Result::ok).filter(|e| e.path().extension().is_some_and(|x| x == "eml")).count()).unwrap_or(0));
+    let sample_unsubscribe =
+        format!("{base}/u/{}", ring.sign(&claims(Action::Unsubscribe { recipient: rref }))?);
+    let eml_files = (cfg.smtp.kind == SmtpKind::File).then(|| {
+        std::fs::read_dir(&cfg.smtp.dir)
+            .map(|d| {
+                d.filter_map(Result::ok).filter(|e| e.path().extension().is_some_and(|x| x == "eml")).count()
+            })
+            .unwrap_or(0)
+    });
 
     let summary = DemoSummary {
         campaign: campaign.clone(),
@@ -319,12 +339,18 @@ fn print_summary(s: &DemoSummary) {
     println!("mailpipe demo: campaign {} ({:.1}s)", s.campaign, s.elapsed.as_secs_f64());
     println!("  enqueued       {:>6}", s.enqueued);
     println!("  sent           {:>6}", s.sent);
-    println!("  suppressed     {:>6}   (marketing unsubscribes; their receipts still went out)", s.suppressed);
+    println!(
+        "  suppressed     {:>6}   (marketing unsubscribes; their receipts still went out)",
+        s.suppressed
+    );
     println!("  dead-lettered  {:>6}   (malformed JSON, header injection, template error)", s.dead_lettered);
     if s.bounced + s.failed + s.replayed > 0 {
         println!("  bounced        {:>6}", s.bounced);
         println!("  failed         {:>6}", s.failed);
-        println!("  replayed       {:>6}   (finished earlier; outcome re-published, nothing sent)", s.replayed);
+        println!(
+            "  replayed       {:>6}   (finished earlier; outcome re-published, nothing sent)",
+            s.replayed
+        );
     }
     let ok = s.accounted() == s.enqueued;
     println!(
@@ -339,5 +365,8 @@ fn print_summary(s: &DemoSummary) {
         None => println!("  mail: sent to {}", s.mail_dir),
     }
     println!("\nTry a tracked link in a browser (it redirects to the shop):\n  {}", s.sample_click);
-    println!("An unsubscribe page (GET shows a button; nothing changes until you press it):\n  {}", s.sample_unsubscribe);
+    println!(
+        "An unsubscribe page (GET shows a button; nothing changes until you press it):\n  {}",
+        s.sample_unsubscribe
+    );
 }

@@ -115,7 +115,11 @@ async fn run(command: Command, mut cfg: Config) -> anyhow::Result<ExitCode> {
                 cfg.log.level = "warn".into();
             }
             telemetry::init_tracing(&cfg.log);
-            let opts = demo::DemoOptions { messages, serve_for: serve_for.map(Duration::from_secs), progress: !no_progress };
+            let opts = demo::DemoOptions {
+                messages,
+                serve_for: serve_for.map(Duration::from_secs),
+                progress: !no_progress,
+            };
             let summary = demo::run(&cfg, opts, app::shutdown_token()).await?;
             Ok(if summary.accounted() == summary.enqueued { ExitCode::SUCCESS } else { ExitCode::FAILURE })
         }
@@ -138,7 +142,11 @@ async fn run(command: Command, mut cfg: Config) -> anyhow::Result<ExitCode> {
                 eprintln!("{}:{}: {}", file.display(), b.line, b.error);
             }
             if !bad.is_empty() && !skip_invalid {
-                eprintln!("{} invalid line(s); nothing was sent (use --skip-invalid to send the {} valid ones)", bad.len(), jobs.len());
+                eprintln!(
+                    "{} invalid line(s); nothing was sent (use --skip-invalid to send the {} valid ones)",
+                    bad.len(),
+                    jobs.len()
+                );
                 return Ok(ExitCode::FAILURE);
             }
             let n = app::enqueue(&cfg, &jobs).await?;
@@ -152,7 +160,8 @@ async fn run(command: Command, mut cfg: Config) -> anyhow::Result<ExitCode> {
         }
         Command::Tenant { command: TenantCommand::Add { id, name } } => {
             telemetry::init_tracing(&cfg.log);
-            let tenant = mailpipe_core::TenantId::parse(id.as_str()).map_err(|e| anyhow::anyhow!("tenant id: {e}"))?;
+            let tenant =
+                mailpipe_core::TenantId::parse(id.as_str()).map_err(|e| anyhow::anyhow!("tenant id: {e}"))?;
             app::ensure_sqlite_dir(&cfg)?;
             let store = app::store(&cfg).await?;
             store.upsert_tenant(&tenant, name.as_deref().unwrap_or(&id)).await?;
@@ -160,7 +169,12 @@ async fn run(command: Command, mut cfg: Config) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::CheckConfig => {
-            println!("configuration is valid (store: {}, queue: {:?}, smtp: {:?})", cfg.store.redacted_url(), cfg.queue.kind, cfg.smtp.kind);
+            println!(
+                "configuration is valid (store: {}, queue: {:?}, smtp: {:?})",
+                cfg.store.redacted_url(),
+                cfg.queue.kind,
+                cfg.smtp.kind
+            );
             if let Err(e) = cfg.token_secrets() {
                 print!("note: `worker` and `tracker` will refuse to start:\n{e}");
             }
