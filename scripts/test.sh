@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# The README's test command. On a fresh Debian machine it installs what the
+# tests need (apt packages, the Kafka jars through Maven), starts PostgreSQL,
+# Kafka and smtp-sink on loopback, then runs formatting, lints and every test
+# against those real services. Safe to run again: each step is idempotent.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# One build directory per machine, shared by every clone (CI's included), so
+# the bundled librdkafka and SQLite C builds happen once, not per checkout.
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/var/tmp/mailpipe-target}
+export CARGO_TERM_COLOR=${CARGO_TERM_COLOR:-never}
+
+step() { printf '\n==> %s\n' "$*"; }
+
+step "services (install if missing, start, create topics)"
+scripts/services.sh up
+eval "$(scripts/services.sh env)"
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+step "cargo clippy -D warnings"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+step "cargo test (unit, integration against real Kafka/PostgreSQL/smtp-sink, CLI, demo)"
+cargo test --workspace --locked --no-fail-fast
