@@ -99,3 +99,21 @@ fn an_unreachable_broker_is_a_clear_error_not_a_hang() {
     assert!(e.contains("Kafka") && e.contains("scripts/services.sh up"), "{e}");
     let _ = std::fs::remove_file(db);
 }
+
+#[test]
+fn enqueue_reports_invalid_lines_by_number_and_sends_nothing() {
+    let dir = std::env::temp_dir().join(format!("mailpipe-enq-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let f = dir.join("jobs.jsonl");
+    let good = r#"{"job_id":"a","tenant_id":"t","campaign_id":"c","category":"marketing","from":{"email":"f@x.example"},"to":{"email":"r@y.example"},"subject":"s","text":"t"}"#;
+    std::fs::write(&f, format!("{good}\n{{oops\n\n{}\n", good.replace("r@y.example", "not-an-address")))
+        .unwrap();
+    // The broker address is unreachable on purpose: validation comes first.
+    let o =
+        mailpipe(&["enqueue", f.to_str().unwrap()], &[("MAILPIPE__QUEUE__KAFKA__BROKERS", "127.0.0.1:1")]);
+    assert_eq!(o.status.code(), Some(1));
+    let e = stderr(&o);
+    assert!(e.contains("jobs.jsonl:2:") && e.contains("jobs.jsonl:4:"), "{e}");
+    assert!(e.contains("nothing was sent"), "{e}");
+    assert!(!e.contains("jobs.jsonl:1:"), "{e}");
+}

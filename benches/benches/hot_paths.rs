@@ -1,0 +1,68 @@
+//! Per-message CPU costs of the hot paths. Run with
+//! `cargo bench -p mailpipe-benches --bench hot_paths`.
+
+use std::hint::black_box;
+
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use mailpipe_benches::{composer, keyring, ten_kb_job};
+use mailpipe_core::{CampaignId, Category, JobId, SendJob, TenantId};
+use mailpipe_smtp::{DeliveryError, Phase, Reply, classify};
+use mailpipe_token::{Action, Claims};
+use time::OffsetDateTime;
+
+fn tokens(c: &mut Criterion) {
+    let ring = keyring();
+    let claims = Claims {
+        tenant_id: TenantId::parse("acme").unwrap_or_else(|_| unreachable!()),
+        campaign_id: CampaignId::parse("spring").unwrap_or_else(|_| unreachable!()),
+        job_id: JobId::parse("job-000123").unwrap_or_else(|_| unreachable!()),
+        category: Category::Marketing,
+        sent_at: 1_790_000_000,
+        action: Action::Click { url: "https://shop.example.com/product/3?ref=spring".into() },
+    };
+    let token = ring.sign(&claims).unwrap_or_default();
+    let mut g = c.benchmark_group("token");
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("sign_click", |b| b.iter(|| ring.sign(black_box(&claims))));
+    g.bench_function("verify_click", |b| b.iter(|| ring.verify(black_box(&token))));
+    let mut bad = token.clone().into_bytes();
+    let last = bad.len() - 1;
+    bad[last] = if bad[last] == b'A' { b'B' } else { b'A' };
+    let bad = String::from_utf8(bad).unwrap_or_default();
+    g.bench_function("verify_tampered", |b| b.iter(|| ring.verify(black_box(&bad))));
+    g.finish();
+}
+
+fn compose(c: &mut Criterion) {
+    let composer = composer();
+    let job = ten_kb_job(1);
+    let now = OffsetDateTime::now_utc();
+    let raw = serde_json::to_vec(&job.to_wire()).unwrap_or_default();
+    let mut g = c.benchmark_group("message");
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("parse_job_10kb", |b| b.iter(|| SendJob::from_json(black_box(&raw))));
+    g.bench_function("compose_10kb_5_links", |b| b.iter(|| composer.compose(black_box(&job), None, now)));
+    g.finish();
+}
+
+fn classifier(c: &mut Criterion) {
+    let results: Vec<Result<Reply, DeliveryError>> = vec![
+        Ok(Reply::new(250, "2.0.0 Ok: queued as 1234")),
+        Err(DeliveryError::Rejected { phase: Phase::RcptTo, reply: Reply::new(550, "5.1.1 no such user") }),
+        Err(DeliveryError::Rejected { phase: Phase::MailFrom, reply: Reply::new(421, "4.7.0 slow down") }),
+        Err(DeliveryError::Io { phase: Phase::Message, detail: "reset".into() }),
+    ];
+    c.bench_function("smtp/classify_4_replies", |b| {
+        b.iter(|| {
+            for r in &results {
+                black_box(classify(black_box(r)));
+            }
+        })
+    });
+    c.bench_function("smtp/parse_reply", |b| {
+        b.iter(|| Reply::new(550, black_box("5.1.1 <x@y>: Recipient address rejected")))
+    });
+}
+
+criterion_group!(benches, tokens, compose, classifier);
+criterion_main!(benches);

@@ -1,0 +1,73 @@
+//! The store behaves the same on PostgreSQL and SQLite: one scenario, both backends.
+
+#![allow(clippy::unwrap_used)] // Tests fail loudly on purpose.
+
+use mailpipe_core::{Category, Event, EventType, SendJob};
+use mailpipe_store::{LedgerStatus, Store};
+use mailpipe_tests::{fresh_database, job, unique};
+
+async fn scenario(store: &Store) {
+    store.migrate().await.unwrap();
+    let j = SendJob::from_json(&serde_json::to_vec(&job(1, "acme", "c", "a.example")).unwrap()).unwrap();
+
+    // Claiming is idempotent and starts pending.
+    let c = store.claim_job(&j).await.unwrap();
+    assert_eq!((c.status, c.attempts), (LedgerStatus::Pending, 0));
+    assert_eq!(store.claim_job(&j).await.unwrap().status, LedgerStatus::Pending);
+
+    // sending is visible to a second claim: that is how "in doubt" is detected.
+    store.mark_sending("acme", "job-00001", "mid@x").await.unwrap();
+    let c = store.claim_job(&j).await.unwrap();
+    assert_eq!((c.status, c.attempts, c.message_id.as_deref()), (LedgerStatus::Sending, 1, Some("mid@x")));
+
+    // The outcome and its event land together; the event is idempotent.
+    let mut ev = Event::for_job(EventType::Sent, &j.tenant_id, &j.campaign_id, &j.job_id, "");
+    ev.message_id = Some("mid@x".into());
+    store.finish("acme", "job-00001", LedgerStatus::Sent, Some("250 ok"), None, &ev).await.unwrap();
+    store.insert_events(std::slice::from_ref(&ev)).await.unwrap();
+    assert_eq!(store.claim_job(&j).await.unwrap().status, LedgerStatus::Sent);
+    let back = store.terminal_event("acme", "job-00001").await.unwrap().unwrap();
+    assert_eq!(back.event_id, ev.event_id);
+    assert_eq!(store.event_counts("acme", "c").await.unwrap().get("sent"), Some(&1));
+
+    // Suppression scopes.
+    let h = "00112233445566778899aabbccddeeff";
+    assert_eq!(store.suppression(h, "acme", Category::Marketing).await.unwrap(), None);
+    // A marketing unsubscribe via tenant globex applies platform-wide, to marketing only.
+    store.add_suppression(None, h, "unsubscribe", Category::Marketing, Some("globex")).await.unwrap();
+    let s = store.suppression(h, "acme", Category::Marketing).await.unwrap().unwrap();
+    assert_eq!((s.reason.as_str(), s.platform_wide), ("unsubscribe", true));
+    assert_eq!(
+        store.suppression(h, "acme", Category::Transactional).await.unwrap(),
+        None,
+        "transactional mail is exempt"
+    );
+    // A tenant-scoped entry binds only that tenant.
+    let h2 = "ffeeddccbbaa99887766554433221100";
+    store.add_suppression(Some("acme"), h2, "manual", Category::Transactional, None).await.unwrap();
+    assert!(store.suppression(h2, "acme", Category::Transactional).await.unwrap().is_some());
+    assert_eq!(store.suppression(h2, "globex", Category::Marketing).await.unwrap(), None);
+    // A hard bounce (applies to all) stops transactional mail too.
+    store.add_suppression(None, h, "hard_bounce", Category::Transactional, Some("acme")).await.unwrap();
+    assert_eq!(
+        store.suppression(h, "acme", Category::Transactional).await.unwrap().unwrap().reason,
+        "hard_bounce"
+    );
+    // Adding the same entry again is a no-op.
+    store.add_suppression(None, h, "hard_bounce", Category::Transactional, Some("acme")).await.unwrap();
+}
+
+#[tokio::test]
+async fn postgres() {
+    let store = Store::connect(&fresh_database().await, 4).await.unwrap();
+    scenario(&store).await;
+}
+
+#[tokio::test]
+async fn sqlite() {
+    let dir = std::env::temp_dir().join(unique("store"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let store = Store::connect(&format!("sqlite:{}/t.db", dir.display()), 4).await.unwrap();
+    scenario(&store).await;
+    let _ = std::fs::remove_dir_all(dir);
+}
