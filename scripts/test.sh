@@ -17,6 +17,11 @@ step "services (install if missing, start, create topics)"
 scripts/services.sh up
 eval "$(scripts/services.sh env)"
 
+step "independent DKIM verifier for the tests (dkimpy, from PyPI)"
+if ! python3 -c "import dkim, nacl" 2>/dev/null; then
+  python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore dkimpy pynacl dnspython
+fi
+
 step "cargo fmt --check"
 cargo fmt --all -- --check
 

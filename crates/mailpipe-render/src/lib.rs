@@ -10,6 +10,7 @@
 //!    correlation headers and, for marketing mail, RFC 8058 List-Unsubscribe.
 #![forbid(unsafe_code)]
 
+pub mod dkim;
 pub mod links;
 pub mod mime;
 pub mod template;
@@ -20,6 +21,7 @@ use mailpipe_core::{Category, Content, SendJob};
 use mailpipe_token::{Action, Claims, Keyring, RecipientHasher, TokenError};
 use time::OffsetDateTime;
 
+pub use dkim::{DkimAlgorithm, DkimError, DkimKeys};
 pub use template::{CompiledTemplates, TemplateLimits, TemplateSet};
 
 /// Why a job could not be rendered. None of these gets better on retry:
@@ -42,6 +44,8 @@ pub enum RenderError {
     MissingTemplate(String),
     #[error("mime: {0}")]
     Mime(#[from] std::io::Error),
+    #[error("dkim: {0}")]
+    Dkim(#[from] DkimError),
 }
 
 impl RenderError {
@@ -54,6 +58,7 @@ impl RenderError {
             RenderError::Token(_) => "token_error",
             RenderError::MissingTemplate(_) => "unknown_template",
             RenderError::Mime(_) => "mime_error",
+            RenderError::Dkim(_) => "dkim_error",
         }
     }
 }
@@ -84,6 +89,7 @@ pub struct Composer {
     recipients: RecipientHasher,
     links: TrackingLinks,
     limits: TemplateLimits,
+    dkim: DkimKeys,
 }
 
 impl Composer {
@@ -96,7 +102,13 @@ impl Composer {
         while links.base_url.ends_with('/') {
             links.base_url.pop();
         }
-        Self { keyring, recipients, links, limits }
+        Self { keyring, recipients, links, limits, dkim: DkimKeys::new() }
+    }
+
+    /// Signs every message whose sender (or tenant) has a key in `dkim`.
+    pub fn with_dkim(mut self, dkim: DkimKeys) -> Self {
+        self.dkim = dkim;
+        self
     }
 
     pub fn recipients(&self) -> &RecipientHasher {
@@ -186,7 +198,7 @@ impl Composer {
             }
             v
         });
-        let bytes = mime::build(mime::Parts {
+        let mut bytes = mime::build(mime::Parts {
             job,
             message_id: &message_id,
             date: now,
@@ -195,6 +207,12 @@ impl Composer {
             text: &text,
             list_unsubscribe: list_unsubscribe.as_deref(),
         })?;
+        if let Some(header) = self.dkim.sign(job.tenant_id.as_str(), job.from.email.domain(), &bytes)? {
+            let mut signed = Vec::with_capacity(header.len() + bytes.len());
+            signed.extend_from_slice(header.as_bytes());
+            signed.extend_from_slice(&bytes);
+            bytes = signed;
+        }
         Ok(Composed { message_id, bytes, tracked_links })
     }
 }

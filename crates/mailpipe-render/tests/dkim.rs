@@ -1,0 +1,162 @@
+//! DKIM signatures made by mailpipe verify with an independent verifier:
+//! dkimpy (Python), with the DNS answer injected. A tampered message fails.
+
+#![allow(clippy::unwrap_used)] // Tests fail loudly on purpose.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::Arc;
+
+use mailpipe_core::SendJob;
+use mailpipe_render::{Composer, DkimAlgorithm, DkimKeys, TemplateLimits, TrackingLinks};
+use mailpipe_token::{Keyring, RecipientHasher, SigningKey};
+use time::macros::datetime;
+
+const VERIFY: &str = r#"
+import sys
+try:
+    import dkim
+except ImportError:
+    sys.exit("dkimpy is missing: python3 -m pip install dkimpy pynacl (scripts/test.sh does this)")
+msg = open(sys.argv[1], "rb").read()
+rec = open(sys.argv[2], "rb").read()
+ok = dkim.verify(msg, dnsfunc=lambda name, timeout=5: rec)
+print("pass" if ok else "fail")
+sys.exit(0 if ok else 1)
+"#;
+
+fn fixture(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
+}
+
+fn composer(dkim: DkimKeys) -> Composer {
+    Composer::new(
+        Arc::new(Keyring::new(vec![SigningKey { id: 1, secret: vec![3u8; 32].into() }], 1).unwrap()),
+        RecipientHasher::new(&vec![4u8; 32].into()).unwrap(),
+        TrackingLinks { base_url: "https://t.example".into(), unsubscribe_mailto: None },
+        TemplateLimits::default(),
+    )
+    .with_dkim(dkim)
+}
+
+fn job(tenant: &str, from: &str) -> SendJob {
+    SendJob::from_json(
+        serde_json::json!({
+            "job_id": "j1", "tenant_id": tenant, "campaign_id": "c", "category": "marketing",
+            "from": {"email": from, "name": "Sender Ünïcode"},
+            "to": {"email": "jane@example.com"},
+            "subject": "Hello {{ n }} — ünïcode",
+            "html": "<p>Hi {{ n }}</p><a href=\"https://shop.example/x\">x</a>",
+            "vars": {"n": "Jane"}
+        })
+        .to_string()
+        .as_bytes(),
+    )
+    .unwrap()
+}
+
+/// Runs dkimpy on `msg` with `record` as the DNS TXT answer.
+fn dkimpy(msg: &[u8], record: &str) -> bool {
+    let dir = std::env::temp_dir().join(format!("mailpipe-dkim-{}-{:x}", std::process::id(), rand_id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (m, r) = (dir.join("msg.eml"), dir.join("record.txt"));
+    std::fs::write(&m, msg).unwrap();
+    std::fs::write(&r, record).unwrap();
+    let out = Command::new("python3")
+        .arg("-c")
+        .arg(VERIFY)
+        .arg(&m)
+        .arg(&r)
+        .output()
+        .expect("python3 is needed for the independent DKIM verifier");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stdout.contains("pass") || stdout.contains("fail"), "dkimpy did not run: {stderr}");
+    let _ = std::fs::remove_dir_all(dir);
+    out.status.success()
+}
+
+fn rand_id() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u8(0);
+    h.finish()
+}
+
+fn signed(alg: DkimAlgorithm, key: &str, tenant_default: bool) -> Vec<u8> {
+    let mut keys = DkimKeys::new();
+    keys.add("acme.example", "s1", alg, &std::fs::read(fixture(key)).unwrap()).unwrap();
+    let from = if tenant_default {
+        keys.set_tenant_default("acme", "acme.example").unwrap();
+        "news@other.example"
+    } else {
+        "news@acme.example"
+    };
+    let out = composer(keys).compose(&job("acme", from), None, datetime!(2026-11-29 12:00 UTC)).unwrap();
+    assert!(out.bytes.starts_with(b"DKIM-Signature: "), "signature first");
+    out.bytes
+}
+
+fn tamper(msg: &[u8]) -> Vec<u8> {
+    let s = String::from_utf8(msg.to_vec()).unwrap();
+    let i = s.find("\r\nSubject: ").unwrap() + 11;
+    let mut t = s.clone();
+    t.insert_str(i, "X");
+    t.into_bytes()
+}
+
+#[test]
+fn rsa_sha256_signatures_verify_with_dkimpy() {
+    let rec =
+        format!("v=DKIM1; k=rsa; p={}", std::fs::read_to_string(fixture("rsa2048.pub.b64")).unwrap().trim());
+    let msg = signed(DkimAlgorithm::RsaSha256, "rsa2048.pem", false);
+    assert!(String::from_utf8_lossy(&msg).contains("a=rsa-sha256"));
+    assert!(dkimpy(&msg, &rec), "valid signature");
+    assert!(!dkimpy(&tamper(&msg), &rec), "tampered subject must fail");
+}
+
+#[test]
+fn ed25519_signatures_verify_with_dkimpy() {
+    let rec = format!(
+        "v=DKIM1; k=ed25519; p={}",
+        std::fs::read_to_string(fixture("ed25519.pub.b64")).unwrap().trim()
+    );
+    let msg = signed(DkimAlgorithm::Ed25519Sha256, "ed25519.pem", false);
+    assert!(String::from_utf8_lossy(&msg).contains("a=ed25519-sha256"));
+    assert!(dkimpy(&msg, &rec), "valid signature");
+    assert!(!dkimpy(&tamper(&msg), &rec), "tampered subject must fail");
+}
+
+#[test]
+fn a_tenant_default_key_signs_its_other_domains_and_others_go_unsigned() {
+    let rec =
+        format!("v=DKIM1; k=rsa; p={}", std::fs::read_to_string(fixture("rsa2048.pub.b64")).unwrap().trim());
+    let msg = signed(DkimAlgorithm::RsaSha256, "rsa2048.pem", true);
+    assert!(String::from_utf8_lossy(&msg).contains("d=acme.example"));
+    assert!(dkimpy(&msg, &rec));
+
+    let mut keys = DkimKeys::new();
+    keys.add("acme.example", "s1", DkimAlgorithm::RsaSha256, &std::fs::read(fixture("rsa2048.pem")).unwrap())
+        .unwrap();
+    let out = composer(keys)
+        .compose(&job("globex", "news@globex.example"), None, datetime!(2026-11-29 12:00 UTC))
+        .unwrap();
+    assert!(!out.bytes.starts_with(b"DKIM-Signature"), "no key for globex");
+}
+
+#[test]
+fn bad_keys_are_refused_with_the_domain_named() {
+    let mut keys = DkimKeys::new();
+    let e = keys.add("acme.example", "s1", DkimAlgorithm::RsaSha256, b"not a key").unwrap_err();
+    assert!(e.to_string().contains("acme.example"), "{e}");
+    let e = keys
+        .add(
+            "acme.example",
+            "s1",
+            DkimAlgorithm::Ed25519Sha256,
+            &std::fs::read(fixture("rsa2048.pem")).unwrap(),
+        )
+        .unwrap_err();
+    assert!(e.to_string().contains("acme.example"), "{e}");
+    assert!(keys.set_tenant_default("acme", "nowhere.example").is_err());
+}
