@@ -101,7 +101,7 @@ fn tamper(msg: &[u8]) -> Vec<u8> {
     let s = String::from_utf8(msg.to_vec()).unwrap();
     let i = s.find("\r\nSubject: ").unwrap() + 11;
     let mut t = s.clone();
-    t.insert_str(i, "X");
+    t.insert(i, 'X');
     t.into_bytes()
 }
 
