@@ -125,8 +125,10 @@ pub async fn transport(cfg: &Config) -> Result<Arc<dyn Transport>> {
     }
 }
 
-pub fn composer(cfg: &Config, keyring: Arc<Keyring>, hasher: RecipientHasher) -> Composer {
-    Composer::new(
+/// The message composer, with every configured DKIM key loaded.
+pub fn composer(cfg: &Config, keyring: Arc<Keyring>, hasher: RecipientHasher) -> Result<Composer> {
+    let dkim = cfg.dkim_keys()?;
+    Ok(Composer::new(
         keyring,
         hasher,
         TrackingLinks {
@@ -135,6 +137,7 @@ pub fn composer(cfg: &Config, keyring: Arc<Keyring>, hasher: RecipientHasher) ->
         },
         TemplateLimits::default(),
     )
+    .with_dkim(dkim))
 }
 
 pub fn pipeline_config(cfg: &Config) -> PipelineConfig {
@@ -169,6 +172,9 @@ pub async fn run_worker(
     }
     let secrets = cfg.token_secrets()?;
     let (ring, hasher) = keyring(&secrets, cfg.tokens.active_key)?;
+    // Every key is loaded before any service is contacted: a bad key is a
+    // configuration error (exit 2), not a half-started worker.
+    let composer = composer(cfg, ring, hasher)?;
     ensure_sqlite_dir(cfg)?;
     let store = store(cfg).await?;
     let settings = kafka_settings(cfg);
@@ -181,7 +187,7 @@ pub async fn run_worker(
     }
     let pipeline = Arc::new(Pipeline::new(
         store.clone(),
-        composer(cfg, ring, hasher),
+        composer,
         transport,
         EventOut::Kafka(events.clone()),
         pipeline_config(cfg),

@@ -158,6 +158,37 @@ pub struct LogConfig {
     pub level: String,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub enum DkimAlgorithmName {
+    #[serde(rename = "rsa-sha256")]
+    RsaSha256,
+    #[serde(rename = "ed25519-sha256")]
+    Ed25519Sha256,
+}
+
+/// One signing domain: `[dkim.domains."acme.example"]`.
+#[derive(Debug, Deserialize)]
+pub struct DkimDomain {
+    pub selector: String,
+    pub algorithm: DkimAlgorithmName,
+    /// PEM, inline. Secret. Exactly one of this and `private_key_file`.
+    #[serde(default)]
+    pub private_key: Option<SecretString>,
+    #[serde(default)]
+    pub private_key_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct DkimConfig {
+    /// Sending domain → key.
+    #[serde(default)]
+    pub domains: BTreeMap<String, DkimDomain>,
+    /// Tenant → the domain whose key signs that tenant's mail from domains
+    /// without a key of their own.
+    #[serde(default)]
+    pub tenants: BTreeMap<String, String>,
+}
+
 #[derive(Debug)]
 pub struct Config {
     pub store: StoreConfig,
@@ -168,6 +199,7 @@ pub struct Config {
     pub tokens: TokensConfig,
     pub metrics: MetricsConfig,
     pub log: LogConfig,
+    pub dkim: DkimConfig,
 }
 
 /// Decoded token secrets, ready for the keyring.
@@ -221,8 +253,8 @@ impl Config {
             return Err(ConfigErrors(errors));
         }
 
-        const SECTIONS: [&str; 8] =
-            ["store", "queue", "smtp", "worker", "tracker", "tokens", "metrics", "log"];
+        const SECTIONS: [&str; 9] =
+            ["store", "queue", "smtp", "worker", "tracker", "tokens", "metrics", "log", "dkim"];
         for key in tree.keys() {
             if !SECTIONS.contains(&key.as_str()) {
                 errors.push(format!("{key}: unknown section (known: {})", SECTIONS.join(", ")));
@@ -255,6 +287,7 @@ impl Config {
         let tokens = section::<TokensConfig>(&tree, "tokens", &mut errors);
         let metrics = section::<MetricsConfig>(&tree, "metrics", &mut errors);
         let log = section::<LogConfig>(&tree, "log", &mut errors);
+        let dkim = section::<DkimConfig>(&tree, "dkim", &mut errors);
 
         let (
             Some(store),
@@ -265,11 +298,12 @@ impl Config {
             Some(tokens),
             Some(metrics),
             Some(log),
-        ) = (store, queue, smtp, worker, tracker, tokens, metrics, log)
+            Some(dkim),
+        ) = (store, queue, smtp, worker, tracker, tokens, metrics, log, dkim)
         else {
             return Err(ConfigErrors(errors));
         };
-        let cfg = Config { store, queue, smtp, worker, tracker, tokens, metrics, log };
+        let cfg = Config { store, queue, smtp, worker, tracker, tokens, metrics, log, dkim };
         cfg.validate(&mut errors);
         if errors.is_empty() { Ok(cfg) } else { Err(ConfigErrors(errors)) }
     }
@@ -319,6 +353,57 @@ impl Config {
         {
             errors.push(e);
         }
+        for (domain, d) in &self.dkim.domains {
+            if d.private_key.is_some() == d.private_key_file.is_some() {
+                errors.push(format!(
+                    "dkim.domains.\"{domain}\": give exactly one of private_key and private_key_file"
+                ));
+            }
+            if d.selector.is_empty()
+                || !d.selector.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+            {
+                errors.push(format!("dkim.domains.\"{domain}\".selector: letters, digits, '-' and '.' only"));
+            }
+        }
+        for (tenant, domain) in &self.dkim.tenants {
+            if !self.dkim.domains.contains_key(domain) {
+                errors.push(format!("dkim.tenants.{tenant}: no key for domain {domain:?} in dkim.domains"));
+            }
+        }
+    }
+
+    /// Loads every DKIM key, reporting each one that fails.
+    pub fn dkim_keys(&self) -> Result<mailpipe_render::DkimKeys, ConfigErrors> {
+        use mailpipe_render::DkimAlgorithm;
+        let mut keys = mailpipe_render::DkimKeys::new();
+        let mut errors = Vec::new();
+        for (domain, d) in &self.dkim.domains {
+            let path = format!("dkim.domains.\"{domain}\"");
+            let pem = match (&d.private_key, &d.private_key_file) {
+                (Some(k), _) => k.expose_secret().as_bytes().to_vec(),
+                (None, Some(f)) => match std::fs::read(f) {
+                    Ok(b) => b,
+                    Err(e) => {
+                        errors.push(format!("{path}.private_key_file: {}: {e}", f.display()));
+                        continue;
+                    }
+                },
+                (None, None) => continue, // reported by validate
+            };
+            let alg = match d.algorithm {
+                DkimAlgorithmName::RsaSha256 => DkimAlgorithm::RsaSha256,
+                DkimAlgorithmName::Ed25519Sha256 => DkimAlgorithm::Ed25519Sha256,
+            };
+            if let Err(e) = keys.add(domain, &d.selector, alg, &pem) {
+                errors.push(format!("{path}: {e}"));
+            }
+        }
+        for (tenant, domain) in &self.dkim.tenants {
+            if let Err(e) = keys.set_tenant_default(tenant, domain) {
+                errors.push(format!("dkim.tenants.{tenant}: {e}"));
+            }
+        }
+        if errors.is_empty() { Ok(keys) } else { Err(ConfigErrors(errors)) }
     }
 
     /// The token secrets, or an error naming each missing one. `worker` and

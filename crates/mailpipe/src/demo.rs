@@ -199,7 +199,7 @@ pub async fn run(cfg: &Config, opts: DemoOptions, shutdown: CancellationToken) -
     let transport = app::transport(cfg).await?;
     let pipeline = Arc::new(Pipeline::new(
         store.clone(),
-        app::composer(cfg, ring.clone(), hasher),
+        app::composer(cfg, ring.clone(), hasher)?,
         transport,
         EventOut::StoreOnly,
         app::pipeline_config(cfg),
