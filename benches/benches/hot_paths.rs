@@ -6,6 +6,7 @@ use std::hint::black_box;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use mailpipe_benches::{composer, keyring, ten_kb_job};
 use mailpipe_core::{CampaignId, Category, JobId, SendJob, TenantId};
+use mailpipe_render::{DkimAlgorithm, DkimKeys};
 use mailpipe_smtp::{DeliveryError, Phase, Reply, classify};
 use mailpipe_token::{Action, Claims};
 use time::OffsetDateTime;
@@ -64,5 +65,32 @@ fn classifier(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, tokens, compose, classifier);
+fn dkim(c: &mut Criterion) {
+    let key = |name: &str| {
+        std::fs::read(format!(
+            "{}/../crates/mailpipe-render/tests/fixtures/{name}",
+            env!("CARGO_MANIFEST_DIR")
+        ))
+        .unwrap_or_default()
+    };
+    let message = composer()
+        .compose(&ten_kb_job(1), None, OffsetDateTime::now_utc())
+        .map(|m| m.bytes)
+        .unwrap_or_default();
+    let mut g = c.benchmark_group("dkim");
+    g.throughput(Throughput::Elements(1));
+    for (name, alg, file) in [
+        ("sign_rsa2048_10kb", DkimAlgorithm::RsaSha256, "rsa2048.pem"),
+        ("sign_ed25519_10kb", DkimAlgorithm::Ed25519Sha256, "ed25519.pem"),
+    ] {
+        let mut keys = DkimKeys::new();
+        if keys.add("acme.example", "s1", alg, &key(file)).is_err() {
+            panic!("fixture key {file} did not load");
+        }
+        g.bench_function(name, |b| b.iter(|| keys.sign("acme", "acme.example", black_box(&message))));
+    }
+    g.finish();
+}
+
+criterion_group!(benches, tokens, compose, classifier, dkim);
 criterion_main!(benches);

@@ -13,6 +13,7 @@
 pub mod dkim;
 pub mod links;
 pub mod mime;
+mod qp;
 pub mod template;
 
 use std::sync::Arc;
@@ -90,6 +91,7 @@ pub struct Composer {
     links: TrackingLinks,
     limits: TemplateLimits,
     dkim: DkimKeys,
+    inline: template::InlineCache,
 }
 
 impl Composer {
@@ -102,7 +104,8 @@ impl Composer {
         while links.base_url.ends_with('/') {
             links.base_url.pop();
         }
-        Self { keyring, recipients, links, limits, dkim: DkimKeys::new() }
+        let inline = template::InlineCache::new(limits.clone(), 512);
+        Self { keyring, recipients, links, limits, dkim: DkimKeys::new(), inline }
     }
 
     /// Signs every message whose sender (or tenant) has a key in `dkim`.
@@ -155,7 +158,7 @@ impl Composer {
         let ctx = template::context(job, &unsubscribe_url);
         let rendered = match (&job.content, registered) {
             (Content::Inline { subject, html, text }, _) => {
-                template::render_inline(&self.limits, subject, html.as_deref(), text.as_deref(), &ctx)?
+                self.inline.get(subject, html.as_deref(), text.as_deref())?.render(&ctx)?
             }
             (Content::Registered(_), Some(t)) => t.render(&ctx)?,
             (Content::Registered(id), None) => {

@@ -2,10 +2,12 @@
 
 use mail_builder::MessageBuilder;
 use mail_builder::headers::address::Address;
+use mail_builder::headers::content_type::ContentType;
 use mail_builder::headers::date::Date;
 use mail_builder::headers::message_id::MessageId;
 use mail_builder::headers::raw::Raw;
 use mail_builder::headers::text::Text;
+use mail_builder::mime::MimePart;
 use mailpipe_core::{Category, SendJob};
 use time::OffsetDateTime;
 
@@ -53,10 +55,18 @@ pub(crate) fn build(p: Parts<'_>) -> std::io::Result<Vec<u8>> {
         // Text encodes non-ASCII as RFC 2047 words.
         m = m.header(name.as_str(), Text::new(value.as_str()));
     }
-    if let Some(html) = p.html {
-        m = m.html_body(html);
-    }
-    m = m.text_body(p.text);
+    // Bodies are encoded here (see qp.rs); mail-builder writes them as given.
+    let part = |ctype: &'static str, body: &str| {
+        MimePart::new(ContentType::new(ctype).attribute("charset", "utf-8"), crate::qp::encode(body))
+            .transfer_encoding("quoted-printable")
+    };
+    m = match p.html {
+        Some(html) => m.body(MimePart::new(
+            "multipart/alternative",
+            vec![part("text/plain", p.text), part("text/html", html)],
+        )),
+        None => m.body(part("text/plain", p.text)),
+    };
     let mut out = Vec::with_capacity(p.text.len() + p.html.map_or(0, str::len) * 2 + 1024);
     m.write_to(&mut out)?;
     Ok(out)

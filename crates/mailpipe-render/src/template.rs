@@ -1,6 +1,10 @@
 //! minijinja rendering with the limits a multi-tenant worker needs.
 
 use mailpipe_core::SendJob;
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::sync::{Arc, Mutex};
+
 use minijinja::{Environment, UndefinedBehavior, Value};
 
 use crate::RenderError;
@@ -21,7 +25,7 @@ impl Default for TemplateLimits {
 }
 
 /// The three sources of one message.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct TemplateSet {
     pub subject: String,
     pub html: Option<String>,
@@ -61,22 +65,54 @@ fn err(part: &'static str) -> impl FnOnce(minijinja::Error) -> RenderError {
     move |source| RenderError::Template { part, source }
 }
 
-pub(crate) fn render_inline(
-    limits: &TemplateLimits,
-    subject: &str,
-    html: Option<&str>,
-    text: Option<&str>,
-    ctx: &Value,
-) -> Result<Rendered, RenderError> {
-    let env = environment(limits);
-    let one = |name: &'static str, part: &'static str, src: &str| -> Result<String, RenderError> {
-        env.template_from_named_str(name, src).map_err(err(part))?.render(ctx).map_err(err(part))
-    };
-    Ok(Rendered {
-        subject: one("subject.txt", "subject", subject)?,
-        html: html.map(|h| one("body.html", "html", h)).transpose()?,
-        text: text.map(|t| one("body.txt", "text", t)).transpose()?,
-    })
+/// Compiled sets whose sources share a hash.
+type Bucket = Vec<(TemplateSet, Arc<CompiledTemplates>)>;
+
+/// Inline templates, compiled once per distinct source text. Jobs of one
+/// campaign carry the same templates, so after the first job a render costs
+/// a hash of the sources instead of a parse. Bounded: when full it starts over.
+pub(crate) struct InlineCache {
+    limits: TemplateLimits,
+    capacity: usize,
+    // A std mutex: held for a lookup or an insert, never across a render.
+    map: Mutex<HashMap<u64, Bucket>>,
+}
+
+impl InlineCache {
+    pub(crate) fn new(limits: TemplateLimits, capacity: usize) -> Self {
+        Self { limits, capacity, map: Mutex::new(HashMap::new()) }
+    }
+
+    pub(crate) fn get(
+        &self,
+        subject: &str,
+        html: Option<&str>,
+        text: Option<&str>,
+    ) -> Result<Arc<CompiledTemplates>, RenderError> {
+        let mut h = std::hash::DefaultHasher::new();
+        (subject, html, text).hash(&mut h);
+        let key = h.finish();
+        let same =
+            |t: &TemplateSet| t.subject == subject && t.html.as_deref() == html && t.text.as_deref() == text;
+        {
+            let map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(hit) = map.get(&key).and_then(|b| b.iter().find(|(t, _)| same(t))) {
+                return Ok(hit.1.clone());
+            }
+        }
+        let set = TemplateSet {
+            subject: subject.to_owned(),
+            html: html.map(str::to_owned),
+            text: text.map(str::to_owned),
+        };
+        let compiled = Arc::new(CompiledTemplates::compile(&set, &self.limits)?);
+        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        if map.len() >= self.capacity {
+            map.clear();
+        }
+        map.entry(key).or_default().push((set, compiled.clone()));
+        Ok(compiled)
+    }
 }
 
 /// A registered template set, parsed once and reused for every job of its
@@ -120,6 +156,30 @@ mod tests {
 
     fn limits() -> TemplateLimits {
         TemplateLimits::default()
+    }
+
+    fn render_inline(
+        limits: &TemplateLimits,
+        subject: &str,
+        html: Option<&str>,
+        text: Option<&str>,
+        ctx: &Value,
+    ) -> Result<Rendered, RenderError> {
+        InlineCache::new(limits.clone(), 4).get(subject, html, text)?.render(ctx)
+    }
+
+    #[test]
+    fn the_inline_cache_reuses_and_distinguishes_sources() {
+        let cache = InlineCache::new(limits(), 2);
+        let a = cache.get("s", Some("<p>{{ x }}</p>"), None).unwrap();
+        let b = cache.get("s", Some("<p>{{ x }}</p>"), None).unwrap();
+        assert!(Arc::ptr_eq(&a, &b), "same sources, same compiled templates");
+        let c = cache.get("s", None, Some("<p>{{ x }}</p>")).unwrap();
+        assert!(!Arc::ptr_eq(&a, &c), "html and text differ");
+        let _ = cache.get("t", None, Some("x")).unwrap(); // over capacity: starts over
+        let d = cache.get("s", Some("<p>{{ x }}</p>"), None).unwrap();
+        assert!(!Arc::ptr_eq(&a, &d));
+        assert_eq!(d.render(&context! { x => "1" }).unwrap().html.unwrap(), "<p>1</p>");
     }
 
     #[test]
