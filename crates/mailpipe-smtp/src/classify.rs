@@ -39,6 +39,8 @@ pub fn classify(result: &Result<Reply, DeliveryError>) -> Disposition {
             }
         },
         Err(DeliveryError::Unsendable(_)) => Disposition::DeadLetter { reason: "unsendable" },
+        // Nothing went out: safe to try again.
+        Err(DeliveryError::Abandoned(_)) => Disposition::Deferred { slow_down: false },
     }
 }
 

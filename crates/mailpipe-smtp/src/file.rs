@@ -6,7 +6,7 @@ use lettre::AsyncFileTransport;
 use lettre::AsyncTransport as _;
 use lettre::Tokio1Executor;
 
-use crate::{DeliveryError, Envelope, Phase, Reply, SendFuture, Transport};
+use crate::{BeforeContent, DeliveryError, Envelope, Phase, Reply, SendFuture, Transport};
 
 /// Writes each message to `<dir>/<uuid>.eml`.
 pub struct FileTransport {
@@ -35,9 +35,15 @@ pub(crate) fn lettre_envelope(e: &Envelope) -> Result<lettre::address::Envelope,
 }
 
 impl Transport for FileTransport {
-    fn send<'a>(&'a self, envelope: &'a Envelope, message: &'a [u8]) -> SendFuture<'a> {
+    fn send<'a>(
+        &'a self,
+        envelope: &'a Envelope,
+        message: &'a [u8],
+        before_content: BeforeContent<'a>,
+    ) -> SendFuture<'a> {
         Box::pin(async move {
             let env = lettre_envelope(envelope)?;
+            before_content.await.map_err(DeliveryError::Abandoned)?;
             let id = self
                 .inner
                 .send_raw(&env, message)

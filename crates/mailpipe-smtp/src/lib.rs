@@ -119,15 +119,32 @@ pub enum DeliveryError {
     /// address to a server without SMTPUTF8).
     #[error("not sendable: {0}")]
     Unsendable(String),
+    /// The caller's [`BeforeContent`] step failed, so the transaction was
+    /// abandoned before any content went out.
+    #[error("abandoned before the content was sent: {0}")]
+    Abandoned(String),
 }
 
 /// A boxed future, so that `dyn Transport` works.
 pub type SendFuture<'a> = Pin<Box<dyn Future<Output = Result<Reply, DeliveryError>> + Send + 'a>>;
 
+/// Run by the transport at the commit point: the server has accepted the
+/// recipient and answered 354 to DATA, and the content is about to go out.
+/// The worker records "sending" here, so that only a failure after this
+/// point leaves a job in doubt. If it fails, the transaction is abandoned
+/// (the connection is dropped mid-DATA, which makes the server discard it).
+pub type BeforeContent<'a> = Pin<Box<dyn Future<Output = Result<(), String>> + Send + 'a>>;
+
 /// The seam between the worker and whatever carries mail.
 pub trait Transport: Send + Sync {
-    /// Delivers `message` (already signed) to the envelope recipient.
-    fn send<'a>(&'a self, envelope: &'a Envelope, message: &'a [u8]) -> SendFuture<'a>;
+    /// Delivers `message` (already signed) to the envelope recipient,
+    /// awaiting `before_content` just before the content is sent.
+    fn send<'a>(
+        &'a self,
+        envelope: &'a Envelope,
+        message: &'a [u8],
+        before_content: BeforeContent<'a>,
+    ) -> SendFuture<'a>;
 
     /// A short name for logs and metrics.
     fn name(&self) -> &'static str;

@@ -11,7 +11,7 @@ use lettre::transport::smtp::extension::{ClientId, Extension, MailBodyParameter,
 use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
 
-use crate::{DeliveryError, Envelope, Phase, Reply, SendFuture, Transport};
+use crate::{BeforeContent, DeliveryError, Envelope, Phase, Reply, SendFuture, Transport};
 
 #[derive(Debug, Clone)]
 pub struct SmtpPoolConfig {
@@ -115,7 +115,12 @@ impl SmtpPool {
         idle.retain(|i| i.since.elapsed() < self.cfg.idle_timeout);
     }
 
-    async fn deliver(&self, env: &Envelope, msg: &[u8]) -> Result<Reply, DeliveryError> {
+    async fn deliver(
+        &self,
+        env: &Envelope,
+        msg: &[u8],
+        before_content: BeforeContent<'_>,
+    ) -> Result<Reply, DeliveryError> {
         // The permit bounds connections, idle or busy, to max_connections.
         let _permit = self
             .permits
@@ -126,7 +131,7 @@ impl SmtpPool {
             Some(c) => c,
             None => self.connect().await?,
         };
-        let result = transaction(&mut conn, env, msg, &self.cfg).await;
+        let result = transaction(&mut conn, env, msg, &self.cfg, before_content).await;
         match &result {
             Ok(_) => self.put_idle(conn),
             Err(DeliveryError::Rejected { .. } | DeliveryError::Unsendable(_)) => {
@@ -138,7 +143,11 @@ impl SmtpPool {
                     conn.abort().await;
                 }
             }
-            Err(DeliveryError::Io { .. } | DeliveryError::Protocol { .. }) => conn.abort().await,
+            // Abandoned mid-DATA: dropping the connection makes the server
+            // discard the transaction.
+            Err(DeliveryError::Io { .. } | DeliveryError::Protocol { .. } | DeliveryError::Abandoned(_)) => {
+                conn.abort().await
+            }
         }
         result
     }
@@ -160,6 +169,7 @@ async fn transaction(
     env: &Envelope,
     msg: &[u8],
     cfg: &SmtpPoolConfig,
+    before_content: BeforeContent<'_>,
 ) -> Result<Reply, DeliveryError> {
     let le = crate::file::lettre_envelope(env)?;
     let mut params = Vec::new();
@@ -181,6 +191,7 @@ async fn transaction(
         step(Phase::RcptTo, t, conn.command(Rcpt::new(to.clone(), vec![]))).await?;
     }
     step(Phase::Data, t, conn.command(Data)).await?;
+    before_content.await.map_err(DeliveryError::Abandoned)?;
     let r = step(Phase::Message, cfg.data_timeout, conn.message(msg)).await?;
     Ok(Reply::new(u16::from(r.code()), &r.message().collect::<Vec<_>>().join(" ")))
 }
@@ -198,8 +209,13 @@ fn map_err(phase: Phase, e: lettre::transport::smtp::Error) -> DeliveryError {
 }
 
 impl Transport for SmtpPool {
-    fn send<'a>(&'a self, envelope: &'a Envelope, message: &'a [u8]) -> SendFuture<'a> {
-        Box::pin(self.deliver(envelope, message))
+    fn send<'a>(
+        &'a self,
+        envelope: &'a Envelope,
+        message: &'a [u8],
+        before_content: BeforeContent<'a>,
+    ) -> SendFuture<'a> {
+        Box::pin(self.deliver(envelope, message, before_content))
     }
 
     fn name(&self) -> &'static str {

@@ -223,12 +223,17 @@ impl Pipeline {
         let mut attempt = claim.attempts.max(0) as u32;
         loop {
             attempt += 1;
-            durably("mark_sending", shutdown, || async {
-                Ok(self.store.mark_sending(tenant, job.job_id.as_str(), &composed.message_id).await?)
-            })
-            .await?;
+            // The ledger says `sending` only from the commit point on (after
+            // the server's 354), so a crash earlier is a plain redelivery,
+            // not a job in doubt.
+            let commit_point = Box::pin(async {
+                self.store
+                    .mark_sending(tenant, job.job_id.as_str(), &composed.message_id)
+                    .await
+                    .map_err(|e| e.to_string())
+            });
             let started = Instant::now();
-            let result = self.transport.send(&envelope, &composed.bytes).await;
+            let result = self.transport.send(&envelope, &composed.bytes, commit_point).await;
             metrics::histogram!("mailpipe_send_duration_seconds").record(started.elapsed().as_secs_f64());
             let disposition = classify(&result);
             debug!(?disposition, attempt, "delivery attempt");
@@ -479,7 +484,12 @@ fn reply_of(r: &Result<Reply, DeliveryError>) -> Option<Reply> {
     match r {
         Ok(reply) => Some(reply.clone()),
         Err(DeliveryError::Rejected { reply, .. }) => Some(reply.clone()),
-        Err(DeliveryError::Io { .. } | DeliveryError::Protocol { .. } | DeliveryError::Unsendable(_)) => None,
+        Err(
+            DeliveryError::Io { .. }
+            | DeliveryError::Protocol { .. }
+            | DeliveryError::Unsendable(_)
+            | DeliveryError::Abandoned(_),
+        ) => None,
     }
 }
 
