@@ -170,29 +170,33 @@ fn is_root() -> bool {
 pub const TEST_TOKEN_KEY: &str = "dGVzdC10b2tlbi1rZXktdGhhdC1pcy1hdC1sZWFzdC0zMi1ieXRlcw==";
 pub const TEST_RECIPIENT_KEY: &str = "dGVzdC1yZWNpcGllbnQta2V5LXRoYXQtaXMtMzItYnl0ZXMtbG9uZw==";
 
-/// A configuration for the real services, built the way an operator would:
-/// the defaults plus `MAILPIPE__...` overrides.
-pub fn config(db: &str, topics: &Topics, sink: &SmtpSink, extra: &[(&str, &str)]) -> Config {
-    let group = unique("group");
-    let port = sink.port.to_string();
-    let mut env: Vec<(String, String)> = [
+/// The `MAILPIPE__...` environment that points mailpipe at the real
+/// services, this test's topics and sink, and consumer group `group`.
+pub fn service_env(db: &str, topics: &Topics, sink: &SmtpSink, group: &str) -> Vec<(String, String)> {
+    [
         ("MAILPIPE__STORE__URL", db),
         ("MAILPIPE__QUEUE__KIND", "kafka"),
         ("MAILPIPE__QUEUE__KAFKA__BROKERS", &kafka_brokers()),
-        ("MAILPIPE__QUEUE__KAFKA__GROUP_ID", &group),
+        ("MAILPIPE__QUEUE__KAFKA__GROUP_ID", group),
         ("MAILPIPE__QUEUE__KAFKA__SEND_TOPIC", &topics.send),
         ("MAILPIPE__QUEUE__KAFKA__EVENTS_TOPIC", &topics.events),
         ("MAILPIPE__QUEUE__KAFKA__DLQ_TOPIC", &topics.dlq),
         ("MAILPIPE__SMTP__KIND", "smtp"),
-        ("MAILPIPE__SMTP__PORT", &port),
+        ("MAILPIPE__SMTP__PORT", &sink.port.to_string()),
         ("MAILPIPE__TOKENS__KEYS__1", TEST_TOKEN_KEY),
         ("MAILPIPE__TOKENS__RECIPIENT_KEY", TEST_RECIPIENT_KEY),
         ("MAILPIPE__METRICS__LISTEN", "127.0.0.1:0"),
-        ("MAILPIPE__WORKER__GRACE_PERIOD_SECS", "10"),
+        ("MAILPIPE__WORKER__GRACE_PERIOD_SECS", "20"),
     ]
     .iter()
     .map(|(k, v)| (k.to_string(), v.to_string()))
-    .collect();
+    .collect()
+}
+
+/// A configuration for the real services, built the way an operator would:
+/// the defaults plus `MAILPIPE__...` overrides, with a fresh consumer group.
+pub fn config(db: &str, topics: &Topics, sink: &SmtpSink, extra: &[(&str, &str)]) -> Config {
+    let mut env = service_env(db, topics, sink, &unique("group"));
     env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
     Config::load(None, env).unwrap_or_else(|e| panic!("test config: {e}"))
 }

@@ -51,24 +51,7 @@ async fn kill_9_mid_campaign_loses_nothing_and_sends_nothing_twice() {
     let topics = fresh_topics(3).await;
     let sink = SmtpSink::start(&[]);
     let group = unique("crash");
-    let env: Vec<(String, String)> = [
-        ("MAILPIPE__STORE__URL", db.as_str()),
-        ("MAILPIPE__QUEUE__KIND", "kafka"),
-        ("MAILPIPE__QUEUE__KAFKA__BROKERS", &kafka_brokers()),
-        ("MAILPIPE__QUEUE__KAFKA__GROUP_ID", &group),
-        ("MAILPIPE__QUEUE__KAFKA__SEND_TOPIC", &topics.send),
-        ("MAILPIPE__QUEUE__KAFKA__EVENTS_TOPIC", &topics.events),
-        ("MAILPIPE__QUEUE__KAFKA__DLQ_TOPIC", &topics.dlq),
-        ("MAILPIPE__SMTP__KIND", "smtp"),
-        ("MAILPIPE__SMTP__PORT", &sink.port.to_string()),
-        ("MAILPIPE__TOKENS__KEYS__1", TEST_TOKEN_KEY),
-        ("MAILPIPE__TOKENS__RECIPIENT_KEY", TEST_RECIPIENT_KEY),
-        ("MAILPIPE__METRICS__LISTEN", "127.0.0.1:0"),
-        ("MAILPIPE__WORKER__GRACE_PERIOD_SECS", "20"),
-    ]
-    .iter()
-    .map(|(k, v)| (k.to_string(), v.to_string()))
-    .collect();
+    let env = service_env(&db, &topics, &sink, &group);
 
     let cfg = mailpipe::config::Config::load(None, env.clone()).unwrap();
     let store = app::store(&cfg).await.unwrap();
