@@ -47,9 +47,6 @@ impl KafkaSettings {
         let mut c = ClientConfig::new();
         c.set("bootstrap.servers", &self.brokers);
         c.set("client.id", "mailpipe");
-        for (k, v) in &self.extra {
-            c.set(k, v);
-        }
         c
     }
 
@@ -108,6 +105,7 @@ impl KafkaSource {
             .set("partition.assignment.strategy", "cooperative-sticky")
             .set("session.timeout.ms", "10000")
             .set("max.poll.interval.ms", "300000");
+        // Operator overrides (`extra`) win over the settings above.
         for (k, v) in &s.extra {
             c.set(k, v);
         }
@@ -209,6 +207,7 @@ impl KafkaEvents {
             .set("linger.ms", "5")
             .set("compression.type", "lz4")
             .set("message.timeout.ms", "30000");
+        // Operator overrides (`extra`) win over the settings above.
         for (k, v) in &s.extra {
             c.set(k, v);
         }
