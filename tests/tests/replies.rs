@@ -1,0 +1,139 @@
+//! The reply classifier end to end: smtp-sink injects 5xx, 4xx and
+//! disconnects, and the worker records what each means.
+
+#![allow(clippy::unwrap_used)] // Tests fail loudly on purpose.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use mailpipe::app;
+use mailpipe_core::TenantId;
+use mailpipe_store::Store;
+use mailpipe_tests::*;
+use sqlx::Connection;
+use tokio_util::sync::CancellationToken;
+
+const N: usize = 6;
+
+struct Run {
+    store: Store,
+    db: String,
+    stop: CancellationToken,
+    worker: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+async fn run(sink: &SmtpSink, extra: &[(&str, &str)]) -> Run {
+    let db = fresh_database().await;
+    let topics = fresh_topics(1).await;
+    let cfg = Arc::new(config(&db, &topics, sink, extra));
+    let store = app::store(&cfg).await.unwrap();
+    store.upsert_tenant(&TenantId::parse("acme").unwrap(), "Acme").await.unwrap();
+    let jobs: Vec<(String, Vec<u8>)> = (0..N)
+        .map(|i| ("a.example".into(), serde_json::to_vec(&job(i, "acme", "c", "a.example")).unwrap()))
+        .collect();
+    app::enqueue(&cfg, &jobs).await.unwrap();
+    let stop = CancellationToken::new();
+    let worker = tokio::spawn({
+        let (cfg, stop) = (cfg.clone(), stop.clone());
+        async move { app::run_worker(&cfg, stop, None).await }
+    });
+    Run { store, db, stop, worker }
+}
+
+impl Run {
+    async fn ledger(&self) -> BTreeMap<String, i64> {
+        self.store.ledger_counts("acme", "c").await.unwrap()
+    }
+    async fn events(&self) -> BTreeMap<String, i64> {
+        self.store.event_counts("acme", "c").await.unwrap()
+    }
+    async fn wait_for(&self, status: &str) {
+        eventually(&format!("{N} jobs {status}"), Duration::from_secs(60), || async {
+            self.ledger().await.get(status) == Some(&(N as i64))
+        })
+        .await;
+    }
+    async fn finish(self) {
+        self.stop.cancel();
+        self.worker.await.unwrap().unwrap();
+    }
+}
+
+const FAST_RETRIES: [(&str, &str); 2] =
+    [("MAILPIPE__WORKER__MAX_ATTEMPTS", "2"), ("MAILPIPE__WORKER__RETRY_BASE_MS", "50")];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_users_bounce_and_are_suppressed_for_every_category() {
+    let sink = SmtpSink::start(&["-f", "RCPT", "-B", "550 5.1.1 Recipient address rejected: User unknown"]);
+    let r = run(&sink, &[]).await;
+    r.wait_for("bounced").await;
+    assert_eq!(r.events().await.get("bounced"), Some(&(N as i64)));
+    let mut conn = sqlx::PgConnection::connect(&r.db).await.unwrap();
+    let supp: Vec<(String, String, String)> =
+        sqlx::query_as("SELECT scope_tenant, reason, applies_to FROM suppressions")
+            .fetch_all(&mut conn)
+            .await
+            .unwrap();
+    assert_eq!(supp.len(), N);
+    assert!(
+        supp.iter()
+            .all(|(scope, reason, applies)| scope.is_empty() && reason == "hard_bounce" && applies == "all")
+    );
+    assert!(sink.message_ids().is_empty());
+    r.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn policy_rejections_of_content_bounce_without_suppressing() {
+    let sink = SmtpSink::start(&["-f", ".", "-B", "554 5.7.1 Message rejected as spam"]);
+    let r = run(&sink, &[]).await;
+    r.wait_for("bounced").await;
+    let mut conn = sqlx::PgConnection::connect(&r.db).await.unwrap();
+    let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM suppressions").fetch_one(&mut conn).await.unwrap();
+    assert_eq!(n, 0, "a content rejection says nothing about the address");
+    r.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn temporary_failures_are_retried_then_fail() {
+    let sink = SmtpSink::start(&["-r", "RCPT"]);
+    let r = run(&sink, &FAST_RETRIES).await;
+    r.wait_for("failed").await;
+    let ev = r.events().await;
+    assert_eq!((ev.get("deferred"), ev.get("failed")), (Some(&(N as i64)), Some(&(N as i64))), "{ev:?}");
+    r.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_disconnect_before_the_content_is_a_deferral_not_a_doubt() {
+    let sink = SmtpSink::start(&["-q", "DATA"]);
+    let r = run(&sink, &FAST_RETRIES).await;
+    r.wait_for("failed").await;
+    let mut conn = sqlx::PgConnection::connect(&r.db).await.unwrap();
+    let doubt: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM events WHERE payload LIKE '%in_doubt%'")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(doubt, 0);
+    r.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_disconnect_after_the_final_dot_is_in_doubt_and_not_resent() {
+    let sink = SmtpSink::start(&["-q", "."]);
+    let r = run(&sink, &[]).await;
+    r.wait_for("sent").await;
+    let mut conn = sqlx::PgConnection::connect(&r.db).await.unwrap();
+    let doubt: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM events WHERE type = 'sent' AND payload LIKE '%\"reason\":\"in_doubt\"%'",
+    )
+    .fetch_one(&mut conn)
+    .await
+    .unwrap();
+    assert_eq!(doubt, N as i64, "every job in doubt, recorded as sent under the default policy");
+    let attempts: Vec<i32> =
+        sqlx::query_scalar("SELECT attempts FROM send_ledger").fetch_all(&mut conn).await.unwrap();
+    assert!(attempts.iter().all(|&a| a == 1), "never sent twice: {attempts:?}");
+    r.finish().await;
+}
