@@ -14,6 +14,7 @@
 mod classify;
 mod file;
 mod pool;
+pub mod throttle;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -23,6 +24,7 @@ use mailpipe_core::EmailAddress;
 pub use classify::{Disposition, classify};
 pub use file::FileTransport;
 pub use pool::{SmtpPool, SmtpPoolConfig};
+pub use throttle::{RateSpec, Throttle, ThrottleConfig};
 
 /// Sender and one recipient: mailpipe sends one recipient per envelope.
 #[derive(Debug, Clone)]

@@ -9,7 +9,7 @@ use mailpipe_core::{Content, Event, EventType, SendJob, TenantId, now_ms};
 use mailpipe_queue::Delivery;
 use mailpipe_queue::kafka::KafkaEvents;
 use mailpipe_render::Composer;
-use mailpipe_smtp::{DeliveryError, Disposition, Envelope, Reply, Transport, classify};
+use mailpipe_smtp::{DeliveryError, Disposition, Envelope, Reply, Throttle, Transport, classify};
 use mailpipe_store::{DeadLetter, LedgerStatus, Store, StoreError};
 use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
@@ -77,6 +77,7 @@ pub struct Pipeline {
     events: EventOut,
     cfg: PipelineConfig,
     templates: TemplateCache,
+    throttle: Option<Arc<Throttle>>,
     known_tenants: Mutex<HashSet<TenantId>>,
     pub counters: Arc<Counters>,
 }
@@ -131,9 +132,16 @@ impl Pipeline {
             events,
             cfg,
             templates: TemplateCache::new(limits, 1024),
+            throttle: None,
             known_tenants: Mutex::new(HashSet::new()),
             counters: Arc::new(Counters::default()),
         }
+    }
+
+    /// Paces sends by recipient domain and provider group.
+    pub fn with_throttle(mut self, throttle: Arc<Throttle>) -> Self {
+        self.throttle = Some(throttle);
+        self
     }
 
     pub fn store(&self) -> &Store {
@@ -223,6 +231,17 @@ impl Pipeline {
         let mut attempt = claim.attempts.max(0) as u32;
         loop {
             attempt += 1;
+            if let Some(t) = &self.throttle {
+                // Waiting holds this job's permit but no other domain's: each
+                // job is its own task. See docs/worker.md on the limits of that.
+                while let Err(wait) = t.check(job.to.email.domain()) {
+                    metrics::counter!("mailpipe_throttle_waits_total").increment(1);
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return None,
+                        _ = tokio::time::sleep(wait.min(Duration::from_secs(1))) => {}
+                    }
+                }
+            }
             // The ledger says `sending` only from the commit point on (after
             // the server's 354), so a crash earlier is a plain redelivery,
             // not a job in doubt.

@@ -185,13 +185,17 @@ pub async fn run_worker(
     if let Some(render) = metrics {
         spawn_metrics_server(cfg.metrics.listen, render, shutdown.clone()).await?;
     }
-    let pipeline = Arc::new(Pipeline::new(
-        store.clone(),
-        composer,
-        transport,
-        EventOut::Kafka(events.clone()),
-        pipeline_config(cfg),
-    ));
+    let throttle = Arc::new(mailpipe_smtp::Throttle::new(&cfg.throttle_config()?));
+    let pipeline = Arc::new(
+        Pipeline::new(
+            store.clone(),
+            composer,
+            transport,
+            EventOut::Kafka(events.clone()),
+            pipeline_config(cfg),
+        )
+        .with_throttle(throttle),
+    );
     info!(brokers = %settings.brokers, group = %settings.group_id, store = store.backend(), "worker started");
     let report = mailpipe_worker::run(&mut source, pipeline, worker_config(cfg), shutdown).await;
     // Everything that finished has its offset stored; commit before leaving

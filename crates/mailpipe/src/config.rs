@@ -189,6 +189,24 @@ pub struct DkimConfig {
     pub tenants: BTreeMap<String, String>,
 }
 
+/// `[throttle]`: send-rate limits. Rates are strings like `"600/m"` or
+/// `"3000/m, burst=100"`, parsed (and reported by key) at load.
+#[derive(Debug, Default, Deserialize)]
+pub struct ThrottleSection {
+    /// Per recipient domain, for domains without a group or limit of their own.
+    #[serde(default)]
+    pub default: Option<String>,
+    /// Over everything one worker sends.
+    #[serde(default)]
+    pub global: Option<String>,
+    /// Provider group → its domains.
+    #[serde(default)]
+    pub groups: BTreeMap<String, Vec<String>>,
+    /// Group or domain → its rate.
+    #[serde(default)]
+    pub limits: BTreeMap<String, String>,
+}
+
 #[derive(Debug)]
 pub struct Config {
     pub store: StoreConfig,
@@ -200,6 +218,7 @@ pub struct Config {
     pub metrics: MetricsConfig,
     pub log: LogConfig,
     pub dkim: DkimConfig,
+    pub throttle: ThrottleSection,
 }
 
 /// Decoded token secrets, ready for the keyring.
@@ -253,8 +272,8 @@ impl Config {
             return Err(ConfigErrors(errors));
         }
 
-        const SECTIONS: [&str; 9] =
-            ["store", "queue", "smtp", "worker", "tracker", "tokens", "metrics", "log", "dkim"];
+        const SECTIONS: [&str; 10] =
+            ["store", "queue", "smtp", "worker", "tracker", "tokens", "metrics", "log", "dkim", "throttle"];
         for key in tree.keys() {
             if !SECTIONS.contains(&key.as_str()) {
                 errors.push(format!("{key}: unknown section (known: {})", SECTIONS.join(", ")));
@@ -288,6 +307,7 @@ impl Config {
         let metrics = section::<MetricsConfig>(&tree, "metrics", &mut errors);
         let log = section::<LogConfig>(&tree, "log", &mut errors);
         let dkim = section::<DkimConfig>(&tree, "dkim", &mut errors);
+        let throttle = section::<ThrottleSection>(&tree, "throttle", &mut errors);
 
         let (
             Some(store),
@@ -299,11 +319,12 @@ impl Config {
             Some(metrics),
             Some(log),
             Some(dkim),
-        ) = (store, queue, smtp, worker, tracker, tokens, metrics, log, dkim)
+            Some(throttle),
+        ) = (store, queue, smtp, worker, tracker, tokens, metrics, log, dkim, throttle)
         else {
             return Err(ConfigErrors(errors));
         };
-        let cfg = Config { store, queue, smtp, worker, tracker, tokens, metrics, log, dkim };
+        let cfg = Config { store, queue, smtp, worker, tracker, tokens, metrics, log, dkim, throttle };
         cfg.validate(&mut errors);
         if errors.is_empty() { Ok(cfg) } else { Err(ConfigErrors(errors)) }
     }
@@ -365,10 +386,36 @@ impl Config {
                 errors.push(format!("dkim.domains.\"{domain}\".selector: letters, digits, '-' and '.' only"));
             }
         }
+        if let Err(e) = self.throttle_config() {
+            errors.extend(e.0);
+        }
         for (tenant, domain) in &self.dkim.tenants {
             if !self.dkim.domains.contains_key(domain) {
                 errors.push(format!("dkim.tenants.{tenant}: no key for domain {domain:?} in dkim.domains"));
             }
+        }
+    }
+
+    /// The send-rate limits, with every bad rate named by its key.
+    pub fn throttle_config(&self) -> Result<mailpipe_smtp::ThrottleConfig, ConfigErrors> {
+        use mailpipe_smtp::RateSpec;
+        let mut errors = Vec::new();
+        let mut parse = |key: String, v: &str| -> Option<RateSpec> {
+            v.parse().map_err(|e| errors.push(format!("{key}: {e}"))).ok()
+        };
+        let t = &self.throttle;
+        let default = t.default.as_deref().and_then(|v| parse("throttle.default".into(), v));
+        let global = t.global.as_deref().and_then(|v| parse("throttle.global".into(), v));
+        let limits = t
+            .limits
+            .iter()
+            .filter_map(|(k, v)| parse(format!("throttle.limits.\"{k}\""), v).map(|r| (k.clone(), r)))
+            .collect();
+        let groups = t.groups.iter().map(|(g, ds)| (g.clone(), ds.clone())).collect();
+        if errors.is_empty() {
+            Ok(mailpipe_smtp::ThrottleConfig { groups, limits, default, global })
+        } else {
+            Err(ConfigErrors(errors))
         }
     }
 
@@ -562,6 +609,22 @@ mod tests {
         {
             assert!(all.contains(want), "missing {want:?} in:\n{all}");
         }
+    }
+
+    #[test]
+    fn bad_rates_are_named_by_key() {
+        let dir = std::env::temp_dir().join(format!("mailpipe-cfg3-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("rates.toml");
+        std::fs::write(&f, "[throttle]\ndefault = \"fast\"\n[throttle.limits]\n\"a.example\" = \"5/week\"\ngoogle = \"100/m, burst=10\"\n").unwrap();
+        let e = Config::load(Some(&f), env(&[])).unwrap_err().to_string();
+        assert!(e.contains("throttle.default") && e.contains("throttle.limits.\"a.example\""), "{e}");
+        assert!(!e.contains("google"), "{e}");
+        std::fs::write(&f, "[throttle]\nglobal = \"1000/s\"\n[throttle.groups]\ngoogle = [\"gmail.com\"]\n[throttle.limits]\ngoogle = \"100/m\"\n").unwrap();
+        let t = Config::load(Some(&f), env(&[])).unwrap().throttle_config().unwrap();
+        assert_eq!(t.limits["google"].count.get(), 100);
+        assert_eq!(t.groups["google"], vec!["gmail.com".to_string()]);
+        assert!(t.global.is_some() && t.default.is_none());
     }
 
     #[test]

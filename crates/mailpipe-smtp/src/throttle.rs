@@ -1,0 +1,262 @@
+//! Send-rate limits: typed rate specs, provider groups, and keyed governor
+//! limiters with an injectable clock.
+//!
+//! A message to `domain` is limited under one key: the domain's provider
+//! group if it has one (`gmail.com` and `googlemail.com` → `google`), else
+//! the domain itself. Keys with a configured limit get their own limiter;
+//! other domains share the default quota, each domain separately. A global
+//! cap, if set, applies on top.
+
+use std::collections::HashMap;
+use std::num::NonZeroU32;
+use std::str::FromStr;
+use std::time::Duration;
+
+use governor::clock::{Clock, DefaultClock};
+use governor::middleware::NoOpMiddleware;
+use governor::state::keyed::HashMapStateStore;
+use governor::state::{InMemoryState, NotKeyed};
+use governor::{Quota, RateLimiter};
+
+/// A rate such as `"600/m"` or `"3000/m, burst=100"`: `count` messages per
+/// `per`, spread evenly, with at most `burst` sent back to back. The burst
+/// defaults to 1: a steady pace, which is what receiving providers like.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateSpec {
+    pub count: NonZeroU32,
+    pub per: Duration,
+    pub burst: NonZeroU32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("rate {input:?}: {reason} (expected like \"600/m\" or \"3000/m, burst=100\"; units s, m, h, d)")]
+pub struct RateSpecError {
+    input: String,
+    reason: &'static str,
+}
+
+impl FromStr for RateSpec {
+    type Err = RateSpecError;
+
+    fn from_str(input: &str) -> Result<Self, Self::Err> {
+        let err = |reason| RateSpecError { input: input.to_owned(), reason };
+        let mut parts = input.split(',').map(str::trim);
+        let rate = parts.next().unwrap_or_default();
+        let (count, unit) = rate.split_once('/').ok_or(err("missing '/'"))?;
+        let count: u32 = count.trim().parse().map_err(|_| err("count is not a number"))?;
+        let count = NonZeroU32::new(count).ok_or(err("count must be at least 1"))?;
+        let per = match unit.trim() {
+            "s" | "sec" | "second" => Duration::from_secs(1),
+            "m" | "min" | "minute" => Duration::from_secs(60),
+            "h" | "hour" => Duration::from_secs(3600),
+            "d" | "day" => Duration::from_secs(86_400),
+            _ => return Err(err("unknown unit")),
+        };
+        let mut burst = NonZeroU32::MIN;
+        for opt in parts {
+            let value = opt.strip_prefix("burst=").ok_or(err("unknown option"))?;
+            let b: u32 = value.trim().parse().map_err(|_| err("burst is not a number"))?;
+            burst = NonZeroU32::new(b).ok_or(err("burst must be at least 1"))?;
+        }
+        Ok(RateSpec { count, per, burst })
+    }
+}
+
+impl TryFrom<String> for RateSpec {
+    type Error = RateSpecError;
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        s.parse()
+    }
+}
+
+impl RateSpec {
+    fn quota(&self) -> Quota {
+        // `per / count` is at least 1 ns for any count a u32 holds.
+        let every = (self.per / self.count.get()).max(Duration::from_nanos(1));
+        Quota::with_period(every)
+            .unwrap_or_else(|| Quota::per_second(NonZeroU32::MAX))
+            .allow_burst(self.burst)
+    }
+}
+
+/// Limits as configured.
+#[derive(Debug, Clone, Default)]
+pub struct ThrottleConfig {
+    /// Group name → its domains.
+    pub groups: HashMap<String, Vec<String>>,
+    /// Group name or domain → its limit.
+    pub limits: HashMap<String, RateSpec>,
+    /// Per domain, for domains without a group or limit of their own.
+    pub default: Option<RateSpec>,
+    /// Over everything this worker sends.
+    pub global: Option<RateSpec>,
+}
+
+type Direct<C> = RateLimiter<NotKeyed, InMemoryState, C, NoOpMiddleware<<C as Clock>::Instant>>;
+type Keyed<C> = RateLimiter<String, HashMapStateStore<String>, C, NoOpMiddleware<<C as Clock>::Instant>>;
+
+pub struct Throttle<C: Clock = DefaultClock> {
+    group_of: HashMap<String, String>,
+    named: HashMap<String, Direct<C>>,
+    default: Option<Keyed<C>>,
+    global: Option<Direct<C>>,
+    clock: C,
+}
+
+impl Throttle<DefaultClock> {
+    pub fn new(cfg: &ThrottleConfig) -> Self {
+        Self::with_clock(cfg, DefaultClock::default())
+    }
+}
+
+impl<C: Clock + Clone> Throttle<C> {
+    pub fn with_clock(cfg: &ThrottleConfig, clock: C) -> Self {
+        let group_of = cfg
+            .groups
+            .iter()
+            .flat_map(|(g, ds)| ds.iter().map(move |d| (d.to_ascii_lowercase(), g.clone())))
+            .collect();
+        let named = cfg
+            .limits
+            .iter()
+            .map(|(k, spec)| {
+                (k.to_ascii_lowercase(), RateLimiter::direct_with_clock(spec.quota(), clock.clone()))
+            })
+            .collect();
+        Self {
+            group_of,
+            named,
+            default: cfg.default.map(|s| RateLimiter::hashmap_with_clock(s.quota(), clock.clone())),
+            global: cfg.global.map(|s| RateLimiter::direct_with_clock(s.quota(), clock.clone())),
+            clock,
+        }
+    }
+
+    /// The key `domain` is limited under: its provider group, else itself.
+    pub fn key<'a>(&'a self, domain: &'a str) -> &'a str {
+        self.group_of.get(domain).map(String::as_str).unwrap_or(domain)
+    }
+
+    /// `Ok` if a message to `domain` may go now (and counts it), else how
+    /// long to wait before asking again.
+    pub fn check(&self, domain: &str) -> Result<(), Duration> {
+        let key = self.key(domain);
+        let now = self.clock.now();
+        let keyed = match self.named.get(key) {
+            Some(l) => l.check(),
+            None => match &self.default {
+                Some(l) => l.check_key(&key.to_owned()),
+                None => Ok(()),
+            },
+        };
+        keyed.map_err(|nu| nu.wait_time_from(now))?;
+        if let Some(g) = &self.global {
+            g.check().map_err(|nu| nu.wait_time_from(now))?;
+        }
+        Ok(())
+    }
+
+    /// Forgets per-domain state of domains idle long enough to be full again.
+    pub fn evict_idle(&self) {
+        if let Some(d) = &self.default {
+            d.retain_recent();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use governor::clock::FakeRelativeClock;
+
+    fn spec(s: &str) -> RateSpec {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn parses_specs_and_names_what_is_wrong() {
+        assert_eq!(
+            spec("600/m"),
+            RateSpec { count: 600.try_into().unwrap(), per: Duration::from_secs(60), burst: NonZeroU32::MIN }
+        );
+        assert_eq!(spec(" 10 / s , burst=5 ").burst.get(), 5);
+        assert_eq!(spec("100/h").per, Duration::from_secs(3600));
+        for bad in ["600", "0/m", "x/m", "5/week", "5/m, burst=0", "5/m, speed=3", ""] {
+            let e = bad.parse::<RateSpec>().unwrap_err();
+            assert!(e.to_string().contains(&format!("{bad:?}")), "{e}");
+        }
+    }
+
+    /// Counts how many sends `check` allows in `window`, stepping a fake clock.
+    fn allowed(
+        t: &Throttle<FakeRelativeClock>,
+        clock: &FakeRelativeClock,
+        domain: &str,
+        window: Duration,
+    ) -> u32 {
+        let step = Duration::from_millis(10);
+        let mut n = 0;
+        let mut elapsed = Duration::ZERO;
+        while elapsed < window {
+            while t.check(domain).is_ok() {
+                n += 1;
+            }
+            clock.advance(step);
+            elapsed += step;
+        }
+        n
+    }
+
+    #[test]
+    fn a_limit_holds_over_a_minute_and_groups_share_it() {
+        let clock = FakeRelativeClock::default();
+        let cfg = ThrottleConfig {
+            groups: HashMap::from([("google".into(), vec!["gmail.com".into(), "googlemail.com".into()])]),
+            limits: HashMap::from([("google".into(), spec("120/m")), ("slow.example".into(), spec("6/m"))]),
+            default: Some(spec("60/m, burst=10")),
+            global: None,
+        };
+        let t = Throttle::with_clock(&cfg, clock.clone());
+        assert_eq!(t.key("googlemail.com"), "google");
+        assert_eq!(t.key("other.example"), "other.example");
+        // gmail.com and googlemail.com draw on one budget of 120 a minute.
+        let a = allowed(&t, &clock, "gmail.com", Duration::from_secs(30));
+        let b = allowed(&t, &clock, "googlemail.com", Duration::from_secs(30));
+        assert!((119..=121).contains(&(a + b)), "google got {a} + {b} in a minute");
+        assert!((6..=7).contains(&allowed(&t, &clock, "slow.example", Duration::from_secs(60))));
+        // Unknown domains each get the default, burst first.
+        let c = allowed(&t, &clock, "x.example", Duration::from_secs(60));
+        assert!((69..=71).contains(&c), "default 60/m plus a burst of 10: {c}");
+    }
+
+    #[test]
+    fn a_throttled_domain_does_not_hold_up_another() {
+        let clock = FakeRelativeClock::default();
+        let cfg = ThrottleConfig { default: Some(spec("1/m")), ..Default::default() };
+        let t = Throttle::with_clock(&cfg, clock.clone());
+        assert!(t.check("a.example").is_ok());
+        let wait = t.check("a.example").unwrap_err();
+        assert!(wait > Duration::from_secs(59) && wait <= Duration::from_secs(60), "{wait:?}");
+        assert!(t.check("b.example").is_ok(), "b has its own budget");
+    }
+
+    #[test]
+    fn the_global_cap_applies_on_top() {
+        let clock = FakeRelativeClock::default();
+        let cfg = ThrottleConfig { global: Some(spec("3/s, burst=3")), ..Default::default() };
+        let t = Throttle::with_clock(&cfg, clock.clone());
+        let sent = ["a.example", "b.example", "c.example", "d.example"]
+            .iter()
+            .filter(|d| t.check(d).is_ok())
+            .count();
+        assert_eq!(sent, 3);
+        clock.advance(Duration::from_millis(334));
+        assert!(t.check("d.example").is_ok());
+    }
+
+    #[test]
+    fn no_limits_means_no_waiting() {
+        let t = Throttle::new(&ThrottleConfig::default());
+        assert!((0..10_000).all(|_| t.check("any.example").is_ok()));
+    }
+}
