@@ -89,6 +89,10 @@ async fn jobs_flow_from_kafka_to_the_sink_the_store_and_the_events_topic_then_of
     let count = |k: EventType| events.iter().filter(|e| e.kind == k).count();
     assert_eq!((count(EventType::Sent), count(EventType::DeadLettered)), (30, 2), "{events:#?}");
     assert_eq!(events.iter().map(|e| &e.event_id).collect::<HashSet<_>>().len(), 32);
+    assert!(
+        events.iter().filter(|e| e.kind == EventType::Sent).all(|e| e.provider.as_deref() == Some("other")),
+        "sent events name the provider group (none configured: other)"
+    );
     let stored: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM events").fetch_one(&mut conn).await.unwrap();
     assert_eq!(stored, 32);
 

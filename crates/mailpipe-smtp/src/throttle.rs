@@ -132,6 +132,11 @@ impl<C: Clock + Clone> Throttle<C> {
         }
     }
 
+    /// The provider group of `domain`, if it is in one.
+    pub fn group(&self, domain: &str) -> Option<&str> {
+        self.group_of.get(domain).map(String::as_str)
+    }
+
     /// The key `domain` is limited under: its provider group, else itself.
     pub fn key<'a>(&'a self, domain: &'a str) -> &'a str {
         self.group_of.get(domain).map(String::as_str).unwrap_or(domain)
@@ -219,6 +224,7 @@ mod tests {
         let t = Throttle::with_clock(&cfg, clock.clone());
         assert_eq!(t.key("googlemail.com"), "google");
         assert_eq!(t.key("other.example"), "other.example");
+        assert_eq!((t.group("gmail.com"), t.group("other.example")), (Some("google"), None));
         // gmail.com and googlemail.com draw on one budget of 120 a minute.
         let a = allowed(&t, &clock, "gmail.com", Duration::from_secs(30));
         let b = allowed(&t, &clock, "googlemail.com", Duration::from_secs(30));

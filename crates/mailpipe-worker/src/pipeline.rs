@@ -336,7 +336,9 @@ impl Pipeline {
             let next = now_ms() + delay.as_millis() as i64;
             let e = ev(EventType::Deferred, &attempt.to_string());
             self.counters.deferred.fetch_add(1, Ordering::Relaxed);
-            metrics::counter!("mailpipe_jobs_total", "outcome" => "deferred").increment(1);
+            let provider = self.provider(job.to.email.domain()).to_owned();
+            metrics::counter!("mailpipe_jobs_total", "outcome" => "deferred", "provider" => provider)
+                .increment(1);
             durably("record_deferral", shutdown, || async {
                 self.store
                     .finish(
@@ -372,9 +374,17 @@ impl Pipeline {
         Some(known)
     }
 
+    /// The provider group of a recipient domain, for metrics and events:
+    /// a configured group name, or `other`. Never the domain itself, which
+    /// would make metric labels unbounded.
+    fn provider<'a>(&'a self, domain: &str) -> &'a str {
+        self.throttle.as_ref().and_then(|t| t.group(domain)).unwrap_or("other")
+    }
+
     fn event(&self, job: &SendJob, kind: EventType, discriminator: &str) -> Event {
         let mut e = Event::for_job(kind, &job.tenant_id, &job.campaign_id, &job.job_id, discriminator);
         e.category = Some(job.category);
+        e.provider = Some(self.provider(job.to.email.domain()).to_owned());
         e
     }
 
@@ -401,7 +411,7 @@ impl Pipeline {
         })
         .await?;
         durably("publish_outcome", shutdown, || self.publish(std::slice::from_ref(&event))).await?;
-        self.count(outcome);
+        self.count(outcome, self.provider(job.to.email.domain()));
         Some(outcome)
     }
 
@@ -414,7 +424,7 @@ impl Pipeline {
             durably("publish_outcome", shutdown, || self.publish(std::slice::from_ref(&ev))).await?;
         }
         debug!("job already finished; outcome re-published, nothing sent");
-        self.count(Outcome::Replayed);
+        self.count(Outcome::Replayed, self.provider(job.to.email.domain()));
         Some(Outcome::Replayed)
     }
 
@@ -481,11 +491,11 @@ impl Pipeline {
             })
             .await?;
         }
-        self.count(Outcome::DeadLettered);
+        self.count(Outcome::DeadLettered, job.map_or("unknown", |j| self.provider(j.to.email.domain())));
         Some(Outcome::DeadLettered)
     }
 
-    fn count(&self, o: Outcome) {
+    fn count(&self, o: Outcome, provider: &str) {
         let (c, label) = match o {
             Outcome::Sent => (&self.counters.sent, "sent"),
             Outcome::Bounced => (&self.counters.bounced, "bounced"),
@@ -495,7 +505,8 @@ impl Pipeline {
             Outcome::Replayed => (&self.counters.replayed, "replayed"),
         };
         c.fetch_add(1, Ordering::Relaxed);
-        metrics::counter!("mailpipe_jobs_total", "outcome" => label).increment(1);
+        metrics::counter!("mailpipe_jobs_total", "outcome" => label, "provider" => provider.to_owned())
+            .increment(1);
     }
 }
 
