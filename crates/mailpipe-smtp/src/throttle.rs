@@ -12,7 +12,7 @@ use std::num::NonZeroU32;
 use std::str::FromStr;
 use std::time::Duration;
 
-use governor::clock::{Clock, DefaultClock};
+use governor::clock::{Clock, DefaultClock, Reference as _};
 use governor::middleware::NoOpMiddleware;
 use governor::state::keyed::HashMapStateStore;
 use governor::state::{InMemoryState, NotKeyed};
@@ -95,8 +95,22 @@ pub struct ThrottleConfig {
 type Direct<C> = RateLimiter<NotKeyed, InMemoryState, C, NoOpMiddleware<<C as Clock>::Instant>>;
 type Keyed<C> = RateLimiter<String, HashMapStateStore<String>, C, NoOpMiddleware<<C as Clock>::Instant>>;
 
+/// How long a provider is paused after its first "slow down" (421, 4.7.x);
+/// each further one doubles it, up to [`MAX_BACKOFF_FACTOR`] times.
+pub const SLOW_DOWN_BASE: Duration = Duration::from_secs(30);
+pub const MAX_BACKOFF_FACTOR: u32 = 32;
+
+/// A key that told us to slow down: paused for `hold` from `since`.
+struct Backoff<I> {
+    factor: u32,
+    since: I,
+    hold: Duration,
+}
+
 pub struct Throttle<C: Clock = DefaultClock> {
     group_of: HashMap<String, String>,
+    // A std mutex: held for a lookup or an update, never across an await.
+    backoff: std::sync::Mutex<HashMap<String, Backoff<C::Instant>>>,
     named: HashMap<String, Direct<C>>,
     default: Option<Keyed<C>>,
     global: Option<Direct<C>>,
@@ -125,6 +139,7 @@ impl<C: Clock + Clone> Throttle<C> {
             .collect();
         Self {
             group_of,
+            backoff: std::sync::Mutex::new(HashMap::new()),
             named,
             default: cfg.default.map(|s| RateLimiter::hashmap_with_clock(s.quota(), clock.clone())),
             global: cfg.global.map(|s| RateLimiter::direct_with_clock(s.quota(), clock.clone())),
@@ -147,6 +162,12 @@ impl<C: Clock + Clone> Throttle<C> {
     pub fn check(&self, domain: &str) -> Result<(), Duration> {
         let key = self.key(domain);
         let now = self.clock.now();
+        if let Some(b) = self.backoff.lock().unwrap_or_else(|p| p.into_inner()).get(key) {
+            let elapsed: Duration = now.duration_since(b.since).into();
+            if elapsed < b.hold {
+                return Err(b.hold - elapsed);
+            }
+        }
         let keyed = match self.named.get(key) {
             Some(l) => l.check(),
             None => match &self.default {
@@ -159,6 +180,30 @@ impl<C: Clock + Clone> Throttle<C> {
             g.check().map_err(|nu| nu.wait_time_from(now))?;
         }
         Ok(())
+    }
+
+    /// The provider of `domain` said "slow down" (421 or 4.7.x): pause its key
+    /// for [`SLOW_DOWN_BASE`], doubling with each further report.
+    pub fn slow_down(&self, domain: &str) {
+        let key = self.key(domain).to_owned();
+        let now = self.clock.now();
+        let mut map = self.backoff.lock().unwrap_or_else(|p| p.into_inner());
+        let factor = map.get(&key).map_or(1, |b| (b.factor * 2).min(MAX_BACKOFF_FACTOR));
+        map.insert(key, Backoff { factor, since: now, hold: SLOW_DOWN_BASE * factor });
+    }
+
+    /// A message to `domain` was accepted: halve its back-off, so a provider
+    /// that slowed us down recovers step by step rather than at once.
+    pub fn recovered(&self, domain: &str) {
+        let key = self.key(domain);
+        let mut map = self.backoff.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(b) = map.get_mut(key) {
+            if b.factor <= 1 {
+                map.remove(key);
+            } else {
+                b.factor /= 2;
+            }
+        }
     }
 
     /// Forgets per-domain state of domains idle long enough to be full again.
@@ -258,6 +303,47 @@ mod tests {
         assert_eq!(sent, 3);
         clock.advance(Duration::from_millis(334));
         assert!(t.check("d.example").is_ok());
+    }
+
+    #[test]
+    fn slow_down_pauses_the_provider_doubles_and_recovers_gradually() {
+        let clock = FakeRelativeClock::default();
+        let cfg = ThrottleConfig {
+            groups: HashMap::from([("google".into(), vec!["gmail.com".into(), "googlemail.com".into()])]),
+            ..Default::default()
+        };
+        let t = Throttle::with_clock(&cfg, clock.clone());
+        t.slow_down("gmail.com");
+        let wait = t.check("googlemail.com").unwrap_err();
+        assert_eq!(wait, SLOW_DOWN_BASE, "the whole group pauses");
+        assert!(t.check("other.example").is_ok(), "other providers do not");
+        clock.advance(SLOW_DOWN_BASE);
+        assert!(t.check("gmail.com").is_ok());
+        // A second report doubles the pause; a third doubles it again.
+        t.slow_down("gmail.com");
+        assert_eq!(t.check("gmail.com").unwrap_err(), SLOW_DOWN_BASE * 2);
+        t.slow_down("gmail.com");
+        assert_eq!(t.check("gmail.com").unwrap_err(), SLOW_DOWN_BASE * 4);
+        clock.advance(SLOW_DOWN_BASE * 4);
+        // Successes halve the factor step by step: 4 → 2 → 1 → gone.
+        t.recovered("gmail.com");
+        t.slow_down("gmail.com");
+        assert_eq!(t.check("gmail.com").unwrap_err(), SLOW_DOWN_BASE * 4, "factor 2 doubled again");
+        clock.advance(SLOW_DOWN_BASE * 4);
+        for _ in 0..3 {
+            t.recovered("gmail.com");
+        }
+        t.slow_down("gmail.com");
+        assert_eq!(
+            t.check("gmail.com").unwrap_err(),
+            SLOW_DOWN_BASE,
+            "fully recovered: back to the base pause"
+        );
+        // It never grows past the cap.
+        for _ in 0..20 {
+            t.slow_down("gmail.com");
+        }
+        assert_eq!(t.check("gmail.com").unwrap_err(), SLOW_DOWN_BASE * MAX_BACKOFF_FACTOR);
     }
 
     #[test]

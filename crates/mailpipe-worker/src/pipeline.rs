@@ -268,6 +268,13 @@ impl Pipeline {
                 .as_ref()
                 .map(ToString::to_string)
                 .or_else(|| result.as_ref().err().map(ToString::to_string));
+            if let Some(t) = &self.throttle {
+                match &disposition {
+                    Disposition::Deferred { slow_down: true } => t.slow_down(job.to.email.domain()),
+                    Disposition::Delivered => t.recovered(job.to.email.domain()),
+                    _ => {}
+                }
+            }
             match disposition {
                 Disposition::Delivered => {
                     return self
