@@ -62,7 +62,23 @@ install_all() {
 
 # ---------------------------------------------------------------- PostgreSQL
 pg_data=$STATE/postgres
-pg_running() { [ -f "$pg_data/postmaster.pid" ] && as_pg "$PG_BIN/pg_ctl" -D "$pg_data" status >/dev/null 2>&1; }
+# Running means accepting connections: after a kill -9 the postmaster can
+# linger as a zombie that `pg_ctl status` still counts as alive.
+pg_running() { [ -f "$pg_data/postmaster.pid" ] && "$PG_BIN/pg_isready" -q -h 127.0.0.1 -p "$PG_PORT" -t 3; }
+
+# A lock file whose PID is gone, a zombie, or not a postgres process would
+# make the new postmaster refuse to start; remove it.
+pg_clear_stale_lock() {
+  local lock=$pg_data/postmaster.pid pid state comm
+  [ -f "$lock" ] || return 0
+  pid=$(head -1 "$lock")
+  state=$(awk '{print $3}' "/proc/$pid/stat" 2>/dev/null || true)
+  comm=$(cat "/proc/$pid/comm" 2>/dev/null || true)
+  if [ -z "$state" ] || [ "$state" = Z ] || [ "$comm" != postgres ]; then
+    say "removing stale PostgreSQL lock file (pid $pid is gone)"
+    rm -f "$lock" "$pg_data"/.s.PGSQL.*.lock
+  fi
+}
 
 as_pg() {
   if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi
@@ -81,6 +97,7 @@ pg_up() {
     rm -f "$STATE/pgpass.tmp"
   fi
   if pg_running; then say "PostgreSQL already running on :$PG_PORT"; else
+    pg_clear_stale_lock
     say "starting PostgreSQL on 127.0.0.1:$PG_PORT"
     # fsync is off: this instance holds test data only, and is rebuilt at will.
     as_pg "$PG_BIN/pg_ctl" -D "$pg_data" -l "$pg_data/server.log" -w -t 60 start \
@@ -122,17 +139,21 @@ kafka_classpath() {
   cat "$kafka_cp_file"
 }
 
-kafka_running() { [ -f "$kafka_pid_file" ] && kill -0 "$(cat "$kafka_pid_file")" 2>/dev/null; }
+# A live PID is not enough: after an unclean stop the number may belong to
+# another process by now, so the port must answer too.
+kafka_running() { [ -f "$kafka_pid_file" ] && kill -0 "$(cat "$kafka_pid_file")" 2>/dev/null && port_open 127.0.0.1 "$KAFKA_PORT"; }
 
 kafka_java() {
   java -Xms256m -Xmx1g -XX:+UseG1GC -Djava.awt.headless=true \
     -Dlog4j2.configurationFile="$kafka_dir/log4j2.xml" -cp "$(kafka_classpath)" "$@"
 }
 
+port_open() { (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null; }
+
 wait_port() { # host port seconds
   local i
   for ((i = 0; i < $3 * 10; i++)); do
-    (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null && return 0
+    port_open "$1" "$2" && return 0
     sleep 0.1
   done
   return 1
@@ -213,7 +234,7 @@ kafka_down() {
 
 # ----------------------------------------------------------------- smtp-sink
 sink_pid_file=$STATE/smtp-sink.pid
-sink_running() { [ -f "$sink_pid_file" ] && kill -0 "$(cat "$sink_pid_file")" 2>/dev/null; }
+sink_running() { [ -f "$sink_pid_file" ] && kill -0 "$(cat "$sink_pid_file")" 2>/dev/null && port_open 127.0.0.1 "$SMTP_PORT"; }
 
 sink_up() {
   if sink_running; then say "smtp-sink already running on :$SMTP_PORT"; return; fi
@@ -241,7 +262,7 @@ ENV
 status() {
   local rc=0
   if pg_running; then echo "postgres  up    127.0.0.1:$PG_PORT"; else echo "postgres  down"; rc=1; fi
-  if kafka_running && wait_port 127.0.0.1 "$KAFKA_PORT" 1; then echo "kafka     up    127.0.0.1:$KAFKA_PORT"; else echo "kafka     down"; rc=1; fi
+  if kafka_running; then echo "kafka     up    127.0.0.1:$KAFKA_PORT"; else echo "kafka     down"; rc=1; fi
   if sink_running; then echo "smtp-sink up    127.0.0.1:$SMTP_PORT"; else echo "smtp-sink down"; rc=1; fi
   return $rc
 }
