@@ -138,17 +138,26 @@ impl Event {
         job_id: &JobId,
         discriminator: &str,
     ) -> Self {
+        let mut e = Self::bare(kind, [tenant_id.as_str(), job_id.as_str()], discriminator);
+        e.tenant_id = Some(tenant_id.clone());
+        e.campaign_id = Some(campaign_id.clone());
+        e.job_id = Some(job_id.clone());
+        e
+    }
+
+    /// An event for a record too broken to name its tenant or job (a
+    /// dead letter of unparseable bytes). `discriminator` is the record id.
+    pub fn unattributed(kind: EventType, discriminator: &str) -> Self {
+        Self::bare(kind, ["unknown", "unknown"], discriminator)
+    }
+
+    fn bare(kind: EventType, [tenant, job]: [&str; 2], discriminator: &str) -> Self {
         Event {
-            event_id: crate::stable_digest(&[
-                tenant_id.as_str(),
-                job_id.as_str(),
-                kind.as_str(),
-                discriminator,
-            ]),
+            event_id: crate::stable_digest(&[tenant, job, kind.as_str(), discriminator]),
             kind,
-            tenant_id: Some(tenant_id.clone()),
-            campaign_id: Some(campaign_id.clone()),
-            job_id: Some(job_id.clone()),
+            tenant_id: None,
+            campaign_id: None,
+            job_id: None,
             message_id: None,
             occurred_at: OffsetDateTime::now_utc(),
             category: None,
@@ -200,6 +209,14 @@ mod tests {
         let back: Event = serde_json::from_value(v).unwrap();
         assert_eq!(back.event_id, e.event_id);
         assert_eq!(back.kind, EventType::DeadLettered);
+    }
+
+    #[test]
+    fn unattributed_events_are_keyed_by_the_record_and_name_no_tenant() {
+        let e = Event::unattributed(EventType::DeadLettered, "topic/0/7");
+        assert_eq!(e.event_id, crate::stable_digest(&["unknown", "unknown", "dead_lettered", "topic/0/7"]));
+        assert_eq!((e.tenant_id, e.campaign_id, e.job_id), (None, None, None));
+        assert_ne!(e.event_id, Event::unattributed(EventType::DeadLettered, "topic/0/8").event_id);
     }
 
     #[test]

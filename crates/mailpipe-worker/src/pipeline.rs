@@ -448,20 +448,8 @@ impl Pipeline {
         warn!(reason, detail, record = %d.id, "dead-lettering job");
         let mut ev = match job {
             Some(j) => self.event(j, EventType::DeadLettered, ""),
-            None => {
-                // Too broken to name a tenant: key the event by the record.
-                let mut e = Event::for_job(
-                    EventType::DeadLettered,
-                    &TenantId::parse("unknown").expect("valid id"),
-                    &mailpipe_core::CampaignId::parse("unknown").expect("valid id"),
-                    &mailpipe_core::JobId::parse("unknown").expect("valid id"),
-                    &d.id.to_string(),
-                );
-                e.tenant_id = None;
-                e.campaign_id = None;
-                e.job_id = None;
-                e
-            }
+            // Too broken to name a tenant: key the event by the record.
+            None => Event::unattributed(EventType::DeadLettered, &d.id.to_string()),
         };
         ev.reason = Some(reason.to_owned());
         ev.detail = Some(detail.to_owned());
