@@ -55,23 +55,58 @@ impl KafkaSettings {
     }
 }
 
-/// Keeps the offset tracker in step with partition assignment.
+/// Keeps the offset tracker in step with partition assignment, drains
+/// revoked partitions, and exports consumer lag.
 pub struct TrackingContext {
     tracker: Arc<Mutex<OffsetTracker>>,
+    drain_timeout: Duration,
 }
 
-impl ClientContext for TrackingContext {}
+impl ClientContext for TrackingContext {
+    /// librdkafka's statistics (every `statistics.interval.ms`): the lag of
+    /// the partitions this consumer owns, summed per topic.
+    fn stats(&self, stats: rdkafka::Statistics) {
+        for (name, topic) in &stats.topics {
+            let lag: i64 = topic
+                .partitions
+                .values()
+                .filter(|p| p.partition >= 0 && p.consumer_lag >= 0)
+                .map(|p| p.consumer_lag)
+                .sum();
+            metrics::gauge!("mailpipe_consumer_lag", "topic" => name.clone()).set(lag as f64);
+        }
+    }
+}
 
 impl ConsumerContext for TrackingContext {
-    fn pre_rebalance(&self, _c: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+    /// Before giving partitions up, let their in-flight jobs finish (up to
+    /// `drain_timeout`) and commit their offsets, so that the new owner starts
+    /// after them instead of racing them: a rebalance then re-sends nothing.
+    /// Jobs still running at the deadline are redelivered to the new owner,
+    /// where the ledger decides (a finished job is replayed, one caught
+    /// mid-transaction is in doubt).
+    fn pre_rebalance(&self, c: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Revoke(tpl) = rebalance {
+            let parts: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
+            let started = std::time::Instant::now();
+            let busy = || self.tracker.lock().unwrap_or_else(|p| p.into_inner()).in_flight_of(&parts);
+            let left = if wait_blocking(self.drain_timeout, || busy() == 0) { 0 } else { busy() };
+            match c.commit_consumer_state(CommitMode::Sync) {
+                Ok(())
+                | Err(rdkafka::error::KafkaError::ConsumerCommit(
+                    rdkafka::types::RDKafkaErrorCode::NoOffset,
+                )) => {}
+                Err(e) => warn!(error = %e, "commit before revocation failed"),
+            }
             let mut t = self.tracker.lock().unwrap_or_else(|p| p.into_inner());
-            for e in tpl.elements() {
-                t.revoke(e.partition());
+            for p in &parts {
+                t.revoke(*p);
             }
             info!(
-                partitions = tpl.count(),
-                "partitions revoked; unfinished jobs will be redelivered to their new owner, and the ledger makes that harmless"
+                partitions = parts.len(),
+                waited_ms = started.elapsed().as_millis() as u64,
+                left_unfinished = left,
+                "partitions revoked after draining their in-flight jobs"
             );
         }
     }
@@ -85,6 +120,33 @@ impl ConsumerContext for TrackingContext {
     }
 }
 
+/// Polls `done` every 10 ms until it holds or `timeout` passes; true if it
+/// held. Runs inside librdkafka's rebalance callback, which is called from
+/// `recv()` on a tokio worker: on the multi-threaded runtime the thread is
+/// handed over with `block_in_place` so that the jobs being waited for keep
+/// running. On a current-thread runtime they could not, so it does not wait.
+fn wait_blocking(timeout: Duration, done: impl Fn() -> bool) -> bool {
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    let can_block = match Handle::try_current() {
+        Ok(h) => h.runtime_flavor() == RuntimeFlavor::MultiThread,
+        Err(_) => true,
+    };
+    if done() || !can_block {
+        return done();
+    }
+    let poll = || {
+        let deadline = std::time::Instant::now() + timeout;
+        while std::time::Instant::now() < deadline {
+            if done() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        done()
+    };
+    if Handle::try_current().is_ok() { tokio::task::block_in_place(poll) } else { poll() }
+}
+
 /// The consumer side of `mailpipe.send.v1`.
 pub struct KafkaSource {
     consumer: Arc<StreamConsumer<TrackingContext>>,
@@ -94,7 +156,13 @@ pub struct KafkaSource {
 
 impl KafkaSource {
     /// Joins the consumer group. Fails within `timeout` if no broker answers.
-    pub async fn connect(s: &KafkaSettings, timeout: Duration) -> Result<Self, QueueError> {
+    /// `drain_timeout` bounds how long a rebalance waits for the in-flight
+    /// jobs of revoked partitions.
+    pub async fn connect(
+        s: &KafkaSettings,
+        timeout: Duration,
+        drain_timeout: Duration,
+    ) -> Result<Self, QueueError> {
         let tracker = Arc::new(Mutex::new(OffsetTracker::new()));
         let mut c = s.base();
         c.set("group.id", &s.group_id)
@@ -104,13 +172,14 @@ impl KafkaSource {
             .set("auto.offset.reset", "earliest")
             .set("partition.assignment.strategy", "cooperative-sticky")
             .set("session.timeout.ms", "10000")
-            .set("max.poll.interval.ms", "300000");
+            .set("max.poll.interval.ms", "300000")
+            .set("statistics.interval.ms", "5000");
         // Operator overrides (`extra`) win over the settings above.
         for (k, v) in &s.extra {
             c.set(k, v);
         }
         let consumer: StreamConsumer<TrackingContext> =
-            c.create_with_context(TrackingContext { tracker: tracker.clone() })?;
+            c.create_with_context(TrackingContext { tracker: tracker.clone(), drain_timeout })?;
         let consumer = Arc::new(consumer);
         check_topic(consumer.as_ref(), &s.send_topic, timeout, s).await?;
         consumer.subscribe(&[&s.send_topic])?;
@@ -254,14 +323,21 @@ impl KafkaEvents {
     }
 
     /// Copies a rejected record to the dead-letter topic with its reason.
-    pub async fn dead_letter(&self, d: &Delivery, reason: &str, detail: &str) -> Result<(), QueueError> {
-        let source = d.id.to_string();
+    /// `source` names where the record came from: `topic/partition/offset`
+    /// for a queue record, `retry/tenant/job` for a scheduled retry.
+    pub async fn dead_letter(
+        &self,
+        source: &str,
+        key: &[u8],
+        payload: &[u8],
+        reason: &str,
+        detail: &str,
+    ) -> Result<(), QueueError> {
         let headers = OwnedHeaders::new()
             .insert(Header { key: "mailpipe-reason", value: Some(reason) })
             .insert(Header { key: "mailpipe-detail", value: Some(detail) })
-            .insert(Header { key: "mailpipe-source", value: Some(source.as_str()) });
-        let key = d.key.clone().unwrap_or_default();
-        self.send(&self.settings.dlq_topic, &key, &d.payload, Some(headers)).await
+            .insert(Header { key: "mailpipe-source", value: Some(source) });
+        self.send(&self.settings.dlq_topic, key, payload, Some(headers)).await
     }
 
     /// Produces a send job (what a campaign scheduler does).

@@ -57,6 +57,11 @@ impl OffsetTracker {
         self.partitions.remove(&partition);
     }
 
+    /// Unfinished jobs of the given partitions.
+    pub fn in_flight_of(&self, partitions: &[i32]) -> usize {
+        partitions.iter().filter_map(|p| self.partitions.get(p)).map(|p| p.in_flight.len()).sum()
+    }
+
     /// Unfinished jobs, over all partitions.
     pub fn in_flight(&self) -> usize {
         self.partitions.values().map(|p| p.in_flight.len()).sum()
