@@ -69,7 +69,7 @@ fn dkim(c: &mut Criterion) {
     let key = |name: &str| {
         std::fs::read(format!(
             "{}/../crates/mailpipe-render/tests/fixtures/{name}",
-            env!("CARGO_MANIFEST_DIR")
+            std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").to_owned())
         ))
         .unwrap_or_default()
     };

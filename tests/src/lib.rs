@@ -96,6 +96,12 @@ pub struct SmtpSink {
 impl SmtpSink {
     /// `extra` are smtp-sink flags, e.g. `["-r", "RCPT"]` for 4xx to RCPT.
     pub fn start(extra: &[&str]) -> Self {
+        Self::start_on(free_port(), extra)
+    }
+
+    /// Same, on a given port: to replace a sink by one that behaves
+    /// differently, as a relay that recovers from an outage would.
+    pub fn start_on(port: u16, extra: &[&str]) -> Self {
         let bin = Path::new("/usr/sbin/smtp-sink");
         assert!(
             bin.exists(),
@@ -105,7 +111,6 @@ impl SmtpSink {
         std::fs::create_dir_all(&dir).expect("sink dir");
         // smtp-sink drops privileges to `nobody` when run as root.
         let _ = Command::new("chmod").arg("777").arg(&dir).status();
-        let port = free_port();
         let mut cmd = Command::new(bin);
         if is_root() {
             cmd.args(["-u", "nobody"]);

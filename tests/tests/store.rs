@@ -23,7 +23,7 @@ async fn scenario(store: &Store) {
     // The outcome and its event land together; the event is idempotent.
     let mut ev = Event::for_job(EventType::Sent, &j.tenant_id, &j.campaign_id, &j.job_id, "");
     ev.message_id = Some("mid@x".into());
-    store.finish("acme", "job-00001", LedgerStatus::Sent, Some("250 ok"), None, &ev).await.unwrap();
+    store.finish("acme", "job-00001", LedgerStatus::Sent, Some("250 ok"), &ev).await.unwrap();
     store.insert_events(std::slice::from_ref(&ev)).await.unwrap();
     assert_eq!(store.claim_job(&j).await.unwrap().status, LedgerStatus::Sent);
     let back = store.terminal_event("acme", "job-00001").await.unwrap().unwrap();

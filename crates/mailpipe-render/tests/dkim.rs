@@ -26,7 +26,11 @@ sys.exit(0 if ok else 1)
 "#;
 
 fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
+    PathBuf::from(
+        std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").to_owned()),
+    )
+    .join("tests/fixtures")
+    .join(name)
 }
 
 fn composer(dkim: DkimKeys) -> Composer {

@@ -70,9 +70,14 @@ impl TryFrom<String> for RateSpec {
 }
 
 impl RateSpec {
-    fn quota(&self) -> Quota {
+    /// The gap between two messages at the steady rate.
+    pub fn interval(&self) -> Duration {
         // `per / count` is at least 1 ns for any count a u32 holds.
-        let every = (self.per / self.count.get()).max(Duration::from_nanos(1));
+        (self.per / self.count.get()).max(Duration::from_nanos(1))
+    }
+
+    fn quota(&self) -> Quota {
+        let every = self.interval();
         Quota::with_period(every)
             .unwrap_or_else(|| Quota::per_second(NonZeroU32::MAX))
             .allow_burst(self.burst)
@@ -109,6 +114,11 @@ struct Backoff<I> {
 
 pub struct Throttle<C: Clock = DefaultClock> {
     group_of: HashMap<String, String>,
+    /// The steady-state gap between messages per named key, the default and
+    /// the global cap: what a backlog of parked jobs is spaced by.
+    intervals: HashMap<String, Duration>,
+    default_interval: Option<Duration>,
+    global_interval: Option<Duration>,
     // A std mutex: held for a lookup or an update, never across an await.
     backoff: std::sync::Mutex<HashMap<String, Backoff<C::Instant>>>,
     named: HashMap<String, Direct<C>>,
@@ -137,8 +147,13 @@ impl<C: Clock + Clone> Throttle<C> {
                 (k.to_ascii_lowercase(), RateLimiter::direct_with_clock(spec.quota(), clock.clone()))
             })
             .collect();
+        let intervals =
+            cfg.limits.iter().map(|(k, spec)| (k.to_ascii_lowercase(), spec.interval())).collect();
         Self {
             group_of,
+            intervals,
+            default_interval: cfg.default.map(|s| s.interval()),
+            global_interval: cfg.global.map(|s| s.interval()),
             backoff: std::sync::Mutex::new(HashMap::new()),
             named,
             default: cfg.default.map(|s| RateLimiter::hashmap_with_clock(s.quota(), clock.clone())),
@@ -155,6 +170,21 @@ impl<C: Clock + Clone> Throttle<C> {
     /// The key `domain` is limited under: its provider group, else itself.
     pub fn key<'a>(&'a self, domain: &'a str) -> &'a str {
         self.group_of.get(domain).map(String::as_str).unwrap_or(domain)
+    }
+
+    /// The steady-state gap between two messages to `domain` under its
+    /// limits (the slower of its own key's and the global cap), if limited.
+    pub fn interval(&self, domain: &str) -> Option<Duration> {
+        let key = self.key(domain);
+        let own = self.intervals.get(key).copied().or(if self.named.contains_key(key) {
+            None
+        } else {
+            self.default_interval
+        });
+        match (own, self.global_interval) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     /// `Ok` if a message to `domain` may go now (and counts it), else how

@@ -104,6 +104,20 @@ pub struct Claim {
     /// Attempts made before this one.
     pub attempts: i32,
     pub message_id: Option<String>,
+    /// When the job was first claimed (unix ms): its age bounds its retries.
+    pub created_at_ms: i64,
+    /// The job is on the retry schedule, which owns it from then on: a
+    /// redelivered queue record for it is acknowledged without sending.
+    pub scheduled: bool,
+}
+
+/// A job taken from the retry schedule.
+#[derive(Debug, Clone)]
+pub struct DueRetry {
+    pub tenant_id: String,
+    pub job_id: String,
+    /// The send job as first received.
+    pub payload: Vec<u8>,
 }
 
 /// A registered template set as stored.
@@ -281,9 +295,9 @@ impl Store {
         let insert = "INSERT INTO send_ledger (tenant_id, job_id, campaign_id, category, recipient, recipient_domain, status, attempts, created_at, updated_at)
                       VALUES ($1, $2, $3, $4, $5, $6, 'pending', 0, $7, $7)
                       ON CONFLICT (tenant_id, job_id) DO NOTHING";
-        let select =
-            "SELECT status, attempts, message_id FROM send_ledger WHERE tenant_id = $1 AND job_id = $2";
-        let row: (String, i32, Option<String>) = on_pool!(self, p => {
+        let select = "SELECT status, attempts, message_id, created_at, payload IS NOT NULL
+                      FROM send_ledger WHERE tenant_id = $1 AND job_id = $2";
+        let row: (String, i32, Option<String>, i64, bool) = on_pool!(self, p => {
             sqlx::query(insert)
                 .bind(job.tenant_id.as_str()).bind(job.job_id.as_str()).bind(job.campaign_id.as_str())
                 .bind(job.category.as_str()).bind(job.to.email.as_str()).bind(job.to.email.domain())
@@ -291,7 +305,13 @@ impl Store {
                 .execute(p).await?;
             sqlx::query_as(select).bind(job.tenant_id.as_str()).bind(job.job_id.as_str()).fetch_one(p).await
         })?;
-        Ok(Claim { status: row.0.parse()?, attempts: row.1, message_id: row.2 })
+        Ok(Claim {
+            status: row.0.parse()?,
+            attempts: row.1,
+            message_id: row.2,
+            created_at_ms: row.3,
+            scheduled: row.4,
+        })
     }
 
     /// Marks the start of an SMTP transaction. If the process dies before
@@ -303,28 +323,105 @@ impl Store {
         Ok(())
     }
 
-    /// Records an outcome: the ledger status and its event, in one transaction.
-    /// The event insert is idempotent on `event_id`.
+    /// Records a terminal outcome: the ledger status and its event, in one
+    /// transaction. Clears the job's retry payload. The event insert is
+    /// idempotent on `event_id`.
     pub async fn finish(
         &self,
         tenant: &str,
         job_id: &str,
         status: LedgerStatus,
         last_reply: Option<&str>,
-        next_attempt_at: Option<i64>,
         event: &Event,
     ) -> Result<()> {
-        let update =
-            "UPDATE send_ledger SET status = $3, last_reply = $4, next_attempt_at = $5, updated_at = $6
+        debug_assert!(status.is_terminal(), "finish records terminal outcomes; use defer");
+        let update = "UPDATE send_ledger SET status = $3, last_reply = $4, next_attempt_at = NULL, payload = NULL, updated_at = $5
                       WHERE tenant_id = $1 AND job_id = $2";
         let payload = String::from_utf8(event.to_json()).unwrap_or_default();
         in_tx!(self, tx => {
             sqlx::query(update)
-                .bind(tenant).bind(job_id).bind(status.as_str()).bind(last_reply).bind(next_attempt_at).bind(now_ms())
+                .bind(tenant).bind(job_id).bind(status.as_str()).bind(last_reply).bind(now_ms())
                 .execute(&mut *tx).await?;
             insert_event_q(event, &payload).execute(&mut *tx).await?;
         });
         Ok(())
+    }
+
+    /// Puts a job on the durable retry schedule: status `deferred`, due at
+    /// `due_at_ms`, with the send-job `payload` kept so that any worker can
+    /// run it again after its queue record has been acknowledged. `event` is
+    /// the `deferred` event of a failed attempt, stored in the same
+    /// transaction; a job parked by our own rate limit has none.
+    /// `attempts` is the number of delivery attempts made so far, whether or
+    /// not they reached DATA.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn defer(
+        &self,
+        tenant: &str,
+        job_id: &str,
+        attempts: u32,
+        last_reply: Option<&str>,
+        due_at_ms: i64,
+        payload: &[u8],
+        event: Option<&Event>,
+    ) -> Result<()> {
+        let update = "UPDATE send_ledger SET status = 'deferred', attempts = $3, last_reply = COALESCE($4, last_reply), next_attempt_at = $5, payload = $6, updated_at = $7
+                      WHERE tenant_id = $1 AND job_id = $2";
+        let ev = event.map(|e| (e, String::from_utf8(e.to_json()).unwrap_or_default()));
+        in_tx!(self, tx => {
+            sqlx::query(update)
+                .bind(tenant).bind(job_id).bind(attempts as i32).bind(last_reply).bind(due_at_ms).bind(payload).bind(now_ms())
+                .execute(&mut *tx).await?;
+            if let Some((e, p)) = &ev {
+                insert_event_q(e, p).execute(&mut *tx).await?;
+            }
+        });
+        Ok(())
+    }
+
+    /// Takes up to `limit` jobs whose retry is due at `now_ms`, leasing each
+    /// until `lease_until_ms` (by moving its due time there), so that no other
+    /// worker takes them meanwhile. A worker that dies holding a lease only
+    /// delays the job: it falls due again when the lease runs out.
+    pub async fn take_due_retries(
+        &self,
+        now_ms: i64,
+        lease_until_ms: i64,
+        limit: i64,
+    ) -> Result<Vec<DueRetry>> {
+        // PostgreSQL: SKIP LOCKED lets workers take disjoint batches at once.
+        // SQLite has one writer, so the plain subquery is already exclusive.
+        let pg = "UPDATE send_ledger SET next_attempt_at = $2
+                  WHERE (tenant_id, job_id) IN (
+                      SELECT tenant_id, job_id FROM send_ledger
+                      WHERE payload IS NOT NULL AND next_attempt_at <= $1
+                      ORDER BY next_attempt_at LIMIT $3 FOR UPDATE SKIP LOCKED)
+                  RETURNING tenant_id, job_id, payload";
+        let lite = "UPDATE send_ledger SET next_attempt_at = $2
+                    WHERE (tenant_id, job_id) IN (
+                        SELECT tenant_id, job_id FROM send_ledger
+                        WHERE payload IS NOT NULL AND next_attempt_at <= $1
+                        ORDER BY next_attempt_at LIMIT $3)
+                    RETURNING tenant_id, job_id, payload";
+        let rows: Vec<(String, String, Vec<u8>)> = match &self.pool {
+            Pool::Postgres(p) => {
+                sqlx::query_as(pg).bind(now_ms).bind(lease_until_ms).bind(limit).fetch_all(p).await?
+            }
+            Pool::Sqlite(p) => {
+                sqlx::query_as(lite).bind(now_ms).bind(lease_until_ms).bind(limit).fetch_all(p).await?
+            }
+        };
+        Ok(rows
+            .into_iter()
+            .map(|(tenant_id, job_id, payload)| DueRetry { tenant_id, job_id, payload })
+            .collect())
+    }
+
+    /// Jobs on the retry schedule (deferred, or leased by a worker), and when
+    /// the next one falls due.
+    pub async fn retry_backlog(&self) -> Result<(i64, Option<i64>)> {
+        let sql = "SELECT COUNT(*), MIN(next_attempt_at) FROM send_ledger WHERE payload IS NOT NULL";
+        Ok(on_pool!(self, p => sqlx::query_as(sql).fetch_one(p).await)?)
     }
 
     /// Stores events, ignoring any whose `event_id` is already stored.

@@ -37,11 +37,21 @@ pub struct WorkerConfig {
     /// How long shutdown waits for in-flight jobs before giving up on them
     /// (they are then redelivered, unacknowledged, after a restart).
     pub grace_period: Duration,
+    /// How often the retry schedule is polled for due jobs.
+    pub retry_poll: Duration,
+    /// How long a worker holds a job it took from the retry schedule before
+    /// another worker may take it. Must exceed the longest SMTP transaction.
+    pub retry_lease: Duration,
 }
 
 impl Default for WorkerConfig {
     fn default() -> Self {
-        Self { max_in_flight: 64, grace_period: Duration::from_secs(30) }
+        Self {
+            max_in_flight: 64,
+            grace_period: Duration::from_secs(30),
+            retry_poll: Duration::from_millis(500),
+            retry_lease: Duration::from_secs(300),
+        }
     }
 }
 
@@ -51,6 +61,8 @@ pub struct Counters {
     pub received: AtomicU64,
     pub sent: AtomicU64,
     pub deferred: AtomicU64,
+    /// Parked by a rate limit (no attempt made).
+    pub parked: AtomicU64,
     pub bounced: AtomicU64,
     pub suppressed: AtomicU64,
     pub failed: AtomicU64,
@@ -77,7 +89,9 @@ pub struct RunReport {
     pub abandoned: usize,
 }
 
-/// Consumes `source` until it is exhausted or `shutdown` fires, then drains.
+/// Consumes `source` and the retry schedule until `shutdown` fires, then
+/// drains. An exhaustible source (the embedded queue) ends the run once it is
+/// exhausted and the retry schedule is empty.
 pub async fn run<S: JobSource>(
     source: &mut S,
     pipeline: Arc<Pipeline>,
@@ -88,6 +102,15 @@ pub async fn run<S: JobSource>(
     let tasks = TaskTracker::new();
     let acker = source.acker();
     let gauge = metrics::gauge!("mailpipe_jobs_in_flight");
+    let source_done = CancellationToken::new();
+    let retries = tokio::spawn(retry_loop(
+        pipeline.clone(),
+        permits.clone(),
+        tasks.clone(),
+        cfg.clone(),
+        shutdown.clone(),
+        source_done.clone(),
+    ));
     loop {
         // A permit first: with all permits taken we stop reading, which is
         // the backpressure that bounds memory and protects the store.
@@ -117,12 +140,18 @@ pub async fn run<S: JobSource>(
         gauge.increment(1.0);
         tasks.spawn(async move {
             let id = delivery.id.clone();
+            // Terminal or on the retry schedule: either way durable, so the
+            // record is done with.
             if pipeline.process(delivery, &shutdown).await.is_some() {
                 acker.ack(&id);
             }
             gauge.decrement(1.0);
             drop(permit);
         });
+    }
+    source_done.cancel();
+    if let Err(e) = retries.await {
+        warn!(error = %e, "retry scheduler ended abnormally");
     }
     tasks.close();
     let pending = tasks.len();
@@ -138,4 +167,70 @@ pub async fn run<S: JobSource>(
         }
     };
     RunReport { abandoned }
+}
+
+/// Runs due jobs from the durable retry schedule, within the same
+/// concurrency bound as queue records. Takes no more than it can start at
+/// once, so a leased job never waits for a slot.
+async fn retry_loop(
+    pipeline: Arc<Pipeline>,
+    permits: Arc<Semaphore>,
+    tasks: TaskTracker,
+    cfg: WorkerConfig,
+    shutdown: CancellationToken,
+    source_done: CancellationToken,
+) {
+    let gauge = metrics::gauge!("mailpipe_jobs_in_flight");
+    let backlog_gauge = metrics::gauge!("mailpipe_retry_backlog");
+    let mut last_backlog_check = tokio::time::Instant::now();
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(cfg.retry_poll) => {}
+        }
+        let free = permits.available_permits().min(256);
+        if free > 0 {
+            let now = mailpipe_core::now_ms();
+            let lease = now + cfg.retry_lease.as_millis() as i64;
+            match pipeline.store().take_due_retries(now, lease, free as i64).await {
+                Ok(batch) => {
+                    for due in batch {
+                        // Normally free already; if queue records took the
+                        // slots meanwhile, wait for one rather than let the
+                        // lease run out.
+                        let permit = tokio::select! {
+                            _ = shutdown.cancelled() => return,
+                            p = permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
+                        };
+                        let pipeline = pipeline.clone();
+                        let shutdown = shutdown.clone();
+                        let gauge = gauge.clone();
+                        gauge.increment(1.0);
+                        tasks.spawn(async move {
+                            pipeline.process_retry(due, &shutdown).await;
+                            gauge.decrement(1.0);
+                            drop(permit);
+                        });
+                    }
+                }
+                Err(e) => warn!(error = %e, "cannot read the retry schedule; trying again"),
+            }
+        }
+        let exhausted = source_done.is_cancelled();
+        if exhausted || last_backlog_check.elapsed() >= Duration::from_secs(5) {
+            last_backlog_check = tokio::time::Instant::now();
+            // Read "nothing in flight" before the backlog: a job finishing in
+            // between has already written its deferral when the count is read.
+            let idle = tasks.is_empty();
+            match pipeline.store().retry_backlog().await {
+                Ok((n, _)) => {
+                    backlog_gauge.set(n as f64);
+                    if exhausted && idle && n == 0 {
+                        return;
+                    }
+                }
+                Err(e) => warn!(error = %e, "cannot read the retry backlog"),
+            }
+        }
+    }
 }

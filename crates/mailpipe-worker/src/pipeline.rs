@@ -1,6 +1,6 @@
 //! One job, from bytes to a durable outcome.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -10,7 +10,7 @@ use mailpipe_queue::Delivery;
 use mailpipe_queue::kafka::KafkaEvents;
 use mailpipe_render::Composer;
 use mailpipe_smtp::{DeliveryError, Disposition, Envelope, Reply, Throttle, Transport, classify};
-use mailpipe_store::{DeadLetter, LedgerStatus, Store, StoreError};
+use mailpipe_store::{DeadLetter, DueRetry, LedgerStatus, Store, StoreError};
 use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info_span, warn};
@@ -45,6 +45,11 @@ pub struct PipelineConfig {
     /// First retry delay; doubled per attempt, with jitter.
     pub retry_base: Duration,
     pub retry_max: Duration,
+    /// A deferred job older than this fails instead of retrying again.
+    pub max_age: Duration,
+    /// A job whose rate limit asks it to wait longer than this is parked on
+    /// the retry schedule instead, releasing its slot for other domains.
+    pub park_after: Duration,
 }
 
 impl Default for PipelineConfig {
@@ -54,6 +59,8 @@ impl Default for PipelineConfig {
             max_attempts: 5,
             retry_base: Duration::from_secs(1),
             retry_max: Duration::from_secs(300),
+            max_age: Duration::from_secs(24 * 3600),
+            park_after: Duration::from_secs(1),
         }
     }
 }
@@ -68,6 +75,37 @@ pub enum Outcome {
     DeadLettered,
     /// Finished in an earlier run; its event was re-published.
     Replayed,
+    /// Not terminal: deferred after a failed attempt, on the retry schedule.
+    Deferred,
+    /// Not terminal: its rate limit was exhausted; on the retry schedule
+    /// without an attempt.
+    Parked,
+    /// A redelivered queue record for a job the retry schedule already owns.
+    Scheduled,
+}
+
+impl Outcome {
+    /// Whether the job has ended (as opposed to waiting on the schedule).
+    pub fn is_terminal(self) -> bool {
+        match self {
+            Outcome::Sent
+            | Outcome::Bounced
+            | Outcome::Suppressed
+            | Outcome::Failed
+            | Outcome::DeadLettered
+            | Outcome::Replayed => true,
+            Outcome::Deferred | Outcome::Parked | Outcome::Scheduled => false,
+        }
+    }
+}
+
+/// A record being processed: from the queue, or from the retry schedule.
+struct Record<'a> {
+    /// Unique per record: `topic/partition/offset` or `retry/tenant/job`.
+    source: String,
+    key: &'a [u8],
+    payload: &'a [u8],
+    retry: bool,
 }
 
 pub struct Pipeline {
@@ -79,6 +117,10 @@ pub struct Pipeline {
     templates: TemplateCache,
     throttle: Option<Arc<Throttle>>,
     known_tenants: Mutex<HashSet<TenantId>>,
+    /// Per rate-limit key, the next free slot for a parked job, so that a
+    /// backlog is spread over time at the key's rate instead of falling due
+    /// all at once.
+    slots: Mutex<HashMap<String, tokio::time::Instant>>,
     pub counters: Arc<Counters>,
 }
 
@@ -134,6 +176,7 @@ impl Pipeline {
             templates: TemplateCache::new(limits, 1024),
             throttle: None,
             known_tenants: Mutex::new(HashSet::new()),
+            slots: Mutex::new(HashMap::new()),
             counters: Arc::new(Counters::default()),
         }
     }
@@ -148,25 +191,58 @@ impl Pipeline {
         &self.store
     }
 
-    /// Processes one record to a durable outcome. Returns `None` only if
-    /// shutdown interrupted it before the outcome was durable.
+    /// Processes one queue record to a durable outcome (terminal, or on the
+    /// retry schedule). Returns `None` only if shutdown interrupted it first;
+    /// the record must then stay unacknowledged.
     pub async fn process(&self, d: Delivery, shutdown: &CancellationToken) -> Option<Outcome> {
         self.counters.received.fetch_add(1, Ordering::Relaxed);
-        let job = match SendJob::from_json(&d.payload) {
-            Ok(job) => job,
-            Err(e) => return self.reject(&d, None, e.reason(), &e.to_string(), shutdown).await,
+        let rec = Record {
+            source: d.id.to_string(),
+            key: d.key.as_deref().unwrap_or_default(),
+            payload: &d.payload,
+            retry: false,
         };
-        let span = info_span!("job", tenant = %job.tenant_id, campaign = %job.campaign_id, job = %job.job_id, rcpt_domain = job.to.email.domain(), record = %d.id);
-        self.process_job(&d, job, shutdown).instrument(span).await
+        self.process_record(rec, shutdown).await
     }
 
-    async fn process_job(&self, d: &Delivery, job: SendJob, shutdown: &CancellationToken) -> Option<Outcome> {
+    /// Runs a job taken from the retry schedule.
+    pub async fn process_retry(&self, r: DueRetry, shutdown: &CancellationToken) -> Option<Outcome> {
+        let rec = Record {
+            source: format!("retry/{}/{}", r.tenant_id, r.job_id),
+            key: &[],
+            payload: &r.payload,
+            retry: true,
+        };
+        self.process_record(rec, shutdown).await
+    }
+
+    async fn process_record(&self, rec: Record<'_>, shutdown: &CancellationToken) -> Option<Outcome> {
+        let job = match SendJob::from_json(rec.payload) {
+            Ok(job) => job,
+            Err(e) => return self.reject(&rec, None, e.reason(), &e.to_string(), shutdown).await,
+        };
+        let span = info_span!("job", tenant = %job.tenant_id, campaign = %job.campaign_id, job = %job.job_id, rcpt_domain = job.to.email.domain(), record = %rec.source);
+        self.process_job(&rec, job, shutdown).instrument(span).await
+    }
+
+    async fn process_job(
+        &self,
+        d: &Record<'_>,
+        job: SendJob,
+        shutdown: &CancellationToken,
+    ) -> Option<Outcome> {
         if !self.tenant_known(&job.tenant_id, shutdown).await? {
             return self.reject(d, Some(&job), "unknown_tenant", "tenant is not registered", shutdown).await;
         }
         let claim = durably("claim", shutdown, || async { Ok(self.store.claim_job(&job).await?) }).await?;
         if claim.status.is_terminal() {
             return self.replay(&job, shutdown).await;
+        }
+        if claim.scheduled && !d.retry {
+            // Deferred earlier and acknowledged late (a crash in between):
+            // the retry schedule owns the job now.
+            debug!("job is on the retry schedule; queue record acknowledged");
+            return Some(Outcome::Scheduled);
         }
         if claim.status == LedgerStatus::Sending {
             self.counters.in_doubt.fetch_add(1, Ordering::Relaxed);
@@ -194,6 +270,24 @@ impl Pipeline {
             return self
                 .finish(&job, LedgerStatus::Suppressed, None, ev, Outcome::Suppressed, shutdown)
                 .await;
+        }
+
+        // The rate limit comes before rendering too: a parked job is rendered
+        // when it finally goes. Waiters take successive slots of the key's
+        // rate, so that a short wait is slept off but a backlog is parked.
+        if let Some(t) = &self.throttle {
+            let domain = job.to.email.domain();
+            while let Err(wait) = t.check(domain) {
+                let delay = self.reserve_slot(t.key(domain), t.interval(domain), wait);
+                if delay > self.cfg.park_after {
+                    return self.park(d, &job, claim.attempts.max(0) as u32, delay, shutdown).await;
+                }
+                metrics::counter!("mailpipe_throttle_waits_total").increment(1);
+                tokio::select! {
+                    _ = shutdown.cancelled() => return None,
+                    _ = tokio::time::sleep(delay) => {}
+                }
+            }
         }
 
         let compiled = match &job.content {
@@ -228,145 +322,158 @@ impl Pipeline {
         };
 
         let envelope = Envelope { from: job.from.email.clone(), to: job.to.email.clone() };
-        let mut attempt = claim.attempts.max(0) as u32;
-        loop {
-            attempt += 1;
-            if let Some(t) = &self.throttle {
-                // Waiting holds this job's permit but no other domain's: each
-                // job is its own task. See docs/worker.md on the limits of that.
-                while let Err(wait) = t.check(job.to.email.domain()) {
-                    metrics::counter!("mailpipe_throttle_waits_total").increment(1);
-                    tokio::select! {
-                        _ = shutdown.cancelled() => return None,
-                        _ = tokio::time::sleep(wait.min(Duration::from_secs(1))) => {}
-                    }
-                }
-            }
-            // The ledger says `sending` only from the commit point on (after
-            // the server's 354), so a crash earlier is a plain redelivery,
-            // not a job in doubt.
-            let commit_point = Box::pin(async {
-                self.store
-                    .mark_sending(tenant, job.job_id.as_str(), &composed.message_id)
-                    .await
-                    .map_err(|e| e.to_string())
-            });
-            let started = Instant::now();
-            let result = self.transport.send(&envelope, &composed.bytes, commit_point).await;
-            metrics::histogram!("mailpipe_send_duration_seconds").record(started.elapsed().as_secs_f64());
-            let disposition = classify(&result);
-            debug!(?disposition, attempt, "delivery attempt");
-            let reply = reply_of(&result);
-            let ev = |kind, disc: &str| {
-                let mut e = self.event(&job, kind, disc);
-                e.message_id = Some(composed.message_id.clone());
-                e.attempt = Some(attempt);
-                e.smtp = reply.as_ref().map(Reply::to_event);
-                e
-            };
-            let last = reply
-                .as_ref()
-                .map(ToString::to_string)
-                .or_else(|| result.as_ref().err().map(ToString::to_string));
-            if let Some(t) = &self.throttle {
-                match &disposition {
-                    Disposition::Deferred { slow_down: true } => t.slow_down(job.to.email.domain()),
-                    Disposition::Delivered => t.recovered(job.to.email.domain()),
-                    _ => {}
-                }
-            }
-            match disposition {
-                Disposition::Delivered => {
-                    return self
-                        .finish(
-                            &job,
-                            LedgerStatus::Sent,
-                            last.as_deref(),
-                            ev(EventType::Sent, ""),
-                            Outcome::Sent,
-                            shutdown,
-                        )
-                        .await;
-                }
-                Disposition::InDoubt => {
-                    self.counters.in_doubt.fetch_add(1, Ordering::Relaxed);
-                    metrics::counter!("mailpipe_jobs_in_doubt_total").increment(1);
-                    if self.cfg.in_doubt == InDoubtPolicy::AssumeDelivered {
-                        let mut e = ev(EventType::Sent, "");
-                        e.reason = Some("in_doubt".into());
-                        return self
-                            .finish(&job, LedgerStatus::Sent, last.as_deref(), e, Outcome::Sent, shutdown)
-                            .await;
-                    }
-                    // Retry policy: fall through to a deferral.
-                }
-                Disposition::Bounced { suppress } => {
-                    if suppress {
-                        durably("suppress", shutdown, || async {
-                            Ok(self
-                                .store
-                                .add_suppression(
-                                    None,
-                                    &rref,
-                                    "hard_bounce",
-                                    mailpipe_core::Category::Transactional,
-                                    Some(tenant),
-                                )
-                                .await?)
-                        })
-                        .await?;
-                    }
-                    let mut e = ev(EventType::Bounced, "");
-                    if suppress {
-                        e.recipient_ref = Some(rref.clone());
-                    }
-                    e.reason = Some(if suppress { "hard_bounce" } else { "rejected" }.into());
-                    return self
-                        .finish(&job, LedgerStatus::Bounced, last.as_deref(), e, Outcome::Bounced, shutdown)
-                        .await;
-                }
-                Disposition::DeadLetter { reason } => {
-                    let detail = last.clone().unwrap_or_default();
-                    return self.reject(d, Some(&job), reason, &detail, shutdown).await;
-                }
-                Disposition::Deferred { .. } => {}
-            }
-            // Deferred (or in doubt under the retry policy).
-            if attempt >= self.cfg.max_attempts {
-                let mut e = ev(EventType::Failed, "");
-                e.reason = Some("max_attempts".into());
-                return self
-                    .finish(&job, LedgerStatus::Failed, last.as_deref(), e, Outcome::Failed, shutdown)
-                    .await;
-            }
-            let delay = backoff(self.cfg.retry_base, self.cfg.retry_max, attempt);
-            let next = now_ms() + delay.as_millis() as i64;
-            let e = ev(EventType::Deferred, &attempt.to_string());
-            self.counters.deferred.fetch_add(1, Ordering::Relaxed);
-            let provider = self.provider(job.to.email.domain()).to_owned();
-            metrics::counter!("mailpipe_jobs_total", "outcome" => "deferred", "provider" => provider)
-                .increment(1);
-            durably("record_deferral", shutdown, || async {
-                self.store
-                    .finish(
-                        tenant,
-                        job.job_id.as_str(),
-                        LedgerStatus::Deferred,
-                        last.as_deref(),
-                        Some(next),
-                        &e,
-                    )
-                    .await?;
-                self.publish(std::slice::from_ref(&e)).await
-            })
-            .await?;
-            // The job keeps its permit while it waits; its offset is not
-            // stored, so a restart redelivers it and the ledger resumes it.
-            tokio::select! {
-                _ = shutdown.cancelled() => return None,
-                _ = tokio::time::sleep(delay) => {}
+        let attempt = claim.attempts.max(0) as u32 + 1;
+        // The ledger says `sending` only from the commit point on (after the
+        // server's 354), so a crash earlier is a plain redelivery, not a job
+        // in doubt.
+        let commit_point = Box::pin(async {
+            self.store
+                .mark_sending(tenant, job.job_id.as_str(), &composed.message_id)
+                .await
+                .map_err(|e| e.to_string())
+        });
+        let started = Instant::now();
+        let result = self.transport.send(&envelope, &composed.bytes, commit_point).await;
+        metrics::histogram!("mailpipe_send_duration_seconds").record(started.elapsed().as_secs_f64());
+        let disposition = classify(&result);
+        debug!(?disposition, attempt, "delivery attempt");
+        let reply = reply_of(&result);
+        let ev = |kind, disc: &str| {
+            let mut e = self.event(&job, kind, disc);
+            e.message_id = Some(composed.message_id.clone());
+            e.attempt = Some(attempt);
+            e.smtp = reply.as_ref().map(Reply::to_event);
+            e
+        };
+        let last = reply
+            .as_ref()
+            .map(ToString::to_string)
+            .or_else(|| result.as_ref().err().map(ToString::to_string));
+        if let Some(t) = &self.throttle {
+            match &disposition {
+                Disposition::Deferred { slow_down: true } => t.slow_down(job.to.email.domain()),
+                Disposition::Delivered => t.recovered(job.to.email.domain()),
+                _ => {}
             }
         }
+        match disposition {
+            Disposition::Delivered => {
+                return self
+                    .finish(
+                        &job,
+                        LedgerStatus::Sent,
+                        last.as_deref(),
+                        ev(EventType::Sent, ""),
+                        Outcome::Sent,
+                        shutdown,
+                    )
+                    .await;
+            }
+            Disposition::InDoubt => {
+                self.counters.in_doubt.fetch_add(1, Ordering::Relaxed);
+                metrics::counter!("mailpipe_jobs_in_doubt_total").increment(1);
+                if self.cfg.in_doubt == InDoubtPolicy::AssumeDelivered {
+                    let mut e = ev(EventType::Sent, "");
+                    e.reason = Some("in_doubt".into());
+                    return self
+                        .finish(&job, LedgerStatus::Sent, last.as_deref(), e, Outcome::Sent, shutdown)
+                        .await;
+                }
+                // Retry policy: fall through to a deferral.
+            }
+            Disposition::Bounced { suppress } => {
+                if suppress {
+                    durably("suppress", shutdown, || async {
+                        Ok(self
+                            .store
+                            .add_suppression(
+                                None,
+                                &rref,
+                                "hard_bounce",
+                                mailpipe_core::Category::Transactional,
+                                Some(tenant),
+                            )
+                            .await?)
+                    })
+                    .await?;
+                }
+                let mut e = ev(EventType::Bounced, "");
+                if suppress {
+                    e.recipient_ref = Some(rref.clone());
+                }
+                e.reason = Some(if suppress { "hard_bounce" } else { "rejected" }.into());
+                return self
+                    .finish(&job, LedgerStatus::Bounced, last.as_deref(), e, Outcome::Bounced, shutdown)
+                    .await;
+            }
+            Disposition::DeadLetter { reason } => {
+                let detail = last.clone().unwrap_or_default();
+                return self.reject(d, Some(&job), reason, &detail, shutdown).await;
+            }
+            Disposition::Deferred { .. } => {}
+        }
+
+        // Deferred (or in doubt under the retry policy): onto the durable
+        // retry schedule, unless the job is out of attempts or too old.
+        let delay = backoff(self.cfg.retry_base, self.cfg.retry_max, attempt);
+        let age = Duration::from_millis((now_ms() - claim.created_at_ms).max(0) as u64);
+        if attempt >= self.cfg.max_attempts || age + delay > self.cfg.max_age {
+            let mut e = ev(EventType::Failed, "");
+            e.reason = Some(if attempt >= self.cfg.max_attempts { "max_attempts" } else { "max_age" }.into());
+            return self
+                .finish(&job, LedgerStatus::Failed, last.as_deref(), e, Outcome::Failed, shutdown)
+                .await;
+        }
+        let due = now_ms() + delay.as_millis() as i64;
+        let e = ev(EventType::Deferred, &attempt.to_string());
+        durably("record_deferral", shutdown, || async {
+            self.store
+                .defer(tenant, job.job_id.as_str(), attempt, last.as_deref(), due, d.payload, Some(&e))
+                .await?;
+            self.publish(std::slice::from_ref(&e)).await
+        })
+        .await?;
+        self.count(Outcome::Deferred, self.provider(job.to.email.domain()));
+        Some(Outcome::Deferred)
+    }
+
+    /// Takes the next free slot of a rate-limit key, at least `wait` from
+    /// now, and returns how far away it is. Successive callers get slots one
+    /// `interval` apart, so that waiting jobs queue up at the key's rate.
+    fn reserve_slot(&self, key: &str, interval: Option<Duration>, wait: Duration) -> Duration {
+        let now = tokio::time::Instant::now();
+        let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+        if slots.len() > 10_000 {
+            slots.retain(|_, t| *t > now);
+        }
+        let slot = slots.entry(key.to_owned()).or_insert(now);
+        let at = (*slot).max(now + wait);
+        *slot = at + interval.unwrap_or_default();
+        at - now
+    }
+
+    /// Parks a job whose rate limit is exhausted on the retry schedule, due
+    /// after `delay`, so that it holds no concurrency slot (and no
+    /// partition) while it waits.
+    async fn park(
+        &self,
+        d: &Record<'_>,
+        job: &SendJob,
+        attempts: u32,
+        delay: Duration,
+        shutdown: &CancellationToken,
+    ) -> Option<Outcome> {
+        let due = now_ms() + delay.as_millis() as i64;
+        durably("park", shutdown, || async {
+            Ok(self
+                .store
+                .defer(job.tenant_id.as_str(), job.job_id.as_str(), attempts, None, due, d.payload, None)
+                .await?)
+        })
+        .await?;
+        metrics::counter!("mailpipe_jobs_parked_total").increment(1);
+        self.counters.parked.fetch_add(1, Ordering::Relaxed);
+        Some(Outcome::Parked)
     }
 
     async fn tenant_known(&self, tenant: &TenantId, shutdown: &CancellationToken) -> Option<bool> {
@@ -414,7 +521,7 @@ impl Pipeline {
     ) -> Option<Outcome> {
         let (tenant, id) = (job.tenant_id.as_str(), job.job_id.as_str());
         durably("record_outcome", shutdown, || async {
-            Ok(self.store.finish(tenant, id, status, last_reply, None, &event).await?)
+            Ok(self.store.finish(tenant, id, status, last_reply, &event).await?)
         })
         .await?;
         durably("publish_outcome", shutdown, || self.publish(std::slice::from_ref(&event))).await?;
@@ -439,27 +546,27 @@ impl Pipeline {
     /// topic, and the event to the events topic.
     async fn reject(
         &self,
-        d: &Delivery,
+        d: &Record<'_>,
         job: Option<&SendJob>,
         reason: &str,
         detail: &str,
         shutdown: &CancellationToken,
     ) -> Option<Outcome> {
-        warn!(reason, detail, record = %d.id, "dead-lettering job");
+        warn!(reason, detail, record = %d.source, "dead-lettering job");
         let mut ev = match job {
             Some(j) => self.event(j, EventType::DeadLettered, ""),
             // Too broken to name a tenant: key the event by the record.
-            None => Event::unattributed(EventType::DeadLettered, &d.id.to_string()),
+            None => Event::unattributed(EventType::DeadLettered, &d.source),
         };
         ev.reason = Some(reason.to_owned());
         ev.detail = Some(detail.to_owned());
         let dl = DeadLetter {
-            source: d.id.to_string(),
+            source: d.source.clone(),
             reason: reason.to_owned(),
             detail: detail.to_owned(),
             tenant_id: job.map(|j| j.tenant_id.to_string()),
             job_id: job.map(|j| j.job_id.to_string()),
-            payload: d.payload.clone(),
+            payload: d.payload.to_vec(),
         };
         durably("record_dead_letter", shutdown, || async {
             self.store.dead_letter(&dl, &ev).await?;
@@ -471,7 +578,6 @@ impl Pipeline {
                         j.job_id.as_str(),
                         LedgerStatus::DeadLettered,
                         Some(detail),
-                        None,
                         &ev,
                     )
                     .await?;
@@ -481,7 +587,7 @@ impl Pipeline {
         .await?;
         if let EventOut::Kafka(k) = &self.events {
             durably("publish_dead_letter", shutdown, || async {
-                k.dead_letter(d, reason, detail).await?;
+                k.dead_letter(&d.source, d.key, d.payload, reason, detail).await?;
                 Ok(k.publish(std::slice::from_ref(&ev)).await?)
             })
             .await?;
@@ -498,6 +604,8 @@ impl Pipeline {
             Outcome::Failed => (&self.counters.failed, "failed"),
             Outcome::DeadLettered => (&self.counters.dead_lettered, "dead_lettered"),
             Outcome::Replayed => (&self.counters.replayed, "replayed"),
+            Outcome::Deferred => (&self.counters.deferred, "deferred"),
+            Outcome::Parked | Outcome::Scheduled => return,
         };
         c.fetch_add(1, Ordering::Relaxed);
         metrics::counter!("mailpipe_jobs_total", "outcome" => label, "provider" => provider.to_owned())

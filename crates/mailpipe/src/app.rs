@@ -149,6 +149,8 @@ pub fn pipeline_config(cfg: &Config) -> PipelineConfig {
         max_attempts: cfg.worker.max_attempts,
         retry_base: Duration::from_millis(cfg.worker.retry_base_ms),
         retry_max: Duration::from_millis(cfg.worker.retry_max_ms),
+        max_age: Duration::from_secs(cfg.worker.max_age_secs),
+        park_after: Duration::from_millis(cfg.worker.park_after_ms),
     }
 }
 
@@ -156,6 +158,8 @@ pub fn worker_config(cfg: &Config) -> WorkerConfig {
     WorkerConfig {
         max_in_flight: cfg.worker.max_in_flight,
         grace_period: Duration::from_secs(cfg.worker.grace_period_secs),
+        retry_poll: Duration::from_millis(cfg.worker.retry_poll_ms),
+        retry_lease: Duration::from_secs(cfg.worker.retry_lease_secs),
     }
 }
 
@@ -180,7 +184,8 @@ pub async fn run_worker(
     let settings = kafka_settings(cfg);
     let timeout = Duration::from_secs(cfg.queue.kafka.connect_timeout_secs);
     let events = KafkaEvents::connect(&settings, timeout).await.map_err(kafka_hint)?;
-    let mut source = KafkaSource::connect(&settings, timeout).await.map_err(kafka_hint)?;
+    let drain = Duration::from_secs(cfg.worker.grace_period_secs);
+    let mut source = KafkaSource::connect(&settings, timeout, drain).await.map_err(kafka_hint)?;
     let transport = transport(cfg).await?;
     if let Some(render) = metrics {
         spawn_metrics_server(cfg.metrics.listen, render, shutdown.clone()).await?;

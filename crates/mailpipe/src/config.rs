@@ -119,6 +119,10 @@ pub struct WorkerSection {
     pub max_attempts: u32,
     pub retry_base_ms: u64,
     pub retry_max_ms: u64,
+    pub max_age_secs: u64,
+    pub park_after_ms: u64,
+    pub retry_poll_ms: u64,
+    pub retry_lease_secs: u64,
 }
 
 #[derive(Debug, Deserialize)]
@@ -346,6 +350,14 @@ impl Config {
         }
         if self.worker.max_in_flight == 0 {
             errors.push("worker.max_in_flight: must be at least 1".into());
+        }
+        if self.worker.retry_poll_ms == 0 {
+            errors.push("worker.retry_poll_ms: must be at least 1".into());
+        }
+        if self.worker.retry_lease_secs < 30 {
+            errors.push(
+                "worker.retry_lease_secs: must be at least 30 (longer than any SMTP transaction)".into(),
+            );
         }
         if self.worker.max_attempts == 0 {
             errors.push("worker.max_attempts: must be at least 1".into());

@@ -5,7 +5,10 @@
 use mailpipe::config::Config;
 
 fn fixture(name: &str) -> String {
-    format!("{}/../mailpipe-render/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"))
+    format!(
+        "{}/../mailpipe-render/tests/fixtures/{name}",
+        std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").to_owned())
+    )
 }
 
 fn load(toml: &str) -> Result<Config, mailpipe::ConfigErrors> {
