@@ -92,5 +92,34 @@ fn dkim(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, tokens, compose, classifier, dkim);
+/// The suppression check with 10 million suppressed addresses: the in-memory
+/// filter answers misses (the common case) without a database round trip.
+fn suppression(c: &mut Criterion) {
+    const N: u64 = 10_000_000;
+    let hasher = mailpipe_token::RecipientHasher::new(&vec![7u8; 32].into()).expect("32-byte key");
+    let key = |i: u64| hasher.hash(&format!("user{i}@example.com")).0;
+    let bloom = mailpipe_store::Bloom::with_capacity(N);
+    let started = std::time::Instant::now();
+    for i in 0..N {
+        bloom.insert(&key(i));
+    }
+    eprintln!(
+        "suppression filter: {N} entries inserted in {:.1} s, {} MB",
+        started.elapsed().as_secs_f64(),
+        bloom.size_bytes() / (1 << 20)
+    );
+    let misses = (0..100_000u64).filter(|i| bloom.may_contain(&key(N + i))).count();
+    eprintln!("suppression filter: false-positive rate {:.2}%", misses as f64 / 1_000.0);
+    let (hit, miss) = (key(N / 2), key(N + 7));
+    let mut g = c.benchmark_group("suppression_10m");
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("filter_hit", |b| b.iter(|| bloom.may_contain(std::hint::black_box(&hit))));
+    g.bench_function("filter_miss", |b| b.iter(|| bloom.may_contain(std::hint::black_box(&miss))));
+    g.bench_function("hash_and_check", |b| {
+        b.iter(|| bloom.may_contain(&hasher.hash(std::hint::black_box("someone@example.org")).0))
+    });
+    g.finish();
+}
+
+criterion_group!(benches, tokens, compose, classifier, dkim, suppression);
 criterion_main!(benches);

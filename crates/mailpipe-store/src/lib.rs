@@ -9,6 +9,10 @@
 //! transaction ([`Store::finish`]), so "the outcome is durable" means both.
 #![forbid(unsafe_code)]
 
+mod filter;
+
+pub use filter::{Bloom, SuppressionFilter, Verdict};
+
 use std::collections::BTreeMap;
 use std::str::FromStr;
 use std::time::Duration;
@@ -492,6 +496,20 @@ impl Store {
             .bind(recipient_hash).bind(tenant).bind(category.as_str())
             .fetch_optional(p).await)?;
         Ok(row.map(|(reason, scope)| Suppressed { reason, platform_wide: scope.is_empty() }))
+    }
+
+    /// Calls `f(recipient_hash, created_at)` for every suppression created at
+    /// or after `since_ms`, streaming rather than loading them all.
+    pub async fn scan_suppressions(&self, since_ms: i64, mut f: impl FnMut(&str, i64)) -> Result<()> {
+        use futures::TryStreamExt;
+        let sql = "SELECT recipient_hash, created_at FROM suppressions WHERE created_at >= $1";
+        on_pool!(self, p => {
+            let mut rows = sqlx::query_as::<_, (String, i64)>(sql).bind(since_ms).fetch(p);
+            while let Some((hash, created_at)) = rows.try_next().await? {
+                f(&hash, created_at);
+            }
+        });
+        Ok(())
     }
 
     /// The stored terminal event of a job, if it has one: re-published when a

@@ -10,7 +10,7 @@ use mailpipe_queue::Delivery;
 use mailpipe_queue::kafka::KafkaEvents;
 use mailpipe_render::Composer;
 use mailpipe_smtp::{DeliveryError, Disposition, Envelope, Reply, Throttle, Transport, classify};
-use mailpipe_store::{DeadLetter, DueRetry, LedgerStatus, Store, StoreError};
+use mailpipe_store::{DeadLetter, DueRetry, LedgerStatus, Store, StoreError, SuppressionFilter, Verdict};
 use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info_span, warn};
@@ -116,6 +116,7 @@ pub struct Pipeline {
     cfg: PipelineConfig,
     templates: TemplateCache,
     throttle: Option<Arc<Throttle>>,
+    filter: Option<Arc<SuppressionFilter>>,
     known_tenants: Mutex<HashSet<TenantId>>,
     /// Per rate-limit key, the next free slot for a parked job, so that a
     /// backlog is spread over time at the key's rate instead of falling due
@@ -175,6 +176,7 @@ impl Pipeline {
             cfg,
             templates: TemplateCache::new(limits, 1024),
             throttle: None,
+            filter: None,
             known_tenants: Mutex::new(HashSet::new()),
             slots: Mutex::new(HashMap::new()),
             counters: Arc::new(Counters::default()),
@@ -184,6 +186,13 @@ impl Pipeline {
     /// Paces sends by recipient domain and provider group.
     pub fn with_throttle(mut self, throttle: Arc<Throttle>) -> Self {
         self.throttle = Some(throttle);
+        self
+    }
+
+    /// Answers most suppression checks from memory; see
+    /// [`SuppressionFilter`]. The caller keeps it current.
+    pub fn with_suppression_filter(mut self, filter: Arc<SuppressionFilter>) -> Self {
+        self.filter = Some(filter);
         self
     }
 
@@ -257,12 +266,18 @@ impl Pipeline {
         }
 
         // Suppression comes before rendering: a suppressed job costs one lookup.
-        let rref = self.composer.recipients().hash(&job.to.email.canonical()).to_hex();
+        let rkey = self.composer.recipients().hash(&job.to.email.canonical());
+        let rref = rkey.to_hex();
         let tenant = job.tenant_id.as_str();
-        let supp = durably("suppression", shutdown, || async {
-            Ok(self.store.suppression(&rref, tenant, job.category).await?)
-        })
-        .await?;
+        let supp = match self.filter.as_ref().map(|f| f.check(&rkey.0)) {
+            Some(Verdict::Absent) => None,
+            Some(Verdict::Lookup) | None => {
+                durably("suppression", shutdown, || async {
+                    Ok(self.store.suppression(&rref, tenant, job.category).await?)
+                })
+                .await?
+            }
+        };
         if let Some(s) = supp {
             let mut ev = self.event(&job, EventType::Suppressed, "");
             ev.reason = Some(s.reason.clone());

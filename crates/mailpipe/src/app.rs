@@ -9,7 +9,7 @@ use mailpipe_core::SendJob;
 use mailpipe_queue::kafka::{KafkaEvents, KafkaSettings, KafkaSource};
 use mailpipe_render::{Composer, TemplateLimits, TrackingLinks};
 use mailpipe_smtp::{FileTransport, SmtpPool, SmtpPoolConfig, Transport};
-use mailpipe_store::Store;
+use mailpipe_store::{Store, SuppressionFilter};
 use mailpipe_token::{Keyring, RecipientHasher, SigningKey};
 use mailpipe_tracker::{EventWriter, TrackerState};
 use mailpipe_worker::{EventOut, InDoubtPolicy, Pipeline, PipelineConfig, WorkerConfig};
@@ -163,6 +163,23 @@ pub fn worker_config(cfg: &Config) -> WorkerConfig {
     }
 }
 
+/// The in-memory suppression filter, loaded and then kept current in the
+/// background until `shutdown`: new suppressions (a tracker's unsubscribe, a
+/// bounce seen by another worker) reach this worker within one poll.
+pub fn suppression_filter(
+    cfg: &Config,
+    store: &Store,
+    shutdown: &CancellationToken,
+) -> Arc<SuppressionFilter> {
+    let filter = SuppressionFilter::new(cfg.worker.suppression_filter_capacity);
+    tokio::spawn(filter.clone().follow(
+        store.clone(),
+        Duration::from_millis(cfg.worker.suppression_poll_ms),
+        shutdown.clone(),
+    ));
+    filter
+}
+
 /// `mailpipe worker`: the Kafka consumer group, until shutdown.
 pub async fn run_worker(
     cfg: &Config,
@@ -199,7 +216,8 @@ pub async fn run_worker(
             EventOut::Kafka(events.clone()),
             pipeline_config(cfg),
         )
-        .with_throttle(throttle),
+        .with_throttle(throttle)
+        .with_suppression_filter(suppression_filter(cfg, &store, &shutdown)),
     );
     info!(brokers = %settings.brokers, group = %settings.group_id, store = store.backend(), "worker started");
     let report = mailpipe_worker::run(&mut source, pipeline, worker_config(cfg), shutdown).await;

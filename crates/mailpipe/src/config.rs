@@ -123,6 +123,8 @@ pub struct WorkerSection {
     pub park_after_ms: u64,
     pub retry_poll_ms: u64,
     pub retry_lease_secs: u64,
+    pub suppression_filter_capacity: u64,
+    pub suppression_poll_ms: u64,
 }
 
 #[derive(Debug, Deserialize)]
@@ -350,6 +352,9 @@ impl Config {
         }
         if self.worker.max_in_flight == 0 {
             errors.push("worker.max_in_flight: must be at least 1".into());
+        }
+        if self.worker.suppression_poll_ms == 0 {
+            errors.push("worker.suppression_poll_ms: must be at least 1".into());
         }
         if self.worker.retry_poll_ms == 0 {
             errors.push("worker.retry_poll_ms: must be at least 1".into());

@@ -197,13 +197,16 @@ pub async fn run(cfg: &Config, opts: DemoOptions, shutdown: CancellationToken) -
     let tracker_task = tokio::spawn(mailpipe_tracker::serve(listener, app_router, tracker_stop.clone()));
 
     let transport = app::transport(cfg).await?;
-    let pipeline = Arc::new(Pipeline::new(
-        store.clone(),
-        app::composer(cfg, ring.clone(), hasher)?,
-        transport,
-        EventOut::StoreOnly,
-        app::pipeline_config(cfg),
-    ));
+    let pipeline = Arc::new(
+        Pipeline::new(
+            store.clone(),
+            app::composer(cfg, ring.clone(), hasher)?,
+            transport,
+            EventOut::StoreOnly,
+            app::pipeline_config(cfg),
+        )
+        .with_suppression_filter(app::suppression_filter(cfg, &store, &tracker_stop)),
+    );
     let counters = pipeline.counters.clone();
 
     let (producer, mut source) = memory_queue(cfg.queue.capacity);
