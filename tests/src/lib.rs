@@ -387,3 +387,11 @@ pub fn list_unsubscribe(message: &str) -> Vec<String> {
 pub fn loopback_port() -> u16 {
     free_port()
 }
+
+/// How many consumers are members of `group` right now.
+pub fn group_members(group: &str) -> usize {
+    let consumer: BaseConsumer =
+        ClientConfig::new().set("bootstrap.servers", kafka_brokers()).create().expect("admin consumer");
+    let list = consumer.fetch_group_list(Some(group), Duration::from_secs(10)).expect("group list");
+    list.groups().iter().find(|g| g.name() == group).map_or(0, |g| g.members().len())
+}

@@ -59,6 +59,7 @@ impl KafkaSettings {
 /// revoked partitions, and exports consumer lag.
 pub struct TrackingContext {
     tracker: Arc<Mutex<OffsetTracker>>,
+    assigned: Arc<Mutex<std::collections::BTreeSet<i32>>>,
     drain_timeout: Duration,
 }
 
@@ -99,8 +100,10 @@ impl ConsumerContext for TrackingContext {
                 Err(e) => warn!(error = %e, "commit before revocation failed"),
             }
             let mut t = self.tracker.lock().unwrap_or_else(|p| p.into_inner());
+            let mut assigned = self.assigned.lock().unwrap_or_else(|p| p.into_inner());
             for p in &parts {
                 t.revoke(*p);
+                assigned.remove(p);
             }
             info!(
                 partitions = parts.len(),
@@ -113,7 +116,13 @@ impl ConsumerContext for TrackingContext {
 
     fn post_rebalance(&self, _c: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         match rebalance {
-            Rebalance::Assign(tpl) => info!(partitions = tpl.count(), "partitions assigned"),
+            Rebalance::Assign(tpl) => {
+                self.assigned
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .extend(tpl.elements().iter().map(|e| e.partition()));
+                info!(partitions = tpl.count(), "partitions assigned");
+            }
             Rebalance::Revoke(_) => {}
             Rebalance::Error(e) => warn!(error = %e, "rebalance error"),
         }
@@ -151,6 +160,7 @@ fn wait_blocking(timeout: Duration, done: impl Fn() -> bool) -> bool {
 pub struct KafkaSource {
     consumer: Arc<StreamConsumer<TrackingContext>>,
     tracker: Arc<Mutex<OffsetTracker>>,
+    assigned: Arc<Mutex<std::collections::BTreeSet<i32>>>,
     topic: String,
 }
 
@@ -164,6 +174,7 @@ impl KafkaSource {
         drain_timeout: Duration,
     ) -> Result<Self, QueueError> {
         let tracker = Arc::new(Mutex::new(OffsetTracker::new()));
+        let assigned = Arc::new(Mutex::new(std::collections::BTreeSet::new()));
         let mut c = s.base();
         c.set("group.id", &s.group_id)
             .set("enable.auto.commit", "true")
@@ -178,12 +189,15 @@ impl KafkaSource {
         for (k, v) in &s.extra {
             c.set(k, v);
         }
-        let consumer: StreamConsumer<TrackingContext> =
-            c.create_with_context(TrackingContext { tracker: tracker.clone(), drain_timeout })?;
+        let consumer: StreamConsumer<TrackingContext> = c.create_with_context(TrackingContext {
+            tracker: tracker.clone(),
+            assigned: assigned.clone(),
+            drain_timeout,
+        })?;
         let consumer = Arc::new(consumer);
         check_topic(consumer.as_ref(), &s.send_topic, timeout, s).await?;
         consumer.subscribe(&[&s.send_topic])?;
-        Ok(Self { consumer, tracker, topic: s.send_topic.clone() })
+        Ok(Self { consumer, tracker, assigned, topic: s.send_topic.clone() })
     }
 
     /// Commits stored offsets synchronously; call after draining on shutdown.
@@ -257,6 +271,11 @@ impl JobSource for KafkaSource {
 
     fn acker(&self) -> Arc<dyn Acker> {
         Arc::new(KafkaAcker { consumer: self.consumer.clone(), tracker: self.tracker.clone() })
+    }
+
+    fn shards(&self) -> crate::Shards {
+        let assigned = self.assigned.clone();
+        Arc::new(move || Some(assigned.lock().unwrap_or_else(|p| p.into_inner()).iter().copied().collect()))
     }
 }
 

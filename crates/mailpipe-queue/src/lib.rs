@@ -55,9 +55,17 @@ pub trait Acker: Send + Sync + 'static {
     fn ack(&self, id: &RecordId);
 }
 
+/// The queue partitions this consumer owns right now, or `None` for "all"
+/// (a single-consumer source).
+pub type Shards = Arc<dyn Fn() -> Option<Vec<i32>> + Send + Sync>;
+
 pub trait JobSource: Send {
     /// The next job, or `None` when the source is exhausted.
     fn recv(&mut self) -> impl Future<Output = Result<Option<Delivery>, QueueError>> + Send;
     /// A handle the worker's tasks use to acknowledge.
     fn acker(&self) -> Arc<dyn Acker>;
+    /// A handle telling which partitions this consumer owns now.
+    fn shards(&self) -> Shards {
+        Arc::new(|| None)
+    }
 }

@@ -120,6 +120,8 @@ pub struct Claim {
 pub struct DueRetry {
     pub tenant_id: String,
     pub job_id: String,
+    /// The queue partition it came from.
+    pub shard: i32,
     /// The send job as first received.
     pub payload: Vec<u8>,
 }
@@ -358,23 +360,26 @@ impl Store {
     /// transaction; a job parked by our own rate limit has none.
     /// `attempts` is the number of delivery attempts made so far, whether or
     /// not they reached DATA.
+    /// `shard` is the queue partition the job came from: only its owner
+    /// takes the job from the schedule.
     #[allow(clippy::too_many_arguments)]
     pub async fn defer(
         &self,
         tenant: &str,
         job_id: &str,
+        shard: i32,
         attempts: u32,
         last_reply: Option<&str>,
         due_at_ms: i64,
         payload: &[u8],
         event: Option<&Event>,
     ) -> Result<()> {
-        let update = "UPDATE send_ledger SET status = 'deferred', attempts = $3, last_reply = COALESCE($4, last_reply), next_attempt_at = $5, payload = $6, updated_at = $7
+        let update = "UPDATE send_ledger SET status = 'deferred', attempts = $3, last_reply = COALESCE($4, last_reply), next_attempt_at = $5, payload = $6, updated_at = $7, shard = $8
                       WHERE tenant_id = $1 AND job_id = $2";
         let ev = event.map(|e| (e, String::from_utf8(e.to_json()).unwrap_or_default()));
         in_tx!(self, tx => {
             sqlx::query(update)
-                .bind(tenant).bind(job_id).bind(attempts as i32).bind(last_reply).bind(due_at_ms).bind(payload).bind(now_ms())
+                .bind(tenant).bind(job_id).bind(attempts as i32).bind(last_reply).bind(due_at_ms).bind(payload).bind(now_ms()).bind(shard)
                 .execute(&mut *tx).await?;
             if let Some((e, p)) = &ev {
                 insert_event_q(e, p).execute(&mut *tx).await?;
@@ -386,12 +391,14 @@ impl Store {
     /// Takes up to `limit` jobs whose retry is due at `now_ms`, leasing each
     /// until `lease_until_ms` (by moving its due time there), so that no other
     /// worker takes them meanwhile. A worker that dies holding a lease only
-    /// delays the job: it falls due again when the lease runs out.
+    /// delays the job: it falls due again when the lease runs out. With
+    /// `shards`, only jobs from those queue partitions are taken.
     pub async fn take_due_retries(
         &self,
         now_ms: i64,
         lease_until_ms: i64,
         limit: i64,
+        shards: Option<&[i32]>,
     ) -> Result<Vec<DueRetry>> {
         // PostgreSQL: SKIP LOCKED lets workers take disjoint batches at once.
         // SQLite has one writer, so the plain subquery is already exclusive.
@@ -399,25 +406,34 @@ impl Store {
                   WHERE (tenant_id, job_id) IN (
                       SELECT tenant_id, job_id FROM send_ledger
                       WHERE payload IS NOT NULL AND next_attempt_at <= $1
+                        AND ($4 OR shard = ANY($5))
                       ORDER BY next_attempt_at LIMIT $3 FOR UPDATE SKIP LOCKED)
-                  RETURNING tenant_id, job_id, payload";
+                  RETURNING tenant_id, job_id, shard, payload";
         let lite = "UPDATE send_ledger SET next_attempt_at = $2
                     WHERE (tenant_id, job_id) IN (
                         SELECT tenant_id, job_id FROM send_ledger
                         WHERE payload IS NOT NULL AND next_attempt_at <= $1
                         ORDER BY next_attempt_at LIMIT $3)
-                    RETURNING tenant_id, job_id, payload";
-        let rows: Vec<(String, String, Vec<u8>)> = match &self.pool {
+                    RETURNING tenant_id, job_id, shard, payload";
+        let rows: Vec<(String, String, i32, Vec<u8>)> = match &self.pool {
             Pool::Postgres(p) => {
-                sqlx::query_as(pg).bind(now_ms).bind(lease_until_ms).bind(limit).fetch_all(p).await?
+                sqlx::query_as(pg)
+                    .bind(now_ms)
+                    .bind(lease_until_ms)
+                    .bind(limit)
+                    .bind(shards.is_none())
+                    .bind(shards.unwrap_or_default().to_vec())
+                    .fetch_all(p)
+                    .await?
             }
+            // The embedded default has a single worker, which owns every shard.
             Pool::Sqlite(p) => {
                 sqlx::query_as(lite).bind(now_ms).bind(lease_until_ms).bind(limit).fetch_all(p).await?
             }
         };
         Ok(rows
             .into_iter()
-            .map(|(tenant_id, job_id, payload)| DueRetry { tenant_id, job_id, payload })
+            .map(|(tenant_id, job_id, shard, payload)| DueRetry { tenant_id, job_id, shard, payload })
             .collect())
     }
 

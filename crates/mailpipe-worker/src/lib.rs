@@ -104,6 +104,7 @@ pub async fn run<S: JobSource>(
     let gauge = metrics::gauge!("mailpipe_jobs_in_flight");
     let source_done = CancellationToken::new();
     let retries = tokio::spawn(retry_loop(
+        source.shards(),
         pipeline.clone(),
         permits.clone(),
         tasks.clone(),
@@ -170,9 +171,10 @@ pub async fn run<S: JobSource>(
 }
 
 /// Runs due jobs from the durable retry schedule, within the same
-/// concurrency bound as queue records. Takes no more than it can start at
+/// concurrency bound as queue records, for the partitions this worker owns. Takes no more than it can start at
 /// once, so a leased job never waits for a slot.
 async fn retry_loop(
+    shards: mailpipe_queue::Shards,
     pipeline: Arc<Pipeline>,
     permits: Arc<Semaphore>,
     tasks: TaskTracker,
@@ -192,7 +194,10 @@ async fn retry_loop(
         if free > 0 {
             let now = mailpipe_core::now_ms();
             let lease = now + cfg.retry_lease.as_millis() as i64;
-            match pipeline.store().take_due_retries(now, lease, free as i64).await {
+            // Only jobs of partitions this worker owns: a job's rate limit
+            // is then applied by the one worker that sees all of its traffic.
+            let owned = shards();
+            match pipeline.store().take_due_retries(now, lease, free as i64, owned.as_deref()).await {
                 Ok(batch) => {
                     for due in batch {
                         // Normally free already; if queue records took the

@@ -105,6 +105,8 @@ struct Record<'a> {
     source: String,
     key: &'a [u8],
     payload: &'a [u8],
+    /// The queue partition the job came from.
+    shard: i32,
     retry: bool,
 }
 
@@ -209,6 +211,7 @@ impl Pipeline {
             source: d.id.to_string(),
             key: d.key.as_deref().unwrap_or_default(),
             payload: &d.payload,
+            shard: d.id.partition,
             retry: false,
         };
         self.process_record(rec, shutdown).await
@@ -220,6 +223,7 @@ impl Pipeline {
             source: format!("retry/{}/{}", r.tenant_id, r.job_id),
             key: &[],
             payload: &r.payload,
+            shard: r.shard,
             retry: true,
         };
         self.process_record(rec, shutdown).await
@@ -443,7 +447,16 @@ impl Pipeline {
         let e = ev(EventType::Deferred, &attempt.to_string());
         durably("record_deferral", shutdown, || async {
             self.store
-                .defer(tenant, job.job_id.as_str(), attempt, last.as_deref(), due, d.payload, Some(&e))
+                .defer(
+                    tenant,
+                    job.job_id.as_str(),
+                    d.shard,
+                    attempt,
+                    last.as_deref(),
+                    due,
+                    d.payload,
+                    Some(&e),
+                )
                 .await?;
             self.publish(std::slice::from_ref(&e)).await
         })
@@ -482,7 +495,16 @@ impl Pipeline {
         durably("park", shutdown, || async {
             Ok(self
                 .store
-                .defer(job.tenant_id.as_str(), job.job_id.as_str(), attempts, None, due, d.payload, None)
+                .defer(
+                    job.tenant_id.as_str(),
+                    job.job_id.as_str(),
+                    d.shard,
+                    attempts,
+                    None,
+                    due,
+                    d.payload,
+                    None,
+                )
                 .await?)
         })
         .await?;

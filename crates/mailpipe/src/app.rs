@@ -305,11 +305,15 @@ pub struct BadLine {
     pub error: String,
 }
 
-/// A job ready to produce: its Kafka key (the recipient domain) and bytes.
+/// A job ready to produce: its Kafka key (rate-limit key) and bytes.
 pub type KeyedJob = (String, Vec<u8>);
 
-/// Reads and validates a JSON Lines file of send jobs.
-pub fn read_jobs(path: &Path) -> Result<(Vec<KeyedJob>, Vec<BadLine>)> {
+/// Reads and validates a JSON Lines file of send jobs, keying each by its
+/// rate-limit key: the recipient domain's provider group if it has one, else
+/// the domain. One partition, so one worker, then carries every job a limit
+/// applies to, which is what makes the limit hold across the worker group.
+pub fn read_jobs(cfg: &Config, path: &Path) -> Result<(Vec<KeyedJob>, Vec<BadLine>)> {
+    let throttle = mailpipe_smtp::Throttle::new(&cfg.throttle_config()?);
     let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     let mut ok = Vec::new();
     let mut bad = Vec::new();
@@ -318,7 +322,7 @@ pub fn read_jobs(path: &Path) -> Result<(Vec<KeyedJob>, Vec<BadLine>)> {
             continue;
         }
         match SendJob::from_json(line.as_bytes()) {
-            Ok(job) => ok.push((job.queue_key().to_owned(), line.as_bytes().to_vec())),
+            Ok(job) => ok.push((throttle.key(job.queue_key()).to_owned(), line.as_bytes().to_vec())),
             Err(e) => bad.push(BadLine { line: i + 1, error: e.to_string() }),
         }
     }

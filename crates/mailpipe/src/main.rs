@@ -137,7 +137,7 @@ async fn run(command: Command, mut cfg: Config) -> anyhow::Result<ExitCode> {
         }
         Command::Enqueue { file, skip_invalid } => {
             telemetry::init_tracing(&cfg.log);
-            let (jobs, bad) = app::read_jobs(&file)?;
+            let (jobs, bad) = app::read_jobs(&cfg, &file)?;
             for b in &bad {
                 eprintln!("{}:{}: {}", file.display(), b.line, b.error);
             }
