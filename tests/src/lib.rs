@@ -178,6 +178,11 @@ pub const TEST_RECIPIENT_KEY: &str = "dGVzdC1yZWNpcGllbnQta2V5LXRoYXQtaXMtMzItYn
 /// The `MAILPIPE__...` environment that points mailpipe at the real
 /// services, this test's topics and sink, and consumer group `group`.
 pub fn service_env(db: &str, topics: &Topics, sink: &SmtpSink, group: &str) -> Vec<(String, String)> {
+    relay_env(db, topics, sink.port, group)
+}
+
+/// Same, for a relay on `smtp_port` of loopback.
+pub fn relay_env(db: &str, topics: &Topics, smtp_port: u16, group: &str) -> Vec<(String, String)> {
     [
         ("MAILPIPE__STORE__URL", db),
         ("MAILPIPE__QUEUE__KIND", "kafka"),
@@ -187,7 +192,7 @@ pub fn service_env(db: &str, topics: &Topics, sink: &SmtpSink, group: &str) -> V
         ("MAILPIPE__QUEUE__KAFKA__EVENTS_TOPIC", &topics.events),
         ("MAILPIPE__QUEUE__KAFKA__DLQ_TOPIC", &topics.dlq),
         ("MAILPIPE__SMTP__KIND", "smtp"),
-        ("MAILPIPE__SMTP__PORT", &sink.port.to_string()),
+        ("MAILPIPE__SMTP__PORT", &smtp_port.to_string()),
         ("MAILPIPE__TOKENS__KEYS__1", TEST_TOKEN_KEY),
         ("MAILPIPE__TOKENS__RECIPIENT_KEY", TEST_RECIPIENT_KEY),
         ("MAILPIPE__METRICS__LISTEN", "127.0.0.1:0"),
@@ -394,4 +399,120 @@ pub fn group_members(group: &str) -> usize {
         ClientConfig::new().set("bootstrap.servers", kafka_brokers()).create().expect("admin consumer");
     let list = consumer.fetch_group_list(Some(group), Duration::from_secs(10)).expect("group list");
     list.groups().iter().find(|g| g.name() == group).map_or(0, |g| g.members().len())
+}
+
+/// The test relay in `tests/support/smtp_relay.py`, for what smtp-sink cannot
+/// do: STARTTLS, AUTH and SMTPUTF8.
+pub struct TestRelay {
+    pub port: u16,
+    pub dir: PathBuf,
+    child: Child,
+}
+
+/// A received message and its session, as the test relay recorded them.
+#[derive(Debug)]
+pub struct Relayed {
+    pub message: String,
+    pub session: serde_json::Value,
+}
+
+impl TestRelay {
+    pub fn start(args: &[&str]) -> Self {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("support/smtp_relay.py");
+        let dir = std::env::temp_dir().join(unique("relay"));
+        std::fs::create_dir_all(&dir).expect("relay dir");
+        let port = free_port();
+        let child = Command::new("python3")
+            .arg(&script)
+            .args(["--port", &port.to_string(), "--dir"])
+            .arg(&dir)
+            .args(args)
+            .spawn()
+            .unwrap_or_else(|e| panic!("python3 {}: {e} (install python3)", script.display()));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "the test relay did not listen on {port}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Self { port, dir, child }
+    }
+
+    pub fn received(&self) -> Vec<Relayed> {
+        let mut out = Vec::new();
+        for n in 0.. {
+            let eml = self.dir.join(format!("{n}.eml"));
+            let meta = self.dir.join(format!("{n}.json"));
+            let (Ok(message), Ok(meta)) = (std::fs::read_to_string(&eml), std::fs::read_to_string(&meta))
+            else {
+                break;
+            };
+            out.push(Relayed { message, session: serde_json::from_str(&meta).expect("session json") });
+        }
+        out
+    }
+}
+
+impl Drop for TestRelay {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A test CA and a certificate it issued for 127.0.0.1, made with openssl:
+/// (ca_cert, cert, key).
+pub fn test_certificates(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    let p = |n: &str| dir.join(n);
+    let ext = p("leaf.ext");
+    std::fs::write(&ext, "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\n")
+        .expect("ext");
+    let steps: [Vec<String>; 3] = [
+        vec!["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=mailpipe test CA"]
+            .into_iter()
+            .map(String::from)
+            .chain([
+                "-keyout".into(),
+                p("ca.key").display().to_string(),
+                "-out".into(),
+                p("ca.pem").display().to_string(),
+            ])
+            .collect(),
+        vec!["req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.1"]
+            .into_iter()
+            .map(String::from)
+            .chain([
+                "-keyout".into(),
+                p("key.pem").display().to_string(),
+                "-out".into(),
+                p("leaf.csr").display().to_string(),
+            ])
+            .collect(),
+        vec!["x509", "-req", "-days", "1", "-CAcreateserial"]
+            .into_iter()
+            .map(String::from)
+            .chain(
+                [
+                    ("-in", "leaf.csr"),
+                    ("-CA", "ca.pem"),
+                    ("-CAkey", "ca.key"),
+                    ("-out", "cert.pem"),
+                    ("-extfile", "leaf.ext"),
+                ]
+                .into_iter()
+                .flat_map(|(f, n)| [f.to_owned(), p(n).display().to_string()]),
+            )
+            .collect(),
+    ];
+    for args in steps {
+        let ok = Command::new("openssl")
+            .args(&args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        assert!(ok, "openssl {args:?} failed (apt-get install openssl)");
+    }
+    (p("ca.pem"), p("cert.pem"), p("key.pem"))
 }

@@ -34,9 +34,13 @@ pub fn classify(result: &Result<Reply, DeliveryError>) -> Disposition {
         Err(DeliveryError::Rejected { phase, reply }) => rejected(*phase, reply),
         Err(DeliveryError::Io { phase, .. } | DeliveryError::Protocol { phase, .. }) => match phase {
             Phase::Message => Disposition::InDoubt,
-            Phase::Connect | Phase::Greeting | Phase::MailFrom | Phase::RcptTo | Phase::Data => {
-                Disposition::Deferred { slow_down: false }
-            }
+            Phase::Connect
+            | Phase::Greeting
+            | Phase::Tls
+            | Phase::Auth
+            | Phase::MailFrom
+            | Phase::RcptTo
+            | Phase::Data => Disposition::Deferred { slow_down: false },
         },
         Err(DeliveryError::Unsendable(_)) => Disposition::DeadLetter { reason: "unsendable" },
         // Nothing went out: safe to try again.
@@ -54,6 +58,10 @@ fn rejected(phase: Phase, reply: &Reply) -> Disposition {
     match phase {
         // A relay that refuses us outright is our problem, not the recipient's.
         Phase::Connect | Phase::Greeting => Disposition::Deferred { slow_down: true },
+        // Our relay refusing TLS or our credentials: a configuration problem
+        // to fix and alert on (mailpipe_jobs_total{outcome="deferred"}); the
+        // mail waits on the retry schedule meanwhile.
+        Phase::Tls | Phase::Auth => Disposition::Deferred { slow_down: false },
         Phase::MailFrom => Disposition::DeadLetter { reason: "sender_rejected" },
         Phase::RcptTo | Phase::Data | Phase::Message => {
             Disposition::Bounced { suppress: bad_mailbox(reply.code, enhanced, phase) }
@@ -97,6 +105,9 @@ mod tests {
                 Disposition::DeadLetter { reason: "sender_rejected" },
             ),
             (rej(Phase::Greeting, 554, "no service"), Disposition::Deferred { slow_down: true }),
+            (rej(Phase::Auth, 535, "5.7.8 bad credentials"), Disposition::Deferred { slow_down: false }),
+            (rej(Phase::Tls, 454, "4.7.0 TLS not available"), Disposition::Deferred { slow_down: true }),
+            (io(Phase::Tls), Disposition::Deferred { slow_down: false }),
             (io(Phase::Connect), Disposition::Deferred { slow_down: false }),
             (io(Phase::Data), Disposition::Deferred { slow_down: false }),
             (io(Phase::Message), Disposition::InDoubt),

@@ -23,7 +23,7 @@ use mailpipe_core::EmailAddress;
 
 pub use classify::{Disposition, classify};
 pub use file::FileTransport;
-pub use pool::{SmtpPool, SmtpPoolConfig};
+pub use pool::{SmtpPool, SmtpPoolConfig, TlsMode};
 pub use throttle::{RateSpec, Throttle, ThrottleConfig};
 
 /// Sender and one recipient: mailpipe sends one recipient per envelope.
@@ -39,6 +39,10 @@ pub struct Envelope {
 pub enum Phase {
     Connect,
     Greeting,
+    /// STARTTLS and the TLS handshake.
+    Tls,
+    /// AUTH to the relay.
+    Auth,
     MailFrom,
     RcptTo,
     Data,
@@ -51,6 +55,8 @@ impl Phase {
         match self {
             Phase::Connect => "connect",
             Phase::Greeting => "greeting",
+            Phase::Tls => "tls",
+            Phase::Auth => "auth",
             Phase::MailFrom => "mail_from",
             Phase::RcptTo => "rcpt_to",
             Phase::Data => "data",

@@ -5,7 +5,8 @@ use std::error::Error as _;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use lettre::transport::smtp::client::AsyncSmtpConnection;
+use lettre::transport::smtp::authentication::{Credentials, Mechanism};
+use lettre::transport::smtp::client::{AsyncSmtpConnection, Certificate, TlsParameters};
 use lettre::transport::smtp::commands::{Data, Mail, Rcpt, Rset};
 use lettre::transport::smtp::extension::{ClientId, Extension, MailBodyParameter, MailParameter};
 use tokio::net::TcpStream;
@@ -28,6 +29,24 @@ pub struct SmtpPoolConfig {
     pub data_timeout: Duration,
     /// Idle connections older than this are closed instead of reused.
     pub idle_timeout: Duration,
+    pub tls: TlsMode,
+    /// Extra trusted root certificates (PEM), besides the system's.
+    pub ca_pem: Option<Vec<u8>>,
+    /// AUTH PLAIN or LOGIN after STARTTLS, if set.
+    pub credentials: Option<(String, secrecy::SecretString)>,
+}
+
+/// Whether to encrypt the connection to the relay with STARTTLS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TlsMode {
+    /// Plain text (a relay on the same host or a trusted network).
+    #[default]
+    None,
+    /// STARTTLS when the relay offers it, plain text otherwise.
+    Opportunistic,
+    /// STARTTLS or no delivery: a relay that does not offer it, or whose
+    /// certificate does not verify, defers the mail.
+    Required,
 }
 
 impl Default for SmtpPoolConfig {
@@ -41,6 +60,9 @@ impl Default for SmtpPoolConfig {
             command_timeout: Duration::from_secs(60),
             data_timeout: Duration::from_secs(600),
             idle_timeout: Duration::from_secs(30),
+            tls: TlsMode::None,
+            ca_pem: None,
+            credentials: None,
         }
     }
 }
@@ -54,14 +76,34 @@ struct Idle {
 /// dropped after any I/O or protocol error, reset after a rejection.
 pub struct SmtpPool {
     cfg: SmtpPoolConfig,
+    tls: Option<TlsParameters>,
     permits: Semaphore,
     // A std mutex: it is held for a push or a pop, never across an await.
     idle: Mutex<Vec<Idle>>,
 }
 
 impl SmtpPool {
-    pub fn new(cfg: SmtpPoolConfig) -> Self {
-        Self { permits: Semaphore::new(cfg.max_connections.max(1)), idle: Mutex::new(Vec::new()), cfg }
+    /// Fails if the TLS settings cannot be built (an unreadable CA).
+    pub fn new(cfg: SmtpPoolConfig) -> Result<Self, DeliveryError> {
+        let tls = match cfg.tls {
+            TlsMode::None => None,
+            TlsMode::Opportunistic | TlsMode::Required => {
+                let unsendable = |e: lettre::transport::smtp::Error| {
+                    DeliveryError::Unsendable(format!("smtp TLS settings: {e}"))
+                };
+                let mut b = TlsParameters::builder(cfg.host.clone());
+                if let Some(pem) = &cfg.ca_pem {
+                    b = b.add_root_certificate(Certificate::from_pem(pem).map_err(unsendable)?);
+                }
+                Some(b.build_rustls().map_err(unsendable)?)
+            }
+        };
+        Ok(Self {
+            permits: Semaphore::new(cfg.max_connections.max(1)),
+            idle: Mutex::new(Vec::new()),
+            tls,
+            cfg,
+        })
     }
 
     pub fn config(&self) -> &SmtpPoolConfig {
@@ -84,13 +126,40 @@ impl SmtpPool {
             .map_err(|e| io(format!("{}:{}: {e}", self.cfg.host, self.cfg.port)))?;
         tcp.set_nodelay(true).map_err(|e| io(e.to_string()))?;
         let hello = ClientId::Domain(self.cfg.hello_name.clone());
-        tokio::time::timeout(
+        let timed_out = |phase, what: &str| DeliveryError::Io { phase, detail: format!("{what} timed out") };
+        let mut conn = tokio::time::timeout(
             self.cfg.command_timeout,
             AsyncSmtpConnection::connect_with_transport(Box::new(tcp), &hello),
         )
         .await
-        .map_err(|_| DeliveryError::Io { phase: Phase::Greeting, detail: "greeting timed out".into() })?
-        .map_err(|e| map_err(Phase::Greeting, e))
+        .map_err(|_| timed_out(Phase::Greeting, "greeting"))?
+        .map_err(|e| map_err(Phase::Greeting, e))?;
+        if let Some(tls) = &self.tls {
+            if conn.can_starttls() {
+                tokio::time::timeout(self.cfg.command_timeout, conn.starttls(tls.clone(), &hello))
+                    .await
+                    .map_err(|_| timed_out(Phase::Tls, "STARTTLS"))?
+                    .map_err(|e| map_err(Phase::Tls, e))?;
+            } else if self.cfg.tls == TlsMode::Required {
+                let _ = conn.quit().await;
+                return Err(DeliveryError::Protocol {
+                    phase: Phase::Tls,
+                    detail: "the relay does not offer STARTTLS and smtp.tls = \"required\"".into(),
+                });
+            }
+        }
+        if let Some((user, password)) = &self.cfg.credentials {
+            use secrecy::ExposeSecret;
+            let creds = Credentials::new(user.clone(), password.expose_secret().to_owned());
+            tokio::time::timeout(
+                self.cfg.command_timeout,
+                conn.auth(&[Mechanism::Plain, Mechanism::Login], &creds),
+            )
+            .await
+            .map_err(|_| timed_out(Phase::Auth, "AUTH"))?
+            .map_err(|e| map_err(Phase::Auth, e))?;
+        }
+        Ok(conn)
     }
 
     fn take_idle(&self) -> Option<AsyncSmtpConnection> {

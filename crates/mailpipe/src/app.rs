@@ -8,7 +8,7 @@ use anyhow::{Context, Result, bail};
 use mailpipe_core::SendJob;
 use mailpipe_queue::kafka::{KafkaEvents, KafkaSettings, KafkaSource};
 use mailpipe_render::{Composer, TemplateLimits, TrackingLinks};
-use mailpipe_smtp::{FileTransport, SmtpPool, SmtpPoolConfig, Transport};
+use mailpipe_smtp::{FileTransport, SmtpPool, SmtpPoolConfig, TlsMode, Transport};
 use mailpipe_store::{Store, SuppressionFilter};
 use mailpipe_token::{Keyring, RecipientHasher, SigningKey};
 use mailpipe_tracker::{EventWriter, TrackerState};
@@ -17,7 +17,7 @@ use secrecy::ExposeSecret;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
-use crate::config::{Config, InDoubt, QueueKind, SmtpKind, TokenSecrets};
+use crate::config::{Config, InDoubt, QueueKind, SmtpKind, SmtpTls, TokenSecrets};
 
 /// Resolves on SIGINT or SIGTERM.
 pub async fn shutdown_signal() {
@@ -116,7 +116,20 @@ pub async fn transport(cfg: &Config) -> Result<Arc<dyn Transport>> {
                 command_timeout: Duration::from_secs(s.command_timeout_secs),
                 data_timeout: Duration::from_secs(s.data_timeout_secs),
                 idle_timeout: Duration::from_secs(s.idle_timeout_secs),
-            });
+                tls: match s.tls {
+                    SmtpTls::None => TlsMode::None,
+                    SmtpTls::Opportunistic => TlsMode::Opportunistic,
+                    SmtpTls::Required => TlsMode::Required,
+                },
+                ca_pem: match &s.ca_file {
+                    Some(f) => {
+                        Some(std::fs::read(f).with_context(|| format!("smtp.ca_file {}", f.display()))?)
+                    }
+                    None => None,
+                },
+                credentials: s.username.clone().zip(s.password.clone()),
+            })
+            .context("smtp")?;
             pool.probe().await.map_err(|e| {
                 anyhow::anyhow!("SMTP relay {}:{} is not answering: {e}; `scripts/services.sh up` starts smtp-sink on 127.0.0.1:2525", s.host, s.port)
             })?;

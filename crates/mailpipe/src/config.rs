@@ -102,6 +102,22 @@ pub struct SmtpConfig {
     pub command_timeout_secs: u64,
     pub data_timeout_secs: u64,
     pub idle_timeout_secs: u64,
+    pub tls: SmtpTls,
+    /// Extra CA certificate (PEM) to trust for the relay.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    #[serde(default)]
+    pub username: Option<String>,
+    #[serde(default)]
+    pub password: Option<SecretString>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SmtpTls {
+    None,
+    Opportunistic,
+    Required,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -352,6 +368,20 @@ impl Config {
         }
         if self.worker.max_in_flight == 0 {
             errors.push("worker.max_in_flight: must be at least 1".into());
+        }
+        if self.smtp.username.is_some() != self.smtp.password.is_some() {
+            errors.push("smtp.username, smtp.password: set both or neither".into());
+        }
+        if self.smtp.password.is_some() && self.smtp.tls != SmtpTls::Required {
+            errors.push(
+                "smtp.tls: must be \"required\" when smtp.password is set, so credentials never cross in plain text"
+                    .into(),
+            );
+        }
+        if let Some(ca) = &self.smtp.ca_file
+            && !ca.is_file()
+        {
+            errors.push(format!("smtp.ca_file: {} is not a readable file", ca.display()));
         }
         if self.worker.suppression_poll_ms == 0 {
             errors.push("worker.suppression_poll_ms: must be at least 1".into());

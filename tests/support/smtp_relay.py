@@ -1,0 +1,144 @@
+#!/usr/bin/env python3
+"""A small SMTP relay for tests of what smtp-sink cannot do: STARTTLS, AUTH
+and SMTPUTF8. Standard library only. Each accepted message is written to
+DIR/N.eml with DIR/N.json describing its session (TLS, AUTH user, envelope,
+SMTPUTF8). Loopback only; stops when killed.
+
+usage: smtp_relay.py --port P --dir DIR [--cert C --key K] [--user U --password W] [--smtputf8]
+"""
+import argparse
+import asyncio
+import base64
+import itertools
+import json
+import os
+import ssl
+
+counter = itertools.count()
+
+
+async def session(reader, writer, args, tls_ctx):
+    try:
+        await converse(reader, writer, args, tls_ctx)
+    except (ssl.SSLError, ConnectionError, asyncio.IncompleteReadError):
+        # A client that rejects our certificate, or hangs up: its business.
+        writer.close()
+
+
+async def converse(reader, writer, args, tls_ctx):
+    state = {"tls": False, "auth": None, "mail": None, "rcpt": [], "smtputf8": False}
+
+    async def say(line):
+        writer.write((line + "\r\n").encode())
+        await writer.drain()
+
+    await say("220 relay.test ESMTP test relay")
+    while True:
+        raw = await reader.readline()
+        if not raw:
+            break
+        line = raw.decode("utf-8", "replace").rstrip("\r\n")
+        verb = line.split(" ", 1)[0].upper()
+        arg = line[len(verb):].strip()
+        if verb in ("EHLO", "HELO"):
+            ext = ["relay.test", "8BITMIME", "SIZE 52428800"]
+            if args.smtputf8:
+                ext.append("SMTPUTF8")
+            if tls_ctx and not state["tls"]:
+                ext.append("STARTTLS")
+            if args.user and (state["tls"] or not tls_ctx):
+                ext.append("AUTH PLAIN LOGIN")
+            for e in ext[:-1]:
+                await say("250-" + e)
+            await say("250 " + ext[-1])
+        elif verb == "STARTTLS" and tls_ctx and not state["tls"]:
+            await say("220 2.0.0 Ready to start TLS")
+            await writer.start_tls(tls_ctx)
+            state["tls"] = True
+        elif verb == "AUTH" and args.user:
+            parts = arg.split(" ")
+            mech = parts[0].upper()
+            if mech == "PLAIN":
+                if len(parts) > 1:
+                    blob = parts[1]
+                else:
+                    await say("334 ")
+                    blob = (await reader.readline()).decode().strip()
+                fields = base64.b64decode(blob).split(b"\0")
+                user, password = fields[1].decode(), fields[2].decode()
+            elif mech == "LOGIN":
+                await say("334 VXNlcm5hbWU6")
+                user = base64.b64decode((await reader.readline()).strip()).decode()
+                await say("334 UGFzc3dvcmQ6")
+                password = base64.b64decode((await reader.readline()).strip()).decode()
+            else:
+                await say("504 5.5.4 Unrecognized authentication type")
+                continue
+            if user == args.user and password == args.password:
+                state["auth"] = user
+                await say("235 2.7.0 Authentication successful")
+            else:
+                await say("535 5.7.8 Authentication credentials invalid")
+        elif verb == "MAIL":
+            if args.user and not state["auth"]:
+                await say("530 5.7.0 Authentication required")
+                continue
+            state["mail"] = arg
+            state["rcpt"] = []
+            state["smtputf8"] = "SMTPUTF8" in arg.upper()
+            await say("250 2.1.0 Ok")
+        elif verb == "RCPT":
+            state["rcpt"].append(arg)
+            await say("250 2.1.5 Ok")
+        elif verb == "DATA":
+            await say("354 End data with <CR><LF>.<CR><LF>")
+            data = bytearray()
+            while True:
+                chunk = await reader.readline()
+                if not chunk or chunk == b".\r\n":
+                    break
+                if chunk.startswith(b".."):
+                    chunk = chunk[1:]
+                data += chunk
+            n = next(counter)
+            with open(os.path.join(args.dir, f"{n}.eml"), "wb") as f:
+                f.write(data)
+            meta = {k: state[k] for k in ("tls", "auth", "mail", "rcpt", "smtputf8")}
+            with open(os.path.join(args.dir, f"{n}.json"), "w") as f:
+                json.dump(meta, f)
+            await say(f"250 2.0.0 Ok: queued as T{n}")
+        elif verb == "RSET":
+            state["mail"], state["rcpt"] = None, []
+            await say("250 2.0.0 Ok")
+        elif verb == "NOOP":
+            await say("250 2.0.0 Ok")
+        elif verb == "QUIT":
+            await say("221 2.0.0 Bye")
+            break
+        else:
+            await say("502 5.5.2 Command not recognized")
+    writer.close()
+
+
+async def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--dir", required=True)
+    p.add_argument("--cert")
+    p.add_argument("--key")
+    p.add_argument("--user")
+    p.add_argument("--password")
+    p.add_argument("--smtputf8", action="store_true")
+    args = p.parse_args()
+    tls_ctx = None
+    if args.cert:
+        tls_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        tls_ctx.load_cert_chain(args.cert, args.key)
+    server = await asyncio.start_server(
+        lambda r, w: session(r, w, args, tls_ctx), "127.0.0.1", args.port
+    )
+    async with server:
+        await server.serve_forever()
+
+
+asyncio.run(main())
