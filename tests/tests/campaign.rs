@@ -148,3 +148,60 @@ async fn two_workers_together_keep_a_domain_under_its_limit() {
     assert!(span >= (limited as i64 - 2) * 500, "{limited} sends over only {span} ms");
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_joining_and_leaving_mid_campaign_send_nothing_twice() {
+    const N: usize = 3_000;
+    let db = fresh_database().await;
+    let topics = fresh_topics(4).await;
+    let sink = SmtpSink::start(&[]);
+    let group = unique("group");
+    let mut env = service_env(&db, &topics, &sink, &group);
+    // Slow enough that both rebalances happen with jobs in flight.
+    std::fs::create_dir_all(std::env::temp_dir().join(&group)).unwrap();
+    let file = std::env::temp_dir().join(&group).join("limits.toml");
+    std::fs::write(&file, "[throttle]\nglobal = \"9000/m\"\n").unwrap();
+    env.push(("MAILPIPE__WORKER__MAX_IN_FLIGHT".into(), "32".into()));
+    let cfg = Arc::new(Config::load(Some(&file), env).unwrap());
+    let store = app::store(&cfg).await.unwrap();
+    store.upsert_tenant(&TenantId::parse("acme").unwrap(), "Acme").await.unwrap();
+    let jobs: Vec<(String, Vec<u8>)> = (0..N)
+        .map(|i| {
+            let d = format!("d{}.example", i % 8);
+            (d.clone(), serde_json::to_vec(&job(i, "acme", "rb", &d)).unwrap())
+        })
+        .collect();
+    app::enqueue(&cfg, &jobs).await.unwrap();
+    let sent =
+        || async { store.ledger_counts("acme", "rb").await.unwrap().get("sent").copied().unwrap_or(0) };
+    let start = |stop: &CancellationToken| {
+        let (cfg, stop) = (cfg.clone(), stop.clone());
+        tokio::spawn(async move { app::run_worker(&cfg, stop, None).await })
+    };
+
+    let (stop_a, stop_b) = (CancellationToken::new(), CancellationToken::new());
+    let a = start(&stop_a);
+    eventually("a third sent", Duration::from_secs(60), || async { sent().await >= (N / 3) as i64 }).await;
+    let b = start(&stop_b); // joins: partitions move from a to b
+    eventually("two thirds sent", Duration::from_secs(60), || async { sent().await >= (2 * N / 3) as i64 })
+        .await;
+    assert!(sent().await < N as i64, "the campaign ended before the second rebalance; slow it down");
+    stop_a.cancel(); // leaves: its partitions move to b
+    a.await.unwrap().unwrap();
+    eventually("all sent", Duration::from_secs(120), || async { sent().await == N as i64 }).await;
+    stop_b.cancel();
+    b.await.unwrap().unwrap();
+
+    let ids = sink.message_ids();
+    assert_eq!(ids.len(), N, "delivered once each");
+    assert_eq!(ids.iter().collect::<HashSet<_>>().len(), N);
+    let mut conn = sqlx::PgConnection::connect(&db).await.unwrap();
+    let doubt: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM events WHERE payload LIKE '%\"in_doubt\"%'")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(doubt, 0, "draining before handing partitions over leaves nothing in doubt");
+    let committed = committed(&group, &topics.send, 4);
+    assert_eq!(committed.values().sum::<i64>(), N as i64, "{committed:?}");
+    let _ = std::fs::remove_dir_all(std::env::temp_dir().join(&group));
+}
