@@ -74,6 +74,13 @@ pub struct TrackingLinks {
     pub unsubscribe_mailto: Option<String>,
 }
 
+impl TrackingLinks {
+    /// The URL bound in honeypot click tokens; the tracker recognises it.
+    pub fn honeypot_target(&self) -> String {
+        format!("{}/hp", self.base_url)
+    }
+}
+
 /// A message ready for signing and sending.
 #[derive(Debug, Clone)]
 pub struct Composed {
@@ -176,7 +183,11 @@ impl Composer {
         let tracker_prefix = format!("{}/", self.links.base_url);
         let (html, text, tracked_links) = match rendered.html {
             Some(html) => {
-                let out = links::rewrite_html(&html, &tracker_prefix, &open_url, &mut sign_click)?;
+                // The honeypot is a click token for the tracker's own /hp,
+                // which no person is shown: whoever follows it is a machine.
+                let honeypot = sign_click(&self.links.honeypot_target())?;
+                let out =
+                    links::rewrite_html(&html, &tracker_prefix, &open_url, Some(&honeypot), &mut sign_click)?;
                 let text = match rendered.text {
                     Some(t) => links::rewrite_text(&t, &tracker_prefix, &mut sign_click)?.0,
                     None => links::html_to_text(&out.html)?,

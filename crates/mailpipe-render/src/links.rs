@@ -89,13 +89,19 @@ impl LinkRewriter<'_> {
     }
 }
 
+/// Marks the hidden honeypot link, which the text part leaves out.
+pub(crate) const HONEYPOT_ATTR: &str = "data-mailpipe-honeypot";
+
 /// Rewrites every trackable `href` in `html`, including those in conditional
 /// comments (`<!--[if mso]>...<![endif]-->`), and appends the open pixel
-/// before `</body>` (or at the end when there is no body element).
+/// before `</body>` (or at the end when there is no body element), followed
+/// by `honeypot_url` (already tracked) as a link no person can see or reach:
+/// only a machine that fetches every link follows it.
 pub(crate) fn rewrite_html(
     html: &str,
     tracker_prefix: &str,
     open_url: &str,
+    honeypot_url: Option<&str>,
     sign: Signer<'_>,
 ) -> Result<RewrittenHtml, RenderError> {
     let links = LinkRewriter {
@@ -105,9 +111,14 @@ pub(crate) fn rewrite_html(
         failure: RefCell::new(None),
     };
     let saw_body = Cell::new(false);
-    let pixel = format!(
+    let mut pixel = format!(
         r#"<img src="{open_url}" width="1" height="1" alt="" style="display:none;width:1px;height:1px;border:0">"#
     );
+    if let Some(hp) = honeypot_url {
+        pixel.push_str(&format!(
+            r#"<a href="{hp}" {HONEYPOT_ATTR} aria-hidden="true" tabindex="-1" style="display:none;font-size:0;color:transparent"></a>"#
+        ));
+    }
     let mut out = rewrite_str(
         html,
         RewriteStrSettings {
@@ -238,7 +249,8 @@ pub(crate) fn html_to_text(html: &str) -> Result<String, RenderError> {
                 }),
                 element!("a[href]", |el| {
                     let href = el.get_attribute("href").unwrap_or_default();
-                    if href.starts_with("http://") || href.starts_with("https://") {
+                    let hidden = el.has_attribute(HONEYPOT_ATTR);
+                    if !hidden && (href.starts_with("http://") || href.starts_with("https://")) {
                         let buf = Rc::clone(&buf);
                         if let Some(h) = el.end_tag_handlers() {
                             let hd: EndTagHandler<'static> = Box::new(move |_: &mut EndTag<'_>| {
@@ -348,7 +360,7 @@ mod tests {
             <a href="https://shop.example/private" data-notrack>private</a>
             <a href="https://t.example/u/abc">unsubscribe</a>
         </body></html>"##;
-        let out = rewrite_html(html, PREFIX, "https://t.example/o/P", &mut fake_sign).unwrap();
+        let out = rewrite_html(html, PREFIX, "https://t.example/o/P", None, &mut fake_sign).unwrap();
         assert_eq!(out.rewritten, 2);
         assert!(
             out.html.contains(r#"href="https://t.example/c/[https://shop.example/a?x=1&y=2]""#),
@@ -370,7 +382,7 @@ mod tests {
     #[test]
     fn rewrites_links_inside_outlook_conditional_comments() {
         let html = r#"<body><!--[if mso]><v:roundrect href="https://shop.example/vml" style="x"><w:anchorlock/></v:roundrect><![endif]--><!-- plain https://not.a.link/ --></body>"#;
-        let out = rewrite_html(html, PREFIX, "https://t.example/o/P", &mut fake_sign).unwrap();
+        let out = rewrite_html(html, PREFIX, "https://t.example/o/P", None, &mut fake_sign).unwrap();
         assert_eq!(out.rewritten, 1, "{}", out.html);
         assert!(out.html.contains("c/[https://shop.example/vml]"), "{}", out.html);
         assert!(out.html.contains("<!-- plain https://not.a.link/ -->"));
@@ -378,14 +390,14 @@ mod tests {
 
     #[test]
     fn appends_the_pixel_without_a_body() {
-        let out = rewrite_html("<p>hi</p>", PREFIX, "https://t.example/o/P", &mut fake_sign).unwrap();
+        let out = rewrite_html("<p>hi</p>", PREFIX, "https://t.example/o/P", None, &mut fake_sign).unwrap();
         assert!(out.html.starts_with("<p>hi</p><img src=\"https://t.example/o/P\""));
     }
 
     #[test]
     fn token_errors_propagate() {
         let mut failing = |_: &str| -> Result<String, TokenError> { Err(TokenError::UrlTooLong) };
-        let r = rewrite_html(r#"<a href="https://x.example/">x</a>"#, PREFIX, "o", &mut failing);
+        let r = rewrite_html(r#"<a href="https://x.example/">x</a>"#, PREFIX, "o", None, &mut failing);
         assert!(matches!(r, Err(RenderError::Token(TokenError::UrlTooLong))));
     }
 
