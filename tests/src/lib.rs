@@ -267,6 +267,29 @@ pub fn read_topic(topic: &str, want: usize, timeout: Duration) -> Vec<Record> {
     out
 }
 
+/// The distinct `event_id`s on `topic`, read until `want` of them arrived or
+/// `timeout`: events are at least once, so a record may repeat.
+pub fn read_event_ids(topic: &str, want: usize, timeout: Duration) -> std::collections::HashSet<String> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", kafka_brokers())
+        .set("group.id", unique("reader"))
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("reader");
+    consumer.subscribe(&[topic]).expect("subscribe");
+    let mut ids = std::collections::HashSet::new();
+    let deadline = Instant::now() + timeout;
+    while ids.len() < want && Instant::now() < deadline {
+        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(200))
+            && let Ok(v) = serde_json::from_slice::<serde_json::Value>(m.payload().unwrap_or_default())
+        {
+            ids.insert(v["event_id"].as_str().unwrap_or_default().to_owned());
+        }
+    }
+    ids
+}
+
 /// The group's committed positions, by partition.
 pub fn committed(group: &str, topic: &str, partitions: i32) -> HashMap<i32, i64> {
     let consumer: BaseConsumer = ClientConfig::new()

@@ -124,6 +124,20 @@ pub struct Event {
     /// Human-readable detail for `reason`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
+    /// Who fetched a tracked link, reduced for privacy (docs/tracker.md):
+    /// absent when the client asked not to be tracked (`Sec-GPC`, `DNT`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client: Option<ClientInfo>,
+}
+
+/// The requesting client of an open or click, after privacy reduction.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClientInfo {
+    /// Truncated (`/24`, `/48`) or keyed-hashed, per `tracker.ip`; absent with `ip = "drop"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip: Option<String>,
+    /// The user agent's family (`chrome`, `outlook`, `apple_mail_proxy`...), never the string.
+    pub ua_family: String,
 }
 
 impl Event {
@@ -169,6 +183,7 @@ impl Event {
             recipient_ref: None,
             reason: None,
             detail: None,
+            client: None,
         }
     }
 

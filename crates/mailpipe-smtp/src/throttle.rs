@@ -76,7 +76,8 @@ impl RateSpec {
         (self.per / self.count.get()).max(Duration::from_nanos(1))
     }
 
-    fn quota(&self) -> Quota {
+    /// As a governor quota.
+    pub fn quota(&self) -> Quota {
         let every = self.interval();
         Quota::with_period(every)
             .unwrap_or_else(|| Quota::per_second(NonZeroU32::MAX))

@@ -444,17 +444,75 @@ impl Store {
         Ok(on_pool!(self, p => sqlx::query_as(sql).fetch_one(p).await)?)
     }
 
-    /// Stores events, ignoring any whose `event_id` is already stored.
+    /// Stores events, ignoring any whose `event_id` is already stored. On
+    /// PostgreSQL one statement per batch (`UNNEST` of column arrays); on
+    /// SQLite one transaction.
     pub async fn insert_events(&self, events: &[Event]) -> Result<()> {
         if events.is_empty() {
             return Ok(());
         }
-        in_tx!(self, tx => {
-            for e in events {
-                let payload = String::from_utf8(e.to_json()).unwrap_or_default();
-                insert_event_q(e, &payload).execute(&mut *tx).await?;
+        match &self.pool {
+            Pool::Postgres(p) => {
+                let n = events.len();
+                let (mut ids, mut tenants, mut campaigns, mut jobs, mut kinds, mut ats, mut payloads) = (
+                    Vec::with_capacity(n),
+                    Vec::with_capacity(n),
+                    Vec::with_capacity(n),
+                    Vec::with_capacity(n),
+                    Vec::with_capacity(n),
+                    Vec::with_capacity(n),
+                    Vec::with_capacity(n),
+                );
+                for e in events {
+                    ids.push(e.event_id.as_str());
+                    tenants.push(e.tenant_id.as_ref().map(|t| t.as_str()));
+                    campaigns.push(e.campaign_id.as_ref().map(|c| c.as_str()));
+                    jobs.push(e.job_id.as_ref().map(|j| j.as_str()));
+                    kinds.push(e.kind.as_str());
+                    ats.push((e.occurred_at.unix_timestamp_nanos() / 1_000_000) as i64);
+                    payloads.push(String::from_utf8(e.to_json()).unwrap_or_default());
+                }
+                sqlx::query(
+                    "INSERT INTO events (event_id, tenant_id, campaign_id, job_id, type, occurred_at, payload)
+                     SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::bigint[], $7::text[])
+                     ON CONFLICT (event_id) DO NOTHING",
+                )
+                .bind(ids)
+                .bind(tenants)
+                .bind(campaigns)
+                .bind(jobs)
+                .bind(kinds)
+                .bind(ats)
+                .bind(payloads)
+                .execute(p)
+                .await?;
             }
-        });
+            Pool::Sqlite(p) => {
+                let mut tx = p.begin().await?;
+                for e in events {
+                    let payload = String::from_utf8(e.to_json()).unwrap_or_default();
+                    insert_event_q(e, &payload).execute(&mut *tx).await?;
+                }
+                tx.commit().await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether a marketing unsubscribe from this tenant's mail applies to
+    /// every tenant (the platform default) rather than to it alone.
+    pub async fn unsubscribe_scope_is_platform(&self, tenant: &TenantId) -> Result<bool> {
+        let sql = "SELECT unsubscribe_scope FROM tenants WHERE tenant_id = $1";
+        let scope: Option<String> =
+            on_pool!(self, p => sqlx::query_scalar(sql).bind(tenant.as_str()).fetch_optional(p).await)?;
+        Ok(scope.as_deref() != Some("tenant"))
+    }
+
+    /// Sets a tenant's unsubscribe scope: `platform` (default) or `tenant`.
+    pub async fn set_unsubscribe_scope(&self, tenant: &TenantId, platform: bool) -> Result<()> {
+        let sql = "UPDATE tenants SET unsubscribe_scope = $2 WHERE tenant_id = $1";
+        let scope = if platform { "platform" } else { "tenant" };
+        on_pool!(self, p => sqlx::query(sql).bind(tenant.as_str()).bind(scope).execute(p).await.map(|_| ()))?;
         Ok(())
     }
 

@@ -10,22 +10,30 @@
 //! rather than drop events.
 #![forbid(unsafe_code)]
 
+pub mod signals;
+pub mod spool;
 pub mod writer;
 
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
-use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::body::{Body, Bytes};
+use axum::extract::{ConnectInfo, Path, Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::middleware::{self, Next};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
-use mailpipe_core::{Category, Event, EventType, Verdict, VerdictClass};
+use governor::{DefaultKeyedRateLimiter, Quota};
+use mailpipe_core::{Category, Event, EventType};
 use mailpipe_token::{Action, Claims, Keyring};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tracing::warn;
+use tracing::{debug, warn};
 
+pub use signals::IpMode;
+pub use spool::Spool;
 pub use writer::{EventWriter, WriterHandle};
 
 /// A 1x1 transparent GIF.
@@ -38,16 +46,60 @@ pub const PIXEL_GIF: [u8; 43] = [
 /// Renders the Prometheus exposition, if the process has a recorder.
 pub type MetricsRender = Arc<dyn Fn() -> String + Send + Sync>;
 
+/// The tracker's policy knobs (see docs/tracker.md).
+#[derive(Clone)]
+pub struct TrackerSettings {
+    /// The tracker's public base URL; `{public_url}/hp` is the honeypot target.
+    pub public_url: String,
+    pub ip_mode: IpMode,
+    /// Key for `IpMode::Hash`.
+    pub ip_key: Vec<u8>,
+    /// Take the client address from the first `X-Forwarded-For` entry (only
+    /// behind a load balancer that sets it).
+    pub trust_forwarded_for: bool,
+    /// A click sooner than this after sending is a machine's.
+    pub machine_click_secs: i64,
+    pub max_path_bytes: usize,
+    pub max_header_bytes: usize,
+    /// Requests per IP, if limited.
+    pub per_ip: Option<Quota>,
+}
+
+impl Default for TrackerSettings {
+    fn default() -> Self {
+        Self {
+            public_url: "http://127.0.0.1:8090".into(),
+            ip_mode: IpMode::Truncate,
+            ip_key: Vec::new(),
+            trust_forwarded_for: false,
+            machine_click_secs: 10,
+            max_path_bytes: 2048,
+            max_header_bytes: 8192,
+            per_ip: None,
+        }
+    }
+}
+
 #[derive(Clone)]
 pub struct TrackerState {
     keyring: Arc<Keyring>,
     events: WriterHandle,
     metrics: Option<MetricsRender>,
+    settings: Arc<TrackerSettings>,
+    honeypot: Arc<str>,
+    limiter: Option<Arc<DefaultKeyedRateLimiter<IpAddr>>>,
 }
 
 impl TrackerState {
-    pub fn new(keyring: Arc<Keyring>, events: WriterHandle, metrics: Option<MetricsRender>) -> Self {
-        Self { keyring, events, metrics }
+    pub fn new(
+        keyring: Arc<Keyring>,
+        events: WriterHandle,
+        metrics: Option<MetricsRender>,
+        settings: TrackerSettings,
+    ) -> Self {
+        let honeypot = format!("{}/hp", settings.public_url.trim_end_matches('/')).into();
+        let limiter = settings.per_ip.map(|q| Arc::new(DefaultKeyedRateLimiter::keyed(q)));
+        Self { keyring, events, metrics, settings: Arc::new(settings), honeypot, limiter }
     }
 }
 
@@ -57,15 +109,120 @@ pub fn router(state: TrackerState) -> Router {
         .route("/c/{token}", get(click))
         .route("/u/{token}", get(unsubscribe_page).post(unsubscribe))
         .route("/healthz", get(|| async { "ok\n" }))
-        .route("/readyz", get(|| async { "ready\n" }))
+        .route("/readyz", get(ready))
         .route("/metrics", get(metrics))
+        .layer(middleware::from_fn_with_state(state.clone(), guard))
         .with_state(state)
 }
 
+/// Limits checked before routing: path length, header size, and the
+/// per-IP request rate. Each refusal is a plain 4xx with no event.
+async fn guard(State(s): State<TrackerState>, req: Request, next: Next) -> Response {
+    let path_len = req.uri().path().len() + req.uri().query().map_or(0, |q| q.len() + 1);
+    if path_len > s.settings.max_path_bytes {
+        metrics::counter!("mailpipe_tracker_refused_total", "reason" => "uri_too_long").increment(1);
+        return (StatusCode::URI_TOO_LONG, "request target too long\n").into_response();
+    }
+    let header_bytes: usize = req.headers().iter().map(|(k, v)| k.as_str().len() + v.len() + 4).sum();
+    if header_bytes > s.settings.max_header_bytes {
+        metrics::counter!("mailpipe_tracker_refused_total", "reason" => "headers_too_large").increment(1);
+        return (StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, "headers too large\n").into_response();
+    }
+    if let Some(limiter) = &s.limiter
+        && let Some(ip) = client_addr(&s, req.headers(), req.extensions().get::<ConnectInfo<SocketAddr>>())
+        && limiter.check_key(&ip).is_err()
+    {
+        metrics::counter!("mailpipe_tracker_refused_total", "reason" => "rate_limited").increment(1);
+        return (StatusCode::TOO_MANY_REQUESTS, [(header::RETRY_AFTER, "1")], "slow down\n").into_response();
+    }
+    next.run(req).await
+}
+
+/// The client's address: the connection's peer, or the first
+/// `X-Forwarded-For` entry when the tracker is told to trust it.
+fn client_addr(
+    s: &TrackerState,
+    headers: &HeaderMap,
+    conn: Option<&ConnectInfo<SocketAddr>>,
+) -> Option<IpAddr> {
+    let forwarded = || {
+        headers
+            .get("x-forwarded-for")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(',').next())
+            .and_then(|v| v.trim().parse().ok())
+    };
+    if s.settings.trust_forwarded_for
+        && let Some(ip) = forwarded()
+    {
+        return Some(ip);
+    }
+    conn.map(|c| c.0.ip())
+}
+
+/// How the HTTP server treats connections.
+#[derive(Debug, Clone)]
+pub struct ServeLimits {
+    /// A client must send its whole request head within this time.
+    pub header_read_timeout: Duration,
+    /// How long shutdown waits for requests in flight.
+    pub grace: Duration,
+}
+
+impl Default for ServeLimits {
+    fn default() -> Self {
+        Self { header_read_timeout: Duration::from_secs(10), grace: Duration::from_secs(10) }
+    }
+}
+
 /// Serves until `shutdown` fires, then stops accepting and finishes the
-/// requests in flight.
-pub async fn serve(listener: TcpListener, app: Router, shutdown: CancellationToken) -> std::io::Result<()> {
-    axum::serve(listener, app).with_graceful_shutdown(async move { shutdown.cancelled().await }).await
+/// requests in flight (up to `limits.grace`). Slow clients are cut off by
+/// `header_read_timeout`; every request carries its peer address.
+pub async fn serve(
+    listener: TcpListener,
+    app: Router,
+    limits: ServeLimits,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+    use hyper_util::server::conn::auto::Builder;
+    use tower::ServiceExt;
+
+    let mut builder = Builder::new(TokioExecutor::new());
+    builder.http1().timer(TokioTimer::new()).header_read_timeout(limits.header_read_timeout);
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    loop {
+        let (stream, peer) = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            r = listener.accept() => match r {
+                Ok(c) => c,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off, go on.
+                    warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let app = app.clone();
+        let svc = hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+            req.extensions_mut().insert(ConnectInfo(peer));
+            app.clone().oneshot(req.map(Body::new))
+        });
+        let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc).into_owned();
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                debug!(error = %e, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(limits.grace, graceful.shutdown()).await.is_err() {
+        warn!("requests still in flight after the grace period");
+    }
+    Ok(())
 }
 
 fn not_found() -> Response {
@@ -122,20 +279,39 @@ fn rand_u64() -> u64 {
     h.finish()
 }
 
-/// A first verdict from the request alone; issue 4 extends the signals.
-fn verdict(method: &Method, headers: &HeaderMap) -> Verdict {
-    if method == Method::HEAD {
-        return Verdict { class: VerdictClass::Machine, reason: "head_request".into() };
-    }
+fn seconds_since(sent_at: u32) -> Option<i64> {
+    (sent_at > 0).then(|| mailpipe_core::now_ms() / 1000 - i64::from(sent_at))
+}
+
+/// The verdict and client details of an open or click.
+fn judge(
+    s: &TrackerState,
+    e: &mut Event,
+    c: &Claims,
+    method: &Method,
+    headers: &HeaderMap,
+    ip: Option<IpAddr>,
+    click: Option<bool>,
+) {
     let ua = headers.get(header::USER_AGENT).and_then(|v| v.to_str().ok()).unwrap_or("");
-    if ua.is_empty() {
-        return Verdict { class: VerdictClass::Machine, reason: "no_user_agent".into() };
-    }
-    Verdict { class: VerdictClass::Unknown, reason: "no_signal".into() }
+    e.verdict = Some(signals::verdict(&signals::Signals {
+        method,
+        ua_family: signals::ua_family(ua),
+        since_sent: seconds_since(c.sent_at),
+        honeypot: click == Some(true),
+        machine_click_secs: s.settings.machine_click_secs,
+        is_click: click.is_some(),
+    }));
+    e.client = signals::client_info(ip, headers, s.settings.ip_mode, &s.settings.ip_key);
+}
+
+fn unavailable() -> Response {
+    (StatusCode::SERVICE_UNAVAILABLE, [(header::RETRY_AFTER, "1")], "shutting down\n").into_response()
 }
 
 async fn open(
     State(s): State<TrackerState>,
+    conn: Option<axum::Extension<ConnectInfo<SocketAddr>>>,
     method: Method,
     headers: HeaderMap,
     Path(token): Path<String>,
@@ -145,8 +321,10 @@ async fn open(
         return not_found();
     }
     let mut e = event(&c, EventType::Open, &request_id());
-    e.verdict = Some(verdict(&method, &headers));
-    s.events.send(e).await;
+    judge(&s, &mut e, &c, &method, &headers, client_addr(&s, &headers, conn.as_ref().map(|c| &c.0)), None);
+    if !s.events.send(e).await {
+        return unavailable();
+    }
     (
         [
             (header::CONTENT_TYPE, HeaderValue::from_static("image/gif")),
@@ -159,12 +337,14 @@ async fn open(
 
 async fn click(
     State(s): State<TrackerState>,
+    conn: Option<axum::Extension<ConnectInfo<SocketAddr>>>,
     method: Method,
     headers: HeaderMap,
     Path(token): Path<String>,
 ) -> Response {
     let Some(c) = verify(&s, &token) else { return not_found() };
     let Action::Click { url } = &c.action else { return not_found() };
+    let honeypot = **url == *s.honeypot;
     // Defence in depth: only http(s) targets, and only ones a header can carry.
     let lower = url.get(..8).map(str::to_ascii_lowercase).unwrap_or_default();
     let location = match HeaderValue::from_str(url) {
@@ -173,8 +353,23 @@ async fn click(
     };
     let mut e = event(&c, EventType::Click, &request_id());
     e.url = Some(url.clone());
-    e.verdict = Some(verdict(&method, &headers));
-    s.events.send(e).await;
+    judge(
+        &s,
+        &mut e,
+        &c,
+        &method,
+        &headers,
+        client_addr(&s, &headers, conn.as_ref().map(|c| &c.0)),
+        Some(honeypot),
+    );
+    if !s.events.send(e).await {
+        return unavailable();
+    }
+    if honeypot {
+        // Recorded, and nowhere to go.
+        return ([(header::CACHE_CONTROL, "no-store")], Html("<!doctype html><title>OK</title>\n"))
+            .into_response();
+    }
     (
         StatusCode::FOUND,
         [(header::LOCATION, location), (header::CACHE_CONTROL, HeaderValue::from_static("no-store"))],
@@ -188,10 +383,11 @@ async fn unsubscribe_page(State(s): State<TrackerState>, Path(token): Path<Strin
     if !matches!(c.action, Action::Unsubscribe { .. }) {
         return not_found();
     }
+    // The token is base64url: safe inside an attribute as is.
     let page = format!(
         "<!doctype html><html><head><meta charset=utf-8><meta name=viewport content=\"width=device-width\"><title>Unsubscribe</title></head>\
          <body><h1>Unsubscribe</h1><p>Stop receiving marketing email at this address?</p>\
-         <form method=post action=\"/u/{token}\"><input type=hidden name=confirm value=yes><button type=submit>Unsubscribe</button></form></body></html>\n"
+         <form method=post action=\"/u/{token}\"><input type=hidden name=confirm value=yes><button id=confirm type=submit>Unsubscribe</button></form></body></html>\n"
     );
     ([(header::CACHE_CONTROL, "no-store")], Html(page)).into_response()
 }
@@ -215,12 +411,22 @@ async fn unsubscribe(State(s): State<TrackerState>, Path(token): Path<String>, b
         // link here. The suppression it creates only ever stops marketing.
         warn!(tenant = %c.tenant_id, "unsubscribe from a transactional message; applies to marketing mail only");
     }
-    s.events.send(e).await;
+    if !s.events.send(e).await {
+        return unavailable();
+    }
     (
         [(header::CACHE_CONTROL, "no-store")],
-        Html("<!doctype html><title>Unsubscribed</title><p>You are unsubscribed. You will not receive marketing email at this address again.</p>\n"),
+        Html("<!doctype html><title>Unsubscribed</title><p id=done>You are unsubscribed. You will not receive marketing email at this address again.</p>\n"),
     )
         .into_response()
+}
+
+async fn ready(State(s): State<TrackerState>) -> Response {
+    if s.events.ready() {
+        "ready\n".into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "event spool full\n").into_response()
+    }
 }
 
 async fn metrics(State(s): State<TrackerState>) -> Response {

@@ -17,7 +17,7 @@ use secrecy::ExposeSecret;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
-use crate::config::{Config, InDoubt, QueueKind, SmtpKind, SmtpTls, TokenSecrets};
+use crate::config::{Config, InDoubt, QueueKind, SmtpKind, SmtpTls, TokenSecrets, TrackerIp};
 
 /// Resolves on SIGINT or SIGTERM.
 pub async fn shutdown_signal() {
@@ -267,6 +267,52 @@ async fn spawn_metrics_server(
     Ok(())
 }
 
+/// The tracker's router and its event writer, from configuration.
+pub fn tracker_app(
+    cfg: &Config,
+    secrets: &TokenSecrets,
+    ring: Arc<Keyring>,
+    store: Store,
+    kafka: Option<KafkaEvents>,
+    metrics: Option<mailpipe_tracker::MetricsRender>,
+) -> Result<(EventWriter, axum::Router)> {
+    use secrecy::ExposeSecret;
+    let t = &cfg.tracker;
+    let spool = mailpipe_tracker::Spool::open(&t.spool_dir, t.spool_max_mb.saturating_mul(1 << 20))
+        .with_context(|| format!("tracker.spool_dir {}", t.spool_dir.display()))?;
+    let (writer, handle) = EventWriter::spawn(store, kafka, Arc::new(spool), t.event_queue);
+    let per_ip = match &t.per_ip_rate {
+        Some(r) => Some(
+            r.parse::<mailpipe_smtp::RateSpec>()
+                .map_err(|e| anyhow::anyhow!("tracker.per_ip_rate: {e}"))?
+                .quota(),
+        ),
+        None => None,
+    };
+    let settings = mailpipe_tracker::TrackerSettings {
+        public_url: t.public_url.trim_end_matches('/').to_owned(),
+        ip_mode: match t.ip {
+            TrackerIp::Truncate => mailpipe_tracker::IpMode::Truncate,
+            TrackerIp::Hash => mailpipe_tracker::IpMode::Hash,
+            TrackerIp::Drop => mailpipe_tracker::IpMode::Drop,
+        },
+        ip_key: secrets.recipient_key.expose_secret().to_vec(),
+        trust_forwarded_for: t.trust_forwarded_for,
+        machine_click_secs: t.machine_click_secs,
+        max_path_bytes: t.max_path_bytes,
+        max_header_bytes: t.max_header_bytes,
+        per_ip,
+    };
+    Ok((writer, mailpipe_tracker::router(TrackerState::new(ring, handle, metrics, settings))))
+}
+
+pub fn serve_limits(cfg: &Config) -> mailpipe_tracker::ServeLimits {
+    mailpipe_tracker::ServeLimits {
+        header_read_timeout: Duration::from_secs(cfg.tracker.header_read_timeout_secs),
+        grace: Duration::from_secs(cfg.tracker.shutdown_grace_secs),
+    }
+}
+
 /// `mailpipe tracker`: serves until shutdown, then flushes events.
 pub async fn run_tracker(
     cfg: &Config,
@@ -291,12 +337,11 @@ pub async fn run_tracker(
     let listener = tokio::net::TcpListener::bind(cfg.tracker.listen)
         .await
         .with_context(|| format!("tracker.listen {}: cannot bind", cfg.tracker.listen))?;
-    let (writer, handle) = EventWriter::spawn(store.clone(), kafka, cfg.tracker.event_queue);
-    let app = mailpipe_tracker::router(TrackerState::new(ring, handle, metrics));
+    let (writer, app) = tracker_app(cfg, &secrets, ring, store.clone(), kafka, metrics)?;
     info!(listen = %cfg.tracker.listen, "tracker started");
-    mailpipe_tracker::serve(listener, app, shutdown).await?;
+    mailpipe_tracker::serve(listener, app, serve_limits(cfg), shutdown).await?;
     // The router (and every handle) is gone; the writer drains and stops.
-    writer.finish().await;
+    writer.finish(Duration::from_secs(cfg.tracker.shutdown_grace_secs)).await;
     store.close().await;
     info!("tracker stopped");
     Ok(())

@@ -150,6 +150,26 @@ pub struct TrackerConfig {
     #[serde(default)]
     pub unsubscribe_mailto: Option<String>,
     pub event_queue: usize,
+    /// Where events wait, durably, until the store and Kafka have them.
+    pub spool_dir: PathBuf,
+    pub spool_max_mb: u64,
+    pub ip: TrackerIp,
+    pub trust_forwarded_for: bool,
+    pub machine_click_secs: i64,
+    pub max_path_bytes: usize,
+    pub max_header_bytes: usize,
+    pub header_read_timeout_secs: u64,
+    #[serde(default)]
+    pub per_ip_rate: Option<String>,
+    pub shutdown_grace_secs: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TrackerIp {
+    Truncate,
+    Hash,
+    Drop,
 }
 
 #[derive(Debug, Deserialize)]
@@ -368,6 +388,14 @@ impl Config {
         }
         if self.worker.max_in_flight == 0 {
             errors.push("worker.max_in_flight: must be at least 1".into());
+        }
+        if let Some(r) = &self.tracker.per_ip_rate
+            && let Err(e) = r.parse::<mailpipe_smtp::RateSpec>()
+        {
+            errors.push(format!("tracker.per_ip_rate: {e}"));
+        }
+        if self.tracker.max_path_bytes < 64 || self.tracker.max_header_bytes < 512 {
+            errors.push("tracker.max_path_bytes, tracker.max_header_bytes: at least 64 and 512".into());
         }
         if self.smtp.username.is_some() != self.smtp.password.is_some() {
             errors.push("smtp.username, smtp.password: set both or neither".into());

@@ -11,7 +11,6 @@ use mailpipe_core::{CampaignId, Category, JobId, TenantId};
 use mailpipe_queue::memory::memory_queue;
 use mailpipe_store::StoredTemplate;
 use mailpipe_token::{Action, Claims};
-use mailpipe_tracker::{EventWriter, TrackerState};
 use mailpipe_worker::{EventOut, Pipeline};
 use rand::RngCore;
 use serde_json::json;
@@ -191,10 +190,14 @@ pub async fn run(cfg: &Config, opts: DemoOptions, shutdown: CancellationToken) -
     let listener = tokio::net::TcpListener::bind(cfg.tracker.listen)
         .await
         .with_context(|| format!("tracker.listen {}: cannot bind (set MAILPIPE__TRACKER__LISTEN and MAILPIPE__TRACKER__PUBLIC_URL to another port)", cfg.tracker.listen))?;
-    let (writer, handle) = EventWriter::spawn(store.clone(), None, cfg.tracker.event_queue);
+    let (writer, app_router) = app::tracker_app(cfg, &secrets, ring.clone(), store.clone(), None, None)?;
     let tracker_stop = CancellationToken::new();
-    let app_router = mailpipe_tracker::router(TrackerState::new(ring.clone(), handle, None));
-    let tracker_task = tokio::spawn(mailpipe_tracker::serve(listener, app_router, tracker_stop.clone()));
+    let tracker_task = tokio::spawn(mailpipe_tracker::serve(
+        listener,
+        app_router,
+        app::serve_limits(cfg),
+        tracker_stop.clone(),
+    ));
 
     let transport = app::transport(cfg).await?;
     let pipeline = Arc::new(
@@ -329,7 +332,7 @@ pub async fn run(cfg: &Config, opts: DemoOptions, shutdown: CancellationToken) -
     }
     tracker_stop.cancel();
     let _ = tracker_task.await;
-    writer.finish().await;
+    writer.finish(Duration::from_secs(cfg.tracker.shutdown_grace_secs)).await;
     store.close().await;
     Ok(summary)
 }

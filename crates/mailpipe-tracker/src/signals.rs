@@ -1,0 +1,266 @@
+//! Who is behind a request: the machine-or-human verdict, and the client
+//! details kept after privacy reduction.
+
+use std::net::IpAddr;
+
+use axum::http::{HeaderMap, Method, header};
+use hmac::{Hmac, Mac};
+use mailpipe_core::{ClientInfo, Verdict, VerdictClass};
+use sha2::Sha256;
+
+/// How client IP addresses are kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum IpMode {
+    /// IPv4 to its /24, IPv6 to its /48: the network, not the host.
+    #[default]
+    Truncate,
+    /// A keyed hash (16 hex digits): joins repeat visits, reveals nothing.
+    Hash,
+    /// Not kept at all.
+    Drop,
+}
+
+/// The user agent reduced to a family. Order matters: proxies and scanners
+/// announce themselves inside browser-like strings.
+pub fn ua_family(ua: &str) -> &'static str {
+    let l = ua.to_ascii_lowercase();
+    let has = |s: &str| l.contains(s);
+    if ua.is_empty() {
+        "none"
+    } else if has("googleimageproxy") || has("ggpht.com") {
+        "gmail_image_proxy"
+    } else if ua == "Mozilla/5.0" {
+        // Apple Mail Privacy Protection fetches through Apple's proxies with
+        // exactly this string, at delivery time rather than when read.
+        "apple_mail_proxy"
+    } else if SCANNERS.iter().any(|s| has(s)) {
+        "security_scanner"
+    } else if has("bot") || has("crawler") || has("spider") || has("preview") || has("prefetch") {
+        "bot"
+    } else if HTTP_LIBRARIES.iter().any(|s| has(s)) {
+        "http_library"
+    } else if has("outlook") || has("microsoft office") {
+        "outlook"
+    } else if has("thunderbird") {
+        "thunderbird"
+    } else if has("edg/") {
+        "edge"
+    } else if has("firefox/") {
+        "firefox"
+    } else if has("chrome/") || has("chromium/") || has("crios/") {
+        "chrome"
+    } else if has("safari/") || has("applewebkit/") {
+        "safari"
+    } else {
+        "other"
+    }
+}
+
+/// Link-checking gateways that fetch every URL in a message before (or
+/// instead of) the recipient.
+const SCANNERS: &[&str] = &[
+    "barracuda",
+    "proofpoint",
+    "mimecast",
+    "safelinks",
+    "symantec",
+    "messagelabs",
+    "trendmicro",
+    "forcepoint",
+    "fortiguard",
+    "sophos",
+    "cisco",
+    "ironport",
+    "zscaler",
+    "google-safety",
+    "microsoft url",
+    "bitdefender",
+];
+
+const HTTP_LIBRARIES: &[&str] = &[
+    "curl/",
+    "wget/",
+    "python-requests",
+    "python-urllib",
+    "go-http-client",
+    "java/",
+    "okhttp",
+    "libwww",
+    "axios/",
+];
+
+/// What the tracker knows about a request when it judges it.
+pub struct Signals<'a> {
+    pub method: &'a Method,
+    pub ua_family: &'static str,
+    /// Seconds since the message was sent (from the token), if known.
+    pub since_sent: Option<i64>,
+    /// The link is the hidden honeypot that no person sees.
+    pub honeypot: bool,
+    /// Clicks sooner than this after sending are a machine's.
+    pub machine_click_secs: i64,
+    pub is_click: bool,
+}
+
+/// Machine, human or unknown, with the signal that decided.
+pub fn verdict(s: &Signals<'_>) -> Verdict {
+    let v = |class, reason: &str| Verdict { class, reason: reason.to_owned() };
+    if s.honeypot {
+        return v(VerdictClass::Machine, "honeypot_link");
+    }
+    if s.method == Method::HEAD {
+        return v(VerdictClass::Machine, "head_request");
+    }
+    match s.ua_family {
+        "none" => return v(VerdictClass::Machine, "no_user_agent"),
+        "apple_mail_proxy" => return v(VerdictClass::Machine, "apple_mail_privacy_protection"),
+        "security_scanner" => return v(VerdictClass::Machine, "security_scanner"),
+        "bot" => return v(VerdictClass::Machine, "bot_user_agent"),
+        "http_library" => return v(VerdictClass::Machine, "http_library"),
+        _ => {}
+    }
+    if s.is_click
+        && let Some(secs) = s.since_sent
+        && secs < s.machine_click_secs
+    {
+        return v(VerdictClass::Machine, "click_seconds_after_delivery");
+    }
+    match s.ua_family {
+        // Gmail's proxy fetches images when the message is opened, not on
+        // delivery: an open by a person whose details are hidden.
+        "gmail_image_proxy" => v(VerdictClass::Human, "gmail_image_proxy"),
+        "outlook" | "thunderbird" | "edge" | "firefox" | "chrome" | "safari" => {
+            v(VerdictClass::Human, "mail_client_or_browser")
+        }
+        _ => v(VerdictClass::Unknown, "no_signal"),
+    }
+}
+
+/// The client details to store, or `None` when the client opted out of
+/// tracking with `Sec-GPC: 1` or `DNT: 1`.
+pub fn client_info(
+    ip: Option<IpAddr>,
+    headers: &HeaderMap,
+    mode: IpMode,
+    ip_key: &[u8],
+) -> Option<ClientInfo> {
+    let flag = |name: &str| headers.get(name).is_some_and(|v| v.as_bytes().trim_ascii() == b"1");
+    if flag("sec-gpc") || flag("dnt") {
+        return None;
+    }
+    let ua = headers.get(header::USER_AGENT).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let ip = ip.and_then(|ip| match mode {
+        IpMode::Drop => None,
+        IpMode::Truncate => Some(truncate(ip)),
+        IpMode::Hash => Some(hash_ip(ip, ip_key)),
+    });
+    Some(ClientInfo { ip, ua_family: ua_family(ua).to_owned() })
+}
+
+fn truncate(ip: IpAddr) -> String {
+    match ip {
+        IpAddr::V4(v4) => {
+            let o = v4.octets();
+            format!("{}.{}.{}.0/24", o[0], o[1], o[2])
+        }
+        IpAddr::V6(v6) => {
+            if let Some(v4) = v6.to_ipv4_mapped() {
+                return truncate(IpAddr::V4(v4));
+            }
+            let s = v6.segments();
+            format!("{:x}:{:x}:{:x}::/48", s[0], s[1], s[2])
+        }
+    }
+}
+
+fn hash_ip(ip: IpAddr, key: &[u8]) -> String {
+    let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(key) else { return String::new() };
+    mac.update(b"mailpipe/ip/v1/");
+    mac.update(ip.to_string().as_bytes());
+    mac.finalize().into_bytes()[..8].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::HeaderValue;
+
+    fn judge(method: Method, ua: &str, since_sent: Option<i64>, is_click: bool) -> (VerdictClass, String) {
+        let v = verdict(&Signals {
+            method: &method,
+            ua_family: ua_family(ua),
+            since_sent,
+            honeypot: false,
+            machine_click_secs: 10,
+            is_click,
+        });
+        (v.class, v.reason)
+    }
+
+    const CHROME: &str =
+        "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/126.0 Safari/537.36";
+
+    #[test]
+    fn each_signal_decides_as_documented() {
+        use VerdictClass::*;
+        let cases = [
+            (judge(Method::HEAD, CHROME, None, false), Machine, "head_request"),
+            (judge(Method::GET, "", None, false), Machine, "no_user_agent"),
+            (judge(Method::GET, "Mozilla/5.0", None, false), Machine, "apple_mail_privacy_protection"),
+            (
+                judge(Method::GET, "Mozilla/5.0 (compatible; Barracuda Sentinel)", None, true),
+                Machine,
+                "security_scanner",
+            ),
+            (judge(Method::GET, "python-requests/2.31", None, true), Machine, "http_library"),
+            (judge(Method::GET, "Slackbot-LinkExpanding 1.0", None, true), Machine, "bot_user_agent"),
+            (judge(Method::GET, CHROME, Some(3), true), Machine, "click_seconds_after_delivery"),
+            (judge(Method::GET, CHROME, Some(3), false), Human, "mail_client_or_browser"),
+            (judge(Method::GET, CHROME, Some(600), true), Human, "mail_client_or_browser"),
+            (
+                judge(
+                    Method::GET,
+                    "Mozilla/5.0 (Windows NT 5.1; rv:11.0) Gecko Firefox/11.0 (via ggpht.com GoogleImageProxy)",
+                    None,
+                    false,
+                ),
+                Human,
+                "gmail_image_proxy",
+            ),
+            (judge(Method::GET, "SomethingElse/1.0", None, false), Unknown, "no_signal"),
+        ];
+        for ((class, reason), want_class, want_reason) in cases {
+            assert_eq!((class, reason.as_str()), (want_class, want_reason));
+        }
+        let honeypot = verdict(&Signals {
+            method: &Method::GET,
+            ua_family: ua_family(CHROME),
+            since_sent: Some(9999),
+            honeypot: true,
+            machine_click_secs: 10,
+            is_click: true,
+        });
+        assert_eq!((honeypot.class, honeypot.reason.as_str()), (Machine, "honeypot_link"));
+    }
+
+    #[test]
+    fn client_details_are_reduced_and_dropped_on_request() {
+        let mut h = HeaderMap::new();
+        h.insert(header::USER_AGENT, HeaderValue::from_static(CHROME));
+        let v4: IpAddr = "203.0.113.77".parse().unwrap();
+        let v6: IpAddr = "2001:db8:abcd:12::1".parse().unwrap();
+        let c = client_info(Some(v4), &h, IpMode::Truncate, b"k").unwrap();
+        assert_eq!((c.ip.as_deref(), c.ua_family.as_str()), (Some("203.0.113.0/24"), "chrome"));
+        let c6 = client_info(Some(v6), &h, IpMode::Truncate, b"k").unwrap();
+        assert_eq!(c6.ip.as_deref(), Some("2001:db8:abcd::/48"));
+        let hashed = client_info(Some(v4), &h, IpMode::Hash, b"k").unwrap().ip.unwrap();
+        assert_eq!(hashed.len(), 16);
+        assert!(!hashed.contains("203"));
+        assert_eq!(client_info(Some(v4), &h, IpMode::Drop, b"k").unwrap().ip, None);
+        for opt_out in ["sec-gpc", "dnt"] {
+            let mut h2 = h.clone();
+            h2.insert(opt_out, HeaderValue::from_static("1"));
+            assert_eq!(client_info(Some(v4), &h2, IpMode::Truncate, b"k"), None, "{opt_out}");
+        }
+    }
+}
