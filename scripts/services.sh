@@ -58,6 +58,15 @@ install_all() {
   need_root_or_have perl perl
   need_root_or_have pkg-config pkg-config
   need_root_or_have curl curl
+  # Tests beyond the services: the STARTTLS test relay and its certificates,
+  # the browser test (headless Chromium driven from Node), and the load
+  # harness (wrk against the tracker and nginx).
+  need_root_or_have python3 python3
+  need_root_or_have openssl openssl
+  need_root_or_have chromium chromium
+  need_root_or_have node nodejs
+  need_root_or_have wrk wrk
+  need_root_or_have nginx nginx-light
 }
 
 # ---------------------------------------------------------------- PostgreSQL
