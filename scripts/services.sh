@@ -119,7 +119,12 @@ DO $$ BEGIN
   IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'mailpipe') THEN
     CREATE ROLE mailpipe LOGIN CREATEDB PASSWORD 'mailpipe';
   END IF;
+  -- The role the API reads as, under row-level security (docs/privacy.md).
+  IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'mailpipe_api') THEN
+    CREATE ROLE mailpipe_api NOLOGIN;
+  END IF;
 END $$;
+GRANT mailpipe_api TO mailpipe;
 SELECT 'CREATE DATABASE mailpipe OWNER mailpipe' WHERE NOT EXISTS (SELECT 1 FROM pg_database WHERE datname = 'mailpipe')
 \gexec
 SQL

@@ -9,8 +9,10 @@
 //! transaction ([`Store::finish`]), so "the outcome is durable" means both.
 #![forbid(unsafe_code)]
 
+pub mod analytics;
 mod filter;
 
+pub use analytics::{CampaignStats, ErasureReport, PurgeReport, Retention, SuppressionRow};
 pub use filter::{Bloom, SuppressionFilter, Verdict};
 
 use std::collections::BTreeMap;

@@ -94,7 +94,7 @@ pub fn kafka_settings(cfg: &Config) -> KafkaSettings {
     s
 }
 
-fn kafka_hint(e: impl std::fmt::Display) -> anyhow::Error {
+pub fn kafka_hint(e: impl std::fmt::Display) -> anyhow::Error {
     anyhow::anyhow!("{e}; is Kafka running? `scripts/services.sh up` starts one on 127.0.0.1:59092")
 }
 

@@ -261,6 +261,26 @@ pub struct Config {
     pub log: LogConfig,
     pub dkim: DkimConfig,
     pub throttle: ThrottleSection,
+    pub analytics: AnalyticsConfig,
+    pub retention: RetentionConfig,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct AnalyticsConfig {
+    /// Where the tenant API and dashboard listen.
+    pub listen: SocketAddr,
+    /// Consumer group on the events topic.
+    pub group_id: String,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+pub struct RetentionConfig {
+    pub events_days: u32,
+    pub ledger_days: u32,
+    pub client_details_days: u32,
+    pub dead_letters_days: u32,
+    /// How often `mailpipe analytics` purges (0: only `mailpipe purge`).
+    pub purge_interval_hours: u64,
 }
 
 /// Decoded token secrets, ready for the keyring.
@@ -314,8 +334,20 @@ impl Config {
             return Err(ConfigErrors(errors));
         }
 
-        const SECTIONS: [&str; 10] =
-            ["store", "queue", "smtp", "worker", "tracker", "tokens", "metrics", "log", "dkim", "throttle"];
+        const SECTIONS: [&str; 12] = [
+            "store",
+            "queue",
+            "smtp",
+            "worker",
+            "tracker",
+            "tokens",
+            "metrics",
+            "log",
+            "dkim",
+            "throttle",
+            "analytics",
+            "retention",
+        ];
         for key in tree.keys() {
             if !SECTIONS.contains(&key.as_str()) {
                 errors.push(format!("{key}: unknown section (known: {})", SECTIONS.join(", ")));
@@ -350,6 +382,8 @@ impl Config {
         let log = section::<LogConfig>(&tree, "log", &mut errors);
         let dkim = section::<DkimConfig>(&tree, "dkim", &mut errors);
         let throttle = section::<ThrottleSection>(&tree, "throttle", &mut errors);
+        let analytics = section::<AnalyticsConfig>(&tree, "analytics", &mut errors);
+        let retention = section::<RetentionConfig>(&tree, "retention", &mut errors);
 
         let (
             Some(store),
@@ -362,11 +396,26 @@ impl Config {
             Some(log),
             Some(dkim),
             Some(throttle),
-        ) = (store, queue, smtp, worker, tracker, tokens, metrics, log, dkim, throttle)
+            Some(analytics),
+            Some(retention),
+        ) = (store, queue, smtp, worker, tracker, tokens, metrics, log, dkim, throttle, analytics, retention)
         else {
             return Err(ConfigErrors(errors));
         };
-        let cfg = Config { store, queue, smtp, worker, tracker, tokens, metrics, log, dkim, throttle };
+        let cfg = Config {
+            store,
+            queue,
+            smtp,
+            worker,
+            tracker,
+            tokens,
+            metrics,
+            log,
+            dkim,
+            throttle,
+            analytics,
+            retention,
+        };
         cfg.validate(&mut errors);
         if errors.is_empty() { Ok(cfg) } else { Err(ConfigErrors(errors)) }
     }

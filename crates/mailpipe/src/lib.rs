@@ -2,6 +2,7 @@
 //! turns it into running services. `main.rs` only parses the command line.
 //! Tests drive these functions directly.
 
+pub mod analytics;
 pub mod app;
 pub mod config;
 pub mod demo;

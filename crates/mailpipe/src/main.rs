@@ -62,8 +62,64 @@ enum Command {
         #[command(subcommand)]
         command: TenantCommand,
     },
+    /// Serve the tenant API and dashboard, count events into per-campaign
+    /// aggregates, and purge on the retention schedule, until SIGTERM.
+    Analytics,
+    /// Delete what is past its retention (docs/privacy.md), now.
+    Purge,
+    /// Remove a recipient's personal data everywhere, keeping only a keyed
+    /// hash in the suppression list so they are never mailed again.
+    Erase {
+        #[arg(long)]
+        email: String,
+        /// Only this tenant's data (and a suppression in its scope).
+        #[arg(long)]
+        tenant: Option<String>,
+    },
+    /// Manage suppressions (platform-wide, or one tenant's with --tenant).
+    Suppress {
+        #[command(subcommand)]
+        command: SuppressCommand,
+    },
     /// Load and check the configuration, and report every error at once.
     CheckConfig,
+}
+
+#[derive(Subcommand)]
+enum SuppressCommand {
+    /// Suppress an address.
+    Add {
+        email: String,
+        #[arg(long)]
+        tenant: Option<String>,
+        /// marketing (default) or all.
+        #[arg(long, default_value = "marketing")]
+        applies_to: String,
+        #[arg(long, default_value = "manual")]
+        reason: String,
+    },
+    /// Lift an address's suppressions in the scope.
+    Remove {
+        email: String,
+        #[arg(long)]
+        tenant: Option<String>,
+    },
+    /// List (keyed hashes, never addresses).
+    List {
+        #[arg(long)]
+        tenant: Option<String>,
+    },
+    /// Import a CSV of email,reason,applies_to: every line or none.
+    Import {
+        file: PathBuf,
+        #[arg(long)]
+        tenant: Option<String>,
+    },
+    /// Export as CSV: scope,recipient_hash,reason,applies_to,created_at.
+    Export {
+        #[arg(long)]
+        tenant: Option<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -75,7 +131,19 @@ enum TenantCommand {
         /// Display name.
         #[arg(long)]
         name: Option<String>,
+        /// Keep this tenant's marketing unsubscribes to itself instead of
+        /// applying them platform-wide.
+        #[arg(long)]
+        tenant_scoped_unsubscribes: bool,
     },
+    /// Create an API key for a tenant; it is printed once and stored hashed.
+    KeyCreate {
+        id: String,
+        #[arg(long, default_value = "default")]
+        label: String,
+    },
+    /// Revoke an API key.
+    KeyRevoke { key: String },
 }
 
 fn main() -> ExitCode {
@@ -105,6 +173,56 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn tenant_id(id: &str) -> anyhow::Result<mailpipe_core::TenantId> {
+    mailpipe_core::TenantId::parse(id).map_err(|e| anyhow::anyhow!("tenant id: {e}"))
+}
+
+async fn suppress(cfg: &Config, command: SuppressCommand) -> anyhow::Result<ExitCode> {
+    let scope = |t: &Option<String>| t.as_deref().map(tenant_id).transpose();
+    let hash = |email: &str| -> anyhow::Result<String> {
+        let addr = mailpipe_core::EmailAddress::parse(email).map_err(|e| anyhow::anyhow!("{email}: {e}"))?;
+        let (_, hasher) = app::keyring(&cfg.token_secrets()?, cfg.tokens.active_key)?;
+        Ok(hasher.hash(&addr.canonical()).to_hex())
+    };
+    let store = app::store(cfg).await?;
+    match command {
+        SuppressCommand::Add { email, tenant, applies_to, reason } => {
+            let t = scope(&tenant)?;
+            let category = match applies_to.as_str() {
+                "marketing" => mailpipe_core::Category::Marketing,
+                "all" => mailpipe_core::Category::Transactional,
+                other => anyhow::bail!("--applies-to {other}: expected marketing or all"),
+            };
+            if !["hard_bounce", "complaint", "unsubscribe", "manual"].contains(&reason.as_str()) {
+                anyhow::bail!("--reason {reason}: expected hard_bounce, complaint, unsubscribe or manual");
+            }
+            let scope = t.as_ref().map(|t| t.as_str());
+            store.add_suppression(scope, &hash(&email)?, &reason, category, scope).await?;
+            println!("suppressed");
+        }
+        SuppressCommand::Remove { email, tenant } => {
+            let t = scope(&tenant)?;
+            let n = store.remove_suppression(t.as_ref().map(|t| t.as_str()), &hash(&email)?).await?;
+            println!("removed {n} suppression(s)");
+        }
+        SuppressCommand::List { tenant } | SuppressCommand::Export { tenant } => {
+            let t = scope(&tenant)?;
+            println!("scope,recipient_hash,reason,applies_to,created_at");
+            for r in store.list_suppressions(t.as_ref().map(|t| t.as_str())).await? {
+                let scope = if r.scope_tenant.is_empty() { "platform" } else { r.scope_tenant.as_str() };
+                println!("{scope},{},{},{},{}", r.recipient_hash, r.reason, r.applies_to, r.created_at);
+            }
+        }
+        SuppressCommand::Import { file, tenant } => {
+            let t = scope(&tenant)?;
+            let n =
+                mailpipe::analytics::import_suppressions(cfg, &file, t.as_ref().map(|t| t.as_str())).await?;
+            println!("imported {n} suppression(s)");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn run(command: Command, mut cfg: Config) -> anyhow::Result<ExitCode> {
@@ -158,15 +276,64 @@ async fn run(command: Command, mut cfg: Config) -> anyhow::Result<ExitCode> {
             println!("{}", app::migrate(&cfg).await?);
             Ok(ExitCode::SUCCESS)
         }
-        Command::Tenant { command: TenantCommand::Add { id, name } } => {
+        Command::Tenant { command: TenantCommand::Add { id, name, tenant_scoped_unsubscribes } } => {
             telemetry::init_tracing(&cfg.log);
-            let tenant =
-                mailpipe_core::TenantId::parse(id.as_str()).map_err(|e| anyhow::anyhow!("tenant id: {e}"))?;
+            let tenant = tenant_id(&id)?;
             app::ensure_sqlite_dir(&cfg)?;
             let store = app::store(&cfg).await?;
             store.upsert_tenant(&tenant, name.as_deref().unwrap_or(&id)).await?;
+            store.set_unsubscribe_scope(&tenant, !tenant_scoped_unsubscribes).await?;
             println!("tenant {tenant} registered");
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Tenant { command: TenantCommand::KeyCreate { id, label } } => {
+            telemetry::init_tracing(&cfg.log);
+            let tenant = tenant_id(&id)?;
+            let store = app::store(&cfg).await?;
+            if !store.tenant_exists(&tenant).await? {
+                anyhow::bail!("tenant {tenant} is not registered (mailpipe tenant add {tenant})");
+            }
+            println!("{}", store.create_api_key(&tenant, &label).await?);
+            eprintln!("API key for {tenant} created; it is shown only now");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Tenant { command: TenantCommand::KeyRevoke { key } } => {
+            telemetry::init_tracing(&cfg.log);
+            let store = app::store(&cfg).await?;
+            if store.revoke_api_key(&key).await? {
+                println!("revoked");
+                Ok(ExitCode::SUCCESS)
+            } else {
+                eprintln!("no such active key");
+                Ok(ExitCode::FAILURE)
+            }
+        }
+        Command::Analytics => {
+            telemetry::init_tracing(&cfg.log);
+            mailpipe::analytics::run(&cfg, app::shutdown_token()).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Purge => {
+            telemetry::init_tracing(&cfg.log);
+            let r = mailpipe::analytics::purge(&cfg).await?;
+            println!(
+                "purged: {} events, {} ledger rows, client details of {} events, {} dead letters",
+                r.events_deleted, r.ledger_rows_deleted, r.client_details_removed, r.dead_letters_deleted
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Erase { email, tenant } => {
+            telemetry::init_tracing(&cfg.log);
+            let r = mailpipe::analytics::erase(&cfg, &email, tenant.as_deref()).await?;
+            println!(
+                "erased: {} ledger rows anonymised, {} events deleted, {} dead letters deleted; a keyed hash stays on the suppression list",
+                r.ledger_rows_anonymised, r.events_deleted, r.dead_letters_deleted
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Suppress { command } => {
+            telemetry::init_tracing(&cfg.log);
+            suppress(&cfg, command).await
         }
         Command::CheckConfig => {
             println!(

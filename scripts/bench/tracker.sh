@@ -1,0 +1,115 @@
+#!/usr/bin/env bash
+# Load test of the tracker against nginx, in the same run on this machine:
+# wrk on the pixel and click endpoints (the tracker on PostgreSQL + Kafka,
+# as deployed), and on nginx serving the same GIF as a static file. Prints
+# requests/s, p99 latency, the ratio to nginx, whether every answered
+# request has its event once the spool drains, and the tracker's peak RSS.
+#
+#   scripts/bench/tracker.sh            # 15 s per run, 64 connections
+#   DUR=30s CONN=128 scripts/bench/tracker.sh
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/var/tmp/mailpipe-target}
+DUR=${DUR:-15s}
+CONN=${CONN:-64}
+THREADS=${THREADS:-2}
+
+scripts/services.sh up >/dev/null
+eval "$(scripts/services.sh env)"
+cargo build --release -p mailpipe -q
+BIN=$CARGO_TARGET_DIR/release/mailpipe
+
+work=$(mktemp -d /var/tmp/mailpipe-bench.XXXX)
+db="bench_$(date +%s)"
+psql -q "$MAILPIPE_TEST_DATABASE_URL" -c "CREATE DATABASE $db" >/dev/null
+DB_URL="${MAILPIPE_TEST_DATABASE_URL%/*}/$db"
+KEY=$(head -c 32 /dev/urandom | base64)
+TPORT=18090
+NPORT=18091
+
+tracker_pid=""
+nginx_pid=""
+cleanup() {
+  [ -n "$tracker_pid" ] && kill "$tracker_pid" 2>/dev/null || true
+  [ -n "$nginx_pid" ] && kill "$nginx_pid" 2>/dev/null || true
+  psql -q "$MAILPIPE_TEST_DATABASE_URL" -c "DROP DATABASE IF EXISTS $db" >/dev/null 2>&1 || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+export MAILPIPE__STORE__URL=$DB_URL
+export MAILPIPE__QUEUE__KIND=kafka
+export MAILPIPE__QUEUE__KAFKA__BROKERS=$MAILPIPE_KAFKA_BROKERS
+export MAILPIPE__TOKENS__KEYS__1=$KEY
+export MAILPIPE__TOKENS__RECIPIENT_KEY=$KEY
+export MAILPIPE__TRACKER__LISTEN=127.0.0.1:$TPORT
+export MAILPIPE__TRACKER__PUBLIC_URL=http://127.0.0.1:$TPORT
+export MAILPIPE__TRACKER__SPOOL_DIR=$work/spool
+export MAILPIPE__METRICS__LISTEN=127.0.0.1:0
+export MAILPIPE__LOG__LEVEL=warn
+"$BIN" migrate >/dev/null
+"$BIN" tracker > "$work/tracker.log" 2>&1 &
+tracker_pid=$!
+
+# nginx: the same 43-byte GIF as a static file, two workers like the
+# tracker's two runtime threads.
+mkdir -p "$work/www"
+printf 'GIF89a\x01\x00\x01\x00\x80\x00\x00\x00\x00\x00\xff\xff\xff\x21\xf9\x04\x01\x00\x00\x00\x00\x2c\x00\x00\x00\x00\x01\x00\x01\x00\x00\x02\x02\x44\x01\x00\x3b' > "$work/www/pixel.gif"
+cat > "$work/nginx.conf" <<CONF
+worker_processes 2;
+daemon off;
+pid $work/nginx.pid;
+error_log $work/nginx.err warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  server {
+    listen 127.0.0.1:$NPORT;
+    location / { root $work/www; try_files /pixel.gif =404; default_type image/gif; add_header Cache-Control no-store; }
+  }
+}
+CONF
+nginx -c "$work/nginx.conf" -e "$work/nginx.err" &
+nginx_pid=$!
+
+for p in $TPORT $NPORT; do
+  for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$p) 2>/dev/null && break; sleep 0.1; done
+done
+
+open=$(python3 scripts/bench/mint_token.py "$KEY" open)
+click=$(python3 scripts/bench/mint_token.py "$KEY" click "https://shop.example/item/42?utm_source=mail")
+
+run() { # name url -> "rps p99_ms requests non2xx3xx"
+  local out
+  out=$(wrk -t"$THREADS" -c"$CONN" -d"$DUR" --latency -H "User-Agent: Mozilla/5.0 (X11; Linux x86_64) Chrome/126.0" "$2")
+  echo "$out" > "$work/$1.wrk"
+  local rps p99 reqs bad
+  rps=$(awk '/^Requests\/sec/ {print $2}' <<<"$out")
+  p99=$(awk '$1=="99%" {print $2}' <<<"$out")
+  reqs=$(awk '/requests in/ {print $1}' <<<"$out")
+  bad=$(awk '/Non-2xx or 3xx/ {print $NF}' <<<"$out")
+  echo "$rps $p99 $reqs ${bad:-0}"
+}
+
+read -r n_rps n_p99 _ _ <<<"$(run nginx "http://127.0.0.1:$NPORT/o/$open")"
+read -r o_rps o_p99 o_reqs o_bad <<<"$(run pixel "http://127.0.0.1:$TPORT/o/$open")"
+read -r c_rps c_p99 c_reqs c_bad <<<"$(run click "http://127.0.0.1:$TPORT/c/$click")"
+
+answered=$(( o_reqs - o_bad + c_reqs - c_bad ))
+stored=0
+for _ in $(seq 120); do
+  stored=$(psql -tA "$DB_URL" -c "SELECT COUNT(*) FROM events")
+  [ "$stored" -ge "$answered" ] && break
+  sleep 1
+done
+rss_kb=$(awk '/VmHWM/ {print $2}' "/proc/$tracker_pid/status")
+ratio() { python3 -c "print(f'{$1/$2:.0%}')"; }
+
+printf '\nmachine: %s, %s cores; wrk -t%s -c%s -d%s\n\n' "$(uname -m)" "$(nproc)" "$THREADS" "$CONN" "$DUR"
+printf '| target | requests/s | p99 latency | vs nginx |\n|---|---|---|---|\n'
+printf '| nginx, static GIF | %s | %s | 100%% |\n' "$n_rps" "$n_p99"
+printf '| tracker /o (pixel) | %s | %s | %s |\n' "$o_rps" "$o_p99" "$(ratio "$o_rps" "$n_rps")"
+printf '| tracker /c (click) | %s | %s | %s |\n' "$c_rps" "$c_p99" "$(ratio "$c_rps" "$n_rps")"
+printf '\nanswered %s (non-2xx/3xx: %s), events stored after drain: %s\n' "$answered" "$((o_bad + c_bad))" "$stored"
+printf 'tracker peak RSS: %s MB\n' "$((rss_kb / 1024))"
+[ "$stored" -eq "$answered" ] || { echo "MISMATCH: events stored != requests answered" >&2; exit 1; }
