@@ -391,3 +391,50 @@ async fn events_from_kafka_become_campaign_stats_end_to_end() {
     worker.await.unwrap().unwrap();
     analytics.await.unwrap().unwrap();
 }
+
+fn arf(reference: &str, with_feedback_part: bool) -> Vec<u8> {
+    let feedback = if with_feedback_part {
+        "--b\r\nContent-Type: message/feedback-report\r\n\r\nFeedback-Type: abuse\r\nUser-Agent: isp-fbl/1.0\r\nVersion: 1\r\n\r\n"
+    } else {
+        ""
+    };
+    format!(
+        "From: fbl@isp.example\r\nTo: fbl@platform.example\r\nSubject: complaint\r\nMIME-Version: 1.0\r\n\
+         Content-Type: multipart/report; report-type=feedback-report; boundary=\"b\"\r\n\r\n\
+         --b\r\nContent-Type: text/plain\r\n\r\nThis is an abuse report.\r\n\
+         {feedback}--b\r\nContent-Type: text/rfc822-headers\r\n\r\nFrom: news@sender.example\r\n\
+         X-Mailpipe-Ref: {reference}\r\nFeedback-ID: spring:acme:marketing:mailpipe\r\n\r\n--b--\r\n"
+    )
+    .into_bytes()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_arf_complaint_suppresses_the_recipient_everywhere_and_bad_reports_are_kept() {
+    let (store, db) = pg_store().await;
+    let address = "complainer@example.com";
+    seed_personal_data(&store, address).await;
+    let cfg = config_for(&db);
+    let (tenant, job) = mailpipe::analytics::complaint(&cfg, &arf("acme/job-00001", true)).await.unwrap();
+    assert_eq!((tenant.as_str(), job.as_str()), ("acme", "job-00001"));
+    let (_, hasher) = app::keyring(&cfg.token_secrets().unwrap(), 1).unwrap();
+    let hash = hasher.hash(address).to_hex();
+    let s =
+        store.suppression(&hash, "globex", mailpipe_core::Category::Transactional).await.unwrap().unwrap();
+    assert_eq!((s.reason.as_str(), s.platform_wide), ("complaint", true));
+    assert_eq!(store.event_counts("acme", "spring").await.unwrap().get("complaint"), Some(&1));
+
+    for (report, reason) in [
+        (arf("acme/job-00001", false), "not_arf"),
+        (arf("acme/no-such-job", true), "unknown_message"),
+        (arf("not a reference", true), "bad_reference"),
+    ] {
+        let e = mailpipe::analytics::complaint(&cfg, &report).await.unwrap_err().to_string();
+        assert!(e.contains(reason), "{e}");
+    }
+    let mut conn = sqlx::PgConnection::connect(&db).await.unwrap();
+    let kept: Vec<String> = sqlx::query_scalar("SELECT reason FROM rejected_reports ORDER BY id")
+        .fetch_all(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(kept, ["not_arf", "unknown_message", "bad_reference"]);
+}

@@ -262,3 +262,115 @@ mod tests {
         assert_eq!(good[0].scope_tenant, "acme");
     }
 }
+
+/// Why a feedback report could not be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ArfError {
+    #[error("not a MIME message")]
+    NotMime,
+    #[error("no message/feedback-report part (not an ARF report, RFC 5965)")]
+    NotArf,
+    #[error("the report's original message carries no X-Mailpipe-Ref header")]
+    NoReference,
+    #[error("X-Mailpipe-Ref {0:?} is not tenant/job")]
+    BadReference(String),
+    #[error("no message {0} was sent by this platform")]
+    UnknownMessage(String),
+}
+
+impl ArfError {
+    pub fn reason(&self) -> &'static str {
+        match self {
+            ArfError::NotMime => "not_mime",
+            ArfError::NotArf => "not_arf",
+            ArfError::NoReference => "no_reference",
+            ArfError::BadReference(_) => "bad_reference",
+            ArfError::UnknownMessage(_) => "unknown_message",
+        }
+    }
+}
+
+/// The `tenant/job` reference of the original message inside an ARF report.
+pub fn arf_reference(report: &[u8]) -> Result<(TenantId, mailpipe_core::JobId), ArfError> {
+    let msg = mail_parser::MessageParser::default().parse(report).ok_or(ArfError::NotMime)?;
+    use mail_parser::MimeHeaders;
+    let is_feedback = msg.parts.iter().any(|p| p.is_content_type("message", "feedback-report"));
+    if !is_feedback {
+        return Err(ArfError::NotArf);
+    }
+    // The original is a message/rfc822 part or text/rfc822-headers: find the
+    // header in the raw bytes of whichever part carries it.
+    let text = String::from_utf8_lossy(report);
+    let unfolded = text.replace("\r\n", "\n");
+    let value = unfolded
+        .lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.trim().eq_ignore_ascii_case("x-mailpipe-ref").then(|| v.trim().to_owned())
+        })
+        .ok_or(ArfError::NoReference)?;
+    let (t, j) = value.split_once('/').ok_or_else(|| ArfError::BadReference(value.clone()))?;
+    let tenant = TenantId::parse(t).map_err(|_| ArfError::BadReference(value.clone()))?;
+    let job = mailpipe_core::JobId::parse(j).map_err(|_| ArfError::BadReference(value.clone()))?;
+    Ok((tenant, job))
+}
+
+/// `mailpipe complaint`: maps an ARF report to its tenant and message,
+/// suppresses the recipient platform-wide for every category, and records a
+/// `complaint` event. A report that cannot be used is stored with its reason
+/// and the error returned.
+pub async fn complaint(cfg: &Config, report: &[u8]) -> Result<(TenantId, mailpipe_core::JobId)> {
+    let store = app::store(cfg).await?;
+    let outcome = async {
+        let (tenant, job) = arf_reference(report)?;
+        let Some((recipient, campaign)) = store
+            .ledger_recipient(tenant.as_str(), job.as_str())
+            .await
+            .map_err(|_| ArfError::UnknownMessage(format!("{tenant}/{job}")))?
+        else {
+            return Err(ArfError::UnknownMessage(format!("{tenant}/{job}")));
+        };
+        Ok((tenant, job, recipient, campaign))
+    }
+    .await;
+    let (tenant, job, recipient, campaign) = match outcome {
+        Ok(v) => v,
+        Err(e) => {
+            store.reject_report(e.reason(), report).await?;
+            bail!("report rejected ({}): {e}; stored for inspection", e.reason());
+        }
+    };
+    let secrets = cfg.token_secrets()?;
+    let (_, hasher) = app::keyring(&secrets, cfg.tokens.active_key)?;
+    // An erased recipient's ledger row holds `erased:<hash>` already.
+    let hash = match recipient.strip_prefix("erased:") {
+        Some(h) => h.to_owned(),
+        None => hasher
+            .hash(&EmailAddress::parse(&recipient).map(|a| a.canonical()).unwrap_or(recipient.clone()))
+            .to_hex(),
+    };
+    store
+        .add_suppression(
+            None,
+            &hash,
+            "complaint",
+            mailpipe_core::Category::Transactional,
+            Some(tenant.as_str()),
+        )
+        .await?;
+    let campaign = mailpipe_core::CampaignId::parse(campaign).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut e = Event::for_job(mailpipe_core::EventType::Complaint, &tenant, &campaign, &job, "");
+    e.recipient_ref = Some(hash);
+    e.reason = Some("arf".into());
+    store.insert_events(std::slice::from_ref(&e)).await?;
+    if cfg.queue.kind == QueueKind::Kafka {
+        let k = mailpipe_queue::kafka::KafkaEvents::connect(
+            &app::kafka_settings(cfg),
+            Duration::from_secs(cfg.queue.kafka.connect_timeout_secs),
+        )
+        .await
+        .map_err(app::kafka_hint)?;
+        k.publish(std::slice::from_ref(&e)).await?;
+    }
+    Ok((tenant, job))
+}

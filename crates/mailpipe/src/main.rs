@@ -81,6 +81,10 @@ enum Command {
         #[command(subcommand)]
         command: SuppressCommand,
     },
+    /// Take an ARF complaint report (RFC 5965) from FILE or stdin (`-`), as a
+    /// feedback-loop mailbox would pipe it: the recipient is suppressed for
+    /// every tenant and category, and a `complaint` event recorded.
+    Complaint { file: PathBuf },
     /// Load and check the configuration, and report every error at once.
     CheckConfig,
 }
@@ -329,6 +333,19 @@ async fn run(command: Command, mut cfg: Config) -> anyhow::Result<ExitCode> {
                 "erased: {} ledger rows anonymised, {} events deleted, {} dead letters deleted; a keyed hash stays on the suppression list",
                 r.ledger_rows_anonymised, r.events_deleted, r.dead_letters_deleted
             );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Complaint { file } => {
+            telemetry::init_tracing(&cfg.log);
+            let report = if file.as_os_str() == "-" {
+                let mut buf = Vec::new();
+                std::io::Read::read_to_end(&mut std::io::stdin(), &mut buf)?;
+                buf
+            } else {
+                std::fs::read(&file).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?
+            };
+            let (tenant, job) = mailpipe::analytics::complaint(&cfg, &report).await?;
+            println!("complaint recorded for {tenant}/{job}; recipient suppressed platform-wide");
             Ok(ExitCode::SUCCESS)
         }
         Command::Suppress { command } => {
