@@ -124,6 +124,7 @@ DO $$ BEGIN
     CREATE ROLE mailpipe_api NOLOGIN;
   END IF;
 END $$;
+SET client_min_messages = warning;
 GRANT mailpipe_api TO mailpipe;
 SELECT 'CREATE DATABASE mailpipe OWNER mailpipe' WHERE NOT EXISTS (SELECT 1 FROM pg_database WHERE datname = 'mailpipe')
 \gexec
@@ -288,5 +289,11 @@ case "${1:-}" in
   env) print_env ;;
   restart-kafka) kafka_down; kafka_up ;;
   restart-postgres) pg_down; pg_up ;;
-  *) echo "usage: $0 up|down|status|env|restart-kafka|restart-postgres" >&2; exit 2 ;;
+  create-topic)
+    # create-topic NAME [PARTITIONS]: for load harnesses that want fresh topics.
+    [ -n "${2:-}" ] || die "usage: $0 create-topic NAME [PARTITIONS]"
+    kafka_java org.apache.kafka.tools.TopicCommand --bootstrap-server "127.0.0.1:$KAFKA_PORT" \
+      --create --if-not-exists --topic "$2" --partitions "${3:-$KAFKA_PARTITIONS}" --replication-factor 1 >/dev/null \
+      || die "could not create topic $2" ;;
+  *) echo "usage: $0 up|down|status|env|restart-kafka|restart-postgres|create-topic NAME [PARTITIONS]" >&2; exit 2 ;;
 esac

@@ -14,7 +14,7 @@ DUR=${DUR:-15s}
 CONN=${CONN:-64}
 THREADS=${THREADS:-2}
 
-scripts/services.sh up >/dev/null
+scripts/services.sh up >/dev/null 2>&1 || scripts/services.sh up
 eval "$(scripts/services.sh env)"
 cargo build --release -p mailpipe -q
 BIN=$CARGO_TARGET_DIR/release/mailpipe
@@ -39,7 +39,7 @@ trap cleanup EXIT
 
 export MAILPIPE__STORE__URL=$DB_URL
 export MAILPIPE__QUEUE__KIND=kafka
-export MAILPIPE__QUEUE__KAFKA__BROKERS=$MAILPIPE_KAFKA_BROKERS
+export MAILPIPE__QUEUE__KAFKA__BROKERS=$MAILPIPE_TEST_KAFKA_BROKERS
 export MAILPIPE__TOKENS__KEYS__1=$KEY
 export MAILPIPE__TOKENS__RECIPIENT_KEY=$KEY
 export MAILPIPE__TRACKER__LISTEN=127.0.0.1:$TPORT
@@ -110,6 +110,12 @@ printf '| target | requests/s | p99 latency | vs nginx |\n|---|---|---|---|\n'
 printf '| nginx, static GIF | %s | %s | 100%% |\n' "$n_rps" "$n_p99"
 printf '| tracker /o (pixel) | %s | %s | %s |\n' "$o_rps" "$o_p99" "$(ratio "$o_rps" "$n_rps")"
 printf '| tracker /c (click) | %s | %s | %s |\n' "$c_rps" "$c_p99" "$(ratio "$c_rps" "$n_rps")"
-printf '\nanswered %s (non-2xx/3xx: %s), events stored after drain: %s\n' "$answered" "$((o_bad + c_bad))" "$stored"
+printf '\nanswered (counted by wrk) %s, non-2xx/3xx %s; events stored after drain %s\n' "$answered" "$((o_bad + c_bad))" "$stored"
 printf 'tracker peak RSS: %s MB\n' "$((rss_kb / 1024))"
-[ "$stored" -eq "$answered" ] || { echo "MISMATCH: events stored != requests answered" >&2; exit 1; }
+# wrk stops counting at its deadline while up to one request per connection
+# is still in flight; the tracker answers (and records) those too.
+extra=$((stored - answered))
+if [ "$extra" -lt 0 ] || [ "$extra" -gt $((2 * CONN)) ]; then
+  echo "MISMATCH: $stored events for $answered answered requests" >&2; exit 1
+fi
+printf 'every answered request has its event (%s more for requests in flight when wrk stopped)\n' "$extra"

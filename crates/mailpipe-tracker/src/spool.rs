@@ -14,6 +14,20 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use mailpipe_core::Event;
 
+/// A batch as stored: one JSON event per line.
+pub fn encode(events: &[Event]) -> Vec<u8> {
+    encode_iter(events.iter())
+}
+
+pub fn encode_iter<'a>(events: impl ExactSizeIterator<Item = &'a Event>) -> Vec<u8> {
+    let mut buf = Vec::with_capacity(events.len() * 400);
+    for e in events {
+        buf.extend_from_slice(&e.to_json());
+        buf.push(b'\n');
+    }
+    buf
+}
+
 pub struct Spool {
     dir: PathBuf,
     next_seq: AtomicU64,
@@ -63,16 +77,16 @@ impl Spool {
 
     /// Writes one batch durably. Blocking: call from `spawn_blocking`.
     pub fn append(&self, events: &[Event]) -> std::io::Result<()> {
-        let mut buf = Vec::with_capacity(events.len() * 400);
-        for e in events {
-            buf.extend_from_slice(&e.to_json());
-            buf.push(b'\n');
-        }
+        self.append_encoded(&encode(events))
+    }
+
+    /// Same, for a batch already encoded with [`encode`].
+    pub fn append_encoded(&self, buf: &[u8]) -> std::io::Result<()> {
         let seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
         let tmp = self.dir.join(format!("{seq:020}.tmp"));
         let path = self.dir.join(format!("{seq:020}.jsonl"));
         let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(&buf)?;
+        f.write_all(buf)?;
         f.sync_data()?;
         std::fs::rename(&tmp, &path)?;
         // The rename itself must survive a crash too.

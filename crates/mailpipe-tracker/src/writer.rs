@@ -104,7 +104,9 @@ impl EventWriter {
 async fn write_loop(spool: Arc<Spool>, mut rx: mpsc::Receiver<Pending>, shipped: Arc<Notify>) {
     let mut batch = Vec::with_capacity(BATCH);
     while rx.recv_many(&mut batch, BATCH).await > 0 {
-        let events: Vec<Event> = batch.iter().map(|p| p.event.clone()).collect();
+        // Encoded here, once; the blocking task gets bytes, not events.
+        let encoded = Arc::new(crate::spool::encode_iter(batch.iter().map(|p| &p.event)));
+        let count = batch.len();
         let mut delay = Duration::from_millis(50);
         loop {
             if spool.is_full() {
@@ -113,8 +115,8 @@ async fn write_loop(spool: Arc<Spool>, mut rx: mpsc::Receiver<Pending>, shipped:
                 delay = (delay * 2).min(Duration::from_secs(1));
                 continue;
             }
-            let (s, ev) = (spool.clone(), events.clone());
-            match tokio::task::spawn_blocking(move || s.append(&ev)).await {
+            let (s, buf) = (spool.clone(), encoded.clone());
+            match tokio::task::spawn_blocking(move || s.append_encoded(&buf)).await {
                 Ok(Ok(())) => break,
                 Ok(Err(e)) => warn!(error = %e, "cannot write the event spool; retrying"),
                 Err(e) => warn!(error = %e, "spool writer task failed; retrying"),
@@ -125,7 +127,7 @@ async fn write_loop(spool: Arc<Spool>, mut rx: mpsc::Receiver<Pending>, shipped:
         for p in batch.drain(..) {
             let _ = p.durable.send(());
         }
-        metrics::counter!("mailpipe_tracker_events_spooled_total").increment(events.len() as u64);
+        metrics::counter!("mailpipe_tracker_events_spooled_total").increment(count as u64);
         metrics::gauge!("mailpipe_tracker_spool_bytes").set(spool.bytes() as f64);
         shipped.notify_one();
     }

@@ -1,0 +1,123 @@
+#!/usr/bin/env bash
+# End-to-end send throughput, against this machine's own ceilings, in one run:
+#   1. Postfix's smtp-source pushes N messages of the same size into a
+#      private smtp-sink over reused connections: the SMTP ceiling.
+#   2. One core signing with RSA-2048 (mail-auth), from the criterion bench:
+#      the DKIM ceiling.
+#   3. N jobs of ~10 KB personalised HTML with 5 links, over 5 domains, are
+#      produced to Kafka; the release worker renders, (optionally) signs and
+#      delivers them to the same kind of smtp-sink. Messages/s is measured
+#      from the first job claimed to the last outcome recorded (ledger
+#      timestamps), without and with RSA-2048 DKIM.
+# Prints a table with the ratios and the worker's peak RSS.
+#
+#   scripts/bench/send.sh            # N=50000
+#   N=10000 scripts/bench/send.sh
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/var/tmp/mailpipe-target}
+N=${N:-50000}
+PARTS=${PARTS:-6}
+
+scripts/services.sh up >/dev/null 2>&1 || scripts/services.sh up
+eval "$(scripts/services.sh env)"
+cargo build --release -p mailpipe -q
+BIN=$CARGO_TARGET_DIR/release/mailpipe
+work=$(mktemp -d /var/tmp/mailpipe-send.XXXX)
+sink_pid=""
+worker_pid=""
+cleanup() {
+  [ -n "$worker_pid" ] && kill "$worker_pid" 2>/dev/null || true
+  [ -n "$sink_pid" ] && kill "$sink_pid" 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+SPORT=12525
+start_sink() {
+  [ -n "$sink_pid" ] && { kill "$sink_pid" 2>/dev/null || true; wait "$sink_pid" 2>/dev/null || true; }
+  local u=()
+  [ "$(id -u)" = 0 ] && u=(-u nobody)
+  /usr/sbin/smtp-sink "${u[@]}" -c 127.0.0.1:$SPORT 1024 >/dev/null 2>&1 &
+  sink_pid=$!
+  for _ in $(seq 50); do (exec 3<>/dev/tcp/127.0.0.1/$SPORT) 2>/dev/null && return; sleep 0.1; done
+}
+
+echo "generating $N jobs..." >&2
+python3 scripts/bench/gen_jobs.py "$N" bench > "$work/jobs.jsonl"
+msg_size=$(( $(head -1 "$work/jobs.jsonl" | wc -c) + 2000 ))
+
+# 1. The SMTP ceiling: smtp-source, 10 sessions, reused connections.
+start_sink
+t0=$(date +%s.%N)
+/usr/sbin/smtp-source -s 10 -m "$N" -l "$msg_size" -f news@acme.example -t user@gmail.example 127.0.0.1:$SPORT
+t1=$(date +%s.%N)
+ceiling=$(python3 -c "print(round($N/($t1-$t0)))")
+
+# 2. One core's RSA-2048 signing rate, measured now.
+rsa_ns=$(cargo bench -q -p mailpipe-benches --bench hot_paths -- dkim/sign_rsa2048 --noplot 2>/dev/null \
+  | awk '/time:/ {gsub(/\[/,""); v=$4; u=$5; if (u=="ms") v*=1e6; else if (u=="µs"||u=="us") v*=1e3; print v; exit}')
+rsa_rate=$(python3 -c "print(round(1e9/$rsa_ns))")
+
+# 3. The worker.
+run_worker() { # label dkim(0|1); sets RESULT="rate rss_mb sent"
+  local label=$1 dkim=$2 ts db topic
+  ts=$(date +%s%N)
+  db="send_${label}_$ts"
+  topic="bench.send.$label.$ts"
+  psql -q "$MAILPIPE_TEST_DATABASE_URL" -c "CREATE DATABASE $db" >/dev/null
+  scripts/services.sh create-topic "$topic" "$PARTS"
+  local cfg="$work/$label.toml"
+  : > "$cfg"
+  if [ "$dkim" = 1 ]; then
+    cat > "$cfg" <<TOML
+[dkim.domains."acme.example"]
+selector = "bench"
+algorithm = "rsa-sha256"
+private_key_file = "$PWD/crates/mailpipe-render/tests/fixtures/rsa2048.pem"
+TOML
+  fi
+  local url="${MAILPIPE_TEST_DATABASE_URL%/*}/$db"
+  local key
+  key=$(head -c 32 /dev/zero | tr '\0' 'k' | base64)
+  local -a envv=(
+    MAILPIPE__STORE__URL="$url"
+    MAILPIPE__QUEUE__KIND=kafka MAILPIPE__QUEUE__KAFKA__BROKERS="$MAILPIPE_TEST_KAFKA_BROKERS"
+    MAILPIPE__QUEUE__KAFKA__SEND_TOPIC="$topic" MAILPIPE__QUEUE__KAFKA__GROUP_ID="bench-$ts"
+    MAILPIPE__SMTP__KIND=smtp MAILPIPE__SMTP__PORT=$SPORT MAILPIPE__SMTP__MAX_CONNECTIONS=16
+    MAILPIPE__WORKER__MAX_IN_FLIGHT=256
+    MAILPIPE__TOKENS__KEYS__1="$key" MAILPIPE__TOKENS__RECIPIENT_KEY="$key"
+    MAILPIPE__METRICS__LISTEN=127.0.0.1:0 MAILPIPE__LOG__LEVEL=warn
+  )
+  env "${envv[@]}" "$BIN" --config "$cfg" migrate >/dev/null
+  env "${envv[@]}" "$BIN" --config "$cfg" tenant add acme >/dev/null
+  env "${envv[@]}" "$BIN" --config "$cfg" enqueue "$work/jobs.jsonl" >/dev/null
+  start_sink
+  env "${envv[@]}" "$BIN" --config "$cfg" worker > "$work/$label.log" 2>&1 &
+  worker_pid=$!
+  local finished=0
+  for _ in $(seq 1800); do
+    finished=$(psql -tA "$url" -c "SELECT COUNT(*) FROM send_ledger WHERE status IN ('sent','bounced','failed','dead_lettered','suppressed')")
+    [ "$finished" -ge "$N" ] && break
+    sleep 1
+  done
+  local rss sent span
+  rss=$(awk '/VmHWM/ {print int($2/1024)}' "/proc/$worker_pid/status")
+  kill "$worker_pid"; wait "$worker_pid" 2>/dev/null || true
+  worker_pid=""
+  sent=$(psql -tA "$url" -c "SELECT COUNT(*) FROM send_ledger WHERE status = 'sent'")
+  span=$(psql -tA "$url" -c "SELECT (MAX(updated_at) - MIN(created_at)) FROM send_ledger")
+  psql -q "$MAILPIPE_TEST_DATABASE_URL" -c "DROP DATABASE $db" >/dev/null
+  RESULT="$(python3 -c "print(round($sent*1000/max($span,1)))") $rss $sent"
+}
+run_worker plain 0; read -r plain plain_rss plain_sent <<<"$RESULT"
+run_worker dkim 1; read -r dkim dkim_rss dkim_sent <<<"$RESULT"
+pct() { python3 -c "print(f'{$1/$2:.0%}')"; }
+printf '\nmachine: %s, %s cores; N=%s jobs of ~%s bytes, 5 links, 5 domains, %s partitions\n\n' \
+  "$(uname -m)" "$(nproc)" "$N" "$msg_size" "$PARTS"
+printf '| measure | messages/s | ratio | floor |\n|---|---|---|---|\n'
+printf '| smtp-source → smtp-sink (SMTP ceiling) | %s | 100%% | |\n' "$ceiling"
+printf '| one core signing RSA-2048 (DKIM ceiling) | %s | 100%% | |\n' "$rsa_rate"
+printf '| worker, no DKIM (%s sent) | %s | %s of SMTP ceiling | 30%% |\n' "$plain_sent" "$plain" "$(pct "$plain" "$ceiling")"
+printf '| worker, RSA-2048 DKIM (%s sent) | %s | %s of one core signing | 70%% |\n' "$dkim_sent" "$dkim" "$(pct "$dkim" "$rsa_rate")"
+printf '\nworker peak RSS: %s MB without DKIM, %s MB with\n' "$plain_rss" "$dkim_rss"
