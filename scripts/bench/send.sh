@@ -53,11 +53,14 @@ t0=$(date +%s.%N)
 /usr/sbin/smtp-source -s 10 -m "$N" -l "$msg_size" -f news@acme.example -t user@gmail.example 127.0.0.1:$SPORT
 t1=$(date +%s.%N)
 ceiling=$(python3 -c "print(round($N/($t1-$t0)))")
+echo "smtp-source: $ceiling messages/s" >&2
 
 # 2. One core's RSA-2048 signing rate, measured now.
 rsa_ns=$(cargo bench -q -p mailpipe-benches --bench hot_paths -- dkim/sign_rsa2048 --noplot 2>/dev/null \
-  | awk '/time:/ {gsub(/\[/,""); v=$4; u=$5; if (u=="ms") v*=1e6; else if (u=="µs"||u=="us") v*=1e3; print v; exit}')
+  | awk '/time:/ {gsub(/\[/,""); for (i = 1; i <= NF; i++) if ($i == "time:") { v = $(i+3); u = $(i+4) }
+      if (u == "ms") v *= 1e6; else if (u == "ns") v *= 1; else if (u == "s") v *= 1e9; else v *= 1e3; print v; exit}')
 rsa_rate=$(python3 -c "print(round(1e9/$rsa_ns))")
+echo "RSA-2048 signing, one core: $rsa_rate/s" >&2
 
 # 3. The worker.
 run_worker() { # label dkim(0|1); sets RESULT="rate rss_mb sent"
@@ -91,7 +94,9 @@ TOML
   )
   env "${envv[@]}" "$BIN" --config "$cfg" migrate >/dev/null
   env "${envv[@]}" "$BIN" --config "$cfg" tenant add acme >/dev/null
+  local e0=$SECONDS
   env "${envv[@]}" "$BIN" --config "$cfg" enqueue "$work/jobs.jsonl" >/dev/null
+  echo "$label: $N jobs enqueued in $((SECONDS - e0)) s" >&2
   start_sink
   env "${envv[@]}" "$BIN" --config "$cfg" worker > "$work/$label.log" 2>&1 &
   worker_pid=$!
@@ -111,7 +116,9 @@ TOML
   RESULT="$(python3 -c "print(round($sent*1000/max($span,1)))") $rss $sent"
 }
 run_worker plain 0; read -r plain plain_rss plain_sent <<<"$RESULT"
+echo "worker without DKIM: $plain messages/s" >&2
 run_worker dkim 1; read -r dkim dkim_rss dkim_sent <<<"$RESULT"
+echo "worker with DKIM: $dkim messages/s" >&2
 pct() { python3 -c "print(f'{$1/$2:.0%}')"; }
 printf '\nmachine: %s, %s cores; N=%s jobs of ~%s bytes, 5 links, 5 domains, %s partitions\n\n' \
   "$(uname -m)" "$(nproc)" "$N" "$msg_size" "$PARTS"

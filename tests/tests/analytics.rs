@@ -356,6 +356,41 @@ async fn a_malformed_csv_import_names_its_lines_and_imports_nothing() {
     assert_eq!(mailpipe::analytics::import_suppressions(&cfg, &good, Some("acme")).await.unwrap(), 2);
     assert_eq!(store.list_suppressions(Some("acme")).await.unwrap().len(), 2);
     let _ = std::fs::remove_dir_all(dir);
+
+    // The same over the API, into the caller's scope only.
+    let globex = TenantId::parse("globex").unwrap();
+    store.upsert_tenant(&globex, "Globex").await.unwrap();
+    let key = store.create_api_key(&globex, "csv").await.unwrap();
+    let auth = format!("Bearer {key}");
+    let (addr, server) = serve_api(store.clone()).await;
+    let r = http(
+        &addr,
+        "POST",
+        "/api/v1/suppressions.csv",
+        &[("Authorization", &auth)],
+        b"c@example.com,manual,all\nbroken\n",
+    )
+    .await;
+    assert_eq!(r.status, 422);
+    assert!(r.text().contains("\"line\":2"), "{}", r.text());
+    assert!(store.list_suppressions(Some("globex")).await.unwrap().is_empty(), "nothing partial");
+    let r = http(
+        &addr,
+        "POST",
+        "/api/v1/suppressions.csv",
+        &[("Authorization", &auth)],
+        b"c@example.com,manual,all\n",
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let export = http(&addr, "GET", "/api/v1/suppressions.csv", &[("Authorization", &auth)], b"").await;
+    let lines: Vec<&str> = std::str::from_utf8(&export.body).unwrap().lines().collect();
+    assert_eq!(lines.len(), 2, "header and globex's one row, none of acme's: {lines:?}");
+    assert!(lines[1].starts_with("globex,") && !lines[1].contains("c@example.com"));
+    let del =
+        http(&addr, "DELETE", "/api/v1/suppressions/c@example.com", &[("Authorization", &auth)], b"").await;
+    assert_eq!(del.status, 204);
+    server.abort();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

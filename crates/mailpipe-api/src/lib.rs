@@ -8,7 +8,10 @@
 //! not exist: 404, never 403.
 #![forbid(unsafe_code)]
 
+mod csv;
 mod dashboard;
+
+pub use csv::{CsvError, export_csv, parse_suppression_csv};
 
 use std::sync::Arc;
 
@@ -41,6 +44,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/v1/campaigns/{id}/stats", get(stats))
         .route("/api/v1/suppressions", get(list_suppressions).post(add_suppression))
         .route("/api/v1/suppressions/{email}", axum::routing::delete(remove_suppression))
+        .route("/api/v1/suppressions.csv", get(export_suppressions).post(import_suppressions))
         .route("/dashboard/campaigns/{id}", get(dashboard))
         .route("/healthz", get(|| async { "ok\n" }))
         .with_state(state)
@@ -195,6 +199,49 @@ async fn remove_suppression(
     match s.store.remove_suppression(Some(t.as_str()), &hash).await {
         Ok(0) => err(StatusCode::NOT_FOUND, "not suppressed for this tenant"),
         Ok(_) => StatusCode::NO_CONTENT.into_response(),
+        Err(e) => internal(e),
+    }
+}
+
+async fn export_suppressions(State(s): State<ApiState>, headers: HeaderMap) -> Response {
+    let t = match tenant(&s, &headers, None).await {
+        Ok(t) => t,
+        Err(r) => return r,
+    };
+    match s.store.list_suppressions(Some(t.as_str())).await {
+        Ok(rows) => {
+            ([(header::CONTENT_TYPE, "text/csv"), (header::CACHE_CONTROL, "no-store")], export_csv(&rows))
+                .into_response()
+        }
+        Err(e) => internal(e),
+    }
+}
+
+/// A CSV of `email,reason,applies_to` into the tenant's scope: every line
+/// or none; a bad file gets a 422 naming each bad line.
+async fn import_suppressions(
+    State(s): State<ApiState>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    let t = match tenant(&s, &headers, None).await {
+        Ok(t) => t,
+        Err(r) => return r,
+    };
+    let Ok(text) = std::str::from_utf8(&body) else {
+        return err(StatusCode::BAD_REQUEST, "the CSV must be UTF-8");
+    };
+    let rows = match parse_suppression_csv(text, Some(t.as_str()), |a| s.hasher.hash(a).to_hex()) {
+        Ok(rows) => rows,
+        Err(errors) => {
+            let lines: Vec<_> =
+                errors.iter().map(|e| serde_json::json!({ "line": e.line, "error": e.error })).collect();
+            let body = serde_json::json!({ "error": "nothing was imported", "lines": lines });
+            return (StatusCode::UNPROCESSABLE_ENTITY, json(&body)).into_response();
+        }
+    };
+    match s.store.import_suppressions(&rows).await {
+        Ok(n) => json(&serde_json::json!({ "imported": n })),
         Err(e) => internal(e),
     }
 }

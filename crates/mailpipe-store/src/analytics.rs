@@ -383,6 +383,19 @@ impl Store {
         Ok(on_pool!(self, p => sqlx::query_as(sql).bind(tenant).bind(job_id).fetch_optional(p).await)?)
     }
 
+    /// Records which token key ids and DKIM signing domains belong to a
+    /// tenant: references for operators, never the secrets themselves.
+    pub async fn set_tenant_key_refs(
+        &self,
+        tenant: &TenantId,
+        token_key_ids: &str,
+        dkim_domains: &str,
+    ) -> Result<()> {
+        let sql = "UPDATE tenants SET token_key_ids = $2, dkim_domains = $3 WHERE tenant_id = $1";
+        on_pool!(self, p => sqlx::query(sql).bind(tenant.as_str()).bind(token_key_ids).bind(dkim_domains).execute(p).await.map(|_| ()))?;
+        Ok(())
+    }
+
     /// Keeps a feedback report that could not be used, with the reason.
     pub async fn reject_report(&self, reason: &str, report: &[u8]) -> Result<()> {
         let sql = "INSERT INTO rejected_reports (received_at, reason, report) VALUES ($1, $2, $3)";

@@ -139,6 +139,10 @@ enum TenantCommand {
         /// applying them platform-wide.
         #[arg(long)]
         tenant_scoped_unsubscribes: bool,
+        /// Domains this tenant sends from whose DKIM keys are in [dkim]
+        /// (comma-separated), recorded as references in the registry.
+        #[arg(long, default_value = "")]
+        dkim_domains: String,
     },
     /// Create an API key for a tenant; it is printed once and stored hashed.
     KeyCreate {
@@ -213,11 +217,8 @@ async fn suppress(cfg: &Config, command: SuppressCommand) -> anyhow::Result<Exit
         }
         SuppressCommand::List { tenant } | SuppressCommand::Export { tenant } => {
             let t = scope(&tenant)?;
-            println!("scope,recipient_hash,reason,applies_to,created_at");
-            for r in store.list_suppressions(t.as_ref().map(|t| t.as_str())).await? {
-                let scope = if r.scope_tenant.is_empty() { "platform" } else { r.scope_tenant.as_str() };
-                println!("{scope},{},{},{},{}", r.recipient_hash, r.reason, r.applies_to, r.created_at);
-            }
+            let rows = store.list_suppressions(t.as_ref().map(|t| t.as_str())).await?;
+            print!("{}", mailpipe_api::export_csv(&rows));
         }
         SuppressCommand::Import { file, tenant } => {
             let t = scope(&tenant)?;
@@ -280,13 +281,19 @@ async fn run(command: Command, mut cfg: Config) -> anyhow::Result<ExitCode> {
             println!("{}", app::migrate(&cfg).await?);
             Ok(ExitCode::SUCCESS)
         }
-        Command::Tenant { command: TenantCommand::Add { id, name, tenant_scoped_unsubscribes } } => {
+        Command::Tenant {
+            command: TenantCommand::Add { id, name, tenant_scoped_unsubscribes, dkim_domains },
+        } => {
             telemetry::init_tracing(&cfg.log);
             let tenant = tenant_id(&id)?;
             app::ensure_sqlite_dir(&cfg)?;
             let store = app::store(&cfg).await?;
             store.upsert_tenant(&tenant, name.as_deref().unwrap_or(&id)).await?;
             store.set_unsubscribe_scope(&tenant, !tenant_scoped_unsubscribes).await?;
+            // Token keys are platform keys from which each tenant's key is
+            // derived: the registry records which ids exist when it is added.
+            let key_ids: Vec<String> = cfg.tokens.keys.keys().cloned().collect();
+            store.set_tenant_key_refs(&tenant, &key_ids.join(","), &dkim_domains).await?;
             println!("tenant {tenant} registered");
             Ok(ExitCode::SUCCESS)
         }
