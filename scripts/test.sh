@@ -10,6 +10,9 @@ cd "$(dirname "$0")/.."
 # the bundled librdkafka and SQLite C builds happen once, not per checkout.
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/var/tmp/mailpipe-target}
 export CARGO_TERM_COLOR=${CARGO_TERM_COLOR:-never}
+# Incremental state is per checkout path and grows without bound on a
+# shared build directory; CI gains nothing from it.
+export CARGO_INCREMENTAL=${CARGO_INCREMENTAL:-0}
 
 step() { printf '\n==> %s\n' "$*"; }
 
