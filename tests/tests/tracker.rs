@@ -284,3 +284,26 @@ async fn a_tenant_can_keep_unsubscribes_to_itself_and_per_ip_limits_apply() {
     assert!(codes[4..].iter().all(|c| *c == 429), "{codes:?}");
     t.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_erased_recipients_old_links_store_no_client_details() {
+    let t = start(&[]).await;
+    let store = mailpipe_store::Store::connect(&t.db, 2).await.unwrap();
+    // A job sent to someone who was then erased.
+    let mut j = job(9, "acme", "spring", "example.com");
+    j["job_id"] = "j9".into();
+    let sj = mailpipe_core::SendJob::from_json(&serde_json::to_vec(&j).unwrap()).unwrap();
+    store.claim_job(&sj).await.unwrap();
+    store.erase("user9@example.com", "00112233445566778899aabbccddeeff", None).await.unwrap();
+
+    let erased = t.token(&claims("acme", "j9", 3600, Action::Open));
+    let other = t.token(&claims("acme", "j1", 3600, Action::Open));
+    for tok in [&erased, &other] {
+        assert_eq!(t.get(&format!("/o/{tok}"), &[("User-Agent", CHROME)]).await.status, 200);
+    }
+    let events = t.wait_events(2).await;
+    let by_job = |job: &str| events.iter().find(|e| e["job_id"] == job).unwrap().clone();
+    assert!(by_job("j9").get("client").is_none(), "the erased person's open keeps no client details");
+    assert!(by_job("j1").get("client").is_some(), "others' opens do");
+    t.stop().await;
+}

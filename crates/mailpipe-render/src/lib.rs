@@ -19,8 +19,16 @@ pub mod fuzzing {
     /// Link rewriting (with the pixel and honeypot), text-part link
     /// rewriting and the HTML-to-text derivation over arbitrary input.
     pub fn rewrite_everything(html: &str) {
-        let mut sign = |url: &str| -> Result<String, mailpipe_token::TokenError> { Ok(format!("https://t.example/c/{}", url.len())) };
-        let _ = crate::links::rewrite_html(html, "https://t.example/", "https://t.example/o/x", Some("https://t.example/c/hp"), &mut sign);
+        let mut sign = |url: &str| -> Result<String, mailpipe_token::TokenError> {
+            Ok(format!("https://t.example/c/{}", url.len()))
+        };
+        let _ = crate::links::rewrite_html(
+            html,
+            "https://t.example/",
+            "https://t.example/o/x",
+            Some("https://t.example/c/hp"),
+            &mut sign,
+        );
         let _ = crate::links::rewrite_text(html, "https://t.example/", &mut sign);
         let _ = crate::links::html_to_text(html);
     }

@@ -396,6 +396,40 @@ impl Store {
         Ok(())
     }
 
+    /// Of the given (tenant, job) pairs, those whose recipient was erased.
+    /// The tracker strips client details from their events, so an erased
+    /// person's old links produce no new identifying data.
+    pub async fn erased_jobs(
+        &self,
+        jobs: &[(String, String)],
+    ) -> Result<std::collections::HashSet<(String, String)>> {
+        if jobs.is_empty() {
+            return Ok(Default::default());
+        }
+        let tenants: Vec<&str> = jobs.iter().map(|(t, _)| t.as_str()).collect();
+        let ids: Vec<&str> = jobs.iter().map(|(_, j)| j.as_str()).collect();
+        // A superset (any tenant × any job of the batch), narrowed below.
+        let rows: Vec<(String, String)> = match &self.pool {
+            Pool::Postgres(p) => {
+                sqlx::query_as("SELECT tenant_id, job_id FROM send_ledger WHERE recipient LIKE 'erased:%' AND tenant_id = ANY($1) AND job_id = ANY($2)")
+                    .bind(tenants)
+                    .bind(ids)
+                    .fetch_all(p)
+                    .await?
+            }
+            Pool::Sqlite(p) => {
+                let (t, j) = (serde_json::to_string(&tenants).unwrap_or_default(), serde_json::to_string(&ids).unwrap_or_default());
+                sqlx::query_as("SELECT tenant_id, job_id FROM send_ledger WHERE recipient LIKE 'erased:%' AND tenant_id IN (SELECT value FROM json_each($1)) AND job_id IN (SELECT value FROM json_each($2))")
+                    .bind(t)
+                    .bind(j)
+                    .fetch_all(p)
+                    .await?
+            }
+        };
+        let wanted: std::collections::HashSet<&(String, String)> = jobs.iter().collect();
+        Ok(rows.into_iter().filter(|r| wanted.contains(r)).collect())
+    }
+
     /// Keeps a feedback report that could not be used, with the reason.
     pub async fn reject_report(&self, reason: &str, report: &[u8]) -> Result<()> {
         let sql = "INSERT INTO rejected_reports (received_at, reason, report) VALUES ($1, $2, $3)";

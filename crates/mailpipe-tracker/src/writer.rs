@@ -178,7 +178,7 @@ async fn ship_loop(
                 break;
             }
         }
-        match ship(&store, kafka.as_ref(), &events, &mut scopes).await {
+        match ship(&store, kafka.as_ref(), &mut events, &mut scopes).await {
             Ok(()) => {
                 for seg in &take {
                     if let Err(e) = spool.remove(seg) {
@@ -212,10 +212,30 @@ async fn ship_loop(
 async fn ship(
     store: &Store,
     kafka: Option<&KafkaEvents>,
-    events: &[Event],
+    events: &mut [Event],
     scopes: &mut HashMap<TenantId, (bool, Instant)>,
 ) -> Result<(), String> {
     let bounded = |what: &'static str| move |_| format!("{what} timed out after {WRITE_TIMEOUT:?}");
+    // An erased recipient's old links still count, but carry no client
+    // details: nothing new that could identify them is stored.
+    let with_client: Vec<(String, String)> = events
+        .iter()
+        .filter(|e| e.client.is_some())
+        .filter_map(|e| Some((e.tenant_id.as_ref()?.to_string(), e.job_id.as_ref()?.to_string())))
+        .collect();
+    let erased = tokio::time::timeout(WRITE_TIMEOUT, store.erased_jobs(&with_client))
+        .await
+        .map_err(bounded("store"))?
+        .map_err(|e| e.to_string())?;
+    if !erased.is_empty() {
+        for e in events.iter_mut() {
+            if let (Some(t), Some(j)) = (&e.tenant_id, &e.job_id)
+                && erased.contains(&(t.to_string(), j.to_string()))
+            {
+                e.client = None;
+            }
+        }
+    }
     tokio::time::timeout(WRITE_TIMEOUT, store.insert_events(events))
         .await
         .map_err(bounded("store"))?
