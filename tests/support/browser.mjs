@@ -81,6 +81,8 @@ out.afterConfirm = await evaluate("document.body.innerText");
 
 console.log(JSON.stringify(out));
 ws.close();
+const exited = new Promise((r) => chrome.once("exit", r));
 chrome.kill("SIGKILL");
-rmSync(profile, { recursive: true, force: true });
+await exited;
+try { rmSync(profile, { recursive: true, force: true }); } catch { /* a temp dir; not worth failing over */ }
 process.exit(0);

@@ -89,6 +89,14 @@ async fn kill_9_mid_campaign_loses_nothing_and_sends_nothing_twice() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // The ledger can be complete before the last worker has re-read the
+    // records a killed worker finished but never committed; stop it only
+    // once it has caught up with the topic (auto-commit runs every second).
+    let caught_up = Instant::now() + Duration::from_secs(60);
+    while committed(&group, &topics.send, 3).values().sum::<i64>() < JOBS as i64 {
+        assert!(Instant::now() < caught_up, "the last worker did not catch up with the topic");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     let term = Command::new("kill").arg("-TERM").arg(last.id().to_string()).status().unwrap();
     assert!(term.success());
     let stop_deadline = Instant::now() + Duration::from_secs(30);
