@@ -83,15 +83,6 @@ fn increments(e: &Event) -> Vec<String> {
     m
 }
 
-macro_rules! on_pool {
-    ($self:expr, $p:ident => $body:expr) => {
-        match &$self.pool {
-            Pool::Postgres($p) => $body,
-            Pool::Sqlite($p) => $body,
-        }
-    };
-}
-
 impl Store {
     /// Counts events into the aggregates, each at most once. Returns how
     /// many were new.

@@ -9,7 +9,6 @@
 //! transaction ([`Store::finish`]), so "the outcome is durable" means both.
 #![forbid(unsafe_code)]
 
-pub mod analytics;
 mod filter;
 
 pub use analytics::{CampaignStats, ErasureReport, PurgeReport, Retention, SuppressionRow};
@@ -196,6 +195,9 @@ macro_rules! in_tx {
         }
     };
 }
+
+// After the macros, which it uses.
+pub mod analytics;
 
 impl Store {
     /// Connects to `postgres://...` or `sqlite:PATH` (created if missing).
