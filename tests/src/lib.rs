@@ -125,11 +125,7 @@ impl SmtpSink {
             .stderr(Stdio::null())
             .spawn()
             .expect("spawn smtp-sink");
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "smtp-sink did not listen on {port}");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        wait_for_port(port, Duration::from_secs(5), "smtp-sink");
         Self { port, dir, child }
     }
 
@@ -411,6 +407,27 @@ pub fn list_unsubscribe(message: &str) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// Blocks until something listens on loopback `port`, or fails naming `what`.
+fn wait_for_port(port: u16, timeout: Duration, what: &str) {
+    let deadline = Instant::now() + timeout;
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "{what} did not listen on {port}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Points the tracker of a test configuration at loopback `port`, with its
+/// own spool directory.
+pub fn with_tracker(env: &mut Vec<(String, String)>, port: u16) {
+    for (k, v) in [
+        ("MAILPIPE__TRACKER__LISTEN", format!("127.0.0.1:{port}")),
+        ("MAILPIPE__TRACKER__PUBLIC_URL", format!("http://127.0.0.1:{port}")),
+        ("MAILPIPE__TRACKER__SPOOL_DIR", std::env::temp_dir().join(unique("spool")).display().to_string()),
+    ] {
+        env.push((k.into(), v));
+    }
+}
+
 /// A free loopback port, for services a test starts itself.
 pub fn loopback_port() -> u16 {
     free_port()
@@ -452,11 +469,7 @@ impl TestRelay {
             .args(args)
             .spawn()
             .unwrap_or_else(|e| panic!("python3 {}: {e} (install python3)", script.display()));
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "the test relay did not listen on {port}");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        wait_for_port(port, Duration::from_secs(10), "the test relay");
         Self { port, dir, child }
     }
 

@@ -56,15 +56,9 @@ async fn a_browser_opens_clicks_and_unsubscribes_and_each_is_recorded() {
     let sink = SmtpSink::start(&[]);
     let port = loopback_port();
     let mut env = service_env(&db, &topics, &sink, &unique("group"));
-    for (k, v) in [
-        ("MAILPIPE__TRACKER__LISTEN", format!("127.0.0.1:{port}")),
-        ("MAILPIPE__TRACKER__PUBLIC_URL", format!("http://127.0.0.1:{port}")),
-        ("MAILPIPE__TRACKER__SPOOL_DIR", std::env::temp_dir().join(unique("spool")).display().to_string()),
-        // The message is rendered a moment before the click.
-        ("MAILPIPE__TRACKER__MACHINE_CLICK_SECS", "0".to_owned()),
-    ] {
-        env.push((k.into(), v));
-    }
+    with_tracker(&mut env, port);
+    // The message is rendered a moment before the click.
+    env.push(("MAILPIPE__TRACKER__MACHINE_CLICK_SECS".into(), "0".into()));
     let cfg = Arc::new(Config::load(None, env).unwrap());
     let (ring, hasher) = app::keyring(&cfg.token_secrets().unwrap(), 1).unwrap();
     let stop = CancellationToken::new();

@@ -35,14 +35,7 @@ async fn start(extra: &[(&str, &str)]) -> Tracker {
     let sink = SmtpSink::start(&[]);
     let port = loopback_port();
     let mut env = service_env(&db, &topics, &sink, &unique("group"));
-    let spool = std::env::temp_dir().join(unique("spool"));
-    for (k, v) in [
-        ("MAILPIPE__TRACKER__LISTEN", format!("127.0.0.1:{port}")),
-        ("MAILPIPE__TRACKER__PUBLIC_URL", format!("http://127.0.0.1:{port}")),
-        ("MAILPIPE__TRACKER__SPOOL_DIR", spool.display().to_string()),
-    ] {
-        env.push((k.into(), v));
-    }
+    with_tracker(&mut env, port);
     env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
     let cfg = Arc::new(Config::load(None, env).unwrap());
     let (ring, _) = app::keyring(&cfg.token_secrets().unwrap(), 1).unwrap();

@@ -31,12 +31,7 @@ async fn no_event_is_lost_when_postgres_then_kafka_restart_under_traffic() {
     let sink = SmtpSink::start(&[]);
     let port = loopback_port();
     let mut env = service_env(&db, &topics, &sink, &unique("group"));
-    env.push(("MAILPIPE__TRACKER__LISTEN".into(), format!("127.0.0.1:{port}")));
-    env.push(("MAILPIPE__TRACKER__PUBLIC_URL".into(), format!("http://127.0.0.1:{port}")));
-    env.push((
-        "MAILPIPE__TRACKER__SPOOL_DIR".into(),
-        std::env::temp_dir().join(unique("spool")).display().to_string(),
-    ));
+    with_tracker(&mut env, port);
     let cfg = Arc::new(Config::load(None, env).unwrap());
     let (ring, _) = app::keyring(&cfg.token_secrets().unwrap(), 1).unwrap();
     let stop = CancellationToken::new();

@@ -19,8 +19,7 @@ async fn a_one_click_unsubscribe_reaches_the_workers_within_seconds_for_every_te
     let sink = SmtpSink::start(&[]);
     let port = loopback_port();
     let mut env = service_env(&db, &topics, &sink, &unique("group"));
-    env.push(("MAILPIPE__TRACKER__LISTEN".into(), format!("127.0.0.1:{port}")));
-    env.push(("MAILPIPE__TRACKER__PUBLIC_URL".into(), format!("http://127.0.0.1:{port}")));
+    with_tracker(&mut env, port);
     let cfg = Arc::new(Config::load(None, env).unwrap());
     let store = app::store(&cfg).await.unwrap();
     for t in ["acme", "globex"] {

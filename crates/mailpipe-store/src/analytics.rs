@@ -268,8 +268,7 @@ impl Store {
         recipient_hash: &str,
         tenant: Option<&TenantId>,
     ) -> Result<ErasureReport> {
-        let t = tenant.map(|t| t.as_str().to_owned());
-        let scope = t.clone().unwrap_or_default();
+        let scope = tenant.map(|t| t.as_str().to_owned()).unwrap_or_default();
         let anon = format!("erased:{recipient_hash}");
         let mut r = ErasureReport::default();
         let jobs_sql =
@@ -281,64 +280,40 @@ impl Store {
                     VALUES ($1, $2, 'manual', 'all', NULL, $3) ON CONFLICT (scope_tenant, recipient_hash, applies_to) DO NOTHING";
         let log = "INSERT INTO erasures (recipient_hash, scope_tenant, erased_at) VALUES ($1, $2, $3)
                    ON CONFLICT (recipient_hash, scope_tenant) DO UPDATE SET erased_at = excluded.erased_at";
+        // The only dialect differences: finding bytes in a blob, and how to
+        // reclaim the deleted rows' space (PostgreSQL: the dead row versions
+        // of the touched tables; SQLite: the whole file, so no free page
+        // keeps the address).
+        let (del_dead_letters, vacuums): (&str, &[&str]) = match self.pool {
+            Pool::Postgres(_) => (
+                "DELETE FROM dead_letters WHERE position($1::bytea in payload) > 0 AND ($2 = '' OR tenant_id = $2)",
+                &["VACUUM send_ledger", "VACUUM events", "VACUUM dead_letters"],
+            ),
+            Pool::Sqlite(_) => (
+                "DELETE FROM dead_letters WHERE instr(payload, $1) > 0 AND ($2 = '' OR tenant_id = $2)",
+                &["VACUUM"],
+            ),
+        };
         let needle = address.as_bytes().to_vec();
-        match &self.pool {
-            Pool::Postgres(p) => {
-                let mut tx = p.begin().await?;
-                let jobs: Vec<(String, String)> =
-                    sqlx::query_as(jobs_sql).bind(address).bind(&scope).fetch_all(&mut *tx).await?;
-                for (tid, jid) in &jobs {
-                    r.events_deleted +=
-                        sqlx::query(del_events).bind(tid).bind(jid).execute(&mut *tx).await?.rows_affected();
-                    r.ledger_rows_anonymised += sqlx::query(anon_sql)
-                        .bind(tid)
-                        .bind(jid)
-                        .bind(&anon)
-                        .execute(&mut *tx)
-                        .await?
-                        .rows_affected();
-                }
-                r.dead_letters_deleted = sqlx::query("DELETE FROM dead_letters WHERE position($1::bytea in payload) > 0 AND ($2 = '' OR tenant_id = $2)")
-                    .bind(&needle).bind(&scope).execute(&mut *tx).await?.rows_affected();
-                sqlx::query(supp).bind(&scope).bind(recipient_hash).bind(now_ms()).execute(&mut *tx).await?;
-                sqlx::query(log).bind(recipient_hash).bind(&scope).bind(now_ms()).execute(&mut *tx).await?;
-                tx.commit().await?;
-                // Reclaim the dead row versions now rather than at autovacuum.
-                for table in ["send_ledger", "events", "dead_letters"] {
-                    sqlx::query(&format!("VACUUM {table}")).execute(p).await?;
-                }
+        on_pool!(self, p => {
+            let mut tx = p.begin().await?;
+            let jobs: Vec<(String, String)> =
+                sqlx::query_as(jobs_sql).bind(address).bind(&scope).fetch_all(&mut *tx).await?;
+            for (tid, jid) in &jobs {
+                r.events_deleted +=
+                    sqlx::query(del_events).bind(tid).bind(jid).execute(&mut *tx).await?.rows_affected();
+                r.ledger_rows_anonymised +=
+                    sqlx::query(anon_sql).bind(tid).bind(jid).bind(&anon).execute(&mut *tx).await?.rows_affected();
             }
-            Pool::Sqlite(p) => {
-                let mut tx = p.begin().await?;
-                let jobs: Vec<(String, String)> =
-                    sqlx::query_as(jobs_sql).bind(address).bind(&scope).fetch_all(&mut *tx).await?;
-                for (tid, jid) in &jobs {
-                    r.events_deleted +=
-                        sqlx::query(del_events).bind(tid).bind(jid).execute(&mut *tx).await?.rows_affected();
-                    r.ledger_rows_anonymised += sqlx::query(anon_sql)
-                        .bind(tid)
-                        .bind(jid)
-                        .bind(&anon)
-                        .execute(&mut *tx)
-                        .await?
-                        .rows_affected();
-                }
-                r.dead_letters_deleted = sqlx::query(
-                    "DELETE FROM dead_letters WHERE instr(payload, $1) > 0 AND ($2 = '' OR tenant_id = $2)",
-                )
-                .bind(&needle)
-                .bind(&scope)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
-                sqlx::query(supp).bind(&scope).bind(recipient_hash).bind(now_ms()).execute(&mut *tx).await?;
-                sqlx::query(log).bind(recipient_hash).bind(&scope).bind(now_ms()).execute(&mut *tx).await?;
-                tx.commit().await?;
-                // Deleted pages are overwritten with zeros (secure_delete) only
-                // if enabled; VACUUM rebuilds the file without them.
-                sqlx::query("VACUUM").execute(p).await?;
+            r.dead_letters_deleted =
+                sqlx::query(del_dead_letters).bind(&needle).bind(&scope).execute(&mut *tx).await?.rows_affected();
+            sqlx::query(supp).bind(&scope).bind(recipient_hash).bind(now_ms()).execute(&mut *tx).await?;
+            sqlx::query(log).bind(recipient_hash).bind(&scope).bind(now_ms()).execute(&mut *tx).await?;
+            tx.commit().await?;
+            for v in vacuums {
+                sqlx::query(v).execute(p).await?;
             }
-        }
+        });
         r.suppression_kept = true;
         Ok(r)
     }

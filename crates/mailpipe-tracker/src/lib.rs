@@ -290,7 +290,7 @@ fn judge(
     c: &Claims,
     method: &Method,
     headers: &HeaderMap,
-    ip: Option<IpAddr>,
+    conn: Option<&ConnectInfo<SocketAddr>>,
     click: Option<bool>,
 ) {
     let ua = headers.get(header::USER_AGENT).and_then(|v| v.to_str().ok()).unwrap_or("");
@@ -302,6 +302,7 @@ fn judge(
         machine_click_secs: s.settings.machine_click_secs,
         is_click: click.is_some(),
     }));
+    let ip = client_addr(s, headers, conn);
     e.client = signals::client_info(ip, headers, s.settings.ip_mode, &s.settings.ip_key);
 }
 
@@ -321,7 +322,7 @@ async fn open(
         return not_found();
     }
     let mut e = event(&c, EventType::Open, &request_id());
-    judge(&s, &mut e, &c, &method, &headers, client_addr(&s, &headers, conn.as_ref().map(|c| &c.0)), None);
+    judge(&s, &mut e, &c, &method, &headers, conn.as_ref().map(|c| &c.0), None);
     if !s.events.send(e).await {
         return unavailable();
     }
@@ -353,15 +354,7 @@ async fn click(
     };
     let mut e = event(&c, EventType::Click, &request_id());
     e.url = Some(url.clone());
-    judge(
-        &s,
-        &mut e,
-        &c,
-        &method,
-        &headers,
-        client_addr(&s, &headers, conn.as_ref().map(|c| &c.0)),
-        Some(honeypot),
-    );
+    judge(&s, &mut e, &c, &method, &headers, conn.as_ref().map(|c| &c.0), Some(honeypot));
     if !s.events.send(e).await {
         return unavailable();
     }
