@@ -289,9 +289,11 @@ impl Store {
                 "DELETE FROM dead_letters WHERE position($1::bytea in payload) > 0 AND ($2 = '' OR tenant_id = $2)",
                 &["VACUUM send_ledger", "VACUUM events", "VACUUM dead_letters"],
             ),
+            // In WAL mode VACUUM's rewrite lands in the WAL first: checkpoint
+            // and truncate it so that neither file keeps the old pages.
             Pool::Sqlite(_) => (
                 "DELETE FROM dead_letters WHERE instr(payload, $1) > 0 AND ($2 = '' OR tenant_id = $2)",
-                &["VACUUM"],
+                &["VACUUM", "PRAGMA wal_checkpoint(TRUNCATE)"],
             ),
         };
         let needle = address.as_bytes().to_vec();
