@@ -33,3 +33,7 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 
 step "cargo test (unit, integration against real Kafka/PostgreSQL/smtp-sink, CLI, demo)"
 cargo test --workspace --locked --no-fail-fast
+
+step "docker/docker-compose.yml: compose-go accepts it, its services pass check-config"
+cargo build --locked -q -p mailpipe
+scripts/check-compose.sh

@@ -1,0 +1,66 @@
+#!/usr/bin/env bash
+# Checks docker/docker-compose.yml without a Docker engine:
+#  1. compose-go (the loader behind `docker compose config`) must accept it;
+#  2. every service built from docker/Dockerfile must run a real mailpipe
+#     subcommand, and its environment must pass `mailpipe check-config`
+#     (so a renamed config key breaks this check, not a deployment);
+#  3. the topics the compose file creates must be the ones the config uses.
+# Usage: scripts/check-compose.sh [path/to/mailpipe]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+target=${CARGO_TARGET_DIR:-/var/tmp/mailpipe-target}
+mailpipe=${1:-$target/debug/mailpipe}
+[[ -x $mailpipe ]] || { echo "no mailpipe binary at $mailpipe: run cargo build -p mailpipe first" >&2; exit 1; }
+command -v go >/dev/null || { echo "go is needed to run compose-go (Debian: apt-get install golang)" >&2; exit 1; }
+
+checker=$target/compose-check
+(cd scripts/compose-check && go build -o "$checker" .)
+
+json=$(mktemp)
+trap 'rm -f "$json"' EXIT
+"$checker" docker/docker-compose.yml > "$json"
+echo "compose-go accepts docker/docker-compose.yml"
+
+python3 - "$json" "$mailpipe" <<'PY'
+import json, os, re, subprocess, sys
+
+project = json.load(open(sys.argv[1]))
+mailpipe = sys.argv[2]
+failures = []
+built = 0
+for name, svc in sorted(project["services"].items()):
+    build = svc.get("build") or {}
+    if build.get("dockerfile") != "docker/Dockerfile":
+        continue
+    built += 1
+    if not os.path.exists(os.path.join(build["context"], build["dockerfile"])):
+        failures.append(f"{name}: {build['dockerfile']} not found under {build['context']}")
+    command = svc.get("command") or []
+    if not command or subprocess.run([mailpipe, command[0], "--help"],
+                                     capture_output=True).returncode != 0:
+        failures.append(f"{name}: command {command!r} is not a mailpipe subcommand")
+    env = {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/tmp")}
+    env.update({k: v for k, v in (svc.get("environment") or {}).items() if v is not None})
+    run = subprocess.run([mailpipe, "check-config"], env=env, capture_output=True, text=True)
+    if run.returncode != 0 or "refuse to start" in run.stdout:
+        failures.append(f"{name}: mailpipe check-config rejects its environment:\n{run.stdout}{run.stderr}")
+    else:
+        print(f"{name}: `mailpipe {command[0]}` with its environment passes check-config")
+
+if built == 0:
+    failures.append("no service is built from docker/Dockerfile")
+
+script = " ".join(" ".join(project["services"]["topics"]["command"]).split())
+created = set(re.findall(r"mailpipe\.[a-z0-9.]+\.v\d+", script))
+config = open("config/default.toml").read()
+used = set(re.findall(r'_topic\s*=\s*"([^"]+)"', config))
+if created != used:
+    failures.append(f"topics service creates {sorted(created)}, config uses {sorted(used)}")
+else:
+    print(f"topics service creates the config's topics: {', '.join(sorted(used))}")
+
+if failures:
+    print("\n".join("FAIL " + f for f in failures), file=sys.stderr)
+    sys.exit(1)
+PY
