@@ -488,6 +488,15 @@ impl TestRelay {
     }
 }
 
+impl TestRelay {
+    /// The addresses the relay deferred once (`--defer-percent`).
+    pub fn deferred(&self) -> Vec<String> {
+        std::fs::read_to_string(self.dir.join("deferred.log"))
+            .map(|s| s.lines().map(str::to_owned).collect())
+            .unwrap_or_default()
+    }
+}
+
 impl Drop for TestRelay {
     fn drop(&mut self) {
         let _ = self.child.kill();

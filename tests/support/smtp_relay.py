@@ -5,6 +5,12 @@ DIR/N.eml with DIR/N.json describing its session (TLS, AUTH user, envelope,
 SMTPUTF8). Loopback only; stops when killed.
 
 usage: smtp_relay.py --port P --dir DIR [--cert C --key K] [--user U --password W] [--smtputf8]
+                     [--defer-percent P]
+
+--defer-percent P answers 451 4.2.1 to the first RCPT of about P% of the
+recipients (chosen by CRC-32 of the address, so the share is stable) and
+accepts them when they are tried again. Each deferral is logged to
+DIR/deferred.log, one address per line.
 """
 import argparse
 import asyncio
@@ -13,8 +19,10 @@ import itertools
 import json
 import os
 import ssl
+import zlib
 
 counter = itertools.count()
+deferred_once = set()
 
 
 async def session(reader, writer, args, tls_ctx):
@@ -88,6 +96,14 @@ async def converse(reader, writer, args, tls_ctx):
             state["smtputf8"] = "SMTPUTF8" in arg.upper()
             await say("250 2.1.0 Ok")
         elif verb == "RCPT":
+            addr = arg.split(":", 1)[-1].split(">", 1)[0].strip(" <").lower()
+            if (args.defer_percent and addr not in deferred_once
+                    and zlib.crc32(addr.encode()) % 100 < args.defer_percent):
+                deferred_once.add(addr)
+                with open(os.path.join(args.dir, "deferred.log"), "a") as f:
+                    f.write(addr + "\n")
+                await say("451 4.2.1 Mailbox busy, try again later")
+                continue
             state["rcpt"].append(arg)
             await say("250 2.1.5 Ok")
         elif verb == "DATA":
@@ -104,8 +120,12 @@ async def converse(reader, writer, args, tls_ctx):
             with open(os.path.join(args.dir, f"{n}.eml"), "wb") as f:
                 f.write(data)
             meta = {k: state[k] for k in ("tls", "auth", "mail", "rcpt", "smtputf8")}
-            with open(os.path.join(args.dir, f"{n}.json"), "w") as f:
+            # Written under a temporary name and renamed, so a reader never
+            # sees half a session (N.eml is complete before N.json exists).
+            tmp = os.path.join(args.dir, f".{n}.json")
+            with open(tmp, "w") as f:
                 json.dump(meta, f)
+            os.replace(tmp, os.path.join(args.dir, f"{n}.json"))
             await say(f"250 2.0.0 Ok: queued as T{n}")
         elif verb == "RSET":
             state["mail"], state["rcpt"] = None, []
@@ -129,6 +149,7 @@ async def main():
     p.add_argument("--user")
     p.add_argument("--password")
     p.add_argument("--smtputf8", action="store_true")
+    p.add_argument("--defer-percent", type=int, default=0)
     args = p.parse_args()
     tls_ctx = None
     if args.cert:

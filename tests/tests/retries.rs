@@ -187,3 +187,66 @@ async fn a_provider_that_says_slow_down_is_paused_instead_of_hammered() {
     stop.cancel();
     worker.await.unwrap().unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_share_of_recipients_deferred_is_delivered_after_retries_and_the_campaign_is_not_complete_before() {
+    const N: usize = 300;
+    let db = fresh_database().await;
+    let topics = fresh_topics(2).await;
+    // About 30% of recipients get 451 4.2.1 on their first RCPT.
+    let relay = TestRelay::start(&["--defer-percent", "30"]);
+    let mut env = relay_env(&db, &topics, relay.port, &unique("group"));
+    for (k, v) in [
+        ("MAILPIPE__WORKER__RETRY_BASE_MS", "2000"),
+        ("MAILPIPE__WORKER__MAX_ATTEMPTS", "5"),
+        ("MAILPIPE__WORKER__RETRY_POLL_MS", "100"),
+    ] {
+        env.push((k.into(), v.into()));
+    }
+    let cfg = Arc::new(Config::load(None, env).unwrap());
+    let store = app::store(&cfg).await.unwrap();
+    enqueue(&cfg, &store, &[("a.example", 0..100), ("b.example", 100..200), ("c.example", 200..300)]).await;
+    let acme = TenantId::parse("acme").unwrap();
+
+    let (stop, worker) = start_worker(&cfg);
+    // Sample the campaign's progress until it says complete. It may only
+    // say so once every message is on the relay, and while the deferred
+    // share waits for its retry it must say how many are outstanding.
+    let mut seen_waiting_on_deferrals = false;
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    loop {
+        assert!(std::time::Instant::now() < deadline, "the campaign never completed");
+        let progress =
+            store.campaign_stats(&acme, "c").await.unwrap().map(|s| s.progress).unwrap_or_default();
+        let delivered = relay.received().len();
+        if progress.complete {
+            assert_eq!(delivered, N, "counted complete with {} of {N} delivered", delivered);
+            break;
+        }
+        let sent = store.ledger_counts("acme", "c").await.unwrap().get("sent").copied().unwrap_or(0);
+        if progress.accepted == N as i64 && progress.outstanding > 0 && sent > 0 {
+            seen_waiting_on_deferrals = true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    stop.cancel();
+    worker.await.unwrap().unwrap();
+
+    let deferred = relay.deferred();
+    assert!(
+        (40..=140).contains(&deferred.len()),
+        "{} recipients deferred, about 90 expected",
+        deferred.len()
+    );
+    assert!(seen_waiting_on_deferrals, "never saw the campaign incomplete while its deferrals waited");
+    let ids: Vec<String> = relay
+        .received()
+        .iter()
+        .filter_map(|m| m.message.lines().find_map(|l| l.strip_prefix("Message-ID: ").map(str::to_owned)))
+        .collect();
+    assert_eq!(ids.len(), N, "every message has a Message-ID");
+    assert_eq!(ids.iter().collect::<HashSet<_>>().len(), N, "each recipient delivered exactly once");
+    let ev = store.event_counts("acme", "c").await.unwrap();
+    assert_eq!(ev.get("deferred"), Some(&(deferred.len() as i64)), "{ev:?}");
+    assert_eq!(ev.get("sent"), Some(&(N as i64)), "{ev:?}");
+}

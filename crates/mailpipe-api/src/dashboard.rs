@@ -5,7 +5,7 @@
 use std::fmt::Write;
 
 use mailpipe_core::TenantId;
-use mailpipe_store::CampaignStats;
+use mailpipe_store::{CampaignStats, Progress};
 
 fn esc(s: &str) -> String {
     s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
@@ -76,6 +76,14 @@ fn truncate(s: &str, n: usize) -> String {
     }
 }
 
+fn progress_line(p: &Progress) -> String {
+    if p.complete {
+        format!("Complete: all {} jobs have their final outcome.", p.accepted)
+    } else {
+        format!("In progress: {} of {} jobs still await their final outcome.", p.outstanding, p.accepted)
+    }
+}
+
 pub fn page(tenant: &TenantId, st: &CampaignStats) -> String {
     let m = |k: &str| st.totals.get(k).copied().unwrap_or(0);
     let funnel = [
@@ -126,11 +134,12 @@ pub fn page(tenant: &TenantId, st: &CampaignStats) -> String {
     format!(
         r#"<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{c} · mailpipe</title>
 <style>body{{font:14px system-ui,sans-serif;margin:24px;color:#222;max-width:1240px}}main{{display:grid;grid-template-columns:1fr 1fr;gap:16px}}figure{{margin:0;padding:12px;border:1px solid #ddd;border-radius:6px}}figcaption{{font-weight:600;margin-bottom:8px}}table{{border-collapse:collapse}}th,td{{text-align:left;padding:2px 12px 2px 0}}td{{font-variant-numeric:tabular-nums}}</style></head>
-<body><h1>Campaign {c}</h1><p>Tenant {t}. Raw figures count every event; human figures count only those with a human verdict.</p>
+<body><h1>Campaign {c}</h1><p id="progress">{progress}</p><p>Tenant {t}. Raw figures count every event; human figures count only those with a human verdict.</p>
 <main>{funnel}{timeline}{verdicts}{providers}{links}<figure><figcaption>All figures</figcaption><table>{figures}</table></figure></main></body></html>
 "#,
         c = esc(&st.campaign_id),
         t = esc(tenant.as_str()),
+        progress = progress_line(&st.progress),
         funnel = bars("Funnel", &funnel),
         timeline = timeline(st),
         verdicts = bars("Human and machine", &verdicts),

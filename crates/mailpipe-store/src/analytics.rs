@@ -27,6 +27,34 @@ pub struct CampaignStats {
     pub hourly: BTreeMap<i64, BTreeMap<String, i64>>,
     /// (url, clicks, human clicks), most clicked first.
     pub links: Vec<(String, i64, i64)>,
+    /// Where the campaign's jobs stand, read from the send ledger.
+    pub progress: Progress,
+}
+
+/// A campaign's jobs as the send ledger sees them. `complete` is true only
+/// when every job the workers have taken in has its final outcome: a job
+/// that is deferred, parked, scheduled or in flight keeps it false. Jobs
+/// still waiting on the queue are not in the ledger yet; consumer lag
+/// (`mailpipe_consumer_lag`) tells whether any are.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Progress {
+    /// Jobs in the ledger.
+    pub accepted: i64,
+    /// Jobs without a final outcome: pending, sending or deferred.
+    pub outstanding: i64,
+    pub complete: bool,
+}
+
+impl Progress {
+    fn from_statuses(rows: &[(String, i64)]) -> Self {
+        let accepted = rows.iter().map(|r| r.1).sum();
+        let outstanding = rows
+            .iter()
+            .filter(|(status, _)| matches!(status.as_str(), "pending" | "sending" | "deferred"))
+            .map(|r| r.1)
+            .sum();
+        Self { accepted, outstanding, complete: accepted > 0 && outstanding == 0 }
+    }
 }
 
 /// What `erase` removed.
@@ -180,10 +208,16 @@ impl Store {
     pub async fn campaign_stats(&self, tenant: &TenantId, campaign: &str) -> Result<Option<CampaignStats>> {
         let sql = "SELECT bucket_hour, metric, value FROM campaign_counters WHERE tenant_id = $1 AND campaign_id = $2";
         let rows: Vec<(i64, String, i64)> = self.as_tenant(tenant, sql, Some(campaign)).await?;
-        if rows.is_empty() {
+        let sql = "SELECT status, COUNT(*) FROM send_ledger WHERE tenant_id = $1 AND campaign_id = $2 GROUP BY status";
+        let statuses: Vec<(String, i64)> = self.as_tenant(tenant, sql, Some(campaign)).await?;
+        if rows.is_empty() && statuses.is_empty() {
             return Ok(None);
         }
-        let mut s = CampaignStats { campaign_id: campaign.to_owned(), ..Default::default() };
+        let mut s = CampaignStats {
+            campaign_id: campaign.to_owned(),
+            progress: Progress::from_statuses(&statuses),
+            ..Default::default()
+        };
         for (bucket, m, v) in rows {
             if bucket == 0 {
                 s.totals.insert(m, v);

@@ -11,7 +11,7 @@
 
 mod filter;
 
-pub use analytics::{CampaignStats, ErasureReport, PurgeReport, Retention, SuppressionRow};
+pub use analytics::{CampaignStats, ErasureReport, Progress, PurgeReport, Retention, SuppressionRow};
 pub use filter::{Bloom, SuppressionFilter, Verdict};
 
 use std::collections::BTreeMap;
