@@ -307,6 +307,100 @@ pub fn committed(group: &str, topic: &str, partitions: i32) -> HashMap<i32, i64>
         .collect()
 }
 
+/// The `mailpipe` binary that `cargo test --workspace` builds beside the
+/// test executables.
+pub fn mailpipe_binary() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable");
+    let bin = exe.parent().and_then(|deps| deps.parent()).expect("target dir").join("mailpipe");
+    assert!(
+        bin.exists(),
+        "{} is missing: run the workspace tests (cargo test --workspace) or `cargo build -p mailpipe`",
+        bin.display()
+    );
+    bin
+}
+
+/// A `mailpipe worker` process, killed when dropped so that a failing test
+/// leaves no worker behind.
+pub struct WorkerProcess(Child);
+
+impl WorkerProcess {
+    pub fn id(&self) -> u32 {
+        self.0.id()
+    }
+
+    /// SIGKILL: no drain, no commit, no cleanup.
+    pub fn kill_9(&mut self) {
+        self.0.kill().expect("kill -9");
+        self.0.wait().expect("wait");
+    }
+
+    /// Panics if the process has exited.
+    pub fn assert_running(&mut self, what: &str) {
+        if let Some(status) = self.0.try_wait().expect("wait") {
+            panic!("the worker exited {what}: {status}");
+        }
+    }
+
+    /// Sends SIGTERM and waits up to `grace` for the process to exit.
+    pub async fn terminate(&mut self, grace: Duration) -> std::process::ExitStatus {
+        let term = Command::new("kill").arg("-TERM").arg(self.0.id().to_string()).status().expect("kill");
+        assert!(term.success(), "kill -TERM failed");
+        let deadline = Instant::now() + grace;
+        loop {
+            if let Some(s) = self.0.try_wait().expect("wait") {
+                return s;
+            }
+            assert!(Instant::now() < deadline, "the worker did not stop within {grace:?} of SIGTERM");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for WorkerProcess {
+    fn drop(&mut self) {
+        if matches!(self.0.try_wait(), Ok(None)) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+/// Starts `mailpipe worker` as its own process with `env` added.
+pub fn spawn_worker(env: &[(String, String)]) -> WorkerProcess {
+    let mut c = Command::new(mailpipe_binary());
+    c.arg("worker").env("RUST_LOG", "warn").stdout(Stdio::null()).stderr(Stdio::inherit());
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    WorkerProcess(c.spawn().expect("spawn mailpipe worker"))
+}
+
+/// Jobs in the ledger with their final outcome.
+pub async fn finished_jobs(conn: &mut sqlx::PgConnection) -> i64 {
+    sqlx::query_scalar(
+        "SELECT COUNT(*) FROM send_ledger WHERE status IN ('sent','bounced','suppressed','failed','dead_lettered')",
+    )
+    .fetch_one(conn)
+    .await
+    .expect("count finished jobs")
+}
+
+/// `scripts/services.sh restart-<what>` (`kafka` or `postgres`). Only for
+/// tests alone in their binary: every test binary shares these services.
+pub fn restart_service(what: &str) {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/services.sh");
+    let ok =
+        Command::new("bash").arg(script).arg(format!("restart-{what}")).status().expect("bash").success();
+    assert!(ok, "scripts/services.sh restart-{what} failed");
+}
+
+/// A size for a chaos case: `MAILPIPE_CHAOS_<NAME>` if set (the long runs
+/// of `scripts/chaos.sh`), else the short default of the test command.
+pub fn chaos_size(name: &str, default: usize) -> usize {
+    std::env::var(format!("MAILPIPE_CHAOS_{name}")).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
 /// Polls `f` every 100 ms until it returns true or `timeout` passes.
 pub async fn eventually<F, Fut>(what: &str, timeout: Duration, mut f: F)
 where

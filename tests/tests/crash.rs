@@ -6,8 +6,6 @@
 #![allow(clippy::unwrap_used)] // Tests fail loudly on purpose.
 
 use std::collections::HashSet;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use mailpipe::app;
@@ -15,38 +13,14 @@ use mailpipe_core::TenantId;
 use mailpipe_tests::*;
 use sqlx::Connection;
 
-const JOBS: usize = 3000;
-
-/// The `mailpipe` binary that `cargo test --workspace` builds beside this test.
-fn binary() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let bin = exe.parent().and_then(|deps| deps.parent()).unwrap().join("mailpipe");
-    assert!(
-        bin.exists(),
-        "{} is missing: run the workspace tests (cargo test --workspace) or `cargo build -p mailpipe`",
-        bin.display()
-    );
-    bin
-}
-
-fn spawn_worker(env: &[(String, String)]) -> Child {
-    let mut c = Command::new(binary());
-    c.arg("worker").env("RUST_LOG", "warn").stdout(Stdio::null()).stderr(Stdio::inherit());
-    for (k, v) in env {
-        c.env(k, v);
-    }
-    c.spawn().unwrap()
-}
-
-async fn finished(conn: &mut sqlx::PgConnection) -> i64 {
-    sqlx::query_scalar("SELECT COUNT(*) FROM send_ledger WHERE status IN ('sent','bounced','suppressed','failed','dead_lettered')")
-        .fetch_one(conn)
-        .await
-        .unwrap()
+/// Both sizes grow in the long run of `scripts/chaos.sh`.
+fn sizes() -> (usize, usize) {
+    (chaos_size("JOBS", 3000), chaos_size("KILLS", 3))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_mid_campaign_loses_nothing_and_sends_nothing_twice() {
+    let (jobs_total, kills) = sizes();
     let db = fresh_database().await;
     let topics = fresh_topics(3).await;
     let sink = SmtpSink::start(&[]);
@@ -57,7 +31,7 @@ async fn kill_9_mid_campaign_loses_nothing_and_sends_nothing_twice() {
     let store = app::store(&cfg).await.unwrap();
     store.upsert_tenant(&TenantId::parse("acme").unwrap(), "Acme").await.unwrap();
     let domains = ["a.example", "b.example", "c.example"];
-    let jobs: Vec<(String, Vec<u8>)> = (0..JOBS)
+    let jobs: Vec<(String, Vec<u8>)> = (0..jobs_total)
         .map(|i| {
             (domains[i % 3].to_owned(), serde_json::to_vec(&job(i, "acme", "crash", domains[i % 3])).unwrap())
         })
@@ -65,27 +39,27 @@ async fn kill_9_mid_campaign_loses_nothing_and_sends_nothing_twice() {
     app::enqueue(&cfg, &jobs).await.unwrap();
 
     let mut conn = sqlx::PgConnection::connect(&db).await.unwrap();
-    // Three crashes, each once the campaign has made more progress.
-    for (round, at) in [400i64, 1100, 1900].into_iter().enumerate() {
+    // The crashes are spread over the first ~65% of the campaign.
+    let kill_points: Vec<i64> = (1..=kills).map(|k| (jobs_total * 13 * k / (20 * kills)) as i64).collect();
+    for (round, &at) in kill_points.iter().enumerate() {
         let mut child = spawn_worker(&env);
         let deadline = Instant::now() + Duration::from_secs(90);
-        while finished(&mut conn).await < at {
+        while finished_jobs(&mut conn).await < at {
             assert!(Instant::now() < deadline, "round {round}: no progress to {at}");
-            assert!(child.try_wait().unwrap().is_none(), "worker exited early");
+            child.assert_running("early");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        child.kill().unwrap(); // SIGKILL: no drain, no commit, no cleanup.
-        child.wait().unwrap();
+        child.kill_9();
     }
 
     // A last worker finishes the campaign and is stopped with SIGTERM.
     let mut last = spawn_worker(&env);
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while finished(&mut conn).await < JOBS as i64 {
+    let deadline = Instant::now() + Duration::from_secs(60) + Duration::from_millis(20 * jobs_total as u64);
+    while finished_jobs(&mut conn).await < jobs_total as i64 {
         assert!(
             Instant::now() < deadline,
-            "campaign did not finish: {} of {JOBS}",
-            finished(&mut conn).await
+            "campaign did not finish: {} of {jobs_total}",
+            finished_jobs(&mut conn).await
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -93,20 +67,11 @@ async fn kill_9_mid_campaign_loses_nothing_and_sends_nothing_twice() {
     // records a killed worker finished but never committed; stop it only
     // once it has caught up with the topic (auto-commit runs every second).
     let caught_up = Instant::now() + Duration::from_secs(60);
-    while committed(&group, &topics.send, 3).values().sum::<i64>() < JOBS as i64 {
+    while committed(&group, &topics.send, 3).values().sum::<i64>() < jobs_total as i64 {
         assert!(Instant::now() < caught_up, "the last worker did not catch up with the topic");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let term = Command::new("kill").arg("-TERM").arg(last.id().to_string()).status().unwrap();
-    assert!(term.success());
-    let stop_deadline = Instant::now() + Duration::from_secs(30);
-    let status = loop {
-        if let Some(s) = last.try_wait().unwrap() {
-            break s;
-        }
-        assert!(Instant::now() < stop_deadline, "worker did not stop within its grace period");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let status = last.terminate(Duration::from_secs(30)).await;
     assert!(status.success(), "SIGTERM ends the worker cleanly: {status:?}");
 
     // Exactly one outcome per job.
@@ -115,13 +80,13 @@ async fn kill_9_mid_campaign_loses_nothing_and_sends_nothing_twice() {
             .fetch_all(&mut conn)
             .await
             .unwrap();
-    assert_eq!(rows.len(), JOBS);
+    assert_eq!(rows.len(), jobs_total);
     assert!(rows.iter().all(|r| r.1 == "sent"), "every job sent");
     let terminal_events: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM events WHERE type = 'sent'")
         .fetch_one(&mut conn)
         .await
         .unwrap();
-    assert_eq!(terminal_events, JOBS as i64, "one terminal event per job");
+    assert_eq!(terminal_events, jobs_total as i64, "one terminal event per job");
 
     // Nothing delivered twice; whatever is missing from the sink is in doubt.
     let on_sink = sink.message_ids();
@@ -148,12 +113,12 @@ async fn kill_9_mid_campaign_loses_nothing_and_sends_nothing_twice() {
         "sink has a message the ledger does not know"
     );
     eprintln!(
-        "crash test: {JOBS} jobs, 3 kill -9, {} on the sink, {} in doubt, {} in doubt and not delivered",
+        "crash test: {jobs_total} jobs, {kills} kill -9, {} on the sink, {} in doubt, {} in doubt and not delivered",
         on_sink.len(),
         in_doubt.len(),
         missing.len()
     );
 
     // And the offsets of all of them are committed.
-    assert_eq!(committed(&group, &topics.send, 3).values().sum::<i64>(), JOBS as i64);
+    assert_eq!(committed(&group, &topics.send, 3).values().sum::<i64>(), jobs_total as i64);
 }

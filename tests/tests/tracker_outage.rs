@@ -5,7 +5,6 @@
 
 #![allow(clippy::unwrap_used)] // Tests fail loudly on purpose.
 
-use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
@@ -17,12 +16,6 @@ use mailpipe_tests::*;
 use mailpipe_token::{Action, Claims};
 use sqlx::Connection;
 use tokio_util::sync::CancellationToken;
-
-fn restart(what: &str) {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/services.sh");
-    let ok = Command::new("bash").arg(script).arg(format!("restart-{what}")).status().unwrap().success();
-    assert!(ok, "scripts/services.sh restart-{what} failed");
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_event_is_lost_when_postgres_then_kafka_restart_under_traffic() {
@@ -75,10 +68,10 @@ async fn no_event_is_lost_when_postgres_then_kafka_restart_under_traffic() {
         .collect();
 
     tokio::time::sleep(Duration::from_secs(1)).await;
-    tokio::task::spawn_blocking(|| restart("postgres")).await.unwrap();
+    tokio::task::spawn_blocking(|| restart_service("postgres")).await.unwrap();
     let after_pg = answered.load(Ordering::Relaxed);
     tokio::time::sleep(Duration::from_secs(1)).await;
-    tokio::task::spawn_blocking(|| restart("kafka")).await.unwrap();
+    tokio::task::spawn_blocking(|| restart_service("kafka")).await.unwrap();
     tokio::time::sleep(Duration::from_secs(1)).await;
     running.store(false, Ordering::Relaxed);
     for c in clients {

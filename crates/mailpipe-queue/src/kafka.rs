@@ -12,6 +12,7 @@ use mailpipe_core::{Event, topics};
 use rdkafka::ClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
+use rdkafka::error::RDKafkaErrorCode;
 use rdkafka::message::{Header, Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
@@ -162,6 +163,8 @@ pub struct KafkaSource {
     tracker: Arc<Mutex<OffsetTracker>>,
     assigned: Arc<Mutex<std::collections::BTreeSet<i32>>>,
     topic: String,
+    /// When a recoverable consumer error was last logged at warn.
+    last_transient_log: Option<std::time::Instant>,
 }
 
 impl KafkaSource {
@@ -197,7 +200,7 @@ impl KafkaSource {
         let consumer = Arc::new(consumer);
         check_topic(consumer.as_ref(), &s.send_topic, timeout, s).await?;
         consumer.subscribe(&[&s.send_topic])?;
-        Ok(Self { consumer, tracker, assigned, topic: s.send_topic.clone() })
+        Ok(Self { consumer, tracker, assigned, topic: s.send_topic.clone(), last_transient_log: None })
     }
 
     /// Commits stored offsets synchronously; call after draining on shutdown.
@@ -259,7 +262,30 @@ impl Acker for KafkaAcker {
 
 impl JobSource for KafkaSource {
     async fn recv(&mut self) -> Result<Option<Delivery>, QueueError> {
-        let m = self.consumer.recv().await?;
+        let m = loop {
+            match self.consumer.recv().await {
+                Ok(m) => break m,
+                // librdkafka recovers from every consumer error but a fatal
+                // one by itself (reconnects, rejoins the group); the errors
+                // it queues while a broker is away are news, not failures.
+                // Waiting on each would leave them to drain one by one
+                // long after the broker is back, with records queued
+                // behind them. Log the first of a run, and read on.
+                Err(rdkafka::error::KafkaError::MessageConsumption(code))
+                    if code != RDKafkaErrorCode::Fatal =>
+                {
+                    let now = std::time::Instant::now();
+                    if self.last_transient_log.is_none_or(|t| now.duration_since(t) >= Duration::from_secs(5))
+                    {
+                        warn!(error = %code, "consumer error; librdkafka is recovering, reading on");
+                        self.last_transient_log = Some(now);
+                    } else {
+                        debug!(error = %code, "consumer error; librdkafka is recovering");
+                    }
+                }
+                Err(e) => return Err(e.into()),
+            }
+        };
         let d = Delivery {
             payload: m.payload().map(<[u8]>::to_vec).unwrap_or_default(),
             key: m.key().map(<[u8]>::to_vec),
