@@ -71,3 +71,27 @@ async fn sqlite() {
     scenario(&store).await;
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// Redelivery during a rebalance can claim one job from two workers at
+/// once. The one-round-trip claim must give every caller the one row.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_claims_of_one_job_all_see_the_same_row() {
+    let store = Store::connect(&fresh_database().await, 16).await.unwrap();
+    store.migrate().await.unwrap();
+    for n in 0..20 {
+        let j = SendJob::from_json(&serde_json::to_vec(&job(n, "acme", "c", "a.example")).unwrap()).unwrap();
+        let claims: Vec<_> = (0..16)
+            .map(|_| {
+                let (store, j) = (store.clone(), j.clone());
+                tokio::spawn(async move { store.claim_job(&j).await.unwrap() })
+            })
+            .collect();
+        let mut created = std::collections::HashSet::new();
+        for c in claims {
+            let c = c.await.unwrap();
+            assert_eq!((c.status, c.attempts), (LedgerStatus::Pending, 0));
+            created.insert(c.created_at_ms);
+        }
+        assert_eq!(created.len(), 1, "job {n}: every claim read the same row");
+    }
+}

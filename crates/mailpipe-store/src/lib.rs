@@ -307,14 +307,61 @@ impl Store {
                       ON CONFLICT (tenant_id, job_id) DO NOTHING";
         let select = "SELECT status, attempts, message_id, created_at, payload IS NOT NULL
                       FROM send_ledger WHERE tenant_id = $1 AND job_id = $2";
-        let row: (String, i32, Option<String>, i64, bool) = on_pool!(self, p => {
-            sqlx::query(insert)
-                .bind(job.tenant_id.as_str()).bind(job.job_id.as_str()).bind(job.campaign_id.as_str())
-                .bind(job.category.as_str()).bind(job.to.email.as_str()).bind(job.to.email.domain())
-                .bind(now)
-                .execute(p).await?;
-            sqlx::query_as(select).bind(job.tenant_id.as_str()).bind(job.job_id.as_str()).fetch_one(p).await
-        })?;
+        let row: (String, i32, Option<String>, i64, bool) = match &self.pool {
+            // One round trip: the insert, or else the row that is there.
+            // The outer SELECT reads the statement's snapshot, which cannot
+            // see a row that a concurrent claim committed after it began;
+            // then neither branch returns a row and the plain SELECT, a new
+            // statement with a new snapshot, reads it.
+            Pool::Postgres(p) => {
+                let claim = "WITH ins AS (
+                                 INSERT INTO send_ledger (tenant_id, job_id, campaign_id, category, recipient, recipient_domain, status, attempts, created_at, updated_at)
+                                 VALUES ($1, $2, $3, $4, $5, $6, 'pending', 0, $7, $7)
+                                 ON CONFLICT (tenant_id, job_id) DO NOTHING
+                                 RETURNING status, attempts, message_id, created_at, payload IS NOT NULL)
+                             SELECT * FROM ins
+                             UNION ALL
+                             SELECT status, attempts, message_id, created_at, payload IS NOT NULL
+                             FROM send_ledger WHERE tenant_id = $1 AND job_id = $2 AND NOT EXISTS (SELECT 1 FROM ins)";
+                let got = sqlx::query_as(claim)
+                    .bind(job.tenant_id.as_str())
+                    .bind(job.job_id.as_str())
+                    .bind(job.campaign_id.as_str())
+                    .bind(job.category.as_str())
+                    .bind(job.to.email.as_str())
+                    .bind(job.to.email.domain())
+                    .bind(now)
+                    .fetch_optional(p)
+                    .await?;
+                match got {
+                    Some(row) => row,
+                    None => {
+                        sqlx::query_as(select)
+                            .bind(job.tenant_id.as_str())
+                            .bind(job.job_id.as_str())
+                            .fetch_one(p)
+                            .await?
+                    }
+                }
+            }
+            Pool::Sqlite(p) => {
+                sqlx::query(insert)
+                    .bind(job.tenant_id.as_str())
+                    .bind(job.job_id.as_str())
+                    .bind(job.campaign_id.as_str())
+                    .bind(job.category.as_str())
+                    .bind(job.to.email.as_str())
+                    .bind(job.to.email.domain())
+                    .bind(now)
+                    .execute(p)
+                    .await?;
+                sqlx::query_as(select)
+                    .bind(job.tenant_id.as_str())
+                    .bind(job.job_id.as_str())
+                    .fetch_one(p)
+                    .await?
+            }
+        };
         Ok(Claim {
             status: row.0.parse()?,
             attempts: row.1,
@@ -348,12 +395,46 @@ impl Store {
         let update = "UPDATE send_ledger SET status = $3, last_reply = $4, next_attempt_at = NULL, payload = NULL, updated_at = $5
                       WHERE tenant_id = $1 AND job_id = $2";
         let payload = String::from_utf8(event.to_json()).unwrap_or_default();
-        in_tx!(self, tx => {
-            sqlx::query(update)
-                .bind(tenant).bind(job_id).bind(status.as_str()).bind(last_reply).bind(now_ms())
-                .execute(&mut *tx).await?;
-            insert_event_q(event, &payload).execute(&mut *tx).await?;
-        });
+        match &self.pool {
+            // One statement, so one round trip and still atomic: a
+            // data-modifying WITH runs to completion with the statement
+            // that carries it, or not at all.
+            Pool::Postgres(p) => {
+                let sql = "WITH outcome AS (
+                               UPDATE send_ledger SET status = $3, last_reply = $4, next_attempt_at = NULL, payload = NULL, updated_at = $5
+                               WHERE tenant_id = $1 AND job_id = $2)
+                           INSERT INTO events (event_id, tenant_id, campaign_id, job_id, type, occurred_at, payload)
+                           VALUES ($6, $7, $8, $9, $10, $11, $12) ON CONFLICT (event_id) DO NOTHING";
+                sqlx::query(sql)
+                    .bind(tenant)
+                    .bind(job_id)
+                    .bind(status.as_str())
+                    .bind(last_reply)
+                    .bind(now_ms())
+                    .bind(event.event_id.as_str())
+                    .bind(event.tenant_id.as_ref().map(|t| t.as_str()))
+                    .bind(event.campaign_id.as_ref().map(|c| c.as_str()))
+                    .bind(event.job_id.as_ref().map(|j| j.as_str()))
+                    .bind(event.kind.as_str())
+                    .bind((event.occurred_at.unix_timestamp_nanos() / 1_000_000) as i64)
+                    .bind(&payload)
+                    .execute(p)
+                    .await?;
+            }
+            Pool::Sqlite(p) => {
+                let mut tx = p.begin().await?;
+                sqlx::query(update)
+                    .bind(tenant)
+                    .bind(job_id)
+                    .bind(status.as_str())
+                    .bind(last_reply)
+                    .bind(now_ms())
+                    .execute(&mut *tx)
+                    .await?;
+                insert_event_q(event, &payload).execute(&mut *tx).await?;
+                tx.commit().await?;
+            }
+        }
         Ok(())
     }
 
