@@ -35,7 +35,7 @@ WHAT[outage]="Kafka restart, then PostgreSQL restart, during a $OUTAGE_JOBS-job 
 TEST[deferrals]=retries;     FILTER[deferrals]=a_share_of_recipients
 WHAT[deferrals]="451 to ~30% of recipients: all delivered once after retries, campaign not complete while deferrals wait"
 TEST[replies]=replies;       FILTER[replies]=
-WHAT[replies]="smtp-sink 5xx (bounced + suppressed), 4xx, disconnects before and after DATA"
+WHAT[replies]="5xx (bounced + suppressed), 4xx, disconnects at DATA, mid-content and after the dot"
 TEST[tracker]=tracker_outage; FILTER[tracker]=
 WHAT[tracker]="tracker under traffic while PostgreSQL then Kafka restart: events spooled, replayed, each once"
 

@@ -585,7 +585,17 @@ impl TestRelay {
 impl TestRelay {
     /// The addresses the relay deferred once (`--defer-percent`).
     pub fn deferred(&self) -> Vec<String> {
-        std::fs::read_to_string(self.dir.join("deferred.log"))
+        self.log("deferred.log")
+    }
+
+    /// The addresses whose first message the relay cut off mid-content
+    /// (`--drop-mid-data-percent`).
+    pub fn dropped(&self) -> Vec<String> {
+        self.log("dropped.log")
+    }
+
+    fn log(&self, name: &str) -> Vec<String> {
+        std::fs::read_to_string(self.dir.join(name))
             .map(|s| s.lines().map(str::to_owned).collect())
             .unwrap_or_default()
     }

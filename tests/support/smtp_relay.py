@@ -5,12 +5,17 @@ DIR/N.eml with DIR/N.json describing its session (TLS, AUTH user, envelope,
 SMTPUTF8). Loopback only; stops when killed.
 
 usage: smtp_relay.py --port P --dir DIR [--cert C --key K] [--user U --password W] [--smtputf8]
-                     [--defer-percent P]
+                     [--defer-percent P] [--drop-mid-data-percent P]
 
 --defer-percent P answers 451 4.2.1 to the first RCPT of about P% of the
 recipients (chosen by CRC-32 of the address, so the share is stable) and
 accepts them when they are tried again. Each deferral is logged to
 DIR/deferred.log, one address per line.
+
+--drop-mid-data-percent P closes the connection half way through the
+content of the first message to about P% of the recipients (a different
+CRC-32 share), without a reply; that message is not kept. Each drop is
+logged to DIR/dropped.log.
 """
 import argparse
 import asyncio
@@ -23,6 +28,7 @@ import zlib
 
 counter = itertools.count()
 deferred_once = set()
+dropped_once = set()
 
 
 async def session(reader, writer, args, tls_ctx):
@@ -108,6 +114,9 @@ async def converse(reader, writer, args, tls_ctx):
             await say("250 2.1.5 Ok")
         elif verb == "DATA":
             await say("354 End data with <CR><LF>.<CR><LF>")
+            rcpts = [r.split(":", 1)[-1].split(">", 1)[0].strip(" <").lower() for r in state["rcpt"]]
+            drop = [r for r in rcpts if args.drop_mid_data_percent and r not in dropped_once
+                    and zlib.crc32(b"drop:" + r.encode()) % 100 < args.drop_mid_data_percent]
             data = bytearray()
             while True:
                 chunk = await reader.readline()
@@ -116,6 +125,14 @@ async def converse(reader, writer, args, tls_ctx):
                 if chunk.startswith(b".."):
                     chunk = chunk[1:]
                 data += chunk
+                if drop and len(data) >= 256:  # headers alone are longer
+                    break
+            if drop:
+                dropped_once.update(drop)
+                with open(os.path.join(args.dir, "dropped.log"), "a") as f:
+                    f.write("".join(r + "\n" for r in drop))
+                writer.transport.abort()
+                return
             n = next(counter)
             with open(os.path.join(args.dir, f"{n}.eml"), "wb") as f:
                 f.write(data)
@@ -150,6 +167,7 @@ async def main():
     p.add_argument("--password")
     p.add_argument("--smtputf8", action="store_true")
     p.add_argument("--defer-percent", type=int, default=0)
+    p.add_argument("--drop-mid-data-percent", type=int, default=0)
     args = p.parse_args()
     tls_ctx = None
     if args.cert:
