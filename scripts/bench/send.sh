@@ -13,6 +13,7 @@
 #
 #   scripts/bench/send.sh            # N=50000
 #   N=10000 scripts/bench/send.sh
+#   CONNS=48 scripts/bench/send.sh   # SMTP connections of the worker (default 16)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/var/tmp/mailpipe-target}
@@ -87,7 +88,7 @@ TOML
     MAILPIPE__STORE__URL="$url"
     MAILPIPE__QUEUE__KIND=kafka MAILPIPE__QUEUE__KAFKA__BROKERS="$MAILPIPE_TEST_KAFKA_BROKERS"
     MAILPIPE__QUEUE__KAFKA__SEND_TOPIC="$topic" MAILPIPE__QUEUE__KAFKA__GROUP_ID="bench-$ts"
-    MAILPIPE__SMTP__KIND=smtp MAILPIPE__SMTP__PORT=$SPORT MAILPIPE__SMTP__MAX_CONNECTIONS=16
+    MAILPIPE__SMTP__KIND=smtp MAILPIPE__SMTP__PORT=$SPORT MAILPIPE__SMTP__MAX_CONNECTIONS=${CONNS:-16}
     MAILPIPE__WORKER__MAX_IN_FLIGHT=256
     MAILPIPE__TOKENS__KEYS__1="$key" MAILPIPE__TOKENS__RECIPIENT_KEY="$key"
     MAILPIPE__METRICS__LISTEN=127.0.0.1:0 MAILPIPE__LOG__LEVEL=warn
