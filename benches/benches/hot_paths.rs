@@ -43,6 +43,14 @@ fn compose(c: &mut Criterion) {
     g.throughput(Throughput::Elements(1));
     g.bench_function("parse_job_10kb", |b| b.iter(|| SendJob::from_json(black_box(&raw))));
     g.bench_function("compose_10kb_5_links", |b| b.iter(|| composer.compose(black_box(&job), None, now)));
+    // The two stages of compose on their own.
+    g.bench_function("render_rewrite_10kb_5_links", |b| {
+        b.iter(|| composer.render(black_box(&job), None, now))
+    });
+    let rendered = composer.render(&job, None, now).expect("renders");
+    g.bench_function("mime_build_10kb", |b| {
+        b.iter(|| composer.build(black_box(&job), black_box(&rendered), now))
+    });
     g.finish();
 }
 

@@ -102,6 +102,19 @@ impl TrackingLinks {
     }
 }
 
+/// A job rendered and its links rewritten, before MIME: what
+/// [`Composer::render`] returns and [`Composer::build`] takes.
+#[derive(Debug, Clone)]
+pub struct Rendered {
+    pub message_id: String,
+    pub subject: String,
+    pub html: Option<String>,
+    pub text: String,
+    /// The RFC 8058 header value, for marketing mail.
+    pub list_unsubscribe: Option<String>,
+    pub tracked_links: usize,
+}
+
 /// A message ready for signing and sending.
 #[derive(Debug, Clone)]
 pub struct Composed {
@@ -161,14 +174,34 @@ impl Composer {
         format!("{digest}@{}", job.from.email.domain())
     }
 
-    /// Renders and builds the message for `job`. `registered` must be given
-    /// when the job names a template; inline jobs ignore it.
+    /// Renders and builds the message for `job`: [`Composer::render`], then
+    /// [`Composer::build`], then the DKIM signature. `registered` must be
+    /// given when the job names a template; inline jobs ignore it.
     pub fn compose(
         &self,
         job: &SendJob,
         registered: Option<&CompiledTemplates>,
         now: OffsetDateTime,
     ) -> Result<Composed, RenderError> {
+        let rendered = self.render(job, registered, now)?;
+        let mut bytes = self.build(job, &rendered, now)?;
+        if let Some(header) = self.dkim.sign(job.tenant_id.as_str(), job.from.email.domain(), &bytes)? {
+            let mut signed = Vec::with_capacity(header.len() + bytes.len());
+            signed.extend_from_slice(header.as_bytes());
+            signed.extend_from_slice(&bytes);
+            bytes = signed;
+        }
+        Ok(Composed { message_id: rendered.message_id, bytes, tracked_links: rendered.tracked_links })
+    }
+
+    /// Stages 1 and 2: the templates rendered, every link rewritten to a
+    /// signed click URL, the pixel and honeypot added, the text part derived.
+    pub fn render(
+        &self,
+        job: &SendJob,
+        registered: Option<&CompiledTemplates>,
+        now: OffsetDateTime,
+    ) -> Result<Rendered, RenderError> {
         let sent_at = u32::try_from(now.unix_timestamp()).unwrap_or(u32::MAX);
         let claims = |action| Claims {
             tenant_id: job.tenant_id.clone(),
@@ -233,21 +266,19 @@ impl Composer {
             }
             v
         });
-        let mut bytes = mime::build(mime::Parts {
+        Ok(Rendered { message_id, subject: rendered.subject, html, text, list_unsubscribe, tracked_links })
+    }
+
+    /// Stage 3: the MIME message (unsigned) from a rendered job.
+    pub fn build(&self, job: &SendJob, r: &Rendered, now: OffsetDateTime) -> Result<Vec<u8>, RenderError> {
+        Ok(mime::build(mime::Parts {
             job,
-            message_id: &message_id,
+            message_id: &r.message_id,
             date: now,
-            subject: &rendered.subject,
-            html: html.as_deref(),
-            text: &text,
-            list_unsubscribe: list_unsubscribe.as_deref(),
-        })?;
-        if let Some(header) = self.dkim.sign(job.tenant_id.as_str(), job.from.email.domain(), &bytes)? {
-            let mut signed = Vec::with_capacity(header.len() + bytes.len());
-            signed.extend_from_slice(header.as_bytes());
-            signed.extend_from_slice(&bytes);
-            bytes = signed;
-        }
-        Ok(Composed { message_id, bytes, tracked_links })
+            subject: &r.subject,
+            html: r.html.as_deref(),
+            text: &r.text,
+            list_unsubscribe: r.list_unsubscribe.as_deref(),
+        })?)
     }
 }

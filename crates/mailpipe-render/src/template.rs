@@ -32,8 +32,8 @@ pub struct TemplateSet {
     pub text: Option<String>,
 }
 
-/// Rendered, not yet rewritten, parts.
-pub(crate) struct Rendered {
+/// The rendered subject, HTML and text, before links are rewritten.
+pub(crate) struct TemplateOutput {
     pub subject: String,
     pub html: Option<String>,
     pub text: Option<String>,
@@ -137,11 +137,11 @@ impl CompiledTemplates {
         Ok(Self { env, has_html: set.html.is_some(), has_text: set.text.is_some() })
     }
 
-    pub(crate) fn render(&self, ctx: &Value) -> Result<Rendered, RenderError> {
+    pub(crate) fn render(&self, ctx: &Value) -> Result<TemplateOutput, RenderError> {
         let one = |name: &str, part: &'static str| -> Result<String, RenderError> {
             self.env.get_template(name).map_err(err(part))?.render(ctx).map_err(err(part))
         };
-        Ok(Rendered {
+        Ok(TemplateOutput {
             subject: one("subject.txt", "subject")?,
             html: self.has_html.then(|| one("body.html", "html")).transpose()?,
             text: self.has_text.then(|| one("body.txt", "text")).transpose()?,
@@ -164,7 +164,7 @@ mod tests {
         html: Option<&str>,
         text: Option<&str>,
         ctx: &Value,
-    ) -> Result<Rendered, RenderError> {
+    ) -> Result<TemplateOutput, RenderError> {
         InlineCache::new(limits.clone(), 4).get(subject, html, text)?.render(ctx)
     }
 
