@@ -196,6 +196,34 @@ macro_rules! in_tx {
     };
 }
 
+/// Binds a new ledger row's values, in column order: tenant, job,
+/// campaign, category, recipient, recipient domain, created/updated at.
+macro_rules! bind_new_row {
+    ($q:expr, $job:expr, $now:expr) => {
+        $q.bind($job.tenant_id.as_str())
+            .bind($job.job_id.as_str())
+            .bind($job.campaign_id.as_str())
+            .bind($job.category.as_str())
+            .bind($job.to.email.as_str())
+            .bind($job.to.email.domain())
+            .bind($now)
+    };
+}
+
+/// Binds an event row's values, in column order: event id, tenant,
+/// campaign, job, type, occurred at (ms), JSON payload.
+macro_rules! bind_event {
+    ($q:expr, $e:expr, $payload:expr) => {
+        $q.bind($e.event_id.as_str())
+            .bind($e.tenant_id.as_ref().map(|t| t.as_str()))
+            .bind($e.campaign_id.as_ref().map(|c| c.as_str()))
+            .bind($e.job_id.as_ref().map(|j| j.as_str()))
+            .bind($e.kind.as_str())
+            .bind(($e.occurred_at.unix_timestamp_nanos() / 1_000_000) as i64)
+            .bind($payload)
+    };
+}
+
 // After the macros, which it uses.
 pub mod analytics;
 
@@ -323,16 +351,7 @@ impl Store {
                              UNION ALL
                              SELECT status, attempts, message_id, created_at, payload IS NOT NULL
                              FROM send_ledger WHERE tenant_id = $1 AND job_id = $2 AND NOT EXISTS (SELECT 1 FROM ins)";
-                let got = sqlx::query_as(claim)
-                    .bind(job.tenant_id.as_str())
-                    .bind(job.job_id.as_str())
-                    .bind(job.campaign_id.as_str())
-                    .bind(job.category.as_str())
-                    .bind(job.to.email.as_str())
-                    .bind(job.to.email.domain())
-                    .bind(now)
-                    .fetch_optional(p)
-                    .await?;
+                let got = bind_new_row!(sqlx::query_as(claim), job, now).fetch_optional(p).await?;
                 match got {
                     Some(row) => row,
                     None => {
@@ -345,16 +364,7 @@ impl Store {
                 }
             }
             Pool::Sqlite(p) => {
-                sqlx::query(insert)
-                    .bind(job.tenant_id.as_str())
-                    .bind(job.job_id.as_str())
-                    .bind(job.campaign_id.as_str())
-                    .bind(job.category.as_str())
-                    .bind(job.to.email.as_str())
-                    .bind(job.to.email.domain())
-                    .bind(now)
-                    .execute(p)
-                    .await?;
+                bind_new_row!(sqlx::query(insert), job, now).execute(p).await?;
                 sqlx::query_as(select)
                     .bind(job.tenant_id.as_str())
                     .bind(job.job_id.as_str())
@@ -405,21 +415,13 @@ impl Store {
                                WHERE tenant_id = $1 AND job_id = $2)
                            INSERT INTO events (event_id, tenant_id, campaign_id, job_id, type, occurred_at, payload)
                            VALUES ($6, $7, $8, $9, $10, $11, $12) ON CONFLICT (event_id) DO NOTHING";
-                sqlx::query(sql)
+                let q = sqlx::query(sql)
                     .bind(tenant)
                     .bind(job_id)
                     .bind(status.as_str())
                     .bind(last_reply)
-                    .bind(now_ms())
-                    .bind(event.event_id.as_str())
-                    .bind(event.tenant_id.as_ref().map(|t| t.as_str()))
-                    .bind(event.campaign_id.as_ref().map(|c| c.as_str()))
-                    .bind(event.job_id.as_ref().map(|j| j.as_str()))
-                    .bind(event.kind.as_str())
-                    .bind((event.occurred_at.unix_timestamp_nanos() / 1_000_000) as i64)
-                    .bind(&payload)
-                    .execute(p)
-                    .await?;
+                    .bind(now_ms());
+                bind_event!(q, event, &payload).execute(p).await?;
             }
             Pool::Sqlite(p) => {
                 let mut tx = p.begin().await?;
@@ -712,15 +714,9 @@ where
     Option<&'q str>: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
     i64: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
 {
-    sqlx::query(
+    let q = sqlx::query(
         "INSERT INTO events (event_id, tenant_id, campaign_id, job_id, type, occurred_at, payload)
          VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (event_id) DO NOTHING",
-    )
-    .bind(e.event_id.as_str())
-    .bind(e.tenant_id.as_ref().map(|t| t.as_str()))
-    .bind(e.campaign_id.as_ref().map(|c| c.as_str()))
-    .bind(e.job_id.as_ref().map(|j| j.as_str()))
-    .bind(e.kind.as_str())
-    .bind((e.occurred_at.unix_timestamp_nanos() / 1_000_000) as i64)
-    .bind(payload)
+    );
+    bind_event!(q, e, payload)
 }
