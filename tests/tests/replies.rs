@@ -24,12 +24,19 @@ struct Run {
 }
 
 async fn run(sink: &SmtpSink, extra: &[(&str, &str)]) -> Run {
+    run_on(sink.port, N, extra).await
+}
+
+/// `jobs` jobs to a.example, sent by a worker to the relay on `port`.
+async fn run_on(port: u16, jobs: usize, extra: &[(&str, &str)]) -> Run {
     let db = fresh_database().await;
     let topics = fresh_topics(1).await;
-    let cfg = Arc::new(config(&db, &topics, sink, extra));
+    let mut env = relay_env(&db, &topics, port, &unique("group"));
+    env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+    let cfg = Arc::new(mailpipe::config::Config::load(None, env).unwrap());
     let store = app::store(&cfg).await.unwrap();
     store.upsert_tenant(&TenantId::parse("acme").unwrap(), "Acme").await.unwrap();
-    let jobs: Vec<(String, Vec<u8>)> = (0..N)
+    let jobs: Vec<(String, Vec<u8>)> = (0..jobs)
         .map(|i| ("a.example".into(), serde_json::to_vec(&job(i, "acme", "c", "a.example")).unwrap()))
         .collect();
     app::enqueue(&cfg, &jobs).await.unwrap();
@@ -144,35 +151,21 @@ async fn a_disconnect_in_the_middle_of_data_is_in_doubt_and_under_the_retry_poli
     // The test relay cuts the connection half way through the content of
     // the first message to ~40% of recipients: no reply, nothing kept.
     let relay = TestRelay::start(&["--drop-mid-data-percent", "40"]);
-    let db = fresh_database().await;
-    let topics = fresh_topics(1).await;
-    let mut env = relay_env(&db, &topics, relay.port, &unique("group"));
-    for (k, v) in [
-        ("MAILPIPE__WORKER__IN_DOUBT", "retry"),
-        ("MAILPIPE__WORKER__RETRY_BASE_MS", "200"),
-        ("MAILPIPE__WORKER__MAX_ATTEMPTS", "5"),
-        ("MAILPIPE__WORKER__RETRY_POLL_MS", "100"),
-    ] {
-        env.push((k.into(), v.into()));
-    }
-    let cfg = Arc::new(mailpipe::config::Config::load(None, env).unwrap());
-    let store = app::store(&cfg).await.unwrap();
-    store.upsert_tenant(&TenantId::parse("acme").unwrap(), "Acme").await.unwrap();
-    let jobs: Vec<(String, Vec<u8>)> = (0..JOBS)
-        .map(|i| ("a.example".into(), serde_json::to_vec(&job(i, "acme", "c", "a.example")).unwrap()))
-        .collect();
-    app::enqueue(&cfg, &jobs).await.unwrap();
-    let stop = CancellationToken::new();
-    let worker = tokio::spawn({
-        let (cfg, stop) = (cfg.clone(), stop.clone());
-        async move { app::run_worker(&cfg, stop, None).await }
-    });
+    let r = run_on(
+        relay.port,
+        JOBS,
+        &[
+            ("MAILPIPE__WORKER__IN_DOUBT", "retry"),
+            ("MAILPIPE__WORKER__RETRY_BASE_MS", "200"),
+            ("MAILPIPE__WORKER__MAX_ATTEMPTS", "5"),
+            ("MAILPIPE__WORKER__RETRY_POLL_MS", "100"),
+        ],
+    )
+    .await;
     eventually("every job sent", Duration::from_secs(60), || async {
-        store.ledger_counts("acme", "c").await.unwrap().get("sent") == Some(&(JOBS as i64))
+        r.ledger().await.get("sent") == Some(&(JOBS as i64))
     })
     .await;
-    stop.cancel();
-    worker.await.unwrap().unwrap();
 
     let dropped = relay.dropped();
     assert!(!dropped.is_empty() && dropped.len() < JOBS, "{} of {JOBS} cut off mid-content", dropped.len());
@@ -187,13 +180,14 @@ async fn a_disconnect_in_the_middle_of_data_is_in_doubt_and_under_the_retry_poli
     assert_eq!(per_rcpt.len(), JOBS, "every recipient reached");
     assert!(per_rcpt.values().all(|&n| n == 1), "a recipient got two messages: {per_rcpt:?}");
     // The cut-off attempts were counted in doubt and retried, not lost.
-    let ev = store.event_counts("acme", "c").await.unwrap();
+    let ev = r.events().await;
     assert_eq!(ev.get("deferred"), Some(&(dropped.len() as i64)), "{ev:?}");
     assert_eq!(ev.get("sent"), Some(&(JOBS as i64)), "{ev:?}");
-    let mut conn = sqlx::PgConnection::connect(&db).await.unwrap();
+    let mut conn = sqlx::PgConnection::connect(&r.db).await.unwrap();
     let twice: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM send_ledger WHERE attempts = 2")
         .fetch_one(&mut conn)
         .await
         .unwrap();
     assert_eq!(twice, dropped.len() as i64, "exactly the cut-off jobs took a second attempt");
+    r.finish().await;
 }
