@@ -77,7 +77,11 @@ fn truncate(s: &str, n: usize) -> String {
 }
 
 fn progress_line(p: &Progress) -> String {
-    if p.complete {
+    if p.accepted == 0 {
+        // Counted events but no ledger rows: the jobs are not taken in yet,
+        // or retention has purged their ledger rows.
+        "No jobs of this campaign are in the send ledger.".to_owned()
+    } else if p.complete {
         format!("Complete: all {} jobs have their final outcome.", p.accepted)
     } else {
         format!("In progress: {} of {} jobs still await their final outcome.", p.outstanding, p.accepted)
