@@ -12,7 +12,10 @@ cd "$(dirname "$0")/.."
 target=${CARGO_TARGET_DIR:-/var/tmp/mailpipe-target}
 mailpipe=${1:-$target/debug/mailpipe}
 [[ -x $mailpipe ]] || { echo "no mailpipe binary at $mailpipe: run cargo build -p mailpipe first" >&2; exit 1; }
-command -v go >/dev/null || { echo "go is needed to run compose-go (Debian: apt-get install golang)" >&2; exit 1; }
+# Go 1.24 or newer (compose-go's floor). This project's machines have it in
+# /usr/local/go; Debian bookworm's golang package (1.19) is too old.
+[[ -x /usr/local/go/bin/go ]] && PATH=$PATH:/usr/local/go/bin
+command -v go >/dev/null || { echo "Go 1.24 or newer is needed to run compose-go (https://go.dev/dl/, or GOTOOLCHAIN with an older go)" >&2; exit 1; }
 
 checker=$target/compose-check
 (cd scripts/compose-check && go build -o "$checker" .)
