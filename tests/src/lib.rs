@@ -329,6 +329,16 @@ impl WorkerProcess {
         self.0.id()
     }
 
+    /// The process's peak resident set so far (VmHWM), in MB.
+    pub fn peak_rss_mb(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.0.id())).unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .map_or(0, |kb| kb / 1024)
+    }
+
     /// SIGKILL: no drain, no commit, no cleanup.
     pub fn kill_9(&mut self) {
         self.0.kill().expect("kill -9");

@@ -41,6 +41,7 @@ async fn kill_9_mid_campaign_loses_nothing_and_sends_nothing_twice() {
     let mut conn = sqlx::PgConnection::connect(&db).await.unwrap();
     // The crashes are spread over the first ~65% of the campaign.
     let kill_points: Vec<i64> = (1..=kills).map(|k| (jobs_total * 13 * k / (20 * kills)) as i64).collect();
+    let mut peak_rss_mb = 0;
     for (round, &at) in kill_points.iter().enumerate() {
         let mut child = spawn_worker(&env);
         let deadline = Instant::now() + Duration::from_secs(90);
@@ -49,6 +50,7 @@ async fn kill_9_mid_campaign_loses_nothing_and_sends_nothing_twice() {
             child.assert_running("early");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+        peak_rss_mb = peak_rss_mb.max(child.peak_rss_mb());
         child.kill_9();
     }
 
@@ -71,6 +73,7 @@ async fn kill_9_mid_campaign_loses_nothing_and_sends_nothing_twice() {
         assert!(Instant::now() < caught_up, "the last worker did not catch up with the topic");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    peak_rss_mb = peak_rss_mb.max(last.peak_rss_mb());
     let status = last.terminate(Duration::from_secs(30)).await;
     assert!(status.success(), "SIGTERM ends the worker cleanly: {status:?}");
 
@@ -113,11 +116,12 @@ async fn kill_9_mid_campaign_loses_nothing_and_sends_nothing_twice() {
         "sink has a message the ledger does not know"
     );
     eprintln!(
-        "crash test: {jobs_total} jobs, {kills} kill -9, {} on the sink, {} in doubt, {} in doubt and not delivered",
+        "crash test: {jobs_total} jobs, {kills} kill -9, {} on the sink, {} in doubt, {} in doubt and not delivered; worker peak RSS {peak_rss_mb} MB (debug build)",
         on_sink.len(),
         in_doubt.len(),
         missing.len()
     );
+    assert!(peak_rss_mb > 0, "the workers' peak RSS could not be read from /proc");
 
     // And the offsets of all of them are committed.
     assert_eq!(committed(&group, &topics.send, 3).values().sum::<i64>(), jobs_total as i64);
