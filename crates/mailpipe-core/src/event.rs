@@ -193,9 +193,64 @@ impl Event {
     }
 }
 
+/// An event with its JSON encoding, made once and used as it is by every
+/// sink: the tracker's spool, the store's `payload` column and the Kafka
+/// record. The two always agree: the fields are read-only, and
+/// [`EncodedEvent::update`] encodes again.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EncodedEvent {
+    event: Event,
+    json: Vec<u8>,
+}
+
+impl EncodedEvent {
+    pub fn new(event: Event) -> Self {
+        let json = event.to_json();
+        Self { event, json }
+    }
+
+    /// Parses a JSON event, keeping the bytes as its encoding.
+    pub fn decode(json: &[u8]) -> Result<Self, serde_json::Error> {
+        Ok(Self { event: serde_json::from_slice(json)?, json: json.to_vec() })
+    }
+
+    pub fn event(&self) -> &Event {
+        &self.event
+    }
+
+    pub fn json(&self) -> &[u8] {
+        &self.json
+    }
+
+    /// Changes the event and encodes it again.
+    pub fn update(&mut self, change: impl FnOnce(&mut Event)) {
+        change(&mut self.event);
+        self.json = self.event.to_json();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_encoded_event_keeps_its_bytes_in_step_with_its_fields() {
+        let e = Event::for_job(
+            EventType::Click,
+            &TenantId::parse("acme").unwrap(),
+            &CampaignId::parse("c1").unwrap(),
+            &JobId::parse("j1").unwrap(),
+            "r1",
+        );
+        let mut enc = EncodedEvent::new(e.clone());
+        assert_eq!(enc.json(), e.to_json());
+        let back = EncodedEvent::decode(enc.json()).unwrap();
+        assert_eq!(back, enc, "decoding keeps both the event and its bytes");
+        enc.update(|e| e.url = Some("https://shop.example/".into()));
+        assert_eq!(enc.event().url.as_deref(), Some("https://shop.example/"));
+        assert_eq!(EncodedEvent::decode(enc.json()).unwrap().event(), enc.event(), "re-encoded on change");
+        assert!(EncodedEvent::decode(b"{not json").is_err());
+    }
 
     #[test]
     fn event_ids_are_stable_and_distinct() {

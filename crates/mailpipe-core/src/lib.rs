@@ -17,7 +17,7 @@ pub mod job;
 pub mod topics;
 
 pub use address::{AddressError, Domain, EmailAddress};
-pub use event::{ClientInfo, Event, EventType, SmtpReply, Verdict, VerdictClass};
+pub use event::{ClientInfo, EncodedEvent, Event, EventType, SmtpReply, Verdict, VerdictClass};
 pub use id::{CampaignId, IdError, JobId, TemplateId, TenantId};
 pub use job::{Category, Content, Mailbox, SendJob, SendJobError};
 

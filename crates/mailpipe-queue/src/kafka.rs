@@ -8,7 +8,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use mailpipe_core::{Event, topics};
+use mailpipe_core::{EncodedEvent, Event, topics};
 use rdkafka::ClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
@@ -358,10 +358,22 @@ impl KafkaEvents {
 
     /// Publishes events keyed by tenant, so one tenant's events stay in order.
     pub async fn publish(&self, events: &[Event]) -> Result<(), QueueError> {
-        let sends = events.iter().map(|e| {
-            let key = e.tenant_id.as_ref().map(|t| t.as_str()).unwrap_or("").as_bytes().to_vec();
-            let payload = e.to_json();
-            async move { self.send(&self.settings.events_topic, &key, &payload, None).await }
+        let json: Vec<Vec<u8>> = events.iter().map(Event::to_json).collect();
+        self.publish_payloads(events.iter().zip(json.iter().map(Vec::as_slice))).await
+    }
+
+    /// Same, for events already encoded: their JSON is the record as it is.
+    pub async fn publish_encoded(&self, events: &[EncodedEvent]) -> Result<(), QueueError> {
+        self.publish_payloads(events.iter().map(|e| (e.event(), e.json()))).await
+    }
+
+    async fn publish_payloads<'a>(
+        &self,
+        rows: impl Iterator<Item = (&'a Event, &'a [u8])>,
+    ) -> Result<(), QueueError> {
+        let sends = rows.map(|(e, payload)| {
+            let key = e.tenant_id.as_ref().map(|t| t.as_str()).unwrap_or("").as_bytes();
+            self.send(&self.settings.events_topic, key, payload, None)
         });
         // Concurrent, so the records batch in the producer (linger.ms).
         futures::future::try_join_all(sends).await.map(|_| ())

@@ -18,7 +18,7 @@ use std::collections::BTreeMap;
 use std::str::FromStr;
 use std::time::Duration;
 
-use mailpipe_core::{Category, Event, SendJob, TenantId, now_ms};
+use mailpipe_core::{Category, EncodedEvent, Event, SendJob, TenantId, now_ms};
 use sqlx::postgres::{PgPool, PgPoolOptions};
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
@@ -535,12 +535,27 @@ impl Store {
     /// PostgreSQL one statement per batch (`UNNEST` of column arrays); on
     /// SQLite one transaction.
     pub async fn insert_events(&self, events: &[Event]) -> Result<()> {
-        if events.is_empty() {
+        let json: Vec<Vec<u8>> = events.iter().map(Event::to_json).collect();
+        self.insert_payloads(events.iter().zip(json.iter().map(Vec::as_slice))).await
+    }
+
+    /// Same, for events already encoded: their JSON is stored as it is.
+    pub async fn insert_encoded_events(&self, events: &[EncodedEvent]) -> Result<()> {
+        self.insert_payloads(events.iter().map(|e| (e.event(), e.json()))).await
+    }
+
+    async fn insert_payloads<'a>(
+        &self,
+        rows: impl ExactSizeIterator<Item = (&'a Event, &'a [u8])>,
+    ) -> Result<()> {
+        let n = rows.len();
+        if n == 0 {
             return Ok(());
         }
+        // Event JSON comes from serde_json, so it is UTF-8.
+        let text = |json: &'a [u8]| std::str::from_utf8(json).unwrap_or_default();
         match &self.pool {
             Pool::Postgres(p) => {
-                let n = events.len();
                 let (mut ids, mut tenants, mut campaigns, mut jobs, mut kinds, mut ats, mut payloads) = (
                     Vec::with_capacity(n),
                     Vec::with_capacity(n),
@@ -550,14 +565,14 @@ impl Store {
                     Vec::with_capacity(n),
                     Vec::with_capacity(n),
                 );
-                for e in events {
+                for (e, json) in rows {
                     ids.push(e.event_id.as_str());
                     tenants.push(e.tenant_id.as_ref().map(|t| t.as_str()));
                     campaigns.push(e.campaign_id.as_ref().map(|c| c.as_str()));
                     jobs.push(e.job_id.as_ref().map(|j| j.as_str()));
                     kinds.push(e.kind.as_str());
                     ats.push((e.occurred_at.unix_timestamp_nanos() / 1_000_000) as i64);
-                    payloads.push(String::from_utf8(e.to_json()).unwrap_or_default());
+                    payloads.push(text(json));
                 }
                 sqlx::query(
                     "INSERT INTO events (event_id, tenant_id, campaign_id, job_id, type, occurred_at, payload)
@@ -576,9 +591,8 @@ impl Store {
             }
             Pool::Sqlite(p) => {
                 let mut tx = p.begin().await?;
-                for e in events {
-                    let payload = String::from_utf8(e.to_json()).unwrap_or_default();
-                    insert_event_q(e, &payload).execute(&mut *tx).await?;
+                for (e, json) in rows {
+                    insert_event_q(e, text(json)).execute(&mut *tx).await?;
                 }
                 tx.commit().await?;
             }
