@@ -34,7 +34,7 @@ use tracing::{debug, warn};
 
 pub use signals::IpMode;
 pub use spool::Spool;
-pub use writer::{EventWriter, WriterHandle};
+pub use writer::{EventWriter, ShipPolicy, WriterHandle};
 
 /// A 1x1 transparent GIF.
 pub const PIXEL_GIF: [u8; 43] = [

@@ -1,70 +1,239 @@
 //! The tracker's write-ahead spool: every event is on local disk (written
-//! and fsynced, in batches) before its request is answered, and is shipped
-//! to the store and Kafka from there. An outage of either only makes the
-//! spool grow; it is replayed when they return, and after a restart.
+//! and fdatasynced, in batches) before its request is answered, and is
+//! shipped to the store and Kafka from there. An outage of either only makes
+//! the spool grow; it is replayed when they return, and after a restart.
 //!
-//! One file per batch, `{seq:020}.jsonl`, written to a temporary name,
-//! fsynced and renamed, so a crash leaves whole batches or nothing. The
-//! spool is bounded by `max_bytes`: when full, the writer stops taking
-//! events, requests wait, and `/readyz` says so (backpressure, not loss).
+//! The spool is a sequence of append-only segment files, `{seq:020}.seg`.
+//! Each batch is one record, `[len: u32 LE][crc32: u32 LE][len bytes of
+//! JSON lines]`, written at the segment's end and made durable with one
+//! `fdatasync`: no file is created, renamed or deleted per batch, so the
+//! request path pays for one data sync and nothing else. A crash can leave
+//! only a torn last record, which fails its length or CRC check and is cut
+//! off at the next open; its requests were never answered.
+//!
+//! A segment is closed when it reaches `segment_bytes`, or when everything
+//! in it has been shipped and it is older than [`IDLE_ROLL`], so shipped
+//! events do not linger on disk. Shipping reads records from a position
+//! (segment, offset) up to the durable end, and [`Spool::commit`] deletes
+//! segments that are wholly shipped and notes the position in a `shipped`
+//! file. That note is not synced: after a system crash the shipper may start
+//! from an older position and ship some events again, which the store and
+//! Kafka consumers deduplicate by `event_id`.
+//!
+//! The spool is bounded by `max_bytes` (the size of its segments): when
+//! full, the writer stops taking events, requests wait, and `/readyz` says
+//! so (backpressure, not loss).
 
-use std::io::Write;
+use std::fs::{File, OpenOptions};
+use std::io::{ErrorKind, Read};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
-use mailpipe_core::Event;
+use mailpipe_core::{EncodedEvent, Event};
+use tracing::warn;
+
+/// A segment is closed once it holds this much.
+pub const SEGMENT_BYTES: u64 = 16 << 20;
+/// A wholly shipped segment older than this is closed and deleted.
+pub const IDLE_ROLL: Duration = Duration::from_secs(30);
+const HEADER: u64 = 8;
+/// No batch comes near this; a larger length is a torn or foreign record.
+const MAX_RECORD: u32 = 256 << 20;
 
 /// A batch as stored: one JSON event per line.
 pub fn encode(events: &[Event]) -> Vec<u8> {
-    encode_iter(events.iter())
+    join_lines(events.iter().map(|e| e.to_json()))
 }
 
-pub fn encode_iter<'a>(events: impl ExactSizeIterator<Item = &'a Event>) -> Vec<u8> {
-    let mut buf = Vec::with_capacity(events.len() * 400);
-    for e in events {
-        buf.extend_from_slice(&e.to_json());
+/// Joins encoded events into a batch.
+pub fn join_lines<B: AsRef<[u8]>>(lines: impl IntoIterator<Item = B>) -> Vec<u8> {
+    let mut buf = Vec::new();
+    for l in lines {
+        buf.extend_from_slice(l.as_ref());
         buf.push(b'\n');
     }
     buf
 }
 
-pub struct Spool {
-    dir: PathBuf,
-    next_seq: AtomicU64,
-    bytes: AtomicU64,
-    max_bytes: u64,
+/// A place in the spool: a segment and a byte offset in it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Position {
+    pub seq: u64,
+    pub offset: u64,
 }
 
-/// A batch file waiting to be shipped.
-#[derive(Debug, Clone)]
-pub struct Segment {
-    pub path: PathBuf,
-    pub size: u64,
+/// The segment being written.
+struct Tail {
+    seq: u64,
+    file: File,
+    /// Where the next record goes; everything before it is durable.
+    end: u64,
+    opened: Instant,
+}
+
+pub struct Spool {
+    dir: PathBuf,
+    max_bytes: u64,
+    segment_bytes: u64,
+    idle_roll: Duration,
+    /// Bytes in all segments, shipped or not.
+    bytes: AtomicU64,
+    tail: Mutex<Tail>,
+    /// The durable end, published after each sync (read without waiting
+    /// for a write in progress).
+    durable: Mutex<Position>,
+    /// Where shipping resumes after a restart (best effort, see above).
+    shipped: Mutex<File>,
+    start: Position,
+}
+
+/// Where the shipper is: it reads from `pos`, and keeps the segment open.
+pub struct Reader {
+    pos: Position,
+    file: Option<(u64, File)>,
+}
+
+impl Reader {
+    pub fn position(&self) -> Position {
+        self.pos
+    }
+}
+
+/// What the shipper read: the events of whole records, and the position
+/// after them, to [`Spool::commit`] once they are shipped.
+pub struct Batch {
+    pub events: Vec<EncodedEvent>,
+    pub next: Position,
+}
+
+fn seg_path(dir: &Path, seq: u64) -> PathBuf {
+    dir.join(format!("{seq:020}.seg"))
+}
+
+fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+/// The records in `buf` that check out, and where they end.
+fn valid_prefix(buf: &[u8]) -> u64 {
+    let mut at = 0usize;
+    while let Some(header) = buf.get(at..at + HEADER as usize) {
+        let len = u32::from_le_bytes(header[..4].try_into().unwrap_or_default());
+        let crc = u32::from_le_bytes(header[4..].try_into().unwrap_or_default());
+        let body_at = at + HEADER as usize;
+        let Some(body) = buf.get(body_at..body_at + len as usize) else { break };
+        if len == 0 || len > MAX_RECORD || crc32fast::hash(body) != crc {
+            break;
+        }
+        at = body_at + len as usize;
+    }
+    at as u64
 }
 
 impl Spool {
-    /// Opens (creating) the spool directory, discarding half-written files
-    /// and picking up whole ones from an earlier run.
+    /// Opens (creating) the spool directory: cuts a torn last record off,
+    /// picks up unshipped segments from an earlier run, and takes in batch
+    /// files left by the earlier one-file-per-batch spool.
     pub fn open(dir: &Path, max_bytes: u64) -> std::io::Result<Self> {
+        Self::open_with(dir, max_bytes, SEGMENT_BYTES, IDLE_ROLL)
+    }
+
+    /// Same, with a segment size and idle time other than the defaults.
+    pub fn open_with(
+        dir: &Path,
+        max_bytes: u64,
+        segment_bytes: u64,
+        idle_roll: Duration,
+    ) -> std::io::Result<Self> {
         std::fs::create_dir_all(dir)?;
-        let mut max_seq = 0;
-        let mut bytes = 0;
+        let mut segs = Vec::new();
+        let mut legacy = Vec::new();
         for e in std::fs::read_dir(dir)? {
             let e = e?;
             let name = e.file_name().to_string_lossy().into_owned();
             if name.ends_with(".tmp") {
                 std::fs::remove_file(e.path())?;
-            } else if let Some(seq) = name.strip_suffix(".jsonl").and_then(|s| s.parse::<u64>().ok()) {
-                max_seq = max_seq.max(seq + 1);
-                bytes += e.metadata()?.len();
+            } else if let Some(seq) = name.strip_suffix(".seg").and_then(|s| s.parse::<u64>().ok()) {
+                segs.push(seq);
+            } else if name.ends_with(".jsonl") {
+                legacy.push(e.path());
             }
         }
-        Ok(Self {
+        segs.sort_unstable();
+        legacy.sort();
+
+        // Where shipping left off, if the note names a segment still here.
+        let mut shipped = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(dir.join("shipped"))?;
+        let mut note = String::new();
+        let _ = shipped.read_to_string(&mut note);
+        let noted = note.split_once(' ').and_then(|(s, o)| {
+            Some(Position { seq: s.trim().parse().ok()?, offset: o.trim().parse().ok()? })
+        });
+        let start = match noted {
+            Some(p) if segs.contains(&p.seq) => p,
+            _ => Position { seq: segs.first().copied().unwrap_or(0), offset: 0 },
+        };
+        for &seq in segs.iter().filter(|&&s| s < start.seq) {
+            std::fs::remove_file(seg_path(dir, seq))?;
+        }
+        segs.retain(|&s| s >= start.seq);
+
+        // Only the last segment can end in a torn record.
+        let tail = match segs.last() {
+            Some(&seq) => {
+                let path = seg_path(dir, seq);
+                let buf = std::fs::read(&path)?;
+                let end = valid_prefix(&buf);
+                let file = OpenOptions::new().read(true).write(true).open(&path)?;
+                if end < buf.len() as u64 {
+                    warn!(cut = buf.len() as u64 - end, "the spool's last record was torn; cutting it off");
+                    file.set_len(end)?;
+                    file.sync_all()?;
+                }
+                Tail { seq, file, end, opened: Instant::now() }
+            }
+            None => {
+                let seq = start.seq;
+                let file =
+                    OpenOptions::new().read(true).write(true).create_new(true).open(seg_path(dir, seq))?;
+                sync_dir(dir)?;
+                Tail { seq, file, end: 0, opened: Instant::now() }
+            }
+        };
+        let mut bytes = 0;
+        for &seq in &segs {
+            bytes += std::fs::metadata(seg_path(dir, seq))?.len();
+        }
+        let start = if start.seq == tail.seq {
+            Position { offset: start.offset.min(tail.end), ..start }
+        } else {
+            start
+        };
+        let durable = Position { seq: tail.seq, offset: tail.end };
+        let spool = Self {
             dir: dir.to_owned(),
-            next_seq: AtomicU64::new(max_seq),
-            bytes: AtomicU64::new(bytes),
             max_bytes,
-        })
+            segment_bytes,
+            idle_roll,
+            bytes: AtomicU64::new(bytes),
+            tail: Mutex::new(tail),
+            durable: Mutex::new(durable),
+            shipped: Mutex::new(shipped),
+            start,
+        };
+        for path in legacy {
+            spool.append_encoded(&std::fs::read(&path)?)?;
+            std::fs::remove_file(&path)?;
+        }
+        Ok(spool)
     }
 
     pub fn is_full(&self) -> bool {
@@ -75,62 +244,156 @@ impl Spool {
         self.bytes.load(Ordering::Relaxed)
     }
 
+    pub fn max_bytes(&self) -> u64 {
+        self.max_bytes
+    }
+
     /// Writes one batch durably. Blocking: call from `spawn_blocking`.
     pub fn append(&self, events: &[Event]) -> std::io::Result<()> {
         self.append_encoded(&encode(events))
     }
 
-    /// Same, for a batch already encoded with [`encode`].
+    /// Same, for a batch already encoded (JSON lines). On an error nothing
+    /// counts as written, and a retry writes the same place again.
     pub fn append_encoded(&self, buf: &[u8]) -> std::io::Result<()> {
-        let seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
-        let tmp = self.dir.join(format!("{seq:020}.tmp"));
-        let path = self.dir.join(format!("{seq:020}.jsonl"));
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(buf)?;
-        f.sync_data()?;
-        std::fs::rename(&tmp, &path)?;
-        // The rename itself must survive a crash too.
-        std::fs::File::open(&self.dir)?.sync_all()?;
-        self.bytes.fetch_add(buf.len() as u64, Ordering::Relaxed);
+        let len = u32::try_from(buf.len()).ok().filter(|&l| l > 0 && l <= MAX_RECORD).ok_or_else(|| {
+            std::io::Error::new(ErrorKind::InvalidInput, format!("a spool batch of {} bytes", buf.len()))
+        })?;
+        let mut tail = self.tail.lock().unwrap_or_else(|p| p.into_inner());
+        if tail.end >= self.segment_bytes {
+            self.roll(&mut tail)?;
+        }
+        let mut record = Vec::with_capacity(buf.len() + HEADER as usize);
+        record.extend_from_slice(&len.to_le_bytes());
+        record.extend_from_slice(&crc32fast::hash(buf).to_le_bytes());
+        record.extend_from_slice(buf);
+        tail.file.write_all_at(&record, tail.end)?;
+        tail.file.sync_data()?;
+        tail.end += record.len() as u64;
+        self.bytes.fetch_add(record.len() as u64, Ordering::Relaxed);
+        *self.durable.lock().unwrap_or_else(|p| p.into_inner()) =
+            Position { seq: tail.seq, offset: tail.end };
         Ok(())
     }
 
-    /// Batch files in the order they were written.
-    pub fn segments(&self) -> std::io::Result<Vec<Segment>> {
-        let mut out = Vec::new();
-        for e in std::fs::read_dir(&self.dir)? {
-            let e = e?;
-            let name = e.file_name();
-            let name = name.to_string_lossy();
-            if name.ends_with(".jsonl") {
-                out.push(Segment { path: e.path(), size: e.metadata()?.len() });
+    /// Closes the tail segment and starts the next one.
+    fn roll(&self, tail: &mut Tail) -> std::io::Result<()> {
+        // A failed write may have left bytes past the end; they must not
+        // be read as the start of a record.
+        tail.file.set_len(tail.end)?;
+        tail.file.sync_all()?;
+        let seq = tail.seq + 1;
+        let file =
+            OpenOptions::new().read(true).write(true).create_new(true).open(seg_path(&self.dir, seq))?;
+        sync_dir(&self.dir)?;
+        *tail = Tail { seq, file, end: 0, opened: Instant::now() };
+        *self.durable.lock().unwrap_or_else(|p| p.into_inner()) = Position { seq, offset: 0 };
+        Ok(())
+    }
+
+    /// The shipper's reader, starting where shipping left off.
+    pub fn reader(&self) -> Reader {
+        Reader { pos: self.start, file: None }
+    }
+
+    fn durable(&self) -> Position {
+        *self.durable.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Reads whole records from the reader's position until about
+    /// `max_events` events or the durable end. Lines that do not parse are
+    /// counted and skipped (they cannot have come from this writer).
+    /// Blocking: call from `spawn_blocking`.
+    pub fn read(&self, r: &mut Reader, max_events: usize) -> std::io::Result<Batch> {
+        let durable = self.durable();
+        let mut pos = r.pos;
+        let mut events = Vec::new();
+        while pos < durable && events.len() < max_events {
+            if r.file.as_ref().map(|(s, _)| *s) != Some(pos.seq) {
+                r.file = Some((pos.seq, File::open(seg_path(&self.dir, pos.seq))?));
+            }
+            let Some((_, file)) = &r.file else { unreachable!() };
+            let end = if pos.seq == durable.seq { durable.offset } else { file.metadata()?.len() };
+            let mut header = [0u8; HEADER as usize];
+            let record = if pos.offset + HEADER <= end {
+                file.read_exact_at(&mut header, pos.offset)?;
+                let len = u32::from_le_bytes(header[..4].try_into().unwrap_or_default());
+                let body_end = pos.offset + HEADER + u64::from(len);
+                (len > 0 && len <= MAX_RECORD && body_end <= end).then_some((len, body_end))
+            } else {
+                None
+            };
+            let Some((len, body_end)) = record else {
+                if pos.seq == durable.seq {
+                    break;
+                }
+                if pos.offset < end {
+                    warn!(
+                        segment = pos.seq,
+                        offset = pos.offset,
+                        "unreadable bytes at the end of a spool segment"
+                    );
+                    metrics::counter!("mailpipe_tracker_spool_bad_lines_total").increment(1);
+                }
+                pos = Position { seq: pos.seq + 1, offset: 0 };
+                continue;
+            };
+            let mut body = vec![0u8; len as usize];
+            file.read_exact_at(&mut body, pos.offset + HEADER)?;
+            if crc32fast::hash(&body) != u32::from_le_bytes(header[4..].try_into().unwrap_or_default()) {
+                warn!(
+                    segment = pos.seq,
+                    offset = pos.offset,
+                    "a spool record fails its checksum; skipping it"
+                );
+                metrics::counter!("mailpipe_tracker_spool_bad_lines_total").increment(1);
+            } else {
+                events.extend(body.split(|b| *b == b'\n').filter(|l| !l.is_empty()).filter_map(|l| {
+                    EncodedEvent::decode(l)
+                        .inspect_err(|_| {
+                            metrics::counter!("mailpipe_tracker_spool_bad_lines_total").increment(1)
+                        })
+                        .ok()
+                }));
+            }
+            pos.offset = body_end;
+        }
+        Ok(Batch { events, next: pos })
+    }
+
+    /// Notes that everything before `to` is shipped: deletes the segments
+    /// wholly before it, and closes the tail when it is wholly shipped and
+    /// older than the idle time (so shipped events do not stay on disk).
+    /// Call it with the reader's own position to do only the latter.
+    /// Blocking.
+    pub fn commit(&self, r: &mut Reader, to: Position) -> std::io::Result<()> {
+        let from = r.pos.seq;
+        if to.seq != from {
+            r.file = None;
+        }
+        r.pos = to;
+        {
+            let mut tail = self.tail.lock().unwrap_or_else(|p| p.into_inner());
+            let all_shipped = to == Position { seq: tail.seq, offset: tail.end };
+            if all_shipped && tail.end > 0 && tail.opened.elapsed() >= self.idle_roll {
+                self.roll(&mut tail)?;
+                r.pos = Position { seq: tail.seq, offset: 0 };
+                r.file = None;
             }
         }
-        out.sort_by(|a, b| a.path.cmp(&b.path));
-        Ok(out)
-    }
-
-    /// Reads a batch file. Lines that do not parse are counted and skipped
-    /// (they cannot have come from this writer; a torn file is impossible).
-    pub fn read(segment: &Segment) -> std::io::Result<Vec<Event>> {
-        let text = std::fs::read(&segment.path)?;
-        Ok(text
-            .split(|b| *b == b'\n')
-            .filter(|l| !l.is_empty())
-            .filter_map(|l| match serde_json::from_slice(l) {
-                Ok(e) => Some(e),
-                Err(_) => {
-                    metrics::counter!("mailpipe_tracker_spool_bad_lines_total").increment(1);
-                    None
-                }
-            })
-            .collect())
-    }
-
-    /// Deletes a shipped batch.
-    pub fn remove(&self, segment: &Segment) -> std::io::Result<()> {
-        std::fs::remove_file(&segment.path)?;
-        self.bytes.fetch_sub(segment.size.min(self.bytes()), Ordering::Relaxed);
+        // Segment numbers are consecutive, and those before `from` are gone.
+        for seq in from..r.pos.seq {
+            let path = seg_path(&self.dir, seq);
+            let size = match std::fs::metadata(&path) {
+                Ok(m) => m.len(),
+                Err(e) if e.kind() == ErrorKind::NotFound => continue,
+                Err(e) => return Err(e),
+            };
+            std::fs::remove_file(&path)?;
+            self.bytes.fetch_sub(size.min(self.bytes()), Ordering::Relaxed);
+        }
+        let note = format!("{:020} {:020}\n", r.pos.seq, r.pos.offset);
+        self.shipped.lock().unwrap_or_else(|p| p.into_inner()).write_all_at(note.as_bytes(), 0)?;
         Ok(())
     }
 }
@@ -150,34 +413,148 @@ mod tests {
         )
     }
 
-    #[test]
-    fn batches_survive_a_reopen_in_order_and_leftovers_are_discarded() {
-        let dir = std::env::temp_dir().join(format!("spool-test-{}", std::process::id()));
+    fn ids(b: &Batch) -> Vec<String> {
+        b.events.iter().map(|e| e.event().event_id.clone()).collect()
+    }
+
+    fn want(range: std::ops::RangeInclusive<usize>) -> Vec<String> {
+        range.map(|i| ev(i).event_id).collect()
+    }
+
+    fn fresh(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("spool-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
+        dir
+    }
+
+    fn seg_count(dir: &Path) -> usize {
+        std::fs::read_dir(dir)
+            .unwrap()
+            .filter(|e| e.as_ref().unwrap().path().extension() == Some("seg".as_ref()))
+            .count()
+    }
+
+    #[test]
+    fn batches_survive_a_reopen_in_order_and_shipping_resumes_where_it_left_off() {
+        let dir = fresh("reopen");
         let s = Spool::open(&dir, 1 << 20).unwrap();
         s.append(&[ev(1), ev(2)]).unwrap();
         s.append(&[ev(3)]).unwrap();
-        std::fs::write(dir.join("00000000000000000099.tmp"), b"half a batch").unwrap();
+        let mut r = s.reader();
+        let b = s.read(&mut r, 1).unwrap();
+        assert_eq!(ids(&b), want(1..=2), "whole records, even past max_events");
+        s.commit(&mut r, b.next).unwrap();
         drop(s);
+
         let s = Spool::open(&dir, 1 << 20).unwrap();
-        let segs = s.segments().unwrap();
-        assert_eq!(segs.len(), 2, "the .tmp file is gone");
-        let ids: Vec<String> =
-            segs.iter().flat_map(|g| Spool::read(g).unwrap()).map(|e| e.event_id).collect();
-        assert_eq!(ids, [ev(1), ev(2), ev(3)].map(|e| e.event_id));
+        let mut r = s.reader();
         s.append(&[ev(4)]).unwrap();
-        assert_eq!(s.segments().unwrap().len(), 3, "new batches do not overwrite old ones");
-        for g in s.segments().unwrap() {
-            s.remove(&g).unwrap();
+        let b = s.read(&mut r, 100).unwrap();
+        assert_eq!(ids(&b), want(3..=4), "shipped batches are not read again; new ones follow old ones");
+        s.commit(&mut r, b.next).unwrap();
+        assert!(s.read(&mut r, 100).unwrap().events.is_empty());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_torn_last_record_is_cut_off_and_writing_goes_on_after_the_good_ones() {
+        let dir = fresh("torn");
+        let s = Spool::open(&dir, 1 << 20).unwrap();
+        s.append(&[ev(1)]).unwrap();
+        s.append(&[ev(2), ev(3)]).unwrap();
+        drop(s);
+        // A crash in the middle of the third batch's write.
+        let path = seg_path(&dir, 0);
+        let good = std::fs::metadata(&path).unwrap().len();
+        let mut torn = 500u32.to_le_bytes().to_vec();
+        torn.extend_from_slice(&[0xAB; 4]);
+        torn.extend_from_slice(b"{\"event_id\":\"half");
+        std::fs::OpenOptions::new().append(true).open(&path).unwrap().write_all_at(&torn, good).unwrap();
+        std::fs::write(dir.join("00000000000000000099.tmp"), b"left by the old spool").unwrap();
+
+        let s = Spool::open(&dir, 1 << 20).unwrap();
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), good, "the torn record is cut off");
+        assert!(!dir.join("00000000000000000099.tmp").exists());
+        s.append(&[ev(4)]).unwrap();
+        let mut r = s.reader();
+        assert_eq!(ids(&s.read(&mut r, 100).unwrap()), want(1..=4));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_record_with_a_bad_checksum_is_never_shipped() {
+        let dir = fresh("crc");
+        let s = Spool::open(&dir, 1 << 20).unwrap();
+        s.append(&[ev(1)]).unwrap();
+        drop(s);
+        let path = seg_path(&dir, 0);
+        let mut bytes = std::fs::read(&path).unwrap();
+        *bytes.last_mut().unwrap() ^= 0x20; // one flipped bit in the body
+        std::fs::write(&path, &bytes).unwrap();
+        let s = Spool::open(&dir, 1 << 20).unwrap();
+        let mut r = s.reader();
+        assert!(s.read(&mut r, 100).unwrap().events.is_empty());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn full_segments_roll_and_are_deleted_once_shipped() {
+        let dir = fresh("roll");
+        // Segments of about one record each.
+        let s = Spool::open_with(&dir, 1 << 20, 100, IDLE_ROLL).unwrap();
+        for i in 1..=5 {
+            s.append(&[ev(i)]).unwrap();
         }
-        assert_eq!(s.bytes(), 0);
+        assert_eq!(seg_count(&dir), 5);
+        let mut r = s.reader();
+        let b = s.read(&mut r, 3).unwrap();
+        assert_eq!(ids(&b), want(1..=3), "reading crosses segments");
+        let before = s.bytes();
+        s.commit(&mut r, b.next).unwrap();
+        assert_eq!(seg_count(&dir), 3, "the two wholly shipped segments are gone");
+        assert!(s.bytes() < before);
+        drop(s);
+        let s = Spool::open_with(&dir, 1 << 20, 100, IDLE_ROLL).unwrap();
+        let mut r = s.reader();
+        assert_eq!(ids(&s.read(&mut r, 100).unwrap()), want(4..=5));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_wholly_shipped_segment_is_deleted_once_idle() {
+        let dir = fresh("idle");
+        let s = Spool::open_with(&dir, 1 << 20, SEGMENT_BYTES, Duration::from_millis(50)).unwrap();
+        s.append(&[ev(1)]).unwrap();
+        let mut r = s.reader();
+        let b = s.read(&mut r, 100).unwrap();
+        s.commit(&mut r, b.next).unwrap();
+        assert!(s.bytes() > 0, "still young: kept, so that busy spools do not roll per batch");
+        std::thread::sleep(Duration::from_millis(60));
+        let at = r.position();
+        s.commit(&mut r, at).unwrap();
+        assert_eq!(s.bytes(), 0, "no shipped event stays on disk");
+        assert_eq!(seg_count(&dir), 1, "only the new, empty tail");
+        s.append(&[ev(2)]).unwrap();
+        assert_eq!(ids(&s.read(&mut r, 100).unwrap()), want(2..=2));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn batch_files_of_the_earlier_spool_are_taken_in() {
+        let dir = fresh("legacy");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("00000000000000000000.jsonl"), encode(&[ev(1), ev(2)])).unwrap();
+        std::fs::write(dir.join("00000000000000000001.jsonl"), encode(&[ev(3)])).unwrap();
+        let s = Spool::open(&dir, 1 << 20).unwrap();
+        assert!(!dir.join("00000000000000000000.jsonl").exists());
+        let mut r = s.reader();
+        assert_eq!(ids(&s.read(&mut r, 100).unwrap()), want(1..=3));
         let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
     fn a_full_spool_says_so() {
-        let dir = std::env::temp_dir().join(format!("spool-full-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
+        let dir = fresh("full");
         let s = Spool::open(&dir, 10).unwrap();
         assert!(!s.is_full());
         s.append(&[ev(1)]).unwrap();

@@ -3,19 +3,25 @@
 //! the store (one multi-row insert per batch) and to Kafka, retrying while
 //! either is down. So a 2xx or 3xx answer means its event is on disk, and an
 //! outage delays events without losing or blocking them.
+//!
+//! Serving comes first. While requests keep arriving, shipping waits (the
+//! events are already durable), so that a burst of opens and clicks is not
+//! slowed by the store's and Kafka's work; see [`ShipPolicy`] for when it
+//! ships anyway.
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use mailpipe_core::{Category, Event, EventType, TenantId};
+use mailpipe_core::{Category, EncodedEvent, Event, EventType, TenantId};
 use mailpipe_queue::kafka::KafkaEvents;
 use mailpipe_store::Store;
 use tokio::sync::{Notify, mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
-use crate::spool::{Segment, Spool};
+use crate::spool::{Batch, Reader, Spool};
 
 const BATCH: usize = 1024;
 /// Events per store write when catching up.
@@ -24,8 +30,52 @@ const SHIP_BATCH: usize = 4096;
 const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 
 struct Pending {
-    event: Event,
+    /// The event, encoded by the request's task so that the one writer
+    /// task only joins bytes.
+    json: Vec<u8>,
+    /// An unsubscribe: shipped at once, so that it takes effect within
+    /// seconds.
+    urgent: bool,
     durable: oneshot::Sender<()>,
+}
+
+/// When spooled events are shipped while requests are still arriving.
+#[derive(Debug, Clone)]
+pub struct ShipPolicy {
+    /// The writer counts as idle after this long without a batch; an idle
+    /// writer means shipping goes ahead.
+    pub idle_after: Duration,
+    /// The longest a spooled event waits for a quiet moment.
+    pub max_delay: Duration,
+    /// Ship regardless once the spool holds this share of its bound.
+    pub backlog_share: f64,
+}
+
+impl Default for ShipPolicy {
+    fn default() -> Self {
+        Self {
+            idle_after: Duration::from_millis(200),
+            max_delay: Duration::from_secs(30),
+            backlog_share: 0.5,
+        }
+    }
+}
+
+/// What the writer tells the shipper.
+struct Activity {
+    started: Instant,
+    /// Milliseconds after `started` of the last spooled batch.
+    last_batch_ms: AtomicU64,
+    /// Set when an unsubscribe is spooled; cleared by the shipper.
+    urgent: AtomicBool,
+}
+
+impl Activity {
+    fn busy(&self, idle_after: Duration) -> bool {
+        let since = (self.started.elapsed().as_millis() as u64)
+            .saturating_sub(self.last_batch_ms.load(Ordering::Relaxed));
+        since < idle_after.as_millis() as u64
+    }
 }
 
 /// The sending side, held by request handlers.
@@ -40,7 +90,8 @@ impl WriterHandle {
     /// only if the writer has stopped (after shutdown began).
     pub async fn send(&self, event: Event) -> bool {
         let (durable, done) = oneshot::channel();
-        if self.tx.send(Pending { event, durable }).await.is_err() {
+        let urgent = event.kind == EventType::Unsubscribe;
+        if self.tx.send(Pending { json: event.to_json(), urgent, durable }).await.is_err() {
             metrics::counter!("mailpipe_tracker_events_after_close_total").increment(1);
             return false;
         }
@@ -79,12 +130,20 @@ impl EventWriter {
         kafka: Option<KafkaEvents>,
         spool: Arc<Spool>,
         capacity: usize,
+        policy: ShipPolicy,
     ) -> (Self, WriterHandle) {
         let (tx, rx) = mpsc::channel(capacity.max(1));
         let shipped = Arc::new(Notify::new());
         let writer_done = Arc::new(Notify::new());
-        let writer = tokio::spawn(write_loop(spool.clone(), rx, shipped.clone()));
-        let shipper = tokio::spawn(ship_loop(store, kafka, spool.clone(), shipped, writer_done.clone()));
+        let activity = Arc::new(Activity {
+            started: Instant::now(),
+            last_batch_ms: AtomicU64::new(0),
+            urgent: AtomicBool::new(false),
+        });
+        let writer = tokio::spawn(write_loop(spool.clone(), rx, shipped.clone(), activity.clone()));
+        let sinks = Sinks { store, kafka };
+        let shipper =
+            tokio::spawn(ship_loop(sinks, spool.clone(), shipped, writer_done.clone(), activity, policy));
         (Self { writer, shipper, writer_done }, WriterHandle { tx, spool })
     }
 
@@ -101,11 +160,15 @@ impl EventWriter {
     }
 }
 
-async fn write_loop(spool: Arc<Spool>, mut rx: mpsc::Receiver<Pending>, shipped: Arc<Notify>) {
+async fn write_loop(
+    spool: Arc<Spool>,
+    mut rx: mpsc::Receiver<Pending>,
+    shipped: Arc<Notify>,
+    activity: Arc<Activity>,
+) {
     let mut batch = Vec::with_capacity(BATCH);
     while rx.recv_many(&mut batch, BATCH).await > 0 {
-        // Encoded here, once; the blocking task gets bytes, not events.
-        let encoded = Arc::new(crate::spool::encode_iter(batch.iter().map(|p| &p.event)));
+        let encoded = Arc::new(crate::spool::join_lines(batch.iter().map(|p| &p.json)));
         let count = batch.len();
         let mut delay = Duration::from_millis(50);
         loop {
@@ -124,6 +187,10 @@ async fn write_loop(spool: Arc<Spool>, mut rx: mpsc::Receiver<Pending>, shipped:
             tokio::time::sleep(delay).await;
             delay = (delay * 2).min(Duration::from_secs(1));
         }
+        activity.last_batch_ms.store(activity.started.elapsed().as_millis() as u64, Ordering::Relaxed);
+        if batch.iter().any(|p| p.urgent) {
+            activity.urgent.store(true, Ordering::Relaxed);
+        }
         for p in batch.drain(..) {
             let _ = p.durable.send(());
         }
@@ -133,63 +200,95 @@ async fn write_loop(spool: Arc<Spool>, mut rx: mpsc::Receiver<Pending>, shipped:
     }
 }
 
-async fn ship_loop(
+struct Sinks {
     store: Store,
     kafka: Option<KafkaEvents>,
+}
+
+/// Runs `f` on the shipper's reader in the blocking pool (file I/O).
+async fn with_reader<T: Send + 'static>(
+    spool: &Arc<Spool>,
+    reader: &mut Option<Reader>,
+    f: impl FnOnce(&Spool, &mut Reader) -> T + Send + 'static,
+) -> T {
+    let (s, mut r) = (spool.clone(), reader.take().expect("the reader is put back"));
+    let (r, out) = tokio::task::spawn_blocking(move || {
+        let out = f(&s, &mut r);
+        (r, out)
+    })
+    .await
+    .expect("spool I/O does not panic");
+    *reader = Some(r);
+    out
+}
+
+async fn ship_loop(
+    sinks: Sinks,
     spool: Arc<Spool>,
     spooled: Arc<Notify>,
     writer_done: Arc<Notify>,
+    activity: Arc<Activity>,
+    policy: ShipPolicy,
 ) {
+    let Sinks { store, kafka } = sinks;
     let mut scopes = HashMap::new();
     let mut delay = Duration::from_millis(100);
     let mut stopping = false;
     let mut was_down = false;
+    let mut reader = Some(spool.reader());
+    // A batch read but not yet shipped: kept across failed attempts.
+    let mut pending: Option<(Batch, Instant)> = None;
+    // Set by an unsubscribe: ship without waiting, until caught up.
+    let mut eager = false;
     loop {
-        let segments = match spool.segments() {
-            Ok(s) => s,
-            Err(e) => {
-                warn!(error = %e, "cannot list the event spool");
-                Vec::new()
+        let Some((batch, read_at)) = &mut pending else {
+            match with_reader(&spool, &mut reader, |s, r| (r.position(), s.read(r, SHIP_BATCH))).await {
+                (at, Ok(b)) if b.next != at => pending = Some((b, Instant::now())),
+                (_, Ok(_)) if stopping => return,
+                (_, Ok(_)) => {
+                    eager = false;
+                    // Caught up: close the tail once it is idle and shipped.
+                    let tidied = with_reader(&spool, &mut reader, |s, r| s.commit(r, r.position())).await;
+                    if let Err(e) = tidied {
+                        warn!(error = %e, "cannot tidy the event spool");
+                    }
+                    tokio::select! {
+                        _ = spooled.notified() => {}
+                        _ = writer_done.notified() => stopping = true,
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    }
+                }
+                (_, Err(e)) => {
+                    warn!(error = %e, "cannot read the event spool");
+                    tokio::time::sleep(delay).await;
+                }
             }
+            continue;
         };
-        if segments.is_empty() {
-            if stopping {
-                return;
-            }
+        eager |= activity.urgent.swap(false, Ordering::Relaxed);
+        let backlog = spool.bytes() as f64 >= spool.max_bytes() as f64 * policy.backlog_share;
+        let wait = !stopping && !eager && !backlog && read_at.elapsed() < policy.max_delay;
+        if wait && activity.busy(policy.idle_after) {
+            metrics::counter!("mailpipe_tracker_ship_deferrals_total").increment(1);
+            let recheck = (policy.idle_after / 2).min(policy.max_delay.saturating_sub(read_at.elapsed()));
             tokio::select! {
-                _ = spooled.notified() => {}
+                _ = tokio::time::sleep(recheck.max(Duration::from_millis(5))) => {}
                 _ = writer_done.notified() => stopping = true,
-                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
             }
             continue;
         }
-        // Take whole segments up to SHIP_BATCH events: one store write.
-        let mut take: Vec<Segment> = Vec::new();
-        let mut events: Vec<Event> = Vec::new();
-        for seg in segments {
-            match Spool::read(&seg) {
-                Ok(evs) => {
-                    events.extend(evs);
-                    take.push(seg);
-                }
-                Err(e) => warn!(error = %e, path = %seg.path.display(), "cannot read a spool file"),
-            }
-            if events.len() >= SHIP_BATCH {
-                break;
-            }
-        }
-        match ship(&store, kafka.as_ref(), &mut events, &mut scopes).await {
+        match ship(&store, kafka.as_ref(), &mut batch.events, &mut scopes).await {
             Ok(()) => {
-                for seg in &take {
-                    if let Err(e) = spool.remove(seg) {
-                        warn!(error = %e, "cannot remove a shipped spool file");
-                    }
+                let (count, next) = (batch.events.len(), batch.next);
+                pending = None;
+                if let Err(e) = with_reader(&spool, &mut reader, move |s, r| s.commit(r, next)).await {
+                    warn!(error = %e, "cannot remove shipped spool segments");
                 }
                 if was_down {
                     info!("event sinks are back; spooled events shipped");
                     was_down = false;
                 }
-                metrics::counter!("mailpipe_tracker_events_written_total").increment(events.len() as u64);
+                metrics::counter!("mailpipe_tracker_events_written_total").increment(count as u64);
                 metrics::gauge!("mailpipe_tracker_spool_bytes").set(spool.bytes() as f64);
                 delay = Duration::from_millis(100);
             }
@@ -212,7 +311,7 @@ async fn ship_loop(
 async fn ship(
     store: &Store,
     kafka: Option<&KafkaEvents>,
-    events: &mut [Event],
+    events: &mut [EncodedEvent],
     scopes: &mut HashMap<TenantId, (bool, Instant)>,
 ) -> Result<(), String> {
     let bounded = |what: &'static str| move |_| format!("{what} timed out after {WRITE_TIMEOUT:?}");
@@ -220,6 +319,7 @@ async fn ship(
     // details: nothing new that could identify them is stored.
     let with_client: Vec<(String, String)> = events
         .iter()
+        .map(EncodedEvent::event)
         .filter(|e| e.client.is_some())
         .filter_map(|e| Some((e.tenant_id.as_ref()?.to_string(), e.job_id.as_ref()?.to_string())))
         .collect();
@@ -229,18 +329,20 @@ async fn ship(
         .map_err(|e| e.to_string())?;
     if !erased.is_empty() {
         for e in events.iter_mut() {
-            if let (Some(t), Some(j)) = (&e.tenant_id, &e.job_id)
-                && erased.contains(&(t.to_string(), j.to_string()))
-            {
-                e.client = None;
+            let job = match (&e.event().tenant_id, &e.event().job_id) {
+                (Some(t), Some(j)) => (t.to_string(), j.to_string()),
+                _ => continue,
+            };
+            if e.event().client.is_some() && erased.contains(&job) {
+                e.update(|e| e.client = None);
             }
         }
     }
-    tokio::time::timeout(WRITE_TIMEOUT, store.insert_events(events))
+    tokio::time::timeout(WRITE_TIMEOUT, store.insert_encoded_events(events))
         .await
         .map_err(bounded("store"))?
         .map_err(|e| e.to_string())?;
-    for e in events.iter().filter(|e| e.kind == EventType::Unsubscribe) {
+    for e in events.iter().map(EncodedEvent::event).filter(|e| e.kind == EventType::Unsubscribe) {
         let (Some(hash), Some(tenant)) = (e.recipient_ref.as_deref(), e.tenant_id.as_ref()) else { continue };
         // Marketing only; platform-wide unless the tenant chose its own scope.
         let scope = if scope_of(store, scopes, tenant).await { None } else { Some(tenant.as_str()) };
@@ -256,7 +358,112 @@ async fn ship(
         // No timeout here: librdkafka keeps retrying a batch through a broker
         // restart (up to message.timeout.ms), and abandoning the wait would
         // only publish the batch twice. Requests never wait on this.
-        k.publish(events).await.map_err(|e| e.to_string())?;
+        k.publish_encoded(events).await.map_err(|e| e.to_string())?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mailpipe_core::{CampaignId, JobId};
+
+    fn ev(kind: EventType, i: usize) -> Event {
+        Event::for_job(
+            kind,
+            &TenantId::parse("acme").unwrap(),
+            &CampaignId::parse("c").unwrap(),
+            &JobId::parse(format!("j{i}")).unwrap(),
+            "",
+        )
+    }
+
+    async fn writer(name: &str, policy: ShipPolicy) -> (EventWriter, WriterHandle, Store) {
+        let dir = std::env::temp_dir().join(format!("writer-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let store = Store::connect(&format!("sqlite:{}", dir.join("db.sqlite").display()), 2).await.unwrap();
+        store.migrate().await.unwrap();
+        let spool = Arc::new(Spool::open(&dir.join("spool"), 1 << 30).unwrap());
+        let (w, h) = EventWriter::spawn(store.clone(), None, spool, 100, policy);
+        (w, h, store)
+    }
+
+    async fn stored(store: &Store, kind: &str) -> i64 {
+        store.event_counts("acme", "c").await.unwrap().get(kind).copied().unwrap_or(0)
+    }
+
+    /// Sends an open every 10 ms until `stop`; returns how many.
+    fn traffic(h: WriterHandle, stop: Arc<Notify>) -> JoinHandle<usize> {
+        tokio::spawn(async move {
+            let mut n = 0;
+            loop {
+                tokio::select! {
+                    _ = stop.notified() => return n,
+                    _ = tokio::time::sleep(Duration::from_millis(10)) => {}
+                }
+                n += 1;
+                assert!(h.send(ev(EventType::Open, n)).await);
+            }
+        })
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn shipping_waits_for_a_pause_in_requests_but_an_unsubscribe_does_not() {
+        let policy = ShipPolicy {
+            idle_after: Duration::from_secs(1),
+            max_delay: Duration::from_secs(60),
+            ..Default::default()
+        };
+        let (w, h, store) = writer("pause", policy).await;
+        let stop = Arc::new(Notify::new());
+        let burst = traffic(h.clone(), stop.clone());
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        assert!(h.send(ev(EventType::Unsubscribe, 0)).await);
+        let t0 = Instant::now();
+        while stored(&store, "unsubscribe").await == 0 {
+            assert!(t0.elapsed() < Duration::from_secs(3), "the unsubscribe waited for the burst to end");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // Once caught up, opens wait again while the burst goes on.
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        let during = stored(&store, "open").await;
+        stop.notify_one();
+        let sent = burst.await.unwrap() as i64;
+        assert!(during < sent, "opens were shipped in the middle of the burst ({during} of {sent})");
+        let t0 = Instant::now();
+        while stored(&store, "open").await < sent {
+            assert!(
+                t0.elapsed() < Duration::from_secs(5),
+                "the pause after the burst did not ship its events"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        drop(h);
+        w.finish(Duration::from_secs(5)).await;
+        assert_eq!(stored(&store, "open").await, sent);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn under_steady_traffic_events_wait_no_longer_than_the_max_delay() {
+        let policy = ShipPolicy {
+            idle_after: Duration::from_secs(10),
+            max_delay: Duration::from_millis(300),
+            ..Default::default()
+        };
+        let (w, h, store) = writer("steady", policy).await;
+        let stop = Arc::new(Notify::new());
+        let burst = traffic(h.clone(), stop.clone());
+        let t0 = Instant::now();
+        while stored(&store, "open").await == 0 {
+            assert!(t0.elapsed() < Duration::from_secs(3), "nothing shipped while traffic lasted");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        stop.notify_one();
+        let sent = burst.await.unwrap() as i64;
+        drop(h);
+        // Shutdown ships everything without waiting for a pause.
+        w.finish(Duration::from_secs(5)).await;
+        assert_eq!(stored(&store, "open").await, sent);
+    }
 }

@@ -280,7 +280,12 @@ pub fn tracker_app(
     let t = &cfg.tracker;
     let spool = mailpipe_tracker::Spool::open(&t.spool_dir, t.spool_max_mb.saturating_mul(1 << 20))
         .with_context(|| format!("tracker.spool_dir {}", t.spool_dir.display()))?;
-    let (writer, handle) = EventWriter::spawn(store, kafka, Arc::new(spool), t.event_queue);
+    let policy = mailpipe_tracker::ShipPolicy {
+        idle_after: Duration::from_millis(t.ship_idle_ms),
+        max_delay: Duration::from_secs(t.ship_max_delay_secs),
+        ..Default::default()
+    };
+    let (writer, handle) = EventWriter::spawn(store, kafka, Arc::new(spool), t.event_queue, policy);
     let per_ip = match &t.per_ip_rate {
         Some(r) => Some(
             r.parse::<mailpipe_smtp::RateSpec>()

@@ -153,6 +153,10 @@ pub struct TrackerConfig {
     /// Where events wait, durably, until the store and Kafka have them.
     pub spool_dir: PathBuf,
     pub spool_max_mb: u64,
+    /// While requests keep arriving, the longest an event waits to be shipped.
+    pub ship_max_delay_secs: u64,
+    /// A pause this long between batches counts as quiet: shipping goes ahead.
+    pub ship_idle_ms: u64,
     pub ip: TrackerIp,
     pub trust_forwarded_for: bool,
     pub machine_click_secs: i64,
