@@ -79,10 +79,36 @@ done
 open=$(python3 scripts/bench/mint_token.py "$KEY" open)
 click=$(python3 scripts/bench/mint_token.py "$KEY" click "https://shop.example/item/42?utm_source=mail")
 
+# CPU seconds used so far by a set of processes (utime + stime).
+cpu_of() { # pid...
+  local ticks=0 p
+  for p in "$@"; do
+    [ -r "/proc/$p/stat" ] || continue
+    ticks=$((ticks + $(awk '{sub(/^.*\) /, ""); print $12 + $13}' "/proc/$p/stat")))
+  done
+  echo "$ticks"
+}
+kafka_pids() { pgrep -f 'kafka\.Kafka' || true; }
+pg_pids() { pgrep -u postgres || pgrep -f 'postgres' || true; }
+# Where the two cores went during a run: "tracker/kafka/postgres/other" in
+# CPU-seconds, from /proc; "other" is wrk and the rest of the machine.
+CPU_SPLIT=""
+cpu_snapshot() {
+  echo "$(cpu_of "$tracker_pid") $(cpu_of $(kafka_pids)) $(cpu_of $(pg_pids)) $(awk '/^cpu / {print $2+$3+$4+$7+$8}' /proc/stat)"
+}
+cpu_split() { # before after
+  local hz; hz=$(getconf CLK_TCK)
+  read -r t0 k0 p0 a0 <<<"$1"; read -r t1 k1 p1 a1 <<<"$2"
+  local t=$((t1 - t0)) k=$((k1 - k0)) p=$((p1 - p0)) a=$((a1 - a0))
+  python3 -c "h=$hz; print(f'tracker {$t/h:.1f} s, kafka {$k/h:.1f} s, postgres {$p/h:.1f} s, other (wrk, kernel) {($a-$t-$k-$p)/h:.1f} s')"
+}
+
 run() { # name url -> "rps p99_ms requests non2xx3xx"
-  local out
+  local out before
+  before=$(cpu_snapshot)
   out=$(wrk -t"$THREADS" -c"$CONN" -d"$DUR" --latency -H "User-Agent: Mozilla/5.0 (X11; Linux x86_64) Chrome/126.0" "$2")
   echo "$out" > "$work/$1.wrk"
+  cpu_split "$before" "$(cpu_snapshot)" > "$work/$1.cpu"
   local rps p99 reqs bad
   rps=$(awk '/^Requests\/sec/ {print $2}' <<<"$out")
   p99=$(awk '$1=="99%" {print $2}' <<<"$out")
@@ -123,6 +149,8 @@ printf '| nginx, static GIF | %s | %s | 100%% |\n' "$n_rps" "$n_p99"
 printf '| tracker /o (pixel) | %s | %s | %s |\n' "$o_rps" "$o_p99" "$(ratio "$o_rps" "$n_rps")"
 printf '| tracker /c (click) | %s | %s | %s |\n' "$c_rps" "$c_p99" "$(ratio "$c_rps" "$n_rps")"
 printf '\nanswered (counted by wrk) %s, non-2xx/3xx %s; events stored after drain %s\n' "$answered" "$((o_bad + c_bad))" "$stored"
+printf '\nCPU used during each run (2 cores = %s CPU-seconds per run):\n' "$(( 2 * ${DUR%s} ))"
+for r in nginx pixel click; do printf '  %-6s %s\n' "$r" "$(cat "$work/$r.cpu")"; done
 printf 'tracker peak RSS: %s MB\n' "$((rss_kb / 1024))"
 printf 'shipping the spool to PostgreSQL and Kafka after each run: %s s (pixel), %s s (click)\n' "$pixel_drain" "$click_drain"
 # wrk stops counting at its deadline while up to one request per connection
