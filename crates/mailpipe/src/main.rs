@@ -9,6 +9,11 @@ use clap::{Parser, Subcommand};
 use mailpipe::config::Config;
 use mailpipe::{ConfigErrors, app, demo, telemetry};
 
+// mimalloc: the tracker spends a tenth of its time in malloc and free under
+// load, and the worker allocates per message; see docs/benchmarks.md.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// mailpipe: send marketing and transactional email for many tenants, and
 /// track opens, clicks and unsubscribes.
 #[derive(Parser)]
