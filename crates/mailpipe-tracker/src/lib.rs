@@ -21,7 +21,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::{ConnectInfo, Path, Request, State};
-use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
@@ -284,15 +284,9 @@ fn seconds_since(sent_at: u32) -> Option<i64> {
 }
 
 /// The verdict and client details of an open or click.
-fn judge(
-    s: &TrackerState,
-    e: &mut Event,
-    c: &Claims,
-    method: &Method,
-    headers: &HeaderMap,
-    conn: Option<&ConnectInfo<SocketAddr>>,
-    click: Option<bool>,
-) {
+fn judge(s: &TrackerState, e: &mut Event, c: &Claims, req: &Request, click: Option<bool>) {
+    let (method, headers) = (req.method(), req.headers());
+    let conn = req.extensions().get::<ConnectInfo<SocketAddr>>();
     let ua = headers.get(header::USER_AGENT).and_then(|v| v.to_str().ok()).unwrap_or("");
     e.verdict = Some(signals::verdict(&signals::Signals {
         method,
@@ -310,19 +304,15 @@ fn unavailable() -> Response {
     (StatusCode::SERVICE_UNAVAILABLE, [(header::RETRY_AFTER, "1")], "shutting down\n").into_response()
 }
 
-async fn open(
-    State(s): State<TrackerState>,
-    conn: Option<axum::Extension<ConnectInfo<SocketAddr>>>,
-    method: Method,
-    headers: HeaderMap,
-    Path(token): Path<String>,
-) -> Response {
+/// Open and click handlers read the method, headers and peer from the
+/// request itself: extracting them would clone each per request.
+async fn open(State(s): State<TrackerState>, Path(token): Path<String>, req: Request) -> Response {
     let Some(c) = verify(&s, &token) else { return not_found() };
     if c.action != Action::Open {
         return not_found();
     }
     let mut e = event(&c, EventType::Open, &request_id());
-    judge(&s, &mut e, &c, &method, &headers, conn.as_ref().map(|c| &c.0), None);
+    judge(&s, &mut e, &c, &req, None);
     if !s.events.send(e).await {
         return unavailable();
     }
@@ -336,13 +326,7 @@ async fn open(
         .into_response()
 }
 
-async fn click(
-    State(s): State<TrackerState>,
-    conn: Option<axum::Extension<ConnectInfo<SocketAddr>>>,
-    method: Method,
-    headers: HeaderMap,
-    Path(token): Path<String>,
-) -> Response {
+async fn click(State(s): State<TrackerState>, Path(token): Path<String>, req: Request) -> Response {
     let Some(c) = verify(&s, &token) else { return not_found() };
     let Action::Click { url } = &c.action else { return not_found() };
     let honeypot = **url == *s.honeypot;
@@ -354,7 +338,7 @@ async fn click(
     };
     let mut e = event(&c, EventType::Click, &request_id());
     e.url = Some(url.clone());
-    judge(&s, &mut e, &c, &method, &headers, conn.as_ref().map(|c| &c.0), Some(honeypot));
+    judge(&s, &mut e, &c, &req, Some(honeypot));
     if !s.events.send(e).await {
         return unavailable();
     }
