@@ -2,7 +2,8 @@
 # Load test of the tracker against nginx, in the same run on this machine:
 # wrk on the pixel and click endpoints (the tracker on PostgreSQL + Kafka,
 # as deployed), and on nginx serving the same GIF as a static file. Prints
-# requests/s, p99 latency, the ratio to nginx, whether every answered
+# requests/s, p99 latency, the ratio to nginx (the faster of a run before
+# and a run after the tracker's), whether every answered
 # request has its event once the spool drains, and the tracker's peak RSS.
 #
 #   scripts/bench/tracker.sh            # 15 s per run, 64 connections
@@ -130,27 +131,42 @@ drain() {
   echo $((SECONDS - t0))
 }
 
-read -r n_rps n_p99 _ _ <<<"$(run nginx "http://127.0.0.1:$NPORT/o/$open")"
+# Writes back dirty pages before a run. On this machine PostgreSQL and
+# Kafka share the tracker's disk (they would not in a deployment), and the
+# kernel flushing the last drain's writes in the middle of a run stalls the
+# spool's fdatasync behind them.
+settle() { sync; sleep 1; }
+
+# nginx runs first and last, and the ratio is taken against the faster of
+# the two: its rate moves by a quarter between runs on this VM.
+settle
+read -r n1_rps n1_p99 _ _ <<<"$(run nginx "http://127.0.0.1:$NPORT/o/$open")"
+settle
 read -r o_rps o_p99 o_reqs o_bad <<<"$(run pixel "http://127.0.0.1:$TPORT/o/$open")"
 # The click run starts only once the pixel run's events are shipped, so
 # that it does not share the two cores with that backlog.
 pixel_drain=$(drain $(( o_reqs - o_bad )))
+settle
 read -r c_rps c_p99 c_reqs c_bad <<<"$(run click "http://127.0.0.1:$TPORT/c/$click")"
-
 answered=$(( o_reqs - o_bad + c_reqs - c_bad ))
 click_drain=$(drain "$answered")
+settle
+read -r n2_rps n2_p99 _ _ <<<"$(run nginx2 "http://127.0.0.1:$NPORT/o/$open")"
+n_rps=$(python3 -c "print(max($n1_rps, $n2_rps))")
+
 stored=$(psql -tA "$DB_URL" -c "SELECT COUNT(*) FROM events")
 rss_kb=$(awk '/VmHWM/ {print $2}' "/proc/$tracker_pid/status")
 ratio() { python3 -c "print(f'{$1/$2:.0%}')"; }
 
 printf '\nmachine: %s, %s cores; wrk -t%s -c%s -d%s\n\n' "$(uname -m)" "$(nproc)" "$THREADS" "$CONN" "$DUR"
 printf '| target | requests/s | p99 latency | vs nginx |\n|---|---|---|---|\n'
-printf '| nginx, static GIF | %s | %s | 100%% |\n' "$n_rps" "$n_p99"
+printf '| nginx, static GIF (first run) | %s | %s | %s |\n' "$n1_rps" "$n1_p99" "$(ratio "$n1_rps" "$n_rps")"
+printf '| nginx, static GIF (last run) | %s | %s | %s |\n' "$n2_rps" "$n2_p99" "$(ratio "$n2_rps" "$n_rps")"
 printf '| tracker /o (pixel) | %s | %s | %s |\n' "$o_rps" "$o_p99" "$(ratio "$o_rps" "$n_rps")"
 printf '| tracker /c (click) | %s | %s | %s |\n' "$c_rps" "$c_p99" "$(ratio "$c_rps" "$n_rps")"
 printf '\nanswered (counted by wrk) %s, non-2xx/3xx %s; events stored after drain %s\n' "$answered" "$((o_bad + c_bad))" "$stored"
 printf '\nCPU used during each run (2 cores = %s CPU-seconds per run):\n' "$(( 2 * ${DUR%s} ))"
-for r in nginx pixel click; do printf '  %-6s %s\n' "$r" "$(cat "$work/$r.cpu")"; done
+for r in nginx pixel click nginx2; do printf '  %-6s %s\n' "$r" "$(cat "$work/$r.cpu")"; done
 printf 'tracker peak RSS: %s MB\n' "$((rss_kb / 1024))"
 printf 'shipping the spool to PostgreSQL and Kafka after each run: %s s (pixel), %s s (click)\n' "$pixel_drain" "$click_drain"
 # wrk stops counting at its deadline while up to one request per connection
