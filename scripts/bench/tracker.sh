@@ -8,12 +8,15 @@
 #
 #   scripts/bench/tracker.sh            # 15 s per run, 64 connections
 #   DUR=30s CONN=128 scripts/bench/tracker.sh
+#   SYNC_MS=100 scripts/bench/tracker.sh  # tracker.spool_sync_ms (default 0:
+#                                         # fdatasync before answering)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/var/tmp/mailpipe-target}
 DUR=${DUR:-15s}
 CONN=${CONN:-64}
 THREADS=${THREADS:-2}
+SYNC_MS=${SYNC_MS:-0}
 
 scripts/services.sh up >/dev/null 2>&1 || scripts/services.sh up
 eval "$(scripts/services.sh env)"
@@ -46,6 +49,7 @@ export MAILPIPE__TOKENS__RECIPIENT_KEY=$KEY
 export MAILPIPE__TRACKER__LISTEN=127.0.0.1:$TPORT
 export MAILPIPE__TRACKER__PUBLIC_URL=http://127.0.0.1:$TPORT
 export MAILPIPE__TRACKER__SPOOL_DIR=$work/spool
+export MAILPIPE__TRACKER__SPOOL_SYNC_MS=$SYNC_MS
 export MAILPIPE__METRICS__LISTEN=127.0.0.1:0
 export MAILPIPE__LOG__LEVEL=warn
 "$BIN" migrate >/dev/null
@@ -158,7 +162,7 @@ stored=$(psql -tA "$DB_URL" -c "SELECT COUNT(*) FROM events")
 rss_kb=$(awk '/VmHWM/ {print $2}' "/proc/$tracker_pid/status")
 ratio() { python3 -c "print(f'{$1/$2:.0%}')"; }
 
-printf '\nmachine: %s, %s cores; wrk -t%s -c%s -d%s\n\n' "$(uname -m)" "$(nproc)" "$THREADS" "$CONN" "$DUR"
+printf '\nmachine: %s, %s cores; wrk -t%s -c%s -d%s; tracker.spool_sync_ms = %s\n\n' "$(uname -m)" "$(nproc)" "$THREADS" "$CONN" "$DUR" "$SYNC_MS"
 printf '| target | requests/s | p99 latency | vs nginx |\n|---|---|---|---|\n'
 printf '| nginx, static GIF (first run) | %s | %s | %s |\n' "$n1_rps" "$n1_p99" "$(ratio "$n1_rps" "$n_rps")"
 printf '| nginx, static GIF (last run) | %s | %s | %s |\n' "$n2_rps" "$n2_p99" "$(ratio "$n2_rps" "$n_rps")"

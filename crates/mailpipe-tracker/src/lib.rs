@@ -33,7 +33,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 pub use signals::IpMode;
-pub use spool::Spool;
+pub use spool::{Spool, SpoolOptions};
 pub use writer::{EventWriter, ShipPolicy, WriterHandle};
 
 /// A 1x1 transparent GIF.

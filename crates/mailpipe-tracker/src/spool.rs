@@ -29,7 +29,7 @@ use std::io::{ErrorKind, Read};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use mailpipe_core::{EncodedEvent, Event};
@@ -58,6 +58,29 @@ pub fn join_lines<B: AsRef<[u8]>>(lines: impl IntoIterator<Item = B>) -> Vec<u8>
     buf
 }
 
+/// How a spool is laid out and synced.
+#[derive(Debug, Clone)]
+pub struct SpoolOptions {
+    /// The bound: when the segments hold this much, the spool is full.
+    pub max_bytes: u64,
+    /// A segment is closed once it holds this much.
+    pub segment_bytes: u64,
+    /// A wholly shipped segment older than this is closed and deleted.
+    pub idle_roll: Duration,
+    /// `None` (the default): each batch is fdatasynced before
+    /// [`Spool::append`] returns, so an answered request's event survives
+    /// a power loss. `Some(t)`: a batch is written (it survives the
+    /// tracker's crash, not the machine's) and [`Spool::sync`] is called
+    /// every `t`, so a power loss can lose up to `t` of answered events.
+    pub sync_every: Option<Duration>,
+}
+
+impl Default for SpoolOptions {
+    fn default() -> Self {
+        Self { max_bytes: 1 << 30, segment_bytes: SEGMENT_BYTES, idle_roll: IDLE_ROLL, sync_every: None }
+    }
+}
+
 /// A place in the spool: a segment and a byte offset in it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Position {
@@ -79,6 +102,9 @@ pub struct Spool {
     max_bytes: u64,
     segment_bytes: u64,
     idle_roll: Duration,
+    sync_every: Option<Duration>,
+    /// Written since the last sync (with `sync_every` only).
+    unsynced: AtomicBool,
     /// Bytes in all segments, shipped or not.
     bytes: AtomicU64,
     tail: Mutex<Tail>,
@@ -138,16 +164,12 @@ impl Spool {
     /// picks up unshipped segments from an earlier run, and takes in batch
     /// files left by the earlier one-file-per-batch spool.
     pub fn open(dir: &Path, max_bytes: u64) -> std::io::Result<Self> {
-        Self::open_with(dir, max_bytes, SEGMENT_BYTES, IDLE_ROLL)
+        Self::open_with(dir, SpoolOptions { max_bytes, ..Default::default() })
     }
 
-    /// Same, with a segment size and idle time other than the defaults.
-    pub fn open_with(
-        dir: &Path,
-        max_bytes: u64,
-        segment_bytes: u64,
-        idle_roll: Duration,
-    ) -> std::io::Result<Self> {
+    /// Same, with options other than the defaults.
+    pub fn open_with(dir: &Path, options: SpoolOptions) -> std::io::Result<Self> {
+        let SpoolOptions { max_bytes, segment_bytes, idle_roll, sync_every } = options;
         std::fs::create_dir_all(dir)?;
         let mut segs = Vec::new();
         let mut legacy = Vec::new();
@@ -223,6 +245,8 @@ impl Spool {
             max_bytes,
             segment_bytes,
             idle_roll,
+            sync_every,
+            unsynced: AtomicBool::new(false),
             bytes: AtomicU64::new(bytes),
             tail: Mutex::new(tail),
             durable: Mutex::new(durable),
@@ -268,11 +292,39 @@ impl Spool {
         record.extend_from_slice(&crc32fast::hash(buf).to_le_bytes());
         record.extend_from_slice(buf);
         tail.file.write_all_at(&record, tail.end)?;
-        tail.file.sync_data()?;
+        if self.sync_every.is_some() {
+            self.unsynced.store(true, Ordering::Relaxed);
+        } else {
+            tail.file.sync_data()?;
+        }
         tail.end += record.len() as u64;
         self.bytes.fetch_add(record.len() as u64, Ordering::Relaxed);
         *self.durable.lock().unwrap_or_else(|p| p.into_inner()) =
             Position { seq: tail.seq, offset: tail.end };
+        Ok(())
+    }
+
+    /// How often [`Spool::sync`] must be called, if batches are not synced
+    /// as they are written.
+    pub fn sync_every(&self) -> Option<Duration> {
+        self.sync_every
+    }
+
+    /// Whether batches were written since the last [`Spool::sync`].
+    pub fn pending_sync(&self) -> bool {
+        self.unsynced.load(Ordering::Relaxed)
+    }
+
+    /// Makes every written batch durable (with `sync_every`; a no-op
+    /// otherwise, or when nothing was written since). Blocking.
+    pub fn sync(&self) -> std::io::Result<()> {
+        if self.unsynced.swap(false, Ordering::Relaxed) {
+            let tail = self.tail.lock().unwrap_or_else(|p| p.into_inner());
+            if let Err(e) = tail.file.sync_data() {
+                self.unsynced.store(true, Ordering::Relaxed);
+                return Err(e);
+            }
+        }
         Ok(())
     }
 
@@ -501,7 +553,11 @@ mod tests {
     fn full_segments_roll_and_are_deleted_once_shipped() {
         let dir = fresh("roll");
         // Segments of about one record each.
-        let s = Spool::open_with(&dir, 1 << 20, 100, IDLE_ROLL).unwrap();
+        let s = Spool::open_with(
+            &dir,
+            SpoolOptions { max_bytes: 1 << 20, segment_bytes: 100, ..Default::default() },
+        )
+        .unwrap();
         for i in 1..=5 {
             s.append(&[ev(i)]).unwrap();
         }
@@ -514,7 +570,11 @@ mod tests {
         assert_eq!(seg_count(&dir), 3, "the two wholly shipped segments are gone");
         assert!(s.bytes() < before);
         drop(s);
-        let s = Spool::open_with(&dir, 1 << 20, 100, IDLE_ROLL).unwrap();
+        let s = Spool::open_with(
+            &dir,
+            SpoolOptions { max_bytes: 1 << 20, segment_bytes: 100, ..Default::default() },
+        )
+        .unwrap();
         let mut r = s.reader();
         assert_eq!(ids(&s.read(&mut r, 100).unwrap()), want(4..=5));
         let _ = std::fs::remove_dir_all(&dir);
@@ -523,7 +583,11 @@ mod tests {
     #[test]
     fn a_wholly_shipped_segment_is_deleted_once_idle() {
         let dir = fresh("idle");
-        let s = Spool::open_with(&dir, 1 << 20, SEGMENT_BYTES, Duration::from_millis(50)).unwrap();
+        let s = Spool::open_with(
+            &dir,
+            SpoolOptions { idle_roll: Duration::from_millis(50), ..Default::default() },
+        )
+        .unwrap();
         s.append(&[ev(1)]).unwrap();
         let mut r = s.reader();
         let b = s.read(&mut r, 100).unwrap();
@@ -549,6 +613,26 @@ mod tests {
         assert!(!dir.join("00000000000000000000.jsonl").exists());
         let mut r = s.reader();
         assert_eq!(ids(&s.read(&mut r, 100).unwrap()), want(1..=3));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn with_sync_every_a_batch_is_written_at_once_and_synced_later() {
+        let dir = fresh("interval");
+        let options = SpoolOptions { sync_every: Some(Duration::from_millis(100)), ..Default::default() };
+        let s = Spool::open_with(&dir, options).unwrap();
+        s.append(&[ev(1)]).unwrap();
+        assert!(s.pending_sync(), "written, not yet synced");
+        let mut r = s.reader();
+        assert_eq!(ids(&s.read(&mut r, 100).unwrap()), want(1..=1), "readable before the sync");
+        s.sync().unwrap();
+        assert!(!s.pending_sync());
+        drop(s);
+        let s = Spool::open(&dir, 1 << 20).unwrap();
+        s.append(&[ev(2)]).unwrap();
+        assert!(!s.pending_sync(), "the default syncs each batch as it is written");
+        let mut r = s.reader();
+        assert_eq!(ids(&s.read(&mut r, 100).unwrap()), want(1..=2));
         let _ = std::fs::remove_dir_all(&dir);
     }
 

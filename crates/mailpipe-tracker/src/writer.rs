@@ -109,6 +109,9 @@ pub struct EventWriter {
     writer: JoinHandle<()>,
     shipper: JoinHandle<()>,
     writer_done: Arc<Notify>,
+    /// Syncs the spool on a timer, when batches are not synced as written.
+    syncer: Option<JoinHandle<()>>,
+    spool: Arc<Spool>,
 }
 
 /// Where unsubscribes apply: every tenant's marketing, or one tenant's.
@@ -144,13 +147,22 @@ impl EventWriter {
         let sinks = Sinks { store, kafka };
         let shipper =
             tokio::spawn(ship_loop(sinks, spool.clone(), shipped, writer_done.clone(), activity, policy));
-        (Self { writer, shipper, writer_done }, WriterHandle { tx, spool })
+        let syncer = spool.sync_every().map(|every| tokio::spawn(sync_loop(spool.clone(), every)));
+        let handle = WriterHandle { tx, spool: spool.clone() };
+        (Self { writer, shipper, writer_done, syncer, spool }, handle)
     }
 
     /// Waits until every queued event is spooled, then gives the shipper up
     /// to `grace` to empty the spool; what is left is shipped at next start.
     pub async fn finish(self, grace: Duration) {
         let _ = self.writer.await;
+        if let Some(syncer) = self.syncer {
+            syncer.abort();
+            let spool = self.spool.clone();
+            if let Ok(Err(e)) = tokio::task::spawn_blocking(move || spool.sync()).await {
+                warn!(error = %e, "cannot sync the event spool at shutdown");
+            }
+        }
         self.writer_done.notify_one();
         let mut shipper = self.shipper;
         if tokio::time::timeout(grace, &mut shipper).await.is_err() {
@@ -179,7 +191,14 @@ async fn write_loop(
                 continue;
             }
             let (s, buf) = (spool.clone(), encoded.clone());
-            match tokio::task::spawn_blocking(move || s.append_encoded(&buf)).await {
+            // Even when the spool syncs on a timer, an unsubscribe is on
+            // disk before it is confirmed.
+            let urgent = batch.iter().any(|p| p.urgent);
+            match tokio::task::spawn_blocking(move || {
+                s.append_encoded(&buf).and_then(|()| if urgent { s.sync() } else { Ok(()) })
+            })
+            .await
+            {
                 Ok(Ok(())) => break,
                 Ok(Err(e)) => warn!(error = %e, "cannot write the event spool; retrying"),
                 Err(e) => warn!(error = %e, "spool writer task failed; retrying"),
@@ -203,6 +222,21 @@ async fn write_loop(
 struct Sinks {
     store: Store,
     kafka: Option<KafkaEvents>,
+}
+
+/// Syncs the spool every `every` (`tracker.spool_sync_ms`).
+async fn sync_loop(spool: Arc<Spool>, every: Duration) {
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let s = spool.clone();
+        match tokio::task::spawn_blocking(move || s.sync()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => warn!(error = %e, "cannot sync the event spool; retrying"),
+            Err(e) => warn!(error = %e, "spool sync task failed; retrying"),
+        }
+    }
 }
 
 /// Runs `f` on the shipper's reader in the blocking pool (file I/O).
@@ -366,6 +400,7 @@ async fn ship(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::SpoolOptions;
     use mailpipe_core::{CampaignId, JobId};
 
     fn ev(kind: EventType, i: usize) -> Event {
@@ -379,14 +414,23 @@ mod tests {
     }
 
     async fn writer(name: &str, policy: ShipPolicy) -> (EventWriter, WriterHandle, Store) {
+        let (w, h, store, _) = writer_with(name, policy, SpoolOptions::default()).await;
+        (w, h, store)
+    }
+
+    async fn writer_with(
+        name: &str,
+        policy: ShipPolicy,
+        options: SpoolOptions,
+    ) -> (EventWriter, WriterHandle, Store, Arc<Spool>) {
         let dir = std::env::temp_dir().join(format!("writer-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         let store = Store::connect(&format!("sqlite:{}", dir.join("db.sqlite").display()), 2).await.unwrap();
         store.migrate().await.unwrap();
-        let spool = Arc::new(Spool::open(&dir.join("spool"), 1 << 30).unwrap());
-        let (w, h) = EventWriter::spawn(store.clone(), None, spool, 100, policy);
-        (w, h, store)
+        let spool = Arc::new(Spool::open_with(&dir.join("spool"), options).unwrap());
+        let (w, h) = EventWriter::spawn(store.clone(), None, spool.clone(), 100, policy);
+        (w, h, store, spool)
     }
 
     async fn stored(store: &Store, kind: &str) -> i64 {
@@ -465,5 +509,32 @@ mod tests {
         // Shutdown ships everything without waiting for a pause.
         w.finish(Duration::from_secs(5)).await;
         assert_eq!(stored(&store, "open").await, sent);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn with_spool_sync_ms_the_spool_is_synced_on_a_timer() {
+        let options = SpoolOptions { sync_every: Some(Duration::from_millis(50)), ..Default::default() };
+        let (w, h, store, spool) = writer_with("timer", ShipPolicy::default(), options).await;
+        assert!(h.send(ev(EventType::Open, 1)).await);
+        let t0 = Instant::now();
+        while spool.pending_sync() {
+            assert!(t0.elapsed() < Duration::from_secs(2), "the spool was not synced on its timer");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        // An unsubscribe does not wait for the timer.
+        let options = SpoolOptions { sync_every: Some(Duration::from_secs(3600)), ..Default::default() };
+        let (w2, h2, _, spool2) = writer_with("timer-unsub", ShipPolicy::default(), options).await;
+        assert!(h2.send(ev(EventType::Open, 1)).await);
+        assert!(spool2.pending_sync());
+        assert!(h2.send(ev(EventType::Unsubscribe, 2)).await);
+        assert!(!spool2.pending_sync(), "an answered unsubscribe is synced");
+        drop(h2);
+        w2.finish(Duration::from_secs(5)).await;
+
+        assert!(h.send(ev(EventType::Open, 2)).await);
+        drop(h);
+        w.finish(Duration::from_secs(5)).await;
+        assert!(!spool.pending_sync(), "shutdown syncs what is written");
+        assert_eq!(stored(&store, "open").await, 2);
     }
 }

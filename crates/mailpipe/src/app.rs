@@ -278,7 +278,12 @@ pub fn tracker_app(
 ) -> Result<(EventWriter, axum::Router)> {
     use secrecy::ExposeSecret;
     let t = &cfg.tracker;
-    let spool = mailpipe_tracker::Spool::open(&t.spool_dir, t.spool_max_mb.saturating_mul(1 << 20))
+    let options = mailpipe_tracker::SpoolOptions {
+        max_bytes: t.spool_max_mb.saturating_mul(1 << 20),
+        sync_every: (t.spool_sync_ms > 0).then(|| Duration::from_millis(t.spool_sync_ms)),
+        ..Default::default()
+    };
+    let spool = mailpipe_tracker::Spool::open_with(&t.spool_dir, options)
         .with_context(|| format!("tracker.spool_dir {}", t.spool_dir.display()))?;
     let policy = mailpipe_tracker::ShipPolicy {
         idle_after: Duration::from_millis(t.ship_idle_ms),

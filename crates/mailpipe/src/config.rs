@@ -153,6 +153,9 @@ pub struct TrackerConfig {
     /// Where events wait, durably, until the store and Kafka have them.
     pub spool_dir: PathBuf,
     pub spool_max_mb: u64,
+    /// 0: each batch is synced before its requests are answered. N: batches
+    /// are written before answering and synced every N ms.
+    pub spool_sync_ms: u64,
     /// While requests keep arriving, the longest an event waits to be shipped.
     pub ship_max_delay_secs: u64,
     /// A pause this long between batches counts as quiet: shipping goes ahead.
