@@ -80,14 +80,24 @@ impl Default for TrackerSettings {
     }
 }
 
+/// What every handler shares; cloned (one reference count) per request.
 #[derive(Clone)]
-pub struct TrackerState {
+pub struct TrackerState(Arc<Shared>);
+
+pub struct Shared {
     keyring: Arc<Keyring>,
     events: WriterHandle,
     metrics: Option<MetricsRender>,
-    settings: Arc<TrackerSettings>,
-    honeypot: Arc<str>,
-    limiter: Option<Arc<DefaultKeyedRateLimiter<IpAddr>>>,
+    settings: TrackerSettings,
+    honeypot: String,
+    limiter: Option<DefaultKeyedRateLimiter<IpAddr>>,
+}
+
+impl std::ops::Deref for TrackerState {
+    type Target = Shared;
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
 }
 
 impl TrackerState {
@@ -97,9 +107,9 @@ impl TrackerState {
         metrics: Option<MetricsRender>,
         settings: TrackerSettings,
     ) -> Self {
-        let honeypot = format!("{}/hp", settings.public_url.trim_end_matches('/')).into();
-        let limiter = settings.per_ip.map(|q| Arc::new(DefaultKeyedRateLimiter::keyed(q)));
-        Self { keyring, events, metrics, settings: Arc::new(settings), honeypot, limiter }
+        let honeypot = format!("{}/hp", settings.public_url.trim_end_matches('/'));
+        let limiter = settings.per_ip.map(DefaultKeyedRateLimiter::keyed);
+        Self(Arc::new(Shared { keyring, events, metrics, settings, honeypot, limiter }))
     }
 }
 
@@ -288,16 +298,17 @@ fn judge(s: &TrackerState, e: &mut Event, c: &Claims, req: &Request, click: Opti
     let (method, headers) = (req.method(), req.headers());
     let conn = req.extensions().get::<ConnectInfo<SocketAddr>>();
     let ua = headers.get(header::USER_AGENT).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let ua_family = signals::ua_family(ua);
     e.verdict = Some(signals::verdict(&signals::Signals {
         method,
-        ua_family: signals::ua_family(ua),
+        ua_family,
         since_sent: seconds_since(c.sent_at),
         honeypot: click == Some(true),
         machine_click_secs: s.settings.machine_click_secs,
         is_click: click.is_some(),
     }));
     let ip = client_addr(s, headers, conn);
-    e.client = signals::client_info(ip, headers, s.settings.ip_mode, &s.settings.ip_key);
+    e.client = signals::client_info(ip, headers, ua_family, s.settings.ip_mode, &s.settings.ip_key);
 }
 
 fn unavailable() -> Response {

@@ -3,7 +3,7 @@
 
 use std::net::IpAddr;
 
-use axum::http::{HeaderMap, Method, header};
+use axum::http::{HeaderMap, Method};
 use hmac::{Hmac, Mac};
 use mailpipe_core::{ClientInfo, Verdict, VerdictClass};
 use sha2::Sha256;
@@ -138,9 +138,11 @@ pub fn verdict(s: &Signals<'_>) -> Verdict {
 
 /// The client details to store, or `None` when the client opted out of
 /// tracking with `Sec-GPC: 1` or `DNT: 1`.
+/// `ua_family` is [`ua_family`] of the request's user agent.
 pub fn client_info(
     ip: Option<IpAddr>,
     headers: &HeaderMap,
+    ua_family: &'static str,
     mode: IpMode,
     ip_key: &[u8],
 ) -> Option<ClientInfo> {
@@ -148,13 +150,12 @@ pub fn client_info(
     if flag("sec-gpc") || flag("dnt") {
         return None;
     }
-    let ua = headers.get(header::USER_AGENT).and_then(|v| v.to_str().ok()).unwrap_or("");
     let ip = ip.and_then(|ip| match mode {
         IpMode::Drop => None,
         IpMode::Truncate => Some(truncate(ip)),
         IpMode::Hash => Some(hash_ip(ip, ip_key)),
     });
-    Some(ClientInfo { ip, ua_family: ua_family(ua).to_owned() })
+    Some(ClientInfo { ip, ua_family: ua_family.to_owned() })
 }
 
 fn truncate(ip: IpAddr) -> String {
@@ -183,7 +184,7 @@ fn hash_ip(ip: IpAddr, key: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use axum::http::HeaderValue;
+    use axum::http::{HeaderValue, header};
 
     fn judge(method: Method, ua: &str, since_sent: Option<i64>, is_click: bool) -> (VerdictClass, String) {
         let v = verdict(&Signals {
@@ -249,18 +250,22 @@ mod tests {
         h.insert(header::USER_AGENT, HeaderValue::from_static(CHROME));
         let v4: IpAddr = "203.0.113.77".parse().unwrap();
         let v6: IpAddr = "2001:db8:abcd:12::1".parse().unwrap();
-        let c = client_info(Some(v4), &h, IpMode::Truncate, b"k").unwrap();
+        let c = client_info(Some(v4), &h, ua_family(CHROME), IpMode::Truncate, b"k").unwrap();
         assert_eq!((c.ip.as_deref(), c.ua_family.as_str()), (Some("203.0.113.0/24"), "chrome"));
-        let c6 = client_info(Some(v6), &h, IpMode::Truncate, b"k").unwrap();
+        let c6 = client_info(Some(v6), &h, ua_family(CHROME), IpMode::Truncate, b"k").unwrap();
         assert_eq!(c6.ip.as_deref(), Some("2001:db8:abcd::/48"));
-        let hashed = client_info(Some(v4), &h, IpMode::Hash, b"k").unwrap().ip.unwrap();
+        let hashed = client_info(Some(v4), &h, ua_family(CHROME), IpMode::Hash, b"k").unwrap().ip.unwrap();
         assert_eq!(hashed.len(), 16);
         assert!(!hashed.contains("203"));
-        assert_eq!(client_info(Some(v4), &h, IpMode::Drop, b"k").unwrap().ip, None);
+        assert_eq!(client_info(Some(v4), &h, ua_family(CHROME), IpMode::Drop, b"k").unwrap().ip, None);
         for opt_out in ["sec-gpc", "dnt"] {
             let mut h2 = h.clone();
             h2.insert(opt_out, HeaderValue::from_static("1"));
-            assert_eq!(client_info(Some(v4), &h2, IpMode::Truncate, b"k"), None, "{opt_out}");
+            assert_eq!(
+                client_info(Some(v4), &h2, ua_family(CHROME), IpMode::Truncate, b"k"),
+                None,
+                "{opt_out}"
+            );
         }
     }
 }
