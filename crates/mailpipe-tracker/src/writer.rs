@@ -24,8 +24,6 @@ use tracing::{info, warn};
 use crate::spool::{Batch, Reader, Spool};
 
 const BATCH: usize = 1024;
-/// Events per store write when catching up.
-const SHIP_BATCH: usize = 4096;
 /// How long one store or Kafka write may take before it counts as failed.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -49,6 +47,8 @@ pub struct ShipPolicy {
     pub max_delay: Duration,
     /// Ship regardless once the spool holds this share of its bound.
     pub backlog_share: f64,
+    /// Events per store write (whole spool records, so about this many).
+    pub batch: usize,
 }
 
 impl Default for ShipPolicy {
@@ -57,6 +57,7 @@ impl Default for ShipPolicy {
             idle_after: Duration::from_millis(200),
             max_delay: Duration::from_secs(30),
             backlog_share: 0.5,
+            batch: 4096,
         }
     }
 }
@@ -272,11 +273,13 @@ async fn ship_loop(
     let mut reader = Some(spool.reader());
     // A batch read but not yet shipped: kept across failed attempts.
     let mut pending: Option<(Batch, Instant)> = None;
-    // Set by an unsubscribe: ship without waiting, until caught up.
+    // Set by an unsubscribe, or by a batch that waited `max_delay`: ship
+    // without waiting until caught up, so no event waits much longer.
     let mut eager = false;
     loop {
         let Some((batch, read_at)) = &mut pending else {
-            match with_reader(&spool, &mut reader, |s, r| (r.position(), s.read(r, SHIP_BATCH))).await {
+            let most = policy.batch;
+            match with_reader(&spool, &mut reader, move |s, r| (r.position(), s.read(r, most))).await {
                 (at, Ok(b)) if b.next != at => pending = Some((b, Instant::now())),
                 (_, Ok(_)) if stopping => return,
                 (_, Ok(_)) => {
@@ -299,9 +302,9 @@ async fn ship_loop(
             }
             continue;
         };
-        eager |= activity.urgent.swap(false, Ordering::Relaxed);
+        eager |= activity.urgent.swap(false, Ordering::Relaxed) || read_at.elapsed() >= policy.max_delay;
         let backlog = spool.bytes() as f64 >= spool.max_bytes() as f64 * policy.backlog_share;
-        let wait = !stopping && !eager && !backlog && read_at.elapsed() < policy.max_delay;
+        let wait = !stopping && !eager && !backlog;
         if wait && activity.busy(policy.idle_after) {
             metrics::counter!("mailpipe_tracker_ship_deferrals_total").increment(1);
             let recheck = (policy.idle_after / 2).min(policy.max_delay.saturating_sub(read_at.elapsed()));
@@ -437,8 +440,9 @@ mod tests {
         store.event_counts("acme", "c").await.unwrap().get(kind).copied().unwrap_or(0)
     }
 
-    /// Sends an open every 10 ms until `stop`; returns how many.
-    fn traffic(h: WriterHandle, stop: Arc<Notify>) -> JoinHandle<usize> {
+    /// Sends an open every 10 ms until `stop`, counting them in `sent`;
+    /// returns how many.
+    fn traffic(h: WriterHandle, stop: Arc<Notify>, sent: Arc<AtomicU64>) -> JoinHandle<usize> {
         tokio::spawn(async move {
             let mut n = 0;
             loop {
@@ -448,6 +452,7 @@ mod tests {
                 }
                 n += 1;
                 assert!(h.send(ev(EventType::Open, n)).await);
+                sent.store(n as u64, Ordering::Relaxed);
             }
         })
     }
@@ -461,7 +466,7 @@ mod tests {
         };
         let (w, h, store) = writer("pause", policy).await;
         let stop = Arc::new(Notify::new());
-        let burst = traffic(h.clone(), stop.clone());
+        let burst = traffic(h.clone(), stop.clone(), Arc::default());
         tokio::time::sleep(Duration::from_millis(400)).await;
         assert!(h.send(ev(EventType::Unsubscribe, 0)).await);
         let t0 = Instant::now();
@@ -490,19 +495,27 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn under_steady_traffic_events_wait_no_longer_than_the_max_delay() {
+        // Batches of about 10 events, so that a backlog takes many of them.
         let policy = ShipPolicy {
             idle_after: Duration::from_secs(10),
             max_delay: Duration::from_millis(300),
+            batch: 10,
             ..Default::default()
         };
         let (w, h, store) = writer("steady", policy).await;
         let stop = Arc::new(Notify::new());
-        let burst = traffic(h.clone(), stop.clone());
-        let t0 = Instant::now();
-        while stored(&store, "open").await == 0 {
-            assert!(t0.elapsed() < Duration::from_secs(3), "nothing shipped while traffic lasted");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        let sent_so_far = Arc::new(AtomicU64::new(0));
+        let burst = traffic(h.clone(), stop.clone(), sent_so_far.clone());
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+        let by_1s = sent_so_far.load(Ordering::Relaxed) as i64;
+        // 300 ms of delay, and time to catch up, traffic going on.
+        tokio::time::sleep(Duration::from_millis(1400)).await;
+        let shipped = stored(&store, "open").await;
+        assert!(by_1s > 50, "the test's traffic ran ({by_1s} events in 1 s)");
+        assert!(
+            shipped >= by_1s,
+            "only {shipped} of the {by_1s} events sent in the first second were shipped"
+        );
         stop.notify_one();
         let sent = burst.await.unwrap() as i64;
         drop(h);
