@@ -565,15 +565,28 @@ impl TestRelay {
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("support/smtp_relay.py");
         let dir = std::env::temp_dir().join(unique("relay"));
         std::fs::create_dir_all(&dir).expect("relay dir");
-        let port = free_port();
-        let child = Command::new("python3")
+        // The relay binds port 0 and writes the port it got: choosing one
+        // here and passing it on raced with other tests' listeners.
+        let mut child = Command::new("python3")
             .arg(&script)
-            .args(["--port", &port.to_string(), "--dir"])
+            .args(["--port", "0", "--dir"])
             .arg(&dir)
             .args(args)
             .spawn()
             .unwrap_or_else(|e| panic!("python3 {}: {e} (install python3)", script.display()));
-        wait_for_port(port, Duration::from_secs(10), "the test relay");
+        let started = std::time::Instant::now();
+        let port = loop {
+            if let Some(port) =
+                std::fs::read_to_string(dir.join("port")).ok().and_then(|p| p.trim().parse().ok())
+            {
+                break port;
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!("the test relay exited at start ({status}); see its output above");
+            }
+            assert!(started.elapsed() < Duration::from_secs(10), "the test relay did not start within 10 s");
+            std::thread::sleep(Duration::from_millis(20));
+        };
         Self { port, dir, child }
     }
 

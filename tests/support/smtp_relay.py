@@ -4,7 +4,7 @@ and SMTPUTF8. Standard library only. Each accepted message is written to
 DIR/N.eml with DIR/N.json describing its session (TLS, AUTH user, envelope,
 SMTPUTF8). Loopback only; stops when killed.
 
-usage: smtp_relay.py --port P --dir DIR [--cert C --key K] [--user U --password W] [--smtputf8]
+usage: smtp_relay.py --port P (0: any; written to DIR/port) --dir DIR [--cert C --key K] [--user U --password W] [--smtputf8]
                      [--defer-percent P] [--drop-mid-data-percent P]
 
 --defer-percent P answers 451 4.2.1 to the first RCPT of about P% of the
@@ -176,6 +176,12 @@ async def main():
     server = await asyncio.start_server(
         lambda r, w: session(r, w, args, tls_ctx), "127.0.0.1", args.port
     )
+    # With --port 0 the kernel picks a free port; tell the harness which
+    # (a port chosen by the harness and bound here could be taken between).
+    port = server.sockets[0].getsockname()[1]
+    with open(os.path.join(args.dir, "port.tmp"), "w") as f:
+        f.write(str(port))
+    os.rename(os.path.join(args.dir, "port.tmp"), os.path.join(args.dir, "port"))
     async with server:
         await server.serve_forever()
 
