@@ -183,32 +183,23 @@ async fn write_loop(
     while rx.recv_many(&mut batch, BATCH).await > 0 {
         let encoded = Arc::new(crate::spool::join_lines(batch.iter().map(|p| &p.json)));
         let count = batch.len();
+        let urgent = batch.iter().any(|p| p.urgent);
         let mut delay = Duration::from_millis(50);
-        loop {
-            if spool.is_full() {
-                metrics::counter!("mailpipe_tracker_spool_full_waits_total").increment(1);
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(1));
-                continue;
-            }
-            let (s, buf) = (spool.clone(), encoded.clone());
-            // Even when the spool syncs on a timer, an unsubscribe is on
-            // disk before it is confirmed.
-            let urgent = batch.iter().any(|p| p.urgent);
-            match tokio::task::spawn_blocking(move || {
-                s.append_encoded(&buf).and_then(|()| if urgent { s.sync() } else { Ok(()) })
-            })
-            .await
-            {
-                Ok(Ok(())) => break,
-                Ok(Err(e)) => warn!(error = %e, "cannot write the event spool; retrying"),
-                Err(e) => warn!(error = %e, "spool writer task failed; retrying"),
-            }
+        while spool.is_full() {
+            metrics::counter!("mailpipe_tracker_spool_full_waits_total").increment(1);
             tokio::time::sleep(delay).await;
             delay = (delay * 2).min(Duration::from_secs(1));
         }
+        let s = spool.clone();
+        until_done("write the event spool", move || s.append_encoded(&encoded)).await;
+        if urgent {
+            // Even when the spool syncs on a timer, an unsubscribe is on
+            // disk before it is confirmed.
+            let s = spool.clone();
+            until_done("sync the event spool", move || s.sync()).await;
+        }
         activity.last_batch_ms.store(activity.started.elapsed().as_millis() as u64, Ordering::Relaxed);
-        if batch.iter().any(|p| p.urgent) {
+        if urgent {
             activity.urgent.store(true, Ordering::Relaxed);
         }
         for p in batch.drain(..) {
@@ -223,6 +214,21 @@ async fn write_loop(
 struct Sinks {
     store: Store,
     kafka: Option<KafkaEvents>,
+}
+
+/// Runs a blocking spool operation until it succeeds, backing off. A failed
+/// write leaves nothing counted, so trying again is safe.
+async fn until_done(what: &'static str, op: impl Fn() -> std::io::Result<()> + Clone + Send + 'static) {
+    let mut delay = Duration::from_millis(50);
+    loop {
+        match tokio::task::spawn_blocking(op.clone()).await {
+            Ok(Ok(())) => return,
+            Ok(Err(e)) => warn!(error = %e, "cannot {what}; retrying"),
+            Err(e) => warn!(error = %e, "cannot {what} (task failed); retrying"),
+        }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_secs(1));
+    }
 }
 
 /// Syncs the spool every `every` (`tracker.spool_sync_ms`).
