@@ -92,7 +92,8 @@ pub struct Position {
 struct Tail {
     seq: u64,
     file: File,
-    /// Where the next record goes; everything before it is durable.
+    /// Where the next record goes; everything before it is written (and
+    /// synced, unless the spool syncs on a timer).
     end: u64,
     opened: Instant,
 }
@@ -108,8 +109,8 @@ pub struct Spool {
     /// Bytes in all segments, shipped or not.
     bytes: AtomicU64,
     tail: Mutex<Tail>,
-    /// The durable end, published after each sync (read without waiting
-    /// for a write in progress).
+    /// The end the shipper may read to, published after each append (read
+    /// without waiting for a write in progress).
     durable: Mutex<Position>,
     /// Where shipping resumes after a restart (best effort, see above).
     shipped: Mutex<File>,
@@ -143,18 +144,50 @@ fn sync_dir(dir: &Path) -> std::io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
+/// A record's header: its body's length and CRC-32, little-endian. The
+/// one place that knows the record format.
+struct Header {
+    len: u32,
+    crc: u32,
+}
+
+impl Header {
+    /// The header for `body`, if a record can hold it.
+    fn of(body: &[u8]) -> Option<Self> {
+        let len = u32::try_from(body.len()).ok().filter(|&l| l > 0 && l <= MAX_RECORD)?;
+        Some(Self { len, crc: crc32fast::hash(body) })
+    }
+
+    fn to_bytes(&self) -> [u8; HEADER as usize] {
+        let mut b = [0u8; HEADER as usize];
+        b[..4].copy_from_slice(&self.len.to_le_bytes());
+        b[4..].copy_from_slice(&self.crc.to_le_bytes());
+        b
+    }
+
+    /// `None` for a length no writer produces (0, or over the limit): the
+    /// start of a torn record, or not a record at all.
+    fn parse(b: &[u8]) -> Option<Self> {
+        let len = u32::from_le_bytes(b.get(..4)?.try_into().ok()?);
+        let crc = u32::from_le_bytes(b.get(4..8)?.try_into().ok()?);
+        (len > 0 && len <= MAX_RECORD).then_some(Self { len, crc })
+    }
+
+    fn matches(&self, body: &[u8]) -> bool {
+        crc32fast::hash(body) == self.crc
+    }
+}
+
 /// The records in `buf` that check out, and where they end.
 fn valid_prefix(buf: &[u8]) -> u64 {
     let mut at = 0usize;
-    while let Some(header) = buf.get(at..at + HEADER as usize) {
-        let len = u32::from_le_bytes(header[..4].try_into().unwrap_or_default());
-        let crc = u32::from_le_bytes(header[4..].try_into().unwrap_or_default());
+    while let Some(h) = buf.get(at..at + HEADER as usize).and_then(Header::parse) {
         let body_at = at + HEADER as usize;
-        let Some(body) = buf.get(body_at..body_at + len as usize) else { break };
-        if len == 0 || len > MAX_RECORD || crc32fast::hash(body) != crc {
+        let Some(body) = buf.get(body_at..body_at + h.len as usize) else { break };
+        if !h.matches(body) {
             break;
         }
-        at = body_at + len as usize;
+        at = body_at + h.len as usize;
     }
     at as u64
 }
@@ -280,7 +313,7 @@ impl Spool {
     /// Same, for a batch already encoded (JSON lines). On an error nothing
     /// counts as written, and a retry writes the same place again.
     pub fn append_encoded(&self, buf: &[u8]) -> std::io::Result<()> {
-        let len = u32::try_from(buf.len()).ok().filter(|&l| l > 0 && l <= MAX_RECORD).ok_or_else(|| {
+        let header = Header::of(buf).ok_or_else(|| {
             std::io::Error::new(ErrorKind::InvalidInput, format!("a spool batch of {} bytes", buf.len()))
         })?;
         let mut tail = self.tail.lock().unwrap_or_else(|p| p.into_inner());
@@ -288,8 +321,7 @@ impl Spool {
             self.roll(&mut tail)?;
         }
         let mut record = Vec::with_capacity(buf.len() + HEADER as usize);
-        record.extend_from_slice(&len.to_le_bytes());
-        record.extend_from_slice(&crc32fast::hash(buf).to_le_bytes());
+        record.extend_from_slice(&header.to_bytes());
         record.extend_from_slice(buf);
         tail.file.write_all_at(&record, tail.end)?;
         if self.sync_every.is_some() {
@@ -366,16 +398,16 @@ impl Spool {
             }
             let Some((_, file)) = &r.file else { unreachable!() };
             let end = if pos.seq == durable.seq { durable.offset } else { file.metadata()?.len() };
-            let mut header = [0u8; HEADER as usize];
             let record = if pos.offset + HEADER <= end {
-                file.read_exact_at(&mut header, pos.offset)?;
-                let len = u32::from_le_bytes(header[..4].try_into().unwrap_or_default());
-                let body_end = pos.offset + HEADER + u64::from(len);
-                (len > 0 && len <= MAX_RECORD && body_end <= end).then_some((len, body_end))
+                let mut bytes = [0u8; HEADER as usize];
+                file.read_exact_at(&mut bytes, pos.offset)?;
+                Header::parse(&bytes)
+                    .map(|h| (pos.offset + HEADER + u64::from(h.len), h))
+                    .filter(|(body_end, _)| *body_end <= end)
             } else {
                 None
             };
-            let Some((len, body_end)) = record else {
+            let Some((body_end, header)) = record else {
                 if pos.seq == durable.seq {
                     break;
                 }
@@ -390,9 +422,9 @@ impl Spool {
                 pos = Position { seq: pos.seq + 1, offset: 0 };
                 continue;
             };
-            let mut body = vec![0u8; len as usize];
+            let mut body = vec![0u8; header.len as usize];
             file.read_exact_at(&mut body, pos.offset + HEADER)?;
-            if crc32fast::hash(&body) != u32::from_le_bytes(header[4..].try_into().unwrap_or_default()) {
+            if !header.matches(&body) {
                 warn!(
                     segment = pos.seq,
                     offset = pos.offset,
