@@ -307,6 +307,18 @@ pub fn committed(group: &str, topic: &str, partitions: i32) -> HashMap<i32, i64>
         .collect()
 }
 
+/// Each partition's end (high watermark), for messages about lag.
+pub fn end_offsets(topic: &str, partitions: i32) -> HashMap<i32, i64> {
+    let consumer: BaseConsumer =
+        ClientConfig::new().set("bootstrap.servers", kafka_brokers()).create().expect("watermark reader");
+    (0..partitions)
+        .map(|p| {
+            let (_, high) = consumer.fetch_watermarks(topic, p, Duration::from_secs(10)).expect("watermarks");
+            (p, high)
+        })
+        .collect()
+}
+
 /// The `mailpipe` binary that `cargo test --workspace` builds beside the
 /// test executables.
 pub fn mailpipe_binary() -> PathBuf {
@@ -379,7 +391,10 @@ impl Drop for WorkerProcess {
 /// Starts `mailpipe worker` as its own process with `env` added.
 pub fn spawn_worker(env: &[(String, String)]) -> WorkerProcess {
     let mut c = Command::new(mailpipe_binary());
-    c.arg("worker").env("RUST_LOG", "warn").stdout(Stdio::null()).stderr(Stdio::inherit());
+    // MAILPIPE_TEST_WORKER_LOG (a RUST_LOG filter) shows more of the worker
+    // when a test that spawns it needs looking into.
+    let log = std::env::var("MAILPIPE_TEST_WORKER_LOG").unwrap_or_else(|_| "warn".into());
+    c.arg("worker").env("RUST_LOG", log).stdout(Stdio::null()).stderr(Stdio::inherit());
     for (k, v) in env {
         c.env(k, v);
     }

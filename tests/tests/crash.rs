@@ -69,8 +69,16 @@ async fn kill_9_mid_campaign_loses_nothing_and_sends_nothing_twice() {
     // records a killed worker finished but never committed; stop it only
     // once it has caught up with the topic (auto-commit runs every second).
     let caught_up = Instant::now() + Duration::from_secs(60);
-    while committed(&group, &topics.send, 3).values().sum::<i64>() < jobs_total as i64 {
-        assert!(Instant::now() < caught_up, "the last worker did not catch up with the topic");
+    loop {
+        let at = committed(&group, &topics.send, 3);
+        if at.values().sum::<i64>() >= jobs_total as i64 {
+            break;
+        }
+        assert!(
+            Instant::now() < caught_up,
+            "the last worker did not catch up with the topic: committed {at:?}, ends {:?}",
+            end_offsets(&topics.send, 3)
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     peak_rss_mb = peak_rss_mb.max(last.peak_rss_mb());

@@ -115,6 +115,21 @@ impl ConsumerContext for TrackingContext {
         }
     }
 
+    /// Auto-commit reports here, and librdkafka logs nothing of its own
+    /// when a commit fails: without this a group whose position stopped
+    /// moving would say nothing about why.
+    fn commit_callback(&self, result: rdkafka::error::KafkaResult<()>, offsets: &TopicPartitionList) {
+        match result {
+            Ok(()) => metrics::counter!("mailpipe_offset_commits_total", "result" => "ok").increment(1),
+            // Nothing stored since the last commit.
+            Err(rdkafka::error::KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
+            Err(e) => {
+                metrics::counter!("mailpipe_offset_commits_total", "result" => "error").increment(1);
+                warn!(error = %e, partitions = offsets.count(), "offset commit failed; the next one retries");
+            }
+        }
+    }
+
     fn post_rebalance(&self, _c: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         match rebalance {
             Rebalance::Assign(tpl) => {
@@ -250,10 +265,11 @@ impl Acker for KafkaAcker {
         if let Some(pos) = pos {
             let mut tpl = TopicPartitionList::new();
             if tpl.add_partition_offset(&id.topic, id.partition, Offset::Offset(pos)).is_ok() {
-                // Fails only if the partition was revoked meanwhile; the new
-                // owner redelivers, and the ledger turns that into a no-op.
+                // A revoked partition is gone from the tracker, so this is
+                // not expected to fail. If it does, the record is redelivered
+                // after a restart and the ledger turns that into a replay; say so.
                 if let Err(e) = self.consumer.store_offsets(&tpl) {
-                    debug!(error = %e, partition = id.partition, "offset not stored");
+                    warn!(error = %e, partition = id.partition, offset = pos, "offset not stored");
                 }
             }
         }
