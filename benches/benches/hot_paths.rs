@@ -129,5 +129,39 @@ fn suppression(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, tokens, compose, classifier, dkim, suppression);
+/// What the tracker does per open or click besides HTTP and the spool:
+/// classify the user agent, build the event, encode it.
+fn tracker(c: &mut Criterion) {
+    let mut g = c.benchmark_group("tracker");
+    g.throughput(Throughput::Elements(1));
+    let chrome =
+        "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/126.0 Safari/537.36";
+    g.bench_function("ua_family_chrome", |b| {
+        b.iter(|| mailpipe_tracker::signals::ua_family(black_box(chrome)))
+    });
+    let outlook = "Microsoft Office/16.0 (Windows NT 10.0; Microsoft Outlook 16.0.17328; Pro)";
+    g.bench_function("ua_family_outlook", |b| {
+        b.iter(|| mailpipe_tracker::signals::ua_family(black_box(outlook)))
+    });
+    let (tenant, campaign, job) = (
+        TenantId::parse("acme").unwrap_or_else(|_| unreachable!()),
+        CampaignId::parse("spring").unwrap_or_else(|_| unreachable!()),
+        JobId::parse("job-000123").unwrap_or_else(|_| unreachable!()),
+    );
+    g.bench_function("open_event_encode", |b| {
+        b.iter(|| {
+            let e = mailpipe_core::Event::for_job(
+                mailpipe_core::EventType::Open,
+                black_box(&tenant),
+                &campaign,
+                &job,
+                "0123456789abcdef",
+            );
+            e.to_json()
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, tokens, compose, classifier, dkim, suppression, tracker);
 criterion_main!(benches);

@@ -21,73 +21,114 @@ pub enum IpMode {
 }
 
 /// The user agent reduced to a family. Order matters: proxies and scanners
-/// announce themselves inside browser-like strings.
+/// announce themselves inside browser-like strings, so a family earlier in
+/// [`Family`] wins over a later one found in the same string.
 pub fn ua_family(ua: &str) -> &'static str {
-    let l = ua.to_ascii_lowercase();
-    let has = |s: &str| l.contains(s);
     if ua.is_empty() {
-        "none"
-    } else if has("googleimageproxy") || has("ggpht.com") {
+        return "none";
+    }
+    // One case-insensitive pass over the string finds every marker; this
+    // runs on every open and click.
+    let found =
+        UA_MARKERS.find_overlapping_iter(ua).fold(0u16, |m, hit| m | 1 << MARKERS[hit.pattern()].1 as u16);
+    let has = |f: Family| found & (1 << f as u16) != 0;
+    if has(Family::GmailProxy) {
         "gmail_image_proxy"
     } else if ua == "Mozilla/5.0" {
         // Apple Mail Privacy Protection fetches through Apple's proxies with
         // exactly this string, at delivery time rather than when read.
         "apple_mail_proxy"
-    } else if SCANNERS.iter().any(|s| has(s)) {
-        "security_scanner"
-    } else if has("bot") || has("crawler") || has("spider") || has("preview") || has("prefetch") {
-        "bot"
-    } else if HTTP_LIBRARIES.iter().any(|s| has(s)) {
-        "http_library"
-    } else if has("outlook") || has("microsoft office") {
-        "outlook"
-    } else if has("thunderbird") {
-        "thunderbird"
-    } else if has("edg/") {
-        "edge"
-    } else if has("firefox/") {
-        "firefox"
-    } else if has("chrome/") || has("chromium/") || has("crios/") {
-        "chrome"
-    } else if has("safari/") || has("applewebkit/") {
-        "safari"
     } else {
-        "other"
+        use Family::*;
+        [
+            (Scanner, "security_scanner"),
+            (Bot, "bot"),
+            (HttpLibrary, "http_library"),
+            (Outlook, "outlook"),
+            (Thunderbird, "thunderbird"),
+            (Edge, "edge"),
+            (Firefox, "firefox"),
+            (Chrome, "chrome"),
+            (Safari, "safari"),
+        ]
+        .into_iter()
+        .find(|(f, _)| has(*f))
+        .map_or("other", |(_, name)| name)
     }
 }
 
-/// Link-checking gateways that fetch every URL in a message before (or
-/// instead of) the recipient.
-const SCANNERS: &[&str] = &[
-    "barracuda",
-    "proofpoint",
-    "mimecast",
-    "safelinks",
-    "symantec",
-    "messagelabs",
-    "trendmicro",
-    "forcepoint",
-    "fortiguard",
-    "sophos",
-    "cisco",
-    "ironport",
-    "zscaler",
-    "google-safety",
-    "microsoft url",
-    "bitdefender",
-];
+/// User-agent families in the order they are tried.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Family {
+    GmailProxy,
+    /// Link-checking gateways that fetch every URL in a message before (or
+    /// instead of) the recipient.
+    Scanner,
+    Bot,
+    HttpLibrary,
+    Outlook,
+    Thunderbird,
+    Edge,
+    Firefox,
+    Chrome,
+    Safari,
+}
 
-const HTTP_LIBRARIES: &[&str] = &[
-    "curl/",
-    "wget/",
-    "python-requests",
-    "python-urllib",
-    "go-http-client",
-    "java/",
-    "okhttp",
-    "libwww",
-    "axios/",
-];
+/// Markers, matched anywhere in the user agent, ignoring ASCII case.
+const MARKERS: &[(&str, Family)] = {
+    use Family::*;
+    &[
+        ("googleimageproxy", GmailProxy),
+        ("ggpht.com", GmailProxy),
+        ("barracuda", Scanner),
+        ("proofpoint", Scanner),
+        ("mimecast", Scanner),
+        ("safelinks", Scanner),
+        ("symantec", Scanner),
+        ("messagelabs", Scanner),
+        ("trendmicro", Scanner),
+        ("forcepoint", Scanner),
+        ("fortiguard", Scanner),
+        ("sophos", Scanner),
+        ("cisco", Scanner),
+        ("ironport", Scanner),
+        ("zscaler", Scanner),
+        ("google-safety", Scanner),
+        ("microsoft url", Scanner),
+        ("bitdefender", Scanner),
+        ("bot", Bot),
+        ("crawler", Bot),
+        ("spider", Bot),
+        ("preview", Bot),
+        ("prefetch", Bot),
+        ("curl/", HttpLibrary),
+        ("wget/", HttpLibrary),
+        ("python-requests", HttpLibrary),
+        ("python-urllib", HttpLibrary),
+        ("go-http-client", HttpLibrary),
+        ("java/", HttpLibrary),
+        ("okhttp", HttpLibrary),
+        ("libwww", HttpLibrary),
+        ("axios/", HttpLibrary),
+        ("outlook", Outlook),
+        ("microsoft office", Outlook),
+        ("thunderbird", Thunderbird),
+        ("edg/", Edge),
+        ("firefox/", Firefox),
+        ("chrome/", Chrome),
+        ("chromium/", Chrome),
+        ("crios/", Chrome),
+        ("safari/", Safari),
+        ("applewebkit/", Safari),
+    ]
+};
+
+static UA_MARKERS: std::sync::LazyLock<aho_corasick::AhoCorasick> = std::sync::LazyLock::new(|| {
+    aho_corasick::AhoCorasick::builder()
+        .ascii_case_insensitive(true)
+        .build(MARKERS.iter().map(|(m, _)| m))
+        .expect("the user-agent markers are valid patterns")
+});
 
 /// What the tracker knows about a request when it judges it.
 pub struct Signals<'a> {
@@ -242,6 +283,38 @@ mod tests {
             is_click: true,
         });
         assert_eq!((honeypot.class, honeypot.reason.as_str()), (Machine, "honeypot_link"));
+    }
+
+    #[test]
+    fn user_agents_reduce_to_their_family() {
+        let cases = [
+            ("", "none"),
+            ("Mozilla/5.0", "apple_mail_proxy"),
+            (
+                "Mozilla/5.0 (Windows NT 5.1) Firefox/11.0 (via ggpht.com GoogleImageProxy)",
+                "gmail_image_proxy",
+            ),
+            ("Mozilla/5.0 AppleWebKit/537.36 Chrome/126.0 Safari/537.36 Proofpoint", "security_scanner"),
+            ("Mozilla/5.0 (compatible; BARRACUDA Sentinel)", "security_scanner"),
+            ("Slackbot-LinkExpanding 1.0", "bot"),
+            ("Mozilla/5.0 Chrome/126.0 (link PREVIEW)", "bot"),
+            ("python-requests/2.31", "http_library"),
+            ("curl/8.5.0", "http_library"),
+            ("Microsoft Office/16.0 (Windows NT 10.0; Microsoft Outlook 16.0)", "outlook"),
+            ("Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Thunderbird/128.0", "thunderbird"),
+            ("Mozilla/5.0 AppleWebKit/537.36 Chrome/126.0 Safari/537.36 Edg/126.0", "edge"),
+            ("Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0", "firefox"),
+            (CHROME, "chrome"),
+            ("Mozilla/5.0 (iPhone) AppleWebKit/605.1.15 CriOS/126.0 Mobile Safari/604.1", "chrome"),
+            (
+                "Mozilla/5.0 (Macintosh) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.5 Safari/605.1.15",
+                "safari",
+            ),
+            ("SomethingElse/1.0", "other"),
+        ];
+        for (ua, want) in cases {
+            assert_eq!(ua_family(ua), want, "{ua}");
+        }
     }
 
     #[test]
