@@ -332,11 +332,11 @@ pub fn mailpipe_binary() -> PathBuf {
     bin
 }
 
-/// A `mailpipe worker` process, killed when dropped so that a failing test
-/// leaves no worker behind.
-pub struct WorkerProcess(Child);
+/// A `mailpipe worker` or `mailpipe tracker` process, killed when dropped so
+/// that a failing test leaves none behind.
+pub struct ServiceProcess(Child);
 
-impl WorkerProcess {
+impl ServiceProcess {
     pub fn id(&self) -> u32 {
         self.0.id()
     }
@@ -360,7 +360,7 @@ impl WorkerProcess {
     /// Panics if the process has exited.
     pub fn assert_running(&mut self, what: &str) {
         if let Some(status) = self.0.try_wait().expect("wait") {
-            panic!("the worker exited {what}: {status}");
+            panic!("the process exited {what}: {status}");
         }
     }
 
@@ -373,13 +373,13 @@ impl WorkerProcess {
             if let Some(s) = self.0.try_wait().expect("wait") {
                 return s;
             }
-            assert!(Instant::now() < deadline, "the worker did not stop within {grace:?} of SIGTERM");
+            assert!(Instant::now() < deadline, "the process did not stop within {grace:?} of SIGTERM");
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 }
 
-impl Drop for WorkerProcess {
+impl Drop for ServiceProcess {
     fn drop(&mut self) {
         if matches!(self.0.try_wait(), Ok(None)) {
             let _ = self.0.kill();
@@ -389,16 +389,25 @@ impl Drop for WorkerProcess {
 }
 
 /// Starts `mailpipe worker` as its own process with `env` added.
-pub fn spawn_worker(env: &[(String, String)]) -> WorkerProcess {
+pub fn spawn_worker(env: &[(String, String)]) -> ServiceProcess {
+    spawn_service("worker", env)
+}
+
+/// Starts `mailpipe tracker` as its own process with `env` added.
+pub fn spawn_tracker(env: &[(String, String)]) -> ServiceProcess {
+    spawn_service("tracker", env)
+}
+
+fn spawn_service(command: &str, env: &[(String, String)]) -> ServiceProcess {
     let mut c = Command::new(mailpipe_binary());
-    // MAILPIPE_TEST_WORKER_LOG (a RUST_LOG filter) shows more of the worker
-    // when a test that spawns it needs looking into.
-    let log = std::env::var("MAILPIPE_TEST_WORKER_LOG").unwrap_or_else(|_| "warn".into());
-    c.arg("worker").env("RUST_LOG", log).stdout(Stdio::null()).stderr(Stdio::inherit());
+    // MAILPIPE_TEST_SERVICE_LOG (a RUST_LOG filter) shows more of the
+    // process when a test that spawns it needs looking into.
+    let log = std::env::var("MAILPIPE_TEST_SERVICE_LOG").unwrap_or_else(|_| "warn".into());
+    c.arg(command).env("RUST_LOG", log).stdout(Stdio::null()).stderr(Stdio::inherit());
     for (k, v) in env {
         c.env(k, v);
     }
-    WorkerProcess(c.spawn().expect("spawn mailpipe worker"))
+    ServiceProcess(c.spawn().unwrap_or_else(|e| panic!("spawn mailpipe {command}: {e}")))
 }
 
 /// Jobs in the ledger with their final outcome.
@@ -469,8 +478,23 @@ pub async fn http(
     headers: &[(&str, &str)],
     body: &[u8],
 ) -> HttpResponse {
+    try_http(addr, method, target, headers, body)
+        .await
+        .unwrap_or_else(|e| panic!("{method} {target} on {addr}: {e}"))
+}
+
+/// Same, but a connection refused, reset or cut short is an error, not a
+/// panic: for tests that kill the server while requests are in flight.
+pub async fn try_http(
+    addr: &str,
+    method: &str,
+    target: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> std::io::Result<HttpResponse> {
+    use std::io::{Error, ErrorKind};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+    let mut s = tokio::net::TcpStream::connect(addr).await?;
     let mut req = format!("{method} {target} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
     for (k, v) in headers {
         req.push_str(&format!("{k}: {v}\r\n"));
@@ -479,14 +503,16 @@ pub async fn http(
         req.push_str(&format!("Content-Length: {}\r\n", body.len()));
     }
     req.push_str("\r\n");
-    s.write_all(req.as_bytes()).await.expect("write request");
-    s.write_all(body).await.expect("write body");
+    s.write_all(req.as_bytes()).await?;
+    s.write_all(body).await?;
     let mut raw = Vec::new();
     tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut raw))
         .await
-        .expect("response within 10 s")
-        .expect("read response");
-    parse_http_response(&raw)
+        .map_err(|_| Error::new(ErrorKind::TimedOut, "no response within 10 s"))??;
+    if !raw.windows(4).any(|w| w == b"\r\n\r\n") {
+        return Err(Error::new(ErrorKind::UnexpectedEof, "the response was cut short"));
+    }
+    Ok(parse_http_response(&raw))
 }
 
 fn parse_http_response(raw: &[u8]) -> HttpResponse {

@@ -18,7 +18,7 @@ use sqlx::Connection;
 const PARTITIONS: i32 = 3;
 
 /// Waits until `at` jobs are finished, the worker still running.
-async fn progress_to(at: i64, worker: &mut WorkerProcess, db: &str) {
+async fn progress_to(at: i64, worker: &mut ServiceProcess, db: &str) {
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         // A fresh connection each time: PostgreSQL may just have restarted.
