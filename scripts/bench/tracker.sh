@@ -8,15 +8,16 @@
 #
 #   scripts/bench/tracker.sh            # 15 s per run, 64 connections
 #   DUR=30s CONN=128 scripts/bench/tracker.sh
-#   SYNC_MS=100 scripts/bench/tracker.sh  # tracker.spool_sync_ms (default 0:
-#                                         # fdatasync before answering)
+#   SYNC_MS=0 scripts/bench/tracker.sh    # tracker.spool_sync_ms (default:
+#                                         # config/default.toml; 0 = fdatasync
+#                                         # before answering)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/var/tmp/mailpipe-target}
 DUR=${DUR:-15s}
 CONN=${CONN:-64}
 THREADS=${THREADS:-2}
-SYNC_MS=${SYNC_MS:-0}
+SYNC_MS=${SYNC_MS:-$(awk -F' *= *' '$1 == "spool_sync_ms" {print $2}' config/default.toml)}
 
 scripts/services.sh up >/dev/null 2>&1 || scripts/services.sh up
 eval "$(scripts/services.sh env)"

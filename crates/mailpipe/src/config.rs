@@ -153,8 +153,8 @@ pub struct TrackerConfig {
     /// Where events wait, durably, until the store and Kafka have them.
     pub spool_dir: PathBuf,
     pub spool_max_mb: u64,
-    /// 0: each batch is synced before its requests are answered. N: batches
-    /// are written before answering and synced every N ms.
+    /// N (default 100): batches are written before answering and synced
+    /// every N ms. 0: each batch is synced before its requests are answered.
     pub spool_sync_ms: u64,
     /// While requests keep arriving, the longest an event waits to be shipped.
     pub ship_max_delay_secs: u64,
