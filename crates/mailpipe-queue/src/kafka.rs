@@ -62,6 +62,9 @@ pub struct TrackingContext {
     tracker: Arc<Mutex<OffsetTracker>>,
     assigned: Arc<Mutex<std::collections::BTreeSet<i32>>>,
     drain_timeout: Duration,
+    /// When a failed commit was last logged at warn: while a broker is away
+    /// every auto-commit fails, and one line per 10 s says enough.
+    last_commit_warning: Mutex<Option<std::time::Instant>>,
 }
 
 impl ClientContext for TrackingContext {
@@ -125,7 +128,14 @@ impl ConsumerContext for TrackingContext {
             Err(rdkafka::error::KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
             Err(e) => {
                 metrics::counter!("mailpipe_offset_commits_total", "result" => "error").increment(1);
-                warn!(error = %e, partitions = offsets.count(), "offset commit failed; the next one retries");
+                let now = std::time::Instant::now();
+                let mut last = self.last_commit_warning.lock().unwrap_or_else(|p| p.into_inner());
+                if last.is_none_or(|t| now.duration_since(t) >= Duration::from_secs(10)) {
+                    *last = Some(now);
+                    warn!(error = %e, partitions = offsets.count(), "offset commit failed; the next one retries");
+                } else {
+                    debug!(error = %e, partitions = offsets.count(), "offset commit failed; the next one retries");
+                }
             }
         }
     }
@@ -211,6 +221,7 @@ impl KafkaSource {
             tracker: tracker.clone(),
             assigned: assigned.clone(),
             drain_timeout,
+            last_commit_warning: Mutex::new(None),
         })?;
         let consumer = Arc::new(consumer);
         check_topic(consumer.as_ref(), &s.send_topic, timeout, s).await?;
