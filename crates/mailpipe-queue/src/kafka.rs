@@ -398,12 +398,41 @@ impl KafkaEvents {
         &self,
         rows: impl Iterator<Item = (&'a Event, &'a [u8])>,
     ) -> Result<(), QueueError> {
-        let sends = rows.map(|(e, payload)| {
+        // All records are enqueued before any delivery is awaited, so they
+        // batch in the producer (linger.ms). Enqueuing is synchronous work:
+        // yield every few hundred records, so that a batch of thousands does
+        // not hold a runtime thread (the tracker's requests share it).
+        let mut deliveries = Vec::new();
+        for (i, (e, payload)) in rows.enumerate() {
+            if i > 0 && i % 256 == 0 {
+                tokio::task::yield_now().await;
+            }
             let key = e.tenant_id.as_ref().map(|t| t.as_str()).unwrap_or("").as_bytes();
-            self.send(&self.settings.events_topic, key, payload, None)
-        });
-        // Concurrent, so the records batch in the producer (linger.ms).
-        futures::future::try_join_all(sends).await.map(|_| ())
+            let mut rec = FutureRecord::to(&self.settings.events_topic).key(key).payload(payload);
+            let full_since = std::time::Instant::now();
+            loop {
+                match self.producer.send_result(rec) {
+                    Ok(delivery) => break deliveries.push(delivery),
+                    // The local queue is full: wait for deliveries to make
+                    // room, as long as `send` would (30 s).
+                    Err((rdkafka::error::KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r))
+                        if full_since.elapsed() < Duration::from_secs(30) =>
+                    {
+                        rec = r;
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                    Err((e, _)) => return Err(QueueError::Kafka(e)),
+                }
+            }
+        }
+        for delivery in deliveries {
+            match delivery.await {
+                Ok(Ok(_)) => {}
+                Ok(Err((e, _))) => return Err(QueueError::Kafka(e)),
+                Err(_) => return Err(QueueError::Closed),
+            }
+        }
+        Ok(())
     }
 
     /// Copies a rejected record to the dead-letter topic with its reason.
