@@ -573,6 +573,19 @@ pub fn with_tracker(env: &mut Vec<(String, String)>, port: u16) {
     }
 }
 
+/// Where a tracker test starts: a fresh database and topics, and the
+/// service environment with the tracker on a free loopback port and its own
+/// spool. Returns the database URL, the topics, the port and the environment.
+pub async fn tracker_env() -> (String, Topics, u16, Vec<(String, String)>) {
+    let db = fresh_database().await;
+    let topics = fresh_topics(1).await;
+    let port = loopback_port();
+    // The tracker sends no mail, so no relay listens on this port.
+    let mut env = relay_env(&db, &topics, 1, &unique("group"));
+    with_tracker(&mut env, port);
+    (db, topics, port, env)
+}
+
 /// A free loopback port, for services a test starts itself.
 pub fn loopback_port() -> u16 {
     free_port()

@@ -51,12 +51,7 @@ async fn a_browser_opens_clicks_and_unsubscribes_and_each_is_recorded() {
         chromium.is_ok_and(|o| o.status.success()),
         "chromium is missing: apt-get install chromium (scripts/test.sh installs it)"
     );
-    let db = fresh_database().await;
-    let topics = fresh_topics(1).await;
-    let sink = SmtpSink::start(&[]);
-    let port = loopback_port();
-    let mut env = service_env(&db, &topics, &sink, &unique("group"));
-    with_tracker(&mut env, port);
+    let (db, _topics, port, mut env) = tracker_env().await;
     // The message is rendered a moment before the click.
     env.push(("MAILPIPE__TRACKER__MACHINE_CLICK_SECS".into(), "0".into()));
     let cfg = Arc::new(Config::load(None, env).unwrap());

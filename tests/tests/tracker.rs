@@ -26,16 +26,10 @@ struct Tracker {
     ring: Arc<Keyring>,
     stop: CancellationToken,
     task: tokio::task::JoinHandle<anyhow::Result<()>>,
-    _sink: SmtpSink,
 }
 
 async fn start(extra: &[(&str, &str)]) -> Tracker {
-    let db = fresh_database().await;
-    let topics = fresh_topics(1).await;
-    let sink = SmtpSink::start(&[]);
-    let port = loopback_port();
-    let mut env = service_env(&db, &topics, &sink, &unique("group"));
-    with_tracker(&mut env, port);
+    let (db, topics, port, mut env) = tracker_env().await;
     env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
     let cfg = Arc::new(Config::load(None, env).unwrap());
     let (ring, _) = app::keyring(&cfg.token_secrets().unwrap(), 1).unwrap();
@@ -49,7 +43,7 @@ async fn start(extra: &[(&str, &str)]) -> Tracker {
         tokio::net::TcpStream::connect(&addr).await.is_ok()
     })
     .await;
-    Tracker { addr, db, topics, ring, stop, task, _sink: sink }
+    Tracker { addr, db, topics, ring, stop, task }
 }
 
 fn claims(tenant: &str, job: &str, sent_secs_ago: u32, action: Action) -> Claims {

@@ -22,12 +22,7 @@ use sqlx::Connection;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn answered_events_survive_kill_9_of_the_tracker_and_ship_at_the_next_start() {
-    let db = fresh_database().await;
-    let topics = fresh_topics(1).await;
-    let sink = SmtpSink::start(&[]);
-    let port = loopback_port();
-    let mut env = service_env(&db, &topics, &sink, &unique("group"));
-    with_tracker(&mut env, port);
+    let (db, _topics, port, env) = tracker_env().await;
     let cfg = Config::load(None, env.clone()).unwrap();
     assert!(cfg.tracker.spool_sync_ms > 0, "this test is about the default, timed-sync spool");
     let (ring, _) = app::keyring(&cfg.token_secrets().unwrap(), 1).unwrap();

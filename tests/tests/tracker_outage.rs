@@ -19,12 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_event_is_lost_when_postgres_then_kafka_restart_under_traffic() {
-    let db = fresh_database().await;
-    let topics = fresh_topics(1).await;
-    let sink = SmtpSink::start(&[]);
-    let port = loopback_port();
-    let mut env = service_env(&db, &topics, &sink, &unique("group"));
-    with_tracker(&mut env, port);
+    let (db, topics, port, env) = tracker_env().await;
     let cfg = Arc::new(Config::load(None, env).unwrap());
     let (ring, _) = app::keyring(&cfg.token_secrets().unwrap(), 1).unwrap();
     let stop = CancellationToken::new();
