@@ -585,11 +585,14 @@ mod tests {
     fn full_segments_roll_and_are_deleted_once_shipped() {
         let dir = fresh("roll");
         // Segments of about one record each.
-        let s = Spool::open_with(
-            &dir,
-            SpoolOptions { max_bytes: 1 << 20, segment_bytes: 100, ..Default::default() },
-        )
-        .unwrap();
+        let open = || {
+            Spool::open_with(
+                &dir,
+                SpoolOptions { max_bytes: 1 << 20, segment_bytes: 100, ..Default::default() },
+            )
+            .unwrap()
+        };
+        let s = open();
         for i in 1..=5 {
             s.append(&[ev(i)]).unwrap();
         }
@@ -602,11 +605,7 @@ mod tests {
         assert_eq!(seg_count(&dir), 3, "the two wholly shipped segments are gone");
         assert!(s.bytes() < before);
         drop(s);
-        let s = Spool::open_with(
-            &dir,
-            SpoolOptions { max_bytes: 1 << 20, segment_bytes: 100, ..Default::default() },
-        )
-        .unwrap();
+        let s = open();
         let mut r = s.reader();
         assert_eq!(ids(&s.read(&mut r, 100).unwrap()), want(4..=5));
         let _ = std::fs::remove_dir_all(&dir);
