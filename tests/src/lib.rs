@@ -36,8 +36,23 @@ pub fn unique(prefix: &str) -> String {
     format!("{prefix}_{}_{:08x}", std::process::id(), rand::random::<u32>())
 }
 
+/// Logs of the services a test runs in-process, through the test harness's
+/// capture: shown with a failing test's output, hidden otherwise.
+/// `MAILPIPE_TEST_LOG` (a RUST_LOG filter) shows more.
+pub fn capture_logs() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let filter = std::env::var("MAILPIPE_TEST_LOG").unwrap_or_else(|_| "warn,mailpipe_queue=info".into());
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_test_writer()
+            .try_init();
+    });
+}
+
 /// A fresh, empty PostgreSQL database; returns its URL.
 pub async fn fresh_database() -> String {
+    capture_logs();
     let admin = database_url();
     let mut conn = sqlx::PgConnection::connect(&admin)
         .await
@@ -305,6 +320,33 @@ pub fn committed(group: &str, topic: &str, partitions: i32) -> HashMap<i32, i64>
             _ => None,
         })
         .collect()
+}
+
+/// Waits until `group` has committed `total` offsets of `topic` in all (a
+/// group that read every record of a topic holding `total`). On timeout it
+/// fails with what was committed against each partition's end.
+pub async fn wait_committed(
+    what: &str,
+    group: &str,
+    topic: &str,
+    partitions: i32,
+    total: i64,
+    timeout: Duration,
+) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let at = committed(group, topic, partitions);
+        if at.values().sum::<i64>() >= total {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for: {what} ({total} offsets committed); \
+             committed {at:?}, partition ends {:?}",
+            end_offsets(topic, partitions)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 /// Each partition's end (high watermark), for messages about lag.

@@ -68,19 +68,15 @@ async fn kill_9_mid_campaign_loses_nothing_and_sends_nothing_twice() {
     // The ledger can be complete before the last worker has re-read the
     // records a killed worker finished but never committed; stop it only
     // once it has caught up with the topic (auto-commit runs every second).
-    let caught_up = Instant::now() + Duration::from_secs(60);
-    loop {
-        let at = committed(&group, &topics.send, 3);
-        if at.values().sum::<i64>() >= jobs_total as i64 {
-            break;
-        }
-        assert!(
-            Instant::now() < caught_up,
-            "the last worker did not catch up with the topic: committed {at:?}, ends {:?}",
-            end_offsets(&topics.send, 3)
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    wait_committed(
+        "the last worker to catch up",
+        &group,
+        &topics.send,
+        3,
+        jobs_total as i64,
+        Duration::from_secs(60),
+    )
+    .await;
     peak_rss_mb = peak_rss_mb.max(last.peak_rss_mb());
     let status = last.terminate(Duration::from_secs(30)).await;
     assert!(status.success(), "SIGTERM ends the worker cleanly: {status:?}");

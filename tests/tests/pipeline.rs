@@ -104,10 +104,7 @@ async fn jobs_flow_from_kafka_to_the_sink_the_store_and_the_events_topic_then_of
 
     // Offsets: every record committed, once its outcome was stored.
     let group = cfg.queue.kafka.group_id.clone();
-    eventually("all 32 offsets committed", Duration::from_secs(15), || async {
-        committed(&group, &topics.send, 3).values().sum::<i64>() == 32
-    })
-    .await;
+    wait_committed("the first group", &group, &topics.send, 3, 32, Duration::from_secs(15)).await;
 
     stop.cancel();
     worker.await.unwrap().expect("worker stops cleanly");
@@ -118,10 +115,7 @@ async fn jobs_flow_from_kafka_to_the_sink_the_store_and_the_events_topic_then_of
     let stop2 = CancellationToken::new();
     let worker2 = spawn_worker(cfg2.clone(), stop2.clone());
     let group2 = cfg2.queue.kafka.group_id.clone();
-    eventually("the second group finishes", Duration::from_secs(60), || async {
-        committed(&group2, &topics.send, 3).values().sum::<i64>() == 32
-    })
-    .await;
+    wait_committed("the second group", &group2, &topics.send, 3, 32, Duration::from_secs(60)).await;
     stop2.cancel();
     worker2.await.unwrap().expect("second worker stops cleanly");
     assert_eq!(sink.message_ids().len(), 30, "redelivery sent nothing again");

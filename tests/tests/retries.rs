@@ -64,9 +64,15 @@ async fn deferred_jobs_free_the_partition_survive_a_restart_and_go_out_when_the_
     .await;
     // The partition is released although nothing was delivered: every
     // record's offset is committed because its deferral is durable.
-    eventually("offsets committed past all deferred jobs", Duration::from_secs(20), || async {
-        committed(&cfg.queue.kafka.group_id, &topics.send, 1).get(&0) == Some(&(N as i64))
-    })
+    let group = &cfg.queue.kafka.group_id;
+    wait_committed(
+        "offsets past all deferred jobs",
+        group,
+        &topics.send,
+        1,
+        N as i64,
+        Duration::from_secs(20),
+    )
     .await;
     let (pending, _) = store.retry_backlog().await.unwrap();
     assert_eq!(pending, N as i64, "all jobs wait on the retry schedule, none counted complete");

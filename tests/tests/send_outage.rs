@@ -79,11 +79,15 @@ async fn kafka_then_postgres_restart_during_sending_loses_nothing_and_sends_noth
         worker.assert_running("after the outages");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let caught_up = Instant::now() + Duration::from_secs(60);
-    while committed(&group, &topics.send, PARTITIONS).values().sum::<i64>() < jobs_total as i64 {
-        assert!(Instant::now() < caught_up, "offsets were not all committed after the restarts");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    wait_committed(
+        "offsets after the restarts",
+        &group,
+        &topics.send,
+        PARTITIONS,
+        jobs_total as i64,
+        Duration::from_secs(60),
+    )
+    .await;
     let status = worker.terminate(Duration::from_secs(30)).await;
     assert!(status.success(), "SIGTERM ends the worker cleanly after both outages: {status:?}");
 
