@@ -143,10 +143,15 @@ impl ConsumerContext for TrackingContext {
     fn post_rebalance(&self, _c: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         match rebalance {
             Rebalance::Assign(tpl) => {
-                self.assigned
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .extend(tpl.elements().iter().map(|e| e.partition()));
+                let parts: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
+                // Fetching restarts at the committed offset: start the
+                // partitions' bookkeeping afresh with it.
+                let mut t = self.tracker.lock().unwrap_or_else(|p| p.into_inner());
+                for p in &parts {
+                    t.revoke(*p);
+                }
+                drop(t);
+                self.assigned.lock().unwrap_or_else(|p| p.into_inner()).extend(parts);
                 info!(partitions = tpl.count(), "partitions assigned");
             }
             Rebalance::Revoke(_) => {}
@@ -190,6 +195,8 @@ pub struct KafkaSource {
     topic: String,
     /// When a recoverable consumer error was last logged at warn.
     last_transient_log: Option<std::time::Instant>,
+    /// When to store every partition's position again (see [`Self::restore_positions`]).
+    restore: tokio::time::Interval,
 }
 
 impl KafkaSource {
@@ -226,7 +233,31 @@ impl KafkaSource {
         let consumer = Arc::new(consumer);
         check_topic(consumer.as_ref(), &s.send_topic, timeout, s).await?;
         consumer.subscribe(&[&s.send_topic])?;
-        Ok(Self { consumer, tracker, assigned, topic: s.send_topic.clone(), last_transient_log: None })
+        let mut restore = tokio::time::interval(RESTORE_EVERY);
+        restore.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        Ok(Self {
+            consumer,
+            tracker,
+            assigned,
+            topic: s.send_topic.clone(),
+            last_transient_log: None,
+            restore,
+        })
+    }
+
+    /// Stores every partition's position again. A position lives in the
+    /// client's memory until the next auto-commit; a store that failed, or a
+    /// stored offset the client cleared, would otherwise stay lost until a
+    /// later job of the partition finished, and after the last job of a
+    /// partition none does: its committed offset would never move again.
+    /// Storing a position the group already committed is a no-op.
+    fn restore_positions(&self) {
+        let positions = self.tracker.lock().unwrap_or_else(|p| p.into_inner()).positions();
+        for (partition, pos) in positions {
+            if let Err(e) = store_position(&self.consumer, &self.topic, partition, pos) {
+                debug!(error = %e, partition, offset = pos, "position not stored again");
+            }
+        }
     }
 
     /// Commits stored offsets synchronously; call after draining on shutdown.
@@ -270,18 +301,31 @@ struct KafkaAcker {
     tracker: Arc<Mutex<OffsetTracker>>,
 }
 
+/// How often [`KafkaSource::restore_positions`] runs: as often as auto-commit.
+const RESTORE_EVERY: Duration = Duration::from_secs(1);
+
+/// Stores `pos` as the next offset to commit for one partition.
+fn store_position(
+    consumer: &StreamConsumer<TrackingContext>,
+    topic: &str,
+    partition: i32,
+    pos: i64,
+) -> rdkafka::error::KafkaResult<()> {
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(topic, partition, Offset::Offset(pos))?;
+    consumer.store_offsets(&tpl)
+}
+
 impl Acker for KafkaAcker {
     fn ack(&self, id: &RecordId) {
         let pos = self.tracker.lock().unwrap_or_else(|p| p.into_inner()).complete(id.partition, id.offset);
         if let Some(pos) = pos {
-            let mut tpl = TopicPartitionList::new();
-            if tpl.add_partition_offset(&id.topic, id.partition, Offset::Offset(pos)).is_ok() {
-                // A revoked partition is gone from the tracker, so this is
-                // not expected to fail. If it does, the record is redelivered
-                // after a restart and the ledger turns that into a replay; say so.
-                if let Err(e) = self.consumer.store_offsets(&tpl) {
-                    warn!(error = %e, partition = id.partition, offset = pos, "offset not stored");
-                }
+            // A revoked partition is gone from the tracker, so this is not
+            // expected to fail. If it does, the next periodic store tries
+            // again; should the partition be gone, its new owner redelivers
+            // the record and the ledger turns that into a replay.
+            if let Err(e) = store_position(&self.consumer, &id.topic, id.partition, pos) {
+                warn!(error = %e, partition = id.partition, offset = pos, "offset not stored");
             }
         }
     }
@@ -290,7 +334,14 @@ impl Acker for KafkaAcker {
 impl JobSource for KafkaSource {
     async fn recv(&mut self) -> Result<Option<Delivery>, QueueError> {
         let m = loop {
-            match self.consumer.recv().await {
+            let next = tokio::select! {
+                m = self.consumer.recv() => m,
+                _ = self.restore.tick() => {
+                    self.restore_positions();
+                    continue;
+                }
+            };
+            match next {
                 Ok(m) => break m,
                 // librdkafka recovers from every consumer error but a fatal
                 // one by itself (reconnects, rejoins the group); the errors
@@ -461,5 +512,71 @@ impl KafkaEvents {
     /// Waits for every queued write, bounded by `timeout`.
     pub fn flush(&self, timeout: Duration) -> Result<(), QueueError> {
         self.producer.flush(timeout).map_err(QueueError::from)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)] // Tests fail loudly on purpose.
+
+    use rdkafka::mocking::MockCluster;
+
+    use super::*;
+
+    /// The group's committed offset of partition 0, through a second client.
+    fn committed_of(brokers: &str, group: &str, topic: &str) -> Option<i64> {
+        let c: BaseConsumer =
+            ClientConfig::new().set("bootstrap.servers", brokers).set("group.id", group).create().unwrap();
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition(topic, 0);
+        let got = c.committed_offsets(tpl, Duration::from_secs(5)).unwrap();
+        match got.elements()[0].offset() {
+            Offset::Offset(o) => Some(o),
+            _ => None,
+        }
+    }
+
+    /// A position the client lost after the last job of a partition was
+    /// acknowledged is stored again, so the group still commits past it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_lost_position_is_stored_again() {
+        let cluster = MockCluster::new(1).unwrap();
+        let brokers = cluster.bootstrap_servers();
+        cluster.create_topic("jobs", 1, 1).unwrap();
+        let mut s = KafkaSettings::new(&brokers);
+        s.send_topic = "jobs".into();
+        s.events_topic = "jobs".into();
+        s.group_id = "g".into();
+        // Commits only when the test says, so that nothing races the loss.
+        s.extra = vec![("enable.auto.commit".into(), "false".into())];
+        let out = KafkaEvents::connect(&s, Duration::from_secs(5)).await.unwrap();
+        for i in 0..3 {
+            out.enqueue("k", format!("job {i}").as_bytes()).await.unwrap();
+        }
+        let mut source =
+            KafkaSource::connect(&s, Duration::from_secs(5), Duration::from_secs(1)).await.unwrap();
+        let acker = source.acker();
+        for _ in 0..3 {
+            let d =
+                tokio::time::timeout(Duration::from_secs(10), source.recv()).await.unwrap().unwrap().unwrap();
+            acker.ack(&d.id);
+        }
+        // The client forgets the stored position (as a failed store or a
+        // reset inside librdkafka would): a commit now has nothing to commit.
+        let mut forget = TopicPartitionList::new();
+        forget.add_partition_offset("jobs", 0, Offset::Invalid).unwrap();
+        source.consumer.store_offsets(&forget).unwrap();
+        source.commit_stored().unwrap();
+        assert_eq!(committed_of(&brokers, "g", "jobs"), None, "the loss is real: nothing committed");
+
+        // No job is left to complete; waiting for the next record is enough.
+        let more = tokio::time::timeout(RESTORE_EVERY * 3, source.recv()).await;
+        assert!(more.is_err(), "no record beyond the three");
+        source.commit_stored().unwrap();
+        assert_eq!(
+            committed_of(&brokers, "g", "jobs"),
+            Some(3),
+            "the position was stored again and committed"
+        );
     }
 }

@@ -53,8 +53,17 @@ impl OffsetTracker {
 
     /// Forgets partitions that were revoked: their unfinished offsets will be
     /// redelivered to the new owner, and late completions are ignored.
+    /// Called on assignment too: a partition (re)assigned is fetched from
+    /// its committed offset, so nothing known about it before still holds.
     pub fn revoke(&mut self, partition: i32) {
         self.partitions.remove(&partition);
+    }
+
+    /// The position each partition may store now, for storing again: a
+    /// store can fail or be reset inside the client, and the last job of a
+    /// partition leaves no later completion to make up for it.
+    pub fn positions(&self) -> Vec<(i32, i64)> {
+        self.partitions.iter().filter_map(|(&p, s)| Some((p, s.stored?))).collect()
     }
 
     /// Unfinished jobs of the given partitions.
@@ -105,6 +114,25 @@ mod tests {
         assert_eq!(t.complete(1, 7), Some(8));
         assert_eq!(t.in_flight(), 1);
         assert_eq!(t.complete(0, 5), Some(6));
+    }
+
+    #[test]
+    fn positions_are_what_was_last_stored() {
+        let mut t = OffsetTracker::new();
+        t.begin(0, 4);
+        t.begin(0, 5);
+        t.begin(2, 9);
+        let mut at = t.positions();
+        at.sort();
+        assert_eq!(at, vec![(0, 4), (2, 9)], "nothing finished: where each partition began");
+        assert_eq!(t.complete(0, 5), None);
+        assert_eq!(t.complete(0, 4), Some(6));
+        assert_eq!(t.complete(2, 9), Some(10));
+        at = t.positions();
+        at.sort();
+        assert_eq!(at, vec![(0, 6), (2, 10)]);
+        t.revoke(0);
+        assert_eq!(t.positions(), vec![(2, 10)], "a revoked partition has no position to store");
     }
 
     #[test]
