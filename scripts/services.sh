@@ -183,7 +183,11 @@ kafka_up() {
   <Appenders>
     <File name="file" fileName="$kafka_dir/server.log"><PatternLayout pattern="[%d] %p %m (%c)%n"/></File>
   </Appenders>
-  <Loggers><Root level="INFO"><AppenderRef ref="file"/></Root></Loggers>
+  <Loggers>
+    <Root level="WARN"><AppenderRef ref="file"/></Root>
+    <!-- Joins, rebalances and expired members: what explains a consumer group. -->
+    <Logger name="org.apache.kafka.coordinator.group" level="INFO"/>
+  </Loggers>
 </Configuration>
 XML
   cat > "$kafka_dir/server.properties" <<PROPS
