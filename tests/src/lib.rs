@@ -74,6 +74,7 @@ pub async fn fresh_topics(partitions: i32) -> Topics {
     let brokers = kafka_brokers();
     let admin: AdminClient<DefaultClientContext> =
         ClientConfig::new().set("bootstrap.servers", &brokers).create().expect("admin client");
+    prune_topics_of_finished_runs(&admin).await;
     let suffix = unique("t");
     let t = Topics {
         send: format!("mailpipe.send.v1.{suffix}"),
@@ -95,6 +96,51 @@ pub async fn fresh_topics(partitions: i32) -> Topics {
         }
     }
     t
+}
+
+/// Deletes the topics that earlier test processes made, once per process.
+/// Each test's topics are named after its process (`unique`); those of a
+/// process that is gone can go. Without this a developer's broker collects
+/// thousands of partitions over many runs, then starts slowly and times out
+/// creating topics. Best effort: nothing here fails a test.
+async fn prune_topics_of_finished_runs(admin: &AdminClient<DefaultClientContext>) {
+    static PRUNED: tokio::sync::OnceCell<()> = tokio::sync::OnceCell::const_new();
+    PRUNED
+        .get_or_init(|| async {
+            let listed = tokio::task::spawn_blocking(|| {
+                let c: BaseConsumer =
+                    ClientConfig::new().set("bootstrap.servers", kafka_brokers()).create().ok()?;
+                let md = c.fetch_metadata(None, Duration::from_secs(10)).ok()?;
+                Some(md.topics().iter().map(|t| t.name().to_owned()).collect::<Vec<_>>())
+            });
+            let Ok(Some(names)) = listed.await else { return };
+            let stale: Vec<String> = names
+                .into_iter()
+                .filter(|name| {
+                    test_topic_pid(name).is_some_and(|pid| !Path::new(&format!("/proc/{pid}")).exists())
+                })
+                .collect();
+            // Wait for the controller to finish each batch: a broker busy
+            // deleting hundreds of topics is slow to show a new one, and the
+            // test's first produce would race that.
+            let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+            for chunk in stale.chunks(200) {
+                let names: Vec<&str> = chunk.iter().map(String::as_str).collect();
+                let _ =
+                    tokio::time::timeout(Duration::from_secs(40), admin.delete_topics(&names, &opts)).await;
+            }
+        })
+        .await;
+}
+
+/// The process id in a topic name made by [`fresh_topics`]
+/// (`mailpipe.<kind>.v1.t_<pid>_<hex>`).
+fn test_topic_pid(name: &str) -> Option<u32> {
+    let (_, rest) = name.split_once(".t_")?;
+    let (pid, tag) = rest.split_once('_')?;
+    (name.starts_with("mailpipe.") && tag.len() == 8 && tag.bytes().all(|b| b.is_ascii_hexdigit()))
+        .then(|| pid.parse().ok())
+        .flatten()
 }
 
 fn free_port() -> u16 {
@@ -783,4 +829,24 @@ pub fn test_certificates(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
         assert!(ok, "openssl {args:?} failed (apt-get install openssl)");
     }
     (p("ca.pem"), p("cert.pem"), p("key.pem"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_topics_made_by_fresh_topics_name_a_process() {
+        assert_eq!(test_topic_pid("mailpipe.send.v1.t_4242_0a1b2c3d"), Some(4242));
+        assert_eq!(test_topic_pid("mailpipe.send.dlq.v1.t_7_ffffffff"), Some(7));
+        for other in [
+            "mailpipe.send.v1",
+            "mailpipe.events.v1.t_42_xyz",
+            "mailpipe.events.v1.t_x_0a1b2c3d",
+            "bench.send.plain.1795977027345763308",
+            "orders.t_42_0a1b2c3d",
+        ] {
+            assert_eq!(test_topic_pid(other), None, "{other}");
+        }
+    }
 }
