@@ -57,10 +57,39 @@ pub async fn fresh_database() -> String {
     let mut conn = sqlx::PgConnection::connect(&admin)
         .await
         .unwrap_or_else(|e| panic!("PostgreSQL is not reachable at {admin}: {e}\n{START_HINT}"));
+    drop_databases_of_finished_runs(&mut conn).await;
     let name = unique("mailpipe_test");
     sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut conn).await.expect("create test database");
     let (base, _) = admin.rsplit_once('/').expect("database URL has a path");
     format!("{base}/{name}")
+}
+
+/// Drops the databases that earlier test processes made, once per process
+/// (see [`finished_run`]). Every test makes one; without this a developer's
+/// disk fills up over many runs. Best effort: nothing here fails a test.
+async fn drop_databases_of_finished_runs(conn: &mut sqlx::PgConnection) {
+    static DROPPED: tokio::sync::OnceCell<()> = tokio::sync::OnceCell::const_new();
+    DROPPED
+        .get_or_init(|| async {
+            let sql = r"SELECT datname FROM pg_database WHERE datname LIKE 'mailpipe\_test\_%'";
+            let names: Vec<String> = sqlx::query_scalar(sql).fetch_all(&mut *conn).await.unwrap_or_default();
+            for name in names.iter().filter(|n| finished_run(n) == Some("mailpipe_test")) {
+                let drop = format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)");
+                let _ = sqlx::query(&drop).execute(&mut *conn).await;
+            }
+        })
+        .await;
+}
+
+/// For a name made by [`unique`] (`<prefix>_<pid>_<8 hex digits>`) whose
+/// process has ended, the part before the pid. `None` for other names, and
+/// for a process still running.
+fn finished_run(name: &str) -> Option<&str> {
+    let (head, tag) = name.rsplit_once('_')?;
+    let (head, pid) = head.rsplit_once('_')?;
+    let pid: u32 = pid.parse().ok()?;
+    let ours = tag.len() == 8 && tag.bytes().all(|b| b.is_ascii_hexdigit());
+    (ours && !Path::new(&format!("/proc/{pid}")).exists()).then_some(head)
 }
 
 /// The three topics of wire contract v1, with a unique suffix.
@@ -117,7 +146,7 @@ async fn prune_topics_of_finished_runs(admin: &AdminClient<DefaultClientContext>
             let stale: Vec<String> = names
                 .into_iter()
                 .filter(|name| {
-                    test_topic_pid(name).is_some_and(|pid| !Path::new(&format!("/proc/{pid}")).exists())
+                    finished_run(name).is_some_and(|h| h.starts_with("mailpipe.") && h.ends_with(".t"))
                 })
                 .collect();
             // Wait for the controller to finish each batch: a broker busy
@@ -131,16 +160,6 @@ async fn prune_topics_of_finished_runs(admin: &AdminClient<DefaultClientContext>
             }
         })
         .await;
-}
-
-/// The process id in a topic name made by [`fresh_topics`]
-/// (`mailpipe.<kind>.v1.t_<pid>_<hex>`).
-fn test_topic_pid(name: &str) -> Option<u32> {
-    let (_, rest) = name.split_once(".t_")?;
-    let (pid, tag) = rest.split_once('_')?;
-    (name.starts_with("mailpipe.") && tag.len() == 8 && tag.bytes().all(|b| b.is_ascii_hexdigit()))
-        .then(|| pid.parse().ok())
-        .flatten()
 }
 
 fn free_port() -> u16 {
@@ -836,17 +855,16 @@ mod tests {
     use super::*;
 
     #[test]
-    fn only_topics_made_by_fresh_topics_name_a_process() {
-        assert_eq!(test_topic_pid("mailpipe.send.v1.t_4242_0a1b2c3d"), Some(4242));
-        assert_eq!(test_topic_pid("mailpipe.send.dlq.v1.t_7_ffffffff"), Some(7));
-        for other in [
-            "mailpipe.send.v1",
-            "mailpipe.events.v1.t_42_xyz",
-            "mailpipe.events.v1.t_x_0a1b2c3d",
-            "bench.send.plain.1795977027345763308",
-            "orders.t_42_0a1b2c3d",
-        ] {
-            assert_eq!(test_topic_pid(other), None, "{other}");
+    fn only_names_made_by_unique_for_an_ended_process_are_finished_runs() {
+        // No process has pid 0, so /proc/0 does not exist.
+        assert_eq!(finished_run("mailpipe.send.v1.t_0_0a1b2c3d"), Some("mailpipe.send.v1.t"));
+        assert_eq!(finished_run("mailpipe_test_0_ffffffff"), Some("mailpipe_test"));
+        let running = std::process::id();
+        assert_eq!(finished_run(&format!("mailpipe_test_{running}_0a1b2c3d")), None, "this process runs");
+        for other in
+            ["mailpipe.send.v1", "mailpipe_test_0_xyz", "mailpipe_test_x_0a1b2c3d", "bench.send.plain.17959"]
+        {
+            assert_eq!(finished_run(other), None, "{other}");
         }
     }
 }
