@@ -124,6 +124,35 @@ pub async fn fresh_topics(partitions: i32) -> Topics {
             panic!("creating topic {name}: {e}\n{START_HINT}");
         }
     }
+    // A broker answers metadata for a topic it has just created with "no
+    // leader" for a moment; a service started on it then finds no topic and
+    // refuses to start. Hand the topics over only once every partition has
+    // a leader.
+    let names = [t.send.clone(), t.events.clone(), t.dlq.clone()];
+    let ready = tokio::task::spawn_blocking(move || {
+        let c: BaseConsumer = ClientConfig::new().set("bootstrap.servers", kafka_brokers()).create().ok()?;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            let led = |name: &String| {
+                c.fetch_metadata(Some(name), Duration::from_secs(5)).is_ok_and(|md| {
+                    md.topics().iter().any(|m| {
+                        m.error().is_none()
+                            && m.partitions().len() == partitions as usize
+                            && m.partitions().iter().all(|p| p.error().is_none() && p.leader() >= 0)
+                    })
+                })
+            };
+            if names.iter().all(led) {
+                return Some(());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    });
+    assert!(
+        matches!(ready.await, Ok(Some(()))),
+        "Kafka at {brokers} created the topics but gave them no leader within 20s\n{START_HINT}"
+    );
     t
 }
 
