@@ -81,9 +81,12 @@ async fn a_browser_opens_clicks_and_unsubscribes_and_each_is_recorded() {
     assert!(html.contains(&format!("http://127.0.0.1:{port}/c/")), "links are tracked: {html}");
     let server = tokio::spawn(serve_pages(pages, html));
     eventually("the tracker listens", Duration::from_secs(20), || async {
-        tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok()
+        tracker.is_finished() || tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok()
     })
     .await;
+    if tracker.is_finished() {
+        panic!("the tracker stopped before it listened: {:?}", tracker.await);
+    }
 
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/support/browser.mjs");
     let message_url = format!("http://{pages_addr}/message.html");
