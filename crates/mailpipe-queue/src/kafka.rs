@@ -106,7 +106,7 @@ impl ConsumerContext for TrackingContext {
             let mut t = self.tracker.lock().unwrap_or_else(|p| p.into_inner());
             let mut assigned = self.assigned.lock().unwrap_or_else(|p| p.into_inner());
             for p in &parts {
-                t.revoke(*p);
+                t.forget(*p);
                 assigned.remove(p);
             }
             info!(
@@ -148,7 +148,7 @@ impl ConsumerContext for TrackingContext {
                 // partitions' bookkeeping afresh with it.
                 let mut t = self.tracker.lock().unwrap_or_else(|p| p.into_inner());
                 for p in &parts {
-                    t.revoke(*p);
+                    t.forget(*p);
                 }
                 drop(t);
                 self.assigned.lock().unwrap_or_else(|p| p.into_inner()).extend(parts);

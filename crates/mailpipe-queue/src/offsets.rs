@@ -51,11 +51,11 @@ impl OffsetTracker {
         Some(pos)
     }
 
-    /// Forgets partitions that were revoked: their unfinished offsets will be
-    /// redelivered to the new owner, and late completions are ignored.
-    /// Called on assignment too: a partition (re)assigned is fetched from
-    /// its committed offset, so nothing known about it before still holds.
-    pub fn revoke(&mut self, partition: i32) {
+    /// Forgets a partition. On revocation: its unfinished offsets will be
+    /// redelivered to the new owner, and late completions are ignored. On
+    /// assignment: the partition is fetched from its committed offset, so
+    /// nothing known about it before still holds.
+    pub fn forget(&mut self, partition: i32) {
         self.partitions.remove(&partition);
     }
 
@@ -131,7 +131,7 @@ mod tests {
         at = t.positions();
         at.sort();
         assert_eq!(at, vec![(0, 6), (2, 10)]);
-        t.revoke(0);
+        t.forget(0);
         assert_eq!(t.positions(), vec![(2, 10)], "a revoked partition has no position to store");
     }
 
@@ -139,7 +139,7 @@ mod tests {
     fn revoked_partitions_ignore_late_completions() {
         let mut t = OffsetTracker::new();
         t.begin(0, 1);
-        t.revoke(0);
+        t.forget(0);
         assert_eq!(t.complete(0, 1), None);
         assert_eq!(t.complete(9, 1), None, "never seen");
     }
