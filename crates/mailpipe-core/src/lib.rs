@@ -8,18 +8,29 @@
 //! * [`id`]: [`TenantId`], [`CampaignId`], [`JobId`], [`TemplateId`].
 //! * [`job`]: the send job (`mailpipe.send.v1`) and its parser.
 //! * [`event`]: the event (`mailpipe.events.v1`).
+//! * [`suppression`]: the suppression list's vocabulary: [`Reason`],
+//!   [`AppliesTo`], [`Scope`] and the [`Suppression`] entry.
+//! * [`backoff`]: [`Backoff`], the shape of every retry.
+//! * [`units`]: durations in settings, read in the unit their key names.
 #![forbid(unsafe_code)]
 
 pub mod address;
+pub mod backoff;
 pub mod event;
 pub mod id;
 pub mod job;
+pub mod suppression;
 pub mod topics;
+pub mod units;
 
 pub use address::{AddressError, Domain, EmailAddress};
+pub use backoff::Backoff;
 pub use event::{ClientInfo, EncodedEvent, Event, EventType, SmtpReply, Verdict, VerdictClass};
 pub use id::{CampaignId, IdError, JobId, TemplateId, TenantId};
 pub use job::{Category, Content, Mailbox, SendJob, SendJobError};
+pub use suppression::{
+    AppliesTo, Reason, RecipientRef, Scope, Suppressed, Suppression, SuppressionError, UnsubscribeScope,
+};
 
 /// Current time as unix milliseconds: the one timestamp representation used
 /// in the stores, so that PostgreSQL and SQLite agree.

@@ -37,16 +37,7 @@ pub const MAX_TOKEN_CHARS: usize = 4096;
 /// Longest URL a click token may carry.
 pub const MAX_URL_LEN: usize = 2048;
 
-/// A 16-byte keyed hash of a recipient's canonical address. Unsubscribe tokens
-/// carry it instead of the address, and suppressions are keyed by it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct RecipientRef(pub [u8; 16]);
-
-impl RecipientRef {
-    pub fn to_hex(&self) -> String {
-        self.0.iter().map(|b| format!("{b:02x}")).collect()
-    }
-}
+pub use mailpipe_core::RecipientRef;
 
 /// Hashes canonical addresses into [`RecipientRef`]s with a platform secret
 /// of its own. It is deliberately separate from the token keys: those rotate,
