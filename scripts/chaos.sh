@@ -26,7 +26,7 @@ echo "==> building the worker binary and the test harness"
 cargo build --locked -q -p mailpipe
 cargo test --locked -q -p mailpipe-tests --no-run 2>/dev/null
 
-# case name | test binary | test filter | what it asserts
+# case name | test module | test filter | what it asserts (one test binary: it)
 declare -A TEST FILTER WHAT
 TEST[crash]=crash;           FILTER[crash]=kill_9
 WHAT[crash]="kill -9 the worker $KILLS times during a $JOBS-job campaign: 0 lost, 0 duplicate Message-IDs, in-doubt accounted for"
@@ -46,7 +46,7 @@ for c in $CASES; do
   echo "==> $c: ${WHAT[$c]}"
   start=$SECONDS
   if MAILPIPE_CHAOS_JOBS=$JOBS MAILPIPE_CHAOS_KILLS=$KILLS MAILPIPE_CHAOS_OUTAGE_JOBS=$OUTAGE_JOBS \
-     timeout 1800 cargo test --locked -q -p mailpipe-tests --test "${TEST[$c]}" -- --nocapture ${FILTER[$c]} \
+     timeout 1800 cargo test --locked -q -p mailpipe-tests --test it -- --nocapture "${TEST[$c]}::${FILTER[$c]}" \
        > "$logs/$c.log" 2>&1; then
     verdict=pass
   else

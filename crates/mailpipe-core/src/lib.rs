@@ -20,7 +20,6 @@ pub mod event;
 pub mod id;
 pub mod job;
 pub mod suppression;
-pub mod topics;
 pub mod units;
 
 pub use address::{AddressError, Domain, EmailAddress};

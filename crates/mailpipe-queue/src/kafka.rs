@@ -8,7 +8,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use mailpipe_core::{EncodedEvent, Event, topics};
+use mailpipe_core::{EncodedEvent, Event};
 use rdkafka::ClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
@@ -20,34 +20,37 @@ use tracing::{debug, info, warn};
 
 use crate::{Acker, Delivery, JobSource, OffsetTracker, QueueError, RecordId};
 
-/// Connection settings shared by consumer and producer.
-#[derive(Debug, Clone)]
+/// Connection settings shared by consumer and producer: the
+/// `[queue.kafka]` configuration section itself.
+#[derive(Debug, Clone, serde::Deserialize)]
 pub struct KafkaSettings {
     pub brokers: String,
     pub group_id: String,
     pub send_topic: String,
     pub events_topic: String,
     pub dlq_topic: String,
-    /// Extra librdkafka properties, applied last.
+    /// How long connecting waits for a broker to answer.
+    #[serde(rename = "connect_timeout_secs", deserialize_with = "mailpipe_core::units::secs")]
+    pub connect_timeout: Duration,
+    /// Extra librdkafka properties, applied last (tests use it; not a
+    /// configuration key).
+    #[serde(skip)]
     pub extra: Vec<(String, String)>,
 }
 
 impl KafkaSettings {
-    pub fn new(brokers: impl Into<String>) -> Self {
-        Self {
-            brokers: brokers.into(),
-            group_id: "mailpipe-worker".into(),
-            send_topic: topics::SEND.into(),
-            events_topic: topics::EVENTS.into(),
-            dlq_topic: topics::SEND_DLQ.into(),
-            extra: Vec::new(),
-        }
-    }
-
-    fn base(&self) -> ClientConfig {
+    /// A client's configuration: the brokers, `props`, then the overrides
+    /// in `extra`, which win.
+    fn client_config(&self, props: &[(&str, &str)]) -> ClientConfig {
         let mut c = ClientConfig::new();
         c.set("bootstrap.servers", &self.brokers);
         c.set("client.id", "mailpipe");
+        for (k, v) in props {
+            c.set(*k, *v);
+        }
+        for (k, v) in &self.extra {
+            c.set(k, v);
+        }
         c
     }
 
@@ -200,30 +203,24 @@ pub struct KafkaSource {
 }
 
 impl KafkaSource {
-    /// Joins the consumer group. Fails within `timeout` if no broker answers.
-    /// `drain_timeout` bounds how long a rebalance waits for the in-flight
-    /// jobs of revoked partitions.
-    pub async fn connect(
-        s: &KafkaSettings,
-        timeout: Duration,
-        drain_timeout: Duration,
-    ) -> Result<Self, QueueError> {
+    /// Joins the consumer group. Fails within `s.connect_timeout` if no
+    /// broker answers. `drain_timeout` bounds how long a rebalance waits for
+    /// the in-flight jobs of revoked partitions.
+    pub async fn connect(s: &KafkaSettings, drain_timeout: Duration) -> Result<Self, QueueError> {
+        let timeout = s.connect_timeout;
         let tracker = Arc::new(Mutex::new(OffsetTracker::new()));
         let assigned = Arc::new(Mutex::new(std::collections::BTreeSet::new()));
-        let mut c = s.base();
-        c.set("group.id", &s.group_id)
-            .set("enable.auto.commit", "true")
-            .set("auto.commit.interval.ms", "1000")
-            .set("enable.auto.offset.store", "false")
-            .set("auto.offset.reset", "earliest")
-            .set("partition.assignment.strategy", "cooperative-sticky")
-            .set("session.timeout.ms", "10000")
-            .set("max.poll.interval.ms", "300000")
-            .set("statistics.interval.ms", "5000");
-        // Operator overrides (`extra`) win over the settings above.
-        for (k, v) in &s.extra {
-            c.set(k, v);
-        }
+        let c = s.client_config(&[
+            ("group.id", &s.group_id),
+            ("enable.auto.commit", "true"),
+            ("auto.commit.interval.ms", "1000"),
+            ("enable.auto.offset.store", "false"),
+            ("auto.offset.reset", "earliest"),
+            ("partition.assignment.strategy", "cooperative-sticky"),
+            ("session.timeout.ms", "10000"),
+            ("max.poll.interval.ms", "300000"),
+            ("statistics.interval.ms", "5000"),
+        ]);
         let consumer: StreamConsumer<TrackingContext> = c.create_with_context(TrackingContext {
             tracker: tracker.clone(),
             assigned: assigned.clone(),
@@ -392,17 +389,15 @@ pub struct KafkaEvents {
 }
 
 impl KafkaEvents {
-    pub async fn connect(s: &KafkaSettings, timeout: Duration) -> Result<Self, QueueError> {
-        let mut c = s.base();
-        c.set("enable.idempotence", "true")
-            .set("acks", "all")
-            .set("linger.ms", "5")
-            .set("compression.type", "lz4")
-            .set("message.timeout.ms", "30000");
-        // Operator overrides (`extra`) win over the settings above.
-        for (k, v) in &s.extra {
-            c.set(k, v);
-        }
+    pub async fn connect(s: &KafkaSettings) -> Result<Self, QueueError> {
+        let timeout = s.connect_timeout;
+        let c = s.client_config(&[
+            ("enable.idempotence", "true"),
+            ("acks", "all"),
+            ("linger.ms", "5"),
+            ("compression.type", "lz4"),
+            ("message.timeout.ms", "30000"),
+        ]);
         let producer: FutureProducer = c.create()?;
         let md =
             tokio::task::block_in_place(|| producer.client().fetch_metadata(Some(&s.events_topic), timeout))
@@ -543,18 +538,21 @@ mod tests {
         let cluster = MockCluster::new(1).unwrap();
         let brokers = cluster.bootstrap_servers();
         cluster.create_topic("jobs", 1, 1).unwrap();
-        let mut s = KafkaSettings::new(&brokers);
-        s.send_topic = "jobs".into();
-        s.events_topic = "jobs".into();
-        s.group_id = "g".into();
-        // Commits only when the test says, so that nothing races the loss.
-        s.extra = vec![("enable.auto.commit".into(), "false".into())];
-        let out = KafkaEvents::connect(&s, Duration::from_secs(5)).await.unwrap();
+        let s = KafkaSettings {
+            brokers: brokers.clone(),
+            group_id: "g".into(),
+            send_topic: "jobs".into(),
+            events_topic: "jobs".into(),
+            dlq_topic: "dlq".into(),
+            connect_timeout: Duration::from_secs(5),
+            // Commits only when the test says, so that nothing races the loss.
+            extra: vec![("enable.auto.commit".into(), "false".into())],
+        };
+        let out = KafkaEvents::connect(&s).await.unwrap();
         for i in 0..3 {
             out.enqueue("k", format!("job {i}").as_bytes()).await.unwrap();
         }
-        let mut source =
-            KafkaSource::connect(&s, Duration::from_secs(5), Duration::from_secs(1)).await.unwrap();
+        let mut source = KafkaSource::connect(&s, Duration::from_secs(1)).await.unwrap();
         let acker = source.acker();
         for _ in 0..3 {
             let d =

@@ -25,9 +25,12 @@ pub const SIGNED_HEADERS: [&str; 11] = [
     "X-Mailpipe-Ref",
 ];
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// A signing algorithm, spelled in configuration as in the DKIM `a=` tag.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
 pub enum DkimAlgorithm {
+    #[serde(rename = "rsa-sha256")]
     RsaSha256,
+    #[serde(rename = "ed25519-sha256")]
     Ed25519Sha256,
 }
 

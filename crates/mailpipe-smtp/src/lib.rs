@@ -9,12 +9,14 @@
 //!   NOOPs on every checkout; see issue 3.)
 //! * [`FileTransport`] writes `.eml` files, for the embedded demo.
 //! * [`classify`] is the one exhaustive decision of what a result means.
+//! * [`SmtpSettings`] is the `[smtp]` configuration section; [`open`] makes
+//!   the transport it describes.
 #![forbid(unsafe_code)]
 
 mod classify;
 mod file;
 mod pool;
-pub mod throttle;
+mod settings;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -23,8 +25,8 @@ use mailpipe_core::EmailAddress;
 
 pub use classify::{Disposition, classify};
 pub use file::FileTransport;
-pub use pool::{SmtpPool, SmtpPoolConfig, TlsMode};
-pub use throttle::{RateSpec, Throttle, ThrottleConfig};
+pub use pool::SmtpPool;
+pub use settings::{OpenError, SmtpSettings, TlsMode, TransportKind, open};
 
 /// Sender and one recipient: mailpipe sends one recipient per envelope.
 #[derive(Debug, Clone)]

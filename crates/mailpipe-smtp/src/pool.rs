@@ -12,60 +12,10 @@ use lettre::transport::smtp::extension::{ClientId, Extension, MailBodyParameter,
 use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
 
-use crate::{BeforeContent, DeliveryError, Envelope, Phase, Reply, SendFuture, Transport};
-
-#[derive(Debug, Clone)]
-pub struct SmtpPoolConfig {
-    pub host: String,
-    pub port: u16,
-    /// Name sent in EHLO.
-    pub hello_name: String,
-    /// Most connections open at once to this relay.
-    pub max_connections: usize,
-    pub connect_timeout: Duration,
-    /// Per command (MAIL, RCPT, DATA).
-    pub command_timeout: Duration,
-    /// Waiting for the reply to the final `.`; RFC 5321 suggests 10 minutes.
-    pub data_timeout: Duration,
-    /// Idle connections older than this are closed instead of reused.
-    pub idle_timeout: Duration,
-    pub tls: TlsMode,
-    /// Extra trusted root certificates (PEM), besides the system's.
-    pub ca_pem: Option<Vec<u8>>,
-    /// AUTH PLAIN or LOGIN after STARTTLS, if set.
-    pub credentials: Option<(String, secrecy::SecretString)>,
-}
-
-/// Whether to encrypt the connection to the relay with STARTTLS.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum TlsMode {
-    /// Plain text (a relay on the same host or a trusted network).
-    #[default]
-    None,
-    /// STARTTLS when the relay offers it, plain text otherwise.
-    Opportunistic,
-    /// STARTTLS or no delivery: a relay that does not offer it, or whose
-    /// certificate does not verify, defers the mail.
-    Required,
-}
-
-impl Default for SmtpPoolConfig {
-    fn default() -> Self {
-        Self {
-            host: "127.0.0.1".into(),
-            port: 25,
-            hello_name: "localhost".into(),
-            max_connections: 10,
-            connect_timeout: Duration::from_secs(10),
-            command_timeout: Duration::from_secs(60),
-            data_timeout: Duration::from_secs(600),
-            idle_timeout: Duration::from_secs(30),
-            tls: TlsMode::None,
-            ca_pem: None,
-            credentials: None,
-        }
-    }
-}
+use crate::{
+    BeforeContent, DeliveryError, Envelope, OpenError, Phase, Reply, SendFuture, SmtpSettings, TlsMode,
+    Transport,
+};
 
 struct Idle {
     conn: AsyncSmtpConnection,
@@ -75,7 +25,7 @@ struct Idle {
 /// Connections to one relay: at most `max_connections`, reused while fresh,
 /// dropped after any I/O or protocol error, reset after a rejection.
 pub struct SmtpPool {
-    cfg: SmtpPoolConfig,
+    cfg: SmtpSettings,
     tls: Option<TlsParameters>,
     permits: Semaphore,
     // A std mutex: it is held for a push or a pop, never across an await.
@@ -84,16 +34,17 @@ pub struct SmtpPool {
 
 impl SmtpPool {
     /// Fails if the TLS settings cannot be built (an unreadable CA).
-    pub fn new(cfg: SmtpPoolConfig) -> Result<Self, DeliveryError> {
+    pub fn new(cfg: SmtpSettings) -> Result<Self, OpenError> {
         let tls = match cfg.tls {
             TlsMode::None => None,
             TlsMode::Opportunistic | TlsMode::Required => {
                 let unsendable = |e: lettre::transport::smtp::Error| {
-                    DeliveryError::Unsendable(format!("smtp TLS settings: {e}"))
+                    OpenError::Tls(DeliveryError::Unsendable(format!("smtp TLS settings: {e}")))
                 };
                 let mut b = TlsParameters::builder(cfg.host.clone());
-                if let Some(pem) = &cfg.ca_pem {
-                    b = b.add_root_certificate(Certificate::from_pem(pem).map_err(unsendable)?);
+                if let Some(path) = &cfg.ca_file {
+                    let pem = std::fs::read(path).map_err(|e| OpenError::CaFile(path.clone(), e))?;
+                    b = b.add_root_certificate(Certificate::from_pem(&pem).map_err(unsendable)?);
                 }
                 Some(b.build_rustls().map_err(unsendable)?)
             }
@@ -106,7 +57,7 @@ impl SmtpPool {
         })
     }
 
-    pub fn config(&self) -> &SmtpPoolConfig {
+    pub fn config(&self) -> &SmtpSettings {
         &self.cfg
     }
 
@@ -148,7 +99,7 @@ impl SmtpPool {
                 });
             }
         }
-        if let Some((user, password)) = &self.cfg.credentials {
+        if let (Some(user), Some(password)) = (&self.cfg.username, &self.cfg.password) {
             use secrecy::ExposeSecret;
             let creds = Credentials::new(user.clone(), password.expose_secret().to_owned());
             tokio::time::timeout(
@@ -237,7 +188,7 @@ async fn transaction(
     conn: &mut AsyncSmtpConnection,
     env: &Envelope,
     msg: &[u8],
-    cfg: &SmtpPoolConfig,
+    cfg: &SmtpSettings,
     before_content: BeforeContent<'_>,
 ) -> Result<Reply, DeliveryError> {
     let le = crate::file::lettre_envelope(env)?;

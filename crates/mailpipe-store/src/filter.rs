@@ -20,6 +20,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
 
+use mailpipe_core::RecipientRef;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
@@ -103,8 +104,8 @@ impl SuppressionFilter {
         })
     }
 
-    pub fn check(&self, recipient: &[u8; 16]) -> Verdict {
-        if self.ready.load(Ordering::Acquire) && !self.bloom.may_contain(recipient) {
+    pub fn check(&self, recipient: &RecipientRef) -> Verdict {
+        if self.ready.load(Ordering::Acquire) && !self.bloom.may_contain(&recipient.0) {
             metrics::counter!("mailpipe_suppression_checks_total", "path" => "filter").increment(1);
             Verdict::Absent
         } else {
@@ -134,11 +135,9 @@ impl SuppressionFilter {
         let mut newest = wm;
         let mut n = 0u64;
         store
-            .scan_suppressions(since, |hash, created_at| {
-                if let Some(key) = parse_hex16(hash) {
-                    self.bloom.insert(&key);
-                    n += 1;
-                }
+            .scan_suppressions(since, |recipient, created_at| {
+                self.bloom.insert(&recipient.0);
+                n += 1;
                 newest = newest.max(created_at);
             })
             .await?;
@@ -177,24 +176,6 @@ impl SuppressionFilter {
     }
 }
 
-fn parse_hex16(s: &str) -> Option<[u8; 16]> {
-    let b = s.as_bytes();
-    if b.len() != 32 {
-        return None;
-    }
-    let nib = |c: u8| match c {
-        b'0'..=b'9' => Some(c - b'0'),
-        b'a'..=b'f' => Some(c - b'a' + 10),
-        b'A'..=b'F' => Some(c - b'A' + 10),
-        _ => None,
-    };
-    let mut out = [0u8; 16];
-    for (i, o) in out.iter_mut().enumerate() {
-        *o = nib(b[2 * i])? << 4 | nib(b[2 * i + 1])?;
-    }
-    Some(out)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -218,12 +199,5 @@ mod tests {
         assert!((0..100_000).all(|i| bloom.may_contain(&key(i))), "every inserted key is found");
         let fp = (1_000_000..1_100_000).filter(|&i| bloom.may_contain(&key(i))).count();
         assert!(fp < 2_000, "false-positive rate {}% over 2%", fp as f64 / 1_000.0);
-    }
-
-    #[test]
-    fn hex_keys_parse_and_garbage_does_not() {
-        assert_eq!(parse_hex16("000102030405060708090a0b0c0d0e0f").unwrap()[15], 15);
-        assert_eq!(parse_hex16("zz0102030405060708090a0b0c0d0e0f"), None);
-        assert_eq!(parse_hex16("00"), None);
     }
 }

@@ -10,6 +10,7 @@
 //! rather than drop events.
 #![forbid(unsafe_code)]
 
+mod settings;
 pub mod signals;
 pub mod spool;
 pub mod writer;
@@ -25,13 +26,16 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
-use governor::{DefaultKeyedRateLimiter, Quota};
+use governor::DefaultKeyedRateLimiter;
 use mailpipe_core::{Category, Event, EventType};
+use mailpipe_queue::kafka::KafkaEvents;
+use mailpipe_store::Store;
 use mailpipe_token::{Action, Claims, Keyring};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
+pub use settings::TrackerSettings;
 pub use signals::IpMode;
 pub use spool::{Spool, SpoolOptions};
 pub use writer::{EventWriter, ShipPolicy, WriterHandle};
@@ -46,38 +50,24 @@ pub const PIXEL_GIF: [u8; 43] = [
 /// Renders the Prometheus exposition, if the process has a recorder.
 pub type MetricsRender = Arc<dyn Fn() -> String + Send + Sync>;
 
-/// The tracker's policy knobs (see docs/tracker.md).
-#[derive(Clone)]
-pub struct TrackerSettings {
-    /// The tracker's public base URL; `{public_url}/hp` is the honeypot target.
-    pub public_url: String,
-    pub ip_mode: IpMode,
-    /// Key for `IpMode::Hash`.
-    pub ip_key: Vec<u8>,
-    /// Take the client address from the first `X-Forwarded-For` entry (only
-    /// behind a load balancer that sets it).
-    pub trust_forwarded_for: bool,
-    /// A click sooner than this after sending is a machine's.
-    pub machine_click_secs: i64,
-    pub max_path_bytes: usize,
-    pub max_header_bytes: usize,
-    /// Requests per IP, if limited.
-    pub per_ip: Option<Quota>,
-}
-
-impl Default for TrackerSettings {
-    fn default() -> Self {
-        Self {
-            public_url: "http://127.0.0.1:8090".into(),
-            ip_mode: IpMode::Truncate,
-            ip_key: Vec::new(),
-            trust_forwarded_for: false,
-            machine_click_secs: 10,
-            max_path_bytes: 2048,
-            max_header_bytes: 8192,
-            per_ip: None,
-        }
-    }
+/// The tracker's router and its event writer: the spool opened at
+/// `settings.spool_dir`, the writer shipping from it to the store and, when
+/// given, Kafka. `ip_key` keys `IpMode::Hash`.
+pub fn app(
+    settings: &TrackerSettings,
+    keyring: Arc<Keyring>,
+    ip_key: Vec<u8>,
+    store: Store,
+    kafka: Option<KafkaEvents>,
+    metrics: Option<MetricsRender>,
+) -> std::io::Result<(EventWriter, Router)> {
+    let spool = Spool::open_with(&settings.spool_dir, settings.spool_options()).map_err(|e| {
+        std::io::Error::new(e.kind(), format!("tracker.spool_dir {}: {e}", settings.spool_dir.display()))
+    })?;
+    let (writer, handle) =
+        EventWriter::spawn(store, kafka, Arc::new(spool), settings.event_queue, settings.ship_policy());
+    let state = TrackerState::new(keyring, handle, metrics, settings.clone(), ip_key);
+    Ok((writer, router(state)))
 }
 
 /// What every handler shares; cloned (one reference count) per request.
@@ -89,6 +79,8 @@ pub struct Shared {
     events: WriterHandle,
     metrics: Option<MetricsRender>,
     settings: TrackerSettings,
+    /// Key for `IpMode::Hash`.
+    ip_key: Vec<u8>,
     honeypot: String,
     limiter: Option<DefaultKeyedRateLimiter<IpAddr>>,
 }
@@ -106,10 +98,11 @@ impl TrackerState {
         events: WriterHandle,
         metrics: Option<MetricsRender>,
         settings: TrackerSettings,
+        ip_key: Vec<u8>,
     ) -> Self {
         let honeypot = format!("{}/hp", settings.public_url.trim_end_matches('/'));
-        let limiter = settings.per_ip.map(DefaultKeyedRateLimiter::keyed);
-        Self(Arc::new(Shared { keyring, events, metrics, settings, honeypot, limiter }))
+        let limiter = settings.per_ip_rate.map(|r| DefaultKeyedRateLimiter::keyed(r.quota()));
+        Self(Arc::new(Shared { keyring, events, metrics, settings, ip_key, honeypot, limiter }))
     }
 }
 
@@ -170,28 +163,13 @@ fn client_addr(
     conn.map(|c| c.0.ip())
 }
 
-/// How the HTTP server treats connections.
-#[derive(Debug, Clone)]
-pub struct ServeLimits {
-    /// A client must send its whole request head within this time.
-    pub header_read_timeout: Duration,
-    /// How long shutdown waits for requests in flight.
-    pub grace: Duration,
-}
-
-impl Default for ServeLimits {
-    fn default() -> Self {
-        Self { header_read_timeout: Duration::from_secs(10), grace: Duration::from_secs(10) }
-    }
-}
-
 /// Serves until `shutdown` fires, then stops accepting and finishes the
-/// requests in flight (up to `limits.grace`). Slow clients are cut off by
-/// `header_read_timeout`; every request carries its peer address.
+/// requests in flight (up to `settings.shutdown_grace`). Slow clients are
+/// cut off by `header_read_timeout`; every request carries its peer address.
 pub async fn serve(
     listener: TcpListener,
     app: Router,
-    limits: ServeLimits,
+    settings: &TrackerSettings,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
     use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -199,7 +177,7 @@ pub async fn serve(
     use tower::ServiceExt;
 
     let mut builder = Builder::new(TokioExecutor::new());
-    builder.http1().timer(TokioTimer::new()).header_read_timeout(limits.header_read_timeout);
+    builder.http1().timer(TokioTimer::new()).header_read_timeout(settings.header_read_timeout);
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     loop {
         let (stream, peer) = tokio::select! {
@@ -229,7 +207,7 @@ pub async fn serve(
         });
     }
     drop(listener);
-    if tokio::time::timeout(limits.grace, graceful.shutdown()).await.is_err() {
+    if tokio::time::timeout(settings.shutdown_grace, graceful.shutdown()).await.is_err() {
         warn!("requests still in flight after the grace period");
     }
     Ok(())
@@ -308,7 +286,7 @@ fn judge(s: &TrackerState, e: &mut Event, c: &Claims, req: &Request, click: Opti
         is_click: click.is_some(),
     }));
     let ip = client_addr(s, headers, conn);
-    e.client = signals::client_info(ip, headers, ua_family, s.settings.ip_mode, &s.settings.ip_key);
+    e.client = signals::client_info(ip, headers, ua_family, s.settings.ip, &s.ip_key);
 }
 
 fn unavailable() -> Response {

@@ -8,11 +8,11 @@ use hmac::{Hmac, Mac};
 use mailpipe_core::{ClientInfo, Verdict, VerdictClass};
 use sha2::Sha256;
 
-/// How client IP addresses are kept.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+/// How client IP addresses are kept (`tracker.ip`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum IpMode {
     /// IPv4 to its /24, IPv6 to its /48: the network, not the host.
-    #[default]
     Truncate,
     /// A keyed hash (16 hex digits): joins repeat visits, reveals nothing.
     Hash,

@@ -67,7 +67,7 @@ pub struct SpoolOptions {
     pub segment_bytes: u64,
     /// A wholly shipped segment older than this is closed and deleted.
     pub idle_roll: Duration,
-    /// `None` (the default): each batch is fdatasynced before
+    /// `None`: each batch is fdatasynced before
     /// [`Spool::append`] returns, so an answered request's event survives
     /// a power loss. `Some(t)`: a batch is written (it survives the
     /// tracker's crash, not the machine's) and [`Spool::sync`] is called
@@ -75,9 +75,11 @@ pub struct SpoolOptions {
     pub sync_every: Option<Duration>,
 }
 
-impl Default for SpoolOptions {
-    fn default() -> Self {
-        Self { max_bytes: 1 << 30, segment_bytes: SEGMENT_BYTES, idle_roll: IDLE_ROLL, sync_every: None }
+impl SpoolOptions {
+    /// `max_bytes` and `sync_every` as configured (`tracker.spool_max_mb`,
+    /// `tracker.spool_sync_ms`); segment size and idle roll are the spool's own.
+    pub fn new(max_bytes: u64, sync_every: Option<Duration>) -> Self {
+        Self { max_bytes, segment_bytes: SEGMENT_BYTES, idle_roll: IDLE_ROLL, sync_every }
     }
 }
 
@@ -197,7 +199,7 @@ impl Spool {
     /// picks up unshipped segments from an earlier run, and takes in batch
     /// files left by the earlier one-file-per-batch spool.
     pub fn open(dir: &Path, max_bytes: u64) -> std::io::Result<Self> {
-        Self::open_with(dir, SpoolOptions { max_bytes, ..Default::default() })
+        Self::open_with(dir, SpoolOptions::new(max_bytes, None))
     }
 
     /// Same, with options other than the defaults.
@@ -586,11 +588,8 @@ mod tests {
         let dir = fresh("roll");
         // Segments of about one record each.
         let open = || {
-            Spool::open_with(
-                &dir,
-                SpoolOptions { max_bytes: 1 << 20, segment_bytes: 100, ..Default::default() },
-            )
-            .unwrap()
+            Spool::open_with(&dir, SpoolOptions { segment_bytes: 100, ..SpoolOptions::new(1 << 20, None) })
+                .unwrap()
         };
         let s = open();
         for i in 1..=5 {
@@ -616,7 +615,7 @@ mod tests {
         let dir = fresh("idle");
         let s = Spool::open_with(
             &dir,
-            SpoolOptions { idle_roll: Duration::from_millis(50), ..Default::default() },
+            SpoolOptions { idle_roll: Duration::from_millis(50), ..SpoolOptions::new(1 << 30, None) },
         )
         .unwrap();
         s.append(&[ev(1)]).unwrap();
@@ -650,7 +649,7 @@ mod tests {
     #[test]
     fn with_sync_every_a_batch_is_written_at_once_and_synced_later() {
         let dir = fresh("interval");
-        let options = SpoolOptions { sync_every: Some(Duration::from_millis(100)), ..Default::default() };
+        let options = SpoolOptions::new(1 << 30, Some(Duration::from_millis(100)));
         let s = Spool::open_with(&dir, options).unwrap();
         s.append(&[ev(1)]).unwrap();
         assert!(s.pending_sync(), "written, not yet synced");

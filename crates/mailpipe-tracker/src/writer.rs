@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use mailpipe_core::{Category, EncodedEvent, Event, EventType, TenantId};
+use mailpipe_core::{Backoff, EncodedEvent, Event, EventType, Suppression, TenantId, UnsubscribeScope};
 use mailpipe_queue::kafka::KafkaEvents;
 use mailpipe_store::Store;
 use tokio::sync::{Notify, mpsc, oneshot};
@@ -51,14 +51,12 @@ pub struct ShipPolicy {
     pub batch: usize,
 }
 
-impl Default for ShipPolicy {
-    fn default() -> Self {
-        Self {
-            idle_after: Duration::from_millis(200),
-            max_delay: Duration::from_secs(30),
-            backlog_share: 0.5,
-            batch: 4096,
-        }
+impl ShipPolicy {
+    /// `idle_after` and `max_delay` as configured (`tracker.ship_idle_ms`,
+    /// `tracker.ship_max_delay_secs`); the backlog share and batch size are
+    /// the shipper's own.
+    pub fn new(idle_after: Duration, max_delay: Duration) -> Self {
+        Self { idle_after, max_delay, backlog_share: 0.5, batch: 4096 }
     }
 }
 
@@ -115,17 +113,24 @@ pub struct EventWriter {
     spool: Arc<Spool>,
 }
 
-/// Where unsubscribes apply: every tenant's marketing, or one tenant's.
-async fn scope_of(store: &Store, cache: &mut HashMap<TenantId, (bool, Instant)>, t: &TenantId) -> bool {
-    if let Some((platform, at)) = cache.get(t)
+/// How long the writer waits for a full or failing spool: 50 ms, doubling to 1 s.
+const SPOOL_BACKOFF: Backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(1));
+/// How long the shipper waits for the store or Kafka: 100 ms, doubling to 5 s.
+const SHIP_BACKOFF: Backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+
+type ScopeCache = HashMap<TenantId, (UnsubscribeScope, Instant)>;
+
+/// Where a tenant's unsubscribes apply, cached for a minute.
+async fn scope_of(store: &Store, cache: &mut ScopeCache, t: &TenantId) -> UnsubscribeScope {
+    if let Some((scope, at)) = cache.get(t)
         && at.elapsed() < Duration::from_secs(60)
     {
-        return *platform;
+        return *scope;
     }
-    // Unknown tenants and errors fall back to the platform default.
-    let platform = store.unsubscribe_scope_is_platform(t).await.unwrap_or(true);
-    cache.insert(t.clone(), (platform, Instant::now()));
-    platform
+    // Errors fall back to the platform default, as unknown tenants do.
+    let scope = store.unsubscribe_scope(t).await.unwrap_or_default();
+    cache.insert(t.clone(), (scope, Instant::now()));
+    scope
 }
 
 impl EventWriter {
@@ -184,11 +189,10 @@ async fn write_loop(
         let encoded = Arc::new(crate::spool::join_lines(batch.iter().map(|p| &p.json)));
         let count = batch.len();
         let urgent = batch.iter().any(|p| p.urgent);
-        let mut delay = Duration::from_millis(50);
+        let mut backoff = SPOOL_BACKOFF;
         while spool.is_full() {
             metrics::counter!("mailpipe_tracker_spool_full_waits_total").increment(1);
-            tokio::time::sleep(delay).await;
-            delay = (delay * 2).min(Duration::from_secs(1));
+            tokio::time::sleep(backoff.next_delay()).await;
         }
         let s = spool.clone();
         until_done("write the event spool", move || s.append_encoded(&encoded)).await;
@@ -219,15 +223,14 @@ struct Sinks {
 /// Runs a blocking spool operation until it succeeds, backing off. A failed
 /// write leaves nothing counted, so trying again is safe.
 async fn until_done(what: &'static str, op: impl Fn() -> std::io::Result<()> + Clone + Send + 'static) {
-    let mut delay = Duration::from_millis(50);
+    let mut backoff = SPOOL_BACKOFF;
     loop {
         match tokio::task::spawn_blocking(op.clone()).await {
             Ok(Ok(())) => return,
             Ok(Err(e)) => warn!(error = %e, "cannot {what}; retrying"),
             Err(e) => warn!(error = %e, "cannot {what} (task failed); retrying"),
         }
-        tokio::time::sleep(delay).await;
-        delay = (delay * 2).min(Duration::from_secs(1));
+        tokio::time::sleep(backoff.next_delay()).await;
     }
 }
 
@@ -273,7 +276,7 @@ async fn ship_loop(
 ) {
     let Sinks { store, kafka } = sinks;
     let mut scopes = HashMap::new();
-    let mut delay = Duration::from_millis(100);
+    let mut backoff = SHIP_BACKOFF;
     let mut stopping = false;
     let mut was_down = false;
     let mut reader = Some(spool.reader());
@@ -303,7 +306,7 @@ async fn ship_loop(
                 }
                 (_, Err(e)) => {
                     warn!(error = %e, "cannot read the event spool");
-                    tokio::time::sleep(delay).await;
+                    tokio::time::sleep(backoff.next_delay()).await;
                 }
             }
             continue;
@@ -333,7 +336,7 @@ async fn ship_loop(
                 }
                 metrics::counter!("mailpipe_tracker_events_written_total").increment(count as u64);
                 metrics::gauge!("mailpipe_tracker_spool_bytes").set(spool.bytes() as f64);
-                delay = Duration::from_millis(100);
+                backoff.reset();
             }
             Err(e) => {
                 if !was_down {
@@ -342,10 +345,9 @@ async fn ship_loop(
                 was_down = true;
                 metrics::counter!("mailpipe_tracker_ship_failures_total").increment(1);
                 tokio::select! {
-                    _ = tokio::time::sleep(delay) => {}
+                    _ = tokio::time::sleep(backoff.next_delay()) => {}
                     _ = writer_done.notified() => stopping = true,
                 }
-                delay = (delay * 2).min(Duration::from_secs(5));
             }
         }
     }
@@ -355,7 +357,7 @@ async fn ship(
     store: &Store,
     kafka: Option<&KafkaEvents>,
     events: &mut [EncodedEvent],
-    scopes: &mut HashMap<TenantId, (bool, Instant)>,
+    scopes: &mut ScopeCache,
 ) -> Result<(), String> {
     let bounded = |what: &'static str| move |_| format!("{what} timed out after {WRITE_TIMEOUT:?}");
     // An erased recipient's old links still count, but carry no client
@@ -386,16 +388,17 @@ async fn ship(
         .map_err(bounded("store"))?
         .map_err(|e| e.to_string())?;
     for e in events.iter().map(EncodedEvent::event).filter(|e| e.kind == EventType::Unsubscribe) {
-        let (Some(hash), Some(tenant)) = (e.recipient_ref.as_deref(), e.tenant_id.as_ref()) else { continue };
+        let (Some(recipient), Some(tenant)) = (e.recipient_ref.as_deref(), e.tenant_id.as_ref()) else {
+            continue;
+        };
+        // A reference that does not parse came from no token of ours.
+        let Ok(recipient) = recipient.parse() else { continue };
         // Marketing only; platform-wide unless the tenant chose its own scope.
-        let scope = if scope_of(store, scopes, tenant).await { None } else { Some(tenant.as_str()) };
-        tokio::time::timeout(
-            WRITE_TIMEOUT,
-            store.add_suppression(scope, hash, "unsubscribe", Category::Marketing, Some(tenant.as_str())),
-        )
-        .await
-        .map_err(bounded("store"))?
-        .map_err(|e| e.to_string())?;
+        let entry = Suppression::unsubscribe(tenant, scope_of(store, scopes, tenant).await, recipient);
+        tokio::time::timeout(WRITE_TIMEOUT, store.add_suppression(&entry))
+            .await
+            .map_err(bounded("store"))?
+            .map_err(|e| e.to_string())?;
     }
     if let Some(k) = kafka {
         // No timeout here: librdkafka keeps retrying a batch through a broker
@@ -423,7 +426,7 @@ mod tests {
     }
 
     async fn writer(name: &str, policy: ShipPolicy) -> (EventWriter, WriterHandle, Store) {
-        let (w, h, store, _) = writer_with(name, policy, SpoolOptions::default()).await;
+        let (w, h, store, _) = writer_with(name, policy, SpoolOptions::new(1 << 30, None)).await;
         (w, h, store)
     }
 
@@ -465,11 +468,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn shipping_waits_for_a_pause_in_requests_but_an_unsubscribe_does_not() {
-        let policy = ShipPolicy {
-            idle_after: Duration::from_secs(1),
-            max_delay: Duration::from_secs(60),
-            ..Default::default()
-        };
+        let policy = ShipPolicy::new(Duration::from_secs(1), Duration::from_secs(60));
         let (w, h, store) = writer("pause", policy).await;
         let stop = Arc::new(Notify::new());
         let burst = traffic(h.clone(), stop.clone(), Arc::default());
@@ -502,12 +501,8 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn under_steady_traffic_events_wait_no_longer_than_the_max_delay() {
         // Batches of about 10 events, so that a backlog takes many of them.
-        let policy = ShipPolicy {
-            idle_after: Duration::from_secs(10),
-            max_delay: Duration::from_millis(300),
-            batch: 10,
-            ..Default::default()
-        };
+        let policy =
+            ShipPolicy { batch: 10, ..ShipPolicy::new(Duration::from_secs(10), Duration::from_millis(300)) };
         let (w, h, store) = writer("steady", policy).await;
         let stop = Arc::new(Notify::new());
         let sent_so_far = Arc::new(AtomicU64::new(0));
@@ -532,8 +527,9 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn with_spool_sync_ms_the_spool_is_synced_on_a_timer() {
-        let options = SpoolOptions { sync_every: Some(Duration::from_millis(50)), ..Default::default() };
-        let (w, h, store, spool) = writer_with("timer", ShipPolicy::default(), options).await;
+        let policy = ShipPolicy::new(Duration::from_millis(200), Duration::from_secs(30));
+        let options = SpoolOptions::new(1 << 30, Some(Duration::from_millis(50)));
+        let (w, h, store, spool) = writer_with("timer", policy.clone(), options).await;
         assert!(h.send(ev(EventType::Open, 1)).await);
         let t0 = Instant::now();
         while spool.pending_sync() {
@@ -541,8 +537,8 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         // An unsubscribe does not wait for the timer.
-        let options = SpoolOptions { sync_every: Some(Duration::from_secs(3600)), ..Default::default() };
-        let (w2, h2, _, spool2) = writer_with("timer-unsub", ShipPolicy::default(), options).await;
+        let options = SpoolOptions::new(1 << 30, Some(Duration::from_secs(3600)));
+        let (w2, h2, _, spool2) = writer_with("timer-unsub", policy, options).await;
         assert!(h2.send(ev(EventType::Open, 1)).await);
         assert!(spool2.pending_sync());
         assert!(h2.send(ev(EventType::Unsubscribe, 2)).await);

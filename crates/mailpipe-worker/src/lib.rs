@@ -15,6 +15,7 @@
 #![forbid(unsafe_code)]
 
 mod pipeline;
+mod settings;
 mod templates;
 
 use std::sync::Arc;
@@ -27,33 +28,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
-pub use pipeline::{EventOut, InDoubtPolicy, Outcome, Pipeline, PipelineConfig};
-
-/// How the worker runs.
-#[derive(Debug, Clone)]
-pub struct WorkerConfig {
-    /// Jobs processed at once, across all partitions.
-    pub max_in_flight: usize,
-    /// How long shutdown waits for in-flight jobs before giving up on them
-    /// (they are then redelivered, unacknowledged, after a restart).
-    pub grace_period: Duration,
-    /// How often the retry schedule is polled for due jobs.
-    pub retry_poll: Duration,
-    /// How long a worker holds a job it took from the retry schedule before
-    /// another worker may take it. Must exceed the longest SMTP transaction.
-    pub retry_lease: Duration,
-}
-
-impl Default for WorkerConfig {
-    fn default() -> Self {
-        Self {
-            max_in_flight: 64,
-            grace_period: Duration::from_secs(30),
-            retry_poll: Duration::from_millis(500),
-            retry_lease: Duration::from_secs(300),
-        }
-    }
-}
+pub use pipeline::{EventOut, Outcome, Pipeline};
+pub use settings::{InDoubtPolicy, WorkerSettings};
 
 /// Outcome counters, for progress display and the end-of-run summary.
 #[derive(Debug, Default)]
@@ -95,7 +71,7 @@ pub struct RunReport {
 pub async fn run<S: JobSource>(
     source: &mut S,
     pipeline: Arc<Pipeline>,
-    cfg: WorkerConfig,
+    cfg: &WorkerSettings,
     shutdown: CancellationToken,
 ) -> RunReport {
     let permits = Arc::new(Semaphore::new(cfg.max_in_flight.max(1)));
@@ -178,7 +154,7 @@ async fn retry_loop(
     pipeline: Arc<Pipeline>,
     permits: Arc<Semaphore>,
     tasks: TaskTracker,
-    cfg: WorkerConfig,
+    cfg: WorkerSettings,
     shutdown: CancellationToken,
     source_done: CancellationToken,
 ) {

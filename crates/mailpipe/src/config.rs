@@ -9,6 +9,14 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use base64::Engine as _;
+use mailpipe_analytics::AnalyticsSettings;
+use mailpipe_queue::kafka::KafkaSettings;
+use mailpipe_render::DkimAlgorithm;
+use mailpipe_smtp::{SmtpSettings, TlsMode};
+use mailpipe_store::Retention;
+use mailpipe_throttle::{ThrottleConfig, ThrottleSpec};
+use mailpipe_tracker::TrackerSettings;
+use mailpipe_worker::WorkerSettings;
 use secrecy::{ExposeSecret, SecretSlice, SecretString};
 use serde::Deserialize;
 
@@ -67,116 +75,11 @@ pub enum QueueKind {
 }
 
 #[derive(Debug, Deserialize)]
-pub struct KafkaConfig {
-    pub brokers: String,
-    pub group_id: String,
-    pub send_topic: String,
-    pub events_topic: String,
-    pub dlq_topic: String,
-    pub connect_timeout_secs: u64,
-}
-
-#[derive(Debug, Deserialize)]
 pub struct QueueConfig {
     pub kind: QueueKind,
+    /// The in-process queue's bound.
     pub capacity: usize,
-    pub kafka: KafkaConfig,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum SmtpKind {
-    File,
-    Smtp,
-}
-
-#[derive(Debug, Deserialize)]
-pub struct SmtpConfig {
-    pub kind: SmtpKind,
-    pub dir: PathBuf,
-    pub host: String,
-    pub port: u16,
-    pub hello_name: String,
-    pub max_connections: usize,
-    pub connect_timeout_secs: u64,
-    pub command_timeout_secs: u64,
-    pub data_timeout_secs: u64,
-    pub idle_timeout_secs: u64,
-    pub tls: SmtpTls,
-    /// Extra CA certificate (PEM) to trust for the relay.
-    #[serde(default)]
-    pub ca_file: Option<PathBuf>,
-    #[serde(default)]
-    pub username: Option<String>,
-    #[serde(default)]
-    pub password: Option<SecretString>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum SmtpTls {
-    None,
-    Opportunistic,
-    Required,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum InDoubt {
-    AssumeDelivered,
-    Retry,
-}
-
-#[derive(Debug, Deserialize)]
-pub struct WorkerSection {
-    pub max_in_flight: usize,
-    pub grace_period_secs: u64,
-    pub in_doubt: InDoubt,
-    pub max_attempts: u32,
-    pub retry_base_ms: u64,
-    pub retry_max_ms: u64,
-    pub max_age_secs: u64,
-    pub park_after_ms: u64,
-    pub retry_poll_ms: u64,
-    pub retry_lease_secs: u64,
-    pub suppression_filter_capacity: u64,
-    pub suppression_poll_ms: u64,
-}
-
-#[derive(Debug, Deserialize)]
-pub struct TrackerConfig {
-    pub listen: SocketAddr,
-    pub public_url: String,
-    #[serde(default)]
-    pub unsubscribe_mailto: Option<String>,
-    pub event_queue: usize,
-    /// Where events wait, durably, until the store and Kafka have them.
-    pub spool_dir: PathBuf,
-    pub spool_max_mb: u64,
-    /// N (default 100): batches are written before answering and synced
-    /// every N ms. 0: each batch is synced before its requests are answered.
-    pub spool_sync_ms: u64,
-    /// While requests keep arriving, the longest an event waits to be shipped.
-    pub ship_max_delay_secs: u64,
-    /// A pause this long between batches counts as quiet: shipping goes ahead.
-    pub ship_idle_ms: u64,
-    pub ip: TrackerIp,
-    pub trust_forwarded_for: bool,
-    pub machine_click_secs: i64,
-    pub max_path_bytes: usize,
-    pub max_header_bytes: usize,
-    pub header_read_timeout_secs: u64,
-    #[serde(default)]
-    pub per_ip_rate: Option<String>,
-    pub shutdown_grace_secs: u64,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum TrackerIp {
-    Truncate,
-    Hash,
-    Drop,
+    pub kafka: KafkaSettings,
 }
 
 #[derive(Debug, Deserialize)]
@@ -207,19 +110,11 @@ pub struct LogConfig {
     pub level: String,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-pub enum DkimAlgorithmName {
-    #[serde(rename = "rsa-sha256")]
-    RsaSha256,
-    #[serde(rename = "ed25519-sha256")]
-    Ed25519Sha256,
-}
-
 /// One signing domain: `[dkim.domains."acme.example"]`.
 #[derive(Debug, Deserialize)]
 pub struct DkimDomain {
     pub selector: String,
-    pub algorithm: DkimAlgorithmName,
+    pub algorithm: DkimAlgorithm,
     /// PEM, inline. Secret. Exactly one of this and `private_key_file`.
     #[serde(default)]
     pub private_key: Option<SecretString>,
@@ -238,56 +133,24 @@ pub struct DkimConfig {
     pub tenants: BTreeMap<String, String>,
 }
 
-/// `[throttle]`: send-rate limits. Rates are strings like `"600/m"` or
-/// `"3000/m, burst=100"`, parsed (and reported by key) at load.
-#[derive(Debug, Default, Deserialize)]
-pub struct ThrottleSection {
-    /// Per recipient domain, for domains without a group or limit of their own.
-    #[serde(default)]
-    pub default: Option<String>,
-    /// Over everything one worker sends.
-    #[serde(default)]
-    pub global: Option<String>,
-    /// Provider group → its domains.
-    #[serde(default)]
-    pub groups: BTreeMap<String, Vec<String>>,
-    /// Group or domain → its rate.
-    #[serde(default)]
-    pub limits: BTreeMap<String, String>,
-}
-
+/// The whole configuration. Each section is the settings type of the crate
+/// that uses it, deserialized as it is; only the binary's own sections
+/// (store, queue kind, tokens, metrics, log, DKIM keys) are defined here.
 #[derive(Debug)]
 pub struct Config {
     pub store: StoreConfig,
     pub queue: QueueConfig,
-    pub smtp: SmtpConfig,
-    pub worker: WorkerSection,
-    pub tracker: TrackerConfig,
+    pub smtp: SmtpSettings,
+    pub worker: WorkerSettings,
+    pub tracker: TrackerSettings,
     pub tokens: TokensConfig,
     pub metrics: MetricsConfig,
     pub log: LogConfig,
     pub dkim: DkimConfig,
-    pub throttle: ThrottleSection,
-    pub analytics: AnalyticsConfig,
-    pub retention: RetentionConfig,
-}
-
-#[derive(Debug, Deserialize)]
-pub struct AnalyticsConfig {
-    /// Where the tenant API and dashboard listen.
-    pub listen: SocketAddr,
-    /// Consumer group on the events topic.
-    pub group_id: String,
-}
-
-#[derive(Debug, Clone, Copy, Deserialize)]
-pub struct RetentionConfig {
-    pub events_days: u32,
-    pub ledger_days: u32,
-    pub client_details_days: u32,
-    pub dead_letters_days: u32,
-    /// How often `mailpipe analytics` purges (0: only `mailpipe purge`).
-    pub purge_interval_hours: u64,
+    /// `[throttle]`, every rate parsed at load.
+    pub throttle: ThrottleConfig,
+    pub analytics: AnalyticsSettings,
+    pub retention: Retention,
 }
 
 /// Decoded token secrets, ready for the keyring.
@@ -381,16 +244,21 @@ impl Config {
         }
         let store = section::<StoreConfig>(&tree, "store", &mut errors);
         let queue = section::<QueueConfig>(&tree, "queue", &mut errors);
-        let smtp = section::<SmtpConfig>(&tree, "smtp", &mut errors);
-        let worker = section::<WorkerSection>(&tree, "worker", &mut errors);
-        let tracker = section::<TrackerConfig>(&tree, "tracker", &mut errors);
+        let smtp = section::<SmtpSettings>(&tree, "smtp", &mut errors);
+        let worker = section::<WorkerSettings>(&tree, "worker", &mut errors);
+        let tracker = section::<TrackerSettings>(&tree, "tracker", &mut errors);
         let tokens = section::<TokensConfig>(&tree, "tokens", &mut errors);
         let metrics = section::<MetricsConfig>(&tree, "metrics", &mut errors);
         let log = section::<LogConfig>(&tree, "log", &mut errors);
         let dkim = section::<DkimConfig>(&tree, "dkim", &mut errors);
-        let throttle = section::<ThrottleSection>(&tree, "throttle", &mut errors);
-        let analytics = section::<AnalyticsConfig>(&tree, "analytics", &mut errors);
-        let retention = section::<RetentionConfig>(&tree, "retention", &mut errors);
+        // Rates are parsed here, once; every bad one is named by its key.
+        let throttle = section::<ThrottleSpec>(&tree, "throttle", &mut errors).and_then(|spec| {
+            ThrottleConfig::try_from(spec)
+                .map_err(|bad| errors.extend(bad.iter().map(|b| format!("throttle.{b}"))))
+                .ok()
+        });
+        let analytics = section::<AnalyticsSettings>(&tree, "analytics", &mut errors);
+        let retention = section::<Retention>(&tree, "retention", &mut errors);
 
         let (
             Some(store),
@@ -445,18 +313,13 @@ impl Config {
         if self.worker.max_in_flight == 0 {
             errors.push("worker.max_in_flight: must be at least 1".into());
         }
-        if let Some(r) = &self.tracker.per_ip_rate
-            && let Err(e) = r.parse::<mailpipe_smtp::RateSpec>()
-        {
-            errors.push(format!("tracker.per_ip_rate: {e}"));
-        }
         if self.tracker.max_path_bytes < 64 || self.tracker.max_header_bytes < 512 {
             errors.push("tracker.max_path_bytes, tracker.max_header_bytes: at least 64 and 512".into());
         }
         if self.smtp.username.is_some() != self.smtp.password.is_some() {
             errors.push("smtp.username, smtp.password: set both or neither".into());
         }
-        if self.smtp.password.is_some() && self.smtp.tls != SmtpTls::Required {
+        if self.smtp.password.is_some() && self.smtp.tls != TlsMode::Required {
             errors.push(
                 "smtp.tls: must be \"required\" when smtp.password is set, so credentials never cross in plain text"
                     .into(),
@@ -467,13 +330,13 @@ impl Config {
         {
             errors.push(format!("smtp.ca_file: {} is not a readable file", ca.display()));
         }
-        if self.worker.suppression_poll_ms == 0 {
+        if self.worker.suppression_poll.is_zero() {
             errors.push("worker.suppression_poll_ms: must be at least 1".into());
         }
-        if self.worker.retry_poll_ms == 0 {
+        if self.worker.retry_poll.is_zero() {
             errors.push("worker.retry_poll_ms: must be at least 1".into());
         }
-        if self.worker.retry_lease_secs < 30 {
+        if self.worker.retry_lease.as_secs() < 30 {
             errors.push(
                 "worker.retry_lease_secs: must be at least 30 (longer than any SMTP transaction)".into(),
             );
@@ -517,9 +380,6 @@ impl Config {
                 errors.push(format!("dkim.domains.\"{domain}\".selector: letters, digits, '-' and '.' only"));
             }
         }
-        if let Err(e) = self.throttle_config() {
-            errors.extend(e.0);
-        }
         for (tenant, domain) in &self.dkim.tenants {
             if !self.dkim.domains.contains_key(domain) {
                 errors.push(format!("dkim.tenants.{tenant}: no key for domain {domain:?} in dkim.domains"));
@@ -527,32 +387,8 @@ impl Config {
         }
     }
 
-    /// The send-rate limits, with every bad rate named by its key.
-    pub fn throttle_config(&self) -> Result<mailpipe_smtp::ThrottleConfig, ConfigErrors> {
-        use mailpipe_smtp::RateSpec;
-        let mut errors = Vec::new();
-        let mut parse = |key: String, v: &str| -> Option<RateSpec> {
-            v.parse().map_err(|e| errors.push(format!("{key}: {e}"))).ok()
-        };
-        let t = &self.throttle;
-        let default = t.default.as_deref().and_then(|v| parse("throttle.default".into(), v));
-        let global = t.global.as_deref().and_then(|v| parse("throttle.global".into(), v));
-        let limits = t
-            .limits
-            .iter()
-            .filter_map(|(k, v)| parse(format!("throttle.limits.\"{k}\""), v).map(|r| (k.clone(), r)))
-            .collect();
-        let groups = t.groups.iter().map(|(g, ds)| (g.clone(), ds.clone())).collect();
-        if errors.is_empty() {
-            Ok(mailpipe_smtp::ThrottleConfig { groups, limits, default, global })
-        } else {
-            Err(ConfigErrors(errors))
-        }
-    }
-
     /// Loads every DKIM key, reporting each one that fails.
     pub fn dkim_keys(&self) -> Result<mailpipe_render::DkimKeys, ConfigErrors> {
-        use mailpipe_render::DkimAlgorithm;
         let mut keys = mailpipe_render::DkimKeys::new();
         let mut errors = Vec::new();
         for (domain, d) in &self.dkim.domains {
@@ -568,11 +404,7 @@ impl Config {
                 },
                 (None, None) => continue, // reported by validate
             };
-            let alg = match d.algorithm {
-                DkimAlgorithmName::RsaSha256 => DkimAlgorithm::RsaSha256,
-                DkimAlgorithmName::Ed25519Sha256 => DkimAlgorithm::Ed25519Sha256,
-            };
-            if let Err(e) = keys.add(domain, &d.selector, alg, &pem) {
+            if let Err(e) = keys.add(domain, &d.selector, d.algorithm, &pem) {
                 errors.push(format!("{path}: {e}"));
             }
         }
@@ -669,7 +501,7 @@ mod tests {
     fn defaults_load_with_nothing_set() {
         let c = Config::load(None, env(&[])).unwrap();
         assert_eq!(c.queue.kind, QueueKind::Memory);
-        assert_eq!(c.smtp.kind, SmtpKind::File);
+        assert_eq!(c.smtp.kind, mailpipe_smtp::TransportKind::File);
         assert!(c.store.url.expose_secret().starts_with("sqlite:"));
         assert!(c.token_secrets().is_err(), "no secrets in the defaults");
     }
@@ -747,15 +579,32 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("mailpipe-cfg3-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let f = dir.join("rates.toml");
-        std::fs::write(&f, "[throttle]\ndefault = \"fast\"\n[throttle.limits]\n\"a.example\" = \"5/week\"\ngoogle = \"100/m, burst=10\"\n").unwrap();
+        std::fs::write(&f, "[throttle]\ndefault = \"fast\"\n[throttle.limits]\n\"a.example\" = \"5/week\"\ngoogle = \"100/m, burst=10\"\n[tracker]\nper_ip_rate = \"lots\"\n").unwrap();
         let e = Config::load(Some(&f), env(&[])).unwrap_err().to_string();
         assert!(e.contains("throttle.default") && e.contains("throttle.limits.\"a.example\""), "{e}");
+        assert!(e.contains("tracker") && e.contains("\"lots\""), "{e}");
         assert!(!e.contains("google"), "{e}");
         std::fs::write(&f, "[throttle]\nglobal = \"1000/s\"\n[throttle.groups]\ngoogle = [\"gmail.com\"]\n[throttle.limits]\ngoogle = \"100/m\"\n").unwrap();
-        let t = Config::load(Some(&f), env(&[])).unwrap().throttle_config().unwrap();
+        let t = Config::load(Some(&f), env(&[])).unwrap().throttle;
         assert_eq!(t.limits["google"].count.get(), 100);
         assert_eq!(t.groups["google"], vec!["gmail.com".to_string()]);
         assert!(t.global.is_some() && t.default.is_none());
+    }
+
+    #[test]
+    fn the_sections_hold_typed_values_in_the_units_their_keys_name() {
+        let c = Config::load(
+            None,
+            env(&[
+                ("MAILPIPE__WORKER__RETRY_BASE_MS", "1500"),
+                ("MAILPIPE__TRACKER__SHUTDOWN_GRACE_SECS", "3"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.worker.retry_base, std::time::Duration::from_millis(1500));
+        assert_eq!(c.tracker.shutdown_grace, std::time::Duration::from_secs(3));
+        assert_eq!(c.worker.in_doubt, mailpipe_worker::InDoubtPolicy::AssumeDelivered);
+        assert_eq!(c.queue.kafka.connect_timeout, std::time::Duration::from_secs(10));
     }
 
     #[test]
@@ -782,5 +631,76 @@ mod tests {
         assert!(!dbg.contains("hunter2"), "{dbg}");
         assert!(!dbg.contains("c2VjcmV0"), "{dbg}");
         assert_eq!(c.store.redacted_url(), "postgres://u:***@h/db");
+    }
+
+    // DKIM keys come from the configuration, and bad ones are named.
+
+    fn fixture(name: &str) -> String {
+        format!("{}/../mailpipe-render/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"))
+    }
+
+    fn load(toml: &str) -> Result<Config, ConfigErrors> {
+        let dir =
+            std::env::temp_dir().join(format!("mailpipe-dkimcfg-{}-{}", std::process::id(), toml.len()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("c.toml");
+        std::fs::write(&f, toml).unwrap();
+        Config::load(Some(&f), Vec::new())
+    }
+
+    #[test]
+    fn keys_load_from_files_and_tenants_map_to_them() {
+        let cfg = load(&format!(
+            "[dkim.domains.\"acme.example\"]\nselector = \"s1\"\nalgorithm = \"rsa-sha256\"\nprivate_key_file = \"{}\"\n\
+             [dkim.domains.\"globex.example\"]\nselector = \"ed\"\nalgorithm = \"ed25519-sha256\"\nprivate_key_file = \"{}\"\n\
+             [dkim.tenants]\nacme = \"acme.example\"\n",
+            fixture("rsa2048.pem"),
+            fixture("ed25519.pem")
+        ))
+        .unwrap();
+        let keys = cfg.dkim_keys().unwrap();
+        let h = keys
+            .sign("acme", "acme.example", b"From: a@acme.example\r\nSubject: x\r\n\r\nbody\r\n")
+            .unwrap()
+            .unwrap();
+        assert!(
+            h.starts_with("DKIM-Signature:") && h.contains("s=s1") && h.contains("d=acme.example"),
+            "{h}"
+        );
+        let h = keys.sign("acme", "mail.acme-other.example", b"From: a@x\r\n\r\nb\r\n").unwrap().unwrap();
+        assert!(h.contains("d=acme.example"), "tenant default: {h}");
+        let h = keys.sign("globex", "globex.example", b"From: a@x\r\n\r\nb\r\n").unwrap().unwrap();
+        assert!(h.contains("a=ed25519-sha256"), "{h}");
+        assert!(keys.sign("initech", "initech.example", b"From: a@x\r\n\r\nb\r\n").unwrap().is_none());
+    }
+
+    #[test]
+    fn every_bad_key_is_named() {
+        let cfg = load(&format!(
+            "[dkim.domains.\"a.example\"]\nselector = \"s\"\nalgorithm = \"rsa-sha256\"\nprivate_key_file = \"/nonexistent/key.pem\"\n\
+             [dkim.domains.\"b.example\"]\nselector = \"s\"\nalgorithm = \"ed25519-sha256\"\nprivate_key_file = \"{}\"\n",
+            fixture("rsa2048.pem")
+        ))
+        .unwrap();
+        let e = cfg.dkim_keys().unwrap_err().to_string();
+        assert!(
+            e.contains("dkim.domains.\"a.example\".private_key_file")
+                && e.contains("dkim.domains.\"b.example\""),
+            "{e}"
+        );
+
+        let e = load("[dkim.domains.\"c.example\"]\nselector = \"s\"\nalgorithm = \"rsa-sha256\"\n[dkim.tenants]\nt = \"d.example\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("exactly one of private_key and private_key_file") && e.contains("dkim.tenants.t"),
+            "{e}"
+        );
+        let e = load(
+            "[dkim.domains.\"c.example\"]\nselector = \"s\"\nalgorithm = \"rsa-sha1\"\nprivate_key = \"x\"\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("dkim"), "{e}");
     }
 }

@@ -1,11 +1,10 @@
-//! The `mailpipe` binary's library half: configuration and the wiring that
-//! turns it into running services. `main.rs` only parses the command line.
-//! Tests drive these functions directly.
+//! The `mailpipe` binary's library half: the configuration, the wiring that
+//! turns it into running services, and one module per subcommand.
+//! `main.rs` only parses the command line. Tests drive these directly.
 
-pub mod analytics;
 pub mod app;
+pub mod commands;
 pub mod config;
-pub mod demo;
 pub mod telemetry;
 
 pub use config::{Config, ConfigErrors};

@@ -1,5 +1,9 @@
 //! The binary's contract on bad input: configuration errors exit 2 and name
 //! every bad key; an unreachable service is a clear error, not a hang.
+//!
+//! This test is also why `cargo test --workspace` builds `mailpipe`
+//! itself: cargo builds a package's binaries for its integration tests, and
+//! the tests in `tests/` run that same binary as a process.
 
 #![allow(clippy::unwrap_used)] // Tests fail loudly on purpose.
 

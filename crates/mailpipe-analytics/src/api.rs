@@ -1,0 +1,256 @@
+//! The tenant-facing HTTP API and dashboard.
+//!
+//! Every request names its tenant only through its API key
+//! (`Authorization: Bearer mp_...`, or `?key=` for the dashboard page): the
+//! key's SHA-256 is looked up, and a missing, unknown or revoked key gets a
+//! 401. Reads then run as that tenant, under PostgreSQL row-level security,
+//! so a campaign of another tenant is indistinguishable from one that does
+//! not exist: 404, never 403.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::get;
+use mailpipe_core::{AppliesTo, EmailAddress, Reason, Scope, Suppression, TenantId};
+use mailpipe_store::Store;
+use mailpipe_token::RecipientHasher;
+use serde::Deserialize;
+use tracing::warn;
+
+use crate::csv::{ImportError, export_csv};
+use crate::dashboard;
+
+#[derive(Clone)]
+pub struct ApiState {
+    store: Store,
+    hasher: Arc<RecipientHasher>,
+}
+
+impl ApiState {
+    pub fn new(store: Store, hasher: RecipientHasher) -> Self {
+        Self { store, hasher: Arc::new(hasher) }
+    }
+}
+
+pub fn router(state: ApiState) -> Router {
+    Router::new()
+        .route("/api/v1/campaigns", get(campaigns))
+        .route("/api/v1/campaigns/{id}/stats", get(stats))
+        .route("/api/v1/suppressions", get(list_suppressions).post(add_suppression))
+        .route("/api/v1/suppressions/{email}", axum::routing::delete(remove_suppression))
+        .route("/api/v1/suppressions.csv", get(export_suppressions).post(import_suppressions))
+        .route("/dashboard/campaigns/{id}", get(dashboard))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .with_state(state)
+}
+
+#[derive(Deserialize)]
+struct KeyQuery {
+    key: Option<String>,
+}
+
+fn json<T: serde::Serialize>(v: &T) -> Response {
+    (
+        [(header::CONTENT_TYPE, "application/json"), (header::CACHE_CONTROL, "no-store")],
+        serde_json::to_string(v).unwrap_or_default(),
+    )
+        .into_response()
+}
+
+fn err(status: StatusCode, msg: &str) -> Response {
+    (status, [(header::CACHE_CONTROL, "no-store")], json_body(msg)).into_response()
+}
+
+fn json_body(msg: &str) -> String {
+    serde_json::json!({ "error": msg }).to_string()
+}
+
+fn internal(e: impl std::fmt::Display) -> Response {
+    warn!(error = %e, "api request failed");
+    err(StatusCode::SERVICE_UNAVAILABLE, "temporarily unavailable")
+}
+
+/// The caller's tenant, from its API key; `Err` is the 401 to return.
+async fn tenant(s: &ApiState, headers: &HeaderMap, query_key: Option<&str>) -> Result<TenantId, Response> {
+    let bearer = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    let Some(key) = bearer.or(query_key) else {
+        return Err(err(StatusCode::UNAUTHORIZED, "missing API key"));
+    };
+    match s.store.tenant_for_api_key(key).await {
+        Ok(Some(t)) => Ok(t),
+        Ok(None) => {
+            metrics::counter!("mailpipe_api_unauthorized_total").increment(1);
+            Err(err(StatusCode::UNAUTHORIZED, "unknown or revoked API key"))
+        }
+        Err(e) => Err(internal(e)),
+    }
+}
+
+async fn campaigns(State(s): State<ApiState>, headers: HeaderMap) -> Response {
+    let t = match tenant(&s, &headers, None).await {
+        Ok(t) => t,
+        Err(r) => return r,
+    };
+    match s.store.campaigns(&t).await {
+        Ok(c) => json(&serde_json::json!({ "campaigns": c })),
+        Err(e) => internal(e),
+    }
+}
+
+async fn stats(State(s): State<ApiState>, headers: HeaderMap, Path(id): Path<String>) -> Response {
+    let t = match tenant(&s, &headers, None).await {
+        Ok(t) => t,
+        Err(r) => return r,
+    };
+    match s.store.campaign_stats(&t, &id).await {
+        Ok(Some(st)) => json(&st),
+        Ok(None) => err(StatusCode::NOT_FOUND, "no such campaign"),
+        Err(e) => internal(e),
+    }
+}
+
+async fn dashboard(
+    State(s): State<ApiState>,
+    headers: HeaderMap,
+    Query(q): Query<KeyQuery>,
+    Path(id): Path<String>,
+) -> Response {
+    let t = match tenant(&s, &headers, q.key.as_deref()).await {
+        Ok(t) => t,
+        Err(r) => return r,
+    };
+    match s.store.campaign_stats(&t, &id).await {
+        Ok(Some(st)) => {
+            ([(header::CACHE_CONTROL, "no-store")], Html(dashboard::page(&t, &st))).into_response()
+        }
+        Ok(None) => err(StatusCode::NOT_FOUND, "no such campaign"),
+        Err(e) => internal(e),
+    }
+}
+
+#[derive(Deserialize)]
+struct NewSuppression {
+    email: String,
+    /// Stops marketing only (`marketing`, the default) or every category (`all`).
+    #[serde(default)]
+    applies_to: Option<String>,
+}
+
+/// A suppression as the API shows it: a keyed hash, never an address.
+fn suppression_json(s: &Suppression) -> serde_json::Value {
+    serde_json::json!({
+        "scope_tenant": s.scope.key(),
+        "recipient_hash": s.recipient.to_hex(),
+        "reason": s.reason.as_str(),
+        "applies_to": s.applies_to.as_str(),
+        "created_at": s.created_at,
+    })
+}
+
+async fn list_suppressions(State(s): State<ApiState>, headers: HeaderMap) -> Response {
+    let t = match tenant(&s, &headers, None).await {
+        Ok(t) => t,
+        Err(r) => return r,
+    };
+    match s.store.list_suppressions(&Scope::Tenant(t)).await {
+        Ok(rows) => json(
+            &serde_json::json!({ "suppressions": rows.iter().map(suppression_json).collect::<Vec<_>>() }),
+        ),
+        Err(e) => internal(e),
+    }
+}
+
+async fn add_suppression(State(s): State<ApiState>, headers: HeaderMap, body: axum::body::Bytes) -> Response {
+    let t = match tenant(&s, &headers, None).await {
+        Ok(t) => t,
+        Err(r) => return r,
+    };
+    let Ok(req) = serde_json::from_slice::<NewSuppression>(&body) else {
+        return err(
+            StatusCode::BAD_REQUEST,
+            "expected {\"email\": ..., \"applies_to\": \"marketing\"|\"all\"}",
+        );
+    };
+    let Ok(addr) = EmailAddress::parse(&req.email) else {
+        return err(StatusCode::BAD_REQUEST, "invalid email address");
+    };
+    let applies_to = match req.applies_to.as_deref().map(str::parse::<AppliesTo>).transpose() {
+        Ok(a) => a.unwrap_or(AppliesTo::Marketing),
+        Err(_) => return err(StatusCode::BAD_REQUEST, "applies_to must be marketing or all"),
+    };
+    let recipient = s.hasher.hash(&addr.canonical());
+    let entry =
+        Suppression::new(Scope::Tenant(t.clone()), recipient, Reason::Manual, applies_to).from_tenant(&t);
+    match s.store.add_suppression(&entry).await {
+        Ok(()) => (StatusCode::CREATED, json(&serde_json::json!({ "recipient_hash": recipient.to_hex() })))
+            .into_response(),
+        Err(e) => internal(e),
+    }
+}
+
+async fn remove_suppression(
+    State(s): State<ApiState>,
+    headers: HeaderMap,
+    Path(email): Path<String>,
+) -> Response {
+    let t = match tenant(&s, &headers, None).await {
+        Ok(t) => t,
+        Err(r) => return r,
+    };
+    let Ok(addr) = EmailAddress::parse(&email) else {
+        return err(StatusCode::BAD_REQUEST, "invalid email address");
+    };
+    let recipient = s.hasher.hash(&addr.canonical());
+    match s.store.remove_suppression(&Scope::Tenant(t), &recipient).await {
+        Ok(0) => err(StatusCode::NOT_FOUND, "not suppressed for this tenant"),
+        Ok(_) => StatusCode::NO_CONTENT.into_response(),
+        Err(e) => internal(e),
+    }
+}
+
+async fn export_suppressions(State(s): State<ApiState>, headers: HeaderMap) -> Response {
+    let t = match tenant(&s, &headers, None).await {
+        Ok(t) => t,
+        Err(r) => return r,
+    };
+    match s.store.list_suppressions(&Scope::Tenant(t)).await {
+        Ok(rows) => {
+            ([(header::CONTENT_TYPE, "text/csv"), (header::CACHE_CONTROL, "no-store")], export_csv(&rows))
+                .into_response()
+        }
+        Err(e) => internal(e),
+    }
+}
+
+/// A CSV of `email,reason,applies_to` into the tenant's scope: every line
+/// or none; a bad file gets a 422 naming each bad line.
+async fn import_suppressions(
+    State(s): State<ApiState>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    let t = match tenant(&s, &headers, None).await {
+        Ok(t) => t,
+        Err(r) => return r,
+    };
+    let Ok(text) = std::str::from_utf8(&body) else {
+        return err(StatusCode::BAD_REQUEST, "the CSV must be UTF-8");
+    };
+    match crate::csv::import(&s.store, &s.hasher, text, &Scope::Tenant(t)).await {
+        Ok(n) => json(&serde_json::json!({ "imported": n })),
+        Err(ImportError::BadLines(errors)) => {
+            let lines: Vec<_> =
+                errors.iter().map(|e| serde_json::json!({ "line": e.line, "error": e.error })).collect();
+            let body = serde_json::json!({ "error": "nothing was imported", "lines": lines });
+            (StatusCode::UNPROCESSABLE_ENTITY, json(&body)).into_response()
+        }
+        Err(ImportError::Store(e)) => internal(e),
+    }
+}

@@ -1,0 +1,125 @@
+//! ARF complaint reports (RFC 5965), as a feedback-loop mailbox pipes them
+//! in: the report is mapped to the message it is about, the recipient is
+//! suppressed platform-wide for every category, and a `complaint` event is
+//! recorded. A report that cannot be used is kept, with its reason.
+
+use mailpipe_core::{CampaignId, EmailAddress, Event, EventType, JobId, Suppression, TenantId};
+use mailpipe_queue::QueueError;
+use mailpipe_queue::kafka::{KafkaEvents, KafkaSettings};
+use mailpipe_store::{Store, StoreError};
+use mailpipe_token::RecipientHasher;
+
+/// Why a feedback report could not be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ArfError {
+    #[error("not a MIME message")]
+    NotMime,
+    #[error("no message/feedback-report part (not an ARF report, RFC 5965)")]
+    NotArf,
+    #[error("the report's original message carries no X-Mailpipe-Ref header")]
+    NoReference,
+    #[error("X-Mailpipe-Ref {0:?} is not tenant/job")]
+    BadReference(String),
+    #[error("no message {0} was sent by this platform")]
+    UnknownMessage(String),
+}
+
+impl ArfError {
+    pub fn reason(&self) -> &'static str {
+        match self {
+            ArfError::NotMime => "not_mime",
+            ArfError::NotArf => "not_arf",
+            ArfError::NoReference => "no_reference",
+            ArfError::BadReference(_) => "bad_reference",
+            ArfError::UnknownMessage(_) => "unknown_message",
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ComplaintError {
+    /// The report is kept in `rejected_reports` for the operator.
+    #[error("report rejected ({reason}): {0}; stored for inspection", reason = .0.reason())]
+    Rejected(ArfError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Queue(#[from] QueueError),
+}
+
+/// The `tenant/job` reference of the original message inside an ARF report.
+pub fn arf_reference(report: &[u8]) -> Result<(TenantId, JobId), ArfError> {
+    let msg = mail_parser::MessageParser::default().parse(report).ok_or(ArfError::NotMime)?;
+    use mail_parser::MimeHeaders;
+    let is_feedback = msg.parts.iter().any(|p| p.is_content_type("message", "feedback-report"));
+    if !is_feedback {
+        return Err(ArfError::NotArf);
+    }
+    // The original is a message/rfc822 part or text/rfc822-headers: find the
+    // header in the raw bytes of whichever part carries it.
+    let text = String::from_utf8_lossy(report);
+    let unfolded = text.replace("\r\n", "\n");
+    let value = unfolded
+        .lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.trim().eq_ignore_ascii_case("x-mailpipe-ref").then(|| v.trim().to_owned())
+        })
+        .ok_or(ArfError::NoReference)?;
+    let (t, j) = value.split_once('/').ok_or_else(|| ArfError::BadReference(value.clone()))?;
+    let tenant = TenantId::parse(t).map_err(|_| ArfError::BadReference(value.clone()))?;
+    let job = JobId::parse(j).map_err(|_| ArfError::BadReference(value.clone()))?;
+    Ok((tenant, job))
+}
+
+/// Takes one report: maps it to its tenant and message, suppresses the
+/// recipient platform-wide for every category, records a `complaint` event
+/// and, with `kafka`, publishes it. A report that cannot be used is stored
+/// with its reason and [`ComplaintError::Rejected`] returned.
+pub async fn complaint(
+    store: &Store,
+    hasher: &RecipientHasher,
+    kafka: Option<&KafkaSettings>,
+    report: &[u8],
+) -> Result<(TenantId, JobId), ComplaintError> {
+    let (tenant, job, recipient, campaign) = match reported_message(store, report).await {
+        Ok(found) => found,
+        Err(e) => {
+            store.reject_report(e.reason(), report).await?;
+            return Err(ComplaintError::Rejected(e));
+        }
+    };
+    // An erased recipient's ledger row holds `erased:<hash>` already.
+    let recipient_ref = match recipient.strip_prefix("erased:").and_then(|h| h.parse().ok()) {
+        Some(r) => r,
+        None => {
+            hasher.hash(&EmailAddress::parse(&recipient).map(|a| a.canonical()).unwrap_or(recipient.clone()))
+        }
+    };
+    store.add_suppression(&Suppression::complaint(&tenant, recipient_ref)).await?;
+    let mut e = Event::for_job(EventType::Complaint, &tenant, &campaign, &job, "");
+    e.recipient_ref = Some(recipient_ref.to_hex());
+    e.reason = Some("arf".into());
+    store.insert_events(std::slice::from_ref(&e)).await?;
+    if let Some(settings) = kafka {
+        KafkaEvents::connect(settings).await?.publish(std::slice::from_ref(&e)).await?;
+    }
+    Ok((tenant, job))
+}
+
+/// The report's message: tenant, job, recipient (as the ledger holds it)
+/// and campaign.
+async fn reported_message(
+    store: &Store,
+    report: &[u8],
+) -> Result<(TenantId, JobId, String, CampaignId), ArfError> {
+    let (tenant, job) = arf_reference(report)?;
+    let unknown = || ArfError::UnknownMessage(format!("{tenant}/{job}"));
+    let (recipient, campaign) = store
+        .ledger_recipient(tenant.as_str(), job.as_str())
+        .await
+        .map_err(|_| unknown())?
+        .ok_or_else(unknown)?;
+    let campaign = CampaignId::parse(campaign).map_err(|_| unknown())?;
+    Ok((tenant, job, recipient, campaign))
+}

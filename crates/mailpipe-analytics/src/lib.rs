@@ -1,0 +1,85 @@
+//! The analytics service (`mailpipe analytics`) and the privacy and
+//! feedback workflows around the suppression list.
+//!
+//! * [`ingest`]: counts events into per-campaign aggregates, from
+//!   `mailpipe.events.v1` (offsets stored only after a batch is counted) or,
+//!   embedded, from the store's events table.
+//! * [`api`]: the tenant API and the SVG dashboard, reads confined to the
+//!   caller's tenant by the database.
+//! * [`csv`]: suppression lists in and out as CSV, for the CLI and the API.
+//! * [`privacy`]: erasure on request, and purges on the retention schedule.
+//! * [`complaint`]: ARF complaint reports (RFC 5965) to a suppression and a
+//!   `complaint` event.
+//!
+//! [`run`] puts the service together: API, ingestion and scheduled purges,
+//! until shutdown.
+#![forbid(unsafe_code)]
+
+pub mod api;
+pub mod complaint;
+pub mod csv;
+mod dashboard;
+pub mod ingest;
+pub mod privacy;
+
+use std::net::SocketAddr;
+
+use mailpipe_queue::QueueError;
+use mailpipe_store::{Retention, Store, StoreError};
+use mailpipe_token::RecipientHasher;
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+
+pub use api::{ApiState, router};
+pub use ingest::EventFeed;
+
+/// `[analytics]`: the configuration section itself.
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct AnalyticsSettings {
+    /// Where the tenant API and dashboard listen.
+    pub listen: SocketAddr,
+    /// Consumer group on the events topic.
+    pub group_id: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AnalyticsError {
+    #[error("analytics.listen {0}: cannot bind: {1}")]
+    Bind(SocketAddr, #[source] std::io::Error),
+    #[error(transparent)]
+    Queue(#[from] QueueError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// `mailpipe analytics`: the tenant API and dashboard, event ingestion from
+/// `feed`, and purges every `retention.purge_interval_hours`, until
+/// `shutdown`.
+pub async fn run(
+    settings: &AnalyticsSettings,
+    store: Store,
+    hasher: RecipientHasher,
+    feed: EventFeed,
+    retention: Retention,
+    shutdown: CancellationToken,
+) -> Result<(), AnalyticsError> {
+    let listener = tokio::net::TcpListener::bind(settings.listen)
+        .await
+        .map_err(|e| AnalyticsError::Bind(settings.listen, e))?;
+    let router = router(ApiState::new(store.clone(), hasher));
+    let server = tokio::spawn({
+        let shutdown = shutdown.clone();
+        async move {
+            axum::serve(listener, router)
+                .with_graceful_shutdown(async move { shutdown.cancelled().await })
+                .await
+        }
+    });
+    tokio::spawn(privacy::purge_on_schedule(store.clone(), retention, shutdown.clone()));
+    info!(listen = %settings.listen, "analytics started");
+    let ingested = ingest::run(feed, &store, shutdown.clone()).await;
+    shutdown.cancel();
+    let _ = server.await;
+    store.close().await;
+    ingested
+}

@@ -1,0 +1,59 @@
+//! The macros every module of this crate uses. Declared first in `lib.rs`
+//! (`#[macro_use]`), so that module order never matters.
+
+/// Runs the same expression against whichever pool this store has: the SQL is
+/// shared, only the driver type differs.
+macro_rules! on_pool {
+    ($self:expr, $p:ident => $body:expr) => {
+        match &$self.pool {
+            $crate::Pool::Postgres($p) => $body,
+            $crate::Pool::Sqlite($p) => $body,
+        }
+    };
+}
+
+/// Same, for an open transaction.
+macro_rules! in_tx {
+    ($self:expr, $tx:ident => $body:block) => {
+        match &$self.pool {
+            $crate::Pool::Postgres(p) => {
+                let mut $tx = p.begin().await?;
+                $body
+                $tx.commit().await?;
+            }
+            $crate::Pool::Sqlite(p) => {
+                let mut $tx = p.begin().await?;
+                $body
+                $tx.commit().await?;
+            }
+        }
+    };
+}
+
+/// Binds a new ledger row's values, in column order: tenant, job,
+/// campaign, category, recipient, recipient domain, created/updated at.
+macro_rules! bind_new_row {
+    ($q:expr, $job:expr, $now:expr) => {
+        $q.bind($job.tenant_id.as_str())
+            .bind($job.job_id.as_str())
+            .bind($job.campaign_id.as_str())
+            .bind($job.category.as_str())
+            .bind($job.to.email.as_str())
+            .bind($job.to.email.domain())
+            .bind($now)
+    };
+}
+
+/// Binds an event row's values, in column order: event id, tenant,
+/// campaign, job, type, occurred at (ms), JSON payload.
+macro_rules! bind_event {
+    ($q:expr, $e:expr, $payload:expr) => {
+        $q.bind($e.event_id.as_str())
+            .bind($e.tenant_id.as_ref().map(|t| t.as_str()))
+            .bind($e.campaign_id.as_ref().map(|c| c.as_str()))
+            .bind($e.job_id.as_ref().map(|j| j.as_str()))
+            .bind($e.kind.as_str())
+            .bind(($e.occurred_at.unix_timestamp_nanos() / 1_000_000) as i64)
+            .bind($payload)
+    };
+}

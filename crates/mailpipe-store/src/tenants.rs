@@ -1,0 +1,80 @@
+//! Tenants, their settings and their API keys.
+
+use mailpipe_core::{TenantId, UnsubscribeScope, now_ms};
+use sha2::{Digest, Sha256};
+
+use crate::{Result, Store};
+
+impl Store {
+    pub async fn upsert_tenant(&self, tenant: &TenantId, name: &str) -> Result<()> {
+        let sql = "INSERT INTO tenants (tenant_id, name, created_at) VALUES ($1, $2, $3)
+                   ON CONFLICT (tenant_id) DO UPDATE SET name = excluded.name";
+        on_pool!(self, p => sqlx::query(sql).bind(tenant.as_str()).bind(name).bind(now_ms()).execute(p).await.map(|_| ()))?;
+        Ok(())
+    }
+
+    /// Whether the tenant is registered.
+    pub async fn tenant_exists(&self, tenant: &TenantId) -> Result<bool> {
+        let sql = "SELECT COUNT(*) FROM tenants WHERE tenant_id = $1";
+        let n: i64 = on_pool!(self, p => sqlx::query_scalar(sql).bind(tenant.as_str()).fetch_one(p).await)?;
+        Ok(n > 0)
+    }
+
+    /// Where marketing unsubscribes from this tenant's mail apply. An
+    /// unknown tenant gets the platform default.
+    pub async fn unsubscribe_scope(&self, tenant: &TenantId) -> Result<UnsubscribeScope> {
+        let sql = "SELECT unsubscribe_scope FROM tenants WHERE tenant_id = $1";
+        let scope: Option<String> =
+            on_pool!(self, p => sqlx::query_scalar(sql).bind(tenant.as_str()).fetch_optional(p).await)?;
+        Ok(UnsubscribeScope::from_stored(scope.as_deref()))
+    }
+
+    pub async fn set_unsubscribe_scope(&self, tenant: &TenantId, scope: UnsubscribeScope) -> Result<()> {
+        let sql = "UPDATE tenants SET unsubscribe_scope = $2 WHERE tenant_id = $1";
+        on_pool!(self, p => sqlx::query(sql).bind(tenant.as_str()).bind(scope.as_str()).execute(p).await.map(|_| ()))?;
+        Ok(())
+    }
+
+    /// Records which token key ids and DKIM signing domains belong to a
+    /// tenant: references for operators, never the secrets themselves.
+    pub async fn set_tenant_key_refs(
+        &self,
+        tenant: &TenantId,
+        token_key_ids: &str,
+        dkim_domains: &str,
+    ) -> Result<()> {
+        let sql = "UPDATE tenants SET token_key_ids = $2, dkim_domains = $3 WHERE tenant_id = $1";
+        on_pool!(self, p => sqlx::query(sql).bind(tenant.as_str()).bind(token_key_ids).bind(dkim_domains).execute(p).await.map(|_| ()))?;
+        Ok(())
+    }
+
+    /// Creates an API key for `tenant` and returns it; only its hash is kept.
+    pub async fn create_api_key(&self, tenant: &TenantId, label: &str) -> Result<String> {
+        let mut raw = [0u8; 24];
+        rand::RngCore::fill_bytes(&mut rand::rng(), &mut raw);
+        let key = format!("mp_{}", raw.iter().map(|b| format!("{b:02x}")).collect::<String>());
+        let sql = "INSERT INTO api_keys (key_hash, tenant_id, label, created_at) VALUES ($1, $2, $3, $4)";
+        on_pool!(self, p => sqlx::query(sql).bind(key_hash(&key)).bind(tenant.as_str()).bind(label).bind(now_ms()).execute(p).await.map(|_| ()))?;
+        Ok(key)
+    }
+
+    /// The tenant an API key belongs to, if it exists and is not revoked.
+    pub async fn tenant_for_api_key(&self, key: &str) -> Result<Option<TenantId>> {
+        let sql = "SELECT tenant_id FROM api_keys WHERE key_hash = $1 AND revoked_at IS NULL";
+        let t: Option<String> =
+            on_pool!(self, p => sqlx::query_scalar(sql).bind(key_hash(key)).fetch_optional(p).await)?;
+        Ok(t.and_then(|t| TenantId::parse(t).ok()))
+    }
+
+    /// Revokes an API key. True if it existed.
+    pub async fn revoke_api_key(&self, key: &str) -> Result<bool> {
+        let sql = "UPDATE api_keys SET revoked_at = $2 WHERE key_hash = $1 AND revoked_at IS NULL";
+        let n = on_pool!(self, p => sqlx::query(sql).bind(key_hash(key)).bind(now_ms()).execute(p).await?.rows_affected());
+        Ok(n > 0)
+    }
+}
+
+/// API keys are stored as their SHA-256: a leaked table grants nothing.
+fn key_hash(key: &str) -> String {
+    Sha256::digest(key.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
+}

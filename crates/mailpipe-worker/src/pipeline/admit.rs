@@ -1,0 +1,87 @@
+//! Stage 1: may this job be sent at all? The tenant is registered, the
+//! ledger claim is ours (a finished job is only re-announced), a job left in
+//! doubt is resolved by policy, and the recipient is not suppressed.
+
+use std::ops::ControlFlow;
+use std::sync::atomic::Ordering;
+
+use mailpipe_core::{EventType, SendJob, Suppressed, TenantId};
+use mailpipe_store::{Claim, LedgerStatus, Verdict};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+
+use super::{Outcome, Pipeline, Record, Step, durably, ended};
+use crate::InDoubtPolicy;
+
+impl Pipeline {
+    pub(super) async fn admit(
+        &self,
+        rec: &Record<'_>,
+        job: &SendJob,
+        shutdown: &CancellationToken,
+    ) -> Step<Claim> {
+        if !self.tenant_known(&job.tenant_id, shutdown).await? {
+            return ended(
+                self.reject(rec, Some(job), "unknown_tenant", "tenant is not registered", shutdown).await?,
+            );
+        }
+        let claim = durably("claim", shutdown, || async { Ok(self.store.claim_job(job).await?) }).await?;
+        if claim.status.is_terminal() {
+            return ended(self.replay(job, shutdown).await?);
+        }
+        if claim.scheduled && !rec.retry {
+            // Deferred earlier and acknowledged late (a crash in between):
+            // the retry schedule owns the job now.
+            debug!("job is on the retry schedule; queue record acknowledged");
+            return ended(Outcome::Scheduled);
+        }
+        if claim.status == LedgerStatus::Sending {
+            self.counters.in_doubt.fetch_add(1, Ordering::Relaxed);
+            metrics::counter!("mailpipe_jobs_in_doubt_total").increment(1);
+            if self.cfg.in_doubt == InDoubtPolicy::AssumeDelivered {
+                warn!("previous attempt died mid-transaction; recording as sent (in doubt) per policy");
+                let mut ev = self.event(job, EventType::Sent, "");
+                ev.message_id = claim.message_id.clone();
+                ev.reason = Some("in_doubt".into());
+                return ended(self.finish(job, LedgerStatus::Sent, None, ev, Outcome::Sent, shutdown).await?);
+            }
+        }
+        // Suppression comes before rendering: a suppressed job costs one lookup.
+        if let Some(s) = self.suppressed(job, shutdown).await? {
+            let mut ev = self.event(job, EventType::Suppressed, "");
+            ev.reason = Some(s.reason.as_str().to_owned());
+            ev.detail = Some(s.scope.kind().into());
+            return ended(
+                self.finish(job, LedgerStatus::Suppressed, None, ev, Outcome::Suppressed, shutdown).await?,
+            );
+        }
+        ControlFlow::Continue(claim)
+    }
+
+    /// The suppression that stops this job, if any: the in-memory filter
+    /// answers "certainly not", anything else is an exact lookup.
+    async fn suppressed(&self, job: &SendJob, shutdown: &CancellationToken) -> Step<Option<Suppressed>> {
+        let recipient = self.composer.recipients().hash(&job.to.email.canonical());
+        match self.filter.as_ref().map(|f| f.check(&recipient)) {
+            Some(Verdict::Absent) => ControlFlow::Continue(None),
+            Some(Verdict::Lookup) | None => {
+                durably("suppression", shutdown, || async {
+                    Ok(self.store.suppression(&recipient, &job.tenant_id, job.category).await?)
+                })
+                .await
+            }
+        }
+    }
+
+    async fn tenant_known(&self, tenant: &TenantId, shutdown: &CancellationToken) -> Step<bool> {
+        if self.known_tenants.lock().unwrap_or_else(|p| p.into_inner()).contains(tenant) {
+            return ControlFlow::Continue(true);
+        }
+        let known =
+            durably("tenant", shutdown, || async { Ok(self.store.tenant_exists(tenant).await?) }).await?;
+        if known {
+            self.known_tenants.lock().unwrap_or_else(|p| p.into_inner()).insert(tenant.clone());
+        }
+        ControlFlow::Continue(known)
+    }
+}

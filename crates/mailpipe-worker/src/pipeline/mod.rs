@@ -1,0 +1,288 @@
+//! One job, from bytes to a durable outcome, in five named stages:
+//!
+//! 1. [`admit`](Pipeline::admit): the tenant is known, the ledger claim is
+//!    taken (a finished job is only re-announced), and the recipient is not
+//!    suppressed;
+//! 2. [`pace`](Pipeline::pace): the rate limit allows a send now, or the job
+//!    is parked on the retry schedule;
+//! 3. [`render`](Pipeline::render): the template is found and the message
+//!    composed and signed;
+//! 4. [`deliver`](Pipeline::deliver): one SMTP attempt, the ledger marked
+//!    `sending` at its commit point, the reply classified;
+//! 5. [`settle`](Pipeline::settle): the outcome recorded (ledger row and
+//!    event in one transaction) and published, or the job deferred.
+//!
+//! Each stage either hands the next one what it needs or ends the job
+//! ([`Step`]). Every store or broker call goes through [`durably`], which
+//! retries until it succeeds or shutdown comes first.
+
+mod admit;
+mod deliver;
+mod pace;
+mod render;
+mod settle;
+
+use std::collections::{HashMap, HashSet};
+use std::ops::ControlFlow;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use mailpipe_core::{Backoff, Event, EventType, SendJob, TenantId};
+use mailpipe_queue::Delivery;
+use mailpipe_queue::kafka::KafkaEvents;
+use mailpipe_render::Composer;
+use mailpipe_smtp::Transport;
+use mailpipe_store::{DueRetry, Store, StoreError, SuppressionFilter};
+use mailpipe_throttle::Throttle;
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, info_span, warn};
+
+use crate::templates::TemplateCache;
+use crate::{Counters, WorkerSettings};
+
+/// Where events go besides the store.
+pub enum EventOut {
+    /// Kafka: events to `mailpipe.events.v1`, rejects to `mailpipe.send.dlq.v1`.
+    Kafka(KafkaEvents),
+    /// Embedded default: the store is the only record.
+    StoreOnly,
+}
+
+/// The terminal outcome of one job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Sent,
+    Bounced,
+    Suppressed,
+    Failed,
+    DeadLettered,
+    /// Finished in an earlier run; its event was re-published.
+    Replayed,
+    /// Not terminal: deferred after a failed attempt, on the retry schedule.
+    Deferred,
+    /// Not terminal: its rate limit was exhausted; on the retry schedule
+    /// without an attempt.
+    Parked,
+    /// A redelivered queue record for a job the retry schedule already owns.
+    Scheduled,
+}
+
+impl Outcome {
+    /// Whether the job has ended (as opposed to waiting on the schedule).
+    pub fn is_terminal(self) -> bool {
+        match self {
+            Outcome::Sent
+            | Outcome::Bounced
+            | Outcome::Suppressed
+            | Outcome::Failed
+            | Outcome::DeadLettered
+            | Outcome::Replayed => true,
+            Outcome::Deferred | Outcome::Parked | Outcome::Scheduled => false,
+        }
+    }
+}
+
+/// What a stage returns: `Continue` with what the next stage needs, or
+/// `Break` with how the job ended: `Some(outcome)`, durable, or `None` if
+/// shutdown came first (the record then stays unacknowledged).
+type Step<T> = ControlFlow<Option<Outcome>, T>;
+
+/// A stage's early end with a durable outcome.
+fn ended<T>(outcome: Outcome) -> Step<T> {
+    ControlFlow::Break(Some(outcome))
+}
+
+/// A record being processed: from the queue, or from the retry schedule.
+struct Record<'a> {
+    /// Unique per record: `topic/partition/offset` or `retry/tenant/job`.
+    source: String,
+    key: &'a [u8],
+    payload: &'a [u8],
+    /// The queue partition the job came from.
+    shard: i32,
+    retry: bool,
+}
+
+pub struct Pipeline {
+    store: Store,
+    composer: Composer,
+    transport: Arc<dyn Transport>,
+    events: EventOut,
+    cfg: WorkerSettings,
+    templates: TemplateCache,
+    throttle: Option<Arc<Throttle>>,
+    filter: Option<Arc<SuppressionFilter>>,
+    known_tenants: Mutex<HashSet<TenantId>>,
+    /// Per rate-limit key, the next free slot for a parked job, so that a
+    /// backlog is spread over time at the key's rate instead of falling due
+    /// all at once.
+    slots: Mutex<HashMap<String, tokio::time::Instant>>,
+    pub counters: Arc<Counters>,
+}
+
+/// A failure of our own infrastructure, retried until it heals or shutdown.
+#[derive(Debug, thiserror::Error)]
+enum Infra {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Queue(#[from] mailpipe_queue::QueueError),
+}
+
+/// How long a store or broker call waits before its next try.
+const INFRA_BACKOFF: Backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
+
+/// Retries `op` with back-off while `shutdown` has not fired. `Break(None)`
+/// means shutdown came first; the job is then left unacknowledged and will be
+/// redelivered.
+async fn durably<T, F, Fut>(what: &'static str, shutdown: &CancellationToken, mut op: F) -> Step<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, Infra>>,
+{
+    let mut backoff = INFRA_BACKOFF;
+    loop {
+        match op().await {
+            Ok(v) => return ControlFlow::Continue(v),
+            Err(e) => {
+                let delay = backoff.next_delay();
+                metrics::counter!("mailpipe_infra_retries_total", "step" => what).increment(1);
+                warn!(step = what, error = %e, retry_in_ms = delay.as_millis() as u64, "infrastructure error; holding the job and retrying");
+                tokio::select! {
+                    _ = shutdown.cancelled() => return ControlFlow::Break(None),
+                    _ = tokio::time::sleep(delay) => {}
+                }
+            }
+        }
+    }
+}
+
+impl Pipeline {
+    pub fn new(
+        store: Store,
+        composer: Composer,
+        transport: Arc<dyn Transport>,
+        events: EventOut,
+        cfg: WorkerSettings,
+    ) -> Self {
+        let limits = composer.limits().clone();
+        Self {
+            store,
+            composer,
+            transport,
+            events,
+            cfg,
+            templates: TemplateCache::new(limits, 1024),
+            throttle: None,
+            filter: None,
+            known_tenants: Mutex::new(HashSet::new()),
+            slots: Mutex::new(HashMap::new()),
+            counters: Arc::new(Counters::default()),
+        }
+    }
+
+    /// Paces sends by recipient domain and provider group.
+    pub fn with_throttle(mut self, throttle: Arc<Throttle>) -> Self {
+        self.throttle = Some(throttle);
+        self
+    }
+
+    /// Answers most suppression checks from memory; see
+    /// [`SuppressionFilter`]. The caller keeps it current.
+    pub fn with_suppression_filter(mut self, filter: Arc<SuppressionFilter>) -> Self {
+        self.filter = Some(filter);
+        self
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Processes one queue record to a durable outcome (terminal, or on the
+    /// retry schedule). Returns `None` only if shutdown interrupted it first;
+    /// the record must then stay unacknowledged.
+    pub async fn process(&self, d: Delivery, shutdown: &CancellationToken) -> Option<Outcome> {
+        self.counters.received.fetch_add(1, Ordering::Relaxed);
+        let rec = Record {
+            source: d.id.to_string(),
+            key: d.key.as_deref().unwrap_or_default(),
+            payload: &d.payload,
+            shard: d.id.partition,
+            retry: false,
+        };
+        self.process_record(rec, shutdown).await
+    }
+
+    /// Runs a job taken from the retry schedule.
+    pub async fn process_retry(&self, r: DueRetry, shutdown: &CancellationToken) -> Option<Outcome> {
+        let rec = Record {
+            source: format!("retry/{}/{}", r.tenant_id, r.job_id),
+            key: &[],
+            payload: &r.payload,
+            shard: r.shard,
+            retry: true,
+        };
+        self.process_record(rec, shutdown).await
+    }
+
+    async fn process_record(&self, rec: Record<'_>, shutdown: &CancellationToken) -> Option<Outcome> {
+        let step = match SendJob::from_json(rec.payload) {
+            Ok(job) => {
+                let span = info_span!("job", tenant = %job.tenant_id, campaign = %job.campaign_id, job = %job.job_id, rcpt_domain = job.to.email.domain(), record = %rec.source);
+                self.stages(&rec, &job, shutdown).instrument(span).await
+            }
+            Err(e) => self.reject(&rec, None, e.reason(), &e.to_string(), shutdown).await,
+        };
+        match step {
+            ControlFlow::Continue(outcome) => Some(outcome),
+            ControlFlow::Break(outcome) => outcome,
+        }
+    }
+
+    /// The five stages, in order; each may end the job early.
+    async fn stages(&self, rec: &Record<'_>, job: &SendJob, shutdown: &CancellationToken) -> Step<Outcome> {
+        let claim = self.admit(rec, job, shutdown).await?;
+        self.pace(rec, job, &claim, shutdown).await?;
+        let message = self.render(rec, job, shutdown).await?;
+        let attempt = self.deliver(job, &claim, &message).await;
+        self.settle(rec, job, &claim, &message, attempt, shutdown).await
+    }
+
+    /// The provider group of a recipient domain, for metrics and events:
+    /// a configured group name, or `other`. Never the domain itself, which
+    /// would make metric labels unbounded.
+    fn provider<'a>(&'a self, domain: &str) -> &'a str {
+        self.throttle.as_ref().and_then(|t| t.group(domain)).unwrap_or("other")
+    }
+
+    fn event(&self, job: &SendJob, kind: EventType, discriminator: &str) -> Event {
+        let mut e = Event::for_job(kind, &job.tenant_id, &job.campaign_id, &job.job_id, discriminator);
+        e.category = Some(job.category);
+        e.provider = Some(self.provider(job.to.email.domain()).to_owned());
+        e
+    }
+
+    async fn publish(&self, events: &[Event]) -> Result<(), Infra> {
+        match &self.events {
+            EventOut::Kafka(k) => Ok(k.publish(events).await?),
+            EventOut::StoreOnly => Ok(()),
+        }
+    }
+
+    fn count(&self, o: Outcome, provider: &str) {
+        let (c, label) = match o {
+            Outcome::Sent => (&self.counters.sent, "sent"),
+            Outcome::Bounced => (&self.counters.bounced, "bounced"),
+            Outcome::Suppressed => (&self.counters.suppressed, "suppressed"),
+            Outcome::Failed => (&self.counters.failed, "failed"),
+            Outcome::DeadLettered => (&self.counters.dead_lettered, "dead_lettered"),
+            Outcome::Replayed => (&self.counters.replayed, "replayed"),
+            Outcome::Deferred => (&self.counters.deferred, "deferred"),
+            Outcome::Parked | Outcome::Scheduled => return,
+        };
+        c.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!("mailpipe_jobs_total", "outcome" => label, "provider" => provider.to_owned())
+            .increment(1);
+    }
+}

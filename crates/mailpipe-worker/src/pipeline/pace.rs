@@ -1,0 +1,89 @@
+//! Stage 2: may it go now? The rate limit of the recipient's domain or
+//! provider group allows a send, or the job waits: a short wait is slept
+//! off, a long one parks the job on the retry schedule so that it holds no
+//! concurrency slot (and no partition) meanwhile.
+
+use std::ops::ControlFlow;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use mailpipe_core::{SendJob, now_ms};
+use mailpipe_store::Claim;
+use tokio_util::sync::CancellationToken;
+
+use super::{Outcome, Pipeline, Record, Step, durably, ended};
+
+impl Pipeline {
+    /// The rate limit comes before rendering: a parked job is rendered when
+    /// it finally goes. Waiters take successive slots of the key's rate, so
+    /// that a short wait is slept off but a backlog is parked.
+    pub(super) async fn pace(
+        &self,
+        rec: &Record<'_>,
+        job: &SendJob,
+        claim: &Claim,
+        shutdown: &CancellationToken,
+    ) -> Step<()> {
+        let Some(t) = &self.throttle else { return ControlFlow::Continue(()) };
+        let domain = job.to.email.domain();
+        while let Err(wait) = t.check(domain) {
+            let delay = self.reserve_slot(t.key(domain), t.interval(domain), wait);
+            if delay > self.cfg.park_after {
+                return ended(self.park(rec, job, claim.attempts.max(0) as u32, delay, shutdown).await?);
+            }
+            metrics::counter!("mailpipe_throttle_waits_total").increment(1);
+            tokio::select! {
+                _ = shutdown.cancelled() => return ControlFlow::Break(None),
+                _ = tokio::time::sleep(delay) => {}
+            }
+        }
+        ControlFlow::Continue(())
+    }
+
+    /// Takes the next free slot of a rate-limit key, at least `wait` from
+    /// now, and returns how far away it is. Successive callers get slots one
+    /// `interval` apart, so that waiting jobs queue up at the key's rate.
+    fn reserve_slot(&self, key: &str, interval: Option<Duration>, wait: Duration) -> Duration {
+        let now = tokio::time::Instant::now();
+        let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+        if slots.len() > 10_000 {
+            slots.retain(|_, t| *t > now);
+        }
+        let slot = slots.entry(key.to_owned()).or_insert(now);
+        let at = (*slot).max(now + wait);
+        *slot = at + interval.unwrap_or_default();
+        at - now
+    }
+
+    /// Parks a job whose rate limit is exhausted on the retry schedule, due
+    /// after `delay`.
+    async fn park(
+        &self,
+        rec: &Record<'_>,
+        job: &SendJob,
+        attempts: u32,
+        delay: Duration,
+        shutdown: &CancellationToken,
+    ) -> Step<Outcome> {
+        let due = now_ms() + delay.as_millis() as i64;
+        durably("park", shutdown, || async {
+            Ok(self
+                .store
+                .defer(
+                    job.tenant_id.as_str(),
+                    job.job_id.as_str(),
+                    rec.shard,
+                    attempts,
+                    None,
+                    due,
+                    rec.payload,
+                    None,
+                )
+                .await?)
+        })
+        .await?;
+        metrics::counter!("mailpipe_jobs_parked_total").increment(1);
+        self.counters.parked.fetch_add(1, Ordering::Relaxed);
+        ControlFlow::Continue(Outcome::Parked)
+    }
+}

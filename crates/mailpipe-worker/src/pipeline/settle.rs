@@ -1,0 +1,192 @@
+//! Stage 5: the outcome, durably. A terminal outcome is the ledger row and
+//! its event in one transaction, then the event published; a deferral puts
+//! the job on the durable retry schedule; a job that cannot succeed is
+//! dead-lettered. The helpers here also end jobs for the earlier stages.
+
+use std::ops::ControlFlow;
+use std::time::Duration;
+
+use mailpipe_core::{Event, EventType, Reason, SendJob, Suppression, now_ms};
+use mailpipe_render::Composed;
+use mailpipe_smtp::{Disposition, Reply};
+use mailpipe_store::{Claim, DeadLetter, LedgerStatus};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+
+use super::deliver::Attempt;
+use super::{EventOut, Outcome, Pipeline, Record, Step, durably};
+use crate::InDoubtPolicy;
+
+impl Pipeline {
+    pub(super) async fn settle(
+        &self,
+        rec: &Record<'_>,
+        job: &SendJob,
+        claim: &Claim,
+        message: &Composed,
+        attempt: Attempt,
+        shutdown: &CancellationToken,
+    ) -> Step<Outcome> {
+        let ev = |kind, disc: &str| {
+            let mut e = self.event(job, kind, disc);
+            e.message_id = Some(message.message_id.clone());
+            e.attempt = Some(attempt.number);
+            e.smtp = attempt.reply.as_ref().map(Reply::to_event);
+            e
+        };
+        let last = attempt.last.as_deref();
+        match attempt.disposition {
+            Disposition::Delivered => {
+                return self
+                    .finish(job, LedgerStatus::Sent, last, ev(EventType::Sent, ""), Outcome::Sent, shutdown)
+                    .await;
+            }
+            Disposition::InDoubt => {
+                self.counters.in_doubt.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                metrics::counter!("mailpipe_jobs_in_doubt_total").increment(1);
+                if self.cfg.in_doubt == InDoubtPolicy::AssumeDelivered {
+                    let mut e = ev(EventType::Sent, "");
+                    e.reason = Some("in_doubt".into());
+                    return self.finish(job, LedgerStatus::Sent, last, e, Outcome::Sent, shutdown).await;
+                }
+                // Retry policy: a deferral, below.
+            }
+            Disposition::Bounced { suppress } => {
+                let mut e = ev(EventType::Bounced, "");
+                e.reason = Some(if suppress { Reason::HardBounce.as_str() } else { "rejected" }.into());
+                if suppress {
+                    let recipient = self.composer.recipients().hash(&job.to.email.canonical());
+                    let entry = Suppression::hard_bounce(&job.tenant_id, recipient);
+                    durably("suppress", shutdown, || async { Ok(self.store.add_suppression(&entry).await?) })
+                        .await?;
+                    e.recipient_ref = Some(recipient.to_hex());
+                }
+                return self.finish(job, LedgerStatus::Bounced, last, e, Outcome::Bounced, shutdown).await;
+            }
+            Disposition::DeadLetter { reason } => {
+                return self.reject(rec, Some(job), reason, last.unwrap_or_default(), shutdown).await;
+            }
+            Disposition::Deferred { .. } => {}
+        }
+
+        // Deferred (or in doubt under the retry policy): onto the durable
+        // retry schedule, unless the job is out of attempts or too old.
+        let delay = self.cfg.retry_backoff().jittered(attempt.number);
+        let age = Duration::from_millis((now_ms() - claim.created_at_ms).max(0) as u64);
+        if attempt.number >= self.cfg.max_attempts || age + delay > self.cfg.max_age {
+            let mut e = ev(EventType::Failed, "");
+            let why = if attempt.number >= self.cfg.max_attempts { "max_attempts" } else { "max_age" };
+            e.reason = Some(why.into());
+            return self.finish(job, LedgerStatus::Failed, last, e, Outcome::Failed, shutdown).await;
+        }
+        let due = now_ms() + delay.as_millis() as i64;
+        let e = ev(EventType::Deferred, &attempt.number.to_string());
+        durably("record_deferral", shutdown, || async {
+            self.store
+                .defer(
+                    job.tenant_id.as_str(),
+                    job.job_id.as_str(),
+                    rec.shard,
+                    attempt.number,
+                    last,
+                    due,
+                    rec.payload,
+                    Some(&e),
+                )
+                .await?;
+            self.publish(std::slice::from_ref(&e)).await
+        })
+        .await?;
+        self.count(Outcome::Deferred, self.provider(job.to.email.domain()));
+        ControlFlow::Continue(Outcome::Deferred)
+    }
+
+    /// Stores a terminal outcome, then publishes it; both retried until done.
+    pub(super) async fn finish(
+        &self,
+        job: &SendJob,
+        status: LedgerStatus,
+        last_reply: Option<&str>,
+        event: Event,
+        outcome: Outcome,
+        shutdown: &CancellationToken,
+    ) -> Step<Outcome> {
+        let (tenant, id) = (job.tenant_id.as_str(), job.job_id.as_str());
+        durably("record_outcome", shutdown, || async {
+            Ok(self.store.finish(tenant, id, status, last_reply, &event).await?)
+        })
+        .await?;
+        durably("publish_outcome", shutdown, || self.publish(std::slice::from_ref(&event))).await?;
+        self.count(outcome, self.provider(job.to.email.domain()));
+        ControlFlow::Continue(outcome)
+    }
+
+    /// A job that finished in an earlier run: its stored outcome is
+    /// published again (same `event_id`), and nothing is sent.
+    pub(super) async fn replay(&self, job: &SendJob, shutdown: &CancellationToken) -> Step<Outcome> {
+        let (tenant, id) = (job.tenant_id.as_str(), job.job_id.as_str());
+        let ev =
+            durably("load_outcome", shutdown, || async { Ok(self.store.terminal_event(tenant, id).await?) })
+                .await?;
+        if let Some(ev) = ev {
+            durably("publish_outcome", shutdown, || self.publish(std::slice::from_ref(&ev))).await?;
+        }
+        debug!("job already finished; outcome re-published, nothing sent");
+        self.count(Outcome::Replayed, self.provider(job.to.email.domain()));
+        ControlFlow::Continue(Outcome::Replayed)
+    }
+
+    /// Dead-letters a record: to the store (with its event), to the DLQ
+    /// topic, and the event to the events topic.
+    pub(super) async fn reject(
+        &self,
+        rec: &Record<'_>,
+        job: Option<&SendJob>,
+        reason: &str,
+        detail: &str,
+        shutdown: &CancellationToken,
+    ) -> Step<Outcome> {
+        warn!(reason, detail, record = %rec.source, "dead-lettering job");
+        let mut ev = match job {
+            Some(j) => self.event(j, EventType::DeadLettered, ""),
+            // Too broken to name a tenant: key the event by the record.
+            None => Event::unattributed(EventType::DeadLettered, &rec.source),
+        };
+        ev.reason = Some(reason.to_owned());
+        ev.detail = Some(detail.to_owned());
+        let dl = DeadLetter {
+            source: rec.source.clone(),
+            reason: reason.to_owned(),
+            detail: detail.to_owned(),
+            tenant_id: job.map(|j| j.tenant_id.to_string()),
+            job_id: job.map(|j| j.job_id.to_string()),
+            payload: rec.payload.to_vec(),
+        };
+        durably("record_dead_letter", shutdown, || async {
+            self.store.dead_letter(&dl, &ev).await?;
+            if let Some(j) = job {
+                // A claimed job's ledger row ends here too; unclaimed jobs have none.
+                self.store
+                    .finish(
+                        j.tenant_id.as_str(),
+                        j.job_id.as_str(),
+                        LedgerStatus::DeadLettered,
+                        Some(detail),
+                        &ev,
+                    )
+                    .await?;
+            }
+            Ok(())
+        })
+        .await?;
+        if let EventOut::Kafka(k) = &self.events {
+            durably("publish_dead_letter", shutdown, || async {
+                k.dead_letter(&rec.source, rec.key, rec.payload, reason, detail).await?;
+                Ok(k.publish(std::slice::from_ref(&ev)).await?)
+            })
+            .await?;
+        }
+        self.count(Outcome::DeadLettered, job.map_or("unknown", |j| self.provider(j.to.email.domain())));
+        ControlFlow::Continue(Outcome::DeadLettered)
+    }
+}

@@ -1,0 +1,32 @@
+//! `mailpipe erase`: removes a recipient's personal data, keeping only a
+//! keyed hash in the suppression list.
+
+use std::process::ExitCode;
+
+use mailpipe_core::Scope;
+
+use super::{address, tenant_id};
+use crate::app;
+use crate::config::Config;
+
+#[derive(clap::Args)]
+pub struct Args {
+    #[arg(long)]
+    email: String,
+    /// Only this tenant's data (and a suppression in its scope).
+    #[arg(long)]
+    tenant: Option<String>,
+}
+
+pub async fn run(args: Args, cfg: &Config) -> anyhow::Result<ExitCode> {
+    let addr = address("--email", &args.email)?;
+    let scope = Scope::of(args.tenant.as_deref().map(tenant_id).transpose()?);
+    let keys = app::keys(cfg)?;
+    let store = app::store(cfg).await?;
+    let r = mailpipe_analytics::privacy::erase(&store, &keys.hasher, &addr, &scope).await?;
+    println!(
+        "erased: {} ledger rows anonymised, {} events deleted, {} dead letters deleted; a keyed hash stays on the suppression list",
+        r.ledger_rows_anonymised, r.events_deleted, r.dead_letters_deleted
+    );
+    Ok(ExitCode::SUCCESS)
+}

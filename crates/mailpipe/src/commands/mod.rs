@@ -1,0 +1,100 @@
+//! One module per subcommand: its arguments (clap) and its `run`, which
+//! turns the loaded configuration into what the command does, calling the
+//! library crates through [`crate::app`].
+
+pub mod analytics;
+pub mod check_config;
+pub mod complaint;
+pub mod demo;
+pub mod enqueue;
+pub mod erase;
+pub mod migrate;
+pub mod purge;
+pub mod suppress;
+pub mod tenant;
+pub mod tracker;
+pub mod worker;
+
+use std::process::ExitCode;
+
+use clap::Subcommand;
+
+use crate::config::Config;
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Run the whole pipeline in one process on a sample campaign: SQLite,
+    /// an in-process queue, .eml files, and the tracker on localhost.
+    Demo(demo::Args),
+    /// Consume send jobs from Kafka and deliver them, until SIGTERM or
+    /// Ctrl-C; then drain in-flight jobs within worker.grace_period_secs.
+    Worker,
+    /// Serve open pixels, click redirects and unsubscribes, until SIGTERM or
+    /// Ctrl-C; then flush pending events.
+    Tracker,
+    /// Produce send jobs from a JSON Lines file to Kafka (what a campaign
+    /// scheduler does). Every line is validated first; nothing is sent if
+    /// any line is invalid, unless --skip-invalid is given.
+    Enqueue(enqueue::Args),
+    /// Apply database migrations to the configured store.
+    Migrate,
+    /// Manage tenants.
+    Tenant {
+        #[command(subcommand)]
+        command: tenant::Command,
+    },
+    /// Serve the tenant API and dashboard, count events into per-campaign
+    /// aggregates, and purge on the retention schedule, until SIGTERM.
+    Analytics,
+    /// Delete what is past its retention (docs/privacy.md), now.
+    Purge,
+    /// Remove a recipient's personal data everywhere, keeping only a keyed
+    /// hash in the suppression list so they are never mailed again.
+    Erase(erase::Args),
+    /// Manage suppressions (platform-wide, or one tenant's with --tenant).
+    Suppress {
+        #[command(subcommand)]
+        command: suppress::Command,
+    },
+    /// Take an ARF complaint report (RFC 5965) from FILE or stdin (`-`), as a
+    /// feedback-loop mailbox would pipe it: the recipient is suppressed for
+    /// every tenant and category, and a `complaint` event recorded.
+    Complaint(complaint::Args),
+    /// Load and check the configuration, and report every error at once.
+    CheckConfig,
+}
+
+impl Command {
+    /// Whether the command owns the terminal (the demo's progress bar and
+    /// summary), so that logs below warnings would get in its way.
+    pub fn owns_terminal(&self) -> bool {
+        matches!(self, Command::Demo(_))
+    }
+
+    pub async fn run(self, cfg: &Config) -> anyhow::Result<ExitCode> {
+        match self {
+            Command::Demo(args) => demo::run(args, cfg).await,
+            Command::Worker => worker::run(cfg).await,
+            Command::Tracker => tracker::run(cfg).await,
+            Command::Enqueue(args) => enqueue::run(args, cfg).await,
+            Command::Migrate => migrate::run(cfg).await,
+            Command::Tenant { command } => tenant::run(command, cfg).await,
+            Command::Analytics => analytics::run(cfg).await,
+            Command::Purge => purge::run(cfg).await,
+            Command::Erase(args) => erase::run(args, cfg).await,
+            Command::Suppress { command } => suppress::run(command, cfg).await,
+            Command::Complaint(args) => complaint::run(args, cfg).await,
+            Command::CheckConfig => check_config::run(cfg),
+        }
+    }
+}
+
+/// A `--tenant` option, parsed.
+fn tenant_id(id: &str) -> anyhow::Result<mailpipe_core::TenantId> {
+    mailpipe_core::TenantId::parse(id).map_err(|e| anyhow::anyhow!("tenant id: {e}"))
+}
+
+/// An address given on the command line, parsed; `what` names it in the error.
+fn address(what: &str, email: &str) -> anyhow::Result<mailpipe_core::EmailAddress> {
+    mailpipe_core::EmailAddress::parse(email).map_err(|e| anyhow::anyhow!("{what}: {e}"))
+}

@@ -1,0 +1,11 @@
+//! `mailpipe worker`.
+
+use std::process::ExitCode;
+
+use crate::config::Config;
+use crate::{app, telemetry};
+
+pub async fn run(cfg: &Config) -> anyhow::Result<ExitCode> {
+    app::run_worker(cfg, app::shutdown_token(), telemetry::init_metrics()).await?;
+    Ok(ExitCode::SUCCESS)
+}

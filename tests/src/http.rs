@@ -1,0 +1,104 @@
+//! Raw HTTP/1.1 for tests of the tracker and the API.
+
+use std::time::Duration;
+
+/// An HTTP/1.1 answer, read to the end of a `Connection: close` response.
+#[derive(Debug)]
+pub struct HttpResponse {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl HttpResponse {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+/// Sends one raw HTTP/1.1 request to `addr` (`host:port`) and reads the whole
+/// response. Raw on purpose: tracker tests also send what no client library
+/// would (oversized heads, garbage, unknown methods).
+pub async fn http(
+    addr: &str,
+    method: &str,
+    target: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> HttpResponse {
+    try_http(addr, method, target, headers, body)
+        .await
+        .unwrap_or_else(|e| panic!("{method} {target} on {addr}: {e}"))
+}
+
+/// Same, but a connection refused, reset or cut short is an error, not a
+/// panic: for tests that kill the server while requests are in flight.
+pub async fn try_http(
+    addr: &str,
+    method: &str,
+    target: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> std::io::Result<HttpResponse> {
+    use std::io::{Error, ErrorKind};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await?;
+    let mut req = format!("{method} {target} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    if !body.is_empty() || method == "POST" {
+        req.push_str(&format!("Content-Length: {}\r\n", body.len()));
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes()).await?;
+    s.write_all(body).await?;
+    let mut raw = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut raw))
+        .await
+        .map_err(|_| Error::new(ErrorKind::TimedOut, "no response within 10 s"))??;
+    if !raw.windows(4).any(|w| w == b"\r\n\r\n") {
+        return Err(Error::new(ErrorKind::UnexpectedEof, "the response was cut short"));
+    }
+    Ok(parse_http_response(&raw))
+}
+
+fn parse_http_response(raw: &[u8]) -> HttpResponse {
+    let split = raw.windows(4).position(|w| w == b"\r\n\r\n").expect("a complete response head");
+    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
+    let mut lines = head.split("\r\n");
+    let status = lines.next().and_then(|l| l.split(' ').nth(1)).and_then(|s| s.parse().ok()).expect("status");
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':').map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned())))
+        .collect();
+    let mut body = raw[split + 4..].to_vec();
+    let chunked =
+        headers.iter().any(|(k, v)| k.eq_ignore_ascii_case("transfer-encoding") && v.contains("chunked"));
+    if chunked {
+        let mut out = Vec::new();
+        let mut rest = &body[..];
+        while let Some(nl) = rest.windows(2).position(|w| w == b"\r\n") {
+            let len = usize::from_str_radix(String::from_utf8_lossy(&rest[..nl]).trim(), 16).unwrap_or(0);
+            if len == 0 {
+                break;
+            }
+            out.extend_from_slice(&rest[nl + 2..nl + 2 + len]);
+            rest = &rest[nl + 2 + len + 2..];
+        }
+        body = out;
+    }
+    HttpResponse { status, headers, body }
+}
+
+/// The URLs of a message's `List-Unsubscribe` header (unfolded).
+pub fn list_unsubscribe(message: &str) -> Vec<String> {
+    let unfolded = message.replace("\r\n ", " ").replace("\r\n\t", " ").replace("\n ", " ");
+    unfolded
+        .lines()
+        .find(|l| l.to_ascii_lowercase().starts_with("list-unsubscribe:"))
+        .map(|l| l[17..].split(',').map(|u| u.trim().trim_matches(['<', '>']).to_owned()).collect())
+        .unwrap_or_default()
+}

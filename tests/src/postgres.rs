@@ -1,0 +1,86 @@
+//! PostgreSQL for tests: a fresh database per test, dropped by a later run
+//! once the process that made it is gone.
+
+use sqlx::Connection;
+
+use crate::{START_HINT, capture_logs, finished_run, services, unique};
+
+pub fn database_url() -> String {
+    std::env::var("MAILPIPE_TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://mailpipe:mailpipe@127.0.0.1:55432/mailpipe".into())
+}
+
+/// A test's own database. Holds a share of the services ([`services`]) for
+/// as long as it lives, so that no test restarts PostgreSQL under it.
+/// Derefs to its URL.
+pub struct TestDatabase {
+    pub url: String,
+    _services: Option<services::Shared>,
+}
+
+impl std::ops::Deref for TestDatabase {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.url
+    }
+}
+
+impl std::fmt::Display for TestDatabase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.url)
+    }
+}
+
+impl TestDatabase {
+    /// A database of a test that holds the services exclusively already.
+    pub(crate) fn unshared(url: String) -> Self {
+        Self { url, _services: None }
+    }
+}
+
+/// A fresh, empty PostgreSQL database.
+pub async fn fresh_database() -> TestDatabase {
+    let shared = services::shared().await;
+    TestDatabase { url: create_database().await, _services: Some(shared) }
+}
+
+/// Same, for a test that holds the services exclusively already.
+pub(crate) async fn create_database() -> String {
+    capture_logs();
+    let admin = database_url();
+    let mut conn = sqlx::PgConnection::connect(&admin)
+        .await
+        .unwrap_or_else(|e| panic!("PostgreSQL is not reachable at {admin}: {e}\n{START_HINT}"));
+    drop_databases_of_finished_runs(&mut conn).await;
+    let name = unique("mailpipe_test");
+    sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut conn).await.expect("create test database");
+    let (base, _) = admin.rsplit_once('/').expect("database URL has a path");
+    format!("{base}/{name}")
+}
+
+/// Drops the databases that earlier test processes made, once per process
+/// (see [`finished_run`]). Every test makes one; without this a developer's
+/// disk fills up over many runs. Best effort: nothing here fails a test.
+async fn drop_databases_of_finished_runs(conn: &mut sqlx::PgConnection) {
+    static DROPPED: tokio::sync::OnceCell<()> = tokio::sync::OnceCell::const_new();
+    DROPPED
+        .get_or_init(|| async {
+            let sql = r"SELECT datname FROM pg_database WHERE datname LIKE 'mailpipe\_test\_%'";
+            let names: Vec<String> = sqlx::query_scalar(sql).fetch_all(&mut *conn).await.unwrap_or_default();
+            for name in names.iter().filter(|n| finished_run(n) == Some("mailpipe_test")) {
+                let drop = format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)");
+                let _ = sqlx::query(&drop).execute(&mut *conn).await;
+            }
+        })
+        .await;
+}
+
+/// Jobs in the ledger with their final outcome.
+pub async fn finished_jobs(conn: &mut sqlx::PgConnection) -> i64 {
+    sqlx::query_scalar(
+        "SELECT COUNT(*) FROM send_ledger WHERE status IN ('sent','bounced','suppressed','failed','dead_lettered')",
+    )
+    .fetch_one(conn)
+    .await
+    .expect("count finished jobs")
+}

@@ -1,0 +1,471 @@
+//! Analytics, tenants and privacy against real PostgreSQL (and SQLite):
+//! idempotent aggregates, the tenant API under row-level security, the
+//! dashboard in a browser, erasure, retention and suppression import.
+
+use std::process::Command;
+use std::time::Duration;
+
+use mailpipe_analytics::complaint::complaint;
+use mailpipe_analytics::privacy::erase;
+use mailpipe_core::{
+    CampaignId, Category, ClientInfo, EmailAddress, Event, EventType, JobId, Reason, Scope, SendJob,
+    TenantId, Verdict, VerdictClass,
+};
+use mailpipe_store::{DeadLetter, LedgerStatus, Retention, Store};
+use mailpipe_tests::*;
+use mailpipe_token::RecipientHasher;
+use sqlx::Connection;
+
+fn ev(kind: EventType, tenant: &str, campaign: &str, job: &str, disc: &str) -> Event {
+    let mut e = Event::for_job(
+        kind,
+        &TenantId::parse(tenant).unwrap(),
+        &CampaignId::parse(campaign).unwrap(),
+        &JobId::parse(job).unwrap(),
+        disc,
+    );
+    e.provider = Some("google".into());
+    e
+}
+
+fn with_verdict(mut e: Event, class: VerdictClass) -> Event {
+    e.verdict = Some(Verdict { class, reason: "test".into() });
+    e.client = Some(ClientInfo { ip: Some("203.0.113.0/24".into()), ua_family: "chrome".into() });
+    e
+}
+
+/// A small campaign's events: 3 sent, 1 deferred, 1 bounced; 3 opens by
+/// one job (2 human, 1 machine) and 1 by another; 2 human clicks on one
+/// link and 1 machine click on another; an unsubscribe.
+fn campaign(tenant: &str, c: &str) -> Vec<Event> {
+    let mut v = vec![
+        ev(EventType::Sent, tenant, c, "j1", ""),
+        ev(EventType::Sent, tenant, c, "j2", ""),
+        ev(EventType::Sent, tenant, c, "j3", ""),
+        ev(EventType::Deferred, tenant, c, "j4", "1"),
+        ev(EventType::Bounced, tenant, c, "j4", ""),
+        with_verdict(ev(EventType::Open, tenant, c, "j1", "a"), VerdictClass::Human),
+        with_verdict(ev(EventType::Open, tenant, c, "j1", "b"), VerdictClass::Human),
+        with_verdict(ev(EventType::Open, tenant, c, "j1", "c"), VerdictClass::Machine),
+        with_verdict(ev(EventType::Open, tenant, c, "j2", "a"), VerdictClass::Human),
+        ev(EventType::Unsubscribe, tenant, c, "j3", ""),
+    ];
+    for (job, disc, url, class) in [
+        ("j1", "x", "https://shop.example/a", VerdictClass::Human),
+        ("j2", "y", "https://shop.example/a", VerdictClass::Human),
+        ("j2", "z", "https://shop.example/b", VerdictClass::Machine),
+    ] {
+        let mut e = with_verdict(ev(EventType::Click, tenant, c, job, disc), class);
+        e.url = Some(url.into());
+        v.push(e);
+    }
+    v
+}
+
+async fn sqlite_store() -> (Store, std::path::PathBuf) {
+    let path = std::env::temp_dir().join(format!("{}.db", unique("analytics")));
+    let store = Store::connect(&format!("sqlite:{}", path.display()), 4).await.unwrap();
+    store.migrate().await.unwrap();
+    (store, path)
+}
+
+async fn pg_store() -> (Store, TestDatabase) {
+    let db = fresh_database().await;
+    let store = Store::connect(&db, 4).await.unwrap();
+    store.migrate().await.unwrap();
+    (store, db)
+}
+
+/// The recipient hasher of the test keys.
+fn hasher() -> RecipientHasher {
+    test_keys().hasher
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aggregates_count_each_event_once_on_postgres_and_sqlite() {
+    let (pg, _) = pg_store().await;
+    let (lite, path) = sqlite_store().await;
+    for store in [pg, lite] {
+        let acme = TenantId::parse("acme").unwrap();
+        let events = campaign("acme", "spring");
+        assert_eq!(store.apply_events(&events).await.unwrap(), events.len());
+        // Redelivered: nothing counts twice.
+        assert_eq!(store.apply_events(&events).await.unwrap(), 0, "{}", store.backend());
+        let s = store.campaign_stats(&acme, "spring").await.unwrap().unwrap();
+        let m = |k: &str| s.totals.get(k).copied().unwrap_or(0);
+        let got = [
+            m("sent"),
+            m("deferred"),
+            m("bounced"),
+            m("opens"),
+            m("opens_human"),
+            m("unique_opens"),
+            m("clicks"),
+            m("clicks_human"),
+            m("unique_clicks"),
+            m("unsubscribes"),
+            m("provider:google:sent"),
+        ];
+        assert_eq!(got, [3, 1, 1, 4, 3, 2, 3, 2, 2, 1, 3], "{}: {:?}", store.backend(), s.totals);
+        assert_eq!(s.links[0], ("https://shop.example/a".to_owned(), 2, 2));
+        assert_eq!(s.hourly.values().map(|h| h.get("opens").copied().unwrap_or(0)).sum::<i64>(), 4);
+    }
+    let _ = std::fs::remove_file(path);
+}
+
+async fn serve_api(store: Store) -> (String, tokio::task::JoinHandle<()>) {
+    let router = mailpipe_analytics::router(mailpipe_analytics::ApiState::new(store, hasher()));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let task = tokio::spawn(async move {
+        let _ = axum::serve(listener, router).await;
+    });
+    (addr, task)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_sees_only_its_own_data_enforced_by_the_database_too() {
+    let (store, db) = pg_store().await;
+    let (acme, globex) = (TenantId::parse("acme").unwrap(), TenantId::parse("globex").unwrap());
+    for t in [&acme, &globex] {
+        store.upsert_tenant(t, t.as_str()).await.unwrap();
+    }
+    store.apply_events(&campaign("acme", "spring")).await.unwrap();
+    store.apply_events(&campaign("globex", "secret-launch")).await.unwrap();
+    let acme_key = store.create_api_key(&acme, "test").await.unwrap();
+    let revoked = store.create_api_key(&acme, "old").await.unwrap();
+    assert!(store.revoke_api_key(&revoked).await.unwrap());
+    let (addr, server) = serve_api(store.clone()).await;
+    let get = |path: &str, key: Option<&str>| {
+        let (addr, path, key) = (addr.clone(), path.to_owned(), key.map(|k| format!("Bearer {k}")));
+        async move {
+            let h: Vec<(&str, &str)> = key.as_deref().map(|k| vec![("Authorization", k)]).unwrap_or_default();
+            http(&addr, "GET", &path, &h, b"").await
+        }
+    };
+
+    assert_eq!(get("/api/v1/campaigns", None).await.status, 401);
+    assert_eq!(get("/api/v1/campaigns", Some("mp_nonsense")).await.status, 401);
+    assert_eq!(get("/api/v1/campaigns", Some(&revoked)).await.status, 401, "a revoked key");
+    let r = get("/api/v1/campaigns", Some(&acme_key)).await;
+    assert_eq!(r.status, 200);
+    assert!(r.text().contains("spring") && !r.text().contains("secret-launch"), "{}", r.text());
+    let r = get("/api/v1/campaigns/spring/stats", Some(&acme_key)).await;
+    assert_eq!(r.status, 200);
+    let stats: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+    assert_eq!(stats["totals"]["sent"], 3);
+    // Another tenant's campaign is as absent as a missing one.
+    let theirs = get("/api/v1/campaigns/secret-launch/stats", Some(&acme_key)).await;
+    let missing = get("/api/v1/campaigns/no-such-thing/stats", Some(&acme_key)).await;
+    assert_eq!((theirs.status, theirs.body.clone()), (404, missing.body.clone()));
+
+    // The database enforces it even for a query that forgets the tenant.
+    let mut conn = sqlx::PgConnection::connect(&db).await.unwrap();
+    let mut tx = sqlx::Connection::begin(&mut conn).await.unwrap();
+    sqlx::query("SET LOCAL ROLE mailpipe_api").execute(&mut *tx).await.unwrap();
+    sqlx::query("SELECT set_config('mailpipe.tenant', 'acme', true)").execute(&mut *tx).await.unwrap();
+    let tenants: Vec<String> = sqlx::query_scalar("SELECT DISTINCT tenant_id FROM campaign_counters")
+        .fetch_all(&mut *tx)
+        .await
+        .unwrap();
+    assert_eq!(tenants, ["acme"], "row-level security hides globex's rows");
+    let links: i64 =
+        sqlx::query_scalar("SELECT COUNT(*) FROM campaign_links").fetch_one(&mut *tx).await.unwrap();
+    assert_eq!(links, 2, "acme's two links only");
+    tx.rollback().await.unwrap();
+    server.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_renders_in_a_browser_with_the_api_figures() {
+    let (store, _) = pg_store().await;
+    let acme = TenantId::parse("acme").unwrap();
+    store.upsert_tenant(&acme, "Acme").await.unwrap();
+    store.apply_events(&campaign("acme", "spring")).await.unwrap();
+    let key = store.create_api_key(&acme, "dash").await.unwrap();
+    let (addr, server) = serve_api(store.clone()).await;
+    let page = http(&addr, "GET", &format!("/dashboard/campaigns/spring?key={key}"), &[], b"").await;
+    assert_eq!(page.status, 200);
+    let html = page.text();
+    let stats = store.campaign_stats(&acme, "spring").await.unwrap().unwrap();
+    for (k, v) in &stats.totals {
+        if !k.contains(':') && html.contains(&format!("id=\"m-{k}\"")) {
+            assert!(html.contains(&format!("id=\"m-{k}\">{v}<")), "{k} = {v} on the page");
+        }
+    }
+    assert!(html.matches("<svg").count() >= 5, "funnel, time series, verdicts, providers, links");
+    assert_eq!(http(&addr, "GET", "/dashboard/campaigns/spring?key=mp_wrong", &[], b"").await.status, 401);
+
+    let dir = std::path::PathBuf::from(
+        std::env::var("MAILPIPE_ARTIFACTS").unwrap_or_else(|_| "/var/tmp/mailpipe-artifacts".into()),
+    );
+    std::fs::create_dir_all(&dir).unwrap();
+    let shot = dir.join("dashboard.png");
+    let _ = std::fs::remove_file(&shot);
+    let url = format!("http://{addr}/dashboard/campaigns/spring?key={key}");
+    let profile = std::env::temp_dir().join(unique("chromium"));
+    let out = tokio::task::spawn_blocking({
+        let shot = shot.clone();
+        move || {
+            Command::new("chromium")
+                .args(["--headless=new", "--no-sandbox", "--disable-gpu", "--hide-scrollbars"])
+                .arg(format!("--user-data-dir={}", profile.display()))
+                .arg(format!("--screenshot={}", shot.display()))
+                .args(["--window-size=1280,1000", &url])
+                .output()
+        }
+    })
+    .await
+    .unwrap()
+    .expect("chromium runs (apt-get install chromium)");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let png = std::fs::read(&shot).unwrap();
+    assert_eq!(&png[1..4], b"PNG");
+    assert!(png.len() > 20_000, "a real rendering, not a blank page: {} bytes", png.len());
+    println!("dashboard screenshot: {}", shot.display());
+    server.abort();
+}
+
+/// Runs one job through the real store path, leaving the address in the
+/// ledger, an open event with client details, and a dead letter.
+async fn seed_personal_data(store: &Store, address: &str) {
+    let acme = TenantId::parse("acme").unwrap();
+    store.upsert_tenant(&acme, "Acme").await.unwrap();
+    let mut j = job(1, "acme", "spring", "example.com");
+    j["to"]["email"] = address.into();
+    let payload = serde_json::to_vec(&j).unwrap();
+    let sj = SendJob::from_json(&payload).unwrap();
+    store.claim_job(&sj).await.unwrap();
+    let sent = ev(EventType::Sent, "acme", "spring", "job-00001", "");
+    store.finish("acme", "job-00001", LedgerStatus::Sent, Some("250 ok"), &sent).await.unwrap();
+    let open = with_verdict(ev(EventType::Open, "acme", "spring", "job-00001", "o"), VerdictClass::Human);
+    store.insert_events(&[open]).await.unwrap();
+    let dl = DeadLetter {
+        source: "mailpipe.send.v1/0/9".into(),
+        reason: "header_injection".into(),
+        detail: "x".into(),
+        tenant_id: Some("acme".into()),
+        job_id: Some("job-00002".into()),
+        payload,
+    };
+    store.dead_letter(&dl, &ev(EventType::DeadLettered, "acme", "spring", "job-00002", "")).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn erase_leaves_no_trace_of_the_address_on_postgres_or_sqlite() {
+    let address = "erase.me.please@example.com";
+    // PostgreSQL, checked with pg_dump.
+    let (store, db) = pg_store().await;
+    seed_personal_data(&store, address).await;
+    let dump = || {
+        let out =
+            Command::new("/usr/lib/postgresql/15/bin/pg_dump").args(["--data-only", &db]).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert!(dump().contains(address), "the seed really holds the address");
+    let addr = EmailAddress::parse(address).unwrap();
+    let r = erase(&store, &hasher(), &addr, &Scope::Platform).await.unwrap();
+    assert_eq!((r.ledger_rows_anonymised, r.events_deleted, r.dead_letters_deleted), (1, 2, 1), "{r:?}");
+    assert!(!dump().contains(address), "no trace left in PostgreSQL");
+    assert!(!dump().contains("203.0.113.0/24"), "nor the client details of the person's events");
+    // Never mailed again, and a redelivered job stores nothing new.
+    let globex = TenantId::parse("globex").unwrap();
+    let s = store.suppression(&hasher().hash(address), &globex, Category::Transactional).await.unwrap();
+    assert_eq!(
+        s.map(|s| (s.reason, s.scope)),
+        Some((Reason::Erasure, Scope::Platform)),
+        "suppressed for every tenant and category"
+    );
+    let mut j = job(1, "acme", "spring", "example.com");
+    j["to"]["email"] = address.into();
+    let again =
+        store.claim_job(&SendJob::from_json(&serde_json::to_vec(&j).unwrap()).unwrap()).await.unwrap();
+    assert!(again.status.is_terminal());
+    assert!(!dump().contains(address), "still none after a redelivery");
+
+    // SQLite, checked with the sqlite3 shell's .dump.
+    let (lite, path) = sqlite_store().await;
+    seed_personal_data(&lite, address).await;
+    let sqlite_dump = || {
+        let out = Command::new("sqlite3")
+            .arg(&path)
+            .arg(".dump")
+            .output()
+            .expect("sqlite3 (apt-get install sqlite3)");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert!(sqlite_dump().contains(address));
+    erase(&lite, &hasher(), &addr, &Scope::Platform).await.unwrap();
+    lite.close().await;
+    assert!(!sqlite_dump().contains(address), "no trace left in SQLite");
+    let mut raw = std::fs::read(&path).unwrap();
+    // The write-ahead log too, if one is left.
+    raw.extend(std::fs::read(format!("{}-wal", path.display())).unwrap_or_default());
+    assert!(
+        !raw.windows(address.len()).any(|w| w == address.as_bytes()),
+        "not even in free pages of the file"
+    );
+    let _ = std::fs::remove_file(path);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_purges_old_events_client_details_and_ledger_rows() {
+    let (store, db) = pg_store().await;
+    let now = mailpipe_core::now_ms();
+    let day = 86_400_000;
+    let mut old = with_verdict(ev(EventType::Open, "acme", "c", "j1", "old"), VerdictClass::Human);
+    old.occurred_at = time::OffsetDateTime::from_unix_timestamp((now - 40 * day) / 1000).unwrap();
+    let mut mid = with_verdict(ev(EventType::Open, "acme", "c", "j1", "mid"), VerdictClass::Human);
+    mid.occurred_at = time::OffsetDateTime::from_unix_timestamp((now - 10 * day) / 1000).unwrap();
+    let fresh = with_verdict(ev(EventType::Open, "acme", "c", "j1", "new"), VerdictClass::Human);
+    store.insert_events(&[old, mid, fresh]).await.unwrap();
+    let r = Retention {
+        events_days: 30,
+        ledger_days: 90,
+        client_details_days: 7,
+        dead_letters_days: 30,
+        purge_interval_hours: 0,
+    };
+    let rep = store.purge(now, r).await.unwrap();
+    assert_eq!((rep.events_deleted, rep.client_details_removed), (1, 2), "{rep:?}");
+    let mut conn = sqlx::PgConnection::connect(&db).await.unwrap();
+    let left: Vec<String> = sqlx::query_scalar("SELECT payload FROM events ORDER BY occurred_at")
+        .fetch_all(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(left.len(), 2);
+    assert!(!left[0].contains("\"client\""), "10 days old: client details gone: {}", left[0]);
+    assert!(left[1].contains("\"client\""), "today: kept");
+    let again = store.purge(now, r).await.unwrap();
+    assert_eq!((again.events_deleted, again.client_details_removed), (0, 0), "idempotent");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_malformed_csv_import_names_its_lines_and_imports_nothing() {
+    let (store, _db) = pg_store().await;
+    let acme = Scope::Tenant(TenantId::parse("acme").unwrap());
+    let import = |text: &'static str| {
+        let (store, acme) = (store.clone(), acme.clone());
+        async move { mailpipe_analytics::csv::import(&store, &hasher(), text, &acme).await }
+    };
+    let bad = "email,reason,applies_to\na@example.com,manual,all\nnope,manual,all\nb@example.com,manual,sometimes\n";
+    match import(bad).await {
+        Err(mailpipe_analytics::csv::ImportError::BadLines(lines)) => {
+            assert_eq!(lines.iter().map(|l| l.line).collect::<Vec<_>>(), [3, 4]);
+        }
+        other => panic!("a bad CSV must name its bad lines: {other:?}"),
+    }
+    assert!(store.list_suppressions(&acme).await.unwrap().is_empty());
+    assert_eq!(import("a@example.com,manual,all\nb@example.com,unsubscribe,marketing\n").await.unwrap(), 2);
+    assert_eq!(store.list_suppressions(&acme).await.unwrap().len(), 2);
+
+    // The same over the API, into the caller's scope only.
+    let globex = TenantId::parse("globex").unwrap();
+    store.upsert_tenant(&globex, "Globex").await.unwrap();
+    let key = store.create_api_key(&globex, "csv").await.unwrap();
+    let auth = format!("Bearer {key}");
+    let (addr, server) = serve_api(store.clone()).await;
+    let r = http(
+        &addr,
+        "POST",
+        "/api/v1/suppressions.csv",
+        &[("Authorization", &auth)],
+        b"c@example.com,manual,all\nbroken\n",
+    )
+    .await;
+    assert_eq!(r.status, 422);
+    assert!(r.text().contains("\"line\":2"), "{}", r.text());
+    assert!(
+        store.list_suppressions(&Scope::Tenant(globex.clone())).await.unwrap().is_empty(),
+        "nothing partial"
+    );
+    let r = http(
+        &addr,
+        "POST",
+        "/api/v1/suppressions.csv",
+        &[("Authorization", &auth)],
+        b"c@example.com,manual,all\n",
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let export = http(&addr, "GET", "/api/v1/suppressions.csv", &[("Authorization", &auth)], b"").await;
+    let lines: Vec<&str> = std::str::from_utf8(&export.body).unwrap().lines().collect();
+    assert_eq!(lines.len(), 2, "header and globex's one row, none of acme's: {lines:?}");
+    assert!(lines[1].starts_with("globex,") && !lines[1].contains("c@example.com"));
+    let del =
+        http(&addr, "DELETE", "/api/v1/suppressions/c@example.com", &[("Authorization", &auth)], b"").await;
+    assert_eq!(del.status, 204);
+    server.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_from_kafka_become_campaign_stats_end_to_end() {
+    let env = TestEnv::setup()
+        .partitions(2)
+        .var("MAILPIPE__ANALYTICS__LISTEN", format!("127.0.0.1:{}", loopback_port()))
+        .var("MAILPIPE__ANALYTICS__GROUP_ID", unique("analytics"))
+        .start()
+        .await;
+    let acme = TenantId::parse("acme").unwrap();
+    env.enqueue(&campaign_jobs(0..20, "acme", "c", &["a.example"])).await;
+    let worker = env.start_worker();
+    let cfg = env.config();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let analytics = tokio::spawn({
+        let stop = stop.clone();
+        async move { mailpipe::app::run_analytics(&cfg, stop).await }
+    });
+    eventually("20 sent in the aggregates", Duration::from_secs(60), || async {
+        env.store.campaign_stats(&acme, "c").await.unwrap().is_some_and(|s| s.totals.get("sent") == Some(&20))
+    })
+    .await;
+    worker.stop().await;
+    stop.cancel();
+    analytics.await.unwrap().unwrap();
+}
+
+fn arf(reference: &str, with_feedback_part: bool) -> Vec<u8> {
+    let feedback = if with_feedback_part {
+        "--b\r\nContent-Type: message/feedback-report\r\n\r\nFeedback-Type: abuse\r\nUser-Agent: isp-fbl/1.0\r\nVersion: 1\r\n\r\n"
+    } else {
+        ""
+    };
+    format!(
+        "From: fbl@isp.example\r\nTo: fbl@platform.example\r\nSubject: complaint\r\nMIME-Version: 1.0\r\n\
+         Content-Type: multipart/report; report-type=feedback-report; boundary=\"b\"\r\n\r\n\
+         --b\r\nContent-Type: text/plain\r\n\r\nThis is an abuse report.\r\n\
+         {feedback}--b\r\nContent-Type: text/rfc822-headers\r\n\r\nFrom: news@sender.example\r\n\
+         X-Mailpipe-Ref: {reference}\r\nFeedback-ID: spring:acme:marketing:mailpipe\r\n\r\n--b--\r\n"
+    )
+    .into_bytes()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_arf_complaint_suppresses_the_recipient_everywhere_and_bad_reports_are_kept() {
+    let (store, db) = pg_store().await;
+    let address = "complainer@example.com";
+    seed_personal_data(&store, address).await;
+    let (tenant, job) = complaint(&store, &hasher(), None, &arf("acme/job-00001", true)).await.unwrap();
+    assert_eq!((tenant.as_str(), job.as_str()), ("acme", "job-00001"));
+    let globex = TenantId::parse("globex").unwrap();
+    let s =
+        store.suppression(&hasher().hash(address), &globex, Category::Transactional).await.unwrap().unwrap();
+    assert_eq!((s.reason, s.scope), (Reason::Complaint, Scope::Platform));
+    assert_eq!(store.event_counts("acme", "spring").await.unwrap().get("complaint"), Some(&1));
+
+    for (report, reason) in [
+        (arf("acme/job-00001", false), "not_arf"),
+        (arf("acme/no-such-job", true), "unknown_message"),
+        (arf("not a reference", true), "bad_reference"),
+    ] {
+        let e = complaint(&store, &hasher(), None, &report).await.unwrap_err().to_string();
+        assert!(e.contains(reason), "{e}");
+    }
+    let mut conn = sqlx::PgConnection::connect(&db).await.unwrap();
+    let kept: Vec<String> = sqlx::query_scalar("SELECT reason FROM rejected_reports ORDER BY id")
+        .fetch_all(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(kept, ["not_arf", "unknown_message", "bad_reference"]);
+}

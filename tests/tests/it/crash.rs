@@ -1,0 +1,109 @@
+//! kill -9 the real worker binary mid-campaign, several times, then let a
+//! last worker finish and stop it with SIGTERM. Every job must end with
+//! exactly one outcome, nothing may be delivered twice, and the only jobs
+//! missing from the sink may be ones the ledger marks as in doubt.
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use mailpipe_tests::*;
+
+/// Both sizes grow in the long run of `scripts/chaos.sh`.
+fn sizes() -> (usize, usize) {
+    (chaos_size("JOBS", 3000), chaos_size("KILLS", 3))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_mid_campaign_loses_nothing_and_sends_nothing_twice() {
+    let (jobs_total, kills) = sizes();
+    let env = TestEnv::setup().partitions(3).start().await;
+    env.enqueue(&campaign_jobs(0..jobs_total, "acme", "crash", &["a.example", "b.example", "c.example"]))
+        .await;
+
+    let mut conn = env.pg().await;
+    // The crashes are spread over the first ~65% of the campaign.
+    let kill_points: Vec<i64> = (1..=kills).map(|k| (jobs_total * 13 * k / (20 * kills)) as i64).collect();
+    let mut peak_rss_mb = 0;
+    for (round, &at) in kill_points.iter().enumerate() {
+        let mut child = env.worker_process();
+        let deadline = Instant::now() + Duration::from_secs(90);
+        while finished_jobs(&mut conn).await < at {
+            assert!(Instant::now() < deadline, "round {round}: no progress to {at}");
+            child.assert_running("early");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        peak_rss_mb = peak_rss_mb.max(child.peak_rss_mb());
+        child.kill_9();
+    }
+
+    // A last worker finishes the campaign and is stopped with SIGTERM.
+    let mut last = env.worker_process();
+    let deadline = Instant::now() + Duration::from_secs(60) + Duration::from_millis(20 * jobs_total as u64);
+    while finished_jobs(&mut conn).await < jobs_total as i64 {
+        assert!(
+            Instant::now() < deadline,
+            "campaign did not finish: {} of {jobs_total}",
+            finished_jobs(&mut conn).await
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The ledger can be complete before the last worker has re-read the
+    // records a killed worker finished but never committed; stop it only
+    // once it has caught up with the topic (auto-commit runs every second).
+    wait_committed(
+        "the last worker to catch up",
+        &env.group,
+        &env.topics.send,
+        3,
+        jobs_total as i64,
+        Duration::from_secs(60),
+    )
+    .await;
+    peak_rss_mb = peak_rss_mb.max(last.peak_rss_mb());
+    let status = last.terminate(Duration::from_secs(30)).await;
+    assert!(status.success(), "SIGTERM ends the worker cleanly: {status:?}");
+
+    // Exactly one outcome per job.
+    let rows: Vec<(String, String, Option<String>)> =
+        sqlx::query_as("SELECT job_id, status, message_id FROM send_ledger")
+            .fetch_all(&mut conn)
+            .await
+            .unwrap();
+    assert_eq!(rows.len(), jobs_total);
+    assert!(rows.iter().all(|r| r.1 == "sent"), "every job sent");
+    let terminal_events = env.count("SELECT COUNT(*) FROM events WHERE type = 'sent'").await;
+    assert_eq!(terminal_events, jobs_total as i64, "one terminal event per job");
+
+    // Nothing delivered twice; whatever is missing from the sink is in doubt.
+    let unique_on_sink = env.sink().message_ids_once();
+    let in_doubt: HashSet<String> = sqlx::query_scalar::<_, String>(
+        "SELECT l.message_id FROM send_ledger l JOIN events e ON e.tenant_id = l.tenant_id AND e.job_id = l.job_id
+         WHERE e.type = 'sent' AND e.payload LIKE '%\"reason\":\"in_doubt\"%'",
+    )
+    .fetch_all(&mut conn)
+    .await
+    .unwrap()
+    .into_iter()
+    .collect();
+    let ledger_ids: HashSet<String> = rows.iter().filter_map(|r| r.2.clone()).collect();
+    let missing: HashSet<&String> = ledger_ids.iter().filter(|id| !unique_on_sink.contains(*id)).collect();
+    assert!(
+        missing.iter().all(|id| in_doubt.contains(*id)),
+        "{} jobs missing from the sink are not marked in doubt",
+        missing.len()
+    );
+    assert!(
+        unique_on_sink.iter().all(|id| ledger_ids.contains(id)),
+        "sink has a message the ledger does not know"
+    );
+    eprintln!(
+        "crash test: {jobs_total} jobs, {kills} kill -9, {} on the sink, {} in doubt, {} in doubt and not delivered; worker peak RSS {peak_rss_mb} MB (debug build)",
+        unique_on_sink.len(),
+        in_doubt.len(),
+        missing.len()
+    );
+    assert!(peak_rss_mb > 0, "the workers' peak RSS could not be read from /proc");
+
+    // And the offsets of all of them are committed.
+    assert_eq!(committed(&env.group, &env.topics.send, 3).values().sum::<i64>(), jobs_total as i64);
+}

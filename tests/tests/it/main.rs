@@ -1,0 +1,24 @@
+//! mailpipe's integration tests, one binary, a module per area, against the
+//! real services (`scripts/services.sh up`). Every test starts from
+//! [`mailpipe_tests::TestEnv`] or the service it needs from the harness.
+
+#![allow(clippy::unwrap_used)] // Tests fail loudly on purpose.
+
+mod analytics;
+mod browser;
+mod campaign;
+mod crash;
+mod demo;
+mod idn;
+mod metrics;
+mod pipeline;
+mod relay;
+mod replies;
+mod retries;
+mod send_outage;
+mod store;
+mod throttle;
+mod tracker;
+mod tracker_crash;
+mod tracker_outage;
+mod unsubscribe;

@@ -1,0 +1,281 @@
+//! The tracker against real PostgreSQL and Kafka: each endpoint, the
+//! verdicts and privacy controls, bad input, and exactly one event per
+//! answered request.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use mailpipe_core::{CampaignId, Category, JobId, Scope, TenantId, UnsubscribeScope};
+use mailpipe_tests::*;
+use mailpipe_token::{Action, Claims, Keyring, RecipientRef, SigningKey};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const CHROME: &str =
+    "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/126.0 Safari/537.36";
+
+struct Tracker {
+    env: TestEnv,
+    addr: String,
+    ring: Arc<Keyring>,
+    running: Running,
+}
+
+async fn start(extra: &[(&str, &str)]) -> Tracker {
+    let mut setup = TestEnv::setup().no_relay().tracker().tenants(&[]);
+    for (k, v) in extra {
+        setup = setup.var(k, v);
+    }
+    let env = setup.start().await;
+    let ring = mailpipe::app::keys(&env.config()).unwrap().ring;
+    let running = env.start_tracker().await;
+    Tracker { addr: env.tracker_addr(), env, ring, running }
+}
+
+fn claims(tenant: &str, job: &str, sent_secs_ago: u32, action: Action) -> Claims {
+    Claims {
+        tenant_id: TenantId::parse(tenant).unwrap(),
+        campaign_id: CampaignId::parse("spring").unwrap(),
+        job_id: JobId::parse(job).unwrap(),
+        category: Category::Marketing,
+        sent_at: (mailpipe_core::now_ms() / 1000) as u32 - sent_secs_ago,
+        action,
+    }
+}
+
+impl Tracker {
+    fn token(&self, c: &Claims) -> String {
+        self.ring.sign(c).unwrap()
+    }
+    async fn get(&self, path: &str, headers: &[(&str, &str)]) -> HttpResponse {
+        http(&self.addr, "GET", path, headers, b"").await
+    }
+    async fn events(&self) -> Vec<serde_json::Value> {
+        let mut conn = self.env.pg().await;
+        let rows: Vec<String> = sqlx::query_scalar("SELECT payload FROM events ORDER BY occurred_at")
+            .fetch_all(&mut conn)
+            .await
+            .unwrap();
+        rows.iter().map(|r| serde_json::from_str(r).unwrap()).collect()
+    }
+    async fn wait_events(&self, n: usize) -> Vec<serde_json::Value> {
+        eventually(&format!("{n} events stored"), Duration::from_secs(20), || async {
+            self.events().await.len() >= n
+        })
+        .await;
+        // Nothing more arrives than was answered.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        self.events().await
+    }
+    async fn stop(self) {
+        self.running.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pixel_click_and_unsubscribe_record_one_event_each_with_verdicts() {
+    let t = start(&[]).await;
+    // Open: a GIF that is never cached.
+    let open = t.token(&claims("acme", "j1", 3600, Action::Open));
+    let r = t.get(&format!("/o/{open}"), &[("User-Agent", CHROME)]).await;
+    assert_eq!((r.status, r.header("content-type")), (200, Some("image/gif")));
+    assert!(r.header("cache-control").unwrap().contains("no-store"));
+    assert_eq!(&r.body[..6], b"GIF89a");
+    // Apple's privacy proxy, HEAD, and an opted-out client.
+    t.get(&format!("/o/{open}"), &[("User-Agent", "Mozilla/5.0")]).await;
+    let head = http(&t.addr, "HEAD", &format!("/o/{open}"), &[("User-Agent", CHROME)], b"").await;
+    assert_eq!(head.status, 200);
+    t.get(&format!("/o/{open}"), &[("User-Agent", CHROME), ("Sec-GPC", "1")]).await;
+
+    // Click: a 302 to exactly the bound URL.
+    let url = "https://shop.example/item/7?utm=a&b=%20c";
+    let click = t.token(&claims("acme", "j1", 3600, Action::Click { url: url.into() }));
+    let r = t.get(&format!("/c/{click}"), &[("User-Agent", CHROME)]).await;
+    assert_eq!((r.status, r.header("location")), (302, Some(url)));
+    // A click two seconds after sending is a scanner's.
+    let fast = t.token(&claims("acme", "j2", 2, Action::Click { url: url.into() }));
+    assert_eq!(t.get(&format!("/c/{fast}"), &[("User-Agent", CHROME)]).await.status, 302);
+    // The hidden honeypot link: recorded, and no redirect.
+    let hp = t.token(&claims("acme", "j1", 3600, Action::Click { url: format!("http://{}/hp", t.addr) }));
+    let r = t.get(&format!("/c/{hp}"), &[("User-Agent", CHROME)]).await;
+    assert_eq!((r.status, r.header("location")), (200, None));
+
+    // Unsubscribe: GET only shows the page; POST (twice) unsubscribes once.
+    let rref = RecipientRef([7; 16]);
+    let unsub = t.token(&claims("acme", "j1", 3600, Action::Unsubscribe { recipient: rref }));
+    let page = t.get(&format!("/u/{unsub}"), &[("User-Agent", "Mimecast link checker")]).await;
+    assert_eq!(page.status, 200);
+    assert!(page.text().contains("<form method=post"), "{}", page.text());
+    for _ in 0..2 {
+        let r = http(
+            &t.addr,
+            "POST",
+            &format!("/u/{unsub}"),
+            &[("Content-Type", "application/x-www-form-urlencoded")],
+            b"List-Unsubscribe=One-Click",
+        )
+        .await;
+        assert_eq!(r.status, 200);
+    }
+
+    let events = t.wait_events(8).await;
+    let kinds: Vec<&str> = events.iter().map(|e| e["type"].as_str().unwrap()).collect();
+    let count = |k: &str| kinds.iter().filter(|x| **x == k).count();
+    assert_eq!((count("open"), count("click"), count("unsubscribe")), (4, 3, 1), "{kinds:?}");
+    let verdict = |e: &serde_json::Value| {
+        (
+            e["verdict"]["class"].as_str().unwrap_or("").to_owned(),
+            e["verdict"]["reason"].as_str().unwrap_or("").to_owned(),
+        )
+    };
+    let mut verdicts: Vec<(String, String)> =
+        events.iter().filter(|e| e["type"] != "unsubscribe").map(verdict).collect();
+    verdicts.sort();
+    let want = [
+        ("human", "mail_client_or_browser"),
+        ("human", "mail_client_or_browser"),
+        ("human", "mail_client_or_browser"),
+        ("machine", "apple_mail_privacy_protection"),
+        ("machine", "click_seconds_after_delivery"),
+        ("machine", "head_request"),
+        ("machine", "honeypot_link"),
+    ];
+    assert_eq!(verdicts, want.map(|(a, b)| (a.to_owned(), b.to_owned())));
+    // Privacy: the address is truncated, the agent reduced, and opted-out
+    // requests keep neither.
+    let with_client: Vec<_> = events.iter().filter(|e| e.get("client").is_some()).collect();
+    assert_eq!(with_client.len(), 6, "every open and click but the Sec-GPC one");
+    for e in &with_client {
+        assert_eq!(e["client"]["ip"], "127.0.0.0/24");
+        assert!(!e.to_string().contains("Chrome/126"), "no raw user agent stored");
+    }
+    // The unsubscribe became a platform-wide marketing suppression.
+    let mut conn = t.env.pg().await;
+    let supp: Vec<(String, String)> = sqlx::query_as("SELECT scope_tenant, applies_to FROM suppressions")
+        .fetch_all(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(supp, [(String::new(), "marketing".to_owned())]);
+    // And every event is on the events topic too.
+    let on_topic = read_topic(&t.env.topics.events, events.len(), Duration::from_secs(20));
+    assert_eq!(on_topic.len(), events.len());
+    t.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_input_gets_a_4xx_no_event_and_never_a_redirect() {
+    let t = start(&[("MAILPIPE__TRACKER__HEADER_READ_TIMEOUT_SECS", "1")]).await;
+    let url = "https://shop.example/";
+    let good = t.token(&claims("acme", "j1", 3600, Action::Click { url: url.into() }));
+    // A key the tracker does not hold (a retired key, or another deployment's).
+    let other = Keyring::new(vec![SigningKey { id: 9, secret: vec![9u8; 32].into() }], 9).unwrap();
+    let retired = other.sign(&claims("acme", "j1", 3600, Action::Click { url: url.into() })).unwrap();
+    let mut tampered = good.clone().into_bytes();
+    let mid = tampered.len() / 2;
+    tampered[mid] = if tampered[mid] == b'A' { b'B' } else { b'A' };
+    let tampered = String::from_utf8(tampered).unwrap();
+    let open = t.token(&claims("acme", "j1", 3600, Action::Open));
+    for path in [
+        format!("/c/{tampered}"),
+        format!("/c/{}", &good[..good.len() - 3]),
+        format!("/c/{retired}"),
+        "/c/%2F%2Fevil.example".to_owned(),
+        "/c/".to_owned() + &"A".repeat(1500),
+        format!("/c/{open}"), // an open token is not a click token
+        format!("/o/{good}"),
+        format!("/u/{good}"),
+    ] {
+        let r = t.get(&path, &[("User-Agent", CHROME)]).await;
+        assert_eq!(r.status, 404, "{path}");
+        assert_eq!(r.header("location"), None);
+    }
+    assert_eq!(t.get(&format!("/c/{}", "A".repeat(3000)), &[]).await.status, 414);
+    let big = "x".repeat(9000);
+    assert_eq!(t.get(&format!("/o/{open}"), &[("X-Junk", &big)]).await.status, 431);
+    assert_eq!(http(&t.addr, "DELETE", &format!("/o/{open}"), &[], b"").await.status, 405);
+    let r = http(
+        &t.addr,
+        "POST",
+        &format!(
+            "/u/{}",
+            t.token(&claims("acme", "j1", 1, Action::Unsubscribe { recipient: RecipientRef([1; 16]) }))
+        ),
+        &[],
+        b"nothing",
+    )
+    .await;
+    assert_eq!(r.status, 400, "a POST without the one-click body changes nothing");
+
+    // Garbage on the wire gets a 400; a client that never finishes its
+    // request head is cut off.
+    let mut s = tokio::net::TcpStream::connect(&t.addr).await.unwrap();
+    s.write_all(b"\x16\x03\x01garbage\r\n\r\n").await.unwrap();
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf)).await.unwrap();
+    assert!(String::from_utf8_lossy(&buf).starts_with("HTTP/1.1 400"), "{}", String::from_utf8_lossy(&buf));
+    let mut slow = tokio::net::TcpStream::connect(&t.addr).await.unwrap();
+    slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n").await.unwrap();
+    let mut buf = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(5), slow.read_to_end(&mut buf)).await;
+    assert!(closed.is_ok(), "a slow client is disconnected after the header timeout");
+
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(t.events().await.is_empty(), "no event for any of it");
+    t.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_can_keep_unsubscribes_to_itself_and_per_ip_limits_apply() {
+    let t = start(&[("MAILPIPE__TRACKER__PER_IP_RATE", "60/m, burst=5")]).await;
+    let store = &t.env.store;
+    let globex = TenantId::parse("globex").unwrap();
+    store.upsert_tenant(&globex, "Globex").await.unwrap();
+    store.set_unsubscribe_scope(&globex, UnsubscribeScope::Tenant).await.unwrap();
+    let unsub =
+        t.token(&claims("globex", "j1", 3600, Action::Unsubscribe { recipient: RecipientRef([3; 16]) }));
+    let r = http(&t.addr, "POST", &format!("/u/{unsub}"), &[], b"confirm=yes").await;
+    assert_eq!(r.status, 200);
+    eventually("the suppression", Duration::from_secs(20), || async {
+        let mut conn = t.env.pg().await;
+        let n: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM suppressions WHERE scope_tenant = 'globex' AND applies_to = 'marketing'",
+        )
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+        n == 1
+    })
+    .await;
+    // The burst of 5 is used up (one went on the POST); then 429s.
+    let open = t.token(&claims("acme", "j1", 3600, Action::Open));
+    let mut codes = Vec::new();
+    for _ in 0..8 {
+        codes.push(t.get(&format!("/o/{open}"), &[("User-Agent", CHROME)]).await.status);
+    }
+    assert_eq!(codes.iter().filter(|c| **c == 200).count(), 4, "{codes:?}");
+    assert!(codes[4..].iter().all(|c| *c == 429), "{codes:?}");
+    t.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_erased_recipients_old_links_store_no_client_details() {
+    let t = start(&[]).await;
+    let store = &t.env.store;
+    // A job sent to someone who was then erased.
+    let mut j = job(9, "acme", "spring", "example.com");
+    j["job_id"] = "j9".into();
+    let sj = mailpipe_core::SendJob::from_json(&serde_json::to_vec(&j).unwrap()).unwrap();
+    store.claim_job(&sj).await.unwrap();
+    let address = mailpipe_core::EmailAddress::parse("user9@example.com").unwrap();
+    store.erase(&address, RecipientRef([0x11; 16]), &Scope::Platform).await.unwrap();
+
+    let erased = t.token(&claims("acme", "j9", 3600, Action::Open));
+    let other = t.token(&claims("acme", "j1", 3600, Action::Open));
+    for tok in [&erased, &other] {
+        assert_eq!(t.get(&format!("/o/{tok}"), &[("User-Agent", CHROME)]).await.status, 200);
+    }
+    let events = t.wait_events(2).await;
+    let by_job = |job: &str| events.iter().find(|e| e["job_id"] == job).unwrap().clone();
+    assert!(by_job("j9").get("client").is_none(), "the erased person's open keeps no client details");
+    assert!(by_job("j1").get("client").is_some(), "others' opens do");
+    t.stop().await;
+}
