@@ -67,6 +67,12 @@ impl Setup {
         self
     }
 
+    /// Several, as [`Setup::var`].
+    pub fn vars(mut self, settings: &[(&str, &str)]) -> Self {
+        self.vars.extend(settings.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        self
+    }
+
     /// A configuration file layered under the environment (for what
     /// variables spell badly, such as `[throttle.limits]` keyed by domain).
     pub fn toml(mut self, text: &str) -> Self {
@@ -91,6 +97,15 @@ impl Setup {
     pub fn exclusive(mut self) -> Self {
         self.exclusive = true;
         self
+    }
+
+    /// Starts the env, enqueues `jobs` and starts a worker in-process: the
+    /// shape of most worker tests.
+    pub async fn sending(self, jobs: &[(String, Vec<u8>)]) -> (TestEnv, Running) {
+        let env = self.start().await;
+        env.enqueue(jobs).await;
+        let worker = env.start_worker();
+        (env, worker)
     }
 
     pub async fn start(self) -> TestEnv {
@@ -148,7 +163,6 @@ impl Setup {
 
 /// A test's database, topics, relay and configuration; see the module docs.
 pub struct TestEnv {
-    pub db: TestDatabase,
     pub topics: Topics,
     /// The workers' consumer group.
     pub group: String,
@@ -162,6 +176,9 @@ pub struct TestEnv {
     /// The test's store, migrated, as the services see it.
     pub store: Store,
     exclusive: Option<services::Exclusive>,
+    /// Last, so that its share of the services is let go last (fields drop
+    /// in order).
+    pub db: TestDatabase,
 }
 
 impl TestEnv {
@@ -257,7 +274,14 @@ impl TestEnv {
 
     /// `mailpipe tracker` as its own process.
     pub fn tracker_process(&self) -> ServiceProcess {
-        spawn_service("tracker", &self.process_vars())
+        self.tracker_process_with(&[])
+    }
+
+    /// Same, with settings on top.
+    pub fn tracker_process_with(&self, extra: &[(&str, &str)]) -> ServiceProcess {
+        let mut vars = self.process_vars();
+        vars.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        spawn_service("tracker", &vars)
     }
 
     /// Where the tracker listens: `127.0.0.1:port`.

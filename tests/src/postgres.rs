@@ -44,7 +44,29 @@ pub async fn fresh_database() -> TestDatabase {
     TestDatabase { url: create_database().await, _services: Some(shared) }
 }
 
-/// Same, for a test that holds the services exclusively already.
+/// A store on a fresh database, migrated: for tests of the store itself.
+/// Holds its database (and so its share of the services) for as long as it
+/// lives.
+pub struct TestStore {
+    pub store: mailpipe_store::Store,
+    pub db: TestDatabase,
+}
+
+impl std::ops::Deref for TestStore {
+    type Target = mailpipe_store::Store;
+    fn deref(&self) -> &mailpipe_store::Store {
+        &self.store
+    }
+}
+
+pub async fn fresh_store() -> TestStore {
+    let db = fresh_database().await;
+    let store = mailpipe_store::Store::connect(&db, 4).await.expect("connect to the test database");
+    store.migrate().await.expect("migrate the test database");
+    TestStore { store, db }
+}
+
+/// A fresh database, for a test that holds the services exclusively already.
 pub(crate) async fn create_database() -> String {
     capture_logs();
     let admin = database_url();

@@ -78,16 +78,7 @@ impl Drop for ServiceProcess {
     }
 }
 
-/// Starts `mailpipe worker` as its own process with `env` added.
-pub fn spawn_worker(env: &[(String, String)]) -> ServiceProcess {
-    spawn_service("worker", env)
-}
-
-/// Starts `mailpipe tracker` as its own process with `env` added.
-pub fn spawn_tracker(env: &[(String, String)]) -> ServiceProcess {
-    spawn_service("tracker", env)
-}
-
+/// Starts `mailpipe <command>` as its own process with `env` added.
 pub(crate) fn spawn_service(command: &str, env: &[(String, String)]) -> ServiceProcess {
     let mut c = Command::new(mailpipe_binary());
     // MAILPIPE_TEST_SERVICE_LOG (a RUST_LOG filter) shows more of the

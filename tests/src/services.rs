@@ -6,6 +6,10 @@
 //! [`crate::TestEnv`] does this); a test that restarts one holds them
 //! [`Exclusive`]ly, and waits until no other test uses them. Tests that
 //! start later wait for it in turn: the lock is fair.
+//!
+//! A test holds one share at most. The lock queues new shares behind a
+//! waiting exclusive holder, so a test that took a second share while a
+//! restart waited would wait for itself.
 
 use std::sync::LazyLock;
 

@@ -72,6 +72,16 @@ pub fn arf_reference(report: &[u8]) -> Result<(TenantId, JobId), ArfError> {
     Ok((tenant, job))
 }
 
+/// The message a usable report is about, as the ledger has it.
+#[derive(Debug)]
+pub struct Reported {
+    pub tenant: TenantId,
+    pub job: JobId,
+    pub campaign: CampaignId,
+    /// The address, or `erased:<hash>` after an erasure.
+    recipient: String,
+}
+
 /// Takes one report: maps it to its tenant and message, suppresses the
 /// recipient platform-wide for every category, records a `complaint` event
 /// and, with `kafka`, publishes it. A report that cannot be used is stored
@@ -82,13 +92,32 @@ pub async fn complaint(
     kafka: Option<&KafkaSettings>,
     report: &[u8],
 ) -> Result<(TenantId, JobId), ComplaintError> {
-    let (tenant, job, recipient, campaign) = match reported_message(store, report).await {
-        Ok(found) => found,
+    let reported = read_report(store, report).await?;
+    act_on(store, hasher, kafka, reported).await
+}
+
+/// The message `report` is about. A report that cannot be used is kept in
+/// `rejected_reports` with its reason, and [`ComplaintError::Rejected`]
+/// returned; nothing else changes.
+pub async fn read_report(store: &Store, report: &[u8]) -> Result<Reported, ComplaintError> {
+    match reported_message(store, report).await {
+        Ok(found) => Ok(found),
         Err(e) => {
             store.reject_report(e.reason(), report).await?;
-            return Err(ComplaintError::Rejected(e));
+            Err(ComplaintError::Rejected(e))
         }
-    };
+    }
+}
+
+/// Suppresses the recipient of a reported message platform-wide for every
+/// category, records a `complaint` event and, with `kafka`, publishes it.
+pub async fn act_on(
+    store: &Store,
+    hasher: &RecipientHasher,
+    kafka: Option<&KafkaSettings>,
+    reported: Reported,
+) -> Result<(TenantId, JobId), ComplaintError> {
+    let Reported { tenant, job, campaign, recipient } = reported;
     // An erased recipient's ledger row holds `erased:<hash>` already.
     let recipient_ref = match recipient.strip_prefix("erased:").and_then(|h| h.parse().ok()) {
         Some(r) => r,
@@ -107,12 +136,8 @@ pub async fn complaint(
     Ok((tenant, job))
 }
 
-/// The report's message: tenant, job, recipient (as the ledger holds it)
-/// and campaign.
-async fn reported_message(
-    store: &Store,
-    report: &[u8],
-) -> Result<(TenantId, JobId, String, CampaignId), ArfError> {
+/// The report's message, from its `X-Mailpipe-Ref` and the ledger.
+async fn reported_message(store: &Store, report: &[u8]) -> Result<Reported, ArfError> {
     let (tenant, job) = arf_reference(report)?;
     let unknown = || ArfError::UnknownMessage(format!("{tenant}/{job}"));
     let (recipient, campaign) = store
@@ -121,5 +146,5 @@ async fn reported_message(
         .map_err(|_| unknown())?
         .ok_or_else(unknown)?;
     let campaign = CampaignId::parse(campaign).map_err(|_| unknown())?;
-    Ok((tenant, job, recipient, campaign))
+    Ok(Reported { tenant, job, campaign, recipient })
 }

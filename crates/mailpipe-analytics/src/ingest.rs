@@ -51,8 +51,12 @@ pub async fn run(feed: EventFeed, store: &Store, shutdown: CancellationToken) ->
                     Ok(Some(d)) => vec![d],
                     Ok(None) => break,
                     Err(e) => {
+                        // librdkafka recovers by itself; look again in a second.
                         warn!(error = %e, "events: receive failed");
-                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        tokio::select! {
+                            _ = shutdown.cancelled() => break,
+                            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                        }
                         continue;
                     }
                 };

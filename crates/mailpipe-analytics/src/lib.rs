@@ -44,7 +44,7 @@ pub struct AnalyticsSettings {
 
 #[derive(Debug, thiserror::Error)]
 pub enum AnalyticsError {
-    #[error("analytics.listen {0}: cannot bind: {1}")]
+    #[error("analytics.listen {0}: cannot bind")]
     Bind(SocketAddr, #[source] std::io::Error),
     #[error(transparent)]
     Queue(#[from] QueueError),

@@ -45,10 +45,10 @@ impl FromStr for RecipientRef {
 /// Why a string is not a suppression field.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SuppressionError {
-    #[error("reason {0:?}: expected one of {list}", list = Reason::NAMES.join(", "))]
+    #[error("reason {0:?}: expected one of {list}", list = Reason::names(Reason::ALL))]
     Reason(String),
-    #[error("reason {0}: recorded only by `mailpipe erase`")]
-    ReservedReason(Reason),
+    #[error("reason {0:?}: expected one of {list}", list = Reason::names(Reason::OPERATOR))]
+    OperatorReason(String),
     #[error("applies_to {0:?}: expected marketing or all")]
     AppliesTo(String),
     #[error("recipient hash {0:?}: expected 32 hex digits")]
@@ -84,8 +84,15 @@ impl Reason {
         Reason::Import,
         Reason::Erasure,
     ];
-    const NAMES: [&'static str; 6] =
-        ["unsubscribe", "complaint", "hard_bounce", "manual", "import", "erasure"];
+    /// The reasons a person may give (the CLI, a CSV line): all but
+    /// [`Reason::Erasure`], which only an erasure records, so that the list
+    /// never claims an erasure that did not happen.
+    pub const OPERATOR: [Reason; 5] =
+        [Reason::Unsubscribe, Reason::Complaint, Reason::HardBounce, Reason::Manual, Reason::Import];
+
+    fn names<const N: usize>(of: [Reason; N]) -> String {
+        of.map(Reason::as_str).join(", ")
+    }
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -98,14 +105,12 @@ impl Reason {
         }
     }
 
-    /// A reason given by a person (the CLI, a CSV line): any but
-    /// [`Reason::Erasure`], which only an erasure records, so that the list
-    /// never claims an erasure that did not happen.
+    /// A reason given by a person: one of [`Reason::OPERATOR`].
     pub fn from_operator(s: &str) -> Result<Self, SuppressionError> {
-        match s.parse()? {
-            Reason::Erasure => Err(SuppressionError::ReservedReason(Reason::Erasure)),
-            r => Ok(r),
-        }
+        Reason::OPERATOR
+            .into_iter()
+            .find(|r| r.as_str() == s)
+            .ok_or_else(|| SuppressionError::OperatorReason(s.to_owned()))
     }
 }
 
@@ -217,7 +222,7 @@ impl Scope {
 impl fmt::Display for Scope {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Scope::Platform => f.write_str("platform"),
+            Scope::Platform => f.write_str(self.kind()),
             Scope::Tenant(t) => f.write_str(t.as_str()),
         }
     }
@@ -262,7 +267,8 @@ pub struct Suppression {
     pub applies_to: AppliesTo,
     /// The tenant whose mail or request led to it, when there was one.
     pub source_tenant: Option<TenantId>,
-    /// Unix ms.
+    /// Unix ms: when it was stored, for an entry read back. A single entry
+    /// is stamped by the store when it is inserted; an import keeps this.
     pub created_at: i64,
 }
 
@@ -320,7 +326,8 @@ mod tests {
             assert_eq!(r.as_str().parse::<Reason>(), Ok(r));
         }
         assert_eq!(Reason::from_operator("manual"), Ok(Reason::Manual));
-        assert!(Reason::from_operator("erasure").is_err());
+        let e = Reason::from_operator("erasure").unwrap_err().to_string();
+        assert!(e.contains("import") && !e.contains("erasure,") && !e.ends_with("erasure"), "{e}");
         let e = "spam".parse::<Reason>().unwrap_err().to_string();
         assert!(e.contains("hard_bounce") && e.contains("\"spam\""), "{e}");
     }

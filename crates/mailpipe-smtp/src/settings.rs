@@ -70,9 +70,9 @@ pub struct SmtpSettings {
 /// Why the configured transport cannot be opened.
 #[derive(Debug, thiserror::Error)]
 pub enum OpenError {
-    #[error("smtp.dir {0}: {1}")]
+    #[error("smtp.dir {0}")]
     Dir(PathBuf, #[source] std::io::Error),
-    #[error("smtp.ca_file {0}: {1}")]
+    #[error("smtp.ca_file {0}")]
     CaFile(PathBuf, #[source] std::io::Error),
     #[error("smtp: {0}")]
     Tls(DeliveryError),

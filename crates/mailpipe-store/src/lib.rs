@@ -63,7 +63,7 @@ pub enum StoreError {
     BadSuppression(#[from] mailpipe_core::SuppressionError),
     #[error("unreadable row: {0}")]
     BadRow(String),
-    #[error("cannot create the SQLite directory {0}: {1}")]
+    #[error("cannot create the SQLite directory {0}")]
     Directory(std::path::PathBuf, #[source] std::io::Error),
 }
 

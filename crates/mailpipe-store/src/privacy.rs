@@ -93,7 +93,7 @@ impl Store {
             }
             r.dead_letters_deleted =
                 sqlx::query(del_dead_letters).bind(&needle).bind(scope).bind(everywhere).execute(&mut *tx).await?.rows_affected();
-            suppressions::insert_q(&kept, &recipient_hash).execute(&mut *tx).await?;
+            suppressions::insert_q(&kept, &recipient_hash, now_ms()).execute(&mut *tx).await?;
             sqlx::query(log).bind(&recipient_hash).bind(scope).bind(now_ms()).execute(&mut *tx).await?;
             tx.commit().await?;
             for v in vacuums {

@@ -2,7 +2,7 @@
 //! `(scope_tenant, recipient_hash, applies_to)`. Only keyed hashes are
 //! stored, never addresses.
 
-use mailpipe_core::{AppliesTo, Category, RecipientRef, Scope, Suppressed, Suppression, TenantId};
+use mailpipe_core::{AppliesTo, Category, RecipientRef, Scope, Suppressed, Suppression, TenantId, now_ms};
 
 use crate::{Result, Store, StoreError};
 
@@ -28,10 +28,14 @@ fn parse_row((scope, hash, reason, applies_to, source, created_at): Row) -> Resu
 }
 
 /// The insert every path shares (one entry, an import, an erasure), so that
-/// a suppression is written the same way whoever adds it.
+/// a suppression is written the same way whoever adds it. `created_at` is
+/// the time of this insert for a single entry, never when the value was
+/// built: the workers' filter follows the table by `created_at`, and an
+/// entry retried through a store outage must not arrive already old.
 pub(crate) fn insert_q<'q, DB: sqlx::Database>(
     s: &'q Suppression,
     recipient: &'q str,
+    created_at: i64,
 ) -> sqlx::query::Query<'q, DB, <DB as sqlx::Database>::Arguments<'q>>
 where
     &'q str: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
@@ -47,15 +51,15 @@ where
     .bind(s.reason.as_str())
     .bind(s.applies_to.as_str())
     .bind(s.source_tenant.as_ref().map(TenantId::as_str))
-    .bind(s.created_at)
+    .bind(created_at)
 }
 
 impl Store {
-    /// Adds a suppression; an entry already there for the same scope,
-    /// recipient and category is kept as it is.
+    /// Adds a suppression, stamped now; an entry already there for the same
+    /// scope, recipient and category is kept as it is.
     pub async fn add_suppression(&self, s: &Suppression) -> Result<()> {
         let hash = s.recipient.to_hex();
-        on_pool!(self, p => insert_q(s, &hash).execute(p).await.map(|_| ()))?;
+        on_pool!(self, p => insert_q(s, &hash, now_ms()).execute(p).await.map(|_| ()))?;
         Ok(())
     }
 
@@ -116,15 +120,15 @@ impl Store {
         )
     }
 
-    /// Adds many suppressions in one transaction: all or none. Returns how
-    /// many were new.
+    /// Adds many suppressions in one transaction: all or none, each with the
+    /// `created_at` it has. Returns how many were new.
     pub async fn import_suppressions(&self, entries: &[Suppression]) -> Result<u64> {
         let hashes: Vec<String> = entries.iter().map(|s| s.recipient.to_hex()).collect();
         let mut n = 0;
         on_pool!(self, p => {
             let mut tx = p.begin().await?;
             for (s, hash) in entries.iter().zip(&hashes) {
-                n += insert_q(s, hash).execute(&mut *tx).await?.rows_affected();
+                n += insert_q(s, hash, s.created_at).execute(&mut *tx).await?.rows_affected();
             }
             tx.commit().await?;
         });

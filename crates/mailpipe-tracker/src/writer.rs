@@ -276,7 +276,9 @@ async fn ship_loop(
 ) {
     let Sinks { store, kafka } = sinks;
     let mut scopes = HashMap::new();
-    let mut backoff = SHIP_BACKOFF;
+    // Separate back-offs, so that a failing disk never lengthens the wait
+    // for a store or Kafka that has come back, and the other way round.
+    let (mut ship_backoff, mut read_backoff) = (SHIP_BACKOFF, SHIP_BACKOFF);
     let mut stopping = false;
     let mut was_down = false;
     let mut reader = Some(spool.reader());
@@ -289,7 +291,10 @@ async fn ship_loop(
         let Some((batch, read_at)) = &mut pending else {
             let most = policy.batch;
             match with_reader(&spool, &mut reader, move |s, r| (r.position(), s.read(r, most))).await {
-                (at, Ok(b)) if b.next != at => pending = Some((b, Instant::now())),
+                (at, Ok(b)) if b.next != at => {
+                    read_backoff.reset();
+                    pending = Some((b, Instant::now()));
+                }
                 (_, Ok(_)) if stopping => return,
                 (_, Ok(_)) => {
                     eager = false;
@@ -306,7 +311,7 @@ async fn ship_loop(
                 }
                 (_, Err(e)) => {
                     warn!(error = %e, "cannot read the event spool");
-                    tokio::time::sleep(backoff.next_delay()).await;
+                    tokio::time::sleep(read_backoff.next_delay()).await;
                 }
             }
             continue;
@@ -336,7 +341,7 @@ async fn ship_loop(
                 }
                 metrics::counter!("mailpipe_tracker_events_written_total").increment(count as u64);
                 metrics::gauge!("mailpipe_tracker_spool_bytes").set(spool.bytes() as f64);
-                backoff.reset();
+                ship_backoff.reset();
             }
             Err(e) => {
                 if !was_down {
@@ -345,7 +350,7 @@ async fn ship_loop(
                 was_down = true;
                 metrics::counter!("mailpipe_tracker_ship_failures_total").increment(1);
                 tokio::select! {
-                    _ = tokio::time::sleep(backoff.next_delay()) => {}
+                    _ = tokio::time::sleep(ship_backoff.next_delay()) => {}
                     _ = writer_done.notified() => stopping = true,
                 }
             }

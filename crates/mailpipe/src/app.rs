@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use mailpipe_analytics::{AnalyticsError, EventFeed};
+use mailpipe_queue::QueueError;
 use mailpipe_queue::kafka::{KafkaEvents, KafkaSource};
 use mailpipe_render::{Composer, TemplateLimits, TrackingLinks};
 use mailpipe_smtp::{OpenError, Transport};
@@ -93,6 +94,14 @@ pub async fn store(cfg: &Config) -> Result<Store> {
 
 pub fn kafka_hint(e: impl std::fmt::Display) -> anyhow::Error {
     anyhow::anyhow!("{e}; is Kafka running? `scripts/services.sh up` starts one on 127.0.0.1:59092")
+}
+
+/// A queue error, with the hint when no broker answered.
+pub fn queue_error(e: QueueError) -> anyhow::Error {
+    match e {
+        QueueError::Unreachable { .. } => kafka_hint(e),
+        other => other.into(),
+    }
 }
 
 /// The configured transport, checked for reachability.
@@ -244,7 +253,7 @@ pub async fn run_analytics(cfg: &Config, shutdown: CancellationToken) -> Result<
     };
     mailpipe_analytics::run(&cfg.analytics, store, keys.hasher, feed, cfg.retention, shutdown).await.map_err(
         |e| match e {
-            AnalyticsError::Queue(q) => kafka_hint(q),
+            AnalyticsError::Queue(q) => queue_error(q),
             other => other.into(),
         },
     )

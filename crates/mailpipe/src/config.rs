@@ -3,6 +3,7 @@
 //!
 //! Loading reports every problem at once: each unknown key, each section
 //! that fails to parse, and each invalid or missing value, by its dotted path.
+//! A section that parses is checked even when another does not.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -260,6 +261,27 @@ impl Config {
         let analytics = section::<AnalyticsSettings>(&tree, "analytics", &mut errors);
         let retention = section::<Retention>(&tree, "retention", &mut errors);
 
+        if let Some(s) = &store {
+            check_store(s, &mut errors);
+        }
+        if let Some(s) = &queue {
+            check_queue(s, &mut errors);
+        }
+        if let Some(s) = &smtp {
+            check_smtp(s, &mut errors);
+        }
+        if let Some(s) = &worker {
+            check_worker(s, &mut errors);
+        }
+        if let Some(s) = &tracker {
+            check_tracker(s, &mut errors);
+        }
+        if let Some(s) = &tokens {
+            check_tokens(s, &mut errors);
+        }
+        if let Some(s) = &dkim {
+            check_dkim(s, &mut errors);
+        }
         let (
             Some(store),
             Some(queue),
@@ -291,100 +313,7 @@ impl Config {
             analytics,
             retention,
         };
-        cfg.validate(&mut errors);
         if errors.is_empty() { Ok(cfg) } else { Err(ConfigErrors(errors)) }
-    }
-
-    fn validate(&self, errors: &mut Vec<String>) {
-        let url = self.store.url.expose_secret();
-        if !(url.starts_with("postgres://") || url.starts_with("postgresql://") || url.starts_with("sqlite:"))
-        {
-            errors.push(format!(
-                "store.url: must start with postgres:// or sqlite: (got {})",
-                self.store.redacted_url()
-            ));
-        }
-        if self.store.max_connections == 0 {
-            errors.push("store.max_connections: must be at least 1".into());
-        }
-        if self.queue.capacity == 0 {
-            errors.push("queue.capacity: must be at least 1".into());
-        }
-        if self.worker.max_in_flight == 0 {
-            errors.push("worker.max_in_flight: must be at least 1".into());
-        }
-        if self.tracker.max_path_bytes < 64 || self.tracker.max_header_bytes < 512 {
-            errors.push("tracker.max_path_bytes, tracker.max_header_bytes: at least 64 and 512".into());
-        }
-        if self.smtp.username.is_some() != self.smtp.password.is_some() {
-            errors.push("smtp.username, smtp.password: set both or neither".into());
-        }
-        if self.smtp.password.is_some() && self.smtp.tls != TlsMode::Required {
-            errors.push(
-                "smtp.tls: must be \"required\" when smtp.password is set, so credentials never cross in plain text"
-                    .into(),
-            );
-        }
-        if let Some(ca) = &self.smtp.ca_file
-            && !ca.is_file()
-        {
-            errors.push(format!("smtp.ca_file: {} is not a readable file", ca.display()));
-        }
-        if self.worker.suppression_poll.is_zero() {
-            errors.push("worker.suppression_poll_ms: must be at least 1".into());
-        }
-        if self.worker.retry_poll.is_zero() {
-            errors.push("worker.retry_poll_ms: must be at least 1".into());
-        }
-        if self.worker.retry_lease.as_secs() < 30 {
-            errors.push(
-                "worker.retry_lease_secs: must be at least 30 (longer than any SMTP transaction)".into(),
-            );
-        }
-        if self.worker.max_attempts == 0 {
-            errors.push("worker.max_attempts: must be at least 1".into());
-        }
-        if self.smtp.max_connections == 0 {
-            errors.push("smtp.max_connections: must be at least 1".into());
-        }
-        let p = &self.tracker.public_url;
-        if !(p.starts_with("http://") || p.starts_with("https://")) {
-            errors.push(format!("tracker.public_url: must be an http(s) URL (got {p:?})"));
-        }
-        for (id, secret) in &self.tokens.keys {
-            if id.parse::<u16>().is_err() {
-                errors.push(format!("tokens.keys.{id}: key ids are numbers from 0 to 65535"));
-            }
-            if let Err(e) = decode_secret(&format!("tokens.keys.{id}"), secret) {
-                errors.push(e);
-            }
-        }
-        if !self.tokens.keys.is_empty() && !self.tokens.keys.contains_key(&self.tokens.active_key.to_string())
-        {
-            errors.push(format!("tokens.active_key: key {} is not in tokens.keys", self.tokens.active_key));
-        }
-        if let Some(r) = &self.tokens.recipient_key
-            && let Err(e) = decode_secret("tokens.recipient_key", r)
-        {
-            errors.push(e);
-        }
-        for (domain, d) in &self.dkim.domains {
-            if d.private_key.is_some() == d.private_key_file.is_some() {
-                errors.push(format!(
-                    "dkim.domains.\"{domain}\": give exactly one of private_key and private_key_file"
-                ));
-            }
-            if d.selector.is_empty()
-                || !d.selector.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
-            {
-                errors.push(format!("dkim.domains.\"{domain}\".selector: letters, digits, '-' and '.' only"));
-            }
-        }
-        for (tenant, domain) in &self.dkim.tenants {
-            if !self.dkim.domains.contains_key(domain) {
-                errors.push(format!("dkim.tenants.{tenant}: no key for domain {domain:?} in dkim.domains"));
-            }
-        }
     }
 
     /// Loads every DKIM key, reporting each one that fails.
@@ -445,6 +374,116 @@ impl Config {
             .map_err(|e| ConfigErrors(vec![e]))?
             .ok_or_else(|| ConfigErrors(vec!["tokens.recipient_key: missing".into()]))?;
         Ok(TokenSecrets { keys, recipient_key })
+    }
+}
+
+// The checks that span keys of one section. Each runs when its section
+// parsed, so that a value that does not parse in one section never hides
+// what is wrong in another.
+
+fn check_store(store: &StoreConfig, errors: &mut Vec<String>) {
+    let url = store.url.expose_secret();
+    if !(url.starts_with("postgres://") || url.starts_with("postgresql://") || url.starts_with("sqlite:")) {
+        errors.push(format!(
+            "store.url: must start with postgres:// or sqlite: (got {})",
+            store.redacted_url()
+        ));
+    }
+    if store.max_connections == 0 {
+        errors.push("store.max_connections: must be at least 1".into());
+    }
+}
+
+fn check_queue(queue: &QueueConfig, errors: &mut Vec<String>) {
+    if queue.capacity == 0 {
+        errors.push("queue.capacity: must be at least 1".into());
+    }
+}
+
+fn check_worker(worker: &WorkerSettings, errors: &mut Vec<String>) {
+    if worker.max_in_flight == 0 {
+        errors.push("worker.max_in_flight: must be at least 1".into());
+    }
+    if worker.suppression_poll.is_zero() {
+        errors.push("worker.suppression_poll_ms: must be at least 1".into());
+    }
+    if worker.retry_poll.is_zero() {
+        errors.push("worker.retry_poll_ms: must be at least 1".into());
+    }
+    if worker.retry_lease.as_secs() < 30 {
+        errors.push("worker.retry_lease_secs: must be at least 30 (longer than any SMTP transaction)".into());
+    }
+    if worker.max_attempts == 0 {
+        errors.push("worker.max_attempts: must be at least 1".into());
+    }
+}
+
+fn check_smtp(smtp: &SmtpSettings, errors: &mut Vec<String>) {
+    if smtp.username.is_some() != smtp.password.is_some() {
+        errors.push("smtp.username, smtp.password: set both or neither".into());
+    }
+    if smtp.password.is_some() && smtp.tls != TlsMode::Required {
+        errors.push(
+                "smtp.tls: must be \"required\" when smtp.password is set, so credentials never cross in plain text"
+                    .into(),
+            );
+    }
+    if let Some(ca) = &smtp.ca_file
+        && !ca.is_file()
+    {
+        errors.push(format!("smtp.ca_file: {} is not a readable file", ca.display()));
+    }
+    if smtp.max_connections == 0 {
+        errors.push("smtp.max_connections: must be at least 1".into());
+    }
+}
+
+fn check_tracker(tracker: &TrackerSettings, errors: &mut Vec<String>) {
+    if tracker.max_path_bytes < 64 || tracker.max_header_bytes < 512 {
+        errors.push("tracker.max_path_bytes, tracker.max_header_bytes: at least 64 and 512".into());
+    }
+    let p = &tracker.public_url;
+    if !(p.starts_with("http://") || p.starts_with("https://")) {
+        errors.push(format!("tracker.public_url: must be an http(s) URL (got {p:?})"));
+    }
+}
+
+fn check_tokens(tokens: &TokensConfig, errors: &mut Vec<String>) {
+    for (id, secret) in &tokens.keys {
+        if id.parse::<u16>().is_err() {
+            errors.push(format!("tokens.keys.{id}: key ids are numbers from 0 to 65535"));
+        }
+        if let Err(e) = decode_secret(&format!("tokens.keys.{id}"), secret) {
+            errors.push(e);
+        }
+    }
+    if !tokens.keys.is_empty() && !tokens.keys.contains_key(&tokens.active_key.to_string()) {
+        errors.push(format!("tokens.active_key: key {} is not in tokens.keys", tokens.active_key));
+    }
+    if let Some(r) = &tokens.recipient_key
+        && let Err(e) = decode_secret("tokens.recipient_key", r)
+    {
+        errors.push(e);
+    }
+}
+
+fn check_dkim(dkim: &DkimConfig, errors: &mut Vec<String>) {
+    for (domain, d) in &dkim.domains {
+        if d.private_key.is_some() == d.private_key_file.is_some() {
+            errors.push(format!(
+                "dkim.domains.\"{domain}\": give exactly one of private_key and private_key_file"
+            ));
+        }
+        if d.selector.is_empty()
+            || !d.selector.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+        {
+            errors.push(format!("dkim.domains.\"{domain}\".selector: letters, digits, '-' and '.' only"));
+        }
+    }
+    for (tenant, domain) in &dkim.tenants {
+        if !dkim.domains.contains_key(domain) {
+            errors.push(format!("dkim.tenants.{tenant}: no key for domain {domain:?} in dkim.domains"));
+        }
     }
 }
 
@@ -582,7 +621,7 @@ mod tests {
         std::fs::write(&f, "[throttle]\ndefault = \"fast\"\n[throttle.limits]\n\"a.example\" = \"5/week\"\ngoogle = \"100/m, burst=10\"\n[tracker]\nper_ip_rate = \"lots\"\n").unwrap();
         let e = Config::load(Some(&f), env(&[])).unwrap_err().to_string();
         assert!(e.contains("throttle.default") && e.contains("throttle.limits.\"a.example\""), "{e}");
-        assert!(e.contains("tracker") && e.contains("\"lots\""), "{e}");
+        assert!(e.contains("tracker") && e.contains("per_ip_rate") && e.contains("\"lots\""), "{e}");
         assert!(!e.contains("google"), "{e}");
         std::fs::write(&f, "[throttle]\nglobal = \"1000/s\"\n[throttle.groups]\ngoogle = [\"gmail.com\"]\n[throttle.limits]\ngoogle = \"100/m\"\n").unwrap();
         let t = Config::load(Some(&f), env(&[])).unwrap().throttle;

@@ -121,3 +121,92 @@ fn enqueue_reports_invalid_lines_by_number_and_sends_nothing() {
     assert!(e.contains("nothing was sent"), "{e}");
     assert!(!e.contains("jobs.jsonl:1:"), "{e}");
 }
+
+const TOKEN_KEY: &str = "dGVzdC10b2tlbi1rZXktdGhhdC1pcy1hdC1sZWFzdC0zMi1ieXRlcw==";
+const RECIPIENT_KEY: &str = "dGVzdC1yZWNpcGllbnQta2V5LXRoYXQtaXMtMzItYnl0ZXMtbG9uZw==";
+
+/// A scratch directory and the settings of an embedded store in it.
+fn embedded(name: &str) -> (std::path::PathBuf, String) {
+    let dir = std::env::temp_dir().join(format!("mailpipe-cli-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let url = format!("sqlite:{}/store/mailpipe.db", dir.display());
+    (dir, url)
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+#[test]
+fn suppressions_are_imported_whole_or_not_at_all_listed_by_hash_and_removed() {
+    let (dir, url) = embedded("suppress");
+    let keys = [("MAILPIPE__TOKENS__KEYS__1", TOKEN_KEY), ("MAILPIPE__TOKENS__RECIPIENT_KEY", RECIPIENT_KEY)];
+    let env = |with_keys: bool| {
+        let mut e = vec![("MAILPIPE__STORE__URL", url.as_str())];
+        if with_keys {
+            e.extend(keys);
+        }
+        e
+    };
+    let bad = dir.join("bad.csv");
+    std::fs::write(&bad, "email,reason,applies_to\na@example.com,manual,all\nnope,manual,all\nb@example.com,manual,sometimes\n")
+        .unwrap();
+    let o = mailpipe(&["suppress", "import", bad.to_str().unwrap(), "--tenant", "acme"], &env(true));
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let e = stderr(&o);
+    assert!(e.contains("line 3") && e.contains("line 4") && e.contains("nothing was imported"), "{e}");
+    assert!(!e.contains("line 2"), "{e}");
+    // Listing needs no secrets, and shows that nothing was imported.
+    let o = mailpipe(&["suppress", "list", "--tenant", "acme"], &env(false));
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(stdout(&o).lines().count(), 1, "the header only: {}", stdout(&o));
+
+    let good = dir.join("good.csv");
+    std::fs::write(&good, "a@example.com,manual,all\nb@example.com,unsubscribe,marketing\n").unwrap();
+    let o = mailpipe(&["suppress", "import", good.to_str().unwrap(), "--tenant", "acme"], &env(true));
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("imported 2 suppression(s)"), "{}", stdout(&o));
+    let list = stdout(&mailpipe(&["suppress", "list", "--tenant", "acme"], &env(false)));
+    let rows: Vec<&str> = list.lines().skip(1).collect();
+    assert_eq!(rows.len(), 2, "{list}");
+    assert!(rows.iter().all(|r| r.starts_with("acme,")), "{list}");
+    assert!(list.contains(",manual,all,") && list.contains(",unsubscribe,marketing,"), "{list}");
+    assert!(!list.contains("@example.com"), "hashes, never addresses: {list}");
+
+    // An erasure is recorded only by `mailpipe erase`.
+    let o = mailpipe(&["suppress", "add", "c@example.com", "--reason", "erasure"], &env(true));
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("manual") && stderr(&o).contains("import"), "{}", stderr(&o));
+
+    let o = mailpipe(&["suppress", "remove", "a@example.com", "--tenant", "acme"], &env(true));
+    assert!(stdout(&o).contains("removed 1 suppression(s)"), "{}{}", stdout(&o), stderr(&o));
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn erase_keeps_a_keyed_hash_and_an_unusable_complaint_report_is_kept_with_its_reason() {
+    let (dir, url) = embedded("erase");
+    let env = [
+        ("MAILPIPE__STORE__URL", url.as_str()),
+        ("MAILPIPE__TOKENS__KEYS__1", TOKEN_KEY),
+        ("MAILPIPE__TOKENS__RECIPIENT_KEY", RECIPIENT_KEY),
+    ];
+    let o = mailpipe(&["erase", "--email", "gone@example.com"], &env);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("a keyed hash stays on the suppression list"), "{}", stdout(&o));
+    let list = stdout(&mailpipe(&["suppress", "list"], &env));
+    assert!(list.lines().any(|l| l.starts_with("platform,") && l.contains(",erasure,all,")), "{list}");
+    let o = mailpipe(&["erase", "--email", "x@example.com", "--tenant", "not a tenant"], &env);
+    assert!(stderr(&o).contains("--tenant"), "{}", stderr(&o));
+
+    // A report that is not ARF is rejected and kept, even without the keys
+    // that a usable one would need.
+    let report = dir.join("report.eml");
+    std::fs::write(&report, "From: a@example.net\r\nSubject: hi\r\n\r\nnot a report\r\n").unwrap();
+    let o = mailpipe(&["complaint", report.to_str().unwrap()], &[("MAILPIPE__STORE__URL", url.as_str())]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let e = stderr(&o);
+    assert!(e.contains("not_arf") && e.contains("stored for inspection"), "{e}");
+    let _ = std::fs::remove_dir_all(dir);
+}

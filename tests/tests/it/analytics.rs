@@ -69,13 +69,6 @@ async fn sqlite_store() -> (Store, std::path::PathBuf) {
     (store, path)
 }
 
-async fn pg_store() -> (Store, TestDatabase) {
-    let db = fresh_database().await;
-    let store = Store::connect(&db, 4).await.unwrap();
-    store.migrate().await.unwrap();
-    (store, db)
-}
-
 /// The recipient hasher of the test keys.
 fn hasher() -> RecipientHasher {
     test_keys().hasher
@@ -83,9 +76,9 @@ fn hasher() -> RecipientHasher {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn aggregates_count_each_event_once_on_postgres_and_sqlite() {
-    let (pg, _) = pg_store().await;
+    let pg = fresh_store().await;
     let (lite, path) = sqlite_store().await;
-    for store in [pg, lite] {
+    for store in [pg.store.clone(), lite] {
         let acme = TenantId::parse("acme").unwrap();
         let events = campaign("acme", "spring");
         assert_eq!(store.apply_events(&events).await.unwrap(), events.len());
@@ -125,7 +118,7 @@ async fn serve_api(store: Store) -> (String, tokio::task::JoinHandle<()>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tenant_sees_only_its_own_data_enforced_by_the_database_too() {
-    let (store, db) = pg_store().await;
+    let TestStore { store, db } = fresh_store().await;
     let (acme, globex) = (TenantId::parse("acme").unwrap(), TenantId::parse("globex").unwrap());
     for t in [&acme, &globex] {
         store.upsert_tenant(t, t.as_str()).await.unwrap();
@@ -178,7 +171,7 @@ async fn a_tenant_sees_only_its_own_data_enforced_by_the_database_too() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_dashboard_renders_in_a_browser_with_the_api_figures() {
-    let (store, _) = pg_store().await;
+    let TestStore { store, db: _db } = fresh_store().await;
     let acme = TenantId::parse("acme").unwrap();
     store.upsert_tenant(&acme, "Acme").await.unwrap();
     store.apply_events(&campaign("acme", "spring")).await.unwrap();
@@ -255,7 +248,7 @@ async fn seed_personal_data(store: &Store, address: &str) {
 async fn erase_leaves_no_trace_of_the_address_on_postgres_or_sqlite() {
     let address = "erase.me.please@example.com";
     // PostgreSQL, checked with pg_dump.
-    let (store, db) = pg_store().await;
+    let TestStore { store, db } = fresh_store().await;
     seed_personal_data(&store, address).await;
     let dump = || {
         let out =
@@ -311,7 +304,7 @@ async fn erase_leaves_no_trace_of_the_address_on_postgres_or_sqlite() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retention_purges_old_events_client_details_and_ledger_rows() {
-    let (store, db) = pg_store().await;
+    let TestStore { store, db } = fresh_store().await;
     let now = mailpipe_core::now_ms();
     let day = 86_400_000;
     let mut old = with_verdict(ev(EventType::Open, "acme", "c", "j1", "old"), VerdictClass::Human);
@@ -343,7 +336,7 @@ async fn retention_purges_old_events_client_details_and_ledger_rows() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_malformed_csv_import_names_its_lines_and_imports_nothing() {
-    let (store, _db) = pg_store().await;
+    let TestStore { store, db: _db } = fresh_store().await;
     let acme = Scope::Tenant(TenantId::parse("acme").unwrap());
     let import = |text: &'static str| {
         let (store, acme) = (store.clone(), acme.clone());
@@ -443,7 +436,7 @@ fn arf(reference: &str, with_feedback_part: bool) -> Vec<u8> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_arf_complaint_suppresses_the_recipient_everywhere_and_bad_reports_are_kept() {
-    let (store, db) = pg_store().await;
+    let TestStore { store, db } = fresh_store().await;
     let address = "complainer@example.com";
     seed_personal_data(&store, address).await;
     let (tenant, job) = complaint(&store, &hasher(), None, &arf("acme/job-00001", true)).await.unwrap();

@@ -11,14 +11,12 @@ async fn run(
     settings: &[(&str, &str)],
     jobs: Vec<serde_json::Value>,
 ) -> (TestEnv, Running) {
-    let mut setup = TestEnv::setup().relay(relay.port).var("MAILPIPE__WORKER__RETRY_BASE_MS", 60000);
-    for (k, v) in settings {
-        setup = setup.var(k, v);
-    }
-    let env = setup.start().await;
-    env.enqueue(&jobs.iter().map(keyed).collect::<Vec<_>>()).await;
-    let worker = env.start_worker();
-    (env, worker)
+    TestEnv::setup()
+        .relay(relay.port)
+        .var("MAILPIPE__WORKER__RETRY_BASE_MS", 60000)
+        .vars(settings)
+        .sending(&jobs.iter().map(keyed).collect::<Vec<_>>())
+        .await
 }
 
 fn jobs(n: usize) -> Vec<serde_json::Value> {

@@ -8,20 +8,13 @@ use mailpipe_tests::*;
 
 const N: usize = 6;
 
-/// `jobs` jobs to a.example, sent by a worker to the relay on `port`.
-async fn run_on(port: u16, jobs: usize, extra: &[(&str, &str)]) -> (TestEnv, Running) {
-    let mut setup = TestEnv::setup().relay(port);
-    for (k, v) in extra {
-        setup = setup.var(k, v);
-    }
-    let env = setup.start().await;
-    env.enqueue(&campaign_jobs(0..jobs, "acme", "c", &["a.example"])).await;
-    let worker = env.start_worker();
-    (env, worker)
-}
-
-async fn run(sink: &SmtpSink, extra: &[(&str, &str)]) -> (TestEnv, Running) {
-    run_on(sink.port, N, extra).await
+/// `N` jobs to a.example, sent by a worker to a sink with `flags`.
+async fn run(flags: &[&str], settings: &[(&str, &str)]) -> (TestEnv, Running) {
+    TestEnv::setup()
+        .sink(flags)
+        .vars(settings)
+        .sending(&campaign_jobs(0..N, "acme", "c", &["a.example"]))
+        .await
 }
 
 async fn wait_for(env: &TestEnv, status: &str) {
@@ -33,8 +26,8 @@ const FAST_RETRIES: [(&str, &str); 2] =
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_users_bounce_and_are_suppressed_for_every_category() {
-    let sink = SmtpSink::start(&["-f", "RCPT", "-B", "550 5.1.1 Recipient address rejected: User unknown"]);
-    let (env, worker) = run(&sink, &[]).await;
+    let (env, worker) =
+        run(&["-f", "RCPT", "-B", "550 5.1.1 Recipient address rejected: User unknown"], &[]).await;
     wait_for(&env, "bounced").await;
     assert_eq!(env.events("acme", "c").await.get("bounced"), Some(&(N as i64)));
     let mut conn = env.pg().await;
@@ -48,14 +41,13 @@ async fn unknown_users_bounce_and_are_suppressed_for_every_category() {
         supp.iter()
             .all(|(scope, reason, applies)| scope.is_empty() && reason == "hard_bounce" && applies == "all")
     );
-    assert!(sink.message_ids().is_empty());
+    assert!(env.sink().message_ids().is_empty());
     worker.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn policy_rejections_of_content_bounce_without_suppressing() {
-    let sink = SmtpSink::start(&["-f", ".", "-B", "554 5.7.1 Message rejected as spam"]);
-    let (env, worker) = run(&sink, &[]).await;
+    let (env, worker) = run(&["-f", ".", "-B", "554 5.7.1 Message rejected as spam"], &[]).await;
     wait_for(&env, "bounced").await;
     let mut conn = env.pg().await;
     let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM suppressions").fetch_one(&mut conn).await.unwrap();
@@ -65,8 +57,7 @@ async fn policy_rejections_of_content_bounce_without_suppressing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn temporary_failures_are_retried_then_fail() {
-    let sink = SmtpSink::start(&["-r", "RCPT"]);
-    let (env, worker) = run(&sink, &FAST_RETRIES).await;
+    let (env, worker) = run(&["-r", "RCPT"], &FAST_RETRIES).await;
     wait_for(&env, "failed").await;
     let ev = env.events("acme", "c").await;
     assert_eq!((ev.get("deferred"), ev.get("failed")), (Some(&(N as i64)), Some(&(N as i64))), "{ev:?}");
@@ -75,8 +66,7 @@ async fn temporary_failures_are_retried_then_fail() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_disconnect_before_the_content_is_a_deferral_not_a_doubt() {
-    let sink = SmtpSink::start(&["-q", "DATA"]);
-    let (env, worker) = run(&sink, &FAST_RETRIES).await;
+    let (env, worker) = run(&["-q", "DATA"], &FAST_RETRIES).await;
     wait_for(&env, "failed").await;
     let mut conn = env.pg().await;
     let doubt: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM events WHERE payload LIKE '%in_doubt%'")
@@ -89,8 +79,7 @@ async fn a_disconnect_before_the_content_is_a_deferral_not_a_doubt() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_disconnect_after_the_final_dot_is_in_doubt_and_not_resent() {
-    let sink = SmtpSink::start(&["-q", "."]);
-    let (env, worker) = run(&sink, &[]).await;
+    let (env, worker) = run(&["-q", "."], &[]).await;
     wait_for(&env, "sent").await;
     let mut conn = env.pg().await;
     let doubt: i64 = sqlx::query_scalar(
@@ -112,17 +101,16 @@ async fn a_disconnect_in_the_middle_of_data_is_in_doubt_and_under_the_retry_poli
     // The test relay cuts the connection half way through the content of
     // the first message to ~40% of recipients: no reply, nothing kept.
     let relay = TestRelay::start(&["--drop-mid-data-percent", "40"]);
-    let (env, worker) = run_on(
-        relay.port,
-        JOBS,
-        &[
+    let (env, worker) = TestEnv::setup()
+        .relay(relay.port)
+        .vars(&[
             ("MAILPIPE__WORKER__IN_DOUBT", "retry"),
             ("MAILPIPE__WORKER__RETRY_BASE_MS", "200"),
             ("MAILPIPE__WORKER__MAX_ATTEMPTS", "5"),
             ("MAILPIPE__WORKER__RETRY_POLL_MS", "100"),
-        ],
-    )
-    .await;
+        ])
+        .sending(&campaign_jobs(0..JOBS, "acme", "c", &["a.example"]))
+        .await;
     eventually("every job sent", Duration::from_secs(60), || async {
         env.ledger("acme", "c").await.get("sent") == Some(&(JOBS as i64))
     })

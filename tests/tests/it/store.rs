@@ -4,7 +4,7 @@ use mailpipe_core::{
     AppliesTo, Category, Event, EventType, Reason, RecipientRef, Scope, SendJob, Suppression, TenantId,
 };
 use mailpipe_store::{LedgerStatus, Store};
-use mailpipe_tests::{fresh_database, job, unique};
+use mailpipe_tests::{fresh_database, fresh_store, job, unique};
 
 async fn scenario(store: &Store) {
     store.migrate().await.unwrap();
@@ -66,9 +66,8 @@ async fn scenario(store: &Store) {
 
 #[tokio::test]
 async fn postgres() {
-    let db = fresh_database().await;
-    let store = Store::connect(&db, 4).await.unwrap();
-    scenario(&store).await;
+    let pg = fresh_store().await;
+    scenario(&pg.store).await;
 }
 
 #[tokio::test]

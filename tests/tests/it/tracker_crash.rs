@@ -22,10 +22,10 @@ async fn answered_events_survive_kill_9_of_the_tracker_and_ship_at_the_next_star
     let ring = mailpipe::app::keys(&env.config()).unwrap().ring;
 
     // The first tracker ships nothing: traffic never pauses long enough.
-    let mut held = env.process_vars();
-    held.push(("MAILPIPE__TRACKER__SHIP_IDLE_MS".into(), "600000".into()));
-    held.push(("MAILPIPE__TRACKER__SHIP_MAX_DELAY_SECS".into(), "600".into()));
-    let mut tracker = spawn_tracker(&held);
+    let mut tracker = env.tracker_process_with(&[
+        ("MAILPIPE__TRACKER__SHIP_IDLE_MS", "600000"),
+        ("MAILPIPE__TRACKER__SHIP_MAX_DELAY_SECS", "600"),
+    ]);
     let addr = env.tracker_addr();
     eventually("the tracker listens", Duration::from_secs(30), || async {
         tokio::net::TcpStream::connect(&addr).await.is_ok()

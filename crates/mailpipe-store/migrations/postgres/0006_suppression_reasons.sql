@@ -1,12 +1,12 @@
 -- Two more suppression reasons: 'import' (a list a tenant brought along)
 -- and 'erasure' (what an erasure on request leaves behind: the keyed hash
--- only). Erasures used to record 'manual'; the entries an erasure made are
--- the ones with no source tenant whose recipient and scope are in
--- `erasures`, and they are relabelled.
+-- only). Entries made before keep the reason they were given (erasures
+-- recorded 'manual').
+--
+-- The constraint is added NOT VALID and then validated: validation scans
+-- the table under a SHARE UPDATE EXCLUSIVE lock, which lets the workers go
+-- on reading and adding suppressions meanwhile.
 ALTER TABLE suppressions DROP CONSTRAINT suppressions_reason_check;
 ALTER TABLE suppressions ADD CONSTRAINT suppressions_reason_check
-    CHECK (reason IN ('unsubscribe', 'complaint', 'hard_bounce', 'manual', 'import', 'erasure'));
-
-UPDATE suppressions s SET reason = 'erasure'
-WHERE s.reason = 'manual' AND s.applies_to = 'all' AND s.source_tenant IS NULL
-  AND EXISTS (SELECT 1 FROM erasures e WHERE e.recipient_hash = s.recipient_hash AND e.scope_tenant = s.scope_tenant);
+    CHECK (reason IN ('unsubscribe', 'complaint', 'hard_bounce', 'manual', 'import', 'erasure')) NOT VALID;
+ALTER TABLE suppressions VALIDATE CONSTRAINT suppressions_reason_check;

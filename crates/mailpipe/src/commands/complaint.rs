@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use mailpipe_analytics::complaint::ComplaintError;
+use mailpipe_analytics::complaint::{self, ComplaintError};
 
 use crate::app;
 use crate::config::{Config, QueueKind};
@@ -23,12 +23,13 @@ pub async fn run(args: Args, cfg: &Config) -> anyhow::Result<ExitCode> {
         std::fs::read(&args.file).map_err(|e| anyhow::anyhow!("{}: {e}", args.file.display()))?
     };
     let store = app::store(cfg).await?;
+    // An unusable report is kept before anything else is needed.
+    let reported = complaint::read_report(&store, &report).await?;
     let keys = app::keys(cfg)?;
     let kafka = (cfg.queue.kind == QueueKind::Kafka).then_some(&cfg.queue.kafka);
-    let (tenant, job) = mailpipe_analytics::complaint::complaint(&store, &keys.hasher, kafka, &report)
-        .await
-        .map_err(|e| match e {
-            ComplaintError::Queue(q) => app::kafka_hint(q),
+    let (tenant, job) =
+        complaint::act_on(&store, &keys.hasher, kafka, reported).await.map_err(|e| match e {
+            ComplaintError::Queue(q) => app::queue_error(q),
             other => other.into(),
         })?;
     println!("complaint recorded for {tenant}/{job}; recipient suppressed platform-wide");

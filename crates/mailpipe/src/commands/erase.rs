@@ -3,9 +3,9 @@
 
 use std::process::ExitCode;
 
-use mailpipe_core::Scope;
+use mailpipe_core::{Scope, TenantId};
 
-use super::{address, tenant_id};
+use super::address;
 use crate::app;
 use crate::config::Config;
 
@@ -20,7 +20,8 @@ pub struct Args {
 
 pub async fn run(args: Args, cfg: &Config) -> anyhow::Result<ExitCode> {
     let addr = address("--email", &args.email)?;
-    let scope = Scope::of(args.tenant.as_deref().map(tenant_id).transpose()?);
+    let tenant = args.tenant.as_deref().map(TenantId::parse).transpose();
+    let scope = Scope::of(tenant.map_err(|e| anyhow::anyhow!("--tenant: {e}"))?);
     let keys = app::keys(cfg)?;
     let store = app::store(cfg).await?;
     let r = mailpipe_analytics::privacy::erase(&store, &keys.hasher, &addr, &scope).await?;
