@@ -16,7 +16,7 @@ use mailpipe_store::Store;
 use sqlx::Connection;
 use tokio_util::sync::CancellationToken;
 
-use crate::postgres::{TestDatabase, create_database};
+use crate::postgres::{TestDatabase, create_database, finished_jobs};
 use crate::process::{ServiceProcess, free_port, spawn_service};
 use crate::{
     SmtpSink, TEST_RECIPIENT_KEY, TEST_TOKEN_KEY, Topics, eventually, fresh_topics, kafka_brokers, services,
@@ -297,6 +297,32 @@ impl TestEnv {
     /// Stored events by type for one campaign.
     pub async fn events(&self, tenant: &str, campaign: &str) -> BTreeMap<String, i64> {
         self.store.event_counts(tenant, campaign).await.expect("event counts")
+    }
+
+    /// Waits until `n` jobs have their final outcome, failing if `worker`
+    /// exits first (`what` says when) or `timeout` passes. A failed query
+    /// connects again, so PostgreSQL may restart meanwhile.
+    pub async fn wait_finished(&self, n: i64, worker: &mut ServiceProcess, timeout: Duration, what: &str) {
+        let deadline = std::time::Instant::now() + timeout;
+        let mut conn: Option<sqlx::PgConnection> = None;
+        loop {
+            if conn.is_none() {
+                conn = sqlx::PgConnection::connect(&self.db).await.ok();
+            }
+            if let Some(c) = conn.as_mut() {
+                match finished_jobs(c).await {
+                    Ok(done) if done >= n => return,
+                    Ok(_) => {}
+                    Err(_) => conn = None,
+                }
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "timed out after {timeout:?} waiting for {n} finished jobs ({what})"
+            );
+            worker.assert_running(what);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// The one number a query returns (`SELECT COUNT(*) ...`).

@@ -98,11 +98,10 @@ async fn drop_databases_of_finished_runs(conn: &mut sqlx::PgConnection) {
 }
 
 /// Jobs in the ledger with their final outcome.
-pub async fn finished_jobs(conn: &mut sqlx::PgConnection) -> i64 {
+pub(crate) async fn finished_jobs(conn: &mut sqlx::PgConnection) -> Result<i64, sqlx::Error> {
     sqlx::query_scalar(
         "SELECT COUNT(*) FROM send_ledger WHERE status IN ('sent','bounced','suppressed','failed','dead_lettered')",
     )
     .fetch_one(conn)
     .await
-    .expect("count finished jobs")
 }

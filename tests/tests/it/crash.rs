@@ -4,7 +4,7 @@
 //! missing from the sink may be ones the ledger marks as in doubt.
 
 use std::collections::HashSet;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use mailpipe_tests::*;
 
@@ -20,33 +20,20 @@ async fn kill_9_mid_campaign_loses_nothing_and_sends_nothing_twice() {
     env.enqueue(&campaign_jobs(0..jobs_total, "acme", "crash", &["a.example", "b.example", "c.example"]))
         .await;
 
-    let mut conn = env.pg().await;
     // The crashes are spread over the first ~65% of the campaign.
     let kill_points: Vec<i64> = (1..=kills).map(|k| (jobs_total * 13 * k / (20 * kills)) as i64).collect();
     let mut peak_rss_mb = 0;
     for (round, &at) in kill_points.iter().enumerate() {
         let mut child = env.worker_process();
-        let deadline = Instant::now() + Duration::from_secs(90);
-        while finished_jobs(&mut conn).await < at {
-            assert!(Instant::now() < deadline, "round {round}: no progress to {at}");
-            child.assert_running("early");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        env.wait_finished(at, &mut child, Duration::from_secs(90), &format!("in round {round}")).await;
         peak_rss_mb = peak_rss_mb.max(child.peak_rss_mb());
         child.kill_9();
     }
 
     // A last worker finishes the campaign and is stopped with SIGTERM.
     let mut last = env.worker_process();
-    let deadline = Instant::now() + Duration::from_secs(60) + Duration::from_millis(20 * jobs_total as u64);
-    while finished_jobs(&mut conn).await < jobs_total as i64 {
-        assert!(
-            Instant::now() < deadline,
-            "campaign did not finish: {} of {jobs_total}",
-            finished_jobs(&mut conn).await
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let patience = Duration::from_secs(60) + Duration::from_millis(20 * jobs_total as u64);
+    env.wait_finished(jobs_total as i64, &mut last, patience, "before the campaign finished").await;
     // The ledger can be complete before the last worker has re-read the
     // records a killed worker finished but never committed; stop it only
     // once it has caught up with the topic (auto-commit runs every second).
@@ -64,6 +51,7 @@ async fn kill_9_mid_campaign_loses_nothing_and_sends_nothing_twice() {
     assert!(status.success(), "SIGTERM ends the worker cleanly: {status:?}");
 
     // Exactly one outcome per job.
+    let mut conn = env.pg().await;
     let rows: Vec<(String, String, Option<String>)> =
         sqlx::query_as("SELECT job_id, status, message_id FROM send_ledger")
             .fetch_all(&mut conn)

@@ -9,25 +9,8 @@ use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use mailpipe_tests::*;
-use sqlx::Connection;
 
 const PARTITIONS: i32 = 3;
-
-/// Waits until `at` jobs are finished, the worker still running.
-async fn progress_to(at: i64, worker: &mut ServiceProcess, db: &str) {
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        // A fresh connection each time: PostgreSQL may just have restarted.
-        if let Ok(mut conn) = sqlx::PgConnection::connect(db).await
-            && finished_jobs(&mut conn).await >= at
-        {
-            return;
-        }
-        assert!(Instant::now() < deadline, "no progress to {at} finished jobs");
-        worker.assert_running("during an outage");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kafka_then_postgres_restart_during_sending_loses_nothing_and_sends_nothing_twice() {
@@ -46,24 +29,17 @@ async fn kafka_then_postgres_restart_during_sending_loses_nothing_and_sends_noth
 
     let mut worker = env.worker_process();
     let started = Instant::now();
-    progress_to(jobs_total as i64 / 6, &mut worker, &env.db).await;
+    env.wait_finished(jobs_total as i64 / 6, &mut worker, Duration::from_secs(120), "before the outages")
+        .await;
     tokio::task::block_in_place(|| restart_service(env.exclusive(), "kafka"));
     let after_kafka = Instant::now();
-    progress_to(jobs_total as i64 / 2, &mut worker, &env.db).await;
+    env.wait_finished(jobs_total as i64 / 2, &mut worker, Duration::from_secs(120), "during an outage").await;
     tokio::task::block_in_place(|| restart_service(env.exclusive(), "postgres"));
     let after_postgres = Instant::now();
 
+    let patience = Duration::from_secs(60) + Duration::from_millis(20 * jobs_total as u64);
+    env.wait_finished(jobs_total as i64, &mut worker, patience, "after the outages").await;
     let mut conn = env.pg().await;
-    let deadline = Instant::now() + Duration::from_secs(60) + Duration::from_millis(20 * jobs_total as u64);
-    while finished_jobs(&mut conn).await < jobs_total as i64 {
-        assert!(
-            Instant::now() < deadline,
-            "campaign did not finish: {} of {jobs_total}",
-            finished_jobs(&mut conn).await
-        );
-        worker.assert_running("after the outages");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
     wait_committed(
         "offsets after the restarts",
         &env.group,
