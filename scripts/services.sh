@@ -10,6 +10,8 @@
 #   PostgreSQL 15     127.0.0.1:55432  (user/password/db: mailpipe)
 #   Apache Kafka 4.x  127.0.0.1:59092  (single-node KRaft; controller on :59093)
 #   smtp-sink         127.0.0.1:2525   (Postfix's test SMTP server)
+#   Knot DNS          127.0.0.1:55353  (authoritative for mailpipe.test.,
+#                                       RFC 2136 updates from loopback)
 #
 # State lives in $MAILPIPE_SERVICES_DIR (default /var/tmp/mailpipe-services),
 # outside the checkout, so that every clone on this machine shares one set of
@@ -22,6 +24,8 @@ PG_PORT=${MAILPIPE_PG_PORT:-55432}
 KAFKA_PORT=${MAILPIPE_KAFKA_PORT:-59092}
 KAFKA_CONTROLLER_PORT=${MAILPIPE_KAFKA_CONTROLLER_PORT:-59093}
 SMTP_PORT=${MAILPIPE_SMTP_PORT:-2525}
+DNS_PORT=${MAILPIPE_DNS_PORT:-55353}
+DNS_ZONE=mailpipe.test
 PG_BIN=/usr/lib/postgresql/15/bin
 KAFKA_PARTITIONS=${MAILPIPE_KAFKA_PARTITIONS:-6}
 
@@ -67,6 +71,11 @@ install_all() {
   need_root_or_have node nodejs
   need_root_or_have wrk wrk
   need_root_or_have nginx nginx-light
+  # The authoritative DNS server for the sending-domain tests, its update
+  # client, and opendkim-testkey, the independent check of a published key.
+  need_root_or_have /usr/sbin/knotd knot
+  need_root_or_have knsupdate knot-dnsutils
+  need_root_or_have /usr/sbin/opendkim-testkey opendkim-tools
 }
 
 # ---------------------------------------------------------------- PostgreSQL
@@ -270,11 +279,64 @@ sink_down() {
   rm -f "$sink_pid_file"
 }
 
+# ----------------------------------------------------------------- Knot DNS
+dns_dir=$STATE/knot
+dns_running() { [ -S "$dns_dir/run/knot.sock" ] && knotc -c "$dns_dir/knot.conf" status >/dev/null 2>&1; }
+
+dns_up() {
+  if dns_running; then say "Knot DNS already running on :$DNS_PORT"; return; fi
+  mkdir -p "$dns_dir/run" "$dns_dir/db" "$dns_dir/zones"
+  # Tests add and remove records under the zone with RFC 2136 updates
+  # (knsupdate) from loopback; nothing is written back to the zone file, so
+  # every start begins from the bare zone.
+  cat > "$dns_dir/knot.conf" <<CONF
+server:
+    rundir: "$dns_dir/run"
+    listen: [ 127.0.0.1@$DNS_PORT ]
+log:
+  - target: "$dns_dir/knot.log"
+    any: warning
+database:
+    storage: "$dns_dir/db"
+acl:
+  - id: loopback_update
+    address: 127.0.0.0/8
+    action: update
+template:
+  - id: default
+    storage: "$dns_dir/zones"
+    file: "%s.zone"
+    acl: loopback_update
+    zonefile-sync: -1
+    zonefile-load: whole
+    journal-content: none
+zone:
+  - domain: $DNS_ZONE
+CONF
+  cat > "$dns_dir/zones/$DNS_ZONE.zone" <<ZONE
+\$ORIGIN $DNS_ZONE.
+\$TTL 1
+@  SOA ns.$DNS_ZONE. hostmaster.$DNS_ZONE. 1 60 60 3600 1
+@  NS  ns.$DNS_ZONE.
+ns A   127.0.0.1
+ZONE
+  say "starting Knot DNS on 127.0.0.1:$DNS_PORT (zone $DNS_ZONE)"
+  knotd -c "$dns_dir/knot.conf" -d || die "knotd did not start (log: $dns_dir/knot.log)"
+  for _ in $(seq 1 50); do dns_running && return 0; sleep 0.1; done
+  cat "$dns_dir/knot.log" >&2; die "Knot DNS did not come up (log: $dns_dir/knot.log)"
+}
+
+dns_down() {
+  if dns_running; then say "stopping Knot DNS"; knotc -c "$dns_dir/knot.conf" stop >/dev/null 2>&1 || true; fi
+}
+
 print_env() {
   cat <<ENV
 export MAILPIPE_TEST_DATABASE_URL=postgres://mailpipe:mailpipe@127.0.0.1:$PG_PORT/mailpipe
 export MAILPIPE_TEST_KAFKA_BROKERS=127.0.0.1:$KAFKA_PORT
 export MAILPIPE_TEST_SMTP=127.0.0.1:$SMTP_PORT
+export MAILPIPE_TEST_DNS=127.0.0.1:$DNS_PORT
+export MAILPIPE_TEST_DNS_ZONE=$DNS_ZONE
 ENV
 }
 
@@ -283,12 +345,13 @@ status() {
   if pg_running; then echo "postgres  up    127.0.0.1:$PG_PORT"; else echo "postgres  down"; rc=1; fi
   if kafka_running; then echo "kafka     up    127.0.0.1:$KAFKA_PORT"; else echo "kafka     down"; rc=1; fi
   if sink_running; then echo "smtp-sink up    127.0.0.1:$SMTP_PORT"; else echo "smtp-sink down"; rc=1; fi
+  if dns_running; then echo "knot-dns  up    127.0.0.1:$DNS_PORT ($DNS_ZONE)"; else echo "knot-dns  down"; rc=1; fi
   return $rc
 }
 
 case "${1:-}" in
-  up) install_all; pg_up; sink_up; kafka_up; status ;;
-  down) kafka_down; sink_down; pg_down ;;
+  up) install_all; pg_up; sink_up; dns_up; kafka_up; status ;;
+  down) kafka_down; dns_down; sink_down; pg_down ;;
   status) status ;;
   env) print_env ;;
   restart-kafka) kafka_down; kafka_up ;;

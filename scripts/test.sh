@@ -21,7 +21,7 @@ scripts/services.sh up
 eval "$(scripts/services.sh env)"
 
 step "independent DKIM verifier for the tests (dkimpy, from PyPI)"
-if ! python3 -c "import dkim, nacl" 2>/dev/null; then
+if ! python3 -c "import dkim, nacl, dns.resolver" 2>/dev/null; then
   python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore dkimpy pynacl dnspython
 fi
 
