@@ -6,7 +6,7 @@ use std::hint::black_box;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use mailpipe_benches::{composer, keyring, ten_kb_job};
 use mailpipe_core::{CampaignId, Category, JobId, SendJob, TenantId};
-use mailpipe_render::{DkimAlgorithm, DkimKeys};
+use mailpipe_render::{DkimAlgorithm, DkimKey};
 use mailpipe_smtp::{DeliveryError, Phase, Reply, classify};
 use mailpipe_token::{Action, Claims};
 use time::OffsetDateTime;
@@ -42,7 +42,9 @@ fn compose(c: &mut Criterion) {
     let mut g = c.benchmark_group("message");
     g.throughput(Throughput::Elements(1));
     g.bench_function("parse_job_10kb", |b| b.iter(|| SendJob::from_json(black_box(&raw))));
-    g.bench_function("compose_10kb_5_links", |b| b.iter(|| composer.compose(black_box(&job), None, now)));
+    g.bench_function("compose_10kb_5_links", |b| {
+        b.iter(|| composer.compose(black_box(&job), None, now, None))
+    });
     // The two stages of compose on their own.
     g.bench_function("render_rewrite_10kb_5_links", |b| {
         b.iter(|| composer.render(black_box(&job), None, now))
@@ -82,7 +84,7 @@ fn dkim(c: &mut Criterion) {
         .unwrap_or_default()
     };
     let message = composer()
-        .compose(&ten_kb_job(1), None, OffsetDateTime::now_utc())
+        .compose(&ten_kb_job(1), None, OffsetDateTime::now_utc(), None)
         .map(|m| m.bytes)
         .unwrap_or_default();
     let mut g = c.benchmark_group("dkim");
@@ -91,11 +93,10 @@ fn dkim(c: &mut Criterion) {
         ("sign_rsa2048_10kb", DkimAlgorithm::RsaSha256, "rsa2048.pem"),
         ("sign_ed25519_10kb", DkimAlgorithm::Ed25519Sha256, "ed25519.pem"),
     ] {
-        let mut keys = DkimKeys::new();
-        if keys.add("acme.example", "s1", alg, &key(file)).is_err() {
+        let Ok(key) = DkimKey::from_pem("acme.example", "s1", alg, &key(file)) else {
             panic!("fixture key {file} did not load");
-        }
-        g.bench_function(name, |b| b.iter(|| keys.sign("acme", "acme.example", black_box(&message))));
+        };
+        g.bench_function(name, |b| b.iter(|| key.sign(black_box(&message))));
     }
     g.finish();
 }

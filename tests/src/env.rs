@@ -19,8 +19,8 @@ use tokio_util::sync::CancellationToken;
 use crate::postgres::{TestDatabase, create_database, finished_jobs};
 use crate::process::{ServiceProcess, free_port, spawn_service};
 use crate::{
-    SmtpSink, TEST_RECIPIENT_KEY, TEST_TOKEN_KEY, Topics, eventually, fresh_topics, kafka_brokers, services,
-    unique,
+    SmtpSink, TEST_KEK, TEST_RECIPIENT_KEY, TEST_SENDER_DOMAIN, TEST_TOKEN_KEY, Topics, eventually,
+    fresh_topics, kafka_brokers, services, unique,
 };
 
 /// How a [`TestEnv`] is made; [`TestEnv::setup`] starts one.
@@ -142,8 +142,13 @@ impl Setup {
         let cfg =
             Config::load(config_file.as_deref(), vars.clone()).unwrap_or_else(|e| panic!("test config: {e}"));
         let store = app::store(&cfg).await.expect("store");
-        for t in self.tenants {
-            store.upsert_tenant(&TenantId::parse(t).expect("tenant id"), t).await.expect("register tenant");
+        let tenants: Vec<TenantId> =
+            self.tenants.iter().map(|t| TenantId::parse(*t).expect("tenant id")).collect();
+        for t in &tenants {
+            store.upsert_tenant(t, t.as_str()).await.expect("register tenant");
+        }
+        if !tenants.is_empty() {
+            register_sender_domain(&cfg, &store, &tenants).await;
         }
         TestEnv {
             db,
@@ -405,12 +410,35 @@ fn relay_env(db: &str, topics: &Topics, smtp_port: u16, group: &str) -> Vec<(Str
         ("MAILPIPE__SMTP__PORT", &smtp_port.to_string()),
         ("MAILPIPE__TOKENS__KEYS__1", TEST_TOKEN_KEY),
         ("MAILPIPE__TOKENS__RECIPIENT_KEY", TEST_RECIPIENT_KEY),
+        ("MAILPIPE__DOMAINS__KEYS__1", TEST_KEK),
+        ("MAILPIPE__DOMAINS__REFRESH_MS", "200"),
         ("MAILPIPE__METRICS__LISTEN", "127.0.0.1:0"),
         ("MAILPIPE__WORKER__GRACE_PERIOD_SECS", "20"),
     ]
     .iter()
     .map(|(k, v)| (k.to_string(), v.to_string()))
     .collect()
+}
+
+/// [`TEST_SENDER_DOMAIN`], a platform domain the operator attests, for
+/// `tenants`: what lets their jobs be sent and signed.
+async fn register_sender_domain(cfg: &Config, store: &Store, tenants: &[TenantId]) {
+    use mailpipe_domains::{KeySource, onboard};
+    let domain = mailpipe_core::Domain::parse(TEST_SENDER_DOMAIN).expect("test sender domain");
+    let sealer = app::sealer(cfg).expect("test key-encryption key");
+    let source = KeySource::Generate(mailpipe_core::DkimAlgorithm::Ed25519Sha256);
+    onboard::add(
+        store,
+        &sealer,
+        &cfg.domains,
+        &domain,
+        &mailpipe_store::Owner::Platform,
+        tenants,
+        true,
+        source,
+    )
+    .await
+    .expect("register the test sender domain");
 }
 
 /// The tracker on loopback `port`, spooling under `dir`.

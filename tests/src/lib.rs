@@ -9,9 +9,11 @@
 //! * [`env`]: [`TestEnv`], where a test starts: all of the above, set up.
 //! * [`postgres`], [`kafka`], [`smtp`]: the services one by one.
 //! * [`process`]: mailpipe as its own process; restarting a service.
+//! * [`dns`]: Knot DNS, a zone per test, and the independent DKIM checks.
 //! * [`http`]: raw HTTP/1.1, for what no client library would send.
 //! * [`services`]: who may use the services while one restarts.
 
+pub mod dns;
 pub mod env;
 pub mod http;
 pub mod kafka;
@@ -68,6 +70,13 @@ pub(crate) fn finished_run(name: &str) -> Option<&str> {
 pub const TEST_TOKEN_KEY: &str = "dGVzdC10b2tlbi1rZXktdGhhdC1pcy1hdC1sZWFzdC0zMi1ieXRlcw==";
 
 pub const TEST_RECIPIENT_KEY: &str = "dGVzdC1yZWNpcGllbnQta2V5LXRoYXQtaXMtMzItYnl0ZXMtbG9uZw==";
+
+/// The key-encryption key DKIM keys are sealed under in tests.
+pub const TEST_KEK: &str = "dGVzdC1rZXktZW5jcnlwdGlvbi1rZXktb2YtMzItYnl0ZXMh";
+
+/// The platform domain every [`TestEnv`]'s tenants send as (attested, with
+/// an Ed25519 key), the From domain of [`job`].
+pub const TEST_SENDER_DOMAIN: &str = "sender.example";
 
 /// A send job for tests, as JSON.
 pub fn job(i: usize, tenant: &str, campaign: &str, domain: &str) -> serde_json::Value {

@@ -22,16 +22,24 @@ use tracing::warn;
 
 use crate::csv::{ImportError, export_csv};
 use crate::dashboard;
+use crate::domains::{self, DomainsApi};
 
 #[derive(Clone)]
 pub struct ApiState {
-    store: Store,
+    pub(crate) store: Store,
     hasher: Arc<RecipientHasher>,
+    /// Adding and checking sending domains; without it those answer 503.
+    pub(crate) domains: Option<Arc<DomainsApi>>,
 }
 
 impl ApiState {
     pub fn new(store: Store, hasher: RecipientHasher) -> Self {
-        Self { store, hasher: Arc::new(hasher) }
+        Self { store, hasher: Arc::new(hasher), domains: None }
+    }
+
+    pub fn with_domains(mut self, domains: DomainsApi) -> Self {
+        self.domains = Some(Arc::new(domains));
+        self
     }
 }
 
@@ -42,17 +50,20 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/v1/suppressions", get(list_suppressions).post(add_suppression))
         .route("/api/v1/suppressions/{email}", axum::routing::delete(remove_suppression))
         .route("/api/v1/suppressions.csv", get(export_suppressions).post(import_suppressions))
+        .route("/api/v1/domains", get(domains::list).post(domains::add))
+        .route("/api/v1/domains/{domain}/check", axum::routing::post(domains::check))
         .route("/dashboard/campaigns/{id}", get(dashboard))
+        .route("/dashboard/domains", get(domains::page))
         .route("/healthz", get(|| async { "ok\n" }))
         .with_state(state)
 }
 
 #[derive(Deserialize)]
-struct KeyQuery {
-    key: Option<String>,
+pub(crate) struct KeyQuery {
+    pub(crate) key: Option<String>,
 }
 
-fn json<T: serde::Serialize>(v: &T) -> Response {
+pub(crate) fn json<T: serde::Serialize>(v: &T) -> Response {
     (
         [(header::CONTENT_TYPE, "application/json"), (header::CACHE_CONTROL, "no-store")],
         serde_json::to_string(v).unwrap_or_default(),
@@ -60,7 +71,7 @@ fn json<T: serde::Serialize>(v: &T) -> Response {
         .into_response()
 }
 
-fn err(status: StatusCode, msg: &str) -> Response {
+pub(crate) fn err(status: StatusCode, msg: &str) -> Response {
     (status, [(header::CACHE_CONTROL, "no-store")], json_body(msg)).into_response()
 }
 
@@ -68,13 +79,17 @@ fn json_body(msg: &str) -> String {
     serde_json::json!({ "error": msg }).to_string()
 }
 
-fn internal(e: impl std::fmt::Display) -> Response {
+pub(crate) fn internal(e: impl std::fmt::Display) -> Response {
     warn!(error = %e, "api request failed");
     err(StatusCode::SERVICE_UNAVAILABLE, "temporarily unavailable")
 }
 
 /// The caller's tenant, from its API key; `Err` is the 401 to return.
-async fn tenant(s: &ApiState, headers: &HeaderMap, query_key: Option<&str>) -> Result<TenantId, Response> {
+pub(crate) async fn tenant(
+    s: &ApiState,
+    headers: &HeaderMap,
+    query_key: Option<&str>,
+) -> Result<TenantId, Response> {
     let bearer = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())

@@ -10,6 +10,8 @@
 //! * [`privacy`]: erasure on request, and purges on the retention schedule.
 //! * [`complaint`]: ARF complaint reports (RFC 5965) to a suppression and a
 //!   `complaint` event.
+//! * sending domains through the API (`/api/v1/domains`) and the dashboard
+//!   (`/dashboard/domains`): [`DomainsApi`].
 //!
 //! [`run`] puts the service together: API, ingestion and scheduled purges,
 //! until shutdown.
@@ -19,6 +21,7 @@ pub mod api;
 pub mod complaint;
 pub mod csv;
 mod dashboard;
+mod domains;
 pub mod ingest;
 pub mod privacy;
 
@@ -31,6 +34,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 pub use api::{ApiState, router};
+pub use domains::DomainsApi;
 pub use ingest::EventFeed;
 
 /// `[analytics]`: the configuration section itself.
@@ -59,6 +63,7 @@ pub async fn run(
     settings: &AnalyticsSettings,
     store: Store,
     hasher: RecipientHasher,
+    domains: DomainsApi,
     feed: EventFeed,
     retention: Retention,
     shutdown: CancellationToken,
@@ -66,7 +71,7 @@ pub async fn run(
     let listener = tokio::net::TcpListener::bind(settings.listen)
         .await
         .map_err(|e| AnalyticsError::Bind(settings.listen, e))?;
-    let router = router(ApiState::new(store.clone(), hasher));
+    let router = router(ApiState::new(store.clone(), hasher).with_domains(domains));
     let server = tokio::spawn({
         let shutdown = shutdown.clone();
         async move {

@@ -10,6 +10,8 @@
 //! * [`event`]: the event (`mailpipe.events.v1`).
 //! * [`suppression`]: the suppression list's vocabulary: [`Reason`],
 //!   [`AppliesTo`], [`Scope`] and the [`Suppression`] entry.
+//! * [`sending`]: sending domains and their DKIM keys: [`DomainStatus`],
+//!   [`KeyState`], [`DkimAlgorithm`], [`Selector`].
 //! * [`backoff`]: [`Backoff`], the shape of every retry.
 //! * [`units`]: durations in settings, read in the unit their key names.
 #![forbid(unsafe_code)]
@@ -19,6 +21,7 @@ pub mod backoff;
 pub mod event;
 pub mod id;
 pub mod job;
+pub mod sending;
 pub mod suppression;
 pub mod units;
 
@@ -27,6 +30,7 @@ pub use backoff::Backoff;
 pub use event::{ClientInfo, EncodedEvent, Event, EventType, SmtpReply, Verdict, VerdictClass};
 pub use id::{CampaignId, IdError, JobId, TemplateId, TenantId};
 pub use job::{Category, Content, Mailbox, SendJob, SendJobError};
+pub use sending::{DkimAlgorithm, DomainStatus, KeyState, Selector, SendingError};
 pub use suppression::{
     AppliesTo, Reason, RecipientRef, Scope, Suppressed, Suppression, SuppressionError, UnsubscribeScope,
 };

@@ -43,7 +43,7 @@ use mailpipe_core::{Category, Content, SendJob};
 use mailpipe_token::{Action, Claims, Keyring, RecipientHasher, TokenError};
 use time::OffsetDateTime;
 
-pub use dkim::{DkimAlgorithm, DkimError, DkimKeys};
+pub use dkim::{DkimAlgorithm, DkimError, DkimKey};
 pub use template::{CompiledTemplates, TemplateLimits, TemplateSet};
 
 /// Why a job could not be rendered. None of these gets better on retry:
@@ -131,7 +131,6 @@ pub struct Composer {
     recipients: RecipientHasher,
     links: TrackingLinks,
     limits: TemplateLimits,
-    dkim: DkimKeys,
     inline: template::InlineCache,
 }
 
@@ -146,13 +145,7 @@ impl Composer {
             links.base_url.pop();
         }
         let inline = template::InlineCache::new(limits.clone(), 512);
-        Self { keyring, recipients, links, limits, dkim: DkimKeys::new(), inline }
-    }
-
-    /// Signs every message whose sender (or tenant) has a key in `dkim`.
-    pub fn with_dkim(mut self, dkim: DkimKeys) -> Self {
-        self.dkim = dkim;
-        self
+        Self { keyring, recipients, links, limits, inline }
     }
 
     pub fn recipients(&self) -> &RecipientHasher {
@@ -175,17 +168,20 @@ impl Composer {
     }
 
     /// Renders and builds the message for `job`: [`Composer::render`], then
-    /// [`Composer::build`], then the DKIM signature. `registered` must be
-    /// given when the job names a template; inline jobs ignore it.
+    /// [`Composer::build`], then, with `dkim`, the signature. `registered`
+    /// must be given when the job names a template; inline jobs ignore it.
+    /// The caller chooses the key: it must be one the job's tenant may sign
+    /// with, for the job's From domain.
     pub fn compose(
         &self,
         job: &SendJob,
         registered: Option<&CompiledTemplates>,
         now: OffsetDateTime,
+        dkim: Option<&DkimKey>,
     ) -> Result<Composed, RenderError> {
         let rendered = self.render(job, registered, now)?;
         let mut bytes = self.build(job, &rendered, now)?;
-        if let Some(header) = self.dkim.sign(job.tenant_id.as_str(), job.from.email.domain(), &bytes)? {
+        if let Some(header) = dkim.map(|k| k.sign(&bytes)).transpose()? {
             let mut signed = Vec::with_capacity(header.len() + bytes.len());
             signed.extend_from_slice(header.as_bytes());
             signed.extend_from_slice(&bytes);

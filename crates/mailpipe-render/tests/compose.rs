@@ -52,7 +52,7 @@ fn job(category: &str) -> SendJob {
 #[test]
 fn marketing_message_parses_back_with_every_header() {
     let c = composer();
-    let out = c.compose(&job("marketing"), None, datetime!(2026-11-29 12:00 UTC)).unwrap();
+    let out = c.compose(&job("marketing"), None, datetime!(2026-11-29 12:00 UTC), None).unwrap();
     assert_eq!(out.tracked_links, 1);
     let msg = MessageParser::default().parse(&out.bytes).unwrap();
 
@@ -106,7 +106,7 @@ fn marketing_message_parses_back_with_every_header() {
 
 #[test]
 fn transactional_mail_has_no_list_unsubscribe() {
-    let out = composer().compose(&job("transactional"), None, datetime!(2026-11-29 12:00 UTC)).unwrap();
+    let out = composer().compose(&job("transactional"), None, datetime!(2026-11-29 12:00 UTC), None).unwrap();
     let msg = MessageParser::default().parse(&out.bytes).unwrap();
     assert!(msg.header_raw("List-Unsubscribe").is_none());
     assert!(msg.header_raw("List-Unsubscribe-Post").is_none());
@@ -116,8 +116,8 @@ fn transactional_mail_has_no_list_unsubscribe() {
 #[test]
 fn message_ids_are_deterministic_per_job() {
     let c = composer();
-    let a = c.compose(&job("marketing"), None, datetime!(2026-11-29 12:00 UTC)).unwrap();
-    let b = c.compose(&job("marketing"), None, datetime!(2026-11-29 13:00 UTC)).unwrap();
+    let a = c.compose(&job("marketing"), None, datetime!(2026-11-29 12:00 UTC), None).unwrap();
+    let b = c.compose(&job("marketing"), None, datetime!(2026-11-29 13:00 UTC), None).unwrap();
     assert_eq!(a.message_id, b.message_id);
 }
 
@@ -126,7 +126,7 @@ fn registered_templates_are_used_and_required() {
     let mut j = job("marketing");
     j.content = mailpipe_core::Content::Registered(mailpipe_core::TemplateId::parse("welcome").unwrap());
     let c = composer();
-    let err = c.compose(&j, None, datetime!(2026-11-29 12:00 UTC)).unwrap_err();
+    let err = c.compose(&j, None, datetime!(2026-11-29 12:00 UTC), None).unwrap_err();
     assert_eq!(err.reason(), "unknown_template");
     let set = TemplateSet {
         subject: "Welcome {{ first }}".into(),
@@ -134,7 +134,7 @@ fn registered_templates_are_used_and_required() {
         text: Some("Hello {{ first }}, see https://acme.example/x".into()),
     };
     let compiled = CompiledTemplates::compile(&set, &TemplateLimits::default()).unwrap();
-    let out = c.compose(&j, Some(&compiled), datetime!(2026-11-29 12:00 UTC)).unwrap();
+    let out = c.compose(&j, Some(&compiled), datetime!(2026-11-29 12:00 UTC), None).unwrap();
     let msg = MessageParser::default().parse(&out.bytes).unwrap();
     assert_eq!(msg.subject(), Some("Welcome Jane"));
     let ct = msg.content_type().unwrap();
@@ -147,6 +147,6 @@ fn registered_templates_are_used_and_required() {
 fn a_subject_that_renders_a_newline_is_refused() {
     let mut j = job("marketing");
     j.vars.insert("first".into(), serde_json::json!("x\r\nBcc: victim@example.com"));
-    let err = composer().compose(&j, None, datetime!(2026-11-29 12:00 UTC)).unwrap_err();
+    let err = composer().compose(&j, None, datetime!(2026-11-29 12:00 UTC), None).unwrap_err();
     assert_eq!(err.reason(), "header_injection");
 }

@@ -8,7 +8,7 @@ use std::process::Command;
 use std::sync::Arc;
 
 use mailpipe_core::SendJob;
-use mailpipe_render::{Composer, DkimAlgorithm, DkimKeys, TemplateLimits, TrackingLinks};
+use mailpipe_render::{Composer, DkimAlgorithm, DkimKey, TemplateLimits, TrackingLinks};
 use mailpipe_token::{Keyring, RecipientHasher, SigningKey};
 use time::macros::datetime;
 
@@ -33,14 +33,13 @@ fn fixture(name: &str) -> PathBuf {
     .join(name)
 }
 
-fn composer(dkim: DkimKeys) -> Composer {
+fn composer() -> Composer {
     Composer::new(
         Arc::new(Keyring::new(vec![SigningKey { id: 1, secret: vec![3u8; 32].into() }], 1).unwrap()),
         RecipientHasher::new(&vec![4u8; 32].into()).unwrap(),
         TrackingLinks { base_url: "https://t.example".into(), unsubscribe_mailto: None },
         TemplateLimits::default(),
     )
-    .with_dkim(dkim)
 }
 
 fn job(tenant: &str, from: &str) -> SendJob {
@@ -87,16 +86,11 @@ fn rand_id() -> u64 {
     h.finish()
 }
 
-fn signed(alg: DkimAlgorithm, key: &str, tenant_default: bool) -> Vec<u8> {
-    let mut keys = DkimKeys::new();
-    keys.add("acme.example", "s1", alg, &std::fs::read(fixture(key)).unwrap()).unwrap();
-    let from = if tenant_default {
-        keys.set_tenant_default("acme", "acme.example").unwrap();
-        "news@other.example"
-    } else {
-        "news@acme.example"
-    };
-    let out = composer(keys).compose(&job("acme", from), None, datetime!(2026-11-29 12:00 UTC)).unwrap();
+fn signed(alg: DkimAlgorithm, key: &str) -> Vec<u8> {
+    let key = DkimKey::from_pem("acme.example", "s1", alg, &std::fs::read(fixture(key)).unwrap()).unwrap();
+    let out = composer()
+        .compose(&job("acme", "news@acme.example"), None, datetime!(2026-11-29 12:00 UTC), Some(&key))
+        .unwrap();
     assert!(out.bytes.starts_with(b"DKIM-Signature: "), "signature first");
     out.bytes
 }
@@ -113,7 +107,7 @@ fn tamper(msg: &[u8]) -> Vec<u8> {
 fn rsa_sha256_signatures_verify_with_dkimpy() {
     let rec =
         format!("v=DKIM1; k=rsa; p={}", std::fs::read_to_string(fixture("rsa2048.pub.b64")).unwrap().trim());
-    let msg = signed(DkimAlgorithm::RsaSha256, "rsa2048.pem", false);
+    let msg = signed(DkimAlgorithm::RsaSha256, "rsa2048.pem");
     assert!(String::from_utf8_lossy(&msg).contains("a=rsa-sha256"));
     assert!(dkimpy(&msg, &rec), "valid signature");
     assert!(!dkimpy(&tamper(&msg), &rec), "tampered subject must fail");
@@ -125,42 +119,36 @@ fn ed25519_signatures_verify_with_dkimpy() {
         "v=DKIM1; k=ed25519; p={}",
         std::fs::read_to_string(fixture("ed25519.pub.b64")).unwrap().trim()
     );
-    let msg = signed(DkimAlgorithm::Ed25519Sha256, "ed25519.pem", false);
+    let msg = signed(DkimAlgorithm::Ed25519Sha256, "ed25519.pem");
     assert!(String::from_utf8_lossy(&msg).contains("a=ed25519-sha256"));
     assert!(dkimpy(&msg, &rec), "valid signature");
     assert!(!dkimpy(&tamper(&msg), &rec), "tampered subject must fail");
 }
 
 #[test]
-fn a_tenant_default_key_signs_its_other_domains_and_others_go_unsigned() {
-    let rec =
-        format!("v=DKIM1; k=rsa; p={}", std::fs::read_to_string(fixture("rsa2048.pub.b64")).unwrap().trim());
-    let msg = signed(DkimAlgorithm::RsaSha256, "rsa2048.pem", true);
-    assert!(String::from_utf8_lossy(&msg).contains("d=acme.example"));
-    assert!(dkimpy(&msg, &rec));
-
-    let mut keys = DkimKeys::new();
-    keys.add("acme.example", "s1", DkimAlgorithm::RsaSha256, &std::fs::read(fixture("rsa2048.pem")).unwrap())
+fn a_key_signs_as_its_own_domain_and_no_key_means_no_signature() {
+    let key = DkimKey::from_pem(
+        "acme.example",
+        "s1",
+        DkimAlgorithm::Ed25519Sha256,
+        &std::fs::read(fixture("ed25519.pem")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!((key.domain(), key.selector()), ("acme.example", "s1"));
+    let msg = signed(DkimAlgorithm::Ed25519Sha256, "ed25519.pem");
+    let text = String::from_utf8_lossy(&msg);
+    assert!(text.contains("d=acme.example;") && text.contains("s=s1;"), "{text}");
+    let out = composer()
+        .compose(&job("globex", "news@globex.example"), None, datetime!(2026-11-29 12:00 UTC), None)
         .unwrap();
-    let out = composer(keys)
-        .compose(&job("globex", "news@globex.example"), None, datetime!(2026-11-29 12:00 UTC))
-        .unwrap();
-    assert!(!out.bytes.starts_with(b"DKIM-Signature"), "no key for globex");
+    assert!(!out.bytes.starts_with(b"DKIM-Signature"), "unsigned without a key");
 }
 
 #[test]
 fn bad_keys_are_refused_with_the_domain_named() {
-    let mut keys = DkimKeys::new();
-    let e = keys.add("acme.example", "s1", DkimAlgorithm::RsaSha256, b"not a key").unwrap_err();
+    let e = DkimKey::from_pem("acme.example", "s1", DkimAlgorithm::RsaSha256, b"not a key").unwrap_err();
     assert!(e.to_string().contains("acme.example"), "{e}");
-    let e = keys
-        .add(
-            "acme.example",
-            "s1",
-            DkimAlgorithm::Ed25519Sha256,
-            &std::fs::read(fixture("rsa2048.pem")).unwrap(),
-        )
-        .unwrap_err();
+    let rsa = std::fs::read(fixture("rsa2048.pem")).unwrap();
+    let e = DkimKey::from_pem("acme.example", "s1", DkimAlgorithm::Ed25519Sha256, &rsa).unwrap_err();
     assert!(e.to_string().contains("acme.example"), "{e}");
-    assert!(keys.set_tenant_default("acme", "nowhere.example").is_err());
 }

@@ -206,7 +206,7 @@ impl Store {
     /// Runs a read with `$1` = tenant (and `$2` = `arg`). On PostgreSQL it
     /// runs as role `mailpipe_api` with `mailpipe.tenant` set, so row-level
     /// security limits it to the tenant's rows even if the SQL did not.
-    async fn as_tenant<T>(&self, tenant: &TenantId, sql: &str, arg: Option<&str>) -> Result<Vec<T>>
+    pub(crate) async fn as_tenant<T>(&self, tenant: &TenantId, sql: &str, arg: Option<&str>) -> Result<Vec<T>>
     where
         T: for<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow>
             + for<'r> sqlx::FromRow<'r, sqlx::sqlite::SqliteRow>

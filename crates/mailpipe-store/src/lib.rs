@@ -11,8 +11,9 @@
 //! One module per concern: `ledger` (claims, outcomes, the retry schedule,
 //! dead letters), `events`, `suppressions` (and `filter`, the in-memory
 //! filter in front of them), `tenants` (and API keys), `templates`,
-//! `privacy` (erasure, retention), `feedback` (complaint reports) and
-//! `aggregates` (analytics counters and tenant reads).
+//! `privacy` (erasure, retention), `feedback` (complaint reports),
+//! `domains` (sending domains and their sealed DKIM keys) and `aggregates`
+//! (analytics counters and tenant reads).
 #![forbid(unsafe_code)]
 
 // First: every module below uses them.
@@ -20,6 +21,7 @@
 mod macros;
 
 mod aggregates;
+mod domains;
 mod events;
 mod feedback;
 mod filter;
@@ -30,6 +32,7 @@ mod templates;
 mod tenants;
 
 pub use aggregates::{CampaignStats, Progress};
+pub use domains::{Added, CheckRecord, Owner, SendingDomain, StoredKey};
 pub use filter::{Bloom, SuppressionFilter, Verdict};
 pub use ledger::{Claim, DeadLetter, DueRetry, LedgerStatus};
 pub use privacy::{ErasureReport, PurgeReport, Retention};

@@ -35,16 +35,11 @@ impl Store {
         Ok(())
     }
 
-    /// Records which token key ids and DKIM signing domains belong to a
-    /// tenant: references for operators, never the secrets themselves.
-    pub async fn set_tenant_key_refs(
-        &self,
-        tenant: &TenantId,
-        token_key_ids: &str,
-        dkim_domains: &str,
-    ) -> Result<()> {
-        let sql = "UPDATE tenants SET token_key_ids = $2, dkim_domains = $3 WHERE tenant_id = $1";
-        on_pool!(self, p => sqlx::query(sql).bind(tenant.as_str()).bind(token_key_ids).bind(dkim_domains).execute(p).await.map(|_| ()))?;
+    /// Records which token key ids exist when a tenant is registered:
+    /// references for operators, never the secrets themselves.
+    pub async fn set_tenant_key_refs(&self, tenant: &TenantId, token_key_ids: &str) -> Result<()> {
+        let sql = "UPDATE tenants SET token_key_ids = $2 WHERE tenant_id = $1";
+        on_pool!(self, p => sqlx::query(sql).bind(tenant.as_str()).bind(token_key_ids).execute(p).await.map(|_| ()))?;
         Ok(())
     }
 

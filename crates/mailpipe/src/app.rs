@@ -6,7 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use mailpipe_analytics::{AnalyticsError, EventFeed};
+use mailpipe_analytics::{AnalyticsError, DomainsApi, EventFeed};
+use mailpipe_domains::{Sealer, Senders};
 use mailpipe_queue::QueueError;
 use mailpipe_queue::kafka::{KafkaEvents, KafkaSource};
 use mailpipe_render::{Composer, TemplateLimits, TrackingLinks};
@@ -114,14 +115,32 @@ pub async fn transport(cfg: &Config) -> Result<Arc<dyn Transport>> {
     })
 }
 
-/// The message composer, with every configured DKIM key loaded.
-pub fn composer(cfg: &Config, keyring: Arc<Keyring>, hasher: RecipientHasher) -> Result<Composer> {
-    let dkim = cfg.dkim_keys()?;
+/// The message composer. (Which key signs a message is the worker's
+/// choice, by its sender registry.)
+pub fn composer(cfg: &Config, keyring: Arc<Keyring>, hasher: RecipientHasher) -> Composer {
     let links = TrackingLinks {
         base_url: cfg.tracker.public_url.clone(),
         unsubscribe_mailto: cfg.tracker.unsubscribe_mailto.clone(),
     };
-    Ok(Composer::new(keyring, hasher, links, TemplateLimits::default()).with_dkim(dkim))
+    Composer::new(keyring, hasher, links, TemplateLimits::default())
+}
+
+/// What seals and opens DKIM keys, from the configured key-encryption keys.
+pub fn sealer(cfg: &Config) -> Result<Sealer> {
+    Ok(Sealer::new(&cfg.kek_secrets()?, cfg.domains.active_key)?)
+}
+
+/// The sending domains a worker may sign for, loaded now and then kept
+/// current in the background until `shutdown`.
+pub async fn senders(
+    cfg: &Config,
+    store: &Store,
+    sealer: Sealer,
+    shutdown: &CancellationToken,
+) -> Result<Arc<Senders>> {
+    let senders = Senders::load(store, sealer).await.context("loading the sending domains")?;
+    tokio::spawn(senders.clone().follow(store.clone(), cfg.domains.refresh, shutdown.clone()));
+    Ok(senders)
 }
 
 /// The in-memory suppression filter, loaded and then kept current in the
@@ -151,8 +170,10 @@ pub async fn run_worker(
     let keys = keys(cfg)?;
     // Every key is loaded before any service is contacted: a bad key is a
     // configuration error (exit 2), not a half-started worker.
-    let composer = composer(cfg, keys.ring, keys.hasher)?;
+    let sealer = sealer(cfg)?;
+    let composer = composer(cfg, keys.ring, keys.hasher);
     let store = store(cfg).await?;
+    let senders = senders(cfg, &store, sealer, &shutdown).await?;
     let kafka = &cfg.queue.kafka;
     let events = KafkaEvents::connect(kafka).await.map_err(kafka_hint)?;
     let mut source = KafkaSource::connect(kafka, cfg.worker.grace_period).await.map_err(kafka_hint)?;
@@ -167,6 +188,7 @@ pub async fn run_worker(
             transport,
             EventOut::Kafka(events.clone()),
             cfg.worker.clone(),
+            senders,
         )
         .with_throttle(Arc::new(Throttle::new(&cfg.throttle)))
         .with_suppression_filter(suppression_filter(cfg, &store, &shutdown)),
@@ -245,18 +267,20 @@ pub async fn run_tracker(
 /// `mailpipe analytics`: the tenant API and dashboard, event counting and
 /// scheduled purges, until shutdown.
 pub async fn run_analytics(cfg: &Config, shutdown: CancellationToken) -> Result<()> {
-    let store = store(cfg).await?;
     let keys = keys(cfg)?;
+    let domains = DomainsApi::new(sealer(cfg)?, cfg.domains.clone());
+    let store = store(cfg).await?;
+    tokio::spawn(mailpipe_domains::run_checks(store.clone(), cfg.domains.clone(), shutdown.clone()));
     let feed = match cfg.queue.kind {
         QueueKind::Kafka => EventFeed::kafka(&cfg.queue.kafka, &cfg.analytics.group_id),
         QueueKind::Memory => EventFeed::Store,
     };
-    mailpipe_analytics::run(&cfg.analytics, store, keys.hasher, feed, cfg.retention, shutdown).await.map_err(
-        |e| match e {
+    mailpipe_analytics::run(&cfg.analytics, store, keys.hasher, domains, feed, cfg.retention, shutdown)
+        .await
+        .map_err(|e| match e {
             AnalyticsError::Queue(q) => queue_error(q),
             other => other.into(),
-        },
-    )
+        })
 }
 
 /// `mailpipe migrate`.

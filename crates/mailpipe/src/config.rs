@@ -7,12 +7,12 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use base64::Engine as _;
 use mailpipe_analytics::AnalyticsSettings;
+use mailpipe_domains::DomainSettings;
 use mailpipe_queue::kafka::KafkaSettings;
-use mailpipe_render::DkimAlgorithm;
 use mailpipe_smtp::{SmtpSettings, TlsMode};
 use mailpipe_store::Retention;
 use mailpipe_throttle::{ThrottleConfig, ThrottleSpec};
@@ -111,32 +111,9 @@ pub struct LogConfig {
     pub level: String,
 }
 
-/// One signing domain: `[dkim.domains."acme.example"]`.
-#[derive(Debug, Deserialize)]
-pub struct DkimDomain {
-    pub selector: String,
-    pub algorithm: DkimAlgorithm,
-    /// PEM, inline. Secret. Exactly one of this and `private_key_file`.
-    #[serde(default)]
-    pub private_key: Option<SecretString>,
-    #[serde(default)]
-    pub private_key_file: Option<PathBuf>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-pub struct DkimConfig {
-    /// Sending domain → key.
-    #[serde(default)]
-    pub domains: BTreeMap<String, DkimDomain>,
-    /// Tenant → the domain whose key signs that tenant's mail from domains
-    /// without a key of their own.
-    #[serde(default)]
-    pub tenants: BTreeMap<String, String>,
-}
-
 /// The whole configuration. Each section is the settings type of the crate
 /// that uses it, deserialized as it is; only the binary's own sections
-/// (store, queue kind, tokens, metrics, log, DKIM keys) are defined here.
+/// (store, queue kind, tokens, metrics, log) are defined here.
 #[derive(Debug)]
 pub struct Config {
     pub store: StoreConfig,
@@ -147,7 +124,7 @@ pub struct Config {
     pub tokens: TokensConfig,
     pub metrics: MetricsConfig,
     pub log: LogConfig,
-    pub dkim: DkimConfig,
+    pub domains: DomainSettings,
     /// `[throttle]`, every rate parsed at load.
     pub throttle: ThrottleConfig,
     pub analytics: AnalyticsSettings,
@@ -214,7 +191,7 @@ impl Config {
             "tokens",
             "metrics",
             "log",
-            "dkim",
+            "domains",
             "throttle",
             "analytics",
             "retention",
@@ -251,7 +228,7 @@ impl Config {
         let tokens = section::<TokensConfig>(&tree, "tokens", &mut errors);
         let metrics = section::<MetricsConfig>(&tree, "metrics", &mut errors);
         let log = section::<LogConfig>(&tree, "log", &mut errors);
-        let dkim = section::<DkimConfig>(&tree, "dkim", &mut errors);
+        let domains = section::<DomainSettings>(&tree, "domains", &mut errors);
         // Rates are parsed here, once; every bad one is named by its key.
         let throttle = section::<ThrottleSpec>(&tree, "throttle", &mut errors).and_then(|spec| {
             ThrottleConfig::try_from(spec)
@@ -279,8 +256,8 @@ impl Config {
         if let Some(s) = &tokens {
             check_tokens(s, &mut errors);
         }
-        if let Some(s) = &dkim {
-            check_dkim(s, &mut errors);
+        if let Some(s) = &domains {
+            check_domains(s, &mut errors);
         }
         let (
             Some(store),
@@ -291,11 +268,14 @@ impl Config {
             Some(tokens),
             Some(metrics),
             Some(log),
-            Some(dkim),
+            Some(domains),
             Some(throttle),
             Some(analytics),
             Some(retention),
-        ) = (store, queue, smtp, worker, tracker, tokens, metrics, log, dkim, throttle, analytics, retention)
+        ) = (
+            store, queue, smtp, worker, tracker, tokens, metrics, log, domains, throttle, analytics,
+            retention,
+        )
         else {
             return Err(ConfigErrors(errors));
         };
@@ -308,7 +288,7 @@ impl Config {
             tokens,
             metrics,
             log,
-            dkim,
+            domains,
             throttle,
             analytics,
             retention,
@@ -316,33 +296,22 @@ impl Config {
         if errors.is_empty() { Ok(cfg) } else { Err(ConfigErrors(errors)) }
     }
 
-    /// Loads every DKIM key, reporting each one that fails.
-    pub fn dkim_keys(&self) -> Result<mailpipe_render::DkimKeys, ConfigErrors> {
-        let mut keys = mailpipe_render::DkimKeys::new();
-        let mut errors = Vec::new();
-        for (domain, d) in &self.dkim.domains {
-            let path = format!("dkim.domains.\"{domain}\"");
-            let pem = match (&d.private_key, &d.private_key_file) {
-                (Some(k), _) => k.expose_secret().as_bytes().to_vec(),
-                (None, Some(f)) => match std::fs::read(f) {
-                    Ok(b) => b,
-                    Err(e) => {
-                        errors.push(format!("{path}.private_key_file: {}: {e}", f.display()));
-                        continue;
-                    }
-                },
-                (None, None) => continue, // reported by validate
-            };
-            if let Err(e) = keys.add(domain, &d.selector, d.algorithm, &pem) {
-                errors.push(format!("{path}: {e}"));
-            }
+    /// The key-encryption keys that seal DKIM keys, or an error saying how
+    /// to set one. `worker`, `analytics` and `domain` need them; `demo`,
+    /// without one, makes a throw-away key and its demo domains afresh.
+    pub fn kek_secrets(&self) -> Result<Vec<(u16, SecretSlice<u8>)>, ConfigErrors> {
+        if self.domains.keys.is_empty() {
+            return Err(ConfigErrors(vec![
+                "domains.keys: no key-encryption key is configured (set MAILPIPE__DOMAINS__KEYS__1 to a base64 secret of 32+ bytes)".into(),
+            ]));
         }
-        for (tenant, domain) in &self.dkim.tenants {
-            if let Err(e) = keys.set_tenant_default(tenant, domain) {
-                errors.push(format!("dkim.tenants.{tenant}: {e}"));
-            }
-        }
-        if errors.is_empty() { Ok(keys) } else { Err(ConfigErrors(errors)) }
+        // Validated at load.
+        Ok(self
+            .domains
+            .keys
+            .iter()
+            .filter_map(|(id, s)| Some((id.parse::<u16>().ok()?, decode_secret(id, s).ok()?)))
+            .collect())
     }
 
     /// The token secrets, or an error naming each missing one. `worker` and
@@ -467,23 +436,26 @@ fn check_tokens(tokens: &TokensConfig, errors: &mut Vec<String>) {
     }
 }
 
-fn check_dkim(dkim: &DkimConfig, errors: &mut Vec<String>) {
-    for (domain, d) in &dkim.domains {
-        if d.private_key.is_some() == d.private_key_file.is_some() {
-            errors.push(format!(
-                "dkim.domains.\"{domain}\": give exactly one of private_key and private_key_file"
-            ));
+fn check_domains(domains: &DomainSettings, errors: &mut Vec<String>) {
+    for (id, secret) in &domains.keys {
+        if id.parse::<u16>().is_err() {
+            errors.push(format!("domains.keys.{id}: key ids are numbers from 0 to 65535"));
         }
-        if d.selector.is_empty()
-            || !d.selector.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
-        {
-            errors.push(format!("dkim.domains.\"{domain}\".selector: letters, digits, '-' and '.' only"));
+        if let Err(e) = decode_secret(&format!("domains.keys.{id}"), secret) {
+            errors.push(e);
         }
     }
-    for (tenant, domain) in &dkim.tenants {
-        if !dkim.domains.contains_key(domain) {
-            errors.push(format!("dkim.tenants.{tenant}: no key for domain {domain:?} in dkim.domains"));
-        }
+    if !domains.keys.is_empty() && !domains.keys.contains_key(&domains.active_key.to_string()) {
+        errors.push(format!("domains.active_key: key {} is not in domains.keys", domains.active_key));
+    }
+    if mailpipe_core::Selector::parse(&domains.return_path_label).is_err() {
+        errors
+            .push(format!("domains.return_path_label: {:?} is not one DNS label", domains.return_path_label));
+    }
+    if let Some(host) = &domains.return_path
+        && mailpipe_core::Domain::parse(host).is_err()
+    {
+        errors.push(format!("domains.return_path: {host:?} is not a host name"));
     }
 }
 
@@ -672,74 +644,28 @@ mod tests {
         assert_eq!(c.store.redacted_url(), "postgres://u:***@h/db");
     }
 
-    // DKIM keys come from the configuration, and bad ones are named.
-
-    fn fixture(name: &str) -> String {
-        format!("{}/../mailpipe-render/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"))
-    }
-
-    fn load(toml: &str) -> Result<Config, ConfigErrors> {
-        let dir =
-            std::env::temp_dir().join(format!("mailpipe-dkimcfg-{}-{}", std::process::id(), toml.len()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let f = dir.join("c.toml");
-        std::fs::write(&f, toml).unwrap();
-        Config::load(Some(&f), Vec::new())
-    }
-
     #[test]
-    fn keys_load_from_files_and_tenants_map_to_them() {
-        let cfg = load(&format!(
-            "[dkim.domains.\"acme.example\"]\nselector = \"s1\"\nalgorithm = \"rsa-sha256\"\nprivate_key_file = \"{}\"\n\
-             [dkim.domains.\"globex.example\"]\nselector = \"ed\"\nalgorithm = \"ed25519-sha256\"\nprivate_key_file = \"{}\"\n\
-             [dkim.tenants]\nacme = \"acme.example\"\n",
-            fixture("rsa2048.pem"),
-            fixture("ed25519.pem")
-        ))
-        .unwrap();
-        let keys = cfg.dkim_keys().unwrap();
-        let h = keys
-            .sign("acme", "acme.example", b"From: a@acme.example\r\nSubject: x\r\n\r\nbody\r\n")
-            .unwrap()
-            .unwrap();
-        assert!(
-            h.starts_with("DKIM-Signature:") && h.contains("s=s1") && h.contains("d=acme.example"),
-            "{h}"
-        );
-        let h = keys.sign("acme", "mail.acme-other.example", b"From: a@x\r\n\r\nb\r\n").unwrap().unwrap();
-        assert!(h.contains("d=acme.example"), "tenant default: {h}");
-        let h = keys.sign("globex", "globex.example", b"From: a@x\r\n\r\nb\r\n").unwrap().unwrap();
-        assert!(h.contains("a=ed25519-sha256"), "{h}");
-        assert!(keys.sign("initech", "initech.example", b"From: a@x\r\n\r\nb\r\n").unwrap().is_none());
-    }
-
-    #[test]
-    fn every_bad_key_is_named() {
-        let cfg = load(&format!(
-            "[dkim.domains.\"a.example\"]\nselector = \"s\"\nalgorithm = \"rsa-sha256\"\nprivate_key_file = \"/nonexistent/key.pem\"\n\
-             [dkim.domains.\"b.example\"]\nselector = \"s\"\nalgorithm = \"ed25519-sha256\"\nprivate_key_file = \"{}\"\n",
-            fixture("rsa2048.pem")
-        ))
-        .unwrap();
-        let e = cfg.dkim_keys().unwrap_err().to_string();
-        assert!(
-            e.contains("dkim.domains.\"a.example\".private_key_file")
-                && e.contains("dkim.domains.\"b.example\""),
-            "{e}"
-        );
-
-        let e = load("[dkim.domains.\"c.example\"]\nselector = \"s\"\nalgorithm = \"rsa-sha256\"\n[dkim.tenants]\nt = \"d.example\"\n")
-            .unwrap_err()
-            .to_string();
-        assert!(
-            e.contains("exactly one of private_key and private_key_file") && e.contains("dkim.tenants.t"),
-            "{e}"
-        );
-        let e = load(
-            "[dkim.domains.\"c.example\"]\nselector = \"s\"\nalgorithm = \"rsa-sha1\"\nprivate_key = \"x\"\n",
+    fn key_encryption_keys_are_checked_like_the_token_keys() {
+        let c = Config::load(None, env(&[])).unwrap();
+        let e = c.kek_secrets().unwrap_err().to_string();
+        assert!(e.contains("MAILPIPE__DOMAINS__KEYS__1"), "{e}");
+        let e = Config::load(
+            None,
+            env(&[("MAILPIPE__DOMAINS__KEYS__1", "c2hvcnQ="), ("MAILPIPE__DOMAINS__ACTIVE_KEY", "2")]),
         )
         .unwrap_err()
         .to_string();
-        assert!(e.contains("dkim"), "{e}");
+        assert!(
+            e.contains("domains.keys.1: must decode to at least 32 bytes")
+                && e.contains("domains.active_key"),
+            "{e}"
+        );
+        let c = Config::load(
+            None,
+            env(&[("MAILPIPE__DOMAINS__KEYS__1", "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=")]),
+        )
+        .unwrap();
+        assert_eq!(c.kek_secrets().unwrap().len(), 1);
+        assert_eq!(c.domains.default_algorithm, mailpipe_core::DkimAlgorithm::RsaSha256);
     }
 }

@@ -9,6 +9,7 @@ mod browser;
 mod campaign;
 mod crash;
 mod demo;
+mod domains;
 mod idn;
 mod metrics;
 mod pipeline;

@@ -1,11 +1,14 @@
 //! Stage 1: may this job be sent at all? The tenant is registered, the
 //! ledger claim is ours (a finished job is only re-announced), a job left in
-//! doubt is resolved by policy, and the recipient is not suppressed.
+//! doubt is resolved by policy, the tenant may send as its From domain, and
+//! the recipient is not suppressed.
 
 use std::ops::ControlFlow;
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use mailpipe_core::{EventType, SendJob, Suppressed, TenantId};
+use mailpipe_render::DkimKey;
 use mailpipe_store::{Claim, LedgerStatus, Verdict};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
@@ -13,13 +16,19 @@ use tracing::{debug, warn};
 use super::{Outcome, Pipeline, Record, Step, durably, ended};
 use crate::InDoubtPolicy;
 
+/// A job that may be sent: its ledger claim, and the key it is signed with.
+pub(super) struct Admitted {
+    pub(super) claim: Claim,
+    pub(super) signer: Arc<DkimKey>,
+}
+
 impl Pipeline {
     pub(super) async fn admit(
         &self,
         rec: &Record<'_>,
         job: &SendJob,
         shutdown: &CancellationToken,
-    ) -> Step<Claim> {
+    ) -> Step<Admitted> {
         if !self.tenant_known(&job.tenant_id, shutdown).await? {
             return ended(
                 self.reject(rec, Some(job), "unknown_tenant", "tenant is not registered", shutdown).await?,
@@ -46,6 +55,20 @@ impl Pipeline {
                 return ended(self.finish(job, LedgerStatus::Sent, None, ev, Outcome::Sent, shutdown).await?);
             }
         }
+        // Only a domain the job's own tenant may send as, signed with that
+        // domain's key: never another tenant's domain or key.
+        let domain = job.from.email.domain();
+        let permit = durably("senders", shutdown, || async {
+            Ok(self.senders.permit_or_refresh(&self.store, &job.tenant_id, domain).await?)
+        })
+        .await?;
+        let Some(signer) = permit else {
+            metrics::counter!("mailpipe_sender_refusals_total").increment(1);
+            let detail = format!("{domain} is not a verified sending domain of tenant {}", job.tenant_id);
+            return ended(
+                self.reject(rec, Some(job), "sender_domain_not_verified", &detail, shutdown).await?,
+            );
+        };
         // Suppression comes before rendering: a suppressed job costs one lookup.
         if let Some(s) = self.suppressed(job, shutdown).await? {
             let mut ev = self.event(job, EventType::Suppressed, "");
@@ -55,7 +78,7 @@ impl Pipeline {
                 self.finish(job, LedgerStatus::Suppressed, None, ev, Outcome::Suppressed, shutdown).await?,
             );
         }
-        ControlFlow::Continue(claim)
+        ControlFlow::Continue(Admitted { claim, signer })
     }
 
     /// The suppression that stops this job, if any: the in-memory filter

@@ -1,12 +1,13 @@
 //! One job, from bytes to a durable outcome, in five named stages:
 //!
 //! 1. [`admit`](Pipeline::admit): the tenant is known, the ledger claim is
-//!    taken (a finished job is only re-announced), and the recipient is not
-//!    suppressed;
+//!    taken (a finished job is only re-announced), the tenant may send as
+//!    the From domain (which gives the key that signs), and the recipient
+//!    is not suppressed;
 //! 2. [`pace`](Pipeline::pace): the rate limit allows a send now, or the job
 //!    is parked on the retry schedule;
 //! 3. [`render`](Pipeline::render): the template is found and the message
-//!    composed and signed;
+//!    composed and signed `d=` the From domain;
 //! 4. [`deliver`](Pipeline::deliver): one SMTP attempt, the ledger marked
 //!    `sending` at its commit point, the reply classified;
 //! 5. [`settle`](Pipeline::settle): the outcome recorded (ledger row and
@@ -29,6 +30,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use mailpipe_core::{Backoff, Event, EventType, SendJob, TenantId};
+use mailpipe_domains::Senders;
 use mailpipe_queue::Delivery;
 use mailpipe_queue::kafka::KafkaEvents;
 use mailpipe_render::Composer;
@@ -111,6 +113,8 @@ pub struct Pipeline {
     events: EventOut,
     cfg: WorkerSettings,
     templates: TemplateCache,
+    /// Who may send as which domain, and the key that signs it.
+    senders: Arc<Senders>,
     throttle: Option<Arc<Throttle>>,
     filter: Option<Arc<SuppressionFilter>>,
     known_tenants: Mutex<HashSet<TenantId>>,
@@ -165,6 +169,7 @@ impl Pipeline {
         transport: Arc<dyn Transport>,
         events: EventOut,
         cfg: WorkerSettings,
+        senders: Arc<Senders>,
     ) -> Self {
         let limits = composer.limits().clone();
         Self {
@@ -174,6 +179,7 @@ impl Pipeline {
             events,
             cfg,
             templates: TemplateCache::new(limits, 1024),
+            senders,
             throttle: None,
             filter: None,
             known_tenants: Mutex::new(HashSet::new()),
@@ -242,9 +248,10 @@ impl Pipeline {
 
     /// The five stages, in order; each may end the job early.
     async fn stages(&self, rec: &Record<'_>, job: &SendJob, shutdown: &CancellationToken) -> Step<Outcome> {
-        let claim = self.admit(rec, job, shutdown).await?;
+        let admitted = self.admit(rec, job, shutdown).await?;
+        let claim = admitted.claim;
         self.pace(rec, job, &claim, shutdown).await?;
-        let message = self.render(rec, job, shutdown).await?;
+        let message = self.render(rec, job, &admitted.signer, shutdown).await?;
         let attempt = self.deliver(job, &claim, &message).await;
         self.settle(rec, job, &claim, &message, attempt, shutdown).await
     }

@@ -1,11 +1,12 @@
 //! Stage 3: the message. A registered template is looked up (compiled once
 //! per version), then the job is composed: personalised, links tracked,
-//! headers set, DKIM-signed. A job that cannot render is dead-lettered.
+//! headers set, DKIM-signed with the key admission gave. A job that cannot
+//! render is dead-lettered.
 
 use std::ops::ControlFlow;
 
 use mailpipe_core::{Content, SendJob};
-use mailpipe_render::Composed;
+use mailpipe_render::{Composed, DkimKey};
 use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
 
@@ -17,6 +18,7 @@ impl Pipeline {
         &self,
         rec: &Record<'_>,
         job: &SendJob,
+        signer: &DkimKey,
         shutdown: &CancellationToken,
     ) -> Step<Composed> {
         let compiled = match &job.content {
@@ -45,7 +47,7 @@ impl Pipeline {
                 }
             }
         };
-        match self.composer.compose(job, compiled.as_deref(), OffsetDateTime::now_utc()) {
+        match self.composer.compose(job, compiled.as_deref(), OffsetDateTime::now_utc(), Some(signer)) {
             Ok(c) => ControlFlow::Continue(c),
             Err(e) => ended(self.reject(rec, Some(job), e.reason(), &e.to_string(), shutdown).await?),
         }

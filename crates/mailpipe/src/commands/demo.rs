@@ -9,10 +9,13 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
-use mailpipe_core::{CampaignId, Category, JobId, Suppression, TenantId, UnsubscribeScope};
+use mailpipe_core::{
+    CampaignId, Category, DkimAlgorithm, Domain, JobId, Suppression, TenantId, UnsubscribeScope,
+};
+use mailpipe_domains::{KeySource, Sealer, Senders, onboard};
 use mailpipe_queue::memory::memory_queue;
 use mailpipe_smtp::TransportKind;
-use mailpipe_store::StoredTemplate;
+use mailpipe_store::{Owner, Store, StoredTemplate};
 use mailpipe_token::{Action, Claims};
 use mailpipe_worker::{EventOut, Pipeline};
 use rand::RngCore;
@@ -149,12 +152,19 @@ fn job(i: usize, r: usize, tenant: &str, campaign: &str) -> serde_json::Value {
 /// The bad jobs every demo includes, to show that they are dead-lettered
 /// with a reason and do not stop the run.
 fn bad_job(i: usize, campaign: &str) -> Vec<u8> {
-    match i % 3 {
+    match i % 4 {
         0 => b"{\"job_id\": \"broken\", this is not json".to_vec(),
         1 => {
             let mut j = job(i, i, "acme", campaign);
             j["job_id"] = json!(format!("bad-{i}"));
             j["to"]["name"] = json!("Mallory\r\nBcc: everyone@example.com");
+            serde_json::to_vec(&j).unwrap_or_default()
+        }
+        3 => {
+            // Acme sending as Globex's domain: refused, nothing is signed.
+            let mut j = job(i, i, "acme", campaign);
+            j["job_id"] = json!(format!("bad-{i}"));
+            j["from"]["email"] = json!("billing@globex.example");
             serde_json::to_vec(&j).unwrap_or_default()
         }
         _ => {
@@ -164,6 +174,43 @@ fn bad_job(i: usize, campaign: &str) -> Vec<u8> {
             serde_json::to_vec(&j).unwrap_or_default()
         }
     }
+}
+
+/// Acme and Globex send as their own domains, each signed with its own key.
+/// They are the platform's demo domains, attested rather than checked in
+/// DNS (`.example` has none). Without a configured key-encryption key the
+/// demo seals them under a throwaway one, so it makes them afresh each run.
+async fn demo_senders(cfg: &Config, store: &Store, stop: &CancellationToken) -> Result<Arc<Senders>> {
+    let (sealer, afresh) = match app::sealer(cfg) {
+        Ok(s) => (s, false),
+        Err(_) => {
+            let mut kek = vec![0u8; 32];
+            rand::rng().fill_bytes(&mut kek);
+            (Sealer::new(&[(1, kek.into())], 1)?, true)
+        }
+    };
+    for (domain, tenant, algorithm) in [
+        ("acme.example", "acme", DkimAlgorithm::RsaSha256),
+        ("globex.example", "globex", DkimAlgorithm::Ed25519Sha256),
+    ] {
+        let domain = Domain::parse(domain)?;
+        if afresh {
+            store.remove_sending_domain(&domain).await?;
+        }
+        onboard::add(
+            store,
+            &sealer,
+            &cfg.domains,
+            &domain,
+            &Owner::Platform,
+            &[TenantId::parse(tenant)?],
+            true,
+            KeySource::Generate(algorithm),
+        )
+        .await
+        .with_context(|| format!("registering the demo sending domain {domain}"))?;
+    }
+    app::senders(cfg, store, sealer, stop).await
 }
 
 fn throwaway_secrets() -> TokenSecrets {
@@ -229,14 +276,16 @@ pub async fn send_sample(
         async move { mailpipe_tracker::serve(listener, app_router, &settings, stop).await }
     });
 
+    let senders = demo_senders(cfg, &store, &tracker_stop).await?;
     let transport = app::transport(cfg).await?;
     let pipeline = Arc::new(
         Pipeline::new(
             store.clone(),
-            app::composer(cfg, keys.ring.clone(), keys.hasher.clone())?,
+            app::composer(cfg, keys.ring.clone(), keys.hasher.clone()),
             transport,
             EventOut::StoreOnly,
             cfg.worker.clone(),
+            senders,
         )
         .with_suppression_filter(app::suppression_filter(cfg, &store, &tracker_stop)),
     );
@@ -247,8 +296,8 @@ pub async fn send_sample(
     let produce = tokio::spawn(async move {
         let mut enqueued = 0u64;
         for i in 0..n {
-            let payload = if i % 333 == 332 {
-                bad_job(i / 333, &c1)
+            let payload = if i % 250 == 249 {
+                bad_job(i / 250, &c1)
             } else if i % 100 == 65 {
                 serde_json::to_vec(&job(i, i - 10, "globex", &c2)).unwrap_or_default()
             } else if i % 10 == 0 {
@@ -375,7 +424,10 @@ fn print_summary(s: &DemoSummary) {
         "  suppressed     {:>6}   (marketing unsubscribes; their receipts still went out)",
         s.suppressed
     );
-    println!("  dead-lettered  {:>6}   (malformed JSON, header injection, template error)", s.dead_lettered);
+    println!(
+        "  dead-lettered  {:>6}   (malformed JSON, header injection, template error, another tenant's domain)",
+        s.dead_lettered
+    );
     if s.bounced + s.failed + s.replayed > 0 {
         println!("  bounced        {:>6}", s.bounced);
         println!("  failed         {:>6}", s.failed);

@@ -6,6 +6,7 @@ pub mod analytics;
 pub mod check_config;
 pub mod complaint;
 pub mod demo;
+pub mod domain;
 pub mod enqueue;
 pub mod erase;
 pub mod migrate;
@@ -43,6 +44,12 @@ pub enum Command {
         #[command(subcommand)]
         command: tenant::Command,
     },
+    /// Manage sending domains: a tenant sends only as a domain it holds,
+    /// signed with that domain's own DKIM key.
+    Domain {
+        #[command(subcommand)]
+        command: domain::Command,
+    },
     /// Serve the tenant API and dashboard, count events into per-campaign
     /// aggregates, and purge on the retention schedule, until SIGTERM.
     Analytics,
@@ -79,6 +86,7 @@ impl Command {
             Command::Enqueue(args) => enqueue::run(args, cfg).await,
             Command::Migrate => migrate::run(cfg).await,
             Command::Tenant { command } => tenant::run(command, cfg).await,
+            Command::Domain { command } => domain::run(command, cfg).await,
             Command::Analytics => analytics::run(cfg).await,
             Command::Purge => purge::run(cfg).await,
             Command::Erase(args) => erase::run(args, cfg).await,

@@ -22,10 +22,6 @@ pub enum Command {
         /// applying them platform-wide.
         #[arg(long)]
         tenant_scoped_unsubscribes: bool,
-        /// Domains this tenant sends from whose DKIM keys are in [dkim]
-        /// (comma-separated), recorded as references in the registry.
-        #[arg(long, default_value = "")]
-        dkim_domains: String,
     },
     /// Create an API key for a tenant; it is printed once and stored hashed.
     KeyCreate {
@@ -39,7 +35,7 @@ pub enum Command {
 
 pub async fn run(command: Command, cfg: &Config) -> anyhow::Result<ExitCode> {
     match command {
-        Command::Add { id, name, tenant_scoped_unsubscribes, dkim_domains } => {
+        Command::Add { id, name, tenant_scoped_unsubscribes } => {
             let tenant = tenant_id(&id)?;
             let store = app::store(cfg).await?;
             store.upsert_tenant(&tenant, name.as_deref().unwrap_or(&id)).await?;
@@ -52,8 +48,10 @@ pub async fn run(command: Command, cfg: &Config) -> anyhow::Result<ExitCode> {
             // Token keys are platform keys from which each tenant's key is
             // derived: the registry records which ids exist when it is added.
             let key_ids: Vec<String> = cfg.tokens.keys.keys().cloned().collect();
-            store.set_tenant_key_refs(&tenant, &key_ids.join(","), &dkim_domains).await?;
-            println!("tenant {tenant} registered");
+            store.set_tenant_key_refs(&tenant, &key_ids.join(",")).await?;
+            println!(
+                "tenant {tenant} registered; add its sending domains with `mailpipe domain add {tenant} DOMAIN`"
+            );
             Ok(ExitCode::SUCCESS)
         }
         Command::KeyCreate { id, label } => {
