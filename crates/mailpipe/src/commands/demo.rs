@@ -114,13 +114,14 @@ fn recipient(r: usize) -> (&'static str, String) {
     (first, format!("{}.{r:04}@{}", first.to_lowercase(), DOMAINS[r % DOMAINS.len()]))
 }
 
-/// Job `i` of the sample, for recipient `r`.
+/// Job `i` of the sample, for recipient `r`. Job ids carry the campaign, so
+/// a second run on the same database sends afresh instead of replaying.
 fn job(i: usize, r: usize, tenant: &str, campaign: &str) -> serde_json::Value {
     let (first, email) = recipient(r);
     if tenant == "globex" {
         // Transactional mail through a registered template.
         return json!({
-            "job_id": format!("r-{i:05}"), "tenant_id": tenant, "campaign_id": campaign,
+            "job_id": format!("{campaign}.r{i:05}"), "tenant_id": tenant, "campaign_id": campaign,
             "category": "transactional",
             "from": {"email": "orders@globex.example", "name": "Globex Books"},
             "to": {"email": email, "name": first},
@@ -130,7 +131,7 @@ fn job(i: usize, r: usize, tenant: &str, campaign: &str) -> serde_json::Value {
         });
     }
     json!({
-        "job_id": format!("m-{i:05}"), "tenant_id": tenant, "campaign_id": campaign,
+        "job_id": format!("{campaign}.m{i:05}"), "tenant_id": tenant, "campaign_id": campaign,
         "category": "marketing",
         "from": {"email": "news@acme.example", "name": "Acme Outdoor"},
         "to": {"email": email, "name": first},
@@ -156,20 +157,20 @@ fn bad_job(i: usize, campaign: &str) -> Vec<u8> {
         0 => b"{\"job_id\": \"broken\", this is not json".to_vec(),
         1 => {
             let mut j = job(i, i, "acme", campaign);
-            j["job_id"] = json!(format!("bad-{i}"));
+            j["job_id"] = json!(format!("{campaign}.bad{i}"));
             j["to"]["name"] = json!("Mallory\r\nBcc: everyone@example.com");
             serde_json::to_vec(&j).unwrap_or_default()
         }
         3 => {
             // Acme sending as Globex's domain: refused, nothing is signed.
             let mut j = job(i, i, "acme", campaign);
-            j["job_id"] = json!(format!("bad-{i}"));
+            j["job_id"] = json!(format!("{campaign}.bad{i}"));
             j["from"]["email"] = json!("billing@globex.example");
             serde_json::to_vec(&j).unwrap_or_default()
         }
         _ => {
             let mut j = job(i, i, "acme", campaign);
-            j["job_id"] = json!(format!("bad-{i}"));
+            j["job_id"] = json!(format!("{campaign}.bad{i}"));
             j["html"] = json!("<p>Hi {{ first_name.missing_attribute.deeper }}</p>");
             serde_json::to_vec(&j).unwrap_or_default()
         }
@@ -354,7 +355,7 @@ pub async fn send_sample(
     let claims = |action| Claims {
         tenant_id: TenantId::parse("acme").expect("valid"),
         campaign_id: CampaignId::parse(campaign.as_str()).expect("valid"),
-        job_id: JobId::parse("m-00001").expect("valid"),
+        job_id: JobId::parse(format!("{campaign}.m00001")).expect("valid"),
         category: Category::Marketing,
         sent_at: stamp as u32,
         action,
