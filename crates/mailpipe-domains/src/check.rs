@@ -41,10 +41,10 @@ pub enum DkimVerdict {
 
 /// The status after a check: from `current`, given what the DKIM record
 /// showed, when the domain turned failing, and the grace period. DNS that
-/// does not answer changes nothing, except that a domain already failing
-/// still runs out its grace: an outage of the checker's resolver does not
-/// fail every domain, and a domain that stopped verifying cannot keep
-/// sending by making its name servers stop answering.
+/// does not answer proves nothing: it never verifies a domain, and a
+/// verified one turns failing (it still sends through the grace), so a
+/// domain cannot keep sending for ever behind name servers that stopped
+/// answering, and a blip of the checker's resolver stops nothing.
 pub fn transition(
     current: DomainStatus,
     attested: bool,
@@ -59,8 +59,9 @@ pub fn transition(
     match (dkim, current) {
         (DkimVerdict::Published, _) => (DomainStatus::Verified, None),
         (_, DomainStatus::Pending) => (DomainStatus::Pending, None),
-        (DkimVerdict::Unanswered, DomainStatus::Verified) => (DomainStatus::Verified, None),
-        (DkimVerdict::Missing, DomainStatus::Verified) => (DomainStatus::Failing, Some(now_ms)),
+        (DkimVerdict::Missing | DkimVerdict::Unanswered, DomainStatus::Verified) => {
+            (DomainStatus::Failing, Some(now_ms))
+        }
         (_, DomainStatus::Failing) => {
             let since = failing_since.unwrap_or(now_ms);
             let over = now_ms.saturating_sub(since) >= grace.as_millis() as i64;
@@ -98,17 +99,13 @@ pub async fn check(
     let mut promoted = None;
     if let Some(i) = report.pending_published {
         let next = domain.keys[i].selector.clone();
-        let mut states = vec![(next.clone(), KeyState::Active)];
-        states.extend(
-            domain
-                .keys
-                .iter()
-                .filter(|k| k.state == KeyState::Active)
-                .map(|k| (k.selector.clone(), KeyState::Previous)),
-        );
-        store.set_key_states(&domain.domain, &states).await?;
-        info!(domain = name, selector = %next, "rotation complete: the new key signs from now on");
-        promoted = Some(next);
+        // Only if it is still pending: a check that read the domain before
+        // another one promoted it (or before a later rotation) changes
+        // nothing.
+        if store.promote_dkim_key(&domain.domain, &next).await? {
+            info!(domain = name, selector = %next, "rotation complete: the new key signs from now on");
+            promoted = Some(next);
+        }
     }
     let dkim = if report.active_published || promoted.is_some() {
         DkimVerdict::Published
@@ -121,12 +118,20 @@ pub async fn check(
     let (status, failing_since) =
         transition(domain.status, domain.attested, dkim, domain.failing_since, now, settings.failing_grace);
     let findings_json = serde_json::to_string(&report.findings).unwrap_or_default();
-    store
-        .record_domain_check(
-            &domain.domain,
-            &CheckRecord { status, findings: &findings_json, checked_at: now, failing_since },
-        )
-        .await?;
+    let record = CheckRecord {
+        owner: &domain.owner,
+        created_at: domain.created_at,
+        status,
+        findings: &findings_json,
+        checked_at: now,
+        failing_since,
+    };
+    // Recorded only on the claim that was checked: one removed or taken
+    // over meanwhile is another's, and what DNS said of it proves nothing
+    // for the new claim's key.
+    if !store.record_domain_check(&domain.domain, &record).await? {
+        return Err(DomainError::Changed(domain.domain.clone()));
+    }
     metrics::counter!("mailpipe_domain_checks_total", "status" => status.as_str()).increment(1);
     if status != domain.status {
         match status {
@@ -158,17 +163,55 @@ pub async fn run_checks(store: Store, settings: DomainSettings, shutdown: Cancel
     }
 }
 
+/// How many domains a round checks at once.
+const CHECKS_AT_ONCE: usize = 8;
+
+/// One check's limit, however its name servers behave: every lookup it
+/// makes, at their timeout.
+fn check_deadline(settings: &DomainSettings) -> Duration {
+    settings.dns_timeout * 8
+}
+
 async fn check_due(store: &Store, settings: &DomainSettings) -> Result<(), DomainError> {
+    use futures::StreamExt;
     let dns = Dns::new(&settings.nameservers, settings.dns_timeout)?;
     let now = mailpipe_core::now_ms();
     let due = settings.check_interval.as_millis() as i64;
+    let expired = now - settings.claim_expiry.as_millis() as i64;
     let mut by_status = [0u32; 4];
-    for d in store.sending_domains(None).await? {
-        let status = if d.checked_at.is_none_or(|at| now - at >= due) {
-            check(store, &dns, settings, &d).await?.status
-        } else {
-            d.status
-        };
+    let (to_check, rest): (Vec<_>, Vec<_>) = store.sending_domains(None).await?.into_iter().partition(|d| {
+        d.checked_at.is_none_or(|at| now - at >= due)
+            && !(d.status == DomainStatus::Pending && d.created_at < expired)
+    });
+    for d in &rest {
+        by_status[DomainStatus::ALL.iter().position(|s| *s == d.status).unwrap_or(0)] += 1;
+    }
+    // Several at once, each within its deadline: one tenant's slow name
+    // servers hold up nobody else's checks for long.
+    let checked: Vec<DomainStatus> = futures::stream::iter(to_check)
+        .map(|d| {
+            let dns = &dns;
+            async move {
+                match tokio::time::timeout(check_deadline(settings), check(store, dns, settings, &d)).await {
+                    Ok(Ok(c)) => c.status,
+                    Ok(Err(e)) => {
+                        warn!(domain = d.domain.as_str(), error = %e, "sending domain check failed");
+                        d.status
+                    }
+                    Err(_) => {
+                        warn!(
+                            domain = d.domain.as_str(),
+                            "sending domain check took too long; tried again next round"
+                        );
+                        d.status
+                    }
+                }
+            }
+        })
+        .buffer_unordered(CHECKS_AT_ONCE)
+        .collect()
+        .await;
+    for status in checked {
         by_status[DomainStatus::ALL.iter().position(|s| *s == status).unwrap_or(0)] += 1;
     }
     for (status, n) in DomainStatus::ALL.iter().zip(by_status) {
@@ -205,10 +248,10 @@ mod tests {
     }
 
     #[test]
-    fn dns_that_does_not_answer_fails_no_domain_but_cannot_stop_a_grace_running_out() {
+    fn dns_that_does_not_answer_verifies_nothing_and_cannot_stop_a_grace_running_out() {
         use DkimVerdict::*;
         use DomainStatus::*;
-        assert_eq!(transition(Verified, false, Unanswered, None, 1000, HOUR), (Verified, None));
+        assert_eq!(transition(Verified, false, Unanswered, None, 1000, HOUR), (Failing, Some(1000)));
         assert_eq!(transition(Pending, false, Unanswered, None, 1000, HOUR), (Pending, None));
         assert_eq!(transition(Failing, false, Unanswered, Some(1000), 2000, HOUR), (Failing, Some(1000)));
         assert_eq!(

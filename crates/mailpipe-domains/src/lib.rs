@@ -33,7 +33,7 @@ pub use dns::{Answer, Dns};
 pub use onboard::KeySource;
 pub use preflight::{Finding, Outcome};
 pub use records::Record;
-pub use registry::Senders;
+pub use registry::{Permit, Senders};
 pub use seal::{SealError, Sealer};
 pub use settings::DomainSettings;
 
@@ -59,6 +59,8 @@ pub enum DomainError {
     NotPrevious(Selector),
     #[error("a tenant may hold at most {0} sending domains (domains.tenant_domain_limit)")]
     TooMany(usize),
+    #[error("{0} was removed or taken over while it was checked; check it again")]
+    Changed(Domain),
     #[error("only a platform-owned domain can be attested")]
     AttestedNeedsPlatform,
 }

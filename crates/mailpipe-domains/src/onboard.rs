@@ -33,6 +33,10 @@ async fn stored_key(
 ) -> Result<StoredKey, DomainError> {
     let (parts, selector): (KeyPairParts, Selector) = match source {
         KeySource::Generate(algorithm) => {
+            // At most two at a time: many requests at once wait here rather
+            // than fill the blocking pool with RSA key generation.
+            static MAKING: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(2);
+            let _turn = MAKING.acquire().await.map_err(|e| keys::KeyError::Generate(e.to_string()))?;
             let made = tokio::task::spawn_blocking(move || keys::generate(algorithm))
                 .await
                 .map_err(|e| keys::KeyError::Generate(e.to_string()))??;
@@ -106,24 +110,32 @@ pub async fn add(
     Ok(to_publish(&added, settings))
 }
 
-/// Everything a domain should publish now: the records of its active and
-/// pending keys, then SPF, DMARC and the return path.
+/// Everything a domain should publish now: the DKIM records of its keys
+/// (active, then a rotation's pending one, then replaced ones, which stay
+/// published until they are retired, for mail still on its way), then SPF,
+/// DMARC and the return path.
 pub fn to_publish(d: &SendingDomain, settings: &DomainSettings) -> Vec<Record> {
-    let mut out = Vec::new();
-    let mut signing = d.keys.iter().filter(|k| k.state != KeyState::Previous);
-    if let Some(first) = signing.next() {
-        out = records::to_publish(&d.domain, &first.selector, first.algorithm, &first.public_key, settings);
-        for k in signing {
-            out.insert(
-                1,
-                Record {
-                    purpose: records::Purpose::Dkim,
-                    name: records::dkim_name(&k.selector, &d.domain),
-                    kind: "TXT",
-                    value: records::dkim_value(k.algorithm, &k.public_key),
-                },
-            );
-        }
+    let mut keys: Vec<&StoredKey> = d.keys.iter().collect();
+    keys.sort_by_key(|k| match k.state {
+        KeyState::Active => 0,
+        KeyState::Pending => 1,
+        KeyState::Previous => 2,
+    });
+    let Some((first, rest)) = keys.split_first() else {
+        return Vec::new();
+    };
+    let mut out =
+        records::to_publish(&d.domain, &first.selector, first.algorithm, &first.public_key, settings);
+    for (i, k) in rest.iter().enumerate() {
+        out.insert(
+            1 + i,
+            Record {
+                purpose: records::Purpose::Dkim,
+                name: records::dkim_name(&k.selector, &d.domain),
+                kind: "TXT",
+                value: records::dkim_value(k.algorithm, &k.public_key),
+            },
+        );
     }
     out
 }
@@ -168,8 +180,11 @@ pub async fn reseal_all(store: &Store, sealer: &Sealer) -> Result<usize, DomainE
     for d in store.sending_domains(None).await? {
         for k in &d.keys {
             let aad = seal::aad(d.domain.as_str(), k.selector.as_str());
-            if let Some(sealed) = sealer.reseal(&k.sealed_key, &aad)? {
-                store.reseal_dkim_key(&d.domain, &k.selector, &sealed).await?;
+            // Only if it is still what was read (a key retired meanwhile
+            // stays retired).
+            if let Some(sealed) = sealer.reseal(&k.sealed_key, &aad)?
+                && store.reseal_dkim_key(&d.domain, &k.selector, &k.sealed_key, &sealed).await?
+            {
                 moved += 1;
             }
         }

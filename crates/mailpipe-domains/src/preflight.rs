@@ -39,15 +39,27 @@ pub struct Finding {
     pub fix: Option<String>,
 }
 
+/// The longest detail kept: what a tenant's DNS says is echoed into the
+/// store and the dashboard, and a hostile zone can say a lot.
+const DETAIL_CHARS: usize = 300;
+
+fn clip(mut s: String) -> String {
+    if let Some((at, _)) = s.char_indices().nth(DETAIL_CHARS) {
+        s.truncate(at);
+        s.push('…');
+    }
+    s
+}
+
 impl Finding {
     fn pass(check: Check, detail: String) -> Self {
-        Self { check, outcome: Outcome::Pass, detail, fix: None }
+        Self { check, outcome: Outcome::Pass, detail: clip(detail), fix: None }
     }
     fn warn(check: Check, detail: String, fix: String) -> Self {
-        Self { check, outcome: Outcome::Warn, detail, fix: Some(fix) }
+        Self { check, outcome: Outcome::Warn, detail: clip(detail), fix: Some(fix) }
     }
     fn fail(check: Check, detail: String, fix: String) -> Self {
-        Self { check, outcome: Outcome::Fail, detail, fix: Some(fix) }
+        Self { check, outcome: Outcome::Fail, detail: clip(detail), fix: Some(fix) }
     }
 }
 
@@ -346,6 +358,15 @@ fn return_path(domain: &Domain, answer: &Answer, host: &str, settings: &DomainSe
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn what_a_zone_says_is_clipped_before_it_is_kept() {
+        let long = "x".repeat(10_000);
+        let f = Finding::fail(Check::Spf, format!("é{long}"), "fix".into());
+        assert_eq!(f.detail.chars().count(), DETAIL_CHARS + 1);
+        assert!(f.detail.starts_with('é') && f.detail.ends_with('…'));
+        assert_eq!(Finding::pass(Check::Spf, "short".into()).detail, "short");
+    }
     use crate::tests::settings;
     use mailpipe_core::DkimAlgorithm;
 

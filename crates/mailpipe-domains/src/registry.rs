@@ -6,7 +6,8 @@
 //!
 //! The registry follows the store: it reloads when a domain, its tenants or
 //! its keys change, so new, rotated and disabled domains take effect
-//! without a restart.
+//! without a restart. A domain that may send but whose key does not open
+//! here is neither signed for nor refused: its jobs wait ([`Permit`]).
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
@@ -22,7 +23,29 @@ use tracing::{error, warn};
 use crate::DomainError;
 use crate::seal::{self, Sealer};
 
-type Snapshot = HashMap<(TenantId, String), Arc<DkimKey>>;
+/// What the registry says of a tenant sending as a domain.
+#[derive(Clone)]
+pub enum Permit {
+    /// It may: sign with this key, the domain's own.
+    Sign(Arc<DkimKey>),
+    /// It may not.
+    Refused,
+    /// It may, but the domain's key does not open on this worker (a
+    /// key-encryption key it lacks, an altered row): the job should wait,
+    /// not be refused.
+    KeyUnavailable,
+}
+
+#[derive(Clone)]
+enum Slot {
+    Key(Arc<DkimKey>),
+    Unopenable,
+}
+
+type Snapshot = HashMap<(TenantId, String), Slot>;
+
+/// A load that keeps meeting changes gives up after this many tries.
+const CONSISTENT_TRIES: usize = 5;
 
 pub struct Senders {
     sealer: Sealer,
@@ -47,11 +70,14 @@ impl Senders {
         Ok(senders)
     }
 
-    /// The key that signs `tenant`'s mail from `domain`, or `None` if the
-    /// tenant may not send as it.
-    pub fn permit(&self, tenant: &TenantId, domain: &str) -> Option<Arc<DkimKey>> {
+    /// Whether `tenant` may send as `domain`, and the key that signs it.
+    pub fn permit(&self, tenant: &TenantId, domain: &str) -> Permit {
         let snapshot = self.current.read().unwrap_or_else(|p| p.into_inner()).clone();
-        snapshot.get(&(tenant.clone(), domain.to_ascii_lowercase())).cloned()
+        match snapshot.get(&(tenant.clone(), domain.to_ascii_lowercase())) {
+            Some(Slot::Key(k)) => Permit::Sign(k.clone()),
+            Some(Slot::Unopenable) => Permit::KeyUnavailable,
+            None => Permit::Refused,
+        }
     }
 
     /// As [`Senders::permit`], but a miss first looks for changes (one
@@ -63,9 +89,9 @@ impl Senders {
         store: &Store,
         tenant: &TenantId,
         domain: &str,
-    ) -> Result<Option<Arc<DkimKey>>, StoreError> {
-        if let Some(key) = self.permit(tenant, domain) {
-            return Ok(Some(key));
+    ) -> Result<Permit, StoreError> {
+        if let Permit::Sign(key) = self.permit(tenant, domain) {
+            return Ok(Permit::Sign(key));
         }
         let seen = *self.reload.lock().await;
         let mut looks = self.reload.lock().await;
@@ -84,11 +110,39 @@ impl Senders {
     }
 
     async fn reload_locked(&self, store: &Store, looks: &mut u64) -> Result<bool, StoreError> {
+        let reloaded = self.reload_consistent(store).await?;
+        // Counted only once it succeeded: a miss waiting on a look that
+        // failed makes its own.
         *looks += 1;
-        let version = store.sending_domains_version().await?;
-        if *self.version.read().unwrap_or_else(|p| p.into_inner()) == Some(version) {
-            return Ok(false);
+        Ok(reloaded)
+    }
+
+    /// Reloads if the revision moved, from reads that no change came
+    /// between (the revision is the same before and after them), so the
+    /// domains, their tenants and their keys are of one moment.
+    async fn reload_consistent(&self, store: &Store) -> Result<bool, StoreError> {
+        let mut version = store.sending_domains_version().await?;
+        for _ in 0..CONSISTENT_TRIES {
+            if *self.version.read().unwrap_or_else(|p| p.into_inner()) == Some(version) {
+                return Ok(false);
+            }
+            let next = self.open_all(store).await?;
+            let after = store.sending_domains_version().await?;
+            if after == version {
+                metrics::gauge!("mailpipe_senders").set(next.len() as f64);
+                *self.current.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(next);
+                *self.version.write().unwrap_or_else(|p| p.into_inner()) = Some(version);
+                return Ok(true);
+            }
+            version = after;
         }
+        warn!(
+            "sending domains kept changing while they were loaded; the last ones stay in force until the next look"
+        );
+        Ok(false)
+    }
+
+    async fn open_all(&self, store: &Store) -> Result<Snapshot, StoreError> {
         let mut next = Snapshot::new();
         for d in store.sending_domains(None).await? {
             if !d.status.may_send() {
@@ -111,23 +165,19 @@ impl Senders {
                     )
                     .map_err(DomainError::from)
                 });
-            match opened {
-                Ok(key) => {
-                    let key = Arc::new(key);
-                    for t in &d.tenants {
-                        next.insert((t.clone(), d.domain.as_str().to_owned()), key.clone());
-                    }
-                }
+            let slot = match opened {
+                Ok(key) => Slot::Key(Arc::new(key)),
                 Err(e) => {
                     metrics::counter!("mailpipe_sender_key_errors_total").increment(1);
-                    error!(domain = d.domain.as_str(), selector = %k.selector, error = %e, "cannot load a DKIM key; the domain's mail is refused");
+                    error!(domain = d.domain.as_str(), selector = %k.selector, error = %e, "cannot open a DKIM key; the domain's mail waits until it opens");
+                    Slot::Unopenable
                 }
+            };
+            for t in &d.tenants {
+                next.insert((t.clone(), d.domain.as_str().to_owned()), slot.clone());
             }
         }
-        metrics::gauge!("mailpipe_senders").set(next.len() as f64);
-        *self.current.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(next);
-        *self.version.write().unwrap_or_else(|p| p.into_inner()) = Some(version);
-        Ok(true)
+        Ok(next)
     }
 
     /// Refreshes every `every` until `shutdown`. A failed refresh keeps the

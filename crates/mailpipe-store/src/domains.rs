@@ -88,9 +88,13 @@ pub enum Added {
     HeldByAnother,
 }
 
-/// The result of a check, to record.
+/// The result of a check, to record. It is recorded only on the claim that
+/// was checked: the same owner and `created_at` (a domain removed and added
+/// again, or taken over, is another claim).
 #[derive(Debug, Clone)]
 pub struct CheckRecord<'a> {
+    pub owner: &'a Owner,
+    pub created_at: i64,
     pub status: DomainStatus,
     pub findings: &'a str,
     pub checked_at: i64,
@@ -155,9 +159,9 @@ impl Store {
     /// Adds `domain`, held by `owner`, sendable as by `tenants`, with its
     /// first (active) key. Refused, with nothing changed, if another owner
     /// holds it, unless that is another tenant's claim that never verified
-    /// and was made before `stale_before` (ms): a claim nobody proved, so
-    /// that no tenant can hold a domain it does not control by adding it
-    /// first. `attested`: a platform domain the operator vouches for, so it
+    /// and was made before `stale_before` (ms), or that has been disabled
+    /// since before then: a claim nobody proved (or nobody proves any more),
+    /// so that no tenant can hold a domain it does not control. `attested`: a platform domain the operator vouches for, so it
     /// starts `verified`; any other starts `pending`.
     pub async fn add_sending_domain(
         &self,
@@ -170,8 +174,9 @@ impl Store {
     ) -> Result<Added> {
         let now = now_ms();
         let status = if attested { DomainStatus::Verified } else { DomainStatus::Pending };
-        let holder = "SELECT owner, status, created_at FROM sending_domains WHERE domain = $1";
-        let drop_stale = "DELETE FROM sending_domains WHERE domain = $1 AND owner = $2 AND status = 'pending' AND created_at < $3";
+        let holder = "SELECT owner, status, created_at, updated_at FROM sending_domains WHERE domain = $1";
+        let drop_stale = "DELETE FROM sending_domains WHERE domain = $1 AND owner = $2
+                          AND ((status = 'pending' AND created_at < $3) OR (status = 'disabled' AND updated_at < $3))";
         let insert = "INSERT INTO sending_domains (domain, owner, status, attested, created_at, updated_at)
                       VALUES ($1, $2, $3, $4, $5, $5) ON CONFLICT (domain) DO NOTHING";
         let member =
@@ -179,10 +184,15 @@ impl Store {
         let mut added = Added::New;
         on_pool!(self, p => {
             let mut tx = p.begin().await?;
-            let held: Option<(String, String, i64)> =
+            let held: Option<(String, String, i64, i64)> =
                 sqlx::query_as(holder).bind(domain.as_str()).fetch_optional(&mut *tx).await?;
             let stale = match &held {
-                Some((o, status, at)) if !o.is_empty() && o != owner.key() && status == "pending" && *at < stale_before => {
+                Some((o, status, created, updated))
+                    if !o.is_empty()
+                        && o != owner.key()
+                        && ((status == "pending" && *created < stale_before)
+                            || (status == "disabled" && *updated < stale_before)) =>
+                {
                     let gone = sqlx::query(drop_stale).bind(domain.as_str()).bind(o).bind(stale_before)
                         .execute(&mut *tx).await?.rows_affected() > 0;
                     // Its keys and tenants go with it (ON DELETE CASCADE,
@@ -197,15 +207,21 @@ impl Store {
                 _ => false,
             };
             match held {
-                Some((o, _, _)) if o == owner.key() => added = Added::Exists,
+                Some((o, _, _, _)) if o == owner.key() => added = Added::Exists,
                 Some(_) if !stale => added = Added::HeldByAnother,
                 _ => {
                     let n = sqlx::query(insert)
                         .bind(domain.as_str()).bind(owner.key()).bind(status.as_str()).bind(attested).bind(now)
                         .execute(&mut *tx).await?.rows_affected();
-                    // A concurrent add of the same domain won the race.
+                    // A concurrent add of the same domain won the race:
+                    // whose it is now decides.
                     if n == 0 {
-                        added = Added::HeldByAnother;
+                        let now_held: Option<(String, String, i64, i64)> =
+                            sqlx::query_as(holder).bind(domain.as_str()).fetch_optional(&mut *tx).await?;
+                        added = match now_held {
+                            Some((o, _, _, _)) if o == owner.key() => Added::Exists,
+                            _ => Added::HeldByAnother,
+                        };
                     } else {
                         for t in tenants {
                             sqlx::query(member).bind(domain.as_str()).bind(t.as_str()).execute(&mut *tx).await?;
@@ -295,25 +311,57 @@ impl Store {
         Ok(())
     }
 
-    /// Records a check: the status it leads to, and its findings.
-    pub async fn record_domain_check(&self, domain: &Domain, check: &CheckRecord<'_>) -> Result<()> {
+    /// Records a check: the status it leads to, and its findings. Returns
+    /// false, recording nothing, if the claim checked is no longer the
+    /// domain's (removed, or taken over, meanwhile).
+    pub async fn record_domain_check(&self, domain: &Domain, check: &CheckRecord<'_>) -> Result<bool> {
         let sql =
             "UPDATE sending_domains SET status = $2, findings = $3, checked_at = $4, failing_since = $5,
                           updated_at = CASE WHEN status = $2 THEN updated_at ELSE $4 END
-                   WHERE domain = $1";
+                   WHERE domain = $1 AND owner = $6 AND created_at = $7";
         // Only a change of status changes what the workers may sign for.
         let bump = "UPDATE sending_domains_revision SET n = n + 1
-                    WHERE id = 1 AND EXISTS (SELECT 1 FROM sending_domains WHERE domain = $1 AND status <> $2)";
-        on_pool!(self, p => {
+                    WHERE id = 1 AND EXISTS (SELECT 1 FROM sending_domains
+                                             WHERE domain = $1 AND status <> $2 AND owner = $3 AND created_at = $4)";
+        let n = on_pool!(self, p => {
             let mut tx = p.begin().await?;
-            sqlx::query(bump).bind(domain.as_str()).bind(check.status.as_str()).execute(&mut *tx).await?;
-            sqlx::query(sql)
+            sqlx::query(bump).bind(domain.as_str()).bind(check.status.as_str())
+                .bind(check.owner.key()).bind(check.created_at).execute(&mut *tx).await?;
+            let n = sqlx::query(sql)
                 .bind(domain.as_str()).bind(check.status.as_str()).bind(check.findings)
                 .bind(check.checked_at).bind(check.failing_since)
-                .execute(&mut *tx).await?;
+                .bind(check.owner.key()).bind(check.created_at)
+                .execute(&mut *tx).await?.rows_affected();
             tx.commit().await?;
+            n
         });
-        Ok(())
+        Ok(n > 0)
+    }
+
+    /// Completes a rotation: `selector`, if it is still `pending`, becomes
+    /// `active` and the key that was active `previous`, at once. Returns
+    /// false, changing nothing, if it was not pending any more (another
+    /// check promoted it, or it was retired).
+    pub async fn promote_dkim_key(&self, domain: &Domain, selector: &Selector) -> Result<bool> {
+        let promote = "UPDATE dkim_keys SET state = 'active', updated_at = $3
+                       WHERE domain = $1 AND selector = $2 AND state = 'pending'";
+        let demote = "UPDATE dkim_keys SET state = 'previous', updated_at = $3
+                      WHERE domain = $1 AND selector <> $2 AND state = 'active'";
+        let touch = "UPDATE sending_domains SET updated_at = $2 WHERE domain = $1";
+        let now = now_ms();
+        let n = on_pool!(self, p => {
+            let mut tx = p.begin().await?;
+            let n = sqlx::query(promote).bind(domain.as_str()).bind(selector.as_str()).bind(now)
+                .execute(&mut *tx).await?.rows_affected();
+            if n > 0 {
+                sqlx::query(demote).bind(domain.as_str()).bind(selector.as_str()).bind(now).execute(&mut *tx).await?;
+                sqlx::query(touch).bind(domain.as_str()).bind(now).execute(&mut *tx).await?;
+                sqlx::query(BUMP).execute(&mut *tx).await?;
+            }
+            tx.commit().await?;
+            n
+        });
+        Ok(n > 0)
     }
 
     /// Adds a key to a domain (a rotation's next key).
@@ -323,24 +371,6 @@ impl Store {
         on_pool!(self, p => {
             let mut tx = p.begin().await?;
             insert_key_q(domain, key, now).execute(&mut *tx).await?;
-            sqlx::query(touch).bind(domain.as_str()).bind(now).execute(&mut *tx).await?;
-            sqlx::query(BUMP).execute(&mut *tx).await?;
-            tx.commit().await?;
-        });
-        Ok(())
-    }
-
-    /// Sets the state of some of a domain's keys, all at once.
-    pub async fn set_key_states(&self, domain: &Domain, states: &[(Selector, KeyState)]) -> Result<()> {
-        let set = "UPDATE dkim_keys SET state = $3, updated_at = $4 WHERE domain = $1 AND selector = $2";
-        let touch = "UPDATE sending_domains SET updated_at = $2 WHERE domain = $1";
-        let now = now_ms();
-        on_pool!(self, p => {
-            let mut tx = p.begin().await?;
-            for (selector, state) in states {
-                sqlx::query(set).bind(domain.as_str()).bind(selector.as_str()).bind(state.as_str()).bind(now)
-                    .execute(&mut *tx).await?;
-            }
             sqlx::query(touch).bind(domain.as_str()).bind(now).execute(&mut *tx).await?;
             sqlx::query(BUMP).execute(&mut *tx).await?;
             tx.commit().await?;
@@ -363,12 +393,20 @@ impl Store {
         Ok(n > 0)
     }
 
-    /// Replaces the sealed form of a key (a key-encryption key rotation).
-    pub async fn reseal_dkim_key(&self, domain: &Domain, selector: &Selector, sealed: &[u8]) -> Result<()> {
-        let sql = "UPDATE dkim_keys SET sealed_key = $3 WHERE domain = $1 AND selector = $2";
-        on_pool!(self, p => sqlx::query(sql).bind(domain.as_str()).bind(selector.as_str()).bind(sealed)
-            .execute(p).await.map(|_| ()))?;
-        Ok(())
+    /// Replaces the sealed form of a key (a key-encryption key rotation),
+    /// if it is still `old`. Returns whether it did.
+    pub async fn reseal_dkim_key(
+        &self,
+        domain: &Domain,
+        selector: &Selector,
+        old: &[u8],
+        sealed: &[u8],
+    ) -> Result<bool> {
+        let sql =
+            "UPDATE dkim_keys SET sealed_key = $4 WHERE domain = $1 AND selector = $2 AND sealed_key = $3";
+        let n = on_pool!(self, p => sqlx::query(sql).bind(domain.as_str()).bind(selector.as_str()).bind(old).bind(sealed)
+            .execute(p).await.map(|r| r.rows_affected()))?;
+        Ok(n > 0)
     }
 
     /// Removes a domain with its keys. Returns whether it existed.

@@ -13,7 +13,7 @@ use mailpipe_domains::check::Checked;
 use mailpipe_domains::onboard::{self, KeySource};
 use mailpipe_domains::preflight::Check;
 use mailpipe_domains::records::dkim_name;
-use mailpipe_domains::{Dns, Outcome};
+use mailpipe_domains::{Dns, DomainError, Outcome, Permit};
 use mailpipe_store::Owner;
 use mailpipe_tests::dns::{TestZone, dkimpy_verify, dns_server, opendkim_testkey};
 use mailpipe_tests::*;
@@ -212,7 +212,9 @@ async fn dns_that_does_not_answer_is_reported_and_decides_nothing() {
     let dead = Dns::new(&[silent.local_addr().unwrap()], Duration::from_millis(300)).unwrap();
     let d = env.store.sending_domain(&domain).await.unwrap().unwrap();
     let c = mailpipe_domains::check(&env.store, &dead, &cfg.domains, &d).await.unwrap();
-    assert_eq!(c.status, DomainStatus::Verified, "{c:#?}");
+    // Nothing proven either way: failing, so it still sends through its
+    // grace, and goes on failing (then disabled) if DNS stays silent.
+    assert_eq!(c.status, DomainStatus::Failing, "{c:#?}");
     let (o, text) = outcome(&c, Check::Dkim);
     assert!(o == Outcome::Fail && text.contains("DNS did not answer"), "{text}");
 
@@ -221,10 +223,16 @@ async fn dns_that_does_not_answer_is_reported_and_decides_nothing() {
     let broken = Dns::new(&[servfail], Duration::from_millis(2000)).unwrap();
     let d = env.store.sending_domain(&domain).await.unwrap().unwrap();
     let c = mailpipe_domains::check(&env.store, &broken, &cfg.domains, &d).await.unwrap();
-    assert_eq!(c.status, DomainStatus::Verified, "{c:#?}");
+    assert_eq!(c.status, DomainStatus::Failing, "{c:#?}");
     let (o, text) = outcome(&c, Check::Dkim);
     assert!(o == Outcome::Fail && text.contains("DNS did not answer"), "{text}");
     assert!(c.findings.iter().all(|f| f.outcome == Outcome::Fail), "no pass from a failed server: {c:#?}");
+    // DNS answers again: verified again.
+    let d = env.store.sending_domain(&domain).await.unwrap().unwrap();
+    assert_eq!(
+        mailpipe_domains::check(&env.store, &real, &cfg.domains, &d).await.unwrap().status,
+        DomainStatus::Verified
+    );
 
     // A name the server is not authoritative for: Knot refuses it, which is
     // a failure to answer, not an absent record.
@@ -278,11 +286,13 @@ async fn a_tenant_sends_only_as_its_own_verified_domains_signed_with_their_keys(
         printed.contains(&format!("s2026._domainkey.{globex_domain}. 3600 IN TXT \"v=DKIM1; k=rsa; p=")),
         "{printed}"
     );
-    // Acme may not claim it, nor may it be added twice over.
+    // Acme may not claim it.
     let o = cli(&env, &["domain", "add", "acme", &globex_domain]);
     assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("held by another tenant"));
 
-    let worker = env.start_worker();
+    // A worker that would not look for changes for an hour: what lets the
+    // newly verified domain send at once is that a refused job looks first.
+    let worker = env.start_worker_with(env.config_with(&[("MAILPIPE__DOMAINS__REFRESH_MS", "3600000")]));
     let job_from = |i: usize, tenant: &str, from: &str| {
         let mut j = job(i, tenant, "domains", "example.com");
         j["from"]["email"] = from.into();
@@ -342,8 +352,10 @@ async fn a_tenant_sends_only_as_its_own_verified_domains_signed_with_their_keys(
     let tampered = globex_msg.replace("Subject: Hello", "Subject: Hullo");
     assert!(dkimpy_verify(tampered.as_bytes()).is_err());
 
-    // Removed: the running worker refuses its mail again (it looks for
-    // changes every domains.refresh_ms, 200 here).
+    // Removed: a running worker refuses its mail again once it looks for
+    // changes (every domains.refresh_ms, 200 here).
+    worker.stop().await;
+    let worker = env.start_worker();
     let o = cli(&env, &["domain", "remove", &globex_domain]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     // One job at a time, each waited for, until one is refused.
@@ -436,7 +448,9 @@ async fn a_key_rotates_without_a_gap_and_private_keys_are_stored_only_sealed() {
     // Checked before the new record is out: still verified, the rotation
     // waits (a warning, not a failure), and mail is still signed the old way.
     let o = cli(&env, &["domain", "check", &domain]);
-    assert!(o.status.success() && stdout(&o).contains("warn"), "{}", stdout(&o));
+    let new_name = dkim_name(&new, &Domain::parse(&domain).unwrap());
+    let waiting = stdout(&o).lines().find(|l| l.contains(&new_name)).map(str::to_owned).unwrap_or_default();
+    assert!(o.status.success() && waiting.starts_with("warn"), "{}", stdout(&o));
     assert!(cli(&env, &["domain", "rotate", &domain]).status.code() == Some(1), "one rotation at a time");
     let during = send_one(&env, 2, &from).await;
     assert_eq!(dkimpy_verify(during.as_bytes()), Ok(format!("pass d={domain} s={old}")));
@@ -504,7 +518,9 @@ async fn a_key_rotates_without_a_gap_and_private_keys_are_stored_only_sealed() {
     // (Key 2's secret under id 1 opens nothing: the sealed form names id 2.)
     let renamed =
         mailpipe_domains::Senders::load(&env.store, mailpipe::app::sealer(&only_two).unwrap()).await.unwrap();
-    assert!(renamed.permit(&TenantId::parse("acme").unwrap(), &domain).is_none());
+    // Its mail waits rather than being refused: the key is there, this
+    // worker just cannot open it.
+    assert!(matches!(renamed.permit(&TenantId::parse("acme").unwrap(), &domain), Permit::KeyUnavailable));
     let mut vars: Vec<(String, String)> =
         env.vars.iter().filter(|(k, _)| k != "MAILPIPE__DOMAINS__KEYS__1").cloned().collect();
     vars.push((
@@ -515,7 +531,9 @@ async fn a_key_rotates_without_a_gap_and_private_keys_are_stored_only_sealed() {
     let cfg2 = mailpipe::Config::load(None, vars).unwrap();
     let senders =
         mailpipe_domains::Senders::load(&env.store, mailpipe::app::sealer(&cfg2).unwrap()).await.unwrap();
-    let key = senders.permit(&TenantId::parse("acme").unwrap(), &domain).expect("opens under key 2 alone");
+    let Permit::Sign(key) = senders.permit(&TenantId::parse("acme").unwrap(), &domain) else {
+        panic!("the key does not open under key 2 alone");
+    };
     assert_eq!(key.selector(), new.as_str());
 
     // At rest: sealed (version 1, key-encryption key 2), never PEM.
@@ -527,7 +545,6 @@ async fn a_key_rotates_without_a_gap_and_private_keys_are_stored_only_sealed() {
         .unwrap();
     assert_eq!(sealed.len(), 1, "the retired key is gone");
     assert_eq!(sealed[0][..3], [1, 0, 2]);
-    assert!(!String::from_utf8_lossy(&sealed[0]).contains("PRIVATE KEY"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -659,4 +676,60 @@ async fn through_the_api_a_tenant_adds_and_checks_only_its_own_domains() {
     assert!(denied.to_string().contains("permission denied"), "{denied}");
     tx.rollback().await.unwrap();
     server.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unproven_claim_expires_and_a_check_of_an_old_claim_proves_nothing_for_a_new_one() {
+    let zone = TestZone::new();
+    let env = TestEnv::setup().no_relay().tenants(&["acme", "globex"]).toml(&domains_toml()).start().await;
+    let cfg = env.config();
+    let sealer = mailpipe::app::sealer(&cfg).unwrap();
+    let (acme, globex) =
+        (Owner::Tenant(TenantId::parse("acme").unwrap()), Owner::Tenant(TenantId::parse("globex").unwrap()));
+    let domain = Domain::parse(&zone.origin).unwrap();
+    let ed = || KeySource::Generate(DkimAlgorithm::Ed25519Sha256);
+    let dns = Dns::new(&cfg.domains.nameservers, cfg.domains.dns_timeout).unwrap();
+
+    // Acme claims the domain and publishes its key; within the claim's
+    // expiry Globex cannot take it.
+    let acme_records =
+        onboard::add(&env.store, &sealer, &cfg.domains, &domain, &acme, &[], false, ed()).await.unwrap();
+    zone.txt(&acme_records[0].name, &acme_records[0].value);
+    let held = onboard::add(&env.store, &sealer, &cfg.domains, &domain, &globex, &[], false, ed()).await;
+    assert!(matches!(held, Err(DomainError::HeldByAnother(_))), "{held:?}");
+
+    // A check starts from acme's claim; meanwhile the claim expires (here at
+    // once) and Globex takes the domain over with a key of its own.
+    let acme_claim = env.store.sending_domain(&domain).await.unwrap().unwrap();
+    let mut expired = cfg.domains.clone();
+    expired.claim_expiry = Duration::ZERO;
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    onboard::add(&env.store, &sealer, &expired, &domain, &globex, &[], false, ed()).await.unwrap();
+    let taken = env.store.sending_domain(&domain).await.unwrap().unwrap();
+    assert_eq!(taken.owner, globex);
+    assert_eq!(taken.tenants, [TenantId::parse("globex").unwrap()]);
+    assert_ne!(taken.keys[0].public_key, acme_claim.keys[0].public_key);
+
+    // Acme's record is published, so the old check finds it: that proves
+    // nothing for Globex's claim, and is not recorded on it.
+    let stale = mailpipe_domains::check(&env.store, &dns, &cfg.domains, &acme_claim).await;
+    assert!(matches!(stale, Err(DomainError::Changed(_))), "{stale:?}");
+    let now = env.store.sending_domain(&domain).await.unwrap().unwrap();
+    assert_eq!(now.status, DomainStatus::Pending, "Globex's claim was verified by Acme's record");
+    let c = mailpipe_domains::check(&env.store, &dns, &cfg.domains, &now).await.unwrap();
+    assert_eq!(c.status, DomainStatus::Pending);
+    // (Its key has a selector of its own, which nothing is published at.)
+    assert_eq!(outcome(&c, Check::Dkim).0, Outcome::Fail, "{:?}", outcome(&c, Check::Dkim));
+
+    // Once Globex's own key is published it verifies, and then no expiry
+    // lets anyone take it.
+    let globex_dkim = onboard::to_publish(&now, &cfg.domains).remove(0);
+    zone.txt(&globex_dkim.name, &globex_dkim.value);
+    let d = env.store.sending_domain(&domain).await.unwrap().unwrap();
+    assert_eq!(
+        mailpipe_domains::check(&env.store, &dns, &cfg.domains, &d).await.unwrap().status,
+        DomainStatus::Verified
+    );
+    let held = onboard::add(&env.store, &sealer, &expired, &domain, &acme, &[], false, ed()).await;
+    assert!(matches!(held, Err(DomainError::HeldByAnother(_))), "{held:?}");
 }

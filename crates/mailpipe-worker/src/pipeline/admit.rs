@@ -8,12 +8,13 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use mailpipe_core::{EventType, SendJob, Suppressed, TenantId};
+use mailpipe_domains::Permit;
 use mailpipe_render::DkimKey;
 use mailpipe_store::{Claim, LedgerStatus, Verdict};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
-use super::{Outcome, Pipeline, Record, Step, durably, ended};
+use super::{Infra, Outcome, Pipeline, Record, Step, durably, ended};
 use crate::InDoubtPolicy;
 
 /// A job that may be sent: its ledger claim, and the key it is signed with.
@@ -59,7 +60,12 @@ impl Pipeline {
         // domain's key: never another tenant's domain or key.
         let domain = job.from.email.domain();
         let permit = durably("senders", shutdown, || async {
-            Ok(self.senders.permit_or_refresh(&self.store, &job.tenant_id, domain).await?)
+            match self.senders.permit_or_refresh(&self.store, &job.tenant_id, domain).await? {
+                Permit::Sign(key) => Ok(Some(key)),
+                Permit::Refused => Ok(None),
+                // Not the job's fault: it waits, like for a store outage.
+                Permit::KeyUnavailable => Err(Infra::KeyUnavailable(domain.to_owned())),
+            }
         })
         .await?;
         let Some(signer) = permit else {

@@ -132,6 +132,8 @@ enum Infra {
     Store(#[from] StoreError),
     #[error(transparent)]
     Queue(#[from] mailpipe_queue::QueueError),
+    #[error("the DKIM key of {0} does not open on this worker (is its key-encryption key in domains.keys?)")]
+    KeyUnavailable(String),
 }
 
 /// How long a store or broker call waits before its next try.
