@@ -15,6 +15,38 @@ use super::tenant_id;
 use crate::app;
 use crate::config::Config;
 
+/// The key a new domain signs with: made now, or brought along (a key
+/// already published, such as one the platform signed with before).
+#[derive(clap::Args)]
+pub struct KeyArgs {
+    /// rsa-sha256 or ed25519-sha256 (default: domains.default_algorithm).
+    #[arg(long, value_parser = parse_algorithm)]
+    algorithm: Option<DkimAlgorithm>,
+    /// A PEM private key (PKCS#8, or PKCS#1 for RSA) already published
+    /// under --selector, instead of a new one.
+    #[arg(long, requires = "selector")]
+    key_file: Option<PathBuf>,
+    /// The selector --key-file's public key is published under.
+    #[arg(long, requires = "key_file", value_parser = parse_selector)]
+    selector: Option<Selector>,
+}
+
+impl KeyArgs {
+    /// The key file's contents, read now; [`KeyArgs::source`] borrows them.
+    fn read(&self) -> anyhow::Result<Option<Vec<u8>>> {
+        let file = self.key_file.as_ref();
+        file.map(|f| std::fs::read(f).with_context(|| format!("reading {}", f.display()))).transpose()
+    }
+
+    fn source<'a>(&self, default: DkimAlgorithm, pem: Option<&'a [u8]>) -> KeySource<'a> {
+        let algorithm = self.algorithm.unwrap_or(default);
+        match (pem, &self.selector) {
+            (Some(pem), Some(selector)) => KeySource::Pem { algorithm, selector: selector.clone(), pem },
+            _ => KeySource::Generate(algorithm),
+        }
+    }
+}
+
 #[derive(Subcommand)]
 pub enum Command {
     /// Add a tenant's own domain: a key pair is made (or brought along with
@@ -23,16 +55,8 @@ pub enum Command {
     Add {
         tenant: String,
         domain: String,
-        /// rsa-sha256 or ed25519-sha256 (default: domains.default_algorithm).
-        #[arg(long, value_parser = parse_algorithm)]
-        algorithm: Option<DkimAlgorithm>,
-        /// A PEM private key (PKCS#8, or PKCS#1 for RSA) already published
-        /// under --selector, instead of a new one.
-        #[arg(long, requires = "selector")]
-        key_file: Option<PathBuf>,
-        /// The selector --key-file's public key is published under.
-        #[arg(long, requires = "key_file", value_parser = parse_selector)]
-        selector: Option<Selector>,
+        #[command(flatten)]
+        key: KeyArgs,
     },
     /// Add (or change the tenants of) a platform-owned domain that the
     /// listed tenants may send as.
@@ -45,14 +69,8 @@ pub enum Command {
         /// DNS says (checks still record their findings).
         #[arg(long)]
         attested: bool,
-        #[arg(long, value_parser = parse_algorithm)]
-        algorithm: Option<DkimAlgorithm>,
-        /// A PEM private key already published under --selector (a key
-        /// the platform signed with before), instead of a new one.
-        #[arg(long, requires = "selector")]
-        key_file: Option<PathBuf>,
-        #[arg(long, requires = "key_file", value_parser = parse_selector)]
-        selector: Option<Selector>,
+        #[command(flatten)]
+        key: KeyArgs,
     },
     /// List sending domains (a tenant's with --tenant): status, keys, tenants.
     List {
@@ -96,17 +114,6 @@ fn parse_selector(s: &str) -> Result<Selector, String> {
 
 fn domain(s: &str) -> anyhow::Result<Domain> {
     Domain::parse(s).map_err(|e| anyhow::anyhow!("domain {s:?}: {e}"))
-}
-
-fn read_key(file: Option<&PathBuf>) -> anyhow::Result<Option<Vec<u8>>> {
-    file.map(|f| std::fs::read(f).with_context(|| format!("reading {}", f.display()))).transpose()
-}
-
-fn key_source(algorithm: DkimAlgorithm, pem: Option<&[u8]>, selector: Option<Selector>) -> KeySource<'_> {
-    match (pem, selector) {
-        (Some(pem), Some(selector)) => KeySource::Pem { algorithm, selector, pem },
-        _ => KeySource::Generate(algorithm),
-    }
 }
 
 fn print_records(records: &[Record]) {
@@ -156,14 +163,13 @@ pub async fn run(command: Command, cfg: &Config) -> anyhow::Result<ExitCode> {
     let store = app::store(cfg).await?;
     let settings = &cfg.domains;
     match command {
-        Command::Add { tenant, domain: name, algorithm, key_file, selector } => {
+        Command::Add { tenant, domain: name, key } => {
             let (tenant, name) = (tenant_id(&tenant)?, domain(&name)?);
             if !store.tenant_exists(&tenant).await? {
                 anyhow::bail!("tenant {tenant} is not registered (mailpipe tenant add {tenant})");
             }
-            let algorithm = algorithm.unwrap_or(settings.default_algorithm);
-            let pem = read_key(key_file.as_ref())?;
-            let source = key_source(algorithm, pem.as_deref(), selector);
+            let pem = key.read()?;
+            let source = key.source(settings.default_algorithm, pem.as_deref());
             let sealer = app::sealer(cfg)?;
             let records = onboard::add(
                 &store,
@@ -181,7 +187,7 @@ pub async fn run(command: Command, cfg: &Config) -> anyhow::Result<ExitCode> {
             );
             print_records(&records);
         }
-        Command::AddShared { domain: name, tenants, attested, algorithm, key_file, selector } => {
+        Command::AddShared { domain: name, tenants, attested, key } => {
             let name = domain(&name)?;
             let tenants = tenants.iter().map(|t| tenant_id(t)).collect::<anyhow::Result<Vec<_>>>()?;
             for t in &tenants {
@@ -190,9 +196,8 @@ pub async fn run(command: Command, cfg: &Config) -> anyhow::Result<ExitCode> {
                 }
             }
             let sealer = app::sealer(cfg)?;
-            let pem = read_key(key_file.as_ref())?;
-            let source =
-                key_source(algorithm.unwrap_or(settings.default_algorithm), pem.as_deref(), selector);
+            let pem = key.read()?;
+            let source = key.source(settings.default_algorithm, pem.as_deref());
             let records =
                 onboard::add(&store, &sealer, settings, &name, &Owner::Platform, &tenants, attested, source)
                     .await?;
