@@ -166,11 +166,23 @@ impl Store {
 
     /// Marks the start of an SMTP transaction. If the process dies before
     /// [`Store::finish`], the row stays `sending` and the job is in doubt.
-    pub async fn mark_sending(&self, tenant: &str, job_id: &str, message_id: &str) -> Result<()> {
+    ///
+    /// Only from what the attempt's claim read (its status and attempt
+    /// count, which every mark moves on, so it fences): if another attempt
+    /// of the job (a second record of it) got there first, nothing changes,
+    /// this returns false, and the caller must not send.
+    pub async fn mark_sending(
+        &self,
+        tenant: &str,
+        job_id: &str,
+        message_id: &str,
+        claim: &Claim,
+    ) -> Result<bool> {
         let sql = "UPDATE send_ledger SET status = 'sending', message_id = $3, attempts = attempts + 1, updated_at = $4
-                   WHERE tenant_id = $1 AND job_id = $2";
-        on_pool!(self, p => sqlx::query(sql).bind(tenant).bind(job_id).bind(message_id).bind(now_ms()).execute(p).await.map(|_| ()))?;
-        Ok(())
+                   WHERE tenant_id = $1 AND job_id = $2 AND status = $5 AND attempts = $6";
+        let n = on_pool!(self, p => sqlx::query(sql).bind(tenant).bind(job_id).bind(message_id).bind(now_ms())
+            .bind(claim.status.as_str()).bind(claim.attempts).execute(p).await.map(|r| r.rows_affected()))?;
+        Ok(n > 0)
     }
 
     /// Records a terminal outcome: the ledger status and its event, in one

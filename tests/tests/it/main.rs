@@ -10,6 +10,7 @@ mod campaign;
 mod crash;
 mod demo;
 mod domains;
+mod duplicates;
 mod idn;
 mod metrics;
 mod pipeline;

@@ -15,8 +15,13 @@ async fn scenario(store: &Store) {
     assert_eq!((c.status, c.attempts), (LedgerStatus::Pending, 0));
     assert_eq!(store.claim_job(&j).await.unwrap().status, LedgerStatus::Pending);
 
+    // Two attempts from the same claim (two records of the job): the first
+    // to the commit point marks it sending, the second is fenced off.
+    let first = store.claim_job(&j).await.unwrap();
+    let second = store.claim_job(&j).await.unwrap();
+    assert!(store.mark_sending("acme", "job-00001", "mid@x", &first).await.unwrap());
+    assert!(!store.mark_sending("acme", "job-00001", "mid@y", &second).await.unwrap());
     // sending is visible to a second claim: that is how "in doubt" is detected.
-    store.mark_sending("acme", "job-00001", "mid@x").await.unwrap();
     let c = store.claim_job(&j).await.unwrap();
     assert_eq!((c.status, c.attempts, c.message_id.as_deref()), (LedgerStatus::Sending, 1, Some("mid@x")));
 

@@ -23,17 +23,32 @@ pub(super) struct Attempt {
     pub(super) reply: Option<Reply>,
     /// The reply or the error, as the ledger keeps it.
     pub(super) last: Option<String>,
+    /// Another attempt of the job (a second record of it) reached the
+    /// commit point first: this one sent nothing and must record nothing.
+    pub(super) superseded: bool,
 }
+
+/// Why a commit point refuses to let content go out.
+const SUPERSEDED: &str = "another attempt of this job is under way";
 
 impl Pipeline {
     pub(super) async fn deliver(&self, job: &SendJob, claim: &Claim, message: &Composed) -> Attempt {
         let envelope = Envelope { from: job.from.email.clone(), to: job.to.email.clone() };
         let number = claim.attempts.max(0) as u32 + 1;
+        let superseded = std::sync::atomic::AtomicBool::new(false);
         let commit_point = Box::pin(async {
-            self.store
-                .mark_sending(job.tenant_id.as_str(), job.job_id.as_str(), &message.message_id)
+            match self
+                .store
+                .mark_sending(job.tenant_id.as_str(), job.job_id.as_str(), &message.message_id, claim)
                 .await
-                .map_err(|e| e.to_string())
+            {
+                Ok(true) => Ok(()),
+                Ok(false) => {
+                    superseded.store(true, std::sync::atomic::Ordering::Relaxed);
+                    Err(SUPERSEDED.to_owned())
+                }
+                Err(e) => Err(e.to_string()),
+            }
         });
         let started = Instant::now();
         let result = self.transport.send(&envelope, &message.bytes, commit_point).await;
@@ -52,7 +67,8 @@ impl Pipeline {
             .as_ref()
             .map(ToString::to_string)
             .or_else(|| result.as_ref().err().map(ToString::to_string));
-        Attempt { number, disposition, reply, last }
+        let superseded = superseded.load(std::sync::atomic::Ordering::Relaxed);
+        Attempt { number, disposition, reply, last, superseded }
     }
 }
 

@@ -29,7 +29,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use mailpipe_core::{Backoff, Event, EventType, SendJob, TenantId};
+use mailpipe_core::{Backoff, Event, EventType, JobId, SendJob, TenantId};
 use mailpipe_domains::Senders;
 use mailpipe_queue::Delivery;
 use mailpipe_queue::kafka::KafkaEvents;
@@ -122,7 +122,34 @@ pub struct Pipeline {
     /// backlog is spread over time at the key's rate instead of falling due
     /// all at once.
     slots: Mutex<HashMap<String, tokio::time::Instant>>,
+    /// The jobs this worker is processing, one record at a time per job: a
+    /// second record of a job (a producer's retry, back to back on the same
+    /// partition) waits for the first to finish, then finds its outcome.
+    running: Running,
     pub counters: Arc<Counters>,
+}
+
+/// Per job being processed, the lock its records take turns on.
+type Running = Mutex<HashMap<(TenantId, JobId), Arc<tokio::sync::Mutex<()>>>>;
+
+/// A job's turn in [`Pipeline::running`]; ending it lets the next record of
+/// the job go, and forgets the job if none waits.
+struct Turn<'a> {
+    running: &'a Running,
+    key: (TenantId, JobId),
+    lock: Arc<tokio::sync::Mutex<()>>,
+    guard: Option<tokio::sync::OwnedMutexGuard<()>>,
+}
+
+impl Drop for Turn<'_> {
+    fn drop(&mut self) {
+        drop(self.guard.take());
+        let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
+        // The map's reference and ours: nobody else waits for this job.
+        if Arc::strong_count(&self.lock) <= 2 {
+            running.remove(&self.key);
+        }
+    }
 }
 
 /// A failure of our own infrastructure, retried until it heals or shutdown.
@@ -186,6 +213,7 @@ impl Pipeline {
             filter: None,
             known_tenants: Mutex::new(HashSet::new()),
             slots: Mutex::new(HashMap::new()),
+            running: Mutex::new(HashMap::new()),
             counters: Arc::new(Counters::default()),
         }
     }
@@ -248,14 +276,31 @@ impl Pipeline {
         }
     }
 
-    /// The five stages, in order; each may end the job early.
+    /// The five stages, in order; each may end the job early. One record of
+    /// a job at a time in this worker.
     async fn stages(&self, rec: &Record<'_>, job: &SendJob, shutdown: &CancellationToken) -> Step<Outcome> {
+        let _turn = self.turn(job, shutdown).await?;
         let admitted = self.admit(rec, job, shutdown).await?;
         let claim = admitted.claim;
         self.pace(rec, job, &claim, shutdown).await?;
         let message = self.render(rec, job, &admitted.signer, shutdown).await?;
         let attempt = self.deliver(job, &claim, &message).await;
+        if attempt.superseded {
+            return self.after_other_attempt(job, shutdown).await;
+        }
         self.settle(rec, job, &claim, &message, attempt, shutdown).await
+    }
+
+    /// Waits until no other record of `job` is being processed here.
+    async fn turn(&self, job: &SendJob, shutdown: &CancellationToken) -> Step<Turn<'_>> {
+        let key = (job.tenant_id.clone(), job.job_id.clone());
+        let lock =
+            self.running.lock().unwrap_or_else(|p| p.into_inner()).entry(key.clone()).or_default().clone();
+        let guard = tokio::select! {
+            g = lock.clone().lock_owned() => g,
+            _ = shutdown.cancelled() => return ControlFlow::Break(None),
+        };
+        ControlFlow::Continue(Turn { running: &self.running, key, lock, guard: Some(guard) })
     }
 
     /// The provider group of a recipient domain, for metrics and events:

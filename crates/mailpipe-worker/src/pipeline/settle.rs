@@ -136,6 +136,34 @@ impl Pipeline {
         ControlFlow::Continue(Outcome::Replayed)
     }
 
+    /// Another attempt of the job (a second record of it, in another
+    /// worker) reached the commit point first, and this one sent nothing.
+    /// Waits for that attempt's outcome and answers this record by it: a
+    /// terminal outcome is re-published, a deferral belongs to the retry
+    /// schedule. Were the other worker to die mid-send, this waits until
+    /// shutdown, and the record's redelivery finds the job in doubt.
+    pub(super) async fn after_other_attempt(
+        &self,
+        job: &SendJob,
+        shutdown: &CancellationToken,
+    ) -> Step<Outcome> {
+        warn!("another record of this job reached the relay first; waiting for its outcome, sending nothing");
+        let mut wait = mailpipe_core::Backoff::new(Duration::from_millis(50), Duration::from_secs(5));
+        loop {
+            let claim = durably("claim", shutdown, || async { Ok(self.store.claim_job(job).await?) }).await?;
+            if claim.status.is_terminal() {
+                return self.replay(job, shutdown).await;
+            }
+            if claim.scheduled || claim.status == LedgerStatus::Deferred {
+                return ControlFlow::Continue(Outcome::Scheduled);
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return ControlFlow::Break(None),
+                _ = tokio::time::sleep(wait.next_delay()) => {}
+            }
+        }
+    }
+
     /// Dead-letters a record: to the store (with its event), to the DLQ
     /// topic, and the event to the events topic.
     pub(super) async fn reject(
