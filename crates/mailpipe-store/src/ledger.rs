@@ -334,17 +334,30 @@ impl Store {
         Ok(rows.into_iter().collect())
     }
 
-    /// Records a dead letter and, if given, its event, once per source record.
+    /// Records a dead letter, its event and, for a job with a ledger row
+    /// that has no outcome yet, the row's end (`dead_lettered`), all in one
+    /// transaction: a crash leaves either none of them or all, so a
+    /// redelivered record either is dead-lettered afresh or replays the
+    /// outcome. The dead letter is kept once per source record.
     pub async fn dead_letter(&self, dl: &DeadLetter, event: &Event) -> Result<()> {
         let sql = "INSERT INTO dead_letters (received_at, source, reason, detail, tenant_id, job_id, payload)
                    VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (source) DO NOTHING";
+        // Never over an outcome: a record of a finished job replays it
+        // before anything could dead-letter it, but be sure.
+        let end = "UPDATE send_ledger SET status = 'dead_lettered', last_reply = $3, next_attempt_at = NULL, payload = NULL, updated_at = $4
+                   WHERE tenant_id = $1 AND job_id = $2
+                     AND status NOT IN ('sent', 'bounced', 'suppressed', 'failed', 'dead_lettered')";
         let payload = String::from_utf8(event.to_json()).unwrap_or_default();
+        let now = now_ms();
         in_tx!(self, tx => {
             sqlx::query(sql)
-                .bind(now_ms()).bind(&dl.source).bind(&dl.reason).bind(&dl.detail)
+                .bind(now).bind(&dl.source).bind(&dl.reason).bind(&dl.detail)
                 .bind(&dl.tenant_id).bind(&dl.job_id).bind(&dl.payload)
                 .execute(&mut *tx).await?;
             insert_event_q(event, &payload).execute(&mut *tx).await?;
+            if let (Some(tenant), Some(job)) = (&dl.tenant_id, &dl.job_id) {
+                sqlx::query(end).bind(tenant).bind(job).bind(&dl.detail).bind(now).execute(&mut *tx).await?;
+            }
         });
         Ok(())
     }

@@ -95,3 +95,57 @@ async fn kill_9_mid_campaign_loses_nothing_and_sends_nothing_twice() {
     // And the offsets of all of them are committed.
     assert_eq!(committed(&env.group, &env.topics.send, 3).values().sum::<i64>(), jobs_total as i64);
 }
+
+/// A worker died after it had recorded a dead letter (the `dead_letters`
+/// row, its event and the ledger's `dead_lettered`, one transaction) but
+/// before it published to the dead-letter topic: the state is set up here
+/// exactly as that crash leaves it. The redelivered record finds the
+/// outcome and must publish what the first attempt owed: the dead letter,
+/// not only the event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_letter_recorded_before_a_crash_still_reaches_the_topic() {
+    let env = TestEnv::setup().start().await;
+    let jobs = campaign_jobs(0..1, "acme", "dlcrash", &["a.example"]);
+    let job = mailpipe_core::SendJob::from_json(&jobs[0].1).unwrap();
+    env.store.claim_job(&job).await.unwrap();
+    let mut ev = mailpipe_core::Event::for_job(
+        mailpipe_core::EventType::DeadLettered,
+        &job.tenant_id,
+        &job.campaign_id,
+        &job.job_id,
+        "",
+    );
+    ev.reason = Some("unknown_template".into());
+    ev.detail = Some("template welcome-v9 is not registered".into());
+    let dl = mailpipe_store::DeadLetter {
+        source: format!("{}/0/0", env.topics.send),
+        reason: "unknown_template".into(),
+        detail: "template welcome-v9 is not registered".into(),
+        tenant_id: Some("acme".into()),
+        job_id: Some(job.job_id.to_string()),
+        payload: jobs[0].1.clone(),
+    };
+    env.store.dead_letter(&dl, &ev).await.unwrap();
+    assert_eq!(
+        env.ledger("acme", "dlcrash").await.get("dead_lettered"),
+        Some(&1),
+        "one transaction ends the row"
+    );
+
+    env.enqueue(&jobs).await;
+    let worker = env.start_worker();
+    let dlq = read_topic(&env.topics.dlq, 1, Duration::from_secs(30));
+    wait_committed("the redelivered record", &env.group, &env.topics.send, 1, 1, Duration::from_secs(30))
+        .await;
+    worker.stop().await;
+
+    assert_eq!(dlq.len(), 1, "the replay publishes the dead letter the crash cut off");
+    let r = &dlq[0];
+    assert_eq!(r.payload, jobs[0].1, "the record, unchanged");
+    assert_eq!(r.key.as_deref(), Some(jobs[0].0.as_str()), "under its own key");
+    assert_eq!(r.headers.get("mailpipe-reason").map(String::as_str), Some("unknown_template"));
+    assert_eq!(r.headers.get("mailpipe-source"), Some(&dl.source));
+    assert!(read_event_ids(&env.topics.events, 1, Duration::from_secs(10)).contains(&ev.event_id));
+    assert!(env.sink().message_ids_once().is_empty(), "nothing sent");
+    assert_eq!(env.count("SELECT COUNT(*) FROM dead_letters").await, 1, "kept once");
+}

@@ -37,7 +37,7 @@ impl Pipeline {
         }
         let claim = durably("claim", shutdown, || async { Ok(self.store.claim_job(job).await?) }).await?;
         if claim.status.is_terminal() {
-            return ended(self.replay(job, shutdown).await?);
+            return ended(self.replay(rec, job, shutdown).await?);
         }
         if claim.scheduled && !rec.retry {
             // Deferred earlier and acknowledged late (a crash in between):

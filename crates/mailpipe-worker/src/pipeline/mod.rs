@@ -286,7 +286,7 @@ impl Pipeline {
         let message = self.render(rec, job, &admitted.signer, shutdown).await?;
         let attempt = self.deliver(job, &claim, &message).await;
         if attempt.superseded {
-            return self.after_other_attempt(job, shutdown).await;
+            return self.after_other_attempt(rec, job, shutdown).await;
         }
         self.settle(rec, job, &claim, &message, attempt, shutdown).await
     }

@@ -121,15 +121,26 @@ impl Pipeline {
         ControlFlow::Continue(outcome)
     }
 
-    /// A job that finished in an earlier run: its stored outcome is
-    /// published again (same `event_id`), and nothing is sent.
-    pub(super) async fn replay(&self, job: &SendJob, shutdown: &CancellationToken) -> Step<Outcome> {
+    /// A job that finished in an earlier run: whatever that run owed is
+    /// published again (the outcome event, with the same `event_id`, and
+    /// for a dead-lettered job the dead letter too, as a crash may have
+    /// come between recording and publishing them), and nothing is sent.
+    pub(super) async fn replay(
+        &self,
+        rec: &Record<'_>,
+        job: &SendJob,
+        shutdown: &CancellationToken,
+    ) -> Step<Outcome> {
         let (tenant, id) = (job.tenant_id.as_str(), job.job_id.as_str());
         let ev =
             durably("load_outcome", shutdown, || async { Ok(self.store.terminal_event(tenant, id).await?) })
                 .await?;
         if let Some(ev) = ev {
-            durably("publish_outcome", shutdown, || self.publish(std::slice::from_ref(&ev))).await?;
+            if ev.kind == EventType::DeadLettered {
+                self.publish_dead_letter(rec, &ev, shutdown).await?;
+            } else {
+                durably("publish_outcome", shutdown, || self.publish(std::slice::from_ref(&ev))).await?;
+            }
         }
         debug!("job already finished; outcome re-published, nothing sent");
         self.count(Outcome::Replayed, self.provider(job.to.email.domain()));
@@ -144,6 +155,7 @@ impl Pipeline {
     /// shutdown, and the record's redelivery finds the job in doubt.
     pub(super) async fn after_other_attempt(
         &self,
+        rec: &Record<'_>,
         job: &SendJob,
         shutdown: &CancellationToken,
     ) -> Step<Outcome> {
@@ -152,7 +164,7 @@ impl Pipeline {
         loop {
             let claim = durably("claim", shutdown, || async { Ok(self.store.claim_job(job).await?) }).await?;
             if claim.status.is_terminal() {
-                return self.replay(job, shutdown).await;
+                return self.replay(rec, job, shutdown).await;
             }
             if claim.scheduled || claim.status == LedgerStatus::Deferred {
                 return ControlFlow::Continue(Outcome::Scheduled);
@@ -190,31 +202,34 @@ impl Pipeline {
             job_id: job.map(|j| j.job_id.to_string()),
             payload: rec.payload.to_vec(),
         };
-        durably("record_dead_letter", shutdown, || async {
-            self.store.dead_letter(&dl, &ev).await?;
-            if let Some(j) = job {
-                // A claimed job's ledger row ends here too; unclaimed jobs have none.
-                self.store
-                    .finish(
-                        j.tenant_id.as_str(),
-                        j.job_id.as_str(),
-                        LedgerStatus::DeadLettered,
-                        Some(detail),
-                        &ev,
-                    )
-                    .await?;
-            }
-            Ok(())
-        })
-        .await?;
-        if let EventOut::Kafka(k) = &self.events {
-            durably("publish_dead_letter", shutdown, || async {
-                k.dead_letter(&rec.source, rec.key, rec.payload, reason, detail).await?;
-                Ok(k.publish(std::slice::from_ref(&ev)).await?)
-            })
+        durably("record_dead_letter", shutdown, || async { Ok(self.store.dead_letter(&dl, &ev).await?) })
             .await?;
-        }
+        self.publish_dead_letter(rec, &ev, shutdown).await?;
         self.count(Outcome::DeadLettered, job.map_or("unknown", |j| self.provider(j.to.email.domain())));
         ControlFlow::Continue(Outcome::DeadLettered)
+    }
+
+    /// Publishes a dead letter: the record, unchanged and under its own key,
+    /// to the dead-letter topic with the reason, detail and source in its
+    /// headers, and its event to the events topic. At least once: a replay
+    /// publishes both again.
+    async fn publish_dead_letter(
+        &self,
+        rec: &Record<'_>,
+        ev: &Event,
+        shutdown: &CancellationToken,
+    ) -> Step<()> {
+        let (reason, detail) =
+            (ev.reason.as_deref().unwrap_or_default(), ev.detail.as_deref().unwrap_or_default());
+        match &self.events {
+            EventOut::Kafka(k) => {
+                durably("publish_dead_letter", shutdown, || async {
+                    k.dead_letter(&rec.source, rec.key, rec.payload, reason, detail).await?;
+                    Ok(k.publish(std::slice::from_ref(ev)).await?)
+                })
+                .await
+            }
+            EventOut::StoreOnly => ControlFlow::Continue(()),
+        }
     }
 }
