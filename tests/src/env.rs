@@ -414,6 +414,8 @@ fn relay_env(db: &str, topics: &Topics, smtp_port: u16, group: &str) -> Vec<(Str
         ("MAILPIPE__DOMAINS__REFRESH_MS", "200"),
         ("MAILPIPE__METRICS__LISTEN", "127.0.0.1:0"),
         ("MAILPIPE__WORKER__GRACE_PERIOD_SECS", "20"),
+        // Workers run in the test process too, whose executable is not mailpipe.
+        ("MAILPIPE__RENDER__SANDBOX_EXE", &crate::mailpipe_binary().display().to_string()),
     ]
     .iter()
     .map(|(k, v)| (k.to_string(), v.to_string()))

@@ -16,6 +16,9 @@ use crate::id::{CampaignId, IdError, JobId, TemplateId, TenantId};
 pub const MAX_TEMPLATE_BYTES: usize = 256 * 1024;
 /// Largest encoded job accepted from the queue.
 pub const MAX_JOB_BYTES: usize = 1024 * 1024;
+/// The most a job's `vars` may take, as JSON: what a template sees is
+/// bounded before any template runs.
+pub const MAX_VARS_BYTES: usize = 256 * 1024;
 const MAX_HEADERS: usize = 32;
 const MAX_TAGS: usize = 16;
 const MAX_DISPLAY_NAME: usize = 256;
@@ -95,6 +98,8 @@ pub enum SendJobError {
     HeaderInjection { field: String },
     #[error("{field} is {size} bytes, more than the {MAX_TEMPLATE_BYTES}-byte limit")]
     OversizedTemplate { field: &'static str, size: usize },
+    #[error("vars are {0} bytes as JSON, more than the {MAX_VARS_BYTES}-byte limit")]
+    VarsTooLarge(usize),
     #[error("{0}")]
     Invalid(String),
 }
@@ -103,7 +108,7 @@ impl SendJobError {
     /// A stable, low-cardinality reason code for the dead-letter record and metrics.
     pub fn reason(&self) -> &'static str {
         match self {
-            SendJobError::TooLarge(_) => "too_large",
+            SendJobError::TooLarge(_) | SendJobError::VarsTooLarge(_) => "too_large",
             SendJobError::Malformed(_) => "malformed",
             SendJobError::BadId { .. } => "invalid_id",
             SendJobError::BadAddress { .. } => "invalid_address",
@@ -305,6 +310,13 @@ impl TryFrom<SendJobWire> for SendJob {
             }
         }
 
+        if !w.vars.is_empty() {
+            let size = serde_json::to_vec(&w.vars).map_or(usize::MAX, |v| v.len());
+            if size > MAX_VARS_BYTES {
+                return Err(SendJobError::VarsTooLarge(size));
+            }
+        }
+
         Ok(SendJob {
             job_id,
             tenant_id,
@@ -441,6 +453,14 @@ mod tests {
                     v
                 },
                 "oversized_template",
+            ),
+            (
+                {
+                    let mut v = base();
+                    v["vars"]["big"] = json!("x".repeat(MAX_VARS_BYTES));
+                    v
+                },
+                "too_large",
             ),
             (
                 {

@@ -35,6 +35,8 @@ pub mod fuzzing {
 }
 
 mod qp;
+pub mod sandbox;
+pub mod settings;
 pub mod template;
 
 use std::sync::Arc;
@@ -44,7 +46,9 @@ use mailpipe_token::{Action, Claims, Keyring, RecipientHasher, TokenError};
 use time::OffsetDateTime;
 
 pub use dkim::{DkimAlgorithm, DkimError, DkimKey};
-pub use template::{CompiledTemplates, TemplateLimits, TemplateSet};
+pub use sandbox::{Sandbox, SandboxError, SandboxSettings};
+pub use settings::{Isolation, RenderSettings};
+pub use template::{CompiledTemplates, MAX_SUBJECT_BYTES, TemplateLimits, TemplateOutput, TemplateSet};
 
 /// Why a job could not be rendered. None of these gets better on retry:
 /// each is a dead letter.
@@ -68,6 +72,11 @@ pub enum RenderError {
     Mime(#[from] std::io::Error),
     #[error("dkim: {0}")]
     Dkim(#[from] DkimError),
+    #[error("{what} is over its {limit}-byte limit")]
+    TooLarge { what: &'static str, limit: usize },
+    /// What a render sandbox reported, or what became of it.
+    #[error("{message}")]
+    Sandboxed { reason: &'static str, message: String },
 }
 
 impl RenderError {
@@ -81,6 +90,8 @@ impl RenderError {
             RenderError::MissingTemplate(_) => "unknown_template",
             RenderError::Mime(_) => "mime_error",
             RenderError::Dkim(_) => "dkim_error",
+            RenderError::TooLarge { .. } => "too_large",
+            RenderError::Sandboxed { reason, .. } => reason,
         }
     }
 }
@@ -125,13 +136,37 @@ pub struct Composed {
     pub tracked_links: usize,
 }
 
+/// Why [`Composer::compose_job`] made no message: the job's fault (a dead
+/// letter), or the render sandbox's (retried).
+#[derive(Debug, thiserror::Error)]
+pub enum ComposeError {
+    #[error(transparent)]
+    Job(#[from] RenderError),
+    #[error(transparent)]
+    Unavailable(#[from] SandboxError),
+}
+
+/// A job's tokens and template variables, made before its templates run.
+pub struct Prepared {
+    sent_at: u32,
+    unsubscribe_url: String,
+    open_url: String,
+    /// What the templates see ([`template::context`]).
+    pub context: serde_json::Value,
+}
+
+/// The most a whole message may be, by default, in bytes.
+pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 10 * 1024 * 1024;
+
 /// Composes messages. Cheap to share behind an `Arc`.
 pub struct Composer {
     keyring: Arc<Keyring>,
     recipients: RecipientHasher,
     links: TrackingLinks,
     limits: TemplateLimits,
+    max_message_bytes: usize,
     inline: template::InlineCache,
+    sandbox: Option<Arc<Sandbox>>,
 }
 
 impl Composer {
@@ -145,7 +180,27 @@ impl Composer {
             links.base_url.pop();
         }
         let inline = template::InlineCache::new(limits.clone(), 512);
-        Self { keyring, recipients, links, limits, inline }
+        Self {
+            keyring,
+            recipients,
+            links,
+            limits,
+            max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
+            inline,
+            sandbox: None,
+        }
+    }
+
+    /// Refuses messages over `bytes`, signature included.
+    pub fn with_max_message_bytes(mut self, bytes: usize) -> Self {
+        self.max_message_bytes = bytes;
+        self
+    }
+
+    /// Renders templates in `sandbox` ([`Composer::compose_job`]).
+    pub fn with_sandbox(mut self, sandbox: Arc<Sandbox>) -> Self {
+        self.sandbox = Some(sandbox);
+        self
     }
 
     pub fn recipients(&self) -> &RecipientHasher {
@@ -167,11 +222,12 @@ impl Composer {
         format!("{digest}@{}", job.from.email.domain())
     }
 
-    /// Renders and builds the message for `job`: [`Composer::render`], then
-    /// [`Composer::build`], then, with `dkim`, the signature. `registered`
-    /// must be given when the job names a template; inline jobs ignore it.
-    /// The caller chooses the key: it must be one the job's tenant may sign
-    /// with, for the job's From domain.
+    /// Renders and builds the message for `job`, rendering its templates in
+    /// this process: [`Composer::render`], then [`Composer::build`], then,
+    /// with `dkim`, the signature. `registered` must be given when the job
+    /// names a template; inline jobs ignore it. The caller chooses the key:
+    /// it must be one the job's tenant may sign with, for the job's From
+    /// domain.
     pub fn compose(
         &self,
         job: &SendJob,
@@ -179,7 +235,68 @@ impl Composer {
         now: OffsetDateTime,
         dkim: Option<&DkimKey>,
     ) -> Result<Composed, RenderError> {
-        let rendered = self.render(job, registered, now)?;
+        let prepared = self.prepare(job, now)?;
+        let output = self.render_here(job, registered, &prepared)?;
+        self.finish(job, prepared, output, now, dkim)
+    }
+
+    /// The same as [`Composer::compose`], with the templates rendered in the
+    /// composer's sandbox if it has one: how the worker composes, since a
+    /// tenant's template must not be able to exhaust the worker's memory.
+    pub async fn compose_job(
+        &self,
+        job: &SendJob,
+        registered: Option<&CompiledTemplates>,
+        now: OffsetDateTime,
+        dkim: Option<&DkimKey>,
+    ) -> Result<Composed, ComposeError> {
+        let prepared = self.prepare(job, now)?;
+        let output = match &self.sandbox {
+            Some(sandbox) => sandbox.render(sources(job, registered)?, &prepared.context).await??,
+            None => self.render_here(job, registered, &prepared)?,
+        };
+        Ok(self.finish(job, prepared, output, now, dkim)?)
+    }
+
+    /// The job's tokens and the variables its templates see.
+    pub fn prepare(&self, job: &SendJob, now: OffsetDateTime) -> Result<Prepared, RenderError> {
+        let sent_at = u32::try_from(now.unix_timestamp()).unwrap_or(u32::MAX);
+        let recipient = self.recipients.hash(&job.to.email.canonical());
+        let unsub_token = self.keyring.sign(&claims(job, sent_at, Action::Unsubscribe { recipient }))?;
+        let unsubscribe_url = format!("{}/u/{unsub_token}", self.links.base_url);
+        let open_url =
+            format!("{}/o/{}", self.links.base_url, self.keyring.sign(&claims(job, sent_at, Action::Open))?);
+        let context = template::context(job, &unsubscribe_url);
+        Ok(Prepared { sent_at, unsubscribe_url, open_url, context })
+    }
+
+    fn render_here(
+        &self,
+        job: &SendJob,
+        registered: Option<&CompiledTemplates>,
+        prepared: &Prepared,
+    ) -> Result<TemplateOutput, RenderError> {
+        let ctx = minijinja::Value::from_serialize(&prepared.context);
+        match (&job.content, registered) {
+            (Content::Inline { subject, html, text }, _) => {
+                self.inline.get(subject, html.as_deref(), text.as_deref())?.render(&ctx)
+            }
+            (Content::Registered(_), Some(t)) => t.render(&ctx),
+            (Content::Registered(id), None) => Err(RenderError::MissingTemplate(id.to_string())),
+        }
+    }
+
+    /// The rest, from the rendered templates: links rewritten, MIME built,
+    /// signed, and the whole held to its size limit.
+    pub fn finish(
+        &self,
+        job: &SendJob,
+        prepared: Prepared,
+        output: TemplateOutput,
+        now: OffsetDateTime,
+        dkim: Option<&DkimKey>,
+    ) -> Result<Composed, RenderError> {
+        let rendered = self.rewrite(job, &prepared, output)?;
         let mut bytes = self.build(job, &rendered, now)?;
         if let Some(header) = dkim.map(|k| k.sign(&bytes)).transpose()? {
             let mut signed = Vec::with_capacity(header.len() + bytes.len());
@@ -187,44 +304,39 @@ impl Composer {
             signed.extend_from_slice(&bytes);
             bytes = signed;
         }
+        if bytes.len() > self.max_message_bytes {
+            return Err(RenderError::TooLarge { what: "the message", limit: self.max_message_bytes });
+        }
         Ok(Composed { message_id: rendered.message_id, bytes, tracked_links: rendered.tracked_links })
     }
 
-    /// Stages 1 and 2: the templates rendered, every link rewritten to a
-    /// signed click URL, the pixel and honeypot added, the text part derived.
+    /// Stages 1 and 2 in this process: the templates rendered, every link
+    /// rewritten to a signed click URL, the pixel and honeypot added, the
+    /// text part derived.
     pub fn render(
         &self,
         job: &SendJob,
         registered: Option<&CompiledTemplates>,
         now: OffsetDateTime,
     ) -> Result<Rendered, RenderError> {
-        let sent_at = u32::try_from(now.unix_timestamp()).unwrap_or(u32::MAX);
-        let claims = |action| Claims {
-            tenant_id: job.tenant_id.clone(),
-            campaign_id: job.campaign_id.clone(),
-            job_id: job.job_id.clone(),
-            category: job.category,
-            sent_at,
-            action,
-        };
-        let recipient = self.recipients.hash(&job.to.email.canonical());
-        let unsub_token = self.keyring.sign(&claims(Action::Unsubscribe { recipient }))?;
-        let unsubscribe_url = format!("{}/u/{unsub_token}", self.links.base_url);
-        let open_url = format!("{}/o/{}", self.links.base_url, self.keyring.sign(&claims(Action::Open))?);
+        let prepared = self.prepare(job, now)?;
+        let output = self.render_here(job, registered, &prepared)?;
+        self.rewrite(job, &prepared, output)
+    }
 
-        let ctx = template::context(job, &unsubscribe_url);
-        let rendered = match (&job.content, registered) {
-            (Content::Inline { subject, html, text }, _) => {
-                self.inline.get(subject, html.as_deref(), text.as_deref())?.render(&ctx)?
-            }
-            (Content::Registered(_), Some(t)) => t.render(&ctx)?,
-            (Content::Registered(id), None) => {
-                return Err(RenderError::MissingTemplate(id.to_string()));
-            }
-        };
+    /// Stage 2: links, pixel, honeypot and text part, from rendered templates.
+    fn rewrite(
+        &self,
+        job: &SendJob,
+        prepared: &Prepared,
+        rendered: TemplateOutput,
+    ) -> Result<Rendered, RenderError> {
         if rendered.subject.chars().any(char::is_control) {
             return Err(RenderError::SubjectInjection);
         }
+        let (sent_at, unsubscribe_url, open_url) =
+            (prepared.sent_at, &prepared.unsubscribe_url, &prepared.open_url);
+        let claims = |action| claims(job, sent_at, action);
 
         let mut sign_click = |url: &str| -> Result<String, TokenError> {
             let t = self.keyring.sign(&claims(Action::Click { url: url.to_owned() }))?;
@@ -237,7 +349,7 @@ impl Composer {
                 // which no person is shown: whoever follows it is a machine.
                 let honeypot = sign_click(&self.links.honeypot_target())?;
                 let out =
-                    links::rewrite_html(&html, &tracker_prefix, &open_url, Some(&honeypot), &mut sign_click)?;
+                    links::rewrite_html(&html, &tracker_prefix, open_url, Some(&honeypot), &mut sign_click)?;
                 let text = match rendered.text {
                     Some(t) => links::rewrite_text(&t, &tracker_prefix, &mut sign_click)?.0,
                     None => links::html_to_text(&out.html)?,
@@ -276,5 +388,38 @@ impl Composer {
             text: &r.text,
             list_unsubscribe: r.list_unsubscribe.as_deref(),
         })?)
+    }
+}
+
+/// The claims of one of a job's tokens.
+fn claims(job: &SendJob, sent_at: u32, action: Action) -> Claims {
+    Claims {
+        tenant_id: job.tenant_id.clone(),
+        campaign_id: job.campaign_id.clone(),
+        job_id: job.job_id.clone(),
+        category: job.category,
+        sent_at,
+        action,
+    }
+}
+
+/// A job's template sources: its own, or its registered template's.
+fn sources<'a>(
+    job: &'a SendJob,
+    registered: Option<&'a CompiledTemplates>,
+) -> Result<sandbox::Sources<'a>, RenderError> {
+    match (&job.content, registered) {
+        (Content::Inline { subject, html, text }, _) => {
+            Ok(sandbox::Sources { subject, html: html.as_deref(), text: text.as_deref() })
+        }
+        (Content::Registered(_), Some(t)) => {
+            let set = t.set();
+            Ok(sandbox::Sources {
+                subject: &set.subject,
+                html: set.html.as_deref(),
+                text: set.text.as_deref(),
+            })
+        }
+        (Content::Registered(id), None) => Err(RenderError::MissingTemplate(id.to_string())),
     }
 }

@@ -9,18 +9,55 @@ use minijinja::{Environment, UndefinedBehavior, Value};
 
 use crate::RenderError;
 
-/// Limits that stop a hostile template from hanging or exhausting a worker.
+/// Limits that stop a hostile template from hanging a render or flooding
+/// its output. (Memory is bounded by rendering in a [`crate::sandbox`]
+/// process: no limit inside minijinja can bound what its operators build.)
 #[derive(Debug, Clone)]
 pub struct TemplateLimits {
     /// minijinja fuel: roughly, instructions executed per render.
     pub fuel: u64,
     /// Nesting depth of blocks, loops, macros and includes.
     pub recursion: usize,
+    /// The most each rendered part (HTML, text) may be, in bytes.
+    pub max_part_bytes: usize,
 }
+
+/// The most a rendered subject may be, in bytes: a subject is a line, and
+/// 2 KiB is already far past what any mailbox shows.
+pub const MAX_SUBJECT_BYTES: usize = 2048;
 
 impl Default for TemplateLimits {
     fn default() -> Self {
-        Self { fuel: 200_000, recursion: 64 }
+        Self { fuel: 200_000, recursion: 64, max_part_bytes: 2 * 1024 * 1024 }
+    }
+}
+
+impl TemplateLimits {
+    fn cap(&self, part: &str) -> usize {
+        if part == "subject" { MAX_SUBJECT_BYTES.min(self.max_part_bytes) } else { self.max_part_bytes }
+    }
+}
+
+/// An output that refuses to grow past `cap`: the render stops at the
+/// first write over it, not after the whole part is built.
+struct Capped {
+    out: Vec<u8>,
+    cap: usize,
+    over: bool,
+}
+
+impl std::io::Write for Capped {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.out.len() + buf.len() > self.cap {
+            self.over = true;
+            return Err(std::io::Error::other("part too large"));
+        }
+        self.out.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }
 
@@ -33,7 +70,8 @@ pub struct TemplateSet {
 }
 
 /// The rendered subject, HTML and text, before links are rewritten.
-pub(crate) struct TemplateOutput {
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct TemplateOutput {
     pub subject: String,
     pub html: Option<String>,
     pub text: Option<String>,
@@ -52,13 +90,13 @@ fn environment(limits: &TemplateLimits) -> Environment<'static> {
 }
 
 /// The variables a template sees: the job's `vars`, plus `unsubscribe_url`
-/// and `to_name` (built-ins win over vars of the same name).
-pub(crate) fn context(job: &SendJob, unsubscribe_url: &str) -> Value {
-    let mut map: std::collections::BTreeMap<String, Value> =
-        job.vars.iter().map(|(k, v)| (k.clone(), Value::from_serialize(v))).collect();
-    map.insert("unsubscribe_url".into(), Value::from(unsubscribe_url));
-    map.insert("to_name".into(), Value::from(job.to.name.clone().unwrap_or_default()));
-    Value::from(map)
+/// and `to_name` (built-ins win over vars of the same name). As JSON, so
+/// that it can go to a sandbox process as it is.
+pub(crate) fn context(job: &SendJob, unsubscribe_url: &str) -> serde_json::Value {
+    let mut map = job.vars.clone();
+    map.insert("unsubscribe_url".into(), unsubscribe_url.into());
+    map.insert("to_name".into(), job.to.name.clone().unwrap_or_default().into());
+    serde_json::Value::Object(map)
 }
 
 fn err(part: &'static str) -> impl FnOnce(minijinja::Error) -> RenderError {
@@ -119,8 +157,8 @@ impl InlineCache {
 /// campaign.
 pub struct CompiledTemplates {
     env: Environment<'static>,
-    has_html: bool,
-    has_text: bool,
+    set: TemplateSet,
+    limits: TemplateLimits,
 }
 
 impl CompiledTemplates {
@@ -134,17 +172,32 @@ impl CompiledTemplates {
         if let Some(t) = &set.text {
             env.add_template_owned("body.txt", t.clone()).map_err(err("text"))?;
         }
-        Ok(Self { env, has_html: set.html.is_some(), has_text: set.text.is_some() })
+        Ok(Self { env, set: set.clone(), limits: limits.clone() })
     }
 
-    pub(crate) fn render(&self, ctx: &Value) -> Result<TemplateOutput, RenderError> {
+    /// The sources it was compiled from.
+    pub fn set(&self) -> &TemplateSet {
+        &self.set
+    }
+
+    /// Renders every part in this process, each stopped at its size limit.
+    pub fn render(&self, ctx: &Value) -> Result<TemplateOutput, RenderError> {
         let one = |name: &str, part: &'static str| -> Result<String, RenderError> {
-            self.env.get_template(name).map_err(err(part))?.render(ctx).map_err(err(part))
+            let template = self.env.get_template(name).map_err(err(part))?;
+            let limit = self.limits.cap(part);
+            let mut out = Capped { out: Vec::new(), cap: limit, over: false };
+            match template.render_captured_to(ctx, &mut out) {
+                Ok(_) => {
+                    String::from_utf8(out.out).map_err(|_| RenderError::Html(format!("{part}: not UTF-8")))
+                }
+                Err(_) if out.over => Err(RenderError::TooLarge { what: part, limit }),
+                Err(e) => Err(err(part)(e)),
+            }
         };
         Ok(TemplateOutput {
             subject: one("subject.txt", "subject")?,
-            html: self.has_html.then(|| one("body.html", "html")).transpose()?,
-            text: self.has_text.then(|| one("body.txt", "text")).transpose()?,
+            html: self.set.html.is_some().then(|| one("body.html", "html")).transpose()?,
+            text: self.set.text.is_some().then(|| one("body.txt", "text")).transpose()?,
         })
     }
 }
@@ -209,6 +262,23 @@ mod tests {
         let src = "{% macro f(n) %}{{ f(n + 1) }}{% endmacro %}{{ f(0) }}";
         let e = render_inline(&limits(), "s", None, Some(src), &context! {}).err().unwrap();
         assert_eq!(e.reason(), "template_error");
+    }
+
+    #[test]
+    fn each_part_stops_at_its_size_limit() {
+        let small = TemplateLimits { max_part_bytes: 1000, ..limits() };
+        let e = render_inline(&small, "s", None, Some("{{ 'x' * 5000 }}"), &context! {}).err().unwrap();
+        assert_eq!((e.reason(), e.to_string().contains("text")), ("too_large", true), "{e}");
+        // A loop that writes a little at a time stops at the limit too.
+        let e =
+            render_inline(&small, "s", Some("{% for i in range(900) %}ab{% endfor %}"), None, &context! {})
+                .err()
+                .unwrap();
+        assert_eq!(e.reason(), "too_large", "{e}");
+        let e = render_inline(&limits(), "{{ 'x' * 3000 }}", None, Some("x"), &context! {}).err().unwrap();
+        assert!(e.to_string().contains("subject"), "{e}");
+        let ok = render_inline(&small, "s", None, Some("{{ 'x' * 1000 }}"), &context! {}).unwrap();
+        assert_eq!(ok.text.unwrap().len(), 1000);
     }
 
     #[test]

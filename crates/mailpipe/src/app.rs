@@ -10,7 +10,7 @@ use mailpipe_analytics::{AnalyticsError, DomainsApi, EventFeed};
 use mailpipe_domains::{Sealer, Senders};
 use mailpipe_queue::QueueError;
 use mailpipe_queue::kafka::{KafkaEvents, KafkaSource};
-use mailpipe_render::{Composer, TemplateLimits, TrackingLinks};
+use mailpipe_render::{Composer, Isolation, Sandbox, TrackingLinks};
 use mailpipe_smtp::{OpenError, Transport};
 use mailpipe_store::{Store, SuppressionFilter};
 use mailpipe_throttle::Throttle;
@@ -115,14 +115,23 @@ pub async fn transport(cfg: &Config) -> Result<Arc<dyn Transport>> {
     })
 }
 
-/// The message composer. (Which key signs a message is the worker's
-/// choice, by its sender registry.)
-pub fn composer(cfg: &Config, keyring: Arc<Keyring>, hasher: RecipientHasher) -> Composer {
+/// The message composer, with its render sandbox started (unless
+/// `render.isolation` is "none"). (Which key signs a message is the
+/// worker's choice, by its sender registry.)
+pub async fn composer(cfg: &Config, keyring: Arc<Keyring>, hasher: RecipientHasher) -> Result<Composer> {
     let links = TrackingLinks {
         base_url: cfg.tracker.public_url.clone(),
         unsubscribe_mailto: cfg.tracker.unsubscribe_mailto.clone(),
     };
-    Composer::new(keyring, hasher, links, TemplateLimits::default())
+    let composer = Composer::new(keyring, hasher, links, cfg.render.limits())
+        .with_max_message_bytes(cfg.render.max_message_bytes);
+    if cfg.render.isolation == Isolation::None {
+        return Ok(composer);
+    }
+    let exe = std::env::current_exe().context("locating this executable for render.sandbox_exe")?;
+    let sandbox = Arc::new(Sandbox::new(cfg.render.sandbox(exe)));
+    sandbox.check().await.context("starting a render sandbox (render.sandbox_exe, render.isolation)")?;
+    Ok(composer.with_sandbox(sandbox))
 }
 
 /// What seals and opens DKIM keys, from the configured key-encryption keys.
@@ -171,7 +180,7 @@ pub async fn run_worker(
     // Every key is loaded before any service is contacted: a bad key is a
     // configuration error (exit 2), not a half-started worker.
     let sealer = sealer(cfg)?;
-    let composer = composer(cfg, keys.ring, keys.hasher);
+    let composer = composer(cfg, keys.ring, keys.hasher).await?;
     let store = store(cfg).await?;
     let senders = senders(cfg, &store, sealer, &shutdown).await?;
     let kafka = &cfg.queue.kafka;

@@ -13,6 +13,7 @@ use base64::Engine as _;
 use mailpipe_analytics::AnalyticsSettings;
 use mailpipe_domains::DomainSettings;
 use mailpipe_queue::kafka::KafkaSettings;
+use mailpipe_render::RenderSettings;
 use mailpipe_smtp::{SmtpSettings, TlsMode};
 use mailpipe_store::Retention;
 use mailpipe_throttle::{ThrottleConfig, ThrottleSpec};
@@ -120,6 +121,7 @@ pub struct Config {
     pub queue: QueueConfig,
     pub smtp: SmtpSettings,
     pub worker: WorkerSettings,
+    pub render: RenderSettings,
     pub tracker: TrackerSettings,
     pub tokens: TokensConfig,
     pub metrics: MetricsConfig,
@@ -182,11 +184,12 @@ impl Config {
             return Err(ConfigErrors(errors));
         }
 
-        const SECTIONS: [&str; 12] = [
+        const SECTIONS: [&str; 13] = [
             "store",
             "queue",
             "smtp",
             "worker",
+            "render",
             "tracker",
             "tokens",
             "metrics",
@@ -224,6 +227,7 @@ impl Config {
         let queue = section::<QueueConfig>(&tree, "queue", &mut errors);
         let smtp = section::<SmtpSettings>(&tree, "smtp", &mut errors);
         let worker = section::<WorkerSettings>(&tree, "worker", &mut errors);
+        let render = section::<RenderSettings>(&tree, "render", &mut errors);
         let tracker = section::<TrackerSettings>(&tree, "tracker", &mut errors);
         let tokens = section::<TokensConfig>(&tree, "tokens", &mut errors);
         let metrics = section::<MetricsConfig>(&tree, "metrics", &mut errors);
@@ -250,6 +254,9 @@ impl Config {
         if let Some(s) = &worker {
             check_worker(s, &mut errors);
         }
+        if let Some(s) = &render {
+            errors.extend(s.problems());
+        }
         if let Some(s) = &tracker {
             check_tracker(s, &mut errors);
         }
@@ -264,6 +271,7 @@ impl Config {
             Some(queue),
             Some(smtp),
             Some(worker),
+            Some(render),
             Some(tracker),
             Some(tokens),
             Some(metrics),
@@ -273,7 +281,7 @@ impl Config {
             Some(analytics),
             Some(retention),
         ) = (
-            store, queue, smtp, worker, tracker, tokens, metrics, log, domains, throttle, analytics,
+            store, queue, smtp, worker, render, tracker, tokens, metrics, log, domains, throttle, analytics,
             retention,
         )
         else {
@@ -284,6 +292,7 @@ impl Config {
             queue,
             smtp,
             worker,
+            render,
             tracker,
             tokens,
             metrics,

@@ -29,6 +29,17 @@ struct Cli {
 }
 
 fn main() -> ExitCode {
+    // A render sandbox the worker started (mailpipe_render::sandbox): no
+    // configuration, no runtime, no tracing; its pipes are its whole world.
+    if std::env::args_os().nth(1).is_some_and(|a| a == mailpipe_render::sandbox::SUBCOMMAND) {
+        return match mailpipe_render::sandbox::serve() {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("render sandbox: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let cli = Cli::parse();
     let cfg = match Config::load(cli.config.as_deref(), std::env::vars()) {
         Ok(c) => c,

@@ -69,8 +69,9 @@ async fn a_browser_opens_clicks_and_unsubscribes_and_each_is_recorded() {
     )
     .into();
     let send_job = SendJob::from_json(&serde_json::to_vec(&j).unwrap()).unwrap();
-    let composer = app::composer(&cfg, keys.ring, keys.hasher);
-    let composed = composer.compose(&send_job, None, time::OffsetDateTime::now_utc(), None).unwrap();
+    let composer = app::composer(&cfg, keys.ring, keys.hasher).await.unwrap();
+    let composed =
+        composer.compose_job(&send_job, None, time::OffsetDateTime::now_utc(), None).await.unwrap();
     let parsed = mail_parser::MessageParser::default().parse(&composed.bytes).unwrap();
     let html = parsed.body_html(0).unwrap().into_owned();
     assert!(html.contains(&format!("http://{}/c/", env.tracker_addr())), "links are tracked: {html}");

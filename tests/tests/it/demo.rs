@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use mailpipe::commands::demo::{DemoOptions, send_sample};
 use mailpipe::config::Config;
-use mailpipe_tests::unique;
+use mailpipe_tests::{mailpipe_binary, unique};
 use tokio_util::sync::CancellationToken;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -16,6 +16,7 @@ async fn the_demo_accounts_for_every_job() {
         ("MAILPIPE__SMTP__DIR".to_string(), format!("{}/mail", dir.display())),
         ("MAILPIPE__TRACKER__LISTEN".to_string(), "127.0.0.1:0".to_string()),
         ("MAILPIPE__TRACKER__SPOOL_DIR".to_string(), format!("{}/spool", dir.display())),
+        ("MAILPIPE__RENDER__SANDBOX_EXE".to_string(), mailpipe_binary().display().to_string()),
     ];
     let cfg = Config::load(None, env).unwrap();
     let opts = DemoOptions { messages: 1000, serve_for: Some(Duration::ZERO), progress: false };

@@ -19,6 +19,7 @@ mod replies;
 mod retries;
 mod send_outage;
 mod store;
+mod templates;
 mod throttle;
 mod tracker;
 mod tracker_crash;

@@ -161,6 +161,8 @@ enum Infra {
     Queue(#[from] mailpipe_queue::QueueError),
     #[error("the DKIM key of {0} does not open on this worker (is its key-encryption key in domains.keys?)")]
     KeyUnavailable(String),
+    #[error(transparent)]
+    Sandbox(#[from] mailpipe_render::SandboxError),
 }
 
 /// How long a store or broker call waits before its next try.

@@ -1,12 +1,13 @@
 //! Stage 3: the message. A registered template is looked up (compiled once
-//! per version), then the job is composed: personalised, links tracked,
-//! headers set, DKIM-signed with the key admission gave. A job that cannot
-//! render is dead-lettered.
+//! per version), then the job is composed: personalised (in a render
+//! sandbox process, so that no template can exhaust the worker's memory),
+//! links tracked, headers set, DKIM-signed with the key admission gave. A
+//! job that cannot render, or renders too large, is dead-lettered.
 
 use std::ops::ControlFlow;
 
 use mailpipe_core::{Content, SendJob};
-use mailpipe_render::{Composed, DkimKey};
+use mailpipe_render::{ComposeError, Composed, DkimKey};
 use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
 
@@ -47,7 +48,21 @@ impl Pipeline {
                 }
             }
         };
-        match self.composer.compose(job, compiled.as_deref(), OffsetDateTime::now_utc(), Some(signer)) {
+        // The sandbox failing to start is ours to fix: the job waits. What
+        // the templates did is the job's: a dead letter.
+        let composed = durably("render", shutdown, || async {
+            match self
+                .composer
+                .compose_job(job, compiled.as_deref(), OffsetDateTime::now_utc(), Some(signer))
+                .await
+            {
+                Ok(c) => Ok(Ok(c)),
+                Err(ComposeError::Job(e)) => Ok(Err(e)),
+                Err(ComposeError::Unavailable(e)) => Err(e.into()),
+            }
+        })
+        .await?;
+        match composed {
             Ok(c) => ControlFlow::Continue(c),
             Err(e) => ended(self.reject(rec, Some(job), e.reason(), &e.to_string(), shutdown).await?),
         }

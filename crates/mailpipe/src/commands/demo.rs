@@ -282,7 +282,7 @@ pub async fn send_sample(
     let pipeline = Arc::new(
         Pipeline::new(
             store.clone(),
-            app::composer(cfg, keys.ring.clone(), keys.hasher.clone()),
+            app::composer(cfg, keys.ring.clone(), keys.hasher.clone()).await?,
             transport,
             EventOut::StoreOnly,
             cfg.worker.clone(),

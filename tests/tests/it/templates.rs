@@ -1,0 +1,107 @@
+//! A tenant's template cannot take a worker down. Templates that build huge
+//! values, write huge parts, or loop without end go to the real worker
+//! binary among good jobs of another tenant: each hostile job is
+//! dead-lettered with its reason, every good job is sent, the worker stays
+//! up throughout, and its memory stays small (renders run in sandbox
+//! processes with their own limit).
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use mailpipe_tests::*;
+use serde_json::json;
+
+/// (template text, where it goes, the dead-letter reason it must get).
+fn hostile() -> Vec<(&'static str, &'static str, &'static str)> {
+    vec![
+        // Doubles a string thirty times: one instruction per step.
+        (
+            r#"{% set ns = namespace(s="x" * 1000000) %}{% for i in range(30) %}{% set ns.s = ns.s ~ ns.s %}{% endfor %}{{ ns.s|length }}"#,
+            "text",
+            "too_large",
+        ),
+        // A loop over a 100 MB string, made into a list of 100 million values.
+        (r#"{% for c in ("x" * 100000000)|list %}{{ c }}{% endfor %}"#, "html", "too_large"),
+        // indent with a huge width: one filter call, a gigabyte.
+        (r#"{{ "a\nb\nc"|indent(1000000000) }}"#, "text", "too_large"),
+        // 100 MB written out: stopped at the part's limit.
+        (r#"{{ "x" * 100000000 }}"#, "html", "too_large"),
+        // A subject of 5,000 bytes.
+        (r#"{{ "x" * 5000 }}"#, "subject", "too_large"),
+        // Loops without end: fuel.
+        (
+            r#"{% for a in range(100000) %}{% for b in range(100000) %}x{% endfor %}{% endfor %}"#,
+            "text",
+            "template_error",
+        ),
+    ]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_templates_are_dead_lettered_and_the_worker_stays_up_and_small() {
+    const GOOD: usize = 200;
+    let env = TestEnv::setup().tenants(&["acme", "mallory"]).partitions(2).start().await;
+
+    let mut records = Vec::new();
+    let bad = hostile();
+    let mut want: BTreeMap<String, &str> = BTreeMap::new();
+    for (i, (template, part, reason)) in bad.iter().enumerate() {
+        let mut j = job(i, "mallory", "evil", "b.example");
+        j["subject"] = json!("s");
+        j.as_object_mut().unwrap().remove("html");
+        j["text"] = json!("plain");
+        j[*part] = json!(template);
+        want.insert(format!("job-{i:05}"), reason);
+        records.push(keyed(&j));
+    }
+    // Variables past their limit never reach a template: the job does not
+    // parse, so its dead letter names no tenant or job.
+    let mut j = job(bad.len(), "mallory", "evil", "b.example");
+    j["vars"]["blob"] = json!("x".repeat(300 * 1024));
+    records.push(keyed(&j));
+    // The good jobs around and after them.
+    let good = campaign_jobs(0..GOOD, "acme", "good", &["a.example", "b.example"]);
+    let (head, tail) = good.split_at(GOOD / 2);
+    let mut all: Vec<_> = head.to_vec();
+    all.extend(records);
+    all.extend(tail.iter().cloned());
+    env.enqueue(&all).await;
+
+    let mut worker = env.worker_process();
+    let total = (GOOD + want.len()) as i64;
+    env.wait_finished(total, &mut worker, Duration::from_secs(120), "with hostile templates in the topic")
+        .await;
+    eventually("the unparsable job dead-lettered", Duration::from_secs(30), || async {
+        env.count("SELECT COUNT(*) FROM dead_letters WHERE tenant_id IS NULL").await == 1
+    })
+    .await;
+    worker.assert_running("after the hostile templates");
+    let peak_rss_mb = worker.peak_rss_mb();
+    let status = worker.terminate(Duration::from_secs(30)).await;
+    assert!(status.success(), "the worker stops cleanly: {status:?}");
+
+    assert_eq!(env.ledger("acme", "good").await.get("sent"), Some(&(GOOD as i64)), "every good job sent");
+    assert_eq!(env.sink().message_ids_once().len(), GOOD, "and nothing else");
+    let got: BTreeMap<String, String> = sqlx::query_as::<_, (String, String)>(
+        "SELECT job_id, reason FROM dead_letters WHERE tenant_id = 'mallory'",
+    )
+    .fetch_all(&mut env.pg().await)
+    .await
+    .unwrap()
+    .into_iter()
+    .collect();
+    let want: BTreeMap<String, String> = want.into_iter().map(|(k, v)| (k, v.to_owned())).collect();
+    assert_eq!(got, want, "each hostile job dead-lettered with its reason");
+    let (reason, detail): (String, String) =
+        sqlx::query_as("SELECT reason, detail FROM dead_letters WHERE tenant_id IS NULL")
+            .fetch_one(&mut env.pg().await)
+            .await
+            .unwrap();
+    assert_eq!(reason, "too_large");
+    assert!(detail.starts_with("vars are"), "{detail}");
+    eprintln!("hostile templates: worker peak RSS {peak_rss_mb} MB (debug build)");
+    // The worker alone: the sandboxes are other processes with their own
+    // limit (render.memory_mb). A debug worker sending this campaign peaks
+    // near 60 MB; 150 leaves room without hiding a 100 MB value.
+    assert!(peak_rss_mb > 0 && peak_rss_mb < 150, "worker peak RSS {peak_rss_mb} MB");
+}
