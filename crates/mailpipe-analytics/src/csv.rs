@@ -56,7 +56,9 @@ fn parse_line(line: &str, scope: &Scope, hasher: &RecipientHasher) -> Result<Sup
     Ok(Suppression::new(scope.clone(), hasher.hash(&addr.canonical()), reason, applies_to))
 }
 
-/// Imports a CSV into `scope`: every line, or (if any is bad) none.
+/// Imports a CSV into `scope`: every line is checked first, and if any is
+/// bad none is imported; then the entries go in, in batches
+/// ([`mailpipe_store::IMPORT_BATCH`]).
 /// Returns how many entries were new.
 pub async fn import(
     store: &Store,

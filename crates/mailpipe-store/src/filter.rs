@@ -8,23 +8,27 @@
 //! are no false negatives for entries the filter has seen.
 //!
 //! The filter is loaded in the background at start-up (lookups go to the
-//! database until it is ready) and then follows the table by polling rows
-//! created since the last poll, with an overlap for late commits. Entries are
-//! never removed from a Bloom filter; a removed suppression only costs an
-//! exact lookup until the next full rebuild.
+//! database until it is ready) and then follows the table by a cursor the
+//! database assigns in commit order ([`Store::scan_suppressions`]), never by
+//! `created_at`: a row stamped by a lagging clock, or committed long after
+//! it was stamped (an import), is still read by the first poll after its
+//! commit. Entries are never removed from a Bloom filter, so the filter is
+//! rebuilt in full now and then (`worker.suppression_rebuild_secs`): a
+//! removed suppression costs an exact lookup until then, and a rebuild
+//! also makes good anything a poll could have missed.
 //!
 //! Memory: about 1.2 bytes per suppression at a 1% false-positive rate
 //! (10 million entries: 12 MB).
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use mailpipe_core::RecipientRef;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::{Result, Store};
+use crate::{Result, Store, SuppressionCursor};
 
 /// A fixed-size Bloom filter over 128-bit keyed hashes, safe to read while
 /// another thread inserts. The keys are HMAC outputs, so their own bits serve
@@ -72,16 +76,15 @@ impl Bloom {
     }
 }
 
-/// How far back each poll looks before the newest entry already seen, so that
-/// rows committed late (or stamped by a host whose clock lags) are not missed.
-const OVERLAP_MS: i64 = 10_000;
-
 /// The suppression table's filter, kept current by [`SuppressionFilter::follow`].
 pub struct SuppressionFilter {
-    bloom: Bloom,
+    capacity: u64,
+    /// Swapped whole by a rebuild; read under the lock only to clone.
+    bloom: RwLock<Arc<Bloom>>,
     ready: AtomicBool,
-    /// Newest `created_at` seen.
-    watermark: AtomicI64,
+    /// Where the next poll reads from; `None` before the first load. Held
+    /// across a poll, so polls and rebuilds take turns.
+    cursor: tokio::sync::Mutex<Option<SuppressionCursor>>,
     entries: AtomicU64,
 }
 
@@ -97,15 +100,20 @@ pub enum Verdict {
 impl SuppressionFilter {
     pub fn new(capacity: u64) -> Arc<Self> {
         Arc::new(Self {
-            bloom: Bloom::with_capacity(capacity),
+            capacity,
+            bloom: RwLock::new(Arc::new(Bloom::with_capacity(capacity))),
             ready: AtomicBool::new(false),
-            watermark: AtomicI64::new(i64::MIN),
+            cursor: tokio::sync::Mutex::new(None),
             entries: AtomicU64::new(0),
         })
     }
 
+    fn bloom(&self) -> Arc<Bloom> {
+        self.bloom.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
     pub fn check(&self, recipient: &RecipientRef) -> Verdict {
-        if self.ready.load(Ordering::Acquire) && !self.bloom.may_contain(&recipient.0) {
+        if self.ready.load(Ordering::Acquire) && !self.bloom().may_contain(&recipient.0) {
             metrics::counter!("mailpipe_suppression_checks_total", "path" => "filter").increment(1);
             Verdict::Absent
         } else {
@@ -118,49 +126,83 @@ impl SuppressionFilter {
         self.ready.load(Ordering::Acquire)
     }
 
-    /// Entries added so far (with repeats from overlapping polls).
+    /// Entries added since the last full load (with repeats from polls
+    /// that read a row again).
     pub fn entries(&self) -> u64 {
         self.entries.load(Ordering::Relaxed)
     }
 
     pub fn size_bytes(&self) -> usize {
-        self.bloom.size_bytes()
+        self.bloom().size_bytes()
     }
 
-    /// Adds the entries created since the last poll; the first call loads the
-    /// whole table and makes the filter ready. Returns the rows read.
+    /// Adds the entries written since the last poll; the first call loads
+    /// the whole table and makes the filter ready. Returns the rows read.
     pub async fn poll(&self, store: &Store) -> Result<u64> {
-        let wm = self.watermark.load(Ordering::Relaxed);
-        let since = if wm == i64::MIN { i64::MIN } else { wm - OVERLAP_MS };
-        let mut newest = wm;
+        let mut cursor = self.cursor.lock().await;
+        if cursor.is_none() {
+            drop(cursor);
+            return self.rebuild(store).await;
+        }
+        let bloom = self.bloom();
         let mut n = 0u64;
-        store
-            .scan_suppressions(since, |recipient, created_at| {
-                self.bloom.insert(&recipient.0);
+        let next = store
+            .scan_suppressions(*cursor, |recipient| {
+                bloom.insert(&recipient.0);
                 n += 1;
-                newest = newest.max(created_at);
             })
             .await?;
-        self.watermark.store(newest, Ordering::Relaxed);
+        *cursor = Some(next);
         self.entries.fetch_add(n, Ordering::Relaxed);
-        self.ready.store(true, Ordering::Release);
         metrics::gauge!("mailpipe_suppression_filter_entries").set(self.entries() as f64);
         Ok(n)
     }
 
-    /// Loads the filter, then polls every `every` until `shutdown`.
-    pub async fn follow(self: Arc<Self>, store: Store, every: Duration, shutdown: CancellationToken) {
-        let started = std::time::Instant::now();
+    /// Builds a fresh filter from the whole table and puts it in place of
+    /// the old one (which answers meanwhile). Returns the rows read.
+    pub async fn rebuild(&self, store: &Store) -> Result<u64> {
+        let mut cursor = self.cursor.lock().await;
+        let fresh = Bloom::with_capacity(self.capacity);
+        let mut n = 0u64;
+        let next = store
+            .scan_suppressions(None, |recipient| {
+                fresh.insert(&recipient.0);
+                n += 1;
+            })
+            .await?;
+        *self.bloom.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(fresh);
+        *cursor = Some(next);
+        self.entries.store(n, Ordering::Relaxed);
+        self.ready.store(true, Ordering::Release);
+        metrics::gauge!("mailpipe_suppression_filter_entries").set(n as f64);
+        Ok(n)
+    }
+
+    /// Loads the filter, then polls every `every` and rebuilds it every
+    /// `rebuild_every`, until `shutdown`.
+    pub async fn follow(
+        self: Arc<Self>,
+        store: Store,
+        every: Duration,
+        rebuild_every: Duration,
+        shutdown: CancellationToken,
+    ) {
         let mut loaded = false;
+        let mut last_build = std::time::Instant::now();
         loop {
-            match self.poll(&store).await {
-                Ok(n) if !loaded => {
+            let started = std::time::Instant::now();
+            let rebuild = loaded && last_build.elapsed() >= rebuild_every;
+            let result = if rebuild { self.rebuild(&store).await } else { self.poll(&store).await };
+            match result {
+                Ok(n) if !loaded || rebuild => {
                     loaded = true;
+                    last_build = std::time::Instant::now();
                     info!(
                         entries = n,
                         ms = started.elapsed().as_millis() as u64,
                         bytes = self.size_bytes(),
-                        "suppression filter loaded"
+                        "suppression filter {}",
+                        if rebuild { "rebuilt" } else { "loaded" }
                     );
                 }
                 Ok(_) => {}

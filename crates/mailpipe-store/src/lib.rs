@@ -36,6 +36,7 @@ pub use domains::{Added, CheckRecord, Owner, SendingDomain, StoredKey};
 pub use filter::{Bloom, SuppressionFilter, Verdict};
 pub use ledger::{Claim, DeadLetter, DueRetry, LedgerStatus};
 pub use privacy::{ErasureReport, PurgeReport, Retention};
+pub use suppressions::{IMPORT_BATCH, SuppressionCursor};
 pub use templates::StoredTemplate;
 
 use std::str::FromStr;

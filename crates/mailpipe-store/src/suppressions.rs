@@ -6,6 +6,14 @@ use mailpipe_core::{AppliesTo, Category, RecipientRef, Scope, Suppressed, Suppre
 
 use crate::{Result, Store, StoreError};
 
+/// Where a follower of the suppression table has read to
+/// ([`Store::scan_suppressions`]). Opaque: only the store makes one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SuppressionCursor(i64);
+
+/// Suppressions an import writes per transaction.
+pub const IMPORT_BATCH: usize = 5000;
+
 /// A row as stored: scope key, recipient hash, reason, applies_to,
 /// source tenant, created at.
 type Row = (String, String, String, String, Option<String>, i64);
@@ -29,9 +37,9 @@ fn parse_row((scope, hash, reason, applies_to, source, created_at): Row) -> Resu
 
 /// The insert every path shares (one entry, an import, an erasure), so that
 /// a suppression is written the same way whoever adds it. `created_at` is
-/// the time of this insert for a single entry, never when the value was
-/// built: the workers' filter follows the table by `created_at`, and an
-/// entry retried through a store outage must not arrive already old.
+/// the time of this insert, never when the value was built. (The workers'
+/// filter follows the table by a cursor the database assigns, not by
+/// `created_at`, so a late or back-dated stamp cannot hide a row from it.)
 pub(crate) fn insert_q<'q, DB: sqlx::Database>(
     s: &'q Suppression,
     recipient: &'q str,
@@ -87,21 +95,50 @@ impl Store {
             .transpose()
     }
 
-    /// Calls `f(recipient, created_at)` for every suppression created at or
-    /// after `since_ms`, streaming rather than loading them all. A row whose
-    /// hash does not parse is passed over: it can stop no send.
-    pub async fn scan_suppressions(&self, since_ms: i64, mut f: impl FnMut(RecipientRef, i64)) -> Result<()> {
+    /// Calls `f(recipient)` for every suppression written at or after
+    /// `cursor` (every one, without), and returns the cursor to pass next
+    /// time. The cursor is assigned by the database in commit order, not by
+    /// a clock: on PostgreSQL the oldest transaction still running when the
+    /// rows were read (so rows of a transaction that was open are read again
+    /// once it commits), on SQLite the last sequence number read. A row may
+    /// be passed to `f` more than once; none written after an earlier
+    /// cursor is ever skipped.
+    pub async fn scan_suppressions(
+        &self,
+        cursor: Option<SuppressionCursor>,
+        mut f: impl FnMut(RecipientRef),
+    ) -> Result<SuppressionCursor> {
         use futures::TryStreamExt;
-        let sql = "SELECT recipient_hash, created_at FROM suppressions WHERE created_at >= $1";
-        on_pool!(self, p => {
-            let mut rows = sqlx::query_as::<_, (String, i64)>(sql).bind(since_ms).fetch(p);
-            while let Some((hash, created_at)) = rows.try_next().await? {
-                if let Ok(r) = hash.parse() {
-                    f(r, created_at);
+        let from = cursor.map(|c| c.0);
+        let mut next = from.unwrap_or(0);
+        match &self.pool {
+            crate::Pool::Postgres(p) => {
+                // One statement, so one snapshot: the horizon and the rows
+                // agree. The LEFT JOIN yields the horizon with no rows too.
+                let sql = "WITH h AS (SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint AS x)
+                           SELECT h.x, s.recipient_hash FROM h
+                           LEFT JOIN suppressions s ON ($1::bigint IS NULL OR s.txid >= $1::bigint::text::xid8)";
+                let mut rows = sqlx::query_as::<_, (i64, Option<String>)>(sql).bind(from).fetch(p);
+                while let Some((horizon, hash)) = rows.try_next().await? {
+                    next = horizon;
+                    if let Some(r) = hash.and_then(|h| h.parse().ok()) {
+                        f(r);
+                    }
                 }
             }
-        });
-        Ok(())
+            crate::Pool::Sqlite(p) => {
+                let sql =
+                    "SELECT COALESCE(seq, 0), recipient_hash FROM suppressions WHERE $1 IS NULL OR seq > $1";
+                let mut rows = sqlx::query_as::<_, (i64, String)>(sql).bind(from).fetch(p);
+                while let Some((seq, hash)) = rows.try_next().await? {
+                    next = next.max(seq);
+                    if let Ok(r) = hash.parse() {
+                        f(r);
+                    }
+                }
+            }
+        }
+        Ok(SuppressionCursor(next))
     }
 
     /// The suppressions of one scope, oldest first.
@@ -120,18 +157,25 @@ impl Store {
         )
     }
 
-    /// Adds many suppressions in one transaction: all or none, each with the
-    /// `created_at` it has. Returns how many were new.
+    /// Adds many suppressions, [`IMPORT_BATCH`] to a transaction, each batch
+    /// stamped when it is written: no transaction stays open for the whole
+    /// of a large file, holding back the workers' filters. A failure part
+    /// way leaves the batches before it; the insert skips entries already
+    /// there, so the same import can simply be run again. Returns how many
+    /// were new.
     pub async fn import_suppressions(&self, entries: &[Suppression]) -> Result<u64> {
-        let hashes: Vec<String> = entries.iter().map(|s| s.recipient.to_hex()).collect();
         let mut n = 0;
-        on_pool!(self, p => {
-            let mut tx = p.begin().await?;
-            for (s, hash) in entries.iter().zip(&hashes) {
-                n += insert_q(s, hash, s.created_at).execute(&mut *tx).await?.rows_affected();
-            }
-            tx.commit().await?;
-        });
+        for batch in entries.chunks(IMPORT_BATCH) {
+            let hashes: Vec<String> = batch.iter().map(|s| s.recipient.to_hex()).collect();
+            on_pool!(self, p => {
+                let mut tx = p.begin().await?;
+                let now = now_ms();
+                for (s, hash) in batch.iter().zip(&hashes) {
+                    n += insert_q(s, hash, now).execute(&mut *tx).await?.rows_affected();
+                }
+                tx.commit().await?;
+            });
+        }
         Ok(n)
     }
 }

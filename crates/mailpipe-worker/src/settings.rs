@@ -55,6 +55,10 @@ pub struct WorkerSettings {
     /// How often the filter looks for new suppressions.
     #[serde(rename = "suppression_poll_ms", deserialize_with = "millis")]
     pub suppression_poll: Duration,
+    /// How often the filter is rebuilt from the whole table (dropping
+    /// removed entries, and making good anything a poll could miss).
+    #[serde(rename = "suppression_rebuild_secs", deserialize_with = "secs")]
+    pub suppression_rebuild: Duration,
 }
 
 impl WorkerSettings {

@@ -161,7 +161,12 @@ pub fn suppression_filter(
     shutdown: &CancellationToken,
 ) -> Arc<SuppressionFilter> {
     let filter = SuppressionFilter::new(cfg.worker.suppression_filter_capacity);
-    tokio::spawn(filter.clone().follow(store.clone(), cfg.worker.suppression_poll, shutdown.clone()));
+    tokio::spawn(filter.clone().follow(
+        store.clone(),
+        cfg.worker.suppression_poll,
+        cfg.worker.suppression_rebuild,
+        shutdown.clone(),
+    ));
     filter
 }
 

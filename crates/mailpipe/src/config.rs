@@ -8,6 +8,7 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::Path;
+use std::time::Duration;
 
 use base64::Engine as _;
 use mailpipe_analytics::AnalyticsSettings;
@@ -384,6 +385,9 @@ fn check_worker(worker: &WorkerSettings, errors: &mut Vec<String>) {
     }
     if worker.suppression_poll.is_zero() {
         errors.push("worker.suppression_poll_ms: must be at least 1".into());
+    }
+    if worker.suppression_rebuild < Duration::from_secs(60) {
+        errors.push("worker.suppression_rebuild_secs: must be at least 60".into());
     }
     if worker.retry_poll.is_zero() {
         errors.push("worker.retry_poll_ms: must be at least 1".into());

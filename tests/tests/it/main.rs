@@ -19,6 +19,7 @@ mod replies;
 mod retries;
 mod send_outage;
 mod store;
+mod suppression_filter;
 mod templates;
 mod throttle;
 mod tracker;

@@ -3,7 +3,7 @@
 use mailpipe_core::{
     AppliesTo, Category, Event, EventType, Reason, RecipientRef, Scope, SendJob, Suppression, TenantId,
 };
-use mailpipe_store::{LedgerStatus, Store};
+use mailpipe_store::{LedgerStatus, Store, SuppressionFilter, Verdict};
 use mailpipe_tests::{fresh_database, fresh_store, job, unique};
 
 async fn scenario(store: &Store) {
@@ -67,6 +67,19 @@ async fn scenario(store: &Store) {
     assert_eq!(listed.len(), 2, "{listed:?}");
     assert!(listed.iter().any(|s| s.reason == Reason::HardBounce && s.source_tenant.as_ref() == Some(&acme)));
     assert_eq!(store.list_suppressions(&Scope::Tenant(acme.clone())).await.unwrap(), [manual]);
+
+    // The filter follows the table by the store's cursor: an entry written
+    // after its load is seen by the next poll, and a poll with nothing new
+    // reads nothing (or, on PostgreSQL, only what is past the horizon).
+    let filter = SuppressionFilter::new(1000);
+    assert_eq!(filter.poll(store).await.unwrap(), 3, "the first poll loads the table");
+    let h3: RecipientRef = "0123456789abcdef0123456789abcdef".parse().unwrap();
+    assert_eq!(filter.check(&h3), Verdict::Absent);
+    store.add_suppression(&Suppression::hard_bounce(&acme, h3)).await.unwrap();
+    assert!(filter.poll(store).await.unwrap() >= 1);
+    assert_eq!(filter.check(&h3), Verdict::Lookup, "seen by the next poll");
+    assert_eq!(filter.rebuild(store).await.unwrap(), 4);
+    assert_eq!(filter.check(&h3), Verdict::Lookup, "and kept by a rebuild");
 }
 
 #[tokio::test]
