@@ -146,6 +146,9 @@ impl Setup {
             self.tenants.iter().map(|t| TenantId::parse(*t).expect("tenant id")).collect();
         for t in &tenants {
             store.upsert_tenant(t, t.as_str()).await.expect("register tenant");
+            // Test tenants may send both categories; a test that needs a
+            // tenant without transactional mail denies it.
+            store.set_transactional_allowed(t, true).await.expect("allow transactional");
         }
         if !tenants.is_empty() {
             register_sender_domain(&cfg, &store, &tenants).await;

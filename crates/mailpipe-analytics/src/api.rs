@@ -14,7 +14,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
-use mailpipe_core::{AppliesTo, EmailAddress, Reason, Scope, Suppression, TenantId};
+use mailpipe_core::{AppliesTo, Category, EmailAddress, Reason, Scope, Suppression, TenantId};
 use mailpipe_store::Store;
 use mailpipe_token::RecipientHasher;
 use serde::Deserialize;
@@ -223,9 +223,26 @@ async fn remove_suppression(
         return err(StatusCode::BAD_REQUEST, "invalid email address");
     };
     let recipient = s.hasher.hash(&addr.canonical());
-    match s.store.remove_suppression(&Scope::Tenant(t), &recipient).await {
-        Ok(0) => err(StatusCode::NOT_FOUND, "not suppressed for this tenant"),
-        Ok(_) => StatusCode::NO_CONTENT.into_response(),
+    let forbidden = |kept: Vec<&str>, removed: u64, why: &str| {
+        let body = serde_json::json!({ "error": why, "kept": kept, "removed": removed });
+        (StatusCode::FORBIDDEN, json(&body)).into_response()
+    };
+    // What the recipient asked for, or what the platform recorded, is not
+    // the tenant's to lift.
+    match s.store.remove_suppression(&Scope::Tenant(t.clone()), &recipient).await {
+        Ok(r) if !r.kept.is_empty() => forbidden(
+            r.kept.iter().map(|k| k.as_str()).collect(),
+            r.removed,
+            "only suppressions the tenant added (manual, import) can be removed",
+        ),
+        Ok(r) if r.removed > 0 => StatusCode::NO_CONTENT.into_response(),
+        Ok(_) => match s.store.suppression(&recipient, &t, Category::Marketing).await {
+            Ok(Some(p)) => {
+                forbidden(vec![p.reason.as_str()], 0, "suppressed platform-wide; a tenant cannot remove it")
+            }
+            Ok(None) => err(StatusCode::NOT_FOUND, "not suppressed for this tenant"),
+            Err(e) => internal(e),
+        },
         Err(e) => internal(e),
     }
 }

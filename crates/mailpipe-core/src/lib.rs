@@ -31,9 +31,7 @@ pub use event::{ClientInfo, EncodedEvent, Event, EventType, SmtpReply, Verdict, 
 pub use id::{CampaignId, IdError, JobId, TemplateId, TenantId};
 pub use job::{Category, Content, Mailbox, SendJob, SendJobError};
 pub use sending::{DkimAlgorithm, DomainStatus, KeyState, Selector, SendingError};
-pub use suppression::{
-    AppliesTo, Reason, RecipientRef, Scope, Suppressed, Suppression, SuppressionError, UnsubscribeScope,
-};
+pub use suppression::{AppliesTo, Reason, RecipientRef, Scope, Suppressed, Suppression, SuppressionError};
 
 /// Current time as unix milliseconds: the one timestamp representation used
 /// in the stores, so that PostgreSQL and SQLite agree.

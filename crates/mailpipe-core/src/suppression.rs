@@ -90,6 +90,20 @@ impl Reason {
     pub const OPERATOR: [Reason; 5] =
         [Reason::Unsubscribe, Reason::Complaint, Reason::HardBounce, Reason::Manual, Reason::Import];
 
+    /// Whether an entry of this reason in `scope` may be removed through the
+    /// tenant API or the CLI. A tenant removes only what it added itself
+    /// (manual, import) from its own list; the operator may also lift a
+    /// platform-wide hard bounce (a mailbox that exists again). What a
+    /// recipient asked for or did (an unsubscribe, a complaint, an erasure)
+    /// is never removed: the recipient's choice is not the sender's to undo.
+    pub fn removable_from(self, scope: &Scope) -> bool {
+        match self {
+            Reason::Manual | Reason::Import => true,
+            Reason::HardBounce => matches!(scope, Scope::Platform),
+            Reason::Unsubscribe | Reason::Complaint | Reason::Erasure => false,
+        }
+    }
+
     fn names<const N: usize>(of: [Reason; N]) -> String {
         of.map(Reason::as_str).join(", ")
     }
@@ -228,36 +242,6 @@ impl fmt::Display for Scope {
     }
 }
 
-/// Where a tenant's recipients' marketing unsubscribes apply: a tenant
-/// setting, platform-wide unless the tenant chose otherwise.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum UnsubscribeScope {
-    /// Mail from every tenant (the platform's promise to recipients).
-    #[default]
-    Platform,
-    /// This tenant's mail only.
-    Tenant,
-}
-
-impl UnsubscribeScope {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            UnsubscribeScope::Platform => "platform",
-            UnsubscribeScope::Tenant => "tenant",
-        }
-    }
-
-    /// The stored value; anything but `tenant` (an unset column included)
-    /// is the platform default, so that an unknown value never narrows an
-    /// unsubscribe.
-    pub fn from_stored(s: Option<&str>) -> Self {
-        match s {
-            Some("tenant") => UnsubscribeScope::Tenant,
-            _ => UnsubscribeScope::Platform,
-        }
-    }
-}
-
 /// One entry of the suppression list.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Suppression {
@@ -278,14 +262,11 @@ impl Suppression {
         Self { scope, recipient, reason, applies_to, source_tenant: None, created_at: crate::now_ms() }
     }
 
-    /// A marketing unsubscribe from `tenant`'s mail: platform-wide unless the
-    /// tenant keeps unsubscribes to itself; never stops transactional mail.
-    pub fn unsubscribe(tenant: &TenantId, within: UnsubscribeScope, recipient: RecipientRef) -> Self {
-        let scope = match within {
-            UnsubscribeScope::Platform => Scope::Platform,
-            UnsubscribeScope::Tenant => Scope::Tenant(tenant.clone()),
-        };
-        Self::new(scope, recipient, Reason::Unsubscribe, AppliesTo::Marketing).from_tenant(tenant)
+    /// A marketing unsubscribe from `tenant`'s mail: platform-wide, as the
+    /// platform promises recipients (no tenant's marketing mail reaches them
+    /// again); never stops transactional mail.
+    pub fn unsubscribe(tenant: &TenantId, recipient: RecipientRef) -> Self {
+        Self::new(Scope::Platform, recipient, Reason::Unsubscribe, AppliesTo::Marketing).from_tenant(tenant)
     }
 
     /// A permanent refusal of `tenant`'s mail: no tenant mails the address again.
@@ -354,19 +335,23 @@ mod tests {
     }
 
     #[test]
+    fn only_what_a_sender_added_can_be_removed() {
+        let acme = Scope::Tenant(TenantId::parse("acme").unwrap());
+        let removable = |scope: &Scope| -> Vec<Reason> {
+            Reason::ALL.into_iter().filter(|r| r.removable_from(scope)).collect()
+        };
+        assert_eq!(removable(&acme), [Reason::Manual, Reason::Import]);
+        assert_eq!(removable(&Scope::Platform), [Reason::HardBounce, Reason::Manual, Reason::Import]);
+    }
+
+    #[test]
     fn the_workflows_make_the_entries_the_policy_promises() {
         let t = TenantId::parse("acme").unwrap();
         let r = RecipientRef([1; 16]);
-        let u = Suppression::unsubscribe(&t, UnsubscribeScope::Platform, r);
+        let u = Suppression::unsubscribe(&t, r);
         assert_eq!(
             (u.scope, u.applies_to, u.reason),
             (Scope::Platform, AppliesTo::Marketing, Reason::Unsubscribe)
-        );
-        assert_eq!(Suppression::unsubscribe(&t, UnsubscribeScope::Tenant, r).scope, Scope::Tenant(t.clone()));
-        assert_eq!(UnsubscribeScope::from_stored(None), UnsubscribeScope::Platform);
-        assert_eq!(
-            UnsubscribeScope::from_stored(Some(UnsubscribeScope::Tenant.as_str())),
-            UnsubscribeScope::Tenant
         );
         let b = Suppression::hard_bounce(&t, r);
         assert_eq!(

@@ -36,8 +36,9 @@ pub use domains::{Added, CheckRecord, Owner, SendingDomain, StoredKey};
 pub use filter::{Bloom, SuppressionFilter, Verdict};
 pub use ledger::{Claim, DeadLetter, DueRetry, LedgerStatus};
 pub use privacy::{ErasureReport, PurgeReport, Retention};
-pub use suppressions::{IMPORT_BATCH, SuppressionCursor};
+pub use suppressions::{IMPORT_BATCH, Removal, SuppressionCursor};
 pub use templates::StoredTemplate;
+pub use tenants::TenantPolicy;
 
 use std::str::FromStr;
 use std::time::Duration;

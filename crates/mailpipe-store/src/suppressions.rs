@@ -2,7 +2,9 @@
 //! `(scope_tenant, recipient_hash, applies_to)`. Only keyed hashes are
 //! stored, never addresses.
 
-use mailpipe_core::{AppliesTo, Category, RecipientRef, Scope, Suppressed, Suppression, TenantId, now_ms};
+use mailpipe_core::{
+    AppliesTo, Category, Reason, RecipientRef, Scope, Suppressed, Suppression, TenantId, now_ms,
+};
 
 use crate::{Result, Store, StoreError};
 
@@ -10,6 +12,15 @@ use crate::{Result, Store, StoreError};
 /// ([`Store::scan_suppressions`]). Opaque: only the store makes one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SuppressionCursor(i64);
+
+/// What [`Store::remove_suppression`] did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Removal {
+    pub removed: u64,
+    /// Reasons of the entries that stay: a recipient's own choice, or
+    /// another's entry, is not the remover's to lift.
+    pub kept: Vec<Reason>,
+}
 
 /// Suppressions an import writes per transaction.
 pub const IMPORT_BATCH: usize = 5000;
@@ -149,12 +160,29 @@ impl Store {
         rows.into_iter().map(parse_row).collect()
     }
 
-    /// Removes a recipient's suppressions in one scope. Returns how many.
-    pub async fn remove_suppression(&self, scope: &Scope, recipient: &RecipientRef) -> Result<u64> {
-        let sql = "DELETE FROM suppressions WHERE scope_tenant = $1 AND recipient_hash = $2";
-        Ok(
-            on_pool!(self, p => sqlx::query(sql).bind(scope.key()).bind(recipient.to_hex()).execute(p).await?.rows_affected()),
-        )
+    /// Removes a recipient's suppressions in one scope, those whose reason
+    /// [`Reason::removable_from`] allows; the others stay, and are named in
+    /// the answer.
+    pub async fn remove_suppression(&self, scope: &Scope, recipient: &RecipientRef) -> Result<Removal> {
+        let select = "SELECT reason FROM suppressions WHERE scope_tenant = $1 AND recipient_hash = $2";
+        let delete =
+            "DELETE FROM suppressions WHERE scope_tenant = $1 AND recipient_hash = $2 AND reason = $3";
+        let hash = recipient.to_hex();
+        let mut out = Removal::default();
+        in_tx!(self, tx => {
+            let reasons: Vec<String> =
+                sqlx::query_scalar(select).bind(scope.key()).bind(&hash).fetch_all(&mut *tx).await?;
+            for r in reasons {
+                let reason: Reason = r.parse()?;
+                if reason.removable_from(scope) {
+                    out.removed += sqlx::query(delete).bind(scope.key()).bind(&hash).bind(reason.as_str())
+                        .execute(&mut *tx).await?.rows_affected();
+                } else if !out.kept.contains(&reason) {
+                    out.kept.push(reason);
+                }
+            }
+        });
+        Ok(out)
     }
 
     /// Adds many suppressions, [`IMPORT_BATCH`] to a transaction, each batch

@@ -1,9 +1,18 @@
 //! Tenants, their settings and their API keys.
 
-use mailpipe_core::{TenantId, UnsubscribeScope, now_ms};
+use mailpipe_core::{TenantId, now_ms};
 use sha2::{Digest, Sha256};
 
 use crate::{Result, Store};
+
+/// What the operator allows a tenant beyond sending marketing mail as its
+/// verified domains.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TenantPolicy {
+    /// May send the transactional category, which marketing unsubscribes
+    /// do not stop.
+    pub transactional: bool,
+}
 
 impl Store {
     pub async fn upsert_tenant(&self, tenant: &TenantId, name: &str) -> Result<()> {
@@ -20,19 +29,20 @@ impl Store {
         Ok(n > 0)
     }
 
-    /// Where marketing unsubscribes from this tenant's mail apply. An
-    /// unknown tenant gets the platform default.
-    pub async fn unsubscribe_scope(&self, tenant: &TenantId) -> Result<UnsubscribeScope> {
-        let sql = "SELECT unsubscribe_scope FROM tenants WHERE tenant_id = $1";
-        let scope: Option<String> =
+    /// What the operator allows the tenant, if it is registered.
+    pub async fn tenant_policy(&self, tenant: &TenantId) -> Result<Option<TenantPolicy>> {
+        let sql = "SELECT transactional_allowed FROM tenants WHERE tenant_id = $1";
+        let row: Option<bool> =
             on_pool!(self, p => sqlx::query_scalar(sql).bind(tenant.as_str()).fetch_optional(p).await)?;
-        Ok(UnsubscribeScope::from_stored(scope.as_deref()))
+        Ok(row.map(|transactional| TenantPolicy { transactional }))
     }
 
-    pub async fn set_unsubscribe_scope(&self, tenant: &TenantId, scope: UnsubscribeScope) -> Result<()> {
-        let sql = "UPDATE tenants SET unsubscribe_scope = $2 WHERE tenant_id = $1";
-        on_pool!(self, p => sqlx::query(sql).bind(tenant.as_str()).bind(scope.as_str()).execute(p).await.map(|_| ()))?;
-        Ok(())
+    /// Allows or denies the tenant transactional mail. False if the tenant
+    /// is not registered.
+    pub async fn set_transactional_allowed(&self, tenant: &TenantId, allowed: bool) -> Result<bool> {
+        let sql = "UPDATE tenants SET transactional_allowed = $2 WHERE tenant_id = $1";
+        let n = on_pool!(self, p => sqlx::query(sql).bind(tenant.as_str()).bind(allowed).execute(p).await.map(|r| r.rows_affected()))?;
+        Ok(n > 0)
     }
 
     /// Records which token key ids exist when a tenant is registered:

@@ -9,12 +9,11 @@
 //! slowed by the store's and Kafka's work; see [`ShipPolicy`] for when it
 //! ships anyway.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use mailpipe_core::{Backoff, EncodedEvent, Event, EventType, Suppression, TenantId, UnsubscribeScope};
+use mailpipe_core::{Backoff, EncodedEvent, Event, EventType, Suppression};
 use mailpipe_queue::kafka::KafkaEvents;
 use mailpipe_store::Store;
 use tokio::sync::{Notify, mpsc, oneshot};
@@ -117,21 +116,6 @@ pub struct EventWriter {
 const SPOOL_BACKOFF: Backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(1));
 /// How long the shipper waits for the store or Kafka: 100 ms, doubling to 5 s.
 const SHIP_BACKOFF: Backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
-
-type ScopeCache = HashMap<TenantId, (UnsubscribeScope, Instant)>;
-
-/// Where a tenant's unsubscribes apply, cached for a minute.
-async fn scope_of(store: &Store, cache: &mut ScopeCache, t: &TenantId) -> UnsubscribeScope {
-    if let Some((scope, at)) = cache.get(t)
-        && at.elapsed() < Duration::from_secs(60)
-    {
-        return *scope;
-    }
-    // Errors fall back to the platform default, as unknown tenants do.
-    let scope = store.unsubscribe_scope(t).await.unwrap_or_default();
-    cache.insert(t.clone(), (scope, Instant::now()));
-    scope
-}
 
 impl EventWriter {
     pub fn spawn(
@@ -275,7 +259,6 @@ async fn ship_loop(
     policy: ShipPolicy,
 ) {
     let Sinks { store, kafka } = sinks;
-    let mut scopes = HashMap::new();
     // Separate back-offs, so that a failing disk never lengthens the wait
     // for a store or Kafka that has come back, and the other way round.
     let (mut ship_backoff, mut read_backoff) = (SHIP_BACKOFF, SHIP_BACKOFF);
@@ -328,7 +311,7 @@ async fn ship_loop(
             }
             continue;
         }
-        match ship(&store, kafka.as_ref(), &mut batch.events, &mut scopes).await {
+        match ship(&store, kafka.as_ref(), &mut batch.events).await {
             Ok(()) => {
                 let (count, next) = (batch.events.len(), batch.next);
                 pending = None;
@@ -358,12 +341,7 @@ async fn ship_loop(
     }
 }
 
-async fn ship(
-    store: &Store,
-    kafka: Option<&KafkaEvents>,
-    events: &mut [EncodedEvent],
-    scopes: &mut ScopeCache,
-) -> Result<(), String> {
+async fn ship(store: &Store, kafka: Option<&KafkaEvents>, events: &mut [EncodedEvent]) -> Result<(), String> {
     let bounded = |what: &'static str| move |_| format!("{what} timed out after {WRITE_TIMEOUT:?}");
     // An erased recipient's old links still count, but carry no client
     // details: nothing new that could identify them is stored.
@@ -398,8 +376,8 @@ async fn ship(
         };
         // A reference that does not parse came from no token of ours.
         let Ok(recipient) = recipient.parse() else { continue };
-        // Marketing only; platform-wide unless the tenant chose its own scope.
-        let entry = Suppression::unsubscribe(tenant, scope_of(store, scopes, tenant).await, recipient);
+        // Marketing only, and platform-wide: no tenant mails them marketing again.
+        let entry = Suppression::unsubscribe(tenant, recipient);
         tokio::time::timeout(WRITE_TIMEOUT, store.add_suppression(&entry))
             .await
             .map_err(bounded("store"))?
@@ -423,7 +401,7 @@ mod tests {
     fn ev(kind: EventType, i: usize) -> Event {
         Event::for_job(
             kind,
-            &TenantId::parse("acme").unwrap(),
+            &mailpipe_core::TenantId::parse("acme").unwrap(),
             &CampaignId::parse("c").unwrap(),
             &JobId::parse(format!("j{i}")).unwrap(),
             "",

@@ -335,7 +335,7 @@ async fn retention_purges_old_events_client_details_and_ledger_rows() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_malformed_csv_import_names_its_lines_and_imports_nothing() {
+async fn a_malformed_csv_import_names_its_lines_and_a_tenant_lifts_only_what_it_added() {
     let TestStore { store, db: _db } = fresh_store().await;
     let acme = Scope::Tenant(TenantId::parse("acme").unwrap());
     let import = |text: &'static str| {
@@ -389,6 +389,34 @@ async fn a_malformed_csv_import_names_its_lines_and_imports_nothing() {
     let del =
         http(&addr, "DELETE", "/api/v1/suppressions/c@example.com", &[("Authorization", &auth)], b"").await;
     assert_eq!(del.status, 204);
+
+    // What a recipient asked for is not the tenant's to lift: an unsubscribe
+    // on its own list (even one it imported), or any platform-wide entry.
+    let r = http(
+        &addr,
+        "POST",
+        "/api/v1/suppressions.csv",
+        &[("Authorization", &auth)],
+        b"d@example.com,unsubscribe,marketing
+",
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let e = hasher().hash("e@example.com");
+    store.add_suppression(&mailpipe_core::Suppression::unsubscribe(&acme_id(), e)).await.unwrap();
+    store
+        .add_suppression(&mailpipe_core::Suppression::hard_bounce(&acme_id(), hasher().hash("f@example.com")))
+        .await
+        .unwrap();
+    for (address, reason) in [("d", "unsubscribe"), ("e", "unsubscribe"), ("f", "hard_bounce")] {
+        let path = format!("/api/v1/suppressions/{address}@example.com");
+        let del = http(&addr, "DELETE", &path, &[("Authorization", &auth)], b"").await;
+        assert_eq!(del.status, 403, "{address}: {}", del.text());
+        assert!(del.text().contains(reason), "{}", del.text());
+    }
+    let g = hasher().hash("d@example.com");
+    assert!(store.suppression(&g, &globex, Category::Marketing).await.unwrap().is_some(), "still suppressed");
+    assert!(store.suppression(&e, &globex, Category::Marketing).await.unwrap().is_some(), "still suppressed");
     server.abort();
 }
 
@@ -461,4 +489,8 @@ async fn an_arf_complaint_suppresses_the_recipient_everywhere_and_bad_reports_ar
         .await
         .unwrap();
     assert_eq!(kept, ["not_arf", "unknown_message", "bad_reference"]);
+}
+
+fn acme_id() -> TenantId {
+    TenantId::parse("acme").unwrap()
 }

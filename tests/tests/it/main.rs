@@ -14,6 +14,7 @@ mod duplicates;
 mod idn;
 mod metrics;
 mod pipeline;
+mod policy;
 mod relay;
 mod replies;
 mod retries;

@@ -40,7 +40,7 @@ async fn scenario(store: &Store) {
     let h: RecipientRef = "00112233445566778899aabbccddeeff".parse().unwrap();
     assert_eq!(store.suppression(&h, &acme, Category::Marketing).await.unwrap(), None);
     // A marketing unsubscribe via tenant globex applies platform-wide, to marketing only.
-    let unsubscribe = Suppression::unsubscribe(&globex, mailpipe_core::UnsubscribeScope::Platform, h);
+    let unsubscribe = Suppression::unsubscribe(&globex, h);
     store.add_suppression(&unsubscribe).await.unwrap();
     let s = store.suppression(&h, &acme, Category::Marketing).await.unwrap().unwrap();
     assert_eq!((s.reason, s.scope), (Reason::Unsubscribe, Scope::Platform));

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use mailpipe_core::{CampaignId, Category, JobId, Scope, TenantId, UnsubscribeScope};
+use mailpipe_core::{CampaignId, Category, JobId, Scope, TenantId};
 use mailpipe_tests::*;
 use mailpipe_token::{Action, Claims, Keyring, RecipientRef, SigningKey};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -224,25 +224,30 @@ async fn hostile_input_gets_a_4xx_no_event_and_never_a_redirect() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_tenant_can_keep_unsubscribes_to_itself_and_per_ip_limits_apply() {
+async fn every_unsubscribe_is_platform_wide_and_per_ip_limits_apply() {
     let t = start(&[("MAILPIPE__TRACKER__PER_IP_RATE", "60/m, burst=5")]).await;
     let store = &t.env.store;
     let globex = TenantId::parse("globex").unwrap();
     store.upsert_tenant(&globex, "Globex").await.unwrap();
-    store.set_unsubscribe_scope(&globex, UnsubscribeScope::Tenant).await.unwrap();
     let unsub =
         t.token(&claims("globex", "j1", 3600, Action::Unsubscribe { recipient: RecipientRef([3; 16]) }));
     let r = http(&t.addr, "POST", &format!("/u/{unsub}"), &[], b"confirm=yes").await;
     assert_eq!(r.status, 200);
+    // There is no tenant-scoped unsubscribe: the page's promise ("you will
+    // not receive marketing email at this address again") holds for every
+    // tenant's mail.
+    assert!(
+        String::from_utf8_lossy(&r.body)
+            .contains("You will not receive marketing email at this address again")
+    );
     eventually("the suppression", Duration::from_secs(20), || async {
         let mut conn = t.env.pg().await;
-        let n: i64 = sqlx::query_scalar(
-            "SELECT COUNT(*) FROM suppressions WHERE scope_tenant = 'globex' AND applies_to = 'marketing'",
-        )
-        .fetch_one(&mut conn)
-        .await
-        .unwrap();
-        n == 1
+        let rows: Vec<(String, String, Option<String>)> =
+            sqlx::query_as("SELECT scope_tenant, applies_to, source_tenant FROM suppressions")
+                .fetch_all(&mut conn)
+                .await
+                .unwrap();
+        rows == [(Scope::Platform.key().to_owned(), "marketing".to_owned(), Some("globex".to_owned()))]
     })
     .await;
     // The burst of 5 is used up (one went on the POST); then 429s.

@@ -1,16 +1,17 @@
 //! Stage 1: may this job be sent at all? The tenant is registered, the
 //! ledger claim is ours (a finished job is only re-announced), a job left in
-//! doubt is resolved by policy, the tenant may send as its From domain, and
-//! the recipient is not suppressed.
+//! doubt is resolved by policy, the tenant may send the job's category and
+//! as its From domain, and the recipient is not suppressed.
 
 use std::ops::ControlFlow;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
 
-use mailpipe_core::{EventType, SendJob, Suppressed, TenantId};
+use mailpipe_core::{Category, EventType, SendJob, Suppressed, TenantId};
 use mailpipe_domains::Permit;
 use mailpipe_render::DkimKey;
-use mailpipe_store::{Claim, LedgerStatus, Verdict};
+use mailpipe_store::{Claim, LedgerStatus, TenantPolicy, Verdict};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
@@ -23,6 +24,9 @@ pub(super) struct Admitted {
     pub(super) signer: Arc<DkimKey>,
 }
 
+/// How long a worker trusts what it read of a tenant's policy.
+const POLICY_TTL: Duration = Duration::from_secs(5);
+
 impl Pipeline {
     pub(super) async fn admit(
         &self,
@@ -30,11 +34,11 @@ impl Pipeline {
         job: &SendJob,
         shutdown: &CancellationToken,
     ) -> Step<Admitted> {
-        if !self.tenant_known(&job.tenant_id, shutdown).await? {
+        let Some(policy) = self.tenant_policy(&job.tenant_id, shutdown).await? else {
             return ended(
                 self.reject(rec, Some(job), "unknown_tenant", "tenant is not registered", shutdown).await?,
             );
-        }
+        };
         let claim = durably("claim", shutdown, || async { Ok(self.store.claim_job(job).await?) }).await?;
         if claim.status.is_terminal() {
             return ended(self.replay(rec, job, shutdown).await?);
@@ -55,6 +59,13 @@ impl Pipeline {
                 ev.reason = Some("in_doubt".into());
                 return ended(self.finish(job, LedgerStatus::Sent, None, ev, Outcome::Sent, shutdown).await?);
             }
+        }
+        // Transactional mail is exempt from marketing unsubscribes, so a
+        // tenant may not simply declare it: the operator allows it.
+        if job.category == Category::Transactional && !policy.transactional {
+            metrics::counter!("mailpipe_category_refusals_total").increment(1);
+            let detail = format!("tenant {} may not send transactional mail", job.tenant_id);
+            return ended(self.reject(rec, Some(job), "category_not_allowed", &detail, shutdown).await?);
         }
         // Only a domain the job's own tenant may send as, signed with that
         // domain's key: never another tenant's domain or key.
@@ -102,15 +113,27 @@ impl Pipeline {
         }
     }
 
-    async fn tenant_known(&self, tenant: &TenantId, shutdown: &CancellationToken) -> Step<bool> {
-        if self.known_tenants.lock().unwrap_or_else(|p| p.into_inner()).contains(tenant) {
-            return ControlFlow::Continue(true);
+    /// What the operator allows `tenant`, or `None` if it is not
+    /// registered. Registered tenants' policies are cached for
+    /// [`POLICY_TTL`], so a change reaches every worker within it.
+    async fn tenant_policy(
+        &self,
+        tenant: &TenantId,
+        shutdown: &CancellationToken,
+    ) -> Step<Option<TenantPolicy>> {
+        if let Some((policy, at)) = self.tenants.lock().unwrap_or_else(|p| p.into_inner()).get(tenant)
+            && at.elapsed() < POLICY_TTL
+        {
+            return ControlFlow::Continue(Some(*policy));
         }
-        let known =
-            durably("tenant", shutdown, || async { Ok(self.store.tenant_exists(tenant).await?) }).await?;
-        if known {
-            self.known_tenants.lock().unwrap_or_else(|p| p.into_inner()).insert(tenant.clone());
+        let policy =
+            durably("tenant", shutdown, || async { Ok(self.store.tenant_policy(tenant).await?) }).await?;
+        if let Some(p) = policy {
+            self.tenants
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(tenant.clone(), (p, Instant::now()));
         }
-        ControlFlow::Continue(known)
+        ControlFlow::Continue(policy)
     }
 }

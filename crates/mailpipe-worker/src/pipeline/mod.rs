@@ -23,7 +23,7 @@ mod pace;
 mod render;
 mod settle;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::ops::ControlFlow;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -117,7 +117,7 @@ pub struct Pipeline {
     senders: Arc<Senders>,
     throttle: Option<Arc<Throttle>>,
     filter: Option<Arc<SuppressionFilter>>,
-    known_tenants: Mutex<HashSet<TenantId>>,
+    tenants: Mutex<HashMap<TenantId, (mailpipe_store::TenantPolicy, std::time::Instant)>>,
     /// Per rate-limit key, the next free slot for a parked job, so that a
     /// backlog is spread over time at the key's rate instead of falling due
     /// all at once.
@@ -213,7 +213,7 @@ impl Pipeline {
             senders,
             throttle: None,
             filter: None,
-            known_tenants: Mutex::new(HashSet::new()),
+            tenants: Mutex::new(HashMap::new()),
             slots: Mutex::new(HashMap::new()),
             running: Mutex::new(HashMap::new()),
             counters: Arc::new(Counters::default()),

@@ -9,9 +9,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
-use mailpipe_core::{
-    CampaignId, Category, DkimAlgorithm, Domain, JobId, Suppression, TenantId, UnsubscribeScope,
-};
+use mailpipe_core::{CampaignId, Category, DkimAlgorithm, Domain, JobId, Suppression, TenantId};
 use mailpipe_domains::{KeySource, Sealer, Senders, onboard};
 use mailpipe_queue::memory::memory_queue;
 use mailpipe_smtp::TransportKind;
@@ -242,6 +240,9 @@ pub async fn send_sample(
     let receipts = format!("receipts-{stamp}");
     store.upsert_tenant(&TenantId::parse("acme")?, "Acme Outdoor").await?;
     store.upsert_tenant(&TenantId::parse("globex")?, "Globex Books").await?;
+    // The demo's operator lets both send receipts.
+    store.set_transactional_allowed(&TenantId::parse("acme")?, true).await?;
+    store.set_transactional_allowed(&TenantId::parse("globex")?, true).await?;
     store
         .put_template(
             "globex",
@@ -263,7 +264,7 @@ pub async fn send_sample(
     let acme = TenantId::parse("acme")?;
     for r in (55..n).step_by(100) {
         let rref = keys.hasher.hash(&recipient(r).1);
-        store.add_suppression(&Suppression::unsubscribe(&acme, UnsubscribeScope::Platform, rref)).await?;
+        store.add_suppression(&Suppression::unsubscribe(&acme, rref)).await?;
     }
 
     // The tracker, on localhost, sharing this process's keys.

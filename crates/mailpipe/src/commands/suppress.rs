@@ -81,8 +81,15 @@ pub async fn run(command: Command, cfg: &Config) -> anyhow::Result<ExitCode> {
         Command::Remove { email, tenant } => {
             let scope = scope(tenant.as_deref())?;
             let recipient = hasher()?.hash(&address(&email, &email)?.canonical());
-            let n = store.remove_suppression(&scope, &recipient).await?;
-            println!("removed {n} suppression(s)");
+            let r = store.remove_suppression(&scope, &recipient).await?;
+            println!("removed {} suppression(s)", r.removed);
+            if !r.kept.is_empty() {
+                let kept: Vec<&str> = r.kept.iter().map(|k| k.as_str()).collect();
+                anyhow::bail!(
+                    "kept {}: a recipient's unsubscribe or complaint, an erasure, and (for a tenant) a hard bounce are never removed",
+                    kept.join(", ")
+                );
+            }
         }
         Command::List { tenant } | Command::Export { tenant } => {
             let entries = store.list_suppressions(&scope(tenant.as_deref())?).await?;

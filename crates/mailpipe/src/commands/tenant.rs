@@ -1,13 +1,18 @@
-//! `mailpipe tenant add|key-create|key-revoke`.
+//! `mailpipe tenant add|transactional|key-create|key-revoke`.
 
 use std::process::ExitCode;
 
 use clap::Subcommand;
-use mailpipe_core::UnsubscribeScope;
 
 use super::tenant_id;
 use crate::app;
 use crate::config::Config;
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub enum Policy {
+    Allow,
+    Deny,
+}
 
 #[derive(Subcommand)]
 pub enum Command {
@@ -18,10 +23,19 @@ pub enum Command {
         /// Display name.
         #[arg(long)]
         name: Option<String>,
-        /// Keep this tenant's marketing unsubscribes to itself instead of
-        /// applying them platform-wide.
+        /// Let the tenant send transactional mail (receipts, account and
+        /// legal notices), which marketing unsubscribes do not stop. Without
+        /// it a new tenant's transactional jobs are dead-lettered
+        /// `category_not_allowed`; an existing tenant keeps its setting.
         #[arg(long)]
-        tenant_scoped_unsubscribes: bool,
+        allow_transactional: bool,
+    },
+    /// Allow or deny a tenant transactional mail (workers apply it within
+    /// seconds).
+    Transactional {
+        id: String,
+        #[arg(value_enum)]
+        policy: Policy,
     },
     /// Create an API key for a tenant; it is printed once and stored hashed.
     KeyCreate {
@@ -35,16 +49,13 @@ pub enum Command {
 
 pub async fn run(command: Command, cfg: &Config) -> anyhow::Result<ExitCode> {
     match command {
-        Command::Add { id, name, tenant_scoped_unsubscribes } => {
+        Command::Add { id, name, allow_transactional } => {
             let tenant = tenant_id(&id)?;
             let store = app::store(cfg).await?;
             store.upsert_tenant(&tenant, name.as_deref().unwrap_or(&id)).await?;
-            let scope = if tenant_scoped_unsubscribes {
-                UnsubscribeScope::Tenant
-            } else {
-                UnsubscribeScope::Platform
-            };
-            store.set_unsubscribe_scope(&tenant, scope).await?;
+            if allow_transactional {
+                store.set_transactional_allowed(&tenant, true).await?;
+            }
             // Token keys are platform keys from which each tenant's key is
             // derived: the registry records which ids exist when it is added.
             let key_ids: Vec<String> = cfg.tokens.keys.keys().cloned().collect();
@@ -52,6 +63,16 @@ pub async fn run(command: Command, cfg: &Config) -> anyhow::Result<ExitCode> {
             println!(
                 "tenant {tenant} registered; add its sending domains with `mailpipe domain add {tenant} DOMAIN`"
             );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Transactional { id, policy } => {
+            let tenant = tenant_id(&id)?;
+            let store = app::store(cfg).await?;
+            let allowed = matches!(policy, Policy::Allow);
+            if !store.set_transactional_allowed(&tenant, allowed).await? {
+                anyhow::bail!("tenant {tenant} is not registered (mailpipe tenant add {tenant})");
+            }
+            println!("tenant {tenant}: transactional mail {}", if allowed { "allowed" } else { "denied" });
             Ok(ExitCode::SUCCESS)
         }
         Command::KeyCreate { id, label } => {
