@@ -65,8 +65,8 @@ rsa_rate=$(python3 -c "print(round(1e9/$rsa_ns))")
 echo "RSA-2048 signing, one core: $rsa_rate/s" >&2
 
 # 3. The worker.
-run_worker() { # label algorithm; sets RESULT="rate rss_mb sent"
-  local label=$1 algorithm=$2 ts db topic
+run_worker() { # label algorithm [isolation]; sets RESULT="rate rss_mb sent sandboxes_rss_mb"
+  local label=$1 algorithm=$2 isolation=${3:-process} ts db topic
   ts=$(date +%s%N)
   db="send_${label}_$ts"
   topic="bench.send.$label.$ts"
@@ -85,9 +85,10 @@ run_worker() { # label algorithm; sets RESULT="rate rss_mb sent"
     MAILPIPE__WORKER__MAX_IN_FLIGHT=256
     MAILPIPE__TOKENS__KEYS__1="$key" MAILPIPE__TOKENS__RECIPIENT_KEY="$key" MAILPIPE__DOMAINS__KEYS__1="$key"
     MAILPIPE__METRICS__LISTEN=127.0.0.1:0 MAILPIPE__LOG__LEVEL=warn
+    MAILPIPE__RENDER__ISOLATION="$isolation"
   )
   env "${envv[@]}" "$BIN" --config "$cfg" migrate >/dev/null
-  env "${envv[@]}" "$BIN" --config "$cfg" tenant add acme >/dev/null
+  env "${envv[@]}" "$BIN" --config "$cfg" tenant add acme --allow-transactional >/dev/null
   # The jobs' From domain, the platform's, attested (no DNS to check here).
   env "${envv[@]}" "$BIN" --config "$cfg" domain add-shared acme.example --tenants acme --attested \
     --algorithm "$algorithm" >/dev/null
@@ -103,17 +104,23 @@ run_worker() { # label algorithm; sets RESULT="rate rss_mb sent"
     [ "$finished" -ge "$N" ] && break
     sleep 1
   done
-  local rss sent span
+  local rss sent span sandboxes=0 child
   rss=$(awk '/VmHWM/ {print int($2/1024)}' "/proc/$worker_pid/status")
+  # The render sandboxes, the worker's children: their peaks, summed.
+  for child in $(pgrep -P "$worker_pid" || true); do
+    sandboxes=$((sandboxes + $(awk '/VmHWM/ {print int($2/1024)}' "/proc/$child/status" 2>/dev/null || echo 0)))
+  done
   kill "$worker_pid"; wait "$worker_pid" 2>/dev/null || true
   worker_pid=""
   sent=$(psql -tA "$url" -c "SELECT COUNT(*) FROM send_ledger WHERE status = 'sent'")
   span=$(psql -tA "$url" -c "SELECT (MAX(updated_at) - MIN(created_at)) FROM send_ledger")
   psql -q "$MAILPIPE_TEST_DATABASE_URL" -c "DROP DATABASE $db" >/dev/null
-  RESULT="$(python3 -c "print(round($sent*1000/max($span,1)))") $rss $sent"
+  RESULT="$(python3 -c "print(round($sent*1000/max($span,1)))") $rss $sent $sandboxes"
 }
-run_worker ed25519 ed25519-sha256; read -r plain plain_rss plain_sent <<<"$RESULT"
+run_worker ed25519 ed25519-sha256; read -r plain plain_rss plain_sent plain_sandboxes <<<"$RESULT"
 echo "worker with Ed25519 DKIM: $plain messages/s" >&2
+run_worker inproc ed25519-sha256 none; read -r inproc inproc_rss inproc_sent _ <<<"$RESULT"
+echo "worker with Ed25519 DKIM, templates rendered in the worker: $inproc messages/s" >&2
 run_worker rsa rsa-sha256; read -r dkim dkim_rss dkim_sent <<<"$RESULT"
 echo "worker with RSA-2048 DKIM: $dkim messages/s" >&2
 pct() { python3 -c "print(f'{$1/$2:.0%}')"; }
@@ -123,5 +130,8 @@ printf '| measure | messages/s | ratio | floor |\n|---|---|---|---|\n'
 printf '| smtp-source → smtp-sink (SMTP ceiling) | %s | 100%% | |\n' "$ceiling"
 printf '| one core signing RSA-2048 (DKIM ceiling) | %s | 100%% | |\n' "$rsa_rate"
 printf '| worker, Ed25519 DKIM (%s sent) | %s | %s of SMTP ceiling | 30%% |\n' "$plain_sent" "$plain" "$(pct "$plain" "$ceiling")"
+printf '| worker, Ed25519 DKIM, templates in the worker (render.isolation = none; %s sent) | %s | %s of SMTP ceiling | |\n' "$inproc_sent" "$inproc" "$(pct "$inproc" "$ceiling")"
 printf '| worker, RSA-2048 DKIM (%s sent) | %s | %s of one core signing | 70%% |\n' "$dkim_sent" "$dkim" "$(pct "$dkim" "$rsa_rate")"
-printf '\nworker peak RSS: %s MB with Ed25519, %s MB with RSA-2048\n' "$plain_rss" "$dkim_rss"
+printf '\nworker peak RSS: %s MB with Ed25519 (its render sandboxes: %s MB together), %s MB with templates in the worker, %s MB with RSA-2048\n' \
+  "$plain_rss" "$plain_sandboxes" "$inproc_rss" "$dkim_rss"
+printf 'sandbox cost: templates in sandboxes run at %s of the rate with templates in the worker\n' "$(pct "$plain" "$inproc")"
