@@ -90,6 +90,22 @@ impl Reason {
     pub const OPERATOR: [Reason; 5] =
         [Reason::Unsubscribe, Reason::Complaint, Reason::HardBounce, Reason::Manual, Reason::Import];
 
+    /// Which reason an entry keeps when a second one arrives for the same
+    /// scope, recipient and category: the stronger. A recipient's own act
+    /// (an erasure, a complaint, an unsubscribe) outranks what the platform
+    /// saw (a hard bounce), which outranks what a sender added; so an entry
+    /// a sender could lift never hides one it could not.
+    pub fn weight(self) -> u8 {
+        match self {
+            Reason::Erasure => 6,
+            Reason::Complaint => 5,
+            Reason::Unsubscribe => 4,
+            Reason::HardBounce => 3,
+            Reason::Import => 2,
+            Reason::Manual => 1,
+        }
+    }
+
     /// Whether an entry of this reason in `scope` may be removed through the
     /// tenant API or the CLI. A tenant removes only what it added itself
     /// (manual, import) from its own list; the operator may also lift a

@@ -176,10 +176,14 @@ impl Sandbox {
         let mut line = serde_json::to_vec(&Request { sources, context })
             .map_err(|e| SandboxError(format!("request: {e}")))?;
         line.push(b'\n');
-        // A sandbox that dies of something other than this render (killed
-        // from outside while idle, say) gets this render once more, fresh.
-        for fresh_try in [false, true] {
-            let idle = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        // A sandbox that had rendered before may die of what earlier renders
+        // left it (a full cache, fragmentation) or of a kill from outside:
+        // the render gets a fresh sandbox before the job is blamed. Only a
+        // death on a fresh sandbox is this render's doing.
+        for second_try in [false, true] {
+            let idle =
+                if second_try { None } else { self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop() };
+            let fresh = idle.is_none();
             let mut p = match idle {
                 Some(p) => p,
                 None => self.spawn().await?,
@@ -191,22 +195,9 @@ impl Sandbox {
                 p.stdout.read_line(&mut resp).await?;
                 Ok::<_, std::io::Error>(resp)
             };
-            let answer = tokio::time::timeout(self.settings.timeout, exchange).await;
-            match answer {
-                Ok(Ok(resp)) if !resp.is_empty() => {
-                    let parsed = serde_json::from_str::<Response>(&resp);
-                    let result = match parsed {
-                        Ok(Response::Ok(out)) => Ok(out),
-                        Ok(Response::Error { reason, message }) => {
-                            Err(RenderError::Sandboxed { reason: known_reason(&reason), message })
-                        }
-                        Ok(Response::Ready) | Err(_) => {
-                            return Err(SandboxError(format!("unexpected answer {:?}", clip(&resp))));
-                        }
-                    };
-                    self.idle.lock().unwrap_or_else(|p| p.into_inner()).push(p);
-                    return Ok(result);
-                }
+            let answer = match tokio::time::timeout(self.settings.timeout, exchange).await {
+                Ok(Ok(resp)) if !resp.is_empty() => serde_json::from_str::<Response>(&resp).ok(),
+                Ok(_) => None,
                 Err(_) => {
                     let _ = p.child.kill().await;
                     metrics::counter!("mailpipe_render_sandboxes_stopped_total", "cause" => "timeout")
@@ -219,22 +210,42 @@ impl Sandbox {
                         ),
                     }));
                 }
-                // The pipe closed: the process is gone.
-                Ok(_) => {
+            };
+            match answer {
+                Some(Response::Ok(out)) => {
+                    self.idle.lock().unwrap_or_else(|p| p.into_inner()).push(p);
+                    return Ok(Ok(out));
+                }
+                Some(Response::Error { reason, message }) => {
+                    self.idle.lock().unwrap_or_else(|p| p.into_inner()).push(p);
+                    return Ok(Err(RenderError::Sandboxed { reason: known_reason(&reason), message }));
+                }
+                // The pipe closed (the process is gone) or it answered
+                // nonsense: either way this sandbox is done.
+                Some(Response::Ready) | None => {
+                    let _ = p.child.start_kill();
                     let status = tokio::time::timeout(Duration::from_secs(5), p.child.wait()).await;
-                    let aborted = matches!(&status, Ok(Ok(s)) if died_of_this_render(s));
-                    if aborted || fresh_try {
-                        metrics::counter!("mailpipe_render_sandboxes_stopped_total", "cause" => "memory")
-                            .increment(1);
-                        return Ok(Err(RenderError::Sandboxed {
-                            reason: "too_large",
-                            message: format!(
-                                "the render ran out of its {} MiB memory limit and was stopped",
-                                self.settings.memory_mb
-                            ),
-                        }));
+                    if !fresh {
+                        tracing::warn!(
+                            ?status,
+                            "a render sandbox that had rendered before died; trying a fresh one"
+                        );
+                        continue;
                     }
-                    tracing::warn!(?status, "render sandbox died between renders; trying once more");
+                    let aborted = matches!(&status, Ok(Ok(s)) if aborted(s));
+                    let cause = if aborted { "memory" } else { "crash" };
+                    metrics::counter!("mailpipe_render_sandboxes_stopped_total", "cause" => cause)
+                        .increment(1);
+                    let message = if aborted {
+                        format!(
+                            "the render ran out of its {} MiB memory limit and was stopped",
+                            self.settings.memory_mb
+                        )
+                    } else {
+                        format!("the render sandbox died rendering it ({status:?})")
+                    };
+                    let reason = if aborted { "too_large" } else { "template_error" };
+                    return Ok(Err(RenderError::Sandboxed { reason, message }));
                 }
             }
         }
@@ -242,13 +253,11 @@ impl Sandbox {
     }
 }
 
-/// An abort (a failed allocation under the limit) or a crash of the
-/// sandbox's own making, rather than a kill from outside.
-fn died_of_this_render(status: &std::process::ExitStatus) -> bool {
+/// An abort: what a failed allocation under the memory limit ends in.
+fn aborted(status: &std::process::ExitStatus) -> bool {
     use std::os::unix::process::ExitStatusExt;
-    const SIGSEGV: i32 = 11;
     const SIGABRT: i32 = 6;
-    matches!(status.signal(), Some(SIGABRT | SIGSEGV))
+    status.signal() == Some(SIGABRT)
 }
 
 /// The reasons a sandbox may report, as the dead-letter vocabulary has them.
@@ -258,14 +267,6 @@ fn known_reason(r: &str) -> &'static str {
         "header_injection" => "header_injection",
         _ => "template_error",
     }
-}
-
-fn clip(s: &str) -> &str {
-    let mut end = s.len().min(120);
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    &s[..end]
 }
 
 /// The sandbox's side: reads its limits, caps its own address space, then
@@ -281,7 +282,8 @@ pub fn serve() -> std::io::Result<()> {
     limit_memory(setup.memory_mb)?;
     let limits =
         TemplateLimits { fuel: setup.fuel, recursion: setup.recursion, max_part_bytes: setup.max_part_bytes };
-    let cache = InlineCache::new(limits, 256);
+    // Small: what a sandbox holds counts against its memory limit.
+    let cache = InlineCache::new(limits, 32);
     let mut answer = |r: &Response| -> std::io::Result<()> {
         serde_json::to_writer(&mut output, r).map_err(std::io::Error::other)?;
         output.write_all(b"\n")?;

@@ -50,12 +50,12 @@ impl RenderSettings {
         TemplateLimits { fuel: self.fuel, recursion: self.recursion, max_part_bytes: self.max_part_bytes }
     }
 
-    /// The sandbox pool's settings, running `current_exe` unless another
+    /// The sandbox pool's settings, running `this_exe` unless another
     /// executable is configured.
-    pub fn sandbox(&self, current_exe: PathBuf) -> SandboxSettings {
+    pub fn sandbox(&self, this_exe: PathBuf) -> SandboxSettings {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         SandboxSettings {
-            exe: self.sandbox_exe.clone().unwrap_or(current_exe),
+            exe: self.sandbox_exe.clone().unwrap_or(this_exe),
             processes: if self.processes == 0 { cores } else { self.processes },
             memory_mb: self.memory_mb,
             timeout: self.timeout,

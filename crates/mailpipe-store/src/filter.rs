@@ -86,7 +86,16 @@ pub struct SuppressionFilter {
     /// across a poll, so polls and rebuilds take turns.
     cursor: tokio::sync::Mutex<Option<SuppressionCursor>>,
     entries: AtomicU64,
+    /// When a poll last succeeded (ms since `epoch`). A filter that has not
+    /// heard from the table for [`STALE_AFTER`] sends every check to the
+    /// database.
+    last_ok_ms: AtomicU64,
+    epoch: std::time::Instant,
 }
+
+/// How long a filter may go without a successful poll before it stops
+/// answering "absent".
+const STALE_AFTER: Duration = Duration::from_secs(10);
 
 /// What the filter says about a recipient.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -105,6 +114,8 @@ impl SuppressionFilter {
             ready: AtomicBool::new(false),
             cursor: tokio::sync::Mutex::new(None),
             entries: AtomicU64::new(0),
+            last_ok_ms: AtomicU64::new(0),
+            epoch: std::time::Instant::now(),
         })
     }
 
@@ -112,8 +123,17 @@ impl SuppressionFilter {
         self.bloom.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
+    fn fresh(&self) -> bool {
+        let now = self.epoch.elapsed().as_millis() as u64;
+        now.saturating_sub(self.last_ok_ms.load(Ordering::Relaxed)) <= STALE_AFTER.as_millis() as u64
+    }
+
+    fn heard_from_table(&self) {
+        self.last_ok_ms.store(self.epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+
     pub fn check(&self, recipient: &RecipientRef) -> Verdict {
-        if self.ready.load(Ordering::Acquire) && !self.bloom().may_contain(&recipient.0) {
+        if self.ready.load(Ordering::Acquire) && self.fresh() && !self.bloom().may_contain(&recipient.0) {
             metrics::counter!("mailpipe_suppression_checks_total", "path" => "filter").increment(1);
             Verdict::Absent
         } else {
@@ -153,25 +173,32 @@ impl SuppressionFilter {
             })
             .await?;
         *cursor = Some(next);
+        self.heard_from_table();
         self.entries.fetch_add(n, Ordering::Relaxed);
         metrics::gauge!("mailpipe_suppression_filter_entries").set(self.entries() as f64);
         Ok(n)
     }
 
     /// Builds a fresh filter from the whole table and puts it in place of
-    /// the old one (which answers meanwhile). Returns the rows read.
+    /// the old one. Polls go on into the old filter meanwhile (the scan
+    /// holds no lock); before the swap, the fresh one catches up from the
+    /// scan's own cursor, so nothing written during the scan is lost with
+    /// the old filter. Returns the rows read.
     pub async fn rebuild(&self, store: &Store) -> Result<u64> {
-        let mut cursor = self.cursor.lock().await;
         let fresh = Bloom::with_capacity(self.capacity);
         let mut n = 0u64;
-        let next = store
+        let scanned = store
             .scan_suppressions(None, |recipient| {
                 fresh.insert(&recipient.0);
                 n += 1;
             })
             .await?;
+        let mut cursor = self.cursor.lock().await;
+        let caught_up =
+            store.scan_suppressions(Some(scanned), |recipient| fresh.insert(&recipient.0)).await?;
         *self.bloom.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(fresh);
-        *cursor = Some(next);
+        *cursor = Some(caught_up);
+        self.heard_from_table();
         self.entries.store(n, Ordering::Relaxed);
         self.ready.store(true, Ordering::Release);
         metrics::gauge!("mailpipe_suppression_filter_entries").set(n as f64);
@@ -192,22 +219,42 @@ impl SuppressionFilter {
         loop {
             let started = std::time::Instant::now();
             let rebuild = loaded && last_build.elapsed() >= rebuild_every;
-            let result = if rebuild { self.rebuild(&store).await } else { self.poll(&store).await };
-            match result {
-                Ok(n) if !loaded || rebuild => {
+            if rebuild {
+                // Rebuilding does not stop polling: it runs beside the polls.
+                last_build = std::time::Instant::now();
+                let (me, store) = (self.clone(), store.clone());
+                tokio::spawn(async move {
+                    match me.rebuild(&store).await {
+                        Ok(n) => info!(
+                            entries = n,
+                            ms = started.elapsed().as_millis() as u64,
+                            "suppression filter rebuilt"
+                        ),
+                        // The filter in place keeps being polled; the next
+                        // rebuild is due a period later.
+                        Err(e) => {
+                            warn!(error = %e, "suppression filter rebuild failed; the current filter stays")
+                        }
+                    }
+                });
+            }
+            match self.poll(&store).await {
+                Ok(n) if !loaded => {
                     loaded = true;
                     last_build = std::time::Instant::now();
                     info!(
                         entries = n,
                         ms = started.elapsed().as_millis() as u64,
                         bytes = self.size_bytes(),
-                        "suppression filter {}",
-                        if rebuild { "rebuilt" } else { "loaded" }
+                        "suppression filter loaded"
                     );
                 }
                 Ok(_) => {}
+                Err(e) if self.is_ready() => {
+                    warn!(error = %e, "suppression filter poll failed; after 10 s without one, every check goes to the database")
+                }
                 Err(e) => {
-                    warn!(error = %e, "suppression filter poll failed; lookups still go to the database")
+                    warn!(error = %e, "suppression filter load failed; lookups go to the database until it loads")
                 }
             }
             tokio::select! {

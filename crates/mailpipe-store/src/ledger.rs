@@ -186,8 +186,11 @@ impl Store {
     }
 
     /// Records a terminal outcome: the ledger status and its event, in one
-    /// transaction. Clears the job's retry payload. The event insert is
-    /// idempotent on `event_id`.
+    /// transaction, if the job has no outcome yet; returns whether it did.
+    /// A job that already has one keeps it, and gets no second terminal
+    /// event (another record of it, or a stale attempt, finished first).
+    /// Clears the job's retry payload. The event insert is idempotent on
+    /// `event_id`.
     pub async fn finish(
         &self,
         tenant: &str,
@@ -195,10 +198,11 @@ impl Store {
         status: LedgerStatus,
         last_reply: Option<&str>,
         event: &Event,
-    ) -> Result<()> {
+    ) -> Result<bool> {
         debug_assert!(status.is_terminal(), "finish records terminal outcomes; use defer");
         let update = "UPDATE send_ledger SET status = $3, last_reply = $4, next_attempt_at = NULL, payload = NULL, updated_at = $5
-                      WHERE tenant_id = $1 AND job_id = $2";
+                      WHERE tenant_id = $1 AND job_id = $2
+                        AND status NOT IN ('sent', 'bounced', 'suppressed', 'failed', 'dead_lettered')";
         let payload = String::from_utf8(event.to_json()).unwrap_or_default();
         match &self.pool {
             // One statement, so one round trip and still atomic: a
@@ -207,32 +211,40 @@ impl Store {
             Pool::Postgres(p) => {
                 let sql = "WITH outcome AS (
                                UPDATE send_ledger SET status = $3, last_reply = $4, next_attempt_at = NULL, payload = NULL, updated_at = $5
-                               WHERE tenant_id = $1 AND job_id = $2)
-                           INSERT INTO events (event_id, tenant_id, campaign_id, job_id, type, occurred_at, payload)
-                           VALUES ($6, $7, $8, $9, $10, $11, $12) ON CONFLICT (event_id) DO NOTHING";
-                let q = sqlx::query(sql)
+                               WHERE tenant_id = $1 AND job_id = $2
+                                 AND status NOT IN ('sent', 'bounced', 'suppressed', 'failed', 'dead_lettered')
+                               RETURNING 1),
+                           ev AS (
+                               INSERT INTO events (event_id, tenant_id, campaign_id, job_id, type, occurred_at, payload)
+                               SELECT $6, $7, $8, $9, $10, $11, $12 WHERE EXISTS (SELECT 1 FROM outcome)
+                               ON CONFLICT (event_id) DO NOTHING)
+                           SELECT COUNT(*) FROM outcome";
+                let q = sqlx::query_scalar::<_, i64>(sql)
                     .bind(tenant)
                     .bind(job_id)
                     .bind(status.as_str())
                     .bind(last_reply)
                     .bind(now_ms());
-                bind_event!(q, event, &payload).execute(p).await?;
+                Ok(bind_event!(q, event, &payload).fetch_one(p).await? > 0)
             }
             Pool::Sqlite(p) => {
                 let mut tx = p.begin().await?;
-                sqlx::query(update)
+                let n = sqlx::query(update)
                     .bind(tenant)
                     .bind(job_id)
                     .bind(status.as_str())
                     .bind(last_reply)
                     .bind(now_ms())
                     .execute(&mut *tx)
-                    .await?;
-                insert_event_q(event, &payload).execute(&mut *tx).await?;
+                    .await?
+                    .rows_affected();
+                if n > 0 {
+                    insert_event_q(event, &payload).execute(&mut *tx).await?;
+                }
                 tx.commit().await?;
+                Ok(n > 0)
             }
         }
-        Ok(())
     }
 
     /// Puts a job on the durable retry schedule: status `deferred`, due at
@@ -338,28 +350,38 @@ impl Store {
     /// that has no outcome yet, the row's end (`dead_lettered`), all in one
     /// transaction: a crash leaves either none of them or all, so a
     /// redelivered record either is dead-lettered afresh or replays the
-    /// outcome. The dead letter is kept once per source record.
-    pub async fn dead_letter(&self, dl: &DeadLetter, event: &Event) -> Result<()> {
+    /// outcome. A job whose row already has an outcome keeps it and nothing
+    /// is recorded (returns false). The dead letter is kept once per source
+    /// record.
+    pub async fn dead_letter(&self, dl: &DeadLetter, event: &Event) -> Result<bool> {
         let sql = "INSERT INTO dead_letters (received_at, source, reason, detail, tenant_id, job_id, payload)
                    VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (source) DO NOTHING";
-        // Never over an outcome: a record of a finished job replays it
-        // before anything could dead-letter it, but be sure.
         let end = "UPDATE send_ledger SET status = 'dead_lettered', last_reply = $3, next_attempt_at = NULL, payload = NULL, updated_at = $4
                    WHERE tenant_id = $1 AND job_id = $2
                      AND status NOT IN ('sent', 'bounced', 'suppressed', 'failed', 'dead_lettered')";
+        let row = "SELECT COUNT(*) FROM send_ledger WHERE tenant_id = $1 AND job_id = $2";
         let payload = String::from_utf8(event.to_json()).unwrap_or_default();
         let now = now_ms();
+        let mut applied = true;
         in_tx!(self, tx => {
-            sqlx::query(sql)
-                .bind(now).bind(&dl.source).bind(&dl.reason).bind(&dl.detail)
-                .bind(&dl.tenant_id).bind(&dl.job_id).bind(&dl.payload)
-                .execute(&mut *tx).await?;
-            insert_event_q(event, &payload).execute(&mut *tx).await?;
             if let (Some(tenant), Some(job)) = (&dl.tenant_id, &dl.job_id) {
-                sqlx::query(end).bind(tenant).bind(job).bind(&dl.detail).bind(now).execute(&mut *tx).await?;
+                let ended = sqlx::query(end).bind(tenant).bind(job).bind(&dl.detail).bind(now)
+                    .execute(&mut *tx).await?.rows_affected();
+                if ended == 0 {
+                    // No row (a job refused before its claim) or a finished one.
+                    let rows: i64 = sqlx::query_scalar(row).bind(tenant).bind(job).fetch_one(&mut *tx).await?;
+                    applied = rows == 0;
+                }
+            }
+            if applied {
+                sqlx::query(sql)
+                    .bind(now).bind(&dl.source).bind(&dl.reason).bind(&dl.detail)
+                    .bind(&dl.tenant_id).bind(&dl.job_id).bind(&dl.payload)
+                    .execute(&mut *tx).await?;
+                insert_event_q(event, &payload).execute(&mut *tx).await?;
             }
         });
-        Ok(())
+        Ok(applied)
     }
 
     /// Number of dead letters recorded.

@@ -46,6 +46,27 @@ fn parse_row((scope, hash, reason, applies_to, source, created_at): Row) -> Resu
     })
 }
 
+/// The insert: a second entry for the same scope, recipient and category
+/// replaces the first only if its reason weighs more ([`Reason::weight`]),
+/// so that, say, an erasure is not lost under a tenant's manual entry that
+/// the tenant could then remove.
+static INSERT_SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    let weight = |column: &str| {
+        let arms: String =
+            Reason::ALL.iter().map(|r| format!(" WHEN '{}' THEN {}", r.as_str(), r.weight())).collect();
+        format!("(CASE {column}{arms} ELSE 0 END)")
+    };
+    format!(
+        "INSERT INTO suppressions (scope_tenant, recipient_hash, reason, applies_to, source_tenant, created_at)
+         VALUES ($1, $2, $3, $4, $5, $6)
+         ON CONFLICT (scope_tenant, recipient_hash, applies_to) DO UPDATE
+         SET reason = excluded.reason, source_tenant = excluded.source_tenant, created_at = excluded.created_at
+         WHERE {} > {}",
+        weight("excluded.reason"),
+        weight("suppressions.reason")
+    )
+});
+
 /// The insert every path shares (one entry, an import, an erasure), so that
 /// a suppression is written the same way whoever adds it. `created_at` is
 /// the time of this insert, never when the value was built. (The workers'
@@ -61,16 +82,13 @@ where
     Option<&'q str>: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
     i64: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
 {
-    sqlx::query(
-        "INSERT INTO suppressions (scope_tenant, recipient_hash, reason, applies_to, source_tenant, created_at)
-         VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (scope_tenant, recipient_hash, applies_to) DO NOTHING",
-    )
-    .bind(s.scope.key())
-    .bind(recipient)
-    .bind(s.reason.as_str())
-    .bind(s.applies_to.as_str())
-    .bind(s.source_tenant.as_ref().map(TenantId::as_str))
-    .bind(created_at)
+    sqlx::query(&INSERT_SQL)
+        .bind(s.scope.key())
+        .bind(recipient)
+        .bind(s.reason.as_str())
+        .bind(s.applies_to.as_str())
+        .bind(s.source_tenant.as_ref().map(TenantId::as_str))
+        .bind(created_at)
 }
 
 impl Store {

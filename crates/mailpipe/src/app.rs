@@ -128,7 +128,8 @@ pub async fn composer(cfg: &Config, keyring: Arc<Keyring>, hasher: RecipientHash
     if cfg.render.isolation == Isolation::None {
         return Ok(composer);
     }
-    let exe = std::env::current_exe().context("locating this executable for render.sandbox_exe")?;
+    // This very executable, even after an upgrade replaced the file.
+    let exe = std::path::PathBuf::from("/proc/self/exe");
     let sandbox = Arc::new(Sandbox::new(cfg.render.sandbox(exe)));
     sandbox.check().await.context("starting a render sandbox (render.sandbox_exe, render.isolation)")?;
     Ok(composer.with_sandbox(sandbox))

@@ -66,7 +66,19 @@ async fn scenario(store: &Store) {
     let listed = store.list_suppressions(&Scope::Platform).await.unwrap();
     assert_eq!(listed.len(), 2, "{listed:?}");
     assert!(listed.iter().any(|s| s.reason == Reason::HardBounce && s.source_tenant.as_ref() == Some(&acme)));
-    assert_eq!(store.list_suppressions(&Scope::Tenant(acme.clone())).await.unwrap(), [manual]);
+    assert_eq!(
+        store.list_suppressions(&Scope::Tenant(acme.clone())).await.unwrap(),
+        std::slice::from_ref(&manual)
+    );
+    // A stronger reason for the same entry replaces a weaker one, never the
+    // other way: an erasure is not hidden under a manual entry the tenant
+    // could lift.
+    let erasure = Suppression::new(Scope::Tenant(acme.clone()), h2, Reason::Erasure, AppliesTo::All);
+    store.add_suppression(&erasure).await.unwrap();
+    store.add_suppression(&manual).await.unwrap();
+    let r = store.remove_suppression(&Scope::Tenant(acme.clone()), &h2).await.unwrap();
+    assert_eq!((r.removed, r.kept), (0, vec![Reason::Erasure]));
+    assert!(store.suppression(&h2, &acme, Category::Transactional).await.unwrap().is_some());
 
     // The filter follows the table by the store's cursor: an entry written
     // after its load is seen by the next poll, and a poll with nothing new

@@ -112,13 +112,32 @@ impl Pipeline {
         shutdown: &CancellationToken,
     ) -> Step<Outcome> {
         let (tenant, id) = (job.tenant_id.as_str(), job.job_id.as_str());
-        durably("record_outcome", shutdown, || async {
+        let recorded = durably("record_outcome", shutdown, || async {
             Ok(self.store.finish(tenant, id, status, last_reply, &event).await?)
         })
         .await?;
+        if !recorded {
+            // Another attempt recorded the job's outcome first: that one
+            // stands, and is what this record answers with.
+            warn!("the job already has an outcome; keeping it, not this attempt's");
+            return self.republish_outcome(job, shutdown).await;
+        }
         durably("publish_outcome", shutdown, || self.publish(std::slice::from_ref(&event))).await?;
         self.count(outcome, self.provider(job.to.email.domain()));
         ControlFlow::Continue(outcome)
+    }
+
+    /// Publishes the job's stored terminal event again; nothing is sent.
+    async fn republish_outcome(&self, job: &SendJob, shutdown: &CancellationToken) -> Step<Outcome> {
+        let (tenant, id) = (job.tenant_id.as_str(), job.job_id.as_str());
+        let ev =
+            durably("load_outcome", shutdown, || async { Ok(self.store.terminal_event(tenant, id).await?) })
+                .await?;
+        if let Some(ev) = ev {
+            durably("publish_outcome", shutdown, || self.publish(std::slice::from_ref(&ev))).await?;
+        }
+        self.count(Outcome::Replayed, self.provider(job.to.email.domain()));
+        ControlFlow::Continue(Outcome::Replayed)
     }
 
     /// A job that finished in an earlier run: whatever that run owed is
@@ -151,8 +170,9 @@ impl Pipeline {
     /// worker) reached the commit point first, and this one sent nothing.
     /// Waits for that attempt's outcome and answers this record by it: a
     /// terminal outcome is re-published, a deferral belongs to the retry
-    /// schedule. Were the other worker to die mid-send, this waits until
-    /// shutdown, and the record's redelivery finds the job in doubt.
+    /// schedule. If none comes within `worker.retry_lease_secs` (the other
+    /// worker died mid-send), the job is in doubt, and `worker.in_doubt`
+    /// decides, as for a redelivered `sending` row.
     pub(super) async fn after_other_attempt(
         &self,
         rec: &Record<'_>,
@@ -161,12 +181,35 @@ impl Pipeline {
     ) -> Step<Outcome> {
         warn!("another record of this job reached the relay first; waiting for its outcome, sending nothing");
         let mut wait = mailpipe_core::Backoff::new(Duration::from_millis(50), Duration::from_secs(5));
+        let started = std::time::Instant::now();
         loop {
             let claim = durably("claim", shutdown, || async { Ok(self.store.claim_job(job).await?) }).await?;
             if claim.status.is_terminal() {
                 return self.replay(rec, job, shutdown).await;
             }
             if claim.scheduled || claim.status == LedgerStatus::Deferred {
+                return ControlFlow::Continue(Outcome::Scheduled);
+            }
+            if started.elapsed() >= self.cfg.retry_lease {
+                warn!("the other attempt never finished; the job is in doubt");
+                self.counters.in_doubt.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                metrics::counter!("mailpipe_jobs_in_doubt_total").increment(1);
+                if self.cfg.in_doubt == InDoubtPolicy::AssumeDelivered {
+                    let mut ev = self.event(job, EventType::Sent, "");
+                    ev.message_id = claim.message_id.clone();
+                    ev.reason = Some("in_doubt".into());
+                    return self.finish(job, LedgerStatus::Sent, None, ev, Outcome::Sent, shutdown).await;
+                }
+                // Retry policy: onto the schedule, to be sent again.
+                let (t, j) = (job.tenant_id.as_str(), job.job_id.as_str());
+                let attempts = claim.attempts.max(0) as u32;
+                durably("record_deferral", shutdown, || async {
+                    Ok(self
+                        .store
+                        .defer(t, j, rec.shard, attempts, Some("in doubt"), now_ms(), rec.payload, None)
+                        .await?)
+                })
+                .await?;
                 return ControlFlow::Continue(Outcome::Scheduled);
             }
             tokio::select! {
@@ -202,8 +245,13 @@ impl Pipeline {
             job_id: job.map(|j| j.job_id.to_string()),
             payload: rec.payload.to_vec(),
         };
-        durably("record_dead_letter", shutdown, || async { Ok(self.store.dead_letter(&dl, &ev).await?) })
-            .await?;
+        let recorded =
+            durably("record_dead_letter", shutdown, || async { Ok(self.store.dead_letter(&dl, &ev).await?) })
+                .await?;
+        if let (false, Some(j)) = (recorded, job) {
+            warn!("the job already has an outcome; keeping it, not this dead letter");
+            return self.republish_outcome(j, shutdown).await;
+        }
         self.publish_dead_letter(rec, &ev, shutdown).await?;
         self.count(Outcome::DeadLettered, job.map_or("unknown", |j| self.provider(j.to.email.domain())));
         ControlFlow::Continue(Outcome::DeadLettered)
