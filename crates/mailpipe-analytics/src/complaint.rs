@@ -7,7 +7,7 @@ use mailpipe_core::{CampaignId, EmailAddress, Event, EventType, JobId, Suppressi
 use mailpipe_queue::QueueError;
 use mailpipe_queue::kafka::{KafkaEvents, KafkaSettings};
 use mailpipe_store::{Store, StoreError};
-use mailpipe_token::RecipientHasher;
+use mailpipe_token::{RecipientHasher, ReferenceError, References};
 
 /// Why a feedback report could not be used.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -16,10 +16,12 @@ pub enum ArfError {
     NotMime,
     #[error("no message/feedback-report part (not an ARF report, RFC 5965)")]
     NotArf,
-    #[error("the report's original message carries no X-Mailpipe-Ref header")]
+    #[error("the report's embedded original message carries no X-Mailpipe-Ref header")]
     NoReference,
-    #[error("X-Mailpipe-Ref {0:?} is not tenant/job")]
+    #[error("X-Mailpipe-Ref {0:?} is not tenant/job/tag")]
     BadReference(String),
+    #[error("X-Mailpipe-Ref {0:?} was not made by this platform (its tag does not check out)")]
+    Forged(String),
     #[error("no message {0} was sent by this platform")]
     UnknownMessage(String),
 }
@@ -31,6 +33,7 @@ impl ArfError {
             ArfError::NotArf => "not_arf",
             ArfError::NoReference => "no_reference",
             ArfError::BadReference(_) => "bad_reference",
+            ArfError::Forged(_) => "forged_reference",
             ArfError::UnknownMessage(_) => "unknown_message",
         }
     }
@@ -47,29 +50,55 @@ pub enum ComplaintError {
     Queue(#[from] QueueError),
 }
 
-/// The `tenant/job` reference of the original message inside an ARF report.
-pub fn arf_reference(report: &[u8]) -> Result<(TenantId, JobId), ArfError> {
+/// The tenant and job of the original message inside an ARF report, read
+/// only from the report's embedded original (its `message/rfc822` part or
+/// `text/rfc822-headers` part), never from the free text around it, and
+/// only if its tag checks out.
+pub fn arf_reference(report: &[u8], references: &References) -> Result<(TenantId, JobId), ArfError> {
+    let value = quoted_reference(report)?;
+    references.verify(&value).map_err(|e| match e {
+        ReferenceError::Malformed => ArfError::BadReference(value),
+        ReferenceError::Forged => ArfError::Forged(value),
+    })
+}
+
+/// The `X-Mailpipe-Ref` value the report's embedded original carries, not
+/// yet checked.
+fn quoted_reference(report: &[u8]) -> Result<String, ArfError> {
+    use mail_parser::{MimeHeaders, PartType};
     let msg = mail_parser::MessageParser::default().parse(report).ok_or(ArfError::NotMime)?;
-    use mail_parser::MimeHeaders;
     let is_feedback = msg.parts.iter().any(|p| p.is_content_type("message", "feedback-report"));
     if !is_feedback {
         return Err(ArfError::NotArf);
     }
-    // The original is a message/rfc822 part or text/rfc822-headers: find the
-    // header in the raw bytes of whichever part carries it.
-    let text = String::from_utf8_lossy(report);
-    let unfolded = text.replace("\r\n", "\n");
-    let value = unfolded
-        .lines()
-        .find_map(|l| {
-            let (k, v) = l.split_once(':')?;
-            k.trim().eq_ignore_ascii_case("x-mailpipe-ref").then(|| v.trim().to_owned())
+    let quoted = |m: &mail_parser::Message<'_>| m.header_raw("X-Mailpipe-Ref").map(str::to_owned);
+    let value = msg
+        .parts
+        .iter()
+        .find_map(|p| match &p.body {
+            PartType::Message(original) => quoted(original),
+            _ if p.is_content_type("text", "rfc822-headers") => {
+                let headers = p.text_contents()?;
+                mail_parser::MessageParser::default().parse(headers.as_bytes()).and_then(|m| quoted(&m))
+            }
+            _ => None,
         })
         .ok_or(ArfError::NoReference)?;
-    let (t, j) = value.split_once('/').ok_or_else(|| ArfError::BadReference(value.clone()))?;
-    let tenant = TenantId::parse(t).map_err(|_| ArfError::BadReference(value.clone()))?;
-    let job = JobId::parse(j).map_err(|_| ArfError::BadReference(value.clone()))?;
-    Ok((tenant, job))
+    Ok(value.trim().to_owned())
+}
+
+/// Keeps a report that is unusable whatever the keys (not MIME, not ARF, no
+/// reference), with its reason, and returns [`ComplaintError::Rejected`];
+/// anything else is left for [`read_report`]. For a caller that cannot
+/// check references (no keys configured) but must not lose a bad report.
+pub async fn keep_if_unusable(store: &Store, report: &[u8]) -> Result<(), ComplaintError> {
+    match quoted_reference(report) {
+        Ok(_) => Ok(()),
+        Err(e) => {
+            store.reject_report(e.reason(), report).await?;
+            Err(ComplaintError::Rejected(e))
+        }
+    }
 }
 
 /// The message a usable report is about, as the ledger has it.
@@ -92,15 +121,19 @@ pub async fn complaint(
     kafka: Option<&KafkaSettings>,
     report: &[u8],
 ) -> Result<(TenantId, JobId), ComplaintError> {
-    let reported = read_report(store, report).await?;
+    let reported = read_report(store, &hasher.references(), report).await?;
     act_on(store, hasher, kafka, reported).await
 }
 
 /// The message `report` is about. A report that cannot be used is kept in
 /// `rejected_reports` with its reason, and [`ComplaintError::Rejected`]
 /// returned; nothing else changes.
-pub async fn read_report(store: &Store, report: &[u8]) -> Result<Reported, ComplaintError> {
-    match reported_message(store, report).await {
+pub async fn read_report(
+    store: &Store,
+    references: &References,
+    report: &[u8],
+) -> Result<Reported, ComplaintError> {
+    match reported_message(store, references, report).await {
         Ok(found) => Ok(found),
         Err(e) => {
             store.reject_report(e.reason(), report).await?;
@@ -137,8 +170,12 @@ pub async fn act_on(
 }
 
 /// The report's message, from its `X-Mailpipe-Ref` and the ledger.
-async fn reported_message(store: &Store, report: &[u8]) -> Result<Reported, ArfError> {
-    let (tenant, job) = arf_reference(report)?;
+async fn reported_message(
+    store: &Store,
+    references: &References,
+    report: &[u8],
+) -> Result<Reported, ArfError> {
+    let (tenant, job) = arf_reference(report, references)?;
     let unknown = || ArfError::UnknownMessage(format!("{tenant}/{job}"));
     let (recipient, campaign) = store
         .ledger_recipient(tenant.as_str(), job.as_str())

@@ -170,10 +170,24 @@ const RESERVED_HEADERS: &[&str] = &[
     "list-unsubscribe",
     "list-unsubscribe-post",
     "feedback-id",
-    "x-mailpipe-id",
+    "x-mailpipe-ref",
     "return-path",
     "received",
+    // What receivers and relays add, and who sent on whose behalf: a job
+    // that supplied them could pose as a verdict or another sender.
+    "sender",
+    "authentication-results",
+    "received-spf",
 ];
+
+/// Prefixes no job header may start with: mailpipe's own, resent headers,
+/// and the ARC chain.
+const RESERVED_PREFIXES: &[&str] = &["x-mailpipe-", "resent-", "arc-"];
+
+fn reserved(name: &str) -> bool {
+    let name = name.to_ascii_lowercase();
+    RESERVED_HEADERS.contains(&name.as_str()) || RESERVED_PREFIXES.iter().any(|p| name.starts_with(p))
+}
 
 fn no_control(field: impl Into<String>, s: &str) -> Result<(), SendJobError> {
     // Tab is legal folding white space in a header; CR and LF are how
@@ -290,7 +304,7 @@ impl TryFrom<SendJobWire> for SendJob {
             if !valid_name {
                 return Err(SendJobError::Invalid(format!("header name {name:?} is not valid")));
             }
-            if RESERVED_HEADERS.contains(&name.to_ascii_lowercase().as_str()) {
+            if reserved(name) {
                 return Err(SendJobError::Invalid(format!(
                     "header {name:?} is set by mailpipe and may not be supplied"
                 )));
@@ -442,6 +456,30 @@ mod tests {
                 {
                     let mut v = base();
                     v["headers"]["Subject"] = json!("x");
+                    v
+                },
+                "invalid",
+            ),
+            (
+                {
+                    let mut v = base();
+                    v["headers"]["X-Mailpipe-Ref"] = json!("globex/job-1/forged");
+                    v
+                },
+                "invalid",
+            ),
+            (
+                {
+                    let mut v = base();
+                    v["headers"]["ARC-Seal"] = json!("i=1");
+                    v
+                },
+                "invalid",
+            ),
+            (
+                {
+                    let mut v = base();
+                    v["headers"]["Sender"] = json!("ceo@bank.example");
                     v
                 },
                 "invalid",

@@ -42,7 +42,7 @@ pub mod template;
 use std::sync::Arc;
 
 use mailpipe_core::{Category, Content, SendJob};
-use mailpipe_token::{Action, Claims, Keyring, RecipientHasher, TokenError};
+use mailpipe_token::{Action, Claims, Keyring, RecipientHasher, References, TokenError};
 use time::OffsetDateTime;
 
 pub use dkim::{DkimAlgorithm, DkimError, DkimKey};
@@ -155,6 +155,10 @@ pub struct Prepared {
     pub context: serde_json::Value,
 }
 
+/// The most links one message may have signed (HTML and text parts
+/// together, the honeypot included); more: `too_large`.
+pub const MAX_SIGNED_LINKS: usize = 1000;
+
 /// The most a whole message may be, by default, in bytes.
 pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 10 * 1024 * 1024;
 
@@ -162,6 +166,7 @@ pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 10 * 1024 * 1024;
 pub struct Composer {
     keyring: Arc<Keyring>,
     recipients: RecipientHasher,
+    references: References,
     links: TrackingLinks,
     limits: TemplateLimits,
     max_message_bytes: usize,
@@ -182,6 +187,7 @@ impl Composer {
         let inline = template::InlineCache::new(limits.clone(), 512);
         Self {
             keyring,
+            references: recipients.references(),
             recipients,
             links,
             limits,
@@ -338,33 +344,51 @@ impl Composer {
             (prepared.sent_at, &prepared.unsubscribe_url, &prepared.open_url);
         let claims = |action| claims(job, sent_at, action);
 
+        // Each link costs a MAC and a URL a few hundred bytes long, in the
+        // HTML and again in the text: a part of nothing but links must not
+        // cost the worker what it does not cost the template.
+        let signed = std::cell::Cell::new(0usize);
         let mut sign_click = |url: &str| -> Result<String, TokenError> {
+            signed.set(signed.get() + 1);
+            if signed.get() > MAX_SIGNED_LINKS {
+                return Err(TokenError::TooLong);
+            }
             let t = self.keyring.sign(&claims(Action::Click { url: url.to_owned() }))?;
             Ok(format!("{}/c/{t}", self.links.base_url))
         };
+        let too_many = || RenderError::TooLarge { what: "the number of links", limit: MAX_SIGNED_LINKS };
         let tracker_prefix = format!("{}/", self.links.base_url);
-        let (html, text, tracked_links) = match rendered.html {
-            Some(html) => {
-                // The honeypot is a click token for the tracker's own /hp,
-                // which no person is shown: whoever follows it is a machine.
-                let honeypot = sign_click(&self.links.honeypot_target())?;
-                let out =
-                    links::rewrite_html(&html, &tracker_prefix, open_url, Some(&honeypot), &mut sign_click)?;
-                let text = match rendered.text {
-                    Some(t) => links::rewrite_text(&t, &tracker_prefix, &mut sign_click)?.0,
-                    None => links::html_to_text(&out.html)?,
-                };
-                (Some(out.html), text, out.rewritten)
-            }
-            None => {
-                let (text, n) = links::rewrite_text(
-                    rendered.text.as_deref().unwrap_or_default(),
-                    &tracker_prefix,
-                    &mut sign_click,
-                )?;
-                (None, text, n)
-            }
-        };
+        let rewritten = (|| -> Result<(Option<String>, String, usize), RenderError> {
+            Ok(match rendered.html {
+                Some(html) => {
+                    // The honeypot is a click token for the tracker's own /hp,
+                    // which no person is shown: whoever follows it is a machine.
+                    let honeypot = sign_click(&self.links.honeypot_target())?;
+                    let out = links::rewrite_html(
+                        &html,
+                        &tracker_prefix,
+                        open_url,
+                        Some(&honeypot),
+                        &mut sign_click,
+                    )?;
+                    let text = match rendered.text {
+                        Some(t) => links::rewrite_text(&t, &tracker_prefix, &mut sign_click)?.0,
+                        None => links::html_to_text(&out.html)?,
+                    };
+                    (Some(out.html), text, out.rewritten)
+                }
+                None => {
+                    let (text, n) = links::rewrite_text(
+                        rendered.text.as_deref().unwrap_or_default(),
+                        &tracker_prefix,
+                        &mut sign_click,
+                    )?;
+                    (None, text, n)
+                }
+            })
+        })();
+        let (html, text, tracked_links) =
+            rewritten.map_err(|e| if signed.get() > MAX_SIGNED_LINKS { too_many() } else { e })?;
 
         let message_id = Self::message_id(job);
         let list_unsubscribe = (job.category == Category::Marketing).then(|| {
@@ -379,6 +403,7 @@ impl Composer {
 
     /// Stage 3: the MIME message (unsigned) from a rendered job.
     pub fn build(&self, job: &SendJob, r: &Rendered, now: OffsetDateTime) -> Result<Vec<u8>, RenderError> {
+        let reference = self.references.sign(&job.tenant_id, &job.job_id);
         Ok(mime::build(mime::Parts {
             job,
             message_id: &r.message_id,
@@ -387,6 +412,7 @@ impl Composer {
             html: r.html.as_deref(),
             text: &r.text,
             list_unsubscribe: r.list_unsubscribe.as_deref(),
+            reference: &reference,
         })?)
     }
 }

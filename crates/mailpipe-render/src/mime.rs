@@ -20,6 +20,10 @@ pub(crate) struct Parts<'a> {
     pub html: Option<&'a str>,
     pub text: &'a str,
     pub list_unsubscribe: Option<&'a str>,
+    /// The value of `X-Mailpipe-Ref`: tenant, job and a MAC
+    /// ([`mailpipe_token::References`]), which maps a bounce or an ARF
+    /// report that quotes our headers back to the exact send.
+    pub reference: &'a str,
 }
 
 /// The value of `Feedback-ID`: `campaign:tenant:category:mailpipe`, the form
@@ -27,12 +31,6 @@ pub(crate) struct Parts<'a> {
 /// its tenant.
 pub fn feedback_id(job: &SendJob) -> String {
     format!("{}:{}:{}:mailpipe", job.campaign_id, job.tenant_id, job.category.as_str())
-}
-
-/// The value of `X-Mailpipe-Ref`: tenant and job, which maps a bounce or an
-/// ARF report that quotes our headers back to the exact send.
-pub fn correlation_ref(job: &SendJob) -> String {
-    format!("{}/{}", job.tenant_id, job.job_id)
 }
 
 pub(crate) fn build(p: Parts<'_>) -> std::io::Result<Vec<u8>> {
@@ -44,7 +42,7 @@ pub(crate) fn build(p: Parts<'_>) -> std::io::Result<Vec<u8>> {
         .message_id(MessageId::new(p.message_id))
         .date(Date::new(p.date.unix_timestamp()))
         .header("Feedback-ID", Raw::new(feedback_id(job)))
-        .header("X-Mailpipe-Ref", Raw::new(correlation_ref(job)));
+        .header("X-Mailpipe-Ref", Raw::new(p.reference));
     if let (Category::Marketing, Some(lu)) = (job.category, p.list_unsubscribe) {
         m = m
             .header("List-Unsubscribe", Raw::new(lu))

@@ -65,7 +65,11 @@ fn marketing_message_parses_back_with_every_header() {
     assert_eq!(from.name(), Some("Acme News"));
     assert_eq!(msg.to().unwrap().first().unwrap().address(), Some("jane@example.com"));
     assert_eq!(msg.header_raw("Feedback-ID").map(str::trim), Some("spring:acme:marketing:mailpipe"));
-    assert_eq!(msg.header_raw("X-Mailpipe-Ref").map(str::trim), Some("acme/job-1"));
+    // tenant/job and a tag that checks out under the platform's key.
+    let reference = msg.header_raw("X-Mailpipe-Ref").unwrap().trim();
+    assert!(reference.starts_with("acme/job-1/"), "{reference}");
+    let (t, j) = hasher().references().verify(reference).unwrap();
+    assert_eq!((t.as_str(), j.as_str()), ("acme", "job-1"));
     assert_eq!(msg.header_raw("List-Unsubscribe-Post").map(str::trim), Some("List-Unsubscribe=One-Click"));
     // Non-ASCII custom header values are RFC 2047 encoded; decode them the way
     // a mail client would, by parsing the raw value as a Subject.
@@ -149,4 +153,22 @@ fn a_subject_that_renders_a_newline_is_refused() {
     j.vars.insert("first".into(), serde_json::json!("x\r\nBcc: victim@example.com"));
     let err = composer().compose(&j, None, datetime!(2026-11-29 12:00 UTC), None).unwrap_err();
     assert_eq!(err.reason(), "header_injection");
+}
+
+#[test]
+fn a_message_of_more_links_than_the_limit_is_refused_and_one_within_it_is_tracked() {
+    let links = |n: usize| -> String {
+        (0..n).map(|i| format!("<a href=\"https://acme.example/{i}\">x</a>")).collect()
+    };
+    let with = |html: String| {
+        let mut j = job("marketing");
+        j.content = mailpipe_core::Content::Inline { subject: "s".into(), html: Some(html), text: None };
+        j
+    };
+    let c = composer();
+    let out = c.compose(&with(links(900)), None, datetime!(2026-11-29 12:00 UTC), None).unwrap();
+    assert_eq!(out.tracked_links, 900);
+    let err = c.compose(&with(links(5000)), None, datetime!(2026-11-29 12:00 UTC), None).unwrap_err();
+    assert_eq!(err.reason(), "too_large", "{err}");
+    assert!(err.to_string().contains("links"), "{err}");
 }

@@ -75,6 +75,79 @@ impl RecipientHasher {
     }
 }
 
+impl RecipientHasher {
+    /// The signer of message references, with a key of its own derived
+    /// from this one (never the same key for two purposes).
+    pub fn references(&self) -> References {
+        let mut m = self.mac.clone();
+        m.update(b"mailpipe/reference-key/v1");
+        let key = m.finalize().into_bytes();
+        References { mac: HmacSha256::new_from_slice(&key).expect("HMAC takes any key length") }
+    }
+}
+
+/// Signs and checks the `X-Mailpipe-Ref` of a message: `tenant/job/tag`,
+/// the tag a MAC over tenant and job. A bounce or complaint that quotes the
+/// header maps to the send it names, and nobody without the platform's key
+/// can make one up that maps to any send.
+#[derive(Clone)]
+pub struct References {
+    mac: HmacSha256,
+}
+
+impl std::fmt::Debug for References {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("References(..)")
+    }
+}
+
+/// Why a reference names no send of ours.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ReferenceError {
+    #[error("not tenant/job/tag")]
+    Malformed,
+    #[error("its tag does not check out")]
+    Forged,
+}
+
+impl References {
+    fn tag(&self, tenant: &str, job: &str) -> [u8; TAG_LEN] {
+        let mut m = self.mac.clone();
+        m.update(b"mailpipe/reference/v1/");
+        m.update(tenant.as_bytes());
+        m.update(b"/");
+        m.update(job.as_bytes());
+        let out = m.finalize().into_bytes();
+        let mut t = [0u8; TAG_LEN];
+        t.copy_from_slice(&out[..TAG_LEN]);
+        t
+    }
+
+    pub fn sign(&self, tenant: &TenantId, job: &JobId) -> String {
+        let tag = URL_SAFE_NO_PAD.encode(self.tag(tenant.as_str(), job.as_str()));
+        format!("{tenant}/{job}/{tag}")
+    }
+
+    /// The tenant and job a reference names, if its tag checks out
+    /// (compared in constant time).
+    pub fn verify(&self, value: &str) -> Result<(TenantId, JobId), ReferenceError> {
+        let mut it = value.trim().splitn(3, '/');
+        let (Some(t), Some(j), Some(tag)) = (it.next(), it.next(), it.next()) else {
+            return Err(ReferenceError::Malformed);
+        };
+        let tenant = TenantId::parse(t).map_err(|_| ReferenceError::Malformed)?;
+        let job = JobId::parse(j).map_err(|_| ReferenceError::Malformed)?;
+        let given = URL_SAFE_NO_PAD.decode(tag).map_err(|_| ReferenceError::Malformed)?;
+        if given.len() != TAG_LEN {
+            return Err(ReferenceError::Malformed);
+        }
+        if !bool::from(given.ct_eq(&self.tag(tenant.as_str(), job.as_str()))) {
+            return Err(ReferenceError::Forged);
+        }
+        Ok((tenant, job))
+    }
+}
+
 /// What the token lets its bearer do.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
@@ -342,6 +415,21 @@ mod tests {
             sent_at: 1_790_000_000,
             action,
         }
+    }
+
+    #[test]
+    fn references_name_their_send_and_cannot_be_made_up() {
+        let refs = RecipientHasher::new(&vec![9u8; 32].into()).unwrap().references();
+        let (acme, job) = (TenantId::parse("acme").unwrap(), JobId::parse("job-42").unwrap());
+        let signed = refs.sign(&acme, &job);
+        assert_eq!(refs.verify(&signed), Ok((acme.clone(), job.clone())));
+        assert_eq!(refs.verify(&format!(" {signed}\r\n")), Ok((acme, job)), "header whitespace");
+        let tag = signed.rsplit('/').next().unwrap();
+        assert_eq!(refs.verify(&format!("globex/job-42/{tag}")), Err(ReferenceError::Forged));
+        assert_eq!(refs.verify("acme/job-42"), Err(ReferenceError::Malformed), "the old, unsigned form");
+        assert_eq!(refs.verify("acme/job-42/AAAAAAAAAAAAAAAAAAAAAA"), Err(ReferenceError::Forged));
+        let other = RecipientHasher::new(&vec![8u8; 32].into()).unwrap().references();
+        assert_eq!(other.verify(&signed), Err(ReferenceError::Forged), "another platform's key");
     }
 
     #[test]

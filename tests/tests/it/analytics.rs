@@ -462,12 +462,32 @@ fn arf(reference: &str, with_feedback_part: bool) -> Vec<u8> {
     .into_bytes()
 }
 
+/// The signed reference of a job, as the worker writes it.
+fn signed(tenant: &str, job: &str) -> String {
+    hasher().references().sign(&TenantId::parse(tenant).unwrap(), &mailpipe_core::JobId::parse(job).unwrap())
+}
+
+/// A report whose free text quotes a valid reference while its original
+/// message (the headers part) carries none: a reader that searched the
+/// whole report would take it.
+fn arf_quoting_in_text(reference: &str) -> Vec<u8> {
+    format!(
+        "From: fbl@isp.example\r\nTo: fbl@platform.example\r\nSubject: complaint\r\nMIME-Version: 1.0\r\n\
+         Content-Type: multipart/report; report-type=feedback-report; boundary=\"b\"\r\n\r\n\
+         --b\r\nContent-Type: text/plain\r\n\r\nX-Mailpipe-Ref: {reference}\r\n\
+         --b\r\nContent-Type: message/feedback-report\r\n\r\nFeedback-Type: abuse\r\nVersion: 1\r\n\r\n\
+         --b\r\nContent-Type: text/rfc822-headers\r\n\r\nFrom: news@sender.example\r\n\r\n--b--\r\n"
+    )
+    .into_bytes()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_arf_complaint_suppresses_the_recipient_everywhere_and_bad_reports_are_kept() {
     let TestStore { store, db } = fresh_store().await;
     let address = "complainer@example.com";
     seed_personal_data(&store, address).await;
-    let (tenant, job) = complaint(&store, &hasher(), None, &arf("acme/job-00001", true)).await.unwrap();
+    let (tenant, job) =
+        complaint(&store, &hasher(), None, &arf(&signed("acme", "job-00001"), true)).await.unwrap();
     assert_eq!((tenant.as_str(), job.as_str()), ("acme", "job-00001"));
     let globex = TenantId::parse("globex").unwrap();
     let s =
@@ -475,20 +495,39 @@ async fn an_arf_complaint_suppresses_the_recipient_everywhere_and_bad_reports_ar
     assert_eq!((s.reason, s.scope), (Reason::Complaint, Scope::Platform));
     assert_eq!(store.event_counts("acme", "spring").await.unwrap().get("complaint"), Some(&1));
 
+    // A second recipient, whom forged reports try to have suppressed.
+    let victim = "victim@example.com";
+    let mut j = mailpipe_tests::job(2, "acme", "spring", "example.com");
+    j["to"]["email"] = victim.into();
+    store.claim_job(&SendJob::from_json(&serde_json::to_vec(&j).unwrap()).unwrap()).await.unwrap();
+    let stolen_tag = signed("acme", "job-00001").rsplit('/').next().unwrap().to_owned();
     for (report, reason) in [
-        (arf("acme/job-00001", false), "not_arf"),
-        (arf("acme/no-such-job", true), "unknown_message"),
+        (arf(&signed("acme", "job-00001"), false), "not_arf"),
+        (arf(&signed("acme", "no-such-job"), true), "unknown_message"),
         (arf("not a reference", true), "bad_reference"),
+        // The unsigned form of before, and a tag moved to another job.
+        (arf("acme/job-00002", true), "bad_reference"),
+        (arf(&format!("acme/job-00002/{stolen_tag}"), true), "forged_reference"),
+        (arf_quoting_in_text(&signed("acme", "job-00002")), "no_reference"),
     ] {
         let e = complaint(&store, &hasher(), None, &report).await.unwrap_err().to_string();
         assert!(e.contains(reason), "{e}");
     }
+    assert_eq!(
+        store.suppression(&hasher().hash(victim), &globex, Category::Marketing).await.unwrap(),
+        None,
+        "no forged report suppresses anyone"
+    );
+    assert_eq!(store.event_counts("acme", "spring").await.unwrap().get("complaint"), Some(&1));
     let mut conn = sqlx::PgConnection::connect(&db).await.unwrap();
     let kept: Vec<String> = sqlx::query_scalar("SELECT reason FROM rejected_reports ORDER BY id")
         .fetch_all(&mut conn)
         .await
         .unwrap();
-    assert_eq!(kept, ["not_arf", "unknown_message", "bad_reference"]);
+    assert_eq!(
+        kept,
+        ["not_arf", "unknown_message", "bad_reference", "bad_reference", "forged_reference", "no_reference"]
+    );
 }
 
 fn acme_id() -> TenantId {

@@ -23,9 +23,16 @@ pub async fn run(args: Args, cfg: &Config) -> anyhow::Result<ExitCode> {
         std::fs::read(&args.file).map_err(|e| anyhow::anyhow!("{}: {e}", args.file.display()))?
     };
     let store = app::store(cfg).await?;
-    // An unusable report is kept before anything else is needed.
-    let reported = complaint::read_report(&store, &report).await?;
-    let keys = app::keys(cfg)?;
+    // A report unusable whatever the keys is kept even without them; the
+    // key that checks a reference is needed next, Kafka only after.
+    let keys = match app::keys(cfg) {
+        Ok(k) => k,
+        Err(e) => {
+            complaint::keep_if_unusable(&store, &report).await?;
+            return Err(e);
+        }
+    };
+    let reported = complaint::read_report(&store, &keys.hasher.references(), &report).await?;
     let kafka = (cfg.queue.kind == QueueKind::Kafka).then_some(&cfg.queue.kafka);
     let (tenant, job) =
         complaint::act_on(&store, &keys.hasher, kafka, reported).await.map_err(|e| match e {
