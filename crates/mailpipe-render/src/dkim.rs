@@ -7,17 +7,32 @@ use mail_auth::dkim::{Canonicalization, DkimSigner, Done};
 use rustls_pki_types::PrivateKeyDer;
 use rustls_pki_types::pem::PemObject;
 
-/// The headers a signature covers. Listing a header the message lacks is
-/// deliberate: it stops anyone adding one later without breaking the signature.
-pub const SIGNED_HEADERS: [&str; 11] = [
+/// The headers a signature covers. A header listed once more than the
+/// message has it ("over-signed") signs its absence too: nobody can add a
+/// second From, To, Subject, Date, Message-ID or List-Unsubscribe above
+/// the signed one (which a client may show instead) without breaking the
+/// signature. Listing a header the message lacks is likewise deliberate:
+/// it stops anyone adding one later (a Reply-To, a Cc). mail-auth signs
+/// every instance present of a listed header and lists a repeat it cannot
+/// find as absent, which is exactly over-signing.
+pub const SIGNED_HEADERS: [&str; 20] = [
+    "From",
     "From",
     "To",
+    "To",
+    "Subject",
     "Subject",
     "Date",
+    "Date",
     "Message-ID",
+    "Message-ID",
+    "Reply-To",
+    "Cc",
     "MIME-Version",
     "Content-Type",
     "List-Unsubscribe",
+    "List-Unsubscribe",
+    "List-Unsubscribe-Post",
     "List-Unsubscribe-Post",
     "Feedback-ID",
     "X-Mailpipe-Ref",

@@ -103,6 +103,49 @@ fn tamper(msg: &[u8]) -> Vec<u8> {
     t.into_bytes()
 }
 
+/// The message with `header` added just below the signature, above the
+/// headers it signed: what a replay that wants to show another sender or
+/// subject does.
+fn add_header(msg: &[u8], header: &str) -> Vec<u8> {
+    let s = String::from_utf8(msg.to_vec()).unwrap();
+    // The end of the (folded) DKIM-Signature header: the first line break
+    // not followed by white space.
+    let end =
+        s.match_indices("\r\n").map(|(i, _)| i + 2).find(|&i| !s[i..].starts_with([' ', '\t'])).unwrap();
+    format!("{}{header}\r\n{}", &s[..end], &s[end..]).into_bytes()
+}
+
+#[test]
+fn added_headers_break_the_signature_for_dkimpy() {
+    let rec = format!(
+        "v=DKIM1; k=ed25519; p={}",
+        std::fs::read_to_string(fixture("ed25519.pub.b64")).unwrap().trim()
+    );
+    let msg = signed(DkimAlgorithm::Ed25519Sha256, "ed25519.pem");
+    assert!(dkimpy(&msg, &rec), "valid signature");
+    let h = String::from_utf8_lossy(&msg)
+        .split("h=")
+        .nth(1)
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .replace([' ', '\t', '\r', '\n'], "");
+    assert_eq!(h.to_ascii_lowercase().matches("from").count(), 2, "From over-signed: h={h}");
+    for added in [
+        "From: Acme Billing <billing@acme.example>",
+        "Subject: Your account is locked",
+        "To: someone-else@example.com",
+        "Date: Sat, 1 Jan 2000 00:00:00 +0000",
+        "Message-ID: <replayed@acme.example>",
+        "Reply-To: attacker@evil.example",
+        "Cc: more@evil.example",
+        "List-Unsubscribe: <https://evil.example/u>",
+    ] {
+        assert!(!dkimpy(&add_header(&msg, added), &rec), "adding {added:?} must break the signature");
+    }
+}
+
 #[test]
 fn rsa_sha256_signatures_verify_with_dkimpy() {
     let rec =
