@@ -121,7 +121,7 @@ run_worker ed25519 ed25519-sha256; read -r plain plain_rss plain_sent plain_sand
 echo "worker with Ed25519 DKIM: $plain messages/s" >&2
 run_worker inproc ed25519-sha256 none; read -r inproc inproc_rss inproc_sent _ <<<"$RESULT"
 echo "worker with Ed25519 DKIM, templates rendered in the worker: $inproc messages/s" >&2
-run_worker rsa rsa-sha256; read -r dkim dkim_rss dkim_sent <<<"$RESULT"
+run_worker rsa rsa-sha256; read -r dkim dkim_rss dkim_sent _ <<<"$RESULT"
 echo "worker with RSA-2048 DKIM: $dkim messages/s" >&2
 pct() { python3 -c "print(f'{$1/$2:.0%}')"; }
 printf '\nmachine: %s, %s cores; N=%s jobs of ~%s bytes, 5 links, 5 domains, %s partitions\n\n' \
