@@ -97,6 +97,7 @@ pub fn job(i: usize, tenant: &str, campaign: &str, domain: &str) -> serde_json::
 /// services of a [`TestEnv`] hold them.
 pub fn test_keys() -> mailpipe::app::Keys {
     let vars = [
+        ("MAILPIPE__TOKENS__ALLOW_PUBLISHED_KEYS", "true"),
         ("MAILPIPE__TOKENS__KEYS__1", TEST_TOKEN_KEY),
         ("MAILPIPE__TOKENS__RECIPIENT_KEY", TEST_RECIPIENT_KEY),
     ];

@@ -88,6 +88,12 @@ pub struct QueueConfig {
 #[derive(Debug, Deserialize)]
 pub struct TokensConfig {
     pub active_key: u16,
+    /// Development only: accept the keys published in this repository
+    /// ([`PUBLISHED_KEYS`]), which anyone can read and so forge links,
+    /// unsubscribes and references with. The tests and the local compose
+    /// stack set it; nothing else should.
+    #[serde(default)]
+    pub allow_published_keys: bool,
     #[serde(default)]
     pub recipient_key: Option<SecretString>,
     /// Key id → base64 secret.
@@ -267,6 +273,9 @@ impl Config {
         if let Some(s) = &domains {
             check_domains(s, &mut errors);
         }
+        if let (Some(t), Some(d)) = (&tokens, &domains) {
+            check_published(t, d, &mut errors);
+        }
         let (
             Some(store),
             Some(queue),
@@ -430,6 +439,48 @@ fn check_tracker(tracker: &TrackerSettings, errors: &mut Vec<String>) {
     }
 }
 
+/// Secrets that appear in this repository, and where: refused as keys
+/// unless `tokens.allow_published_keys` is set. Compared decoded, so another
+/// encoding of the same bytes is refused too.
+pub const PUBLISHED_KEYS: &[(&str, &str)] = &[
+    ("ZGV2LW9ubHktdG9rZW4tc2lnbmluZy1rZXktbnVtYmVyLW9uZSE=", "docker/docker-compose.yml"),
+    ("ZGV2LW9ubHktcmVjaXBpZW50LWhhc2gta2V5LTMyYnl0ZXMhIQ==", "docker/docker-compose.yml"),
+    ("ZGV2LW9ubHkta2V5LWVuY3J5cHRpb24ta2V5LWZvci1ka2ltIQ==", "docker/docker-compose.yml"),
+    ("dGVzdC10b2tlbi1rZXktdGhhdC1pcy1hdC1sZWFzdC0zMi1ieXRlcw==", "the tests"),
+    ("dGVzdC1yZWNpcGllbnQta2V5LXRoYXQtaXMtMzItYnl0ZXMtbG9uZw==", "the tests"),
+    ("dGVzdC1rZXktZW5jcnlwdGlvbi1rZXktb2YtMzItYnl0ZXMh", "the tests"),
+    ("c2Vjb25kLWtleS1lbmNyeXB0aW9uLWtleS1vZi0zMi1ieXRlcyE=", "the tests"),
+];
+
+/// Where `secret` is published, if it is one of [`PUBLISHED_KEYS`].
+fn published(secret: &SecretString) -> Option<&'static str> {
+    let bytes = decode_secret("", secret).ok()?;
+    PUBLISHED_KEYS.iter().find_map(|(k, place)| {
+        let known = decode_secret("", &SecretString::from(k.to_string())).ok()?;
+        (known.expose_secret() == bytes.expose_secret()).then_some(*place)
+    })
+}
+
+/// Every key setting that holds a published key.
+fn check_published(tokens: &TokensConfig, domains: &DomainSettings, errors: &mut Vec<String>) {
+    if tokens.allow_published_keys {
+        return;
+    }
+    let settings = tokens
+        .keys
+        .iter()
+        .map(|(id, s)| (format!("tokens.keys.{id}"), s))
+        .chain(tokens.recipient_key.iter().map(|s| ("tokens.recipient_key".to_owned(), s)))
+        .chain(domains.keys.iter().map(|(id, s)| (format!("domains.keys.{id}"), s)));
+    for (path, secret) in settings {
+        if let Some(place) = published(secret) {
+            errors.push(format!(
+                "{path}: this key is published in the mailpipe repository ({place}), so anyone can forge with it; make your own: head -c 32 /dev/urandom | base64 (tokens.allow_published_keys = true accepts it, for development only)"
+            ));
+        }
+    }
+}
+
 fn check_tokens(tokens: &TokensConfig, errors: &mut Vec<String>) {
     for (id, secret) in &tokens.keys {
         if id.parse::<u16>().is_err() {
@@ -519,6 +570,22 @@ mod tests {
 
     fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
         pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn a_published_key_is_refused_in_any_encoding_unless_allowed() {
+        use base64::Engine as _;
+        let published = base64::engine::general_purpose::STANDARD.decode(PUBLISHED_KEYS[0].0).unwrap();
+        let other_encoding = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(published);
+        let vars = |allow: &str| {
+            env(&[
+                ("MAILPIPE__TOKENS__KEYS__1", other_encoding.as_str()),
+                ("MAILPIPE__TOKENS__ALLOW_PUBLISHED_KEYS", allow),
+            ])
+        };
+        let e = Config::load(None, vars("false")).unwrap_err().to_string();
+        assert!(e.contains("tokens.keys.1: this key is published"), "{e}");
+        assert!(Config::load(None, vars("true")).is_ok());
     }
 
     #[test]

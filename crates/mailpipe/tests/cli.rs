@@ -16,10 +16,41 @@ fn mailpipe(args: &[&str], env: &[(&str, &str)]) -> Output {
     for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("MAILPIPE__")) {
         c.env_remove(k);
     }
+    // The keys below are published here: the tests may use them.
+    c.env("MAILPIPE__TOKENS__ALLOW_PUBLISHED_KEYS", "true");
     for (k, v) in env {
         c.env(k, v);
     }
     c.output().unwrap()
+}
+
+#[test]
+fn keys_published_in_the_repository_are_refused_outside_development() {
+    // The local compose stack's keys, as a deployment that copied them has them.
+    let compose =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../docker/docker-compose.yml"))
+            .unwrap();
+    let value = |name: &str| -> String {
+        let line = compose.lines().find(|l| l.trim_start().starts_with(name)).unwrap();
+        line.split_once(':').unwrap().1.trim().to_owned()
+    };
+    let env = [
+        ("MAILPIPE__TOKENS__KEYS__1", value("MAILPIPE__TOKENS__KEYS__1")),
+        ("MAILPIPE__TOKENS__RECIPIENT_KEY", value("MAILPIPE__TOKENS__RECIPIENT_KEY")),
+        ("MAILPIPE__DOMAINS__KEYS__1", value("MAILPIPE__DOMAINS__KEYS__1")),
+    ];
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let mut refused = env.clone();
+    refused.push(("MAILPIPE__TOKENS__ALLOW_PUBLISHED_KEYS", "false"));
+    let o = mailpipe(&["check-config"], &refused);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    let e = stderr(&o);
+    for setting in ["tokens.keys.1", "tokens.recipient_key", "domains.keys.1"] {
+        assert!(e.contains(&format!("{setting}: this key is published")), "{setting}: {e}");
+    }
+    // With the development switch (the tests' and the compose stack's), accepted.
+    let o = mailpipe(&["check-config"], &env);
+    assert!(o.status.success(), "{}", stderr(&o));
 }
 
 fn stderr(o: &Output) -> String {
