@@ -215,9 +215,19 @@ fn truncate(ip: IpAddr) -> String {
     }
 }
 
+/// A keyed hash of the address that rotates every UTC day: one day's
+/// hashes cannot be joined to another's, even by whoever reads the store.
 fn hash_ip(ip: IpAddr, key: &[u8]) -> String {
+    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let day = (secs / 86_400) as i64;
+    hash_ip_on(ip, key, day)
+}
+
+fn hash_ip_on(ip: IpAddr, key: &[u8], day: i64) -> String {
     let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(key) else { return String::new() };
-    mac.update(b"mailpipe/ip/v1/");
+    mac.update(b"mailpipe/ip/v2/");
+    mac.update(&day.to_be_bytes());
+    mac.update(b"/");
     mac.update(ip.to_string().as_bytes());
     mac.finalize().into_bytes()[..8].iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -226,6 +236,14 @@ fn hash_ip(ip: IpAddr, key: &[u8]) -> String {
 mod tests {
     use super::*;
     use axum::http::{HeaderValue, header};
+
+    #[test]
+    fn ip_hashes_rotate_daily_and_depend_on_their_key() {
+        let ip: IpAddr = "203.0.113.7".parse().unwrap();
+        assert_eq!(hash_ip_on(ip, b"k", 20_000), hash_ip_on(ip, b"k", 20_000));
+        assert_ne!(hash_ip_on(ip, b"k", 20_000), hash_ip_on(ip, b"k", 20_001), "a new key every day");
+        assert_ne!(hash_ip_on(ip, b"k", 20_000), hash_ip_on(ip, b"j", 20_000));
+    }
 
     fn judge(method: Method, ua: &str, since_sent: Option<i64>, is_click: bool) -> (VerdictClass, String) {
         let v = verdict(&Signals {

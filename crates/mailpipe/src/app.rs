@@ -68,7 +68,10 @@ impl Keys {
             s.keys.iter().map(|(id, secret)| SigningKey { id: *id, secret: secret.clone() }).collect();
         let ring = Keyring::new(signing, active).context("tokens")?;
         let hasher = RecipientHasher::new(&s.recipient_key).context("tokens.recipient_key")?;
-        Ok(Self { ring: Arc::new(ring), hasher, ip_key: s.recipient_key.expose_secret().to_vec() })
+        // A key of its own: the recipient key keys suppressions for good,
+        // and client addresses must not be linkable through it.
+        let ip_key = s.ip_key.as_ref().map(|k| k.expose_secret().to_vec()).unwrap_or_default();
+        Ok(Self { ring: Arc::new(ring), hasher, ip_key })
     }
 }
 

@@ -96,6 +96,10 @@ pub struct TokensConfig {
     pub allow_published_keys: bool,
     #[serde(default)]
     pub recipient_key: Option<SecretString>,
+    /// Keys the client-address hashes of `tracker.ip = "hash"`: a key of
+    /// its own, never the recipient key; the hash rotates daily under it.
+    #[serde(default)]
+    pub ip_key: Option<SecretString>,
     /// Key id → base64 secret.
     #[serde(default)]
     pub keys: BTreeMap<String, SecretString>,
@@ -144,6 +148,7 @@ pub struct Config {
 pub struct TokenSecrets {
     pub keys: Vec<(u16, SecretSlice<u8>)>,
     pub recipient_key: SecretSlice<u8>,
+    pub ip_key: Option<SecretSlice<u8>>,
 }
 
 fn decode_secret(path: &str, s: &SecretString) -> Result<SecretSlice<u8>, String> {
@@ -343,6 +348,9 @@ impl Config {
         if self.tokens.recipient_key.is_none() {
             errors.push("tokens.recipient_key: missing (set MAILPIPE__TOKENS__RECIPIENT_KEY to a base64 secret of 32+ bytes)".into());
         }
+        if self.tracker.ip == mailpipe_tracker::IpMode::Hash && self.tokens.ip_key.is_none() {
+            errors.push("tokens.ip_key: tracker.ip = \"hash\" needs a key of its own (set MAILPIPE__TOKENS__IP_KEY to a base64 secret of 32+ bytes)".into());
+        }
         if !errors.is_empty() {
             return Err(ConfigErrors(errors));
         }
@@ -361,7 +369,8 @@ impl Config {
             .transpose()
             .map_err(|e| ConfigErrors(vec![e]))?
             .ok_or_else(|| ConfigErrors(vec!["tokens.recipient_key: missing".into()]))?;
-        Ok(TokenSecrets { keys, recipient_key })
+        let ip_key = self.tokens.ip_key.as_ref().and_then(|k| decode_secret("tokens.ip_key", k).ok());
+        Ok(TokenSecrets { keys, recipient_key, ip_key })
     }
 }
 
@@ -471,6 +480,7 @@ fn check_published(tokens: &TokensConfig, domains: &DomainSettings, errors: &mut
         .iter()
         .map(|(id, s)| (format!("tokens.keys.{id}"), s))
         .chain(tokens.recipient_key.iter().map(|s| ("tokens.recipient_key".to_owned(), s)))
+        .chain(tokens.ip_key.iter().map(|s| ("tokens.ip_key".to_owned(), s)))
         .chain(domains.keys.iter().map(|(id, s)| (format!("domains.keys.{id}"), s)));
     for (path, secret) in settings {
         if let Some(place) = published(secret) {
@@ -495,6 +505,11 @@ fn check_tokens(tokens: &TokensConfig, errors: &mut Vec<String>) {
     }
     if let Some(r) = &tokens.recipient_key
         && let Err(e) = decode_secret("tokens.recipient_key", r)
+    {
+        errors.push(e);
+    }
+    if let Some(r) = &tokens.ip_key
+        && let Err(e) = decode_secret("tokens.ip_key", r)
     {
         errors.push(e);
     }
@@ -570,6 +585,21 @@ mod tests {
 
     fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
         pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn hashing_client_addresses_needs_a_key_of_its_own() {
+        let key = "c2VjcmV0LXNlY3JldC1zZWNyZXQtc2VjcmV0LXNlY3JldC0=";
+        let mut vars = vec![
+            ("MAILPIPE__TOKENS__KEYS__1", key),
+            ("MAILPIPE__TOKENS__RECIPIENT_KEY", key),
+            ("MAILPIPE__TRACKER__IP", "hash"),
+        ];
+        let e = Config::load(None, env(&vars)).unwrap().token_secrets().err().unwrap().to_string();
+        assert!(e.contains("tokens.ip_key"), "{e}");
+        vars.push(("MAILPIPE__TOKENS__IP_KEY", "aXAta2V5LWlwLWtleS1pcC1rZXktaXAta2V5LWlwLWtleQ=="));
+        let s = Config::load(None, env(&vars)).unwrap().token_secrets().unwrap();
+        assert!(s.ip_key.is_some_and(|k| k.expose_secret() != s.recipient_key.expose_secret()));
     }
 
     #[test]

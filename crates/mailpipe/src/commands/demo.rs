@@ -218,7 +218,9 @@ fn throwaway_secrets() -> TokenSecrets {
     rng.fill_bytes(&mut key);
     let mut rkey = vec![0u8; 32];
     rng.fill_bytes(&mut rkey);
-    TokenSecrets { keys: vec![(1, key.into())], recipient_key: rkey.into() }
+    let mut ikey = vec![0u8; 32];
+    rng.fill_bytes(&mut ikey);
+    TokenSecrets { keys: vec![(1, key.into())], recipient_key: rkey.into(), ip_key: Some(ikey.into()) }
 }
 
 /// Sends the sample campaign through the whole pipeline in this process,
