@@ -229,6 +229,15 @@ impl TestEnv {
         vars
     }
 
+    /// Runs `mailpipe <args>` against this env's store and settings, to the end.
+    pub fn cli(&self, args: &[&str]) -> std::process::Output {
+        std::process::Command::new(crate::mailpipe_binary())
+            .args(args)
+            .envs(self.process_vars())
+            .output()
+            .expect("mailpipe")
+    }
+
     /// The sink the setup started.
     pub fn sink(&self) -> &SmtpSink {
         self.sink.as_ref().expect("this test env has a relay of the test's, not a sink")

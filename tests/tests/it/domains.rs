@@ -37,15 +37,6 @@ fn outcome(c: &Checked, check: Check) -> (Outcome, String) {
     (f.outcome, format!("{} / fix: {}", f.detail, f.fix.as_deref().unwrap_or("")))
 }
 
-/// `mailpipe <args>` against the env's store and settings.
-fn cli(env: &TestEnv, args: &[&str]) -> Output {
-    std::process::Command::new(mailpipe_binary())
-        .args(args)
-        .envs(env.process_vars())
-        .output()
-        .expect("mailpipe")
-}
-
 fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
@@ -265,21 +256,18 @@ async fn a_tenant_sends_only_as_its_own_verified_domains_signed_with_their_keys(
     assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
     let pem = std::fs::read(&pem_path).unwrap();
     let key_file = pem_path.display().to_string();
-    let o = cli(
-        &env,
-        &[
-            "domain",
-            "add",
-            "globex",
-            &globex_domain,
-            "--algorithm",
-            "rsa-sha256",
-            "--key-file",
-            &key_file,
-            "--selector",
-            "s2026",
-        ],
-    );
+    let o = env.cli(&[
+        "domain",
+        "add",
+        "globex",
+        &globex_domain,
+        "--algorithm",
+        "rsa-sha256",
+        "--key-file",
+        &key_file,
+        "--selector",
+        "s2026",
+    ]);
     assert!(o.status.success(), "{}{}", stdout(&o), String::from_utf8_lossy(&o.stderr));
     let printed = stdout(&o);
     assert!(
@@ -287,7 +275,7 @@ async fn a_tenant_sends_only_as_its_own_verified_domains_signed_with_their_keys(
         "{printed}"
     );
     // Acme may not claim it.
-    let o = cli(&env, &["domain", "add", "acme", &globex_domain]);
+    let o = env.cli(&["domain", "add", "acme", &globex_domain]);
     assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("held by another tenant"));
 
     // A worker that would not look for changes for an hour: what lets the
@@ -308,7 +296,7 @@ async fn a_tenant_sends_only_as_its_own_verified_domains_signed_with_their_keys(
     // Published as printed, checked: verified, and the key is the one
     // OpenSSL made, by opendkim's own test.
     assert_eq!(publish_printed(&zone, &printed), 4, "DKIM, SPF, DMARC, return path");
-    let o = cli(&env, &["domain", "check", &globex_domain]);
+    let o = env.cli(&["domain", "check", &globex_domain]);
     assert!(o.status.success(), "{}", stdout(&o));
     assert!(stdout(&o).starts_with(&format!("{globex_domain}: verified")), "{}", stdout(&o));
     let testkey =
@@ -356,7 +344,7 @@ async fn a_tenant_sends_only_as_its_own_verified_domains_signed_with_their_keys(
     // changes (every domains.refresh_ms, 200 here).
     worker.stop().await;
     let worker = env.start_worker();
-    let o = cli(&env, &["domain", "remove", &globex_domain]);
+    let o = env.cli(&["domain", "remove", &globex_domain]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     // One job at a time, each waited for, until one is refused.
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
@@ -384,10 +372,8 @@ async fn a_tenant_sends_only_as_its_own_verified_domains_signed_with_their_keys(
         .output()
         .expect("openssl");
     assert!(der.status.success() && der.stdout.len() > 1000);
-    let o = cli(
-        &env,
-        &["domain", "add", "globex", &globex_domain, "--key-file", &key_file, "--selector", "s2026"],
-    );
+    let o =
+        env.cli(&["domain", "add", "globex", &globex_domain, "--key-file", &key_file, "--selector", "s2026"]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let mut conn = env.pg().await;
     let sealed: Vec<u8> = sqlx::query_scalar("SELECT sealed_key FROM dkim_keys WHERE domain = $1")
@@ -422,24 +408,23 @@ async fn a_key_rotates_without_a_gap_and_private_keys_are_stored_only_sealed() {
     let domain = zone.origin.clone();
     let from = format!("news@{domain}");
     // A selector with characters DNS labels cannot have is refused up front.
-    let o =
-        cli(&env, &["domain", "add", "acme", &domain, "--key-file", "/dev/null", "--selector", "bad_sel!"]);
+    let o = env.cli(&["domain", "add", "acme", &domain, "--key-file", "/dev/null", "--selector", "bad_sel!"]);
     assert_eq!(o.status.code(), Some(2), "{}", String::from_utf8_lossy(&o.stderr));
     assert!(
         String::from_utf8_lossy(&o.stderr).contains("selector"),
         "{}",
         String::from_utf8_lossy(&o.stderr)
     );
-    let o = cli(&env, &["domain", "add", "acme", &domain, "--algorithm", "ed25519-sha256"]);
+    let o = env.cli(&["domain", "add", "acme", &domain, "--algorithm", "ed25519-sha256"]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     publish_printed(&zone, &stdout(&o));
-    assert!(cli(&env, &["domain", "check", &domain]).status.success());
+    assert!(env.cli(&["domain", "check", &domain]).status.success());
     let worker = env.start_worker();
     let before = send_one(&env, 1, &from).await;
 
     // Rotate: a new pending key; the old one signs until the new record is
     // seen.
-    let o = cli(&env, &["domain", "rotate", &domain, "--algorithm", "rsa-sha256"]);
+    let o = env.cli(&["domain", "rotate", &domain, "--algorithm", "rsa-sha256"]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let d = env.store.sending_domain(&Domain::parse(&domain).unwrap()).await.unwrap().unwrap();
     let states: Vec<KeyState> = d.keys.iter().map(|k| k.state).collect();
@@ -447,22 +432,22 @@ async fn a_key_rotates_without_a_gap_and_private_keys_are_stored_only_sealed() {
     let (old, new) = (d.keys[0].selector.clone(), d.keys[1].selector.clone());
     // Checked before the new record is out: still verified, the rotation
     // waits (a warning, not a failure), and mail is still signed the old way.
-    let o = cli(&env, &["domain", "check", &domain]);
+    let o = env.cli(&["domain", "check", &domain]);
     let new_name = dkim_name(&new, &Domain::parse(&domain).unwrap());
     let waiting = stdout(&o).lines().find(|l| l.contains(&new_name)).map(str::to_owned).unwrap_or_default();
     assert!(o.status.success() && waiting.starts_with("warn"), "{}", stdout(&o));
-    assert!(cli(&env, &["domain", "rotate", &domain]).status.code() == Some(1), "one rotation at a time");
+    assert!(env.cli(&["domain", "rotate", &domain]).status.code() == Some(1), "one rotation at a time");
     let during = send_one(&env, 2, &from).await;
     assert_eq!(dkimpy_verify(during.as_bytes()), Ok(format!("pass d={domain} s={old}")));
 
-    let o = cli(&env, &["domain", "records", &domain]);
+    let o = env.cli(&["domain", "records", &domain]);
     let new_line = stdout(&o)
         .lines()
         .find(|l| l.starts_with(&dkim_name(&new, &Domain::parse(&domain).unwrap())))
         .unwrap()
         .to_owned();
     publish_printed(&zone, &new_line);
-    let o = cli(&env, &["domain", "check", &domain]);
+    let o = env.cli(&["domain", "check", &domain]);
     assert!(
         stdout(&o).contains(&format!("rotation complete: selector {new} signs from now on")),
         "{}",
@@ -495,8 +480,8 @@ async fn a_key_rotates_without_a_gap_and_private_keys_are_stored_only_sealed() {
     worker.stop().await;
 
     // The old key stays until retired; only a replaced key can be.
-    assert!(!cli(&env, &["domain", "retire", &domain, new.as_str()]).status.success());
-    assert!(cli(&env, &["domain", "retire", &domain, old.as_str()]).status.success());
+    assert!(!env.cli(&["domain", "retire", &domain, new.as_str()]).status.success());
+    assert!(env.cli(&["domain", "retire", &domain, old.as_str()]).status.success());
 
     // The key-encryption key rotates: with key 2 added and active, reseal
     // moves every key to it; then key 1 can go, and every key still opens.

@@ -3,7 +3,6 @@
 //! the operator allows, not a tenant's own say-so; and what a recipient
 //! asked for cannot be lifted through the CLI by a tenant's hand.
 
-use std::process::Output;
 use std::time::Duration;
 
 use mailpipe_core::{Suppression, TenantId};
@@ -13,14 +12,6 @@ fn transactional(i: usize, tenant: &str) -> (String, Vec<u8>) {
     let mut j = job(i, tenant, "receipts", "a.example");
     j["category"] = "transactional".into();
     keyed(&j)
-}
-
-fn cli(env: &TestEnv, args: &[&str]) -> Output {
-    std::process::Command::new(mailpipe_binary())
-        .args(args)
-        .envs(env.process_vars())
-        .output()
-        .expect("mailpipe")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -47,7 +38,7 @@ async fn only_tenants_the_operator_allows_send_transactional_mail() {
     assert_eq!(reason, "category_not_allowed", "{detail}");
 
     // The operator allows it: the running worker applies it within seconds.
-    let o = cli(&env, &["tenant", "transactional", "mallory", "allow"]);
+    let o = env.cli(&["tenant", "transactional", "mallory", "allow"]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     tokio::time::sleep(Duration::from_secs(6)).await;
     env.enqueue(&[transactional(3, "mallory")]).await;
@@ -70,14 +61,14 @@ async fn the_cli_lifts_only_what_a_sender_added() {
     env.store.add_suppression(&Suppression::hard_bounce(&acme, hash("b@example.com"))).await.unwrap();
     // acme's own list: an entry it added by hand, and an unsubscribe.
     for (address, reason) in [("m@example.com", "manual"), ("t@example.com", "unsubscribe")] {
-        let o = cli(&env, &["suppress", "add", address, "--tenant", "acme", "--reason", reason]);
+        let o = env.cli(&["suppress", "add", address, "--tenant", "acme", "--reason", reason]);
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     }
 
     let refused = |address: &str, tenant: Option<&str>| {
         let mut args = vec!["suppress", "remove", address];
         args.extend(tenant.iter().flat_map(|t| ["--tenant", t]));
-        let o = cli(&env, &args);
+        let o = env.cli(&args);
         assert!(!o.status.success(), "{address}: removing it must fail");
         let err = String::from_utf8_lossy(&o.stderr).into_owned();
         assert!(err.contains("kept"), "{address}: {err}");
@@ -89,7 +80,7 @@ async fn the_cli_lifts_only_what_a_sender_added() {
     for (address, tenant) in [("m@example.com", Some("acme")), ("b@example.com", None)] {
         let mut args = vec!["suppress", "remove", address];
         args.extend(tenant.iter().flat_map(|t| ["--tenant", *t]));
-        let o = cli(&env, &args);
+        let o = env.cli(&args);
         assert!(o.status.success(), "{address}: {}", String::from_utf8_lossy(&o.stderr));
         assert!(String::from_utf8_lossy(&o.stdout).contains("removed 1"), "{address}");
     }
