@@ -35,7 +35,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
-pub use settings::TrackerSettings;
+pub use settings::{Cidr, TrackerSettings};
 pub use signals::IpMode;
 pub use spool::{Spool, SpoolOptions};
 pub use writer::{EventWriter, ShipPolicy, WriterHandle};
@@ -141,26 +141,43 @@ async fn guard(State(s): State<TrackerState>, req: Request, next: Next) -> Respo
     next.run(req).await
 }
 
-/// The client's address: the connection's peer, or the first
-/// `X-Forwarded-For` entry when the tracker is told to trust it.
+/// The client's address: the connection's peer, unless the peer is a
+/// trusted proxy; then the right-most `X-Forwarded-For` entry that is not
+/// one (what the first untrusted hop connected from). Entries to its left
+/// were written by the client and are not believed.
 fn client_addr(
     s: &TrackerState,
     headers: &HeaderMap,
     conn: Option<&ConnectInfo<SocketAddr>>,
 ) -> Option<IpAddr> {
-    let forwarded = || {
-        headers
-            .get("x-forwarded-for")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.split(',').next())
-            .and_then(|v| v.trim().parse().ok())
-    };
-    if s.settings.trust_forwarded_for
-        && let Some(ip) = forwarded()
-    {
-        return Some(ip);
+    let peer = conn.map(|c| c.0.ip());
+    client_behind(&s.settings.trusted_proxies, peer, headers)
+}
+
+fn client_behind(trusted: &[Cidr], peer: Option<IpAddr>, headers: &HeaderMap) -> Option<IpAddr> {
+    let is_trusted = |ip: IpAddr| trusted.iter().any(|c| c.contains(ip));
+    let peer = peer?;
+    if !is_trusted(peer) {
+        return Some(peer);
     }
-    conn.map(|c| c.0.ip())
+    let chain: Vec<Option<IpAddr>> = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .flat_map(|v| v.to_str().unwrap_or("").split(','))
+        .map(|v| v.trim().parse().ok())
+        .collect();
+    // Right to left: the first hop our proxies did not add is the client.
+    // (Our proxies write parseable addresses; anything else, or a chain of
+    // proxies only, leaves the nearest proxy as the best we know.)
+    let mut client = peer;
+    for hop in chain.iter().rev() {
+        match hop {
+            Some(ip) if is_trusted(*ip) => client = *ip,
+            Some(ip) => return Some(*ip),
+            None => break,
+        }
+    }
+    Some(client)
 }
 
 /// Serves until `shutdown` fires, then stops accepting and finishes the
@@ -399,5 +416,48 @@ async fn metrics(State(s): State<TrackerState>) -> Response {
     match &s.metrics {
         Some(render) => ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], render()).into_response(),
         None => (StatusCode::NOT_FOUND, "metrics are not enabled\n").into_response(),
+    }
+}
+
+#[cfg(test)]
+mod forwarded_tests {
+    use super::*;
+
+    fn client(trusted: &[&str], peer: &str, xff: &[&str]) -> String {
+        let trusted: Vec<Cidr> = trusted.iter().map(|c| c.parse().unwrap()).collect();
+        let mut h = HeaderMap::new();
+        for v in xff {
+            h.append("x-forwarded-for", v.parse().unwrap());
+        }
+        client_behind(&trusted, Some(peer.parse().unwrap()), &h).unwrap().to_string()
+    }
+
+    #[test]
+    fn the_client_is_the_right_most_hop_no_trusted_proxy_added() {
+        let lb = ["10.0.0.0/8"];
+        // No proxies trusted: the peer, whatever the header says.
+        assert_eq!(client(&[], "198.51.100.7", &["203.0.113.9"]), "198.51.100.7");
+        // A peer that is not a trusted proxy cannot speak for anyone.
+        assert_eq!(client(&lb, "198.51.100.7", &["203.0.113.9"]), "198.51.100.7");
+        // Behind the balancer: the hop it saw, not what the client wrote.
+        assert_eq!(client(&lb, "10.0.0.5", &["1.2.3.4, 203.0.113.9"]), "203.0.113.9");
+        assert_eq!(client(&lb, "10.0.0.5", &["1.2.3.4", "203.0.113.9, 10.1.1.1"]), "203.0.113.9");
+        assert_eq!(client(&lb, "10.0.0.5", &["garbage, 203.0.113.9"]), "203.0.113.9");
+        // Nothing forwarded, or only proxies: the nearest proxy.
+        assert_eq!(client(&lb, "10.0.0.5", &[]), "10.0.0.5");
+        assert_eq!(client(&lb, "10.0.0.5", &["10.2.2.2"]), "10.2.2.2");
+        assert_eq!(client(&lb, "::ffff:10.0.0.5", &["2001:db8::1"]), "2001:db8::1");
+    }
+
+    #[test]
+    fn address_blocks_parse_and_contain() {
+        let c: Cidr = "192.0.2.0/24".parse().unwrap();
+        assert!(c.contains("192.0.2.200".parse().unwrap()) && !c.contains("192.0.3.1".parse().unwrap()));
+        let one: Cidr = "2001:db8::1".parse().unwrap();
+        assert!(
+            one.contains("2001:db8::1".parse().unwrap()) && !one.contains("2001:db8::2".parse().unwrap())
+        );
+        assert!("0.0.0.0/0".parse::<Cidr>().unwrap().contains("203.0.113.1".parse().unwrap()));
+        assert!("192.0.2.0/33".parse::<Cidr>().is_err() && "nope".parse::<Cidr>().is_err());
     }
 }
