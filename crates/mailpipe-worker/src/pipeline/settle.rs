@@ -120,24 +120,11 @@ impl Pipeline {
             // Another attempt recorded the job's outcome first: that one
             // stands, and is what this record answers with.
             warn!("the job already has an outcome; keeping it, not this attempt's");
-            return self.republish_outcome(job, shutdown).await;
+            return self.republish_outcome(job, None, shutdown).await;
         }
         durably("publish_outcome", shutdown, || self.publish(std::slice::from_ref(&event))).await?;
         self.count(outcome, self.provider(job.to.email.domain()));
         ControlFlow::Continue(outcome)
-    }
-
-    /// Publishes the job's stored terminal event again; nothing is sent.
-    async fn republish_outcome(&self, job: &SendJob, shutdown: &CancellationToken) -> Step<Outcome> {
-        let (tenant, id) = (job.tenant_id.as_str(), job.job_id.as_str());
-        let ev =
-            durably("load_outcome", shutdown, || async { Ok(self.store.terminal_event(tenant, id).await?) })
-                .await?;
-        if let Some(ev) = ev {
-            durably("publish_outcome", shutdown, || self.publish(std::slice::from_ref(&ev))).await?;
-        }
-        self.count(Outcome::Replayed, self.provider(job.to.email.domain()));
-        ControlFlow::Continue(Outcome::Replayed)
     }
 
     /// A job that finished in an earlier run: whatever that run owed is
@@ -150,18 +137,31 @@ impl Pipeline {
         job: &SendJob,
         shutdown: &CancellationToken,
     ) -> Step<Outcome> {
+        debug!("job already finished; outcome re-published, nothing sent");
+        self.republish_outcome(job, Some(rec), shutdown).await
+    }
+
+    /// Publishes the job's stored terminal event again, and, given the
+    /// record, a stored dead letter to the dead-letter topic; nothing is sent.
+    async fn republish_outcome(
+        &self,
+        job: &SendJob,
+        rec: Option<&Record<'_>>,
+        shutdown: &CancellationToken,
+    ) -> Step<Outcome> {
         let (tenant, id) = (job.tenant_id.as_str(), job.job_id.as_str());
         let ev =
             durably("load_outcome", shutdown, || async { Ok(self.store.terminal_event(tenant, id).await?) })
                 .await?;
-        if let Some(ev) = ev {
-            if ev.kind == EventType::DeadLettered {
+        match (ev, rec) {
+            (Some(ev), Some(rec)) if ev.kind == EventType::DeadLettered => {
                 self.publish_dead_letter(rec, &ev, shutdown).await?;
-            } else {
+            }
+            (Some(ev), _) => {
                 durably("publish_outcome", shutdown, || self.publish(std::slice::from_ref(&ev))).await?;
             }
+            (None, _) => {}
         }
-        debug!("job already finished; outcome re-published, nothing sent");
         self.count(Outcome::Replayed, self.provider(job.to.email.domain()));
         ControlFlow::Continue(Outcome::Replayed)
     }
@@ -250,7 +250,7 @@ impl Pipeline {
                 .await?;
         if let (false, Some(j)) = (recorded, job) {
             warn!("the job already has an outcome; keeping it, not this dead letter");
-            return self.republish_outcome(j, shutdown).await;
+            return self.republish_outcome(j, None, shutdown).await;
         }
         self.publish_dead_letter(rec, &ev, shutdown).await?;
         self.count(Outcome::DeadLettered, job.map_or("unknown", |j| self.provider(j.to.email.domain())));
