@@ -106,6 +106,13 @@ pub fn test_keys() -> mailpipe::app::Keys {
     mailpipe::app::keys(&cfg).expect("test keys")
 }
 
+/// Claims `job` in `store` as a worker with the test keys does: with the
+/// keyed hash of its canonical address.
+pub async fn claim(store: &mailpipe_store::Store, job: &mailpipe_core::SendJob) -> mailpipe_store::Claim {
+    let recipient = test_keys().hasher.hash(&job.to.email.canonical());
+    store.claim_job(job, &recipient).await.expect("claim")
+}
+
 /// A job keyed as `mailpipe enqueue` keys it: by its recipient's domain.
 pub fn keyed(job: &serde_json::Value) -> (String, Vec<u8>) {
     let to = job["to"]["email"].as_str().expect("a job with a recipient");

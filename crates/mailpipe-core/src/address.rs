@@ -169,6 +169,47 @@ impl EmailAddress {
     }
 }
 
+/// Replaces every address-like token in free text (an SMTP reply, an error
+/// message) by its redacted form, `j***@example.com`, so that the text can
+/// leave the worker: servers echo the recipient (`550 5.1.1 <Jane@x>: User
+/// unknown`) in any case and in forms that no exact match would catch. A
+/// token is a run of non-space, non-delimiter characters around an `@` with
+/// something on both sides.
+pub fn redact_addresses(text: &str) -> std::borrow::Cow<'_, str> {
+    fn part(c: char) -> bool {
+        !c.is_whitespace()
+            && !c.is_control()
+            && !matches!(c, '<' | '>' | '(' | ')' | '[' | ']' | '"' | ',' | ';' | ':' | '\'' | '@' | '=')
+    }
+    if !text.contains('@') {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len());
+    let mut done = 0; // bytes of `text` already in `out`
+    for (at, _) in text.match_indices('@') {
+        if at < done {
+            continue;
+        }
+        let start =
+            text[done..at].char_indices().rev().take_while(|&(_, c)| part(c)).last().map(|(i, _)| done + i);
+        let end = at
+            + 1
+            + text[at + 1..].char_indices().find(|&(_, c)| !part(c)).map_or(text.len() - at - 1, |(i, _)| i);
+        let (Some(start), true) = (start, end > at + 1) else { continue };
+        let first = text[start..].chars().next().unwrap_or('?');
+        out.push_str(&text[done..start]);
+        out.push(first);
+        out.push_str("***@");
+        out.push_str(&text[at + 1..end]);
+        done = end;
+    }
+    if done == 0 {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    out.push_str(&text[done..]);
+    std::borrow::Cow::Owned(out)
+}
+
 impl TryFrom<String> for EmailAddress {
     type Error = AddressError;
     fn try_from(s: String) -> Result<Self, Self::Error> {
@@ -194,6 +235,30 @@ impl fmt::Debug for EmailAddress {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn addresses_in_free_text_are_redacted_in_any_case_and_form() {
+        let cases = [
+            (
+                "550 5.1.1 <Jane.Doe@Example.COM>: Recipient address rejected",
+                "550 5.1.1 <J***@Example.COM>: Recipient address rejected",
+            ),
+            (
+                "user jane+x@a.example unknown, try bob@b.example",
+                "user j***@a.example unknown, try b***@b.example",
+            ),
+            ("to=<émile@bücher.example>", "to=<é***@bücher.example>"),
+            ("250 2.0.0 Ok: queued as 4ABC", "250 2.0.0 Ok: queued as 4ABC"),
+            ("weird @ sign and trailing a@", "weird @ sign and trailing a@"),
+            ("@lead x@@y a@b", "@lead x@@y a***@b"),
+        ];
+        for (input, want) in cases {
+            assert_eq!(redact_addresses(input), want, "{input}");
+        }
+        for input in ["550 <MiXeD@x.example>", "MiXeD@x.example said no"] {
+            assert!(!redact_addresses(input).to_lowercase().contains("mixed@x.example"), "{input}");
+        }
+    }
 
     #[test]
     fn parses_plain_addresses_and_lowercases_the_domain() {

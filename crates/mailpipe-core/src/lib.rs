@@ -25,7 +25,7 @@ pub mod sending;
 pub mod suppression;
 pub mod units;
 
-pub use address::{AddressError, Domain, EmailAddress};
+pub use address::{AddressError, Domain, EmailAddress, redact_addresses};
 pub use backoff::Backoff;
 pub use event::{ClientInfo, EncodedEvent, Event, EventType, SmtpReply, Verdict, VerdictClass};
 pub use id::{CampaignId, IdError, JobId, TemplateId, TenantId};

@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::str::FromStr;
 
-use mailpipe_core::{Event, SendJob, now_ms};
+use mailpipe_core::{Event, RecipientRef, SendJob, now_ms};
 
 use crate::events::insert_event_q;
 use crate::{Pool, Result, Store, StoreError};
@@ -111,10 +111,12 @@ impl Store {
     /// returns its row either way. The caller decides from the status whether
     /// to send (new, pending, deferred), resolve an in-doubt attempt
     /// (sending), or only re-announce a finished outcome (terminal).
-    pub async fn claim_job(&self, job: &SendJob) -> Result<Claim> {
+    /// `recipient` is the keyed hash of the job's canonical address, by which
+    /// an erasure finds the row.
+    pub async fn claim_job(&self, job: &SendJob, recipient: &RecipientRef) -> Result<Claim> {
         let now = now_ms();
-        let insert = "INSERT INTO send_ledger (tenant_id, job_id, campaign_id, category, recipient, recipient_domain, status, attempts, created_at, updated_at)
-                      VALUES ($1, $2, $3, $4, $5, $6, 'pending', 0, $7, $7)
+        let insert = "INSERT INTO send_ledger (tenant_id, job_id, campaign_id, category, recipient, recipient_domain, status, attempts, created_at, updated_at, recipient_hash)
+                      VALUES ($1, $2, $3, $4, $5, $6, 'pending', 0, $7, $7, $8)
                       ON CONFLICT (tenant_id, job_id) DO NOTHING";
         let select = "SELECT status, attempts, message_id, created_at, payload IS NOT NULL
                       FROM send_ledger WHERE tenant_id = $1 AND job_id = $2";
@@ -126,15 +128,15 @@ impl Store {
             // statement with a new snapshot, reads it.
             Pool::Postgres(p) => {
                 let claim = "WITH ins AS (
-                                 INSERT INTO send_ledger (tenant_id, job_id, campaign_id, category, recipient, recipient_domain, status, attempts, created_at, updated_at)
-                                 VALUES ($1, $2, $3, $4, $5, $6, 'pending', 0, $7, $7)
+                                 INSERT INTO send_ledger (tenant_id, job_id, campaign_id, category, recipient, recipient_domain, status, attempts, created_at, updated_at, recipient_hash)
+                                 VALUES ($1, $2, $3, $4, $5, $6, 'pending', 0, $7, $7, $8)
                                  ON CONFLICT (tenant_id, job_id) DO NOTHING
                                  RETURNING status, attempts, message_id, created_at, payload IS NOT NULL)
                              SELECT * FROM ins
                              UNION ALL
                              SELECT status, attempts, message_id, created_at, payload IS NOT NULL
                              FROM send_ledger WHERE tenant_id = $1 AND job_id = $2 AND NOT EXISTS (SELECT 1 FROM ins)";
-                let got = bind_new_row!(sqlx::query_as(claim), job, now).fetch_optional(p).await?;
+                let got = bind_new_row!(sqlx::query_as(claim), job, recipient, now).fetch_optional(p).await?;
                 match got {
                     Some(row) => row,
                     None => {
@@ -147,7 +149,7 @@ impl Store {
                 }
             }
             Pool::Sqlite(p) => {
-                bind_new_row!(sqlx::query(insert), job, now).execute(p).await?;
+                bind_new_row!(sqlx::query(insert), job, recipient, now).execute(p).await?;
                 sqlx::query_as(select)
                     .bind(job.tenant_id.as_str())
                     .bind(job.job_id.as_str())

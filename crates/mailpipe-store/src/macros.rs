@@ -31,9 +31,10 @@ macro_rules! in_tx {
 }
 
 /// Binds a new ledger row's values, in column order: tenant, job,
-/// campaign, category, recipient, recipient domain, created/updated at.
+/// campaign, category, recipient, recipient domain, created/updated at,
+/// recipient hash.
 macro_rules! bind_new_row {
-    ($q:expr, $job:expr, $now:expr) => {
+    ($q:expr, $job:expr, $recipient:expr, $now:expr) => {
         $q.bind($job.tenant_id.as_str())
             .bind($job.job_id.as_str())
             .bind($job.campaign_id.as_str())
@@ -41,6 +42,7 @@ macro_rules! bind_new_row {
             .bind($job.to.email.as_str())
             .bind($job.to.email.domain())
             .bind($now)
+            .bind($recipient.to_hex())
     };
 }
 

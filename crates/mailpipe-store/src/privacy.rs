@@ -11,6 +11,9 @@ pub struct ErasureReport {
     pub ledger_rows_anonymised: u64,
     pub events_deleted: u64,
     pub dead_letters_deleted: u64,
+    /// Personalised URLs in the click tables.
+    pub campaign_links_deleted: u64,
+    pub rejected_reports_deleted: u64,
     pub suppression_kept: bool,
 }
 
@@ -38,12 +41,19 @@ pub struct Retention {
 }
 
 impl Store {
-    /// Erases a recipient: the ledger keeps its rows (so a redelivered job is
-    /// still recognised and not resent) with the address replaced by its
-    /// keyed hash and the job payload dropped; the jobs' events and any dead
-    /// letter holding the address are deleted; a suppression on the keyed
-    /// hash stops all future mail. Within a tenant's `scope`, only that
-    /// tenant's data.
+    /// Erases a recipient, wherever the address is held in any case:
+    ///
+    /// - the ledger keeps its rows (so a redelivered job is still recognised
+    ///   and not resent), found by the keyed hash of the canonical address
+    ///   (or, for rows older than the hash, the lower-cased address), with
+    ///   the address replaced by the hash, the payload and last reply dropped;
+    /// - those jobs' events are deleted, and so is any other event, campaign
+    ///   link (a personalised URL), dead letter or rejected report whose
+    ///   text holds the address, plain or percent-encoded;
+    /// - a suppression on the keyed hash stops all future mail.
+    ///
+    /// Within a tenant's `scope`, only that tenant's data, except rejected
+    /// reports, which belong to no tenant and are deleted in every scope.
     pub async fn erase(
         &self,
         address: &EmailAddress,
@@ -52,47 +62,105 @@ impl Store {
     ) -> Result<ErasureReport> {
         let kept = Suppression::erasure(scope.clone(), recipient);
         let recipient_hash = recipient.to_hex();
-        let address = address.as_str();
+        let needles = Needles::of(address);
         let everywhere = scope.is_platform();
         let scope = scope.key();
         let anon = format!("erased:{recipient_hash}");
         let mut r = ErasureReport::default();
-        let jobs_sql =
-            "SELECT tenant_id, job_id FROM send_ledger WHERE recipient = $1 AND ($3 OR tenant_id = $2)";
+        let jobs_sql = "SELECT tenant_id, job_id FROM send_ledger
+                        WHERE (recipient_hash = $1 OR (recipient_hash IS NULL AND lower(recipient) = $2)) AND ($4 OR tenant_id = $3)";
         let del_events = "DELETE FROM events WHERE tenant_id = $1 AND job_id = $2";
         let anon_sql =
-            "UPDATE send_ledger SET recipient = $3, payload = NULL WHERE tenant_id = $1 AND job_id = $2";
+            "UPDATE send_ledger SET recipient = $3, recipient_hash = $4, payload = NULL, last_reply = NULL
+                        WHERE tenant_id = $1 AND job_id = $2";
         let log = "INSERT INTO erasures (recipient_hash, scope_tenant, erased_at) VALUES ($1, $2, $3)
                    ON CONFLICT (recipient_hash, scope_tenant) DO UPDATE SET erased_at = excluded.erased_at";
-        // The only dialect differences: finding bytes in a blob, and how to
+        // The only dialect differences: finding a substring, and how to
         // reclaim the deleted rows' space (PostgreSQL: the dead row versions
         // of the touched tables; SQLite: the whole file, so no free page
-        // keeps the address).
-        let (del_dead_letters, vacuums): (&str, &[&str]) = match self.pool {
+        // keeps the address). `lower` folds ASCII in SQLite, Unicode in
+        // PostgreSQL; the needles are lower-cased already.
+        let (del_text, vacuums): ([&str; 2], &[&str]) = match self.pool {
             Pool::Postgres(_) => (
-                "DELETE FROM dead_letters WHERE position($1::bytea in payload) > 0 AND ($3 OR tenant_id = $2)",
-                &["VACUUM send_ledger", "VACUUM events", "VACUUM dead_letters"],
+                [
+                    "DELETE FROM events WHERE ($3 OR tenant_id = $2) AND (strpos(lower(payload), $1) > 0 OR strpos(lower(payload), $4) > 0)",
+                    "DELETE FROM campaign_links WHERE ($3 OR tenant_id = $2) AND (strpos(lower(url), $1) > 0 OR strpos(lower(url), $4) > 0)",
+                ],
+                &[
+                    "VACUUM send_ledger",
+                    "VACUUM events",
+                    "VACUUM dead_letters",
+                    "VACUUM campaign_links",
+                    "VACUUM rejected_reports",
+                ],
             ),
             // In WAL mode VACUUM's rewrite lands in the WAL first: checkpoint
             // and truncate it so that neither file keeps the old pages.
             Pool::Sqlite(_) => (
-                "DELETE FROM dead_letters WHERE instr(payload, $1) > 0 AND ($3 OR tenant_id = $2)",
+                [
+                    "DELETE FROM events WHERE ($3 OR tenant_id = $2) AND (instr(lower(payload), $1) > 0 OR instr(lower(payload), $4) > 0)",
+                    "DELETE FROM campaign_links WHERE ($3 OR tenant_id = $2) AND (instr(lower(url), $1) > 0 OR instr(lower(url), $4) > 0)",
+                ],
                 &["VACUUM", "PRAGMA wal_checkpoint(TRUNCATE)"],
             ),
         };
-        let needle = address.as_bytes().to_vec();
+        let dead_letters_page = "SELECT id, detail, payload FROM dead_letters WHERE id > $1 AND ($3 OR tenant_id = $2) ORDER BY id LIMIT 256";
+        let reports_page =
+            "SELECT id, reason, report FROM rejected_reports WHERE id > $1 ORDER BY id LIMIT 256";
         on_pool!(self, p => {
             let mut tx = p.begin().await?;
-            let jobs: Vec<(String, String)> =
-                sqlx::query_as(jobs_sql).bind(address).bind(scope).bind(everywhere).fetch_all(&mut *tx).await?;
+            let jobs: Vec<(String, String)> = sqlx::query_as(jobs_sql)
+                .bind(&recipient_hash)
+                .bind(&needles.plain)
+                .bind(scope)
+                .bind(everywhere)
+                .fetch_all(&mut *tx)
+                .await?;
             for (tid, jid) in &jobs {
                 r.events_deleted +=
                     sqlx::query(del_events).bind(tid).bind(jid).execute(&mut *tx).await?.rows_affected();
-                r.ledger_rows_anonymised +=
-                    sqlx::query(anon_sql).bind(tid).bind(jid).bind(&anon).execute(&mut *tx).await?.rows_affected();
+                r.ledger_rows_anonymised += sqlx::query(anon_sql)
+                    .bind(tid)
+                    .bind(jid)
+                    .bind(&anon)
+                    .bind(&recipient_hash)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
             }
-            r.dead_letters_deleted =
-                sqlx::query(del_dead_letters).bind(&needle).bind(scope).bind(everywhere).execute(&mut *tx).await?.rows_affected();
+            let [events, links] = del_text;
+            r.events_deleted += sqlx::query(events)
+                .bind(&needles.plain).bind(scope).bind(everywhere).bind(&needles.encoded)
+                .execute(&mut *tx).await?.rows_affected();
+            r.campaign_links_deleted = sqlx::query(links)
+                .bind(&needles.plain).bind(scope).bind(everywhere).bind(&needles.encoded)
+                .execute(&mut *tx).await?.rows_affected();
+            // Blobs are searched here rather than in SQL: a payload may be
+            // any bytes, and JSON may escape the address's characters.
+            let (mut holding, mut after) = (Vec::new(), 0_i64);
+            loop {
+                let page: Vec<(i64, String, Vec<u8>)> = sqlx::query_as(dead_letters_page)
+                    .bind(after).bind(scope).bind(everywhere).fetch_all(&mut *tx).await?;
+                let Some(last) = page.last() else { break };
+                after = last.0;
+                holding.extend(page.iter().filter(|(_, d, b)| needles.in_text(d) || needles.in_bytes(b)).map(|x| x.0));
+            }
+            for id in holding {
+                r.dead_letters_deleted +=
+                    sqlx::query("DELETE FROM dead_letters WHERE id = $1").bind(id).execute(&mut *tx).await?.rows_affected();
+            }
+            let (mut holding, mut after) = (Vec::new(), 0_i64);
+            loop {
+                let page: Vec<(i64, String, Vec<u8>)> =
+                    sqlx::query_as(reports_page).bind(after).fetch_all(&mut *tx).await?;
+                let Some(last) = page.last() else { break };
+                after = last.0;
+                holding.extend(page.iter().filter(|(_, d, b)| needles.in_text(d) || needles.in_bytes(b)).map(|x| x.0));
+            }
+            for id in holding {
+                r.rejected_reports_deleted += sqlx::query("DELETE FROM rejected_reports WHERE id = $1")
+                    .bind(id).execute(&mut *tx).await?.rows_affected();
+            }
             suppressions::insert_q(&kept, &recipient_hash, now_ms()).execute(&mut *tx).await?;
             sqlx::query(log).bind(&recipient_hash).bind(scope).bind(now_ms()).execute(&mut *tx).await?;
             tx.commit().await?;
@@ -158,5 +226,50 @@ impl Store {
         };
         let wanted: std::collections::HashSet<&(String, String)> = jobs.iter().collect();
         Ok(rows.into_iter().filter(|r| wanted.contains(r)).collect())
+    }
+}
+
+/// The forms an address takes in stored text, lower-cased: as written, and
+/// percent-encoded in a URL.
+struct Needles {
+    plain: String,
+    encoded: String,
+}
+
+impl Needles {
+    fn of(address: &EmailAddress) -> Self {
+        let plain = address.canonical();
+        let encoded = plain.replace('@', "%40");
+        Self { plain, encoded }
+    }
+
+    fn in_text(&self, text: &str) -> bool {
+        let text = text.to_lowercase();
+        text.contains(&self.plain) || text.contains(&self.encoded)
+    }
+
+    /// In any bytes: as text (lossily decoded), and, if they are JSON, in
+    /// their unescaped form (`"j\u0040x.example"` is the address too).
+    fn in_bytes(&self, bytes: &[u8]) -> bool {
+        if self.in_text(&String::from_utf8_lossy(bytes)) {
+            return true;
+        }
+        serde_json::from_slice::<serde_json::Value>(bytes).ok().is_some_and(|v| self.in_text(&v.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_address_is_found_in_any_case_encoding_or_json_escape() {
+        let n = Needles::of(&EmailAddress::parse("Jane.Doe@Example.com").unwrap());
+        assert!(n.in_text("550 <JANE.DOE@EXAMPLE.COM> unknown"));
+        assert!(n.in_text("https://shop.example/?u=jane.doe%40example.com"));
+        assert!(n.in_bytes(br#"{"to":{"email":"Jane.Doe\u0040Example.com"}}"#));
+        assert!(n.in_bytes(b"\xff\x00 jane.doe@example.com \xfe"));
+        assert!(!n.in_text("jane.doe@example.org"));
+        assert!(!n.in_bytes(br#"{"to":{"email":"john@example.com"}}"#));
     }
 }

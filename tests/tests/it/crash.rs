@@ -107,7 +107,7 @@ async fn a_dead_letter_recorded_before_a_crash_still_reaches_the_topic() {
     let env = TestEnv::setup().start().await;
     let jobs = campaign_jobs(0..1, "acme", "dlcrash", &["a.example"]);
     let job = mailpipe_core::SendJob::from_json(&jobs[0].1).unwrap();
-    env.store.claim_job(&job).await.unwrap();
+    claim(&env.store, &job).await;
     let mut ev = mailpipe_core::Event::for_job(
         mailpipe_core::EventType::DeadLettered,
         &job.tenant_id,

@@ -11,6 +11,7 @@ mod crash;
 mod demo;
 mod domains;
 mod duplicates;
+mod erasure;
 mod idn;
 mod metrics;
 mod pipeline;

@@ -4,25 +4,25 @@ use mailpipe_core::{
     AppliesTo, Category, Event, EventType, Reason, RecipientRef, Scope, SendJob, Suppression, TenantId,
 };
 use mailpipe_store::{LedgerStatus, Store, SuppressionFilter, Verdict};
-use mailpipe_tests::{fresh_database, fresh_store, job, unique};
+use mailpipe_tests::{claim, fresh_database, fresh_store, job, unique};
 
 async fn scenario(store: &Store) {
     store.migrate().await.unwrap();
     let j = SendJob::from_json(&serde_json::to_vec(&job(1, "acme", "c", "a.example")).unwrap()).unwrap();
 
     // Claiming is idempotent and starts pending.
-    let c = store.claim_job(&j).await.unwrap();
+    let c = claim(store, &j).await;
     assert_eq!((c.status, c.attempts), (LedgerStatus::Pending, 0));
-    assert_eq!(store.claim_job(&j).await.unwrap().status, LedgerStatus::Pending);
+    assert_eq!(claim(store, &j).await.status, LedgerStatus::Pending);
 
     // Two attempts from the same claim (two records of the job): the first
     // to the commit point marks it sending, the second is fenced off.
-    let first = store.claim_job(&j).await.unwrap();
-    let second = store.claim_job(&j).await.unwrap();
+    let first = claim(store, &j).await;
+    let second = claim(store, &j).await;
     assert!(store.mark_sending("acme", "job-00001", "mid@x", &first).await.unwrap());
     assert!(!store.mark_sending("acme", "job-00001", "mid@y", &second).await.unwrap());
     // sending is visible to a second claim: that is how "in doubt" is detected.
-    let c = store.claim_job(&j).await.unwrap();
+    let c = claim(store, &j).await;
     assert_eq!((c.status, c.attempts, c.message_id.as_deref()), (LedgerStatus::Sending, 1, Some("mid@x")));
 
     // The outcome and its event land together; the event is idempotent.
@@ -30,7 +30,7 @@ async fn scenario(store: &Store) {
     ev.message_id = Some("mid@x".into());
     store.finish("acme", "job-00001", LedgerStatus::Sent, Some("250 ok"), &ev).await.unwrap();
     store.insert_events(std::slice::from_ref(&ev)).await.unwrap();
-    assert_eq!(store.claim_job(&j).await.unwrap().status, LedgerStatus::Sent);
+    assert_eq!(claim(store, &j).await.status, LedgerStatus::Sent);
     let back = store.terminal_event("acme", "job-00001").await.unwrap().unwrap();
     assert_eq!(back.event_id, ev.event_id);
     assert_eq!(store.event_counts("acme", "c").await.unwrap().get("sent"), Some(&1));
@@ -121,7 +121,7 @@ async fn concurrent_claims_of_one_job_all_see_the_same_row() {
         let claims: Vec<_> = (0..16)
             .map(|_| {
                 let (store, j) = (store.clone(), j.clone());
-                tokio::spawn(async move { store.claim_job(&j).await.unwrap() })
+                tokio::spawn(async move { claim(&store, &j).await })
             })
             .collect();
         let mut created = std::collections::HashSet::new();

@@ -269,9 +269,10 @@ async fn an_erased_recipients_old_links_store_no_client_details() {
     let mut j = job(9, "acme", "spring", "example.com");
     j["job_id"] = "j9".into();
     let sj = mailpipe_core::SendJob::from_json(&serde_json::to_vec(&j).unwrap()).unwrap();
-    store.claim_job(&sj).await.unwrap();
+    claim(store, &sj).await;
     let address = mailpipe_core::EmailAddress::parse("user9@example.com").unwrap();
-    store.erase(&address, RecipientRef([0x11; 16]), &Scope::Platform).await.unwrap();
+    let recipient = test_keys().hasher.hash(&address.canonical());
+    store.erase(&address, recipient, &Scope::Platform).await.unwrap();
 
     let erased = t.token(&claims("acme", "j9", 3600, Action::Open));
     let other = t.token(&claims("acme", "j1", 3600, Action::Open));

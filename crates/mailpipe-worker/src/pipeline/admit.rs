@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use mailpipe_core::{Category, EventType, SendJob, Suppressed, TenantId};
+use mailpipe_core::{Category, EventType, RecipientRef, SendJob, Suppressed, TenantId};
 use mailpipe_domains::Permit;
 use mailpipe_render::DkimKey;
 use mailpipe_store::{Claim, LedgerStatus, TenantPolicy, Verdict};
@@ -39,7 +39,8 @@ impl Pipeline {
                 self.reject(rec, Some(job), "unknown_tenant", "tenant is not registered", shutdown).await?,
             );
         };
-        let claim = durably("claim", shutdown, || async { Ok(self.store.claim_job(job).await?) }).await?;
+        let recipient = self.recipient(job);
+        let claim = self.claim(job, &recipient, shutdown).await?;
         if claim.status.is_terminal() {
             return ended(self.replay(rec, job, shutdown).await?);
         }
@@ -87,7 +88,7 @@ impl Pipeline {
             );
         };
         // Suppression comes before rendering: a suppressed job costs one lookup.
-        if let Some(s) = self.suppressed(job, shutdown).await? {
+        if let Some(s) = self.suppressed(job, &recipient, shutdown).await? {
             let mut ev = self.event(job, EventType::Suppressed, "");
             ev.reason = Some(s.reason.as_str().to_owned());
             ev.detail = Some(s.scope.kind().into());
@@ -100,17 +101,37 @@ impl Pipeline {
 
     /// The suppression that stops this job, if any: the in-memory filter
     /// answers "certainly not", anything else is an exact lookup.
-    async fn suppressed(&self, job: &SendJob, shutdown: &CancellationToken) -> Step<Option<Suppressed>> {
-        let recipient = self.composer.recipients().hash(&job.to.email.canonical());
-        match self.filter.as_ref().map(|f| f.check(&recipient)) {
+    async fn suppressed(
+        &self,
+        job: &SendJob,
+        recipient: &RecipientRef,
+        shutdown: &CancellationToken,
+    ) -> Step<Option<Suppressed>> {
+        match self.filter.as_ref().map(|f| f.check(recipient)) {
             Some(Verdict::Absent) => ControlFlow::Continue(None),
             Some(Verdict::Lookup) | None => {
                 durably("suppression", shutdown, || async {
-                    Ok(self.store.suppression(&recipient, &job.tenant_id, job.category).await?)
+                    Ok(self.store.suppression(recipient, &job.tenant_id, job.category).await?)
                 })
                 .await
             }
         }
+    }
+
+    /// The keyed hash of the job's canonical address: how the suppression
+    /// list and an erasure know the recipient.
+    pub(super) fn recipient(&self, job: &SendJob) -> RecipientRef {
+        self.composer.recipients().hash(&job.to.email.canonical())
+    }
+
+    /// Claims the job's ledger row (see [`mailpipe_store::Store::claim_job`]).
+    pub(super) async fn claim(
+        &self,
+        job: &SendJob,
+        recipient: &RecipientRef,
+        shutdown: &CancellationToken,
+    ) -> Step<Claim> {
+        durably("claim", shutdown, || async { Ok(self.store.claim_job(job, recipient).await?) }).await
     }
 
     /// What the operator allows `tenant`, or `None` if it is not

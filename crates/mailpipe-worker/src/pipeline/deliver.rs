@@ -6,7 +6,7 @@
 
 use std::time::Instant;
 
-use mailpipe_core::SendJob;
+use mailpipe_core::{SendJob, redact_addresses};
 use mailpipe_render::Composed;
 use mailpipe_smtp::{DeliveryError, Disposition, Envelope, Reply, classify};
 use mailpipe_store::Claim;
@@ -62,11 +62,16 @@ impl Pipeline {
                 _ => {}
             }
         }
-        let reply = reply_of(&result);
+        // Servers echo the recipient in their replies: the text is redacted
+        // here, before the ledger or any topic sees it.
+        let reply = reply_of(&result).map(|mut r| {
+            r.text = redact_addresses(&r.text).into_owned();
+            r
+        });
         let last = reply
             .as_ref()
             .map(ToString::to_string)
-            .or_else(|| result.as_ref().err().map(ToString::to_string));
+            .or_else(|| result.as_ref().err().map(|e| redact_addresses(&e.to_string()).into_owned()));
         let superseded = superseded.load(std::sync::atomic::Ordering::Relaxed);
         Attempt { number, disposition, reply, last, superseded }
     }

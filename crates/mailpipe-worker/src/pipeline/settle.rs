@@ -182,8 +182,9 @@ impl Pipeline {
         warn!("another record of this job reached the relay first; waiting for its outcome, sending nothing");
         let mut wait = mailpipe_core::Backoff::new(Duration::from_millis(50), Duration::from_secs(5));
         let started = std::time::Instant::now();
+        let recipient = self.recipient(job);
         loop {
-            let claim = durably("claim", shutdown, || async { Ok(self.store.claim_job(job).await?) }).await?;
+            let claim = self.claim(job, &recipient, shutdown).await?;
             if claim.status.is_terminal() {
                 return self.replay(rec, job, shutdown).await;
             }
@@ -229,6 +230,9 @@ impl Pipeline {
         detail: &str,
         shutdown: &CancellationToken,
     ) -> Step<Outcome> {
+        // A parse error may quote the input: the detail goes to logs, the
+        // store and the topics, so it names no address.
+        let detail = &*mailpipe_core::redact_addresses(detail);
         warn!(reason, detail, record = %rec.source, "dead-lettering job");
         let mut ev = match job {
             Some(j) => self.event(j, EventType::DeadLettered, ""),

@@ -26,8 +26,13 @@ pub async fn run(args: Args, cfg: &Config) -> anyhow::Result<ExitCode> {
     let store = app::store(cfg).await?;
     let r = mailpipe_analytics::privacy::erase(&store, &keys.hasher, &addr, &scope).await?;
     println!(
-        "erased: {} ledger rows anonymised, {} events deleted, {} dead letters deleted; a keyed hash stays on the suppression list",
-        r.ledger_rows_anonymised, r.events_deleted, r.dead_letters_deleted
+        "erased: {} ledger rows anonymised, {} events, {} dead letters, {} personalised links and {} rejected reports deleted; \
+         a keyed hash stays on the suppression list",
+        r.ledger_rows_anonymised,
+        r.events_deleted,
+        r.dead_letters_deleted,
+        r.campaign_links_deleted,
+        r.rejected_reports_deleted
     );
     Ok(ExitCode::SUCCESS)
 }
