@@ -32,6 +32,8 @@ pub struct KafkaSettings {
     /// How long connecting waits for a broker to answer.
     #[serde(rename = "connect_timeout_secs", deserialize_with = "mailpipe_core::units::secs")]
     pub connect_timeout: Duration,
+    /// How `mailpipe topics` makes the topics, and their retention.
+    pub topics: crate::topics::TopicSettings,
     /// Extra librdkafka properties, applied last (tests use it; not a
     /// configuration key).
     #[serde(skip)]
@@ -41,7 +43,7 @@ pub struct KafkaSettings {
 impl KafkaSettings {
     /// A client's configuration: the brokers, `props`, then the overrides
     /// in `extra`, which win.
-    fn client_config(&self, props: &[(&str, &str)]) -> ClientConfig {
+    pub(crate) fn client_config(&self, props: &[(&str, &str)]) -> ClientConfig {
         let mut c = ClientConfig::new();
         c.set("bootstrap.servers", &self.brokers);
         c.set("client.id", "mailpipe");
@@ -54,7 +56,7 @@ impl KafkaSettings {
         c
     }
 
-    fn unreachable(&self, detail: impl ToString) -> QueueError {
+    pub(crate) fn unreachable(&self, detail: impl ToString) -> QueueError {
         QueueError::Unreachable { brokers: self.brokers.clone(), detail: detail.to_string() }
     }
 }
@@ -545,6 +547,13 @@ mod tests {
             events_topic: "jobs".into(),
             dlq_topic: "dlq".into(),
             connect_timeout: Duration::from_secs(5),
+            topics: crate::topics::TopicSettings {
+                partitions: 1,
+                replication_factor: 1,
+                send_retention_hours: 1,
+                events_retention_hours: 1,
+                dlq_retention_hours: 1,
+            },
             // Commits only when the test says, so that nothing races the loss.
             extra: vec![("enable.auto.commit".into(), "false".into())],
         };

@@ -11,6 +11,7 @@
 pub mod kafka;
 pub mod memory;
 mod offsets;
+pub mod topics;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -23,6 +24,8 @@ pub enum QueueError {
     Kafka(#[from] rdkafka::error::KafkaError),
     #[error("cannot reach Kafka at {brokers}: {detail}")]
     Unreachable { brokers: String, detail: String },
+    #[error("kafka refused to {action}: {code}")]
+    Refused { action: String, code: rdkafka::error::RDKafkaErrorCode },
     #[error("queue closed")]
     Closed,
 }

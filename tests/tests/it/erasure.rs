@@ -321,3 +321,62 @@ async fn smtp_replies_leave_the_worker_redacted_and_erase_reaches_what_the_pipel
     assert_eq!(scan_postgres(&env.db).await, Vec::<String>::new(), "no trace left");
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// The topics' records hold personal data: `mailpipe topics` gives each the
+/// configured retention, creates one that is missing, and keeps what else
+/// an operator set on a topic.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn topics_keep_records_only_as_long_as_configured() {
+    use rdkafka::admin::{AdminClient, AdminOptions, AlterConfig, ResourceSpecifier};
+    use rdkafka::client::DefaultClientContext;
+
+    let env = TestEnv::start().await;
+    let admin: AdminClient<DefaultClientContext> =
+        rdkafka::ClientConfig::new().set("bootstrap.servers", kafka_brokers()).create().unwrap();
+    let opts = AdminOptions::new().request_timeout(Some(Duration::from_secs(10)));
+    let operators =
+        AlterConfig::new(ResourceSpecifier::Topic(&env.topics.events)).set("max.message.bytes", "2000000");
+    admin.alter_configs([&operators], &opts).await.unwrap();
+    let missing = format!("{}.new", env.topics.dlq);
+    let run = || {
+        std::process::Command::new(mailpipe_binary())
+            .arg("topics")
+            .envs(env.process_vars())
+            .env("MAILPIPE__QUEUE__KAFKA__DLQ_TOPIC", &missing)
+            .env("MAILPIPE__QUEUE__KAFKA__TOPICS__SEND_RETENTION_HOURS", "5")
+            .output()
+            .unwrap()
+    };
+    let o = run();
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{out}{}", String::from_utf8_lossy(&o.stderr));
+    assert!(out.contains(&format!("updated {}: retention.ms=18000000", env.topics.send)), "{out}");
+    assert!(out.contains(&format!("created {missing}: retention.ms=1209600000")), "{out}");
+    let config = |topic: String| {
+        let admin = &admin;
+        let opts = &opts;
+        async move {
+            let got = admin.describe_configs([&ResourceSpecifier::Topic(&topic)], opts).await.unwrap();
+            let c = got.into_iter().next().unwrap().unwrap();
+            let get = |k: &str| c.get(k).and_then(|e| e.value.clone()).unwrap_or_default();
+            (get("retention.ms"), get("max.message.bytes"))
+        }
+    };
+    assert_eq!(config(env.topics.send.clone()).await.0, "18000000", "5 h, as configured");
+    assert_eq!(
+        config(env.topics.events.clone()).await,
+        ("259200000".to_owned(), "2000000".to_owned()),
+        "the default 72 h, and the operator's own setting kept"
+    );
+    assert_eq!(
+        config(missing.clone()).await.0,
+        "1209600000",
+        "the created topic has the dead letters' 14 days"
+    );
+    // Again: nothing to create, the same retention.
+    let o = run();
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success() && !out.contains("created"), "{out}");
+    assert_eq!(config(missing.clone()).await.0, "1209600000");
+    admin.delete_topics(&[&missing], &opts).await.unwrap();
+}

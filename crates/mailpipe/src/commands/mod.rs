@@ -13,6 +13,7 @@ pub mod migrate;
 pub mod purge;
 pub mod suppress;
 pub mod tenant;
+pub mod topics;
 pub mod tracker;
 pub mod worker;
 
@@ -39,6 +40,9 @@ pub enum Command {
     Enqueue(enqueue::Args),
     /// Apply database migrations to the configured store.
     Migrate,
+    /// Create the Kafka topics that are missing and set every topic's
+    /// retention from [queue.kafka.topics] (their records hold personal data).
+    Topics,
     /// Manage tenants.
     Tenant {
         #[command(subcommand)]
@@ -85,6 +89,7 @@ impl Command {
             Command::Tracker => tracker::run(cfg).await,
             Command::Enqueue(args) => enqueue::run(args, cfg).await,
             Command::Migrate => migrate::run(cfg).await,
+            Command::Topics => topics::run(cfg).await,
             Command::Tenant { command } => tenant::run(command, cfg).await,
             Command::Domain { command } => domain::run(command, cfg).await,
             Command::Analytics => analytics::run(cfg).await,
