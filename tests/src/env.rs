@@ -296,9 +296,14 @@ impl TestEnv {
 
     /// Same, with settings on top.
     pub fn tracker_process_with(&self, extra: &[(&str, &str)]) -> ServiceProcess {
+        self.service_process("tracker", extra)
+    }
+
+    /// `mailpipe <command>` as its own process, with settings on top.
+    pub fn service_process(&self, command: &str, extra: &[(&str, &str)]) -> ServiceProcess {
         let mut vars = self.process_vars();
         vars.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
-        spawn_service("tracker", &vars)
+        spawn_service(command, &vars)
     }
 
     /// Where the tracker listens: `127.0.0.1:port`.
@@ -427,6 +432,7 @@ fn relay_env(db: &str, topics: &Topics, smtp_port: u16, group: &str) -> Vec<(Str
         ("MAILPIPE__DOMAINS__KEYS__1", TEST_KEK),
         ("MAILPIPE__DOMAINS__REFRESH_MS", "200"),
         ("MAILPIPE__METRICS__LISTEN", "127.0.0.1:0"),
+        ("MAILPIPE__TRACKER__METRICS_LISTEN", "127.0.0.1:0"),
         ("MAILPIPE__WORKER__GRACE_PERIOD_SECS", "20"),
         // Workers run in the test process too, whose executable is not mailpipe.
         ("MAILPIPE__RENDER__SANDBOX_EXE", &crate::mailpipe_binary().display().to_string()),

@@ -1,7 +1,8 @@
 //! The tenant-facing HTTP API and dashboard.
 //!
 //! Every request names its tenant only through its API key
-//! (`Authorization: Bearer mp_...`, or `?key=` for the dashboard page): the
+//! (`Authorization: Bearer mp_...`, or for dashboard pages the sign-in
+//! cookie of [`crate::session`]; never a URL): the
 //! key's SHA-256 is looked up, and a missing, unknown or revoked key gets a
 //! 401. Reads then run as that tenant, under PostgreSQL row-level security,
 //! so a campaign of another tenant is indistinguishable from one that does
@@ -10,7 +11,7 @@
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
@@ -21,8 +22,8 @@ use serde::Deserialize;
 use tracing::warn;
 
 use crate::csv::{ImportError, export_csv};
-use crate::dashboard;
 use crate::domains::{self, DomainsApi};
+use crate::{dashboard, session};
 
 #[derive(Clone)]
 pub struct ApiState {
@@ -30,11 +31,20 @@ pub struct ApiState {
     hasher: Arc<RecipientHasher>,
     /// Adding and checking sending domains; without it those answer 503.
     pub(crate) domains: Option<Arc<DomainsApi>>,
+    /// Whether the dashboard's cookie is marked `Secure` (served over HTTPS).
+    pub(crate) secure_cookie: bool,
 }
 
 impl ApiState {
     pub fn new(store: Store, hasher: RecipientHasher) -> Self {
-        Self { store, hasher: Arc::new(hasher), domains: None }
+        Self { store, hasher: Arc::new(hasher), domains: None, secure_cookie: false }
+    }
+
+    /// Marks the dashboard's sign-in cookie `Secure`: set it when the API
+    /// is served over HTTPS, as it should be beyond one machine.
+    pub fn with_secure_cookie(mut self, secure: bool) -> Self {
+        self.secure_cookie = secure;
+        self
     }
 
     pub fn with_domains(mut self, domains: DomainsApi) -> Self {
@@ -52,15 +62,12 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/v1/suppressions.csv", get(export_suppressions).post(import_suppressions))
         .route("/api/v1/domains", get(domains::list).post(domains::add))
         .route("/api/v1/domains/{domain}/check", axum::routing::post(domains::check))
+        .route("/dashboard/login", get(session::form).post(session::login))
+        .route("/dashboard/logout", axum::routing::post(session::logout))
         .route("/dashboard/campaigns/{id}", get(dashboard))
         .route("/dashboard/domains", get(domains::page))
         .route("/healthz", get(|| async { "ok\n" }))
         .with_state(state)
-}
-
-#[derive(Deserialize)]
-pub(crate) struct KeyQuery {
-    pub(crate) key: Option<String>,
 }
 
 pub(crate) fn json<T: serde::Serialize>(v: &T) -> Response {
@@ -88,14 +95,14 @@ pub(crate) fn internal(e: impl std::fmt::Display) -> Response {
 pub(crate) async fn tenant(
     s: &ApiState,
     headers: &HeaderMap,
-    query_key: Option<&str>,
+    cookie_key: Option<&str>,
 ) -> Result<TenantId, Response> {
     let bearer = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::trim);
-    let Some(key) = bearer.or(query_key) else {
+    let Some(key) = bearer.or(cookie_key) else {
         return Err(err(StatusCode::UNAUTHORIZED, "missing API key"));
     };
     match s.store.tenant_for_api_key(key).await {
@@ -131,13 +138,8 @@ async fn stats(State(s): State<ApiState>, headers: HeaderMap, Path(id): Path<Str
     }
 }
 
-async fn dashboard(
-    State(s): State<ApiState>,
-    headers: HeaderMap,
-    Query(q): Query<KeyQuery>,
-    Path(id): Path<String>,
-) -> Response {
-    let t = match tenant(&s, &headers, q.key.as_deref()).await {
+async fn dashboard(State(s): State<ApiState>, headers: HeaderMap, Path(id): Path<String>) -> Response {
+    let t = match session::dashboard_tenant(&s, &headers, &format!("/dashboard/campaigns/{id}")).await {
         Ok(t) => t,
         Err(r) => return r,
     };

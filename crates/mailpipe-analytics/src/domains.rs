@@ -6,7 +6,7 @@
 
 use std::fmt::Write;
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use mailpipe_core::{DkimAlgorithm, Domain, TenantId};
@@ -15,7 +15,7 @@ use mailpipe_domains::{Dns, DomainError, DomainSettings, Finding, Sealer};
 use mailpipe_store::{Owner, SendingDomain};
 use serde::Deserialize;
 
-use crate::api::{ApiState, KeyQuery, err, internal, json, tenant};
+use crate::api::{ApiState, err, internal, json, tenant};
 
 /// What the API needs to add and check domains.
 pub struct DomainsApi {
@@ -177,12 +177,8 @@ fn esc(s: &str) -> String {
 
 /// The dashboard's domains page: each domain's state, the records to
 /// publish, and each finding with its fix.
-pub(crate) async fn page(
-    State(s): State<ApiState>,
-    headers: HeaderMap,
-    Query(q): Query<KeyQuery>,
-) -> Response {
-    let t = match tenant(&s, &headers, q.key.as_deref()).await {
+pub(crate) async fn page(State(s): State<ApiState>, headers: HeaderMap) -> Response {
+    let t = match crate::session::dashboard_tenant(&s, &headers, "/dashboard/domains").await {
         Ok(t) => t,
         Err(r) => return r,
     };

@@ -24,8 +24,10 @@ mod dashboard;
 mod domains;
 pub mod ingest;
 pub mod privacy;
+mod session;
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use mailpipe_queue::QueueError;
 use mailpipe_store::{Retention, Store, StoreError};
@@ -44,6 +46,28 @@ pub struct AnalyticsSettings {
     pub listen: SocketAddr,
     /// Consumer group on the events topic.
     pub group_id: String,
+    /// Mark the dashboard's sign-in cookie `Secure` (HTTPS only).
+    pub secure_cookie: bool,
+    /// A client must send its request head within this time.
+    #[serde(rename = "header_read_timeout_secs", deserialize_with = "mailpipe_core::units::secs")]
+    pub header_read_timeout: Duration,
+    /// A request (head, body and answer) must be done within this time.
+    #[serde(rename = "request_timeout_secs", deserialize_with = "mailpipe_core::units::secs")]
+    pub request_timeout: Duration,
+    /// Open connections at most; more wait to be accepted.
+    pub max_connections: usize,
+}
+
+impl AnalyticsSettings {
+    /// The API listener's limits; shutdown gives requests 10 s.
+    pub fn limits(&self) -> mailpipe_http::ServeLimits {
+        mailpipe_http::ServeLimits {
+            header_read_timeout: self.header_read_timeout,
+            request_timeout: self.request_timeout,
+            max_connections: self.max_connections,
+            shutdown_grace: Duration::from_secs(10),
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -71,14 +95,13 @@ pub async fn run(
     let listener = tokio::net::TcpListener::bind(settings.listen)
         .await
         .map_err(|e| AnalyticsError::Bind(settings.listen, e))?;
-    let router = router(ApiState::new(store.clone(), hasher).with_domains(domains));
+    let router = router(
+        ApiState::new(store.clone(), hasher).with_domains(domains).with_secure_cookie(settings.secure_cookie),
+    );
+    let limits = settings.limits();
     let server = tokio::spawn({
         let shutdown = shutdown.clone();
-        async move {
-            axum::serve(listener, router)
-                .with_graceful_shutdown(async move { shutdown.cancelled().await })
-                .await
-        }
+        async move { mailpipe_http::serve(listener, router, limits, "api", shutdown).await }
     });
     tokio::spawn(privacy::purge_on_schedule(store.clone(), retention, shutdown.clone()));
     info!(listen = %settings.listen, "analytics started");

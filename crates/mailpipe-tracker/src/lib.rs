@@ -7,7 +7,13 @@
 //!
 //! Events go through a bounded channel to a batch writer ([`writer`]), off
 //! the request path; a full channel makes handlers wait (backpressure)
-//! rather than drop events.
+//! rather than drop events, and a spool that stays full past
+//! `tracker.full_spool_wait_ms` gets a 503 with `Retry-After`.
+//!
+//! The edges are bounded: request head size and time, whole-request time,
+//! open connections, an unsubscribe body of [`MAX_UNSUBSCRIBE_BODY`] read
+//! only once its token checks out, and a per-IP rate whose limiter forgets
+//! idle addresses. `/metrics` is not served here but on an admin listener.
 #![forbid(unsafe_code)]
 
 mod settings;
@@ -17,10 +23,9 @@ pub mod writer;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::Router;
-use axum::body::{Body, Bytes};
+use axum::body::Bytes;
 use axum::extract::{ConnectInfo, Path, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
@@ -31,14 +36,15 @@ use mailpipe_core::{Category, Event, EventType};
 use mailpipe_queue::kafka::KafkaEvents;
 use mailpipe_store::Store;
 use mailpipe_token::{Action, Claims, Keyring};
+use std::sync::atomic::{AtomicU64, Ordering};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, warn};
+use tracing::warn;
 
 pub use settings::{Cidr, TrackerSettings};
 pub use signals::IpMode;
 pub use spool::{Spool, SpoolOptions};
-pub use writer::{EventWriter, ShipPolicy, WriterHandle};
+pub use writer::{EventWriter, Sent, ShipPolicy, WriterHandle};
 
 /// A 1x1 transparent GIF.
 pub const PIXEL_GIF: [u8; 43] = [
@@ -47,8 +53,11 @@ pub const PIXEL_GIF: [u8; 43] = [
     0x01, 0x00, 0x00, 0x02, 0x02, 0x44, 0x01, 0x00, 0x3b,
 ];
 
-/// Renders the Prometheus exposition, if the process has a recorder.
-pub type MetricsRender = Arc<dyn Fn() -> String + Send + Sync>;
+/// The most of a `POST /u` body read: the form is one short field.
+pub const MAX_UNSUBSCRIBE_BODY: usize = 4096;
+
+/// How often the per-IP limiter drops the addresses it no longer needs.
+const FORGET_IDLE_EVERY_MS: u64 = 10_000;
 
 /// The tracker's router and its event writer: the spool opened at
 /// `settings.spool_dir`, the writer shipping from it to the store and, when
@@ -59,14 +68,14 @@ pub fn app(
     ip_key: Vec<u8>,
     store: Store,
     kafka: Option<KafkaEvents>,
-    metrics: Option<MetricsRender>,
 ) -> std::io::Result<(EventWriter, Router)> {
     let spool = Spool::open_with(&settings.spool_dir, settings.spool_options()).map_err(|e| {
         std::io::Error::new(e.kind(), format!("tracker.spool_dir {}: {e}", settings.spool_dir.display()))
     })?;
     let (writer, handle) =
         EventWriter::spawn(store, kafka, Arc::new(spool), settings.event_queue, settings.ship_policy());
-    let state = TrackerState::new(keyring, handle, metrics, settings.clone(), ip_key);
+    let handle = handle.with_full_wait(settings.full_spool_wait);
+    let state = TrackerState::new(keyring, handle, settings.clone(), ip_key);
     Ok((writer, router(state)))
 }
 
@@ -77,12 +86,14 @@ pub struct TrackerState(Arc<Shared>);
 pub struct Shared {
     keyring: Arc<Keyring>,
     events: WriterHandle,
-    metrics: Option<MetricsRender>,
     settings: TrackerSettings,
     /// Key for `IpMode::Hash`.
     ip_key: Vec<u8>,
     honeypot: String,
     limiter: Option<DefaultKeyedRateLimiter<IpAddr>>,
+    /// Milliseconds after `started` of the limiter's last clean-up.
+    forgot_at_ms: AtomicU64,
+    started: std::time::Instant,
 }
 
 impl std::ops::Deref for TrackerState {
@@ -96,14 +107,45 @@ impl TrackerState {
     pub fn new(
         keyring: Arc<Keyring>,
         events: WriterHandle,
-        metrics: Option<MetricsRender>,
         settings: TrackerSettings,
         ip_key: Vec<u8>,
     ) -> Self {
         let honeypot = format!("{}/hp", settings.public_url.trim_end_matches('/'));
         let limiter = settings.per_ip_rate.map(|r| DefaultKeyedRateLimiter::keyed(r.quota()));
-        Self(Arc::new(Shared { keyring, events, metrics, settings, ip_key, honeypot, limiter }))
+        Self(Arc::new(Shared {
+            keyring,
+            events,
+            settings,
+            ip_key,
+            honeypot,
+            limiter,
+            forgot_at_ms: AtomicU64::new(0),
+            started: std::time::Instant::now(),
+        }))
     }
+
+    /// Drops the limiter's state of addresses whose budget is full again
+    /// (they are as good as never seen), so that a scan from many
+    /// addresses does not grow it for ever. At most every
+    /// [`FORGET_IDLE_EVERY_MS`]; the request that finds it due does it.
+    fn forget_idle_addresses(&self) {
+        let Some(limiter) = &self.limiter else { return };
+        let now = self.started.elapsed().as_millis() as u64;
+        let last = self.forgot_at_ms.load(Ordering::Relaxed);
+        if now.saturating_sub(last) < FORGET_IDLE_EVERY_MS
+            || self.forgot_at_ms.compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed).is_err()
+        {
+            return;
+        }
+        forget_idle(limiter);
+    }
+}
+
+/// Drops the limiter's state of every address whose budget has refilled.
+fn forget_idle(limiter: &DefaultKeyedRateLimiter<IpAddr>) {
+    limiter.retain_recent();
+    limiter.shrink_to_fit();
+    metrics::gauge!("mailpipe_tracker_limited_addresses").set(limiter.len() as f64);
 }
 
 pub fn router(state: TrackerState) -> Router {
@@ -113,7 +155,6 @@ pub fn router(state: TrackerState) -> Router {
         .route("/u/{token}", get(unsubscribe_page).post(unsubscribe))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(ready))
-        .route("/metrics", get(metrics))
         .layer(middleware::from_fn_with_state(state.clone(), guard))
         .with_state(state)
 }
@@ -131,6 +172,7 @@ async fn guard(State(s): State<TrackerState>, req: Request, next: Next) -> Respo
         metrics::counter!("mailpipe_tracker_refused_total", "reason" => "headers_too_large").increment(1);
         return (StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, "headers too large\n").into_response();
     }
+    s.forget_idle_addresses();
     if let Some(limiter) = &s.limiter
         && let Some(ip) = client_addr(&s, req.headers(), req.extensions().get::<ConnectInfo<SocketAddr>>())
         && limiter.check_key(&ip).is_err()
@@ -180,54 +222,15 @@ fn client_behind(trusted: &[Cidr], peer: Option<IpAddr>, headers: &HeaderMap) ->
     Some(client)
 }
 
-/// Serves until `shutdown` fires, then stops accepting and finishes the
-/// requests in flight (up to `settings.shutdown_grace`). Slow clients are
-/// cut off by `header_read_timeout`; every request carries its peer address.
+/// Serves until `shutdown` fires, then drains: within the limits of
+/// [`mailpipe_http::serve`] that `settings` gives.
 pub async fn serve(
     listener: TcpListener,
     app: Router,
     settings: &TrackerSettings,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-    use hyper_util::server::conn::auto::Builder;
-    use tower::ServiceExt;
-
-    let mut builder = Builder::new(TokioExecutor::new());
-    builder.http1().timer(TokioTimer::new()).header_read_timeout(settings.header_read_timeout);
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    loop {
-        let (stream, peer) = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            r = listener.accept() => match r {
-                Ok(c) => c,
-                Err(e) => {
-                    // Out of file descriptors and the like: back off, go on.
-                    warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
-        let _ = stream.set_nodelay(true);
-        let app = app.clone();
-        let svc = hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
-            req.extensions_mut().insert(ConnectInfo(peer));
-            app.clone().oneshot(req.map(Body::new))
-        });
-        let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc).into_owned();
-        let conn = graceful.watch(conn);
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                debug!(error = %e, "connection ended with an error");
-            }
-        });
-    }
-    drop(listener);
-    if tokio::time::timeout(settings.shutdown_grace, graceful.shutdown()).await.is_err() {
-        warn!("requests still in flight after the grace period");
-    }
-    Ok(())
+    mailpipe_http::serve(listener, app, settings.limits(), "tracker", shutdown).await
 }
 
 fn not_found() -> Response {
@@ -306,8 +309,14 @@ fn judge(s: &TrackerState, e: &mut Event, c: &Claims, req: &Request, click: Opti
     e.client = signals::client_info(ip, headers, ua_family, s.settings.ip, &s.ip_key);
 }
 
-fn unavailable() -> Response {
-    (StatusCode::SERVICE_UNAVAILABLE, [(header::RETRY_AFTER, "1")], "shutting down\n").into_response()
+/// `None` when the event is durable; else the answer that says why not.
+fn recorded(sent: Sent) -> Option<Response> {
+    let (retry_after, why) = match sent {
+        Sent::Durable => return None,
+        Sent::Busy => ("5", "busy, try again\n"),
+        Sent::Closed => ("1", "shutting down\n"),
+    };
+    Some((StatusCode::SERVICE_UNAVAILABLE, [(header::RETRY_AFTER, retry_after)], why).into_response())
 }
 
 /// Open and click handlers read the method, headers and peer from the
@@ -319,8 +328,8 @@ async fn open(State(s): State<TrackerState>, Path(token): Path<String>, req: Req
     }
     let mut e = event(&c, EventType::Open, &request_id());
     judge(&s, &mut e, &c, &req, None);
-    if !s.events.send(e).await {
-        return unavailable();
+    if let Some(refused) = recorded(s.events.send(e).await) {
+        return refused;
     }
     (
         [
@@ -345,8 +354,8 @@ async fn click(State(s): State<TrackerState>, Path(token): Path<String>, req: Re
     let mut e = event(&c, EventType::Click, &request_id());
     e.url = Some(url.clone());
     judge(&s, &mut e, &c, &req, Some(honeypot));
-    if !s.events.send(e).await {
-        return unavailable();
+    if let Some(refused) = recorded(s.events.send(e).await) {
+        return refused;
     }
     if honeypot {
         // Recorded, and nowhere to go.
@@ -376,9 +385,15 @@ async fn unsubscribe_page(State(s): State<TrackerState>, Path(token): Path<Strin
 }
 
 /// RFC 8058 one-click (`List-Unsubscribe=One-Click`) or the page's form.
-async fn unsubscribe(State(s): State<TrackerState>, Path(token): Path<String>, body: Bytes) -> Response {
+/// The body is read only once the token checks out, and only its first
+/// [`MAX_UNSUBSCRIBE_BODY`] bytes: anything longer is refused.
+async fn unsubscribe(State(s): State<TrackerState>, Path(token): Path<String>, req: Request) -> Response {
     let Some(c) = verify(&s, &token) else { return not_found() };
     let Action::Unsubscribe { recipient } = c.action else { return not_found() };
+    let Ok(body) = axum::body::to_bytes(req.into_body(), MAX_UNSUBSCRIBE_BODY).await else {
+        metrics::counter!("mailpipe_tracker_refused_total", "reason" => "body_too_large").increment(1);
+        return (StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n").into_response();
+    };
     let body = std::str::from_utf8(&body).unwrap_or("");
     let one_click = body.split('&').any(|kv| kv == "List-Unsubscribe=One-Click");
     let form = body.split('&').any(|kv| kv == "confirm=yes");
@@ -394,8 +409,8 @@ async fn unsubscribe(State(s): State<TrackerState>, Path(token): Path<String>, b
         // link here. The suppression it creates only ever stops marketing.
         warn!(tenant = %c.tenant_id, "unsubscribe from a transactional message; applies to marketing mail only");
     }
-    if !s.events.send(e).await {
-        return unavailable();
+    if let Some(refused) = recorded(s.events.send(e).await) {
+        return refused;
     }
     (
         [(header::CACHE_CONTROL, "no-store")],
@@ -412,16 +427,28 @@ async fn ready(State(s): State<TrackerState>) -> Response {
     }
 }
 
-async fn metrics(State(s): State<TrackerState>) -> Response {
-    match &s.metrics {
-        Some(render) => ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], render()).into_response(),
-        None => (StatusCode::NOT_FOUND, "metrics are not enabled\n").into_response(),
-    }
-}
-
 #[cfg(test)]
 mod forwarded_tests {
     use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn the_per_ip_limiter_forgets_addresses_that_went_quiet() {
+        let spec: mailpipe_throttle::RateSpec = "100/s, burst=2".parse().unwrap();
+        let limiter = DefaultKeyedRateLimiter::<IpAddr>::keyed(spec.quota());
+        for i in 0..1000u32 {
+            let ip = IpAddr::from(std::net::Ipv4Addr::from(0x0a00_0000 + i));
+            assert!(limiter.check_key(&ip).is_ok());
+        }
+        assert_eq!(limiter.len(), 1000);
+        // Long enough for every one-request budget to refill (10 ms each).
+        std::thread::sleep(Duration::from_millis(50));
+        let busy = IpAddr::from([192, 0, 2, 1]);
+        let _ = limiter.check_key(&busy);
+        let _ = limiter.check_key(&busy);
+        forget_idle(&limiter);
+        assert_eq!(limiter.len(), 1, "only the address still inside its budget is kept");
+    }
 
     fn client(trusted: &[&str], peer: &str, xff: &[&str]) -> String {
         let trusted: Vec<Cidr> = trusted.iter().map(|c| c.parse().unwrap()).collect();

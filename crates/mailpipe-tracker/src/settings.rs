@@ -51,6 +51,19 @@ pub struct TrackerSettings {
     /// A client must send its whole request head within this time.
     #[serde(rename = "header_read_timeout_secs", deserialize_with = "secs")]
     pub header_read_timeout: Duration,
+    /// A request (head, body and answer) must be done within this time.
+    #[serde(rename = "request_timeout_secs", deserialize_with = "secs")]
+    pub request_timeout: Duration,
+    /// Open connections at most; more wait in the kernel's accept queue.
+    pub max_connections: usize,
+    /// How long a request waits for a full spool to take its event before
+    /// it is answered 503 with `Retry-After`, and nothing recorded.
+    #[serde(rename = "full_spool_wait_ms", deserialize_with = "millis")]
+    pub full_spool_wait: Duration,
+    /// Where `/metrics` is served: an admin listener apart from the public
+    /// one. Unset: nowhere.
+    #[serde(default)]
+    pub metrics_listen: Option<SocketAddr>,
     /// Requests per client address, if limited.
     #[serde(default)]
     pub per_ip_rate: Option<RateSpec>,
@@ -66,6 +79,16 @@ impl TrackerSettings {
             self.spool_max_mb.saturating_mul(1 << 20),
             (!self.spool_sync.is_zero()).then_some(self.spool_sync),
         )
+    }
+
+    /// The public listener's limits.
+    pub fn limits(&self) -> mailpipe_http::ServeLimits {
+        mailpipe_http::ServeLimits {
+            header_read_timeout: self.header_read_timeout,
+            request_timeout: self.request_timeout,
+            max_connections: self.max_connections,
+            shutdown_grace: self.shutdown_grace,
+        }
     }
 
     pub fn ship_policy(&self) -> ShipPolicy {

@@ -81,19 +81,55 @@ impl Activity {
 pub struct WriterHandle {
     tx: mpsc::Sender<Pending>,
     spool: Arc<Spool>,
+    /// How long [`WriterHandle::send`] waits for room in a full spool.
+    full_wait: Duration,
+}
+
+/// What became of an event handed to [`WriterHandle::send`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sent {
+    /// In the spool: it will reach the store and Kafka.
+    Durable,
+    /// The spool stayed full for the whole wait: not taken, nothing recorded.
+    Busy,
+    /// The writer has stopped (shutdown began): not taken.
+    Closed,
 }
 
 impl WriterHandle {
-    /// Queues an event and waits until it is durable in the spool. False
-    /// only if the writer has stopped (after shutdown began).
-    pub async fn send(&self, event: Event) -> bool {
+    /// The longest [`WriterHandle::send`] waits for a full spool to have
+    /// room (by default it waits as long as it takes).
+    pub fn with_full_wait(mut self, wait: Duration) -> Self {
+        self.full_wait = wait;
+        self
+    }
+
+    /// Queues an event and waits until it is durable in the spool. An
+    /// event is queued only once the spool has room, so a `Busy` request
+    /// leaves nothing behind that could be recorded later.
+    pub async fn send(&self, event: Event) -> Sent {
+        if self.spool.is_full() {
+            // No deadline (the default's "as long as it takes") if it overflows.
+            let deadline = tokio::time::Instant::now().checked_add(self.full_wait);
+            let mut backoff = SPOOL_BACKOFF;
+            while self.spool.is_full() {
+                let now = tokio::time::Instant::now();
+                if deadline.is_some_and(|d| now >= d) {
+                    metrics::counter!("mailpipe_tracker_refused_total", "reason" => "spool_full")
+                        .increment(1);
+                    return Sent::Busy;
+                }
+                let next = now + backoff.next_delay();
+                tokio::time::sleep_until(deadline.map_or(next, |d| d.min(next))).await;
+            }
+        }
         let (durable, done) = oneshot::channel();
         let urgent = event.kind == EventType::Unsubscribe;
         if self.tx.send(Pending { json: event.to_json(), urgent, durable }).await.is_err() {
             metrics::counter!("mailpipe_tracker_events_after_close_total").increment(1);
-            return false;
+            return Sent::Closed;
         }
-        done.await.is_ok()
+        if done.await.is_ok() { Sent::Durable } else { Sent::Closed }
     }
 
     /// Whether new events can be taken without waiting for space.
@@ -138,7 +174,7 @@ impl EventWriter {
         let shipper =
             tokio::spawn(ship_loop(sinks, spool.clone(), shipped, writer_done.clone(), activity, policy));
         let syncer = spool.sync_every().map(|every| tokio::spawn(sync_loop(spool.clone(), every)));
-        let handle = WriterHandle { tx, spool: spool.clone() };
+        let handle = WriterHandle { tx, spool: spool.clone(), full_wait: Duration::MAX };
         (Self { writer, shipper, writer_done, syncer, spool }, handle)
     }
 
@@ -443,7 +479,7 @@ mod tests {
                     _ = tokio::time::sleep(Duration::from_millis(10)) => {}
                 }
                 n += 1;
-                assert!(h.send(ev(EventType::Open, n)).await);
+                assert_eq!(h.send(ev(EventType::Open, n)).await, Sent::Durable);
                 sent.store(n as u64, Ordering::Relaxed);
             }
         })
@@ -456,7 +492,7 @@ mod tests {
         let stop = Arc::new(Notify::new());
         let burst = traffic(h.clone(), stop.clone(), Arc::default());
         tokio::time::sleep(Duration::from_millis(400)).await;
-        assert!(h.send(ev(EventType::Unsubscribe, 0)).await);
+        assert_eq!(h.send(ev(EventType::Unsubscribe, 0)).await, Sent::Durable);
         let t0 = Instant::now();
         while stored(&store, "unsubscribe").await == 0 {
             assert!(t0.elapsed() < Duration::from_secs(3), "the unsubscribe waited for the burst to end");
@@ -513,7 +549,7 @@ mod tests {
         let policy = ShipPolicy::new(Duration::from_millis(200), Duration::from_secs(30));
         let options = SpoolOptions::new(1 << 30, Some(Duration::from_millis(50)));
         let (w, h, store, spool) = writer_with("timer", policy.clone(), options).await;
-        assert!(h.send(ev(EventType::Open, 1)).await);
+        assert_eq!(h.send(ev(EventType::Open, 1)).await, Sent::Durable);
         let t0 = Instant::now();
         while spool.pending_sync() {
             assert!(t0.elapsed() < Duration::from_secs(2), "the spool was not synced on its timer");
@@ -522,17 +558,37 @@ mod tests {
         // An unsubscribe does not wait for the timer.
         let options = SpoolOptions::new(1 << 30, Some(Duration::from_secs(3600)));
         let (w2, h2, _, spool2) = writer_with("timer-unsub", policy, options).await;
-        assert!(h2.send(ev(EventType::Open, 1)).await);
+        assert_eq!(h2.send(ev(EventType::Open, 1)).await, Sent::Durable);
         assert!(spool2.pending_sync());
-        assert!(h2.send(ev(EventType::Unsubscribe, 2)).await);
+        assert_eq!(h2.send(ev(EventType::Unsubscribe, 2)).await, Sent::Durable);
         assert!(!spool2.pending_sync(), "an answered unsubscribe is synced");
         drop(h2);
         w2.finish(Duration::from_secs(5)).await;
 
-        assert!(h.send(ev(EventType::Open, 2)).await);
+        assert_eq!(h.send(ev(EventType::Open, 2)).await, Sent::Durable);
         drop(h);
         w.finish(Duration::from_secs(5)).await;
         assert!(!spool.pending_sync(), "shutdown syncs what is written");
         assert_eq!(stored(&store, "open").await, 2);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_spool_that_stays_full_refuses_after_the_wait_and_takes_nothing() {
+        let policy = ShipPolicy::new(Duration::from_millis(10), Duration::from_millis(10));
+        let (w, h, store, spool) = writer_with("full", policy, SpoolOptions::new(10, None)).await;
+        // Nothing can be shipped, so nothing leaves the spool.
+        store.close().await;
+        let h = h.with_full_wait(Duration::from_millis(300));
+        assert_eq!(h.send(ev(EventType::Open, 1)).await, Sent::Durable, "room for one");
+        assert!(spool.is_full());
+        let bytes = spool.bytes();
+        let t0 = Instant::now();
+        assert_eq!(h.send(ev(EventType::Open, 2)).await, Sent::Busy);
+        let waited = t0.elapsed();
+        assert!(waited >= Duration::from_millis(300), "it waited for room first ({waited:?})");
+        assert!(waited < Duration::from_secs(5), "and no longer ({waited:?})");
+        assert_eq!(spool.bytes(), bytes, "the refused event was not written");
+        drop(h);
+        w.finish(Duration::from_millis(200)).await;
     }
 }

@@ -15,13 +15,14 @@ use mailpipe_smtp::{OpenError, Transport};
 use mailpipe_store::{Store, SuppressionFilter};
 use mailpipe_throttle::Throttle;
 use mailpipe_token::{Keyring, RecipientHasher, SigningKey};
-use mailpipe_tracker::{EventWriter, MetricsRender};
+use mailpipe_tracker::EventWriter;
 use mailpipe_worker::{EventOut, Pipeline};
 use secrecy::ExposeSecret;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 use crate::config::{Config, QueueKind, TokenSecrets};
+use crate::telemetry::MetricsRender;
 
 /// Resolves on SIGINT or SIGTERM.
 pub async fn shutdown_signal() {
@@ -197,7 +198,7 @@ pub async fn run_worker(
     let mut source = KafkaSource::connect(kafka, cfg.worker.grace_period).await.map_err(kafka_hint)?;
     let transport = transport(cfg).await?;
     if let Some(render) = metrics {
-        spawn_metrics_server(cfg.metrics.listen, render, shutdown.clone()).await?;
+        spawn_metrics_server("metrics.listen", cfg.metrics.listen, render, shutdown.clone()).await?;
     }
     let pipeline = Arc::new(
         Pipeline::new(
@@ -222,13 +223,15 @@ pub async fn run_worker(
     Ok(())
 }
 
+/// `/metrics` (and `/healthz`) on an admin listener; `setting` names the
+/// address's configuration key in errors.
 async fn spawn_metrics_server(
+    setting: &str,
     addr: std::net::SocketAddr,
     render: MetricsRender,
     shutdown: CancellationToken,
 ) -> Result<()> {
-    let listener =
-        tokio::net::TcpListener::bind(addr).await.with_context(|| format!("metrics.listen {addr}"))?;
+    let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("{setting} {addr}"))?;
     let app = axum::Router::new()
         .route(
             "/metrics",
@@ -252,9 +255,8 @@ pub fn tracker_app(
     keys: &Keys,
     store: Store,
     kafka: Option<KafkaEvents>,
-    metrics: Option<MetricsRender>,
 ) -> Result<(EventWriter, axum::Router)> {
-    Ok(mailpipe_tracker::app(&cfg.tracker, keys.ring.clone(), keys.ip_key.clone(), store, kafka, metrics)?)
+    Ok(mailpipe_tracker::app(&cfg.tracker, keys.ring.clone(), keys.ip_key.clone(), store, kafka)?)
 }
 
 /// `mailpipe tracker`: serves until shutdown, then flushes events.
@@ -272,7 +274,11 @@ pub async fn run_tracker(
     let listener = tokio::net::TcpListener::bind(cfg.tracker.listen)
         .await
         .with_context(|| format!("tracker.listen {}: cannot bind", cfg.tracker.listen))?;
-    let (writer, app) = tracker_app(cfg, &keys, store.clone(), kafka, metrics)?;
+    // /metrics on its own listener: not for the public internet.
+    if let (Some(render), Some(addr)) = (metrics, cfg.tracker.metrics_listen) {
+        spawn_metrics_server("tracker.metrics_listen", addr, render, shutdown.clone()).await?;
+    }
+    let (writer, app) = tracker_app(cfg, &keys, store.clone(), kafka)?;
     info!(listen = %cfg.tracker.listen, "tracker started");
     mailpipe_tracker::serve(listener, app, &cfg.tracker, shutdown).await?;
     // The router (and every handle) is gone; the writer drains and stops.

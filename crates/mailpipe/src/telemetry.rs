@@ -2,7 +2,6 @@
 
 use std::sync::Arc;
 
-use mailpipe_tracker::MetricsRender;
 use metrics_exporter_prometheus::PrometheusBuilder;
 use tracing_subscriber::EnvFilter;
 
@@ -20,6 +19,9 @@ pub fn init_tracing(cfg: &LogConfig, quiet: bool) {
         LogFormat::Text => builder.try_init(),
     };
 }
+
+/// Renders the Prometheus exposition of the process's recorder.
+pub type MetricsRender = Arc<dyn Fn() -> String + Send + Sync>;
 
 /// Installs the Prometheus recorder and returns what renders it; `None` if
 /// one is installed already.

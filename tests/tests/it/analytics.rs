@@ -176,7 +176,8 @@ async fn the_dashboard_renders_in_a_browser_with_the_api_figures() {
     store.apply_events(&campaign("acme", "spring")).await.unwrap();
     let key = store.create_api_key(&acme, "dash").await.unwrap();
     let (addr, server) = serve_api(store.clone()).await;
-    let page = http(&addr, "GET", &format!("/dashboard/campaigns/spring?key={key}"), &[], b"").await;
+    let bearer = format!("Bearer {key}");
+    let page = http(&addr, "GET", "/dashboard/campaigns/spring", &[("Authorization", &bearer)], b"").await;
     assert_eq!(page.status, 200);
     let html = page.text();
     let stats = store.campaign_stats(&acme, "spring").await.unwrap().unwrap();
@@ -186,31 +187,72 @@ async fn the_dashboard_renders_in_a_browser_with_the_api_figures() {
         }
     }
     assert!(html.matches("<svg").count() >= 5, "funnel, time series, verdicts, providers, links");
-    assert_eq!(http(&addr, "GET", "/dashboard/campaigns/spring?key=mp_wrong", &[], b"").await.status, 401);
+    // The key is never taken from a URL: that is the sign-in form, 401.
+    let by_url = http(&addr, "GET", &format!("/dashboard/campaigns/spring?key={key}"), &[], b"").await;
+    assert_eq!(by_url.status, 401);
+    assert!(by_url.text().contains("action=/dashboard/login") && !by_url.text().contains("m-sent"));
+    // A wrong key is refused with the form again; no cookie.
+    let wrong = http(
+        &addr,
+        "POST",
+        "/dashboard/login",
+        &[("Content-Type", "application/x-www-form-urlencoded")],
+        b"key=mp_wrong&next=/dashboard/campaigns/spring",
+    )
+    .await;
+    assert_eq!(wrong.status, 401);
+    assert!(wrong.headers.iter().all(|(k, _)| !k.eq_ignore_ascii_case("set-cookie")));
+    // Signing in elsewhere than the dashboard is not possible.
+    let body = format!("key={key}&next=https://evil.example/");
+    let ok = http(
+        &addr,
+        "POST",
+        "/dashboard/login",
+        &[("Content-Type", "application/x-www-form-urlencoded")],
+        body.as_bytes(),
+    )
+    .await;
+    assert_eq!(ok.status, 303);
+    let header = |name: &str| {
+        ok.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default()
+    };
+    assert_eq!(header("location"), "/dashboard/domains");
+    let cookie = header("set-cookie");
+    for attr in ["HttpOnly", "SameSite=Strict", "Path=/dashboard"] {
+        assert!(cookie.contains(attr), "{cookie}");
+    }
 
+    // A real browser signs in through the form and sees the page.
     let dir = std::path::PathBuf::from(
         std::env::var("MAILPIPE_ARTIFACTS").unwrap_or_else(|_| "/var/tmp/mailpipe-artifacts".into()),
     );
     std::fs::create_dir_all(&dir).unwrap();
     let shot = dir.join("dashboard.png");
     let _ = std::fs::remove_file(&shot);
-    let url = format!("http://{addr}/dashboard/campaigns/spring?key={key}");
-    let profile = std::env::temp_dir().join(unique("chromium"));
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/support/dashboard.mjs");
+    let page_url = format!("http://{addr}/dashboard/campaigns/spring");
     let out = tokio::task::spawn_blocking({
-        let shot = shot.clone();
+        let (shot, key, page_url) = (shot.clone(), key.to_string(), page_url.clone());
         move || {
-            Command::new("chromium")
-                .args(["--headless=new", "--no-sandbox", "--disable-gpu", "--hide-scrollbars"])
-                .arg(format!("--user-data-dir={}", profile.display()))
-                .arg(format!("--screenshot={}", shot.display()))
-                .args(["--window-size=1280,1000", &url])
+            Command::new("node")
+                .args(["--experimental-websocket", script, &page_url, &key])
+                .arg(&shot)
                 .output()
         }
     })
     .await
     .unwrap()
-    .expect("chromium runs (apt-get install chromium)");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    .expect("node runs (apt-get install nodejs)");
+    assert!(out.status.success(), "browser driver failed: {}", String::from_utf8_lossy(&out.stderr));
+    let seen: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(seen["before"].as_str().unwrap().contains("Sign in"), "{seen}");
+    assert_eq!(seen["url"], page_url.as_str(), "back on the page asked for: {seen}");
+    assert_eq!(seen["cookieSeenByScripts"], "", "the key is out of page scripts' reach: {seen}");
+    assert!(seen["svgs"].as_u64().unwrap() >= 5, "{seen}");
     let png = std::fs::read(&shot).unwrap();
     assert_eq!(&png[1..4], b"PNG");
     assert!(png.len() > 20_000, "a real rendering, not a blank page: {} bytes", png.len());
@@ -473,4 +515,69 @@ async fn an_arf_complaint_suppresses_the_recipient_everywhere_and_bad_reports_ar
 
 fn acme_id() -> TenantId {
     TenantId::parse("acme").unwrap()
+}
+
+/// The tenant API is on the internet too: a request must be done within
+/// its timeout, and connections are capped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_times_out_slow_requests_and_caps_connections() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let env = TestEnv::setup().no_relay().start().await;
+    let addr = format!("127.0.0.1:{}", loopback_port());
+    let mut api = env.service_process(
+        "analytics",
+        &[
+            ("MAILPIPE__ANALYTICS__LISTEN", &addr),
+            ("MAILPIPE__ANALYTICS__GROUP_ID", &unique("analytics")),
+            ("MAILPIPE__ANALYTICS__REQUEST_TIMEOUT_SECS", "1"),
+            ("MAILPIPE__ANALYTICS__HEADER_READ_TIMEOUT_SECS", "30"),
+            ("MAILPIPE__ANALYTICS__MAX_CONNECTIONS", "1"),
+        ],
+    );
+    eventually("the API is up", Duration::from_secs(30), || async {
+        try_http(&addr, "GET", "/healthz", &[], b"").await.is_ok_and(|r| r.status == 200)
+    })
+    .await;
+    // A body that never arrives in full: 408 after the request timeout.
+    let mut slow = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    slow.write_all(b"POST /api/v1/suppressions HTTP/1.1\r\nHost: a\r\nContent-Length: 100\r\n\r\n{\"email\"")
+        .await
+        .unwrap();
+    let mut buf = vec![0; 128];
+    let n =
+        tokio::time::timeout(Duration::from_secs(5), slow.read(&mut buf)).await.expect("answered").unwrap();
+    assert!(
+        String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 408"),
+        "{}",
+        String::from_utf8_lossy(&buf[..n])
+    );
+    drop(slow);
+    // One silent client holds the only connection; the next waits for it.
+    let idle = eventually_connected(&addr).await;
+    let mut next = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    next.write_all(b"GET /healthz HTTP/1.1\r\nHost: a\r\n\r\n").await.unwrap();
+    assert!(
+        tokio::time::timeout(Duration::from_millis(700), next.read(&mut buf)).await.is_err(),
+        "not served while the other is open"
+    );
+    drop(idle);
+    let n = tokio::time::timeout(Duration::from_secs(5), next.read(&mut buf))
+        .await
+        .expect("served once it closed")
+        .unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    assert!(api.terminate(Duration::from_secs(20)).await.success());
+}
+
+/// A connection the server has accepted: a request on it is answered.
+async fn eventually_connected(addr: &str) -> tokio::net::TcpStream {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // The 408's connection frees its slot when the server closes it; a
+    // keep-alive request shows this one holds the slot now.
+    let mut c = tokio::net::TcpStream::connect(addr).await.unwrap();
+    c.write_all(b"GET /healthz HTTP/1.1\r\nHost: a\r\n\r\n").await.unwrap();
+    let mut buf = vec![0; 256];
+    let n = tokio::time::timeout(Duration::from_secs(5), c.read(&mut buf)).await.expect("served").unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    c
 }

@@ -285,3 +285,98 @@ async fn an_erased_recipients_old_links_store_no_client_details() {
     assert!(by_job("j1").get("client").is_some(), "others' opens do");
     t.stop().await;
 }
+
+/// Writes `head` (and `body`) on a fresh connection and reads the answer's
+/// status line, or `None` if none comes within `wait`.
+async fn raw(addr: &str, head: &str, body: &[u8], wait: Duration) -> Option<String> {
+    let mut c = tokio::net::TcpStream::connect(addr).await.unwrap();
+    c.write_all(head.as_bytes()).await.unwrap();
+    c.write_all(body).await.unwrap();
+    let mut buf = vec![0; 256];
+    match tokio::time::timeout(wait, c.read(&mut buf)).await {
+        Ok(Ok(n)) if n > 0 => {
+            Some(String::from_utf8_lossy(&buf[..n]).lines().next().unwrap_or("").to_owned())
+        }
+        _ => None,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unsubscribe_body_is_read_only_after_the_token_checks_out_and_only_a_few_kb() {
+    let t = start(&[("MAILPIPE__TRACKER__REQUEST_TIMEOUT_SECS", "2")]).await;
+    let unsub =
+        t.token(&claims("acme", "j1", 3600, Action::Unsubscribe { recipient: RecipientRef([7; 16]) }));
+    // A forged token announcing 100 MB: refused at once, the body never awaited.
+    let forged = format!("{}x", &unsub[..unsub.len() - 1]);
+    let head = |tok: &str, len: usize| {
+        format!(
+            "POST /u/{tok} HTTP/1.1\r\nHost: t\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {len}\r\n\r\n"
+        )
+    };
+    let status = raw(&t.addr, &head(&forged, 100 << 20), b"", Duration::from_secs(1)).await;
+    assert_eq!(status.as_deref(), Some("HTTP/1.1 404 Not Found"), "answered before any body");
+    // A valid token with a 10 KB body: too large, and nothing recorded.
+    let mut big = b"List-Unsubscribe=One-Click&pad=".to_vec();
+    big.resize(10 << 10, b'x');
+    let status = raw(&t.addr, &head(&unsub, big.len()), &big, Duration::from_secs(5)).await;
+    assert_eq!(status.as_deref(), Some("HTTP/1.1 413 Payload Too Large"));
+    // A body that never arrives in full: the whole-request timeout ends it.
+    let started = std::time::Instant::now();
+    let status = raw(&t.addr, &head(&unsub, 100), b"List-Unsub", Duration::from_secs(10)).await;
+    assert_eq!(status.as_deref(), Some("HTTP/1.1 408 Request Timeout"));
+    assert!(started.elapsed() < Duration::from_secs(6), "{:?}", started.elapsed());
+    // The real one-click form still works.
+    let ok = http(&t.addr, "POST", &format!("/u/{unsub}"), &[], b"List-Unsubscribe=One-Click").await;
+    assert_eq!(ok.status, 200);
+    let events = t.wait_events(1).await;
+    assert_eq!(events.len(), 1, "only the accepted unsubscribe is recorded: {events:?}");
+    t.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn open_connections_are_capped_and_the_rest_wait_to_be_accepted() {
+    let t = start(&[
+        ("MAILPIPE__TRACKER__MAX_CONNECTIONS", "2"),
+        ("MAILPIPE__TRACKER__HEADER_READ_TIMEOUT_SECS", "30"),
+    ])
+    .await;
+    // Two clients that connect and say nothing hold both connections.
+    let idle1 = tokio::net::TcpStream::connect(&t.addr).await.unwrap();
+    let _idle2 = tokio::net::TcpStream::connect(&t.addr).await.unwrap();
+    let mut third = tokio::net::TcpStream::connect(&t.addr).await.unwrap();
+    third.write_all(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n").await.unwrap();
+    let mut buf = vec![0; 64];
+    assert!(
+        tokio::time::timeout(Duration::from_millis(700), third.read(&mut buf)).await.is_err(),
+        "a third connection is not served while two are open"
+    );
+    drop(idle1);
+    let n = tokio::time::timeout(Duration::from_secs(5), third.read(&mut buf))
+        .await
+        .expect("served once a connection closed")
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&buf[..n])
+    );
+    t.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_are_served_on_the_admin_listener_not_the_public_one() {
+    let env = TestEnv::setup().no_relay().tracker().tenants(&[]).start().await;
+    let admin = format!("127.0.0.1:{}", loopback_port());
+    let mut tracker = env.tracker_process_with(&[("MAILPIPE__TRACKER__METRICS_LISTEN", &admin)]);
+    let public = env.tracker_addr();
+    eventually("the tracker is up", Duration::from_secs(20), || async {
+        try_http(&public, "GET", "/healthz", &[], b"").await.is_ok_and(|r| r.status == 200)
+    })
+    .await;
+    assert_eq!(http(&public, "GET", "/o/not-a-token", &[], b"").await.status, 404);
+    assert_eq!(http(&public, "GET", "/metrics", &[], b"").await.status, 404, "not on the public listener");
+    let m = http(&admin, "GET", "/metrics", &[], b"").await;
+    assert_eq!(m.status, 200);
+    assert!(m.text().contains("mailpipe_tracker_bad_tokens_total"), "{}", m.text());
+    assert!(tracker.terminate(Duration::from_secs(20)).await.success());
+}

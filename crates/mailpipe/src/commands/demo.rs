@@ -273,7 +273,7 @@ pub async fn send_sample(
     let listener = tokio::net::TcpListener::bind(cfg.tracker.listen)
         .await
         .with_context(|| format!("tracker.listen {}: cannot bind (set MAILPIPE__TRACKER__LISTEN and MAILPIPE__TRACKER__PUBLIC_URL to another port)", cfg.tracker.listen))?;
-    let (writer, app_router) = app::tracker_app(cfg, &keys, store.clone(), None, None)?;
+    let (writer, app_router) = app::tracker_app(cfg, &keys, store.clone(), None)?;
     let tracker_stop = CancellationToken::new();
     let tracker_task = tokio::spawn({
         let (settings, stop) = (cfg.tracker.clone(), tracker_stop.clone());

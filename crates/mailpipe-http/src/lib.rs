@@ -1,0 +1,114 @@
+//! The server loop of mailpipe's internet-facing listeners (the tracker, the
+//! tenant API and dashboard). Every client is treated as hostile:
+//!
+//! - at most `max_connections` are open; further clients wait in the
+//!   kernel's accept queue instead of costing a task and buffers each;
+//! - the request head must arrive within `header_read_timeout` (slowloris);
+//! - a whole request, body and answer included, within `request_timeout`,
+//!   else a 408 and the connection is closed;
+//! - on shutdown, no new connection is accepted and the requests in flight
+//!   get `shutdown_grace` to finish.
+//!
+//! Every request carries its peer address as axum's `ConnectInfo`.
+#![forbid(unsafe_code)]
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::ConnectInfo;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+
+/// The limits of one listener, from its service's configuration section.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ServeLimits {
+    /// A client must send its whole request head within this time.
+    pub header_read_timeout: Duration,
+    /// A request (head, body and answer) must be done within this time.
+    pub request_timeout: Duration,
+    /// Open connections at most; more wait to be accepted.
+    pub max_connections: usize,
+    /// How long shutdown waits for the requests in flight.
+    pub shutdown_grace: Duration,
+}
+
+/// Serves `app` on `listener` within `limits` until `shutdown` fires, then
+/// drains. `service` labels the metrics (`tracker`, `api`).
+pub async fn serve(
+    listener: TcpListener,
+    app: Router,
+    limits: ServeLimits,
+    service: &'static str,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+    use hyper_util::server::conn::auto::Builder;
+    use tower::ServiceExt;
+
+    let mut builder = Builder::new(TokioExecutor::new());
+    builder.http1().timer(TokioTimer::new()).header_read_timeout(limits.header_read_timeout);
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let max = limits.max_connections.max(1);
+    let slots = Arc::new(tokio::sync::Semaphore::new(max));
+    let request_timeout = limits.request_timeout;
+    loop {
+        let slot = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            s = slots.clone().acquire_owned() => s.expect("the semaphore is never closed"),
+        };
+        let (stream, peer) = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            r = listener.accept() => match r {
+                Ok(c) => c,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off, go on.
+                    warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        metrics::gauge!("mailpipe_http_connections", "service" => service)
+            .set((max - slots.available_permits()) as f64);
+        let _ = stream.set_nodelay(true);
+        let app = app.clone();
+        let svc = hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+            req.extensions_mut().insert(ConnectInfo::<SocketAddr>(peer));
+            let call = app.clone().oneshot(req.map(Body::new));
+            async move {
+                match tokio::time::timeout(request_timeout, call).await {
+                    Ok(answer) => answer,
+                    Err(_) => {
+                        metrics::counter!("mailpipe_http_request_timeouts_total", "service" => service)
+                            .increment(1);
+                        Ok((
+                            StatusCode::REQUEST_TIMEOUT,
+                            [(header::CONNECTION, "close")],
+                            "request took too long\n",
+                        )
+                            .into_response())
+                    }
+                }
+            }
+        });
+        let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc).into_owned();
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                debug!(error = %e, "connection ended with an error");
+            }
+            drop(slot);
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(limits.shutdown_grace, graceful.shutdown()).await.is_err() {
+        warn!(service, "requests still in flight after the grace period");
+    }
+    Ok(())
+}
