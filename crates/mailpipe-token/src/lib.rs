@@ -15,7 +15,11 @@
 //! * The tenant is inside the MAC'd body *and* in the key, so a token minted
 //!   for one tenant never verifies for another, even with a copied body.
 //! * The key id lets keys rotate: every key in the [`Keyring`] verifies, only
-//!   the active one signs, and removing a key retires its tokens.
+//!   the active one signs, and removing a key retires its tokens at once. A
+//!   key marked retired ([`Keyring::retire`]) keeps verifying unsubscribe
+//!   links only, for [`Ageing::unsubscribe_grace_secs`] after it was retired:
+//!   old mail stays in inboxes, and its unsubscribe link must keep working.
+//! * Click links may expire ([`Ageing::click_ttl_secs`] after sending).
 //! * The tag is compared in constant time before any field past the key
 //!   selector is parsed.
 #![forbid(unsafe_code)]
@@ -197,6 +201,26 @@ pub enum TokenError {
     Malformed,
     #[error("url is longer than {MAX_URL_LEN} bytes")]
     UrlTooLong,
+    #[error("token was signed with a retired key, and is not an unsubscribe within its grace")]
+    Retired,
+    #[error("link has expired")]
+    Expired,
+}
+
+/// How tokens age: the lifetimes in `[tokens]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ageing {
+    /// How long a retired key's unsubscribe links keep working.
+    pub unsubscribe_grace_secs: u64,
+    /// How long after sending a click link works; `None`: for ever.
+    pub click_ttl_secs: Option<u64>,
+}
+
+impl Default for Ageing {
+    /// 60 days of grace; click links that never expire.
+    fn default() -> Self {
+        Self { unsubscribe_grace_secs: 60 * 86_400, click_ttl_secs: None }
+    }
 }
 
 /// A signing key: an id that travels in the token, and a master secret.
@@ -205,16 +229,25 @@ pub struct SigningKey {
     pub secret: SecretSlice<u8>,
 }
 
-/// The keys a deployment knows. All verify; `active` signs.
+/// The keys a deployment knows. All verify (a retired one, only
+/// unsubscribes within the grace); `active` signs.
 pub struct Keyring {
     keys: Vec<(u16, HmacSha256)>,
     active: u16,
+    /// Key id → when it was retired, unix seconds.
+    retired: Vec<(u16, u64)>,
+    ageing: Ageing,
 }
 
 impl std::fmt::Debug for Keyring {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let ids: Vec<u16> = self.keys.iter().map(|(id, _)| *id).collect();
-        f.debug_struct("Keyring").field("key_ids", &ids).field("active", &self.active).finish()
+        f.debug_struct("Keyring")
+            .field("key_ids", &ids)
+            .field("active", &self.active)
+            .field("retired", &self.retired)
+            .field("ageing", &self.ageing)
+            .finish()
     }
 }
 
@@ -230,6 +263,10 @@ pub enum KeyringError {
     TooShort(u16),
     #[error("the recipient hash key is shorter than 32 bytes")]
     RecipientKeyTooShort,
+    #[error("key id {0} is retired, so it cannot be the active key")]
+    RetiredActive(u16),
+    #[error("retired key id {0} is not among the configured keys")]
+    RetiredMissing(u16),
 }
 
 impl Keyring {
@@ -252,7 +289,27 @@ impl Keyring {
         if !out.iter().any(|(id, _)| *id == active) {
             return Err(KeyringError::ActiveMissing(active));
         }
-        Ok(Self { keys: out, active })
+        Ok(Self { keys: out, active, retired: Vec::new(), ageing: Ageing::default() })
+    }
+
+    /// Marks key `id` retired at `at` (unix seconds): from then on it
+    /// verifies only unsubscribe links, and those only until the grace of
+    /// [`Keyring::with_ageing`] has passed.
+    pub fn retire(mut self, id: u16, at: u64) -> Result<Self, KeyringError> {
+        if id == self.active {
+            return Err(KeyringError::RetiredActive(id));
+        }
+        if self.master(id).is_none() {
+            return Err(KeyringError::RetiredMissing(id));
+        }
+        self.retired.retain(|(k, _)| *k != id);
+        self.retired.push((id, at));
+        Ok(self)
+    }
+
+    pub fn with_ageing(mut self, ageing: Ageing) -> Self {
+        self.ageing = ageing;
+        self
     }
 
     fn master(&self, id: u16) -> Option<&HmacSha256> {
@@ -303,11 +360,18 @@ impl Keyring {
         Ok(URL_SAFE_NO_PAD.encode(body))
     }
 
-    /// Verifies a token and returns what it binds.
+    /// Verifies a token, now, and returns what it binds.
+    pub fn verify(&self, token: &str) -> Result<Claims, TokenError> {
+        let now =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        self.verify_at(token, now)
+    }
+
+    /// Verifies a token as of `now` (unix seconds): its tag, then its age.
     ///
     /// The only work done before the constant-time tag comparison is decoding
     /// and reading the key id and tenant, which select the key.
-    pub fn verify(&self, token: &str) -> Result<Claims, TokenError> {
+    pub fn verify_at(&self, token: &str, now: u64) -> Result<Claims, TokenError> {
         if token.len() > MAX_TOKEN_CHARS {
             return Err(TokenError::TooLong);
         }
@@ -329,7 +393,26 @@ impl Keyring {
         if !bool::from(expected[..TAG_LEN].ct_eq(tag)) {
             return Err(TokenError::BadSignature);
         }
-        parse_body(body)
+        let claims = parse_body(body)?;
+        self.check_age(kid, &claims, now)?;
+        Ok(claims)
+    }
+
+    fn check_age(&self, kid: u16, claims: &Claims, now: u64) -> Result<(), TokenError> {
+        if let Some(&(_, retired_at)) = self.retired.iter().find(|(k, _)| *k == kid)
+            && now >= retired_at
+        {
+            let within_grace = now < retired_at.saturating_add(self.ageing.unsubscribe_grace_secs);
+            if !(matches!(claims.action, Action::Unsubscribe { .. }) && within_grace) {
+                return Err(TokenError::Retired);
+            }
+        }
+        if let (Action::Click { .. }, Some(ttl)) = (&claims.action, self.ageing.click_ttl_secs)
+            && now >= u64::from(claims.sent_at).saturating_add(ttl)
+        {
+            return Err(TokenError::Expired);
+        }
+        Ok(())
     }
 }
 
@@ -536,6 +619,50 @@ mod tests {
         // Same id, different secret: a bad signature, not a pass.
         let swapped = Keyring::new(vec![key(1, 8)], 1).unwrap();
         assert_eq!(swapped.verify(&t_old), Err(TokenError::BadSignature));
+    }
+
+    #[test]
+    fn a_retired_key_keeps_only_unsubscribes_for_the_grace_and_clicks_may_expire() {
+        let old = Keyring::new(vec![key(1, 7)], 1).unwrap();
+        let sent = 1_790_000_000_u64;
+        let unsub = old.sign(&claims(Action::Unsubscribe { recipient: RecipientRef([3; 16]) })).unwrap();
+        let open = old.sign(&claims(Action::Open)).unwrap();
+        let click = old.sign(&claims(Action::Click { url: "https://shop.example/".into() })).unwrap();
+        let day = 86_400;
+        let retired_at = sent + 10 * day;
+        let ring = Keyring::new(vec![key(1, 7), key(2, 8)], 2)
+            .unwrap()
+            .retire(1, retired_at)
+            .unwrap()
+            .with_ageing(Ageing { unsubscribe_grace_secs: 60 * day, click_ttl_secs: Some(30 * day) });
+        // Before the retirement, everything verifies.
+        assert!(ring.verify_at(&open, retired_at - 1).is_ok());
+        assert!(ring.verify_at(&click, retired_at - 1).is_ok());
+        assert_eq!(ring.verify_at(&click, retired_at), Err(TokenError::Retired));
+        // After: only the unsubscribe, and only within the grace.
+        assert!(ring.verify_at(&unsub, retired_at + 59 * day).is_ok());
+        assert_eq!(ring.verify_at(&unsub, retired_at + 60 * day), Err(TokenError::Retired));
+        assert_eq!(ring.verify_at(&open, retired_at + 1), Err(TokenError::Retired));
+        // A click by a live key expires on its own.
+        let fresh = Keyring::new(vec![key(2, 8)], 2)
+            .unwrap()
+            .with_ageing(Ageing { unsubscribe_grace_secs: 0, click_ttl_secs: Some(30 * day) });
+        let click2 = fresh.sign(&claims(Action::Click { url: "https://shop.example/".into() })).unwrap();
+        assert!(fresh.verify_at(&click2, sent + 29 * day).is_ok());
+        assert_eq!(fresh.verify_at(&click2, sent + 30 * day), Err(TokenError::Expired));
+        assert!(
+            fresh.verify_at(&fresh.sign(&claims(Action::Open)).unwrap(), sent + 3650 * day).is_ok(),
+            "opens do not expire"
+        );
+        // The active key cannot be retired, nor an unknown one.
+        assert_eq!(
+            Keyring::new(vec![key(2, 8)], 2).unwrap().retire(2, 0).unwrap_err(),
+            KeyringError::RetiredActive(2)
+        );
+        assert_eq!(
+            Keyring::new(vec![key(2, 8)], 2).unwrap().retire(5, 0).unwrap_err(),
+            KeyringError::RetiredMissing(5)
+        );
     }
 
     #[test]

@@ -263,6 +263,8 @@ fn token_reason(e: mailpipe_token::TokenError) -> &'static str {
         T::BadSignature => "bad_signature",
         T::Malformed => "malformed",
         T::UrlTooLong => "url_too_long",
+        T::Retired => "retired",
+        T::Expired => "expired",
     }
 }
 

@@ -67,7 +67,10 @@ impl Keys {
     pub fn from_secrets(s: &TokenSecrets, active: u16) -> Result<Self> {
         let signing =
             s.keys.iter().map(|(id, secret)| SigningKey { id: *id, secret: secret.clone() }).collect();
-        let ring = Keyring::new(signing, active).context("tokens")?;
+        let mut ring = Keyring::new(signing, active).context("tokens")?.with_ageing(s.ageing);
+        for &(id, at) in &s.retired {
+            ring = ring.retire(id, at).context("tokens.retired")?;
+        }
         let hasher = RecipientHasher::new(&s.recipient_key).context("tokens.recipient_key")?;
         // A key of its own: the recipient key keys suppressions for good,
         // and client addresses must not be linkable through it.

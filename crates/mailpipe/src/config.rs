@@ -103,6 +103,26 @@ pub struct TokensConfig {
     /// Key id → base64 secret.
     #[serde(default)]
     pub keys: BTreeMap<String, SecretString>,
+    /// Key id → the day (`YYYY-MM-DD`, UTC) it was retired: it then
+    /// verifies only unsubscribe links, for `unsubscribe_grace_days`.
+    #[serde(default)]
+    pub retired: BTreeMap<String, String>,
+    pub unsubscribe_grace_days: u32,
+    /// Days a click link works after sending; 0: for ever.
+    pub click_ttl_days: u32,
+}
+
+/// A retirement day, `YYYY-MM-DD`, as unix seconds at its start (UTC).
+fn retirement_day(id: &str, day: &str) -> Result<u64, String> {
+    let bad = || format!("tokens.retired.{id}: {day:?} is not a day (YYYY-MM-DD)");
+    let mut parts = day.trim().splitn(3, '-').map(str::parse::<i32>);
+    let (Some(Ok(y)), Some(Ok(m)), Some(Ok(d))) = (parts.next(), parts.next(), parts.next()) else {
+        return Err(bad());
+    };
+    let month = u8::try_from(m).ok().and_then(|m| time::Month::try_from(m).ok()).ok_or_else(bad)?;
+    let date =
+        time::Date::from_calendar_date(y, month, u8::try_from(d).map_err(|_| bad())?).map_err(|_| bad())?;
+    u64::try_from(date.midnight().assume_utc().unix_timestamp()).map_err(|_| bad())
 }
 
 #[derive(Debug, Deserialize)]
@@ -147,6 +167,9 @@ pub struct Config {
 /// Decoded token secrets, ready for the keyring.
 pub struct TokenSecrets {
     pub keys: Vec<(u16, SecretSlice<u8>)>,
+    /// Key id → retired at, unix seconds.
+    pub retired: Vec<(u16, u64)>,
+    pub ageing: mailpipe_token::Ageing,
     pub recipient_key: SecretSlice<u8>,
     pub ip_key: Option<SecretSlice<u8>>,
 }
@@ -370,7 +393,19 @@ impl Config {
             .map_err(|e| ConfigErrors(vec![e]))?
             .ok_or_else(|| ConfigErrors(vec!["tokens.recipient_key: missing".into()]))?;
         let ip_key = self.tokens.ip_key.as_ref().and_then(|k| decode_secret("tokens.ip_key", k).ok());
-        Ok(TokenSecrets { keys, recipient_key, ip_key })
+        let retired = self
+            .tokens
+            .retired
+            .iter()
+            // Validated at load.
+            .filter_map(|(id, day)| Some((id.parse::<u16>().ok()?, retirement_day(id, day).ok()?)))
+            .collect();
+        let ageing = mailpipe_token::Ageing {
+            unsubscribe_grace_secs: u64::from(self.tokens.unsubscribe_grace_days) * 86_400,
+            click_ttl_secs: (self.tokens.click_ttl_days > 0)
+                .then(|| u64::from(self.tokens.click_ttl_days) * 86_400),
+        };
+        Ok(TokenSecrets { keys, retired, ageing, recipient_key, ip_key })
     }
 }
 
@@ -503,6 +538,20 @@ fn check_tokens(tokens: &TokensConfig, errors: &mut Vec<String>) {
     if !tokens.keys.is_empty() && !tokens.keys.contains_key(&tokens.active_key.to_string()) {
         errors.push(format!("tokens.active_key: key {} is not in tokens.keys", tokens.active_key));
     }
+    for (id, day) in &tokens.retired {
+        if let Err(e) = retirement_day(id, day) {
+            errors.push(e);
+        }
+        if *id == tokens.active_key.to_string() {
+            errors.push(format!(
+                "tokens.retired.{id}: the active key cannot be retired; make another key active first"
+            ));
+        } else if !tokens.keys.contains_key(id) {
+            errors.push(format!(
+                "tokens.retired.{id}: no such key in tokens.keys (keep a retired key's secret for its grace)"
+            ));
+        }
+    }
     if let Some(r) = &tokens.recipient_key
         && let Err(e) = decode_secret("tokens.recipient_key", r)
     {
@@ -600,6 +649,41 @@ mod tests {
         vars.push(("MAILPIPE__TOKENS__IP_KEY", "aXAta2V5LWlwLWtleS1pcC1rZXktaXAta2V5LWlwLWtleQ=="));
         let s = Config::load(None, env(&vars)).unwrap().token_secrets().unwrap();
         assert!(s.ip_key.is_some_and(|k| k.expose_secret() != s.recipient_key.expose_secret()));
+    }
+
+    #[test]
+    fn retired_keys_name_a_day_and_a_key_that_is_not_the_active_one() {
+        let key = "c2VjcmV0LXNlY3JldC1zZWNyZXQtc2VjcmV0LXNlY3JldC0=";
+        let other = "b3RoZXItb3RoZXItb3RoZXItb3RoZXItb3RoZXItb3RoZXI=";
+        let base = [
+            ("MAILPIPE__TOKENS__KEYS__1", key),
+            ("MAILPIPE__TOKENS__KEYS__2", other),
+            ("MAILPIPE__TOKENS__ACTIVE_KEY", "2"),
+            ("MAILPIPE__TOKENS__RECIPIENT_KEY", key),
+            ("MAILPIPE__TOKENS__CLICK_TTL_DAYS", "30"),
+        ];
+        let with = |extra: &[(&'static str, &'static str)]| {
+            let mut v = base.to_vec();
+            v.extend_from_slice(extra);
+            Config::load(None, env(&v))
+        };
+        let s = with(&[("MAILPIPE__TOKENS__RETIRED__1", "2026-11-30")]).unwrap().token_secrets().unwrap();
+        assert_eq!(s.retired, [(1, 1_795_996_800)], "midnight UTC of the day");
+        assert_eq!(s.ageing.unsubscribe_grace_secs, 60 * 86_400, "the default grace");
+        assert_eq!(s.ageing.click_ttl_secs, Some(30 * 86_400));
+        for (id, day, want) in [
+            ("MAILPIPE__TOKENS__RETIRED__1", "30/11/2026", "tokens.retired.1: \"30/11/2026\" is not a day"),
+            ("MAILPIPE__TOKENS__RETIRED__1", "2026-02-30", "is not a day"),
+            (
+                "MAILPIPE__TOKENS__RETIRED__2",
+                "2026-11-30",
+                "tokens.retired.2: the active key cannot be retired",
+            ),
+            ("MAILPIPE__TOKENS__RETIRED__7", "2026-11-30", "tokens.retired.7: no such key"),
+        ] {
+            let e = with(&[(id, day)]).err().unwrap().to_string();
+            assert!(e.contains(want), "{day}: {e}");
+        }
     }
 
     #[test]

@@ -380,3 +380,57 @@ async fn metrics_are_served_on_the_admin_listener_not_the_public_one() {
     assert!(m.text().contains("mailpipe_tracker_bad_tokens_total"), "{}", m.text());
     assert!(tracker.terminate(Duration::from_secs(20)).await.success());
 }
+
+/// Old mail stays in inboxes: after its key is retired, a message's
+/// unsubscribe link keeps working for the grace, its opens and clicks stop;
+/// click links may expire on their own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retired_keys_unsubscribe_links_work_for_the_grace_and_clicks_expire() {
+    use base64::Engine as _;
+    let yesterday = (time::OffsetDateTime::now_utc() - time::Duration::days(1)).date().to_string();
+    let long_ago = (time::OffsetDateTime::now_utc() - time::Duration::days(61)).date().to_string();
+    let new_key = "bmV3LWtleS1uZXcta2V5LW5ldy1rZXktbmV3LWtleS1uZXc=";
+    let t = start(&[
+        ("MAILPIPE__TOKENS__KEYS__2", new_key),
+        ("MAILPIPE__TOKENS__KEYS__3", "dGhpcmQta2V5LXRoaXJkLWtleS10aGlyZC1rZXktdGhpcmQ="),
+        ("MAILPIPE__TOKENS__ACTIVE_KEY", "2"),
+        ("MAILPIPE__TOKENS__RETIRED__1", &yesterday),
+        ("MAILPIPE__TOKENS__RETIRED__3", &long_ago),
+        ("MAILPIPE__TOKENS__CLICK_TTL_DAYS", "1"),
+    ])
+    .await;
+    let signed_by = |id: u16, secret: &str| {
+        let secret = base64::engine::general_purpose::STANDARD.decode(secret).unwrap();
+        Keyring::new(vec![SigningKey { id, secret: secret.into() }], id).unwrap()
+    };
+    let old = signed_by(1, TEST_TOKEN_KEY);
+    let older = signed_by(3, "dGhpcmQta2V5LXRoaXJkLWtleS10aGlyZC1rZXktdGhpcmQ=");
+    let unsub = |ring: &Keyring, job: &str| {
+        ring.sign(&claims("acme", job, 3600, Action::Unsubscribe { recipient: RecipientRef([5; 16]) }))
+            .unwrap()
+    };
+    let addr = t.addr.clone();
+    let one_click = |tok: String| {
+        let addr = addr.clone();
+        async move { http(&addr, "POST", &format!("/u/{tok}"), &[], b"List-Unsubscribe=One-Click").await.status }
+    };
+    assert_eq!(one_click(unsub(&old, "j1")).await, 200, "within the grace");
+    assert_eq!(one_click(unsub(&older, "j2")).await, 404, "past the grace");
+    let open = old.sign(&claims("acme", "j3", 3600, Action::Open)).unwrap();
+    assert_eq!(
+        t.get(&format!("/o/{open}"), &[]).await.status,
+        404,
+        "a retired key's open is refused at once"
+    );
+    // Clicks by the live key: a day old is expired, an hour old is not.
+    let click = |secs_ago| {
+        t.token(&claims("acme", "j4", secs_ago, Action::Click { url: "https://shop.example/".into() }))
+    };
+    assert_eq!(t.get(&format!("/c/{}", click(3600)), &[]).await.status, 302);
+    assert_eq!(t.get(&format!("/c/{}", click(86_400 + 60)), &[]).await.status, 404, "expired");
+    let events = t.wait_events(2).await;
+    let kinds: Vec<&str> = events.iter().map(|e| e["type"].as_str().unwrap()).collect();
+    assert_eq!(kinds.iter().filter(|k| **k == "unsubscribe").count(), 1, "{kinds:?}");
+    assert_eq!(kinds.iter().filter(|k| **k == "click").count(), 1, "{kinds:?}");
+    t.stop().await;
+}

@@ -220,7 +220,13 @@ fn throwaway_secrets() -> TokenSecrets {
     rng.fill_bytes(&mut rkey);
     let mut ikey = vec![0u8; 32];
     rng.fill_bytes(&mut ikey);
-    TokenSecrets { keys: vec![(1, key.into())], recipient_key: rkey.into(), ip_key: Some(ikey.into()) }
+    TokenSecrets {
+        keys: vec![(1, key.into())],
+        retired: Vec::new(),
+        ageing: mailpipe_token::Ageing::default(),
+        recipient_key: rkey.into(),
+        ip_key: Some(ikey.into()),
+    }
 }
 
 /// Sends the sample campaign through the whole pipeline in this process,
