@@ -25,6 +25,13 @@ if ! python3 -c "import dkim, nacl, dns.resolver" 2>/dev/null; then
   python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore dkimpy pynacl dnspython
 fi
 
+step "dependencies: licences, bans and sources (cargo deny, deny.toml)"
+# Pinned: a newer cargo-deny may need a newer compiler than this one.
+if ! cargo deny --version 2>/dev/null | grep -q "^cargo-deny 0.20.2$"; then
+  cargo install --locked cargo-deny --version 0.20.2
+fi
+cargo deny --log-level error check licenses bans sources
+
 step "cargo fmt --check"
 cargo fmt --all -- --check
 
