@@ -47,12 +47,15 @@ pub async fn serve(
     service: &'static str,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-    use hyper_util::server::conn::auto::Builder;
+    use hyper_util::rt::{TokioIo, TokioTimer};
     use tower::ServiceExt;
 
-    let mut builder = Builder::new(TokioExecutor::new());
-    builder.http1().timer(TokioTimer::new()).header_read_timeout(limits.header_read_timeout);
+    // HTTP/1 only: an auto (HTTP/1 or 2) connection first reads to tell the
+    // versions apart, with no timer, so a client that connects and says
+    // nothing would hold its slot for ever. Here the head timer runs from
+    // the first read, and between requests on a kept-alive connection.
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder.timer(TokioTimer::new()).header_read_timeout(limits.header_read_timeout);
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let max = limits.max_connections.max(1);
     let slots = Arc::new(tokio::sync::Semaphore::new(max));
@@ -74,8 +77,8 @@ pub async fn serve(
                 }
             },
         };
-        metrics::gauge!("mailpipe_http_connections", "service" => service)
-            .set((max - slots.available_permits()) as f64);
+        let open = metrics::gauge!("mailpipe_http_connections", "service" => service);
+        open.increment(1.0);
         let _ = stream.set_nodelay(true);
         let app = app.clone();
         let svc = hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
@@ -97,12 +100,12 @@ pub async fn serve(
                 }
             }
         });
-        let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc).into_owned();
-        let conn = graceful.watch(conn);
+        let conn = graceful.watch(builder.serve_connection(TokioIo::new(stream), svc));
         tokio::spawn(async move {
             if let Err(e) = conn.await {
                 debug!(error = %e, "connection ended with an error");
             }
+            open.decrement(1.0);
             drop(slot);
         });
     }

@@ -96,7 +96,9 @@ impl Store {
     /// scope, recipient and category is kept as it is.
     pub async fn add_suppression(&self, s: &Suppression) -> Result<()> {
         let hash = s.recipient.to_hex();
-        on_pool!(self, p => insert_q(s, &hash, now_ms()).execute(p).await.map(|_| ()))?;
+        // Stamped when the entry was made, so that it reads back as written
+        // (the filter follows the table by a database cursor, not this).
+        on_pool!(self, p => insert_q(s, &hash, s.created_at).execute(p).await.map(|_| ()))?;
         Ok(())
     }
 

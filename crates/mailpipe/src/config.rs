@@ -298,6 +298,9 @@ impl Config {
         if let Some(s) = &tokens {
             check_tokens(s, &mut errors);
         }
+        if let Some(s) = &analytics {
+            check_limits("analytics", &s.limits(), &mut errors);
+        }
         if let Some(s) = &domains {
             check_domains(s, &mut errors);
         }
@@ -480,6 +483,23 @@ fn check_tracker(tracker: &TrackerSettings, errors: &mut Vec<String>) {
     let p = &tracker.public_url;
     if !(p.starts_with("http://") || p.starts_with("https://")) {
         errors.push(format!("tracker.public_url: must be an http(s) URL (got {p:?})"));
+    }
+    check_limits("tracker", &tracker.limits(), errors);
+}
+
+/// A public listener's limits: a zero would refuse every client, and a
+/// huge timeout overflows the server's clock arithmetic.
+fn check_limits(section: &str, l: &mailpipe_http::ServeLimits, errors: &mut Vec<String>) {
+    let day = std::time::Duration::from_secs(86_400);
+    for (key, d) in
+        [("header_read_timeout_secs", l.header_read_timeout), ("request_timeout_secs", l.request_timeout)]
+    {
+        if d.is_zero() || d > day {
+            errors.push(format!("{section}.{key}: from 1 second to 1 day"));
+        }
+    }
+    if l.max_connections == 0 {
+        errors.push(format!("{section}.max_connections: must be at least 1"));
     }
 }
 

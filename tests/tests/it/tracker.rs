@@ -364,6 +364,33 @@ async fn open_connections_are_capped_and_the_rest_wait_to_be_accepted() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_says_nothing_is_disconnected_and_frees_its_slot() {
+    let t = start(&[
+        ("MAILPIPE__TRACKER__MAX_CONNECTIONS", "1"),
+        ("MAILPIPE__TRACKER__HEADER_READ_TIMEOUT_SECS", "1"),
+    ])
+    .await;
+    let mut silent = tokio::net::TcpStream::connect(&t.addr).await.unwrap();
+    let started = std::time::Instant::now();
+    let mut buf = vec![0; 256];
+    // Closed by the server (EOF, or a 408 and then EOF), not left open.
+    let closed = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match silent.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "a silent connection was kept past the head timeout");
+    assert!(started.elapsed() >= Duration::from_millis(900), "{:?}", started.elapsed());
+    // Its slot (the only one) is free again.
+    assert_eq!(t.get("/healthz", &[]).await.status, 200);
+    t.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_are_served_on_the_admin_listener_not_the_public_one() {
     let env = TestEnv::setup().no_relay().tracker().tenants(&[]).start().await;
     let admin = format!("127.0.0.1:{}", loopback_port());
