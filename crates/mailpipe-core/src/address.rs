@@ -162,6 +162,20 @@ impl EmailAddress {
         self.full.to_lowercase()
     }
 
+    /// The lower-cased forms the address takes in stored text: canonical
+    /// (the domain in ASCII), and with the domain in Unicode when it is an
+    /// IDN. What an erasure searches for.
+    pub fn search_forms(&self) -> Vec<String> {
+        let mut forms = vec![self.canonical()];
+        if let (unicode, Ok(())) = idna::domain_to_unicode(self.domain()) {
+            let other = format!("{}@{}", self.local_part(), unicode).to_lowercase();
+            if !forms.contains(&other) {
+                forms.push(other);
+            }
+        }
+        forms
+    }
+
     /// A form safe for info-level logs: `j***@example.com`.
     pub fn redacted(&self) -> String {
         let first = self.local_part().chars().next().unwrap_or('?');
@@ -176,10 +190,12 @@ impl EmailAddress {
 /// token is a run of non-space, non-delimiter characters around an `@` with
 /// something on both sides.
 pub fn redact_addresses(text: &str) -> std::borrow::Cow<'_, str> {
+    // `'` and `=` are legal in a local part, so they belong to the token:
+    // better more redacted than a piece of the address left in the text.
     fn part(c: char) -> bool {
         !c.is_whitespace()
             && !c.is_control()
-            && !matches!(c, '<' | '>' | '(' | ')' | '[' | ']' | '"' | ',' | ';' | ':' | '\'' | '@' | '=')
+            && !matches!(c, '<' | '>' | '(' | ')' | '[' | ']' | '"' | ',' | ';' | ':' | '@')
     }
     if !text.contains('@') {
         return std::borrow::Cow::Borrowed(text);
@@ -248,6 +264,8 @@ mod tests {
                 "user j***@a.example unknown, try b***@b.example",
             ),
             ("to=<émile@bücher.example>", "to=<é***@bücher.example>"),
+            ("550 <o'brien=x@a.example> no", "550 <o***@a.example> no"),
+            ("user=jane@a.example", "u***@a.example"),
             ("250 2.0.0 Ok: queued as 4ABC", "250 2.0.0 Ok: queued as 4ABC"),
             ("weird @ sign and trailing a@", "weird @ sign and trailing a@"),
             ("@lead x@@y a@b", "@lead x@@y a***@b"),

@@ -27,6 +27,33 @@ pub struct TopicSettings {
     pub dlq_retention_hours: u64,
 }
 
+/// Kafka deletes only closed segments, and closes one after `segment.ms`
+/// (a week by default): a quiet topic would keep a record for a week past
+/// its retention. Segments here roll at least hourly, or at the retention
+/// if that is shorter, so a record is gone within its retention plus that.
+const MAX_SEGMENT_MS: u64 = 3_600_000;
+
+impl TopicSettings {
+    /// What is wrong with these settings, if anything: a zero retention
+    /// would delete jobs before a worker reads them.
+    pub fn problems(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for (key, hours) in [
+            ("send_retention_hours", self.send_retention_hours),
+            ("events_retention_hours", self.events_retention_hours),
+            ("dlq_retention_hours", self.dlq_retention_hours),
+        ] {
+            if !(1..=87_600).contains(&hours) {
+                out.push(format!("queue.kafka.topics.{key}: from 1 hour to 10 years"));
+            }
+        }
+        if self.partitions < 1 || self.replication_factor < 1 {
+            out.push("queue.kafka.topics.partitions, replication_factor: at least 1".into());
+        }
+        out
+    }
+}
+
 /// What `ensure` did to one topic.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TopicReport {
@@ -67,8 +94,10 @@ pub async fn ensure(kafka: &KafkaSettings) -> Result<Vec<TopicReport>, QueueErro
     for (topic, hours) in wanted {
         let retention_ms = hours.saturating_mul(3_600_000);
         let ms = retention_ms.to_string();
+        let segment_ms = retention_ms.min(MAX_SEGMENT_MS).to_string();
         let new = NewTopic::new(topic, topics.partitions, TopicReplication::Fixed(topics.replication_factor))
-            .set("retention.ms", &ms);
+            .set("retention.ms", &ms)
+            .set("segment.ms", &segment_ms);
         let created = match first(admin.create_topics([&new], &opts).await?) {
             Ok(()) => true,
             Err(RDKafkaErrorCode::TopicAlreadyExists) => false,
@@ -86,11 +115,15 @@ pub async fn ensure(kafka: &KafkaSettings) -> Result<Vec<TopicReport>, QueueErro
                 .entries
                 .into_iter()
                 .filter(|e| {
-                    e.source == ConfigSource::DynamicTopic && e.name != "retention.ms" && !e.is_sensitive
+                    e.source == ConfigSource::DynamicTopic
+                        && !matches!(e.name.as_str(), "retention.ms" | "segment.ms")
+                        && !e.is_sensitive
                 })
                 .filter_map(|e| Some((e.name, e.value?)))
                 .collect();
-            let mut alter = AlterConfig::new(ResourceSpecifier::Topic(topic)).set("retention.ms", &ms);
+            let mut alter = AlterConfig::new(ResourceSpecifier::Topic(topic))
+                .set("retention.ms", &ms)
+                .set("segment.ms", &segment_ms);
             for (k, v) in &kept {
                 alter = alter.set(k, v);
             }

@@ -112,11 +112,12 @@ impl Store {
     /// to send (new, pending, deferred), resolve an in-doubt attempt
     /// (sending), or only re-announce a finished outcome (terminal).
     /// `recipient` is the keyed hash of the job's canonical address, by which
-    /// an erasure finds the row.
+    /// an erasure finds the row; a job for someone already erased (in the
+    /// job's tenant or everywhere) stores the hash in place of the address.
     pub async fn claim_job(&self, job: &SendJob, recipient: &RecipientRef) -> Result<Claim> {
         let now = now_ms();
         let insert = "INSERT INTO send_ledger (tenant_id, job_id, campaign_id, category, recipient, recipient_domain, status, attempts, created_at, updated_at, recipient_hash)
-                      VALUES ($1, $2, $3, $4, $5, $6, 'pending', 0, $7, $7, $8)
+                      VALUES ($1, $2, $3, $4, CASE WHEN EXISTS (SELECT 1 FROM erasures WHERE recipient_hash = $8 AND scope_tenant IN ('', $1)) THEN 'erased:' || $8 ELSE $5 END, $6, 'pending', 0, $7, $7, $8)
                       ON CONFLICT (tenant_id, job_id) DO NOTHING";
         let select = "SELECT status, attempts, message_id, created_at, payload IS NOT NULL
                       FROM send_ledger WHERE tenant_id = $1 AND job_id = $2";
@@ -129,7 +130,7 @@ impl Store {
             Pool::Postgres(p) => {
                 let claim = "WITH ins AS (
                                  INSERT INTO send_ledger (tenant_id, job_id, campaign_id, category, recipient, recipient_domain, status, attempts, created_at, updated_at, recipient_hash)
-                                 VALUES ($1, $2, $3, $4, $5, $6, 'pending', 0, $7, $7, $8)
+                                 VALUES ($1, $2, $3, $4, CASE WHEN EXISTS (SELECT 1 FROM erasures WHERE recipient_hash = $8 AND scope_tenant IN ('', $1)) THEN 'erased:' || $8 ELSE $5 END, $6, 'pending', 0, $7, $7, $8)
                                  ON CONFLICT (tenant_id, job_id) DO NOTHING
                                  RETURNING status, attempts, message_id, created_at, payload IS NOT NULL)
                              SELECT * FROM ins

@@ -49,8 +49,16 @@ impl Store {
     ///   the address replaced by the hash, the payload and last reply dropped;
     /// - those jobs' events are deleted, and so is any other event, campaign
     ///   link (a personalised URL), dead letter or rejected report whose
-    ///   text holds the address, plain or percent-encoded;
+    ///   text holds the address ([`Needles`]: any case, percent-encoded,
+    ///   JSON-escaped, the domain in ASCII or Unicode, and only as a whole
+    ///   address, so erasing `o@x.example` leaves `bo@x.example`'s data);
     /// - a suppression on the keyed hash stops all future mail.
+    ///
+    /// The suppression and the erasure record are committed first: from
+    /// then on a new job for the person stores the hash, not the address,
+    /// and a dead letter only its ids. Then the tables are searched outside
+    /// any transaction (SQLite has one writer, and the workers need it),
+    /// and what was found is removed in one transaction.
     ///
     /// Within a tenant's `scope`, only that tenant's data, except rejected
     /// reports, which belong to no tenant and are deleted in every scope.
@@ -67,55 +75,93 @@ impl Store {
         let scope = scope.key();
         let anon = format!("erased:{recipient_hash}");
         let mut r = ErasureReport::default();
-        let jobs_sql = "SELECT tenant_id, job_id FROM send_ledger
-                        WHERE (recipient_hash = $1 OR (recipient_hash IS NULL AND lower(recipient) = $2)) AND ($4 OR tenant_id = $3)";
-        let del_events = "DELETE FROM events WHERE tenant_id = $1 AND job_id = $2";
-        let anon_sql =
-            "UPDATE send_ledger SET recipient = $3, recipient_hash = $4, payload = NULL, last_reply = NULL
-                        WHERE tenant_id = $1 AND job_id = $2";
         let log = "INSERT INTO erasures (recipient_hash, scope_tenant, erased_at) VALUES ($1, $2, $3)
                    ON CONFLICT (recipient_hash, scope_tenant) DO UPDATE SET erased_at = excluded.erased_at";
-        // The only dialect differences: finding a substring, and how to
-        // reclaim the deleted rows' space (PostgreSQL: the dead row versions
-        // of the touched tables; SQLite: the whole file, so no free page
-        // keeps the address). `lower` folds ASCII in SQLite, Unicode in
-        // PostgreSQL; the needles are lower-cased already.
-        let (del_text, vacuums): ([&str; 2], &[&str]) = match self.pool {
+        in_tx!(self, tx => {
+            suppressions::insert_q(&kept, &recipient_hash, now_ms()).execute(&mut *tx).await?;
+            sqlx::query(log).bind(&recipient_hash).bind(scope).bind(now_ms()).execute(&mut *tx).await?;
+        });
+        r.suppression_kept = true;
+
+        // Find. Text that could hold an address has an `@` or a `%40`; the
+        // rest is matched here, in Rust.
+        let jobs_sql = "SELECT tenant_id, job_id FROM send_ledger
+                        WHERE (recipient_hash = $1 OR (recipient_hash IS NULL AND lower(recipient) = $2)) AND ($4 OR tenant_id = $3)";
+        let (events_page, links_page, vacuums): (&str, &str, &[&str]) = match self.pool {
             Pool::Postgres(_) => (
-                [
-                    "DELETE FROM events WHERE ($3 OR tenant_id = $2) AND (strpos(lower(payload), $1) > 0 OR strpos(lower(payload), $4) > 0)",
-                    "DELETE FROM campaign_links WHERE ($3 OR tenant_id = $2) AND (strpos(lower(url), $1) > 0 OR strpos(lower(url), $4) > 0)",
-                ],
-                &[
-                    "VACUUM send_ledger",
-                    "VACUUM events",
-                    "VACUUM dead_letters",
-                    "VACUUM campaign_links",
-                    "VACUUM rejected_reports",
-                ],
+                "SELECT event_id, payload FROM events WHERE event_id > $1 AND ($3 OR tenant_id = $2)
+                 AND (strpos(payload, '@') > 0 OR strpos(payload, '%40') > 0) ORDER BY event_id LIMIT 500",
+                "SELECT tenant_id, campaign_id, url FROM campaign_links WHERE (tenant_id, campaign_id, url) > ($1, $2, $3)
+                 AND ($5 OR tenant_id = $4) AND (strpos(url, '@') > 0 OR strpos(url, '%40') > 0)
+                 ORDER BY tenant_id, campaign_id, url LIMIT 500",
+                &["VACUUM send_ledger", "VACUUM events", "VACUUM dead_letters", "VACUUM campaign_links", "VACUUM rejected_reports"],
             ),
             // In WAL mode VACUUM's rewrite lands in the WAL first: checkpoint
             // and truncate it so that neither file keeps the old pages.
             Pool::Sqlite(_) => (
-                [
-                    "DELETE FROM events WHERE ($3 OR tenant_id = $2) AND (instr(lower(payload), $1) > 0 OR instr(lower(payload), $4) > 0)",
-                    "DELETE FROM campaign_links WHERE ($3 OR tenant_id = $2) AND (instr(lower(url), $1) > 0 OR instr(lower(url), $4) > 0)",
-                ],
+                "SELECT event_id, payload FROM events WHERE event_id > $1 AND ($3 OR tenant_id = $2)
+                 AND (instr(payload, '@') > 0 OR instr(payload, '%40') > 0) ORDER BY event_id LIMIT 500",
+                "SELECT tenant_id, campaign_id, url FROM campaign_links WHERE (tenant_id, campaign_id, url) > ($1, $2, $3)
+                 AND ($5 OR tenant_id = $4) AND (instr(url, '@') > 0 OR instr(url, '%40') > 0)
+                 ORDER BY tenant_id, campaign_id, url LIMIT 500",
                 &["VACUUM", "PRAGMA wal_checkpoint(TRUNCATE)"],
             ),
         };
         let dead_letters_page = "SELECT id, detail, payload FROM dead_letters WHERE id > $1 AND ($3 OR tenant_id = $2) ORDER BY id LIMIT 256";
         let reports_page =
             "SELECT id, reason, report FROM rejected_reports WHERE id > $1 ORDER BY id LIMIT 256";
-        on_pool!(self, p => {
-            let mut tx = p.begin().await?;
-            let jobs: Vec<(String, String)> = sqlx::query_as(jobs_sql)
+        let (mut events, mut links, mut dead_letters, mut reports) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let jobs: Vec<(String, String)> = on_pool!(self, p => {
+            let jobs = sqlx::query_as(jobs_sql)
                 .bind(&recipient_hash)
-                .bind(&needles.plain)
+                .bind(address.canonical())
                 .bind(scope)
                 .bind(everywhere)
-                .fetch_all(&mut *tx)
+                .fetch_all(p)
                 .await?;
+            let mut after = String::new();
+            loop {
+                let page: Vec<(String, String)> =
+                    sqlx::query_as(events_page).bind(&after).bind(scope).bind(everywhere).fetch_all(p).await?;
+                let Some(last) = page.last() else { break };
+                after = last.0.clone();
+                events.extend(page.into_iter().filter(|(_, text)| needles.in_text(text)).map(|(id, _)| id));
+            }
+            let mut after = (String::new(), String::new(), String::new());
+            loop {
+                let page: Vec<(String, String, String)> = sqlx::query_as(links_page)
+                    .bind(&after.0).bind(&after.1).bind(&after.2).bind(scope).bind(everywhere)
+                    .fetch_all(p).await?;
+                let Some(last) = page.last() else { break };
+                after = last.clone();
+                links.extend(page.into_iter().filter(|(_, _, url)| needles.in_text(url)));
+            }
+            let mut after = 0_i64;
+            loop {
+                let page: Vec<(i64, String, Vec<u8>)> = sqlx::query_as(dead_letters_page)
+                    .bind(after).bind(scope).bind(everywhere).fetch_all(p).await?;
+                let Some(last) = page.last() else { break };
+                after = last.0;
+                dead_letters.extend(page.iter().filter(|(_, d, b)| needles.in_text(d) || needles.in_bytes(b)).map(|x| x.0));
+            }
+            let mut after = 0_i64;
+            loop {
+                let page: Vec<(i64, String, Vec<u8>)> =
+                    sqlx::query_as(reports_page).bind(after).fetch_all(p).await?;
+                let Some(last) = page.last() else { break };
+                after = last.0;
+                reports.extend(page.iter().filter(|(_, d, b)| needles.in_text(d) || needles.in_bytes(b)).map(|x| x.0));
+            }
+            jobs
+        });
+
+        // Remove, in one transaction.
+        let del_events = "DELETE FROM events WHERE tenant_id = $1 AND job_id = $2";
+        let anon_sql =
+            "UPDATE send_ledger SET recipient = $3, recipient_hash = $4, payload = NULL, last_reply = NULL
+                        WHERE tenant_id = $1 AND job_id = $2";
+        in_tx!(self, tx => {
             for (tid, jid) in &jobs {
                 r.events_deleted +=
                     sqlx::query(del_events).bind(tid).bind(jid).execute(&mut *tx).await?.rows_affected();
@@ -128,47 +174,28 @@ impl Store {
                     .await?
                     .rows_affected();
             }
-            let [events, links] = del_text;
-            r.events_deleted += sqlx::query(events)
-                .bind(&needles.plain).bind(scope).bind(everywhere).bind(&needles.encoded)
-                .execute(&mut *tx).await?.rows_affected();
-            r.campaign_links_deleted = sqlx::query(links)
-                .bind(&needles.plain).bind(scope).bind(everywhere).bind(&needles.encoded)
-                .execute(&mut *tx).await?.rows_affected();
-            // Blobs are searched here rather than in SQL: a payload may be
-            // any bytes, and JSON may escape the address's characters.
-            let (mut holding, mut after) = (Vec::new(), 0_i64);
-            loop {
-                let page: Vec<(i64, String, Vec<u8>)> = sqlx::query_as(dead_letters_page)
-                    .bind(after).bind(scope).bind(everywhere).fetch_all(&mut *tx).await?;
-                let Some(last) = page.last() else { break };
-                after = last.0;
-                holding.extend(page.iter().filter(|(_, d, b)| needles.in_text(d) || needles.in_bytes(b)).map(|x| x.0));
+            for id in &events {
+                r.events_deleted +=
+                    sqlx::query("DELETE FROM events WHERE event_id = $1").bind(id).execute(&mut *tx).await?.rows_affected();
             }
-            for id in holding {
+            for (t, c, u) in &links {
+                r.campaign_links_deleted += sqlx::query("DELETE FROM campaign_links WHERE tenant_id = $1 AND campaign_id = $2 AND url = $3")
+                    .bind(t).bind(c).bind(u).execute(&mut *tx).await?.rows_affected();
+            }
+            for id in &dead_letters {
                 r.dead_letters_deleted +=
                     sqlx::query("DELETE FROM dead_letters WHERE id = $1").bind(id).execute(&mut *tx).await?.rows_affected();
             }
-            let (mut holding, mut after) = (Vec::new(), 0_i64);
-            loop {
-                let page: Vec<(i64, String, Vec<u8>)> =
-                    sqlx::query_as(reports_page).bind(after).fetch_all(&mut *tx).await?;
-                let Some(last) = page.last() else { break };
-                after = last.0;
-                holding.extend(page.iter().filter(|(_, d, b)| needles.in_text(d) || needles.in_bytes(b)).map(|x| x.0));
-            }
-            for id in holding {
+            for id in &reports {
                 r.rejected_reports_deleted += sqlx::query("DELETE FROM rejected_reports WHERE id = $1")
                     .bind(id).execute(&mut *tx).await?.rows_affected();
             }
-            suppressions::insert_q(&kept, &recipient_hash, now_ms()).execute(&mut *tx).await?;
-            sqlx::query(log).bind(&recipient_hash).bind(scope).bind(now_ms()).execute(&mut *tx).await?;
-            tx.commit().await?;
+        });
+        on_pool!(self, p => {
             for v in vacuums {
                 sqlx::query(v).execute(p).await?;
             }
         });
-        r.suppression_kept = true;
         Ok(r)
     }
 
@@ -192,6 +219,17 @@ impl Store {
             out.dead_letters_deleted = sqlx::query("DELETE FROM dead_letters WHERE received_at < $1").bind(cutoff(r.dead_letters_days)).execute(p).await?.rows_affected();
         });
         Ok(out)
+    }
+
+    /// Whether `recipient` was erased in `tenant`'s scope or everywhere.
+    pub async fn is_erased(
+        &self,
+        recipient: &RecipientRef,
+        tenant: &mailpipe_core::TenantId,
+    ) -> Result<bool> {
+        let sql = "SELECT COUNT(*) FROM erasures WHERE recipient_hash = $1 AND scope_tenant IN ('', $2)";
+        let n: i64 = on_pool!(self, p => sqlx::query_scalar(sql).bind(recipient.to_hex()).bind(tenant.as_str()).fetch_one(p).await)?;
+        Ok(n > 0)
     }
 
     /// Of the given (tenant, job) pairs, those whose recipient was erased.
@@ -229,23 +267,25 @@ impl Store {
     }
 }
 
-/// The forms an address takes in stored text, lower-cased: as written, and
-/// percent-encoded in a URL.
+/// How an erasure recognises an address in stored text: any of the
+/// address's [`EmailAddress::search_forms`], in any case, in the text as it
+/// is or percent-decoded, and only as a whole address (not the tail of a
+/// longer local part, nor the head of a longer domain).
 struct Needles {
-    plain: String,
-    encoded: String,
+    forms: Vec<String>,
 }
 
 impl Needles {
     fn of(address: &EmailAddress) -> Self {
-        let plain = address.canonical();
-        let encoded = plain.replace('@', "%40");
-        Self { plain, encoded }
+        Self { forms: address.search_forms() }
     }
 
     fn in_text(&self, text: &str) -> bool {
-        let text = text.to_lowercase();
-        text.contains(&self.plain) || text.contains(&self.encoded)
+        let lower = text.to_lowercase();
+        if self.whole_in(&lower) {
+            return true;
+        }
+        lower.contains('%') && self.whole_in(&percent_decoded(&lower).to_lowercase())
     }
 
     /// In any bytes: as text (lossily decoded), and, if they are JSON, in
@@ -256,6 +296,47 @@ impl Needles {
         }
         serde_json::from_slice::<serde_json::Value>(bytes).ok().is_some_and(|v| self.in_text(&v.to_string()))
     }
+
+    fn whole_in(&self, haystack: &str) -> bool {
+        // A character that would make the match part of a longer address.
+        let extends_local = |c: char| c.is_alphanumeric() || matches!(c, '.' | '+' | '-' | '_');
+        let extends_domain = |c: char| c.is_alphanumeric() || c == '-';
+        self.forms.iter().any(|form| {
+            haystack.match_indices(form.as_str()).any(|(at, m)| {
+                let before = haystack[..at].chars().next_back();
+                let mut after = haystack[at + m.len()..].chars();
+                let next = after.next();
+                // `x.example.org` continues the domain; `x.example.` ends a sentence.
+                let longer_domain = match next {
+                    Some('.') => after.next().is_some_and(extends_domain),
+                    Some(c) => extends_domain(c),
+                    None => false,
+                };
+                !before.is_some_and(extends_local) && !longer_domain
+            })
+        })
+    }
+}
+
+/// `%XX` sequences decoded (invalid UTF-8 replaced); everything else as is.
+fn percent_decoded(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = |c: u8| (c as char).to_digit(16);
+        if b[i] == b'%'
+            && let (Some(h), Some(l)) =
+                (b.get(i + 1).and_then(|&c| hex(c)), b.get(i + 2).and_then(|&c| hex(c)))
+        {
+            out.push((h * 16 + l) as u8);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 #[cfg(test)]
@@ -263,13 +344,23 @@ mod tests {
     use super::*;
 
     #[test]
-    fn an_address_is_found_in_any_case_encoding_or_json_escape() {
-        let n = Needles::of(&EmailAddress::parse("Jane.Doe@Example.com").unwrap());
-        assert!(n.in_text("550 <JANE.DOE@EXAMPLE.COM> unknown"));
-        assert!(n.in_text("https://shop.example/?u=jane.doe%40example.com"));
-        assert!(n.in_bytes(br#"{"to":{"email":"Jane.Doe\u0040Example.com"}}"#));
-        assert!(n.in_bytes(b"\xff\x00 jane.doe@example.com \xfe"));
-        assert!(!n.in_text("jane.doe@example.org"));
+    fn an_address_is_found_in_any_case_encoding_or_json_escape_and_only_whole() {
+        let n = Needles::of(&EmailAddress::parse("Jane.Doe+news@Example.com").unwrap());
+        assert!(n.in_text("550 <JANE.DOE+NEWS@EXAMPLE.COM> unknown"));
+        assert!(n.in_text("https://shop.example/?u=jane.doe%2Bnews%40example.com&x=1"));
+        assert!(n.in_text("mail jane.doe+news@example.com."), "a sentence's full stop");
+        assert!(n.in_bytes(br#"{"to":{"email":"Jane.Doe+news\u0040Example.com"}}"#));
+        assert!(n.in_bytes(b"\xff\x00 jane.doe+news@example.com \xfe"));
+        assert!(!n.in_text("jane.doe+news@example.org"));
+        assert!(!n.in_text("xjane.doe+news@example.com"), "a longer local part is someone else");
+        assert!(!n.in_text("jane.doe+news@example.com.evil"), "so is a longer domain");
         assert!(!n.in_bytes(br#"{"to":{"email":"john@example.com"}}"#));
+        let idn = Needles::of(&EmailAddress::parse("ÉMILE@Bücher.example").unwrap());
+        assert!(idn.in_text("to émile@bücher.example"), "Unicode domain, Unicode case folding");
+        assert!(idn.in_text("to Émile@xn--bcher-kva.example"), "ASCII domain");
+        assert!(idn.in_text("u=%C3%A9mile%40b%C3%BCcher.example"), "percent-encoded UTF-8");
+        let short = Needles::of(&EmailAddress::parse("o@x.example").unwrap());
+        assert!(!short.in_text("bo@x.example") && !short.in_text("b.o@x.example"));
+        assert!(short.in_text("u=o@x.example") && short.in_text("<o@x.example>"));
     }
 }

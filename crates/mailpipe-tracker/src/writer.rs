@@ -380,11 +380,12 @@ async fn ship_loop(
 async fn ship(store: &Store, kafka: Option<&KafkaEvents>, events: &mut [EncodedEvent]) -> Result<(), String> {
     let bounded = |what: &'static str| move |_| format!("{what} timed out after {WRITE_TIMEOUT:?}");
     // An erased recipient's old links still count, but carry no client
-    // details: nothing new that could identify them is stored.
+    // details and no URL (a personalised link may name them): nothing new
+    // that could identify them is stored.
     let with_client: Vec<(String, String)> = events
         .iter()
         .map(EncodedEvent::event)
-        .filter(|e| e.client.is_some())
+        .filter(|e| e.client.is_some() || e.url.is_some())
         .filter_map(|e| Some((e.tenant_id.as_ref()?.to_string(), e.job_id.as_ref()?.to_string())))
         .collect();
     let erased = tokio::time::timeout(WRITE_TIMEOUT, store.erased_jobs(&with_client))
@@ -397,8 +398,11 @@ async fn ship(store: &Store, kafka: Option<&KafkaEvents>, events: &mut [EncodedE
                 (Some(t), Some(j)) => (t.to_string(), j.to_string()),
                 _ => continue,
             };
-            if e.event().client.is_some() && erased.contains(&job) {
-                e.update(|e| e.client = None);
+            if (e.event().client.is_some() || e.event().url.is_some()) && erased.contains(&job) {
+                e.update(|e| {
+                    e.client = None;
+                    e.url = None;
+                });
             }
         }
     }

@@ -433,6 +433,7 @@ fn check_queue(queue: &QueueConfig, errors: &mut Vec<String>) {
     if queue.capacity == 0 {
         errors.push("queue.capacity: must be at least 1".into());
     }
+    errors.extend(queue.kafka.topics.problems());
 }
 
 fn check_worker(worker: &WorkerSettings, errors: &mut Vec<String>) {

@@ -184,9 +184,11 @@ async fn erasure_leaves_the_address_in_no_column_of_any_table_on_postgres_or_sql
         "{r:?}"
     );
     assert_eq!(scan_postgres(&db).await, Vec::<String>::new(), "no trace left in PostgreSQL");
-    // A redelivered job is still recognised, and stores nothing new.
+    // A redelivered job is still recognised, and stores nothing new; a new
+    // job for them stores the keyed hash, not the address.
     assert!(claim(&store, &send_job(1, WRITTEN)).await.status.is_terminal());
-    assert_eq!(scan_postgres(&db).await, Vec::<String>::new(), "still none after a redelivery");
+    claim(&store, &send_job(4, "ERASE.me@Example.com")).await;
+    assert_eq!(scan_postgres(&db).await, Vec::<String>::new(), "still none after a redelivery and a new job");
     // Nothing of anyone else's went with it.
     let kept: Vec<(String, String)> = sqlx::query_as(
         "SELECT recipient, coalesce(last_reply, '') FROM send_ledger WHERE job_id = 'job-00002'",
@@ -228,6 +230,8 @@ async fn erasure_leaves_the_address_in_no_column_of_any_table_on_postgres_or_sql
         "{r:?}"
     );
     assert_eq!(scan_sqlite(&path).await, Vec::<String>::new(), "no trace left in SQLite");
+    claim(&lite, &send_job(4, "ERASE.me@Example.com")).await;
+    assert_eq!(scan_sqlite(&path).await, Vec::<String>::new(), "nor after a new job for them");
     lite.close().await;
     let mut raw = std::fs::read(&path).unwrap();
     raw.extend(std::fs::read(format!("{}-wal", path.display())).unwrap_or_default());
@@ -319,6 +323,27 @@ async fn smtp_replies_leave_the_worker_redacted_and_erase_reaches_what_the_pipel
     let o = env.cli(&["erase", "--email", "ERASE.me@example.COM"]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert_eq!(scan_postgres(&env.db).await, Vec::<String>::new(), "no trace left");
+
+    // Jobs for them that come later store no address either: one sent to
+    // the bouncing sink again, one dead-lettered (its dead letter keeps only
+    // the job's ids, in the store and on the dead-letter topic).
+    let mut again = job(3, "acme", "spring", "example.com");
+    again["to"]["email"] = "erase.me@EXAMPLE.com".into();
+    let mut ghost2 = job(4, "ghost", "spring", "example.com");
+    ghost2["to"]["email"] = WRITTEN.into();
+    let worker = env.start_worker();
+    env.enqueue(&[keyed(&again), keyed(&ghost2)]).await;
+    env.wait_ledger("acme", "spring", "suppressed", 1, Duration::from_secs(60)).await;
+    eventually("the second ghost job dead-lettered", Duration::from_secs(30), || async {
+        env.count("SELECT count(*) FROM dead_letters").await == 1
+    })
+    .await;
+    worker.stop().await;
+    assert_eq!(scan_postgres(&env.db).await, Vec::<String>::new(), "no trace after later jobs");
+    let dlq = read_topic(&env.topics.dlq, 2, Duration::from_secs(20));
+    assert_eq!(dlq.len(), 2, "the first dead letter, and the later one");
+    assert!(holds_address(&dlq[0].payload), "the first, from before the erasure, ages out with the topic");
+    assert!(!holds_address(&dlq[1].payload), "{}", String::from_utf8_lossy(&dlq[1].payload));
     let _ = std::fs::remove_dir_all(dir);
 }
 
@@ -359,14 +384,14 @@ async fn topics_keep_records_only_as_long_as_configured() {
             let got = admin.describe_configs([&ResourceSpecifier::Topic(&topic)], opts).await.unwrap();
             let c = got.into_iter().next().unwrap().unwrap();
             let get = |k: &str| c.get(k).and_then(|e| e.value.clone()).unwrap_or_default();
-            (get("retention.ms"), get("max.message.bytes"))
+            (get("retention.ms"), get("max.message.bytes"), get("segment.ms"))
         }
     };
     assert_eq!(config(env.topics.send.clone()).await.0, "18000000", "5 h, as configured");
     assert_eq!(
         config(env.topics.events.clone()).await,
-        ("259200000".to_owned(), "2000000".to_owned()),
-        "the default 72 h, and the operator's own setting kept"
+        ("259200000".to_owned(), "2000000".to_owned(), "3600000".to_owned()),
+        "the default 72 h, the operator's own setting kept, segments that roll hourly"
     );
     assert_eq!(
         config(missing.clone()).await.0,

@@ -155,7 +155,7 @@ impl Pipeline {
                 .await?;
         match (ev, rec) {
             (Some(ev), Some(rec)) if ev.kind == EventType::DeadLettered => {
-                self.publish_dead_letter(rec, &ev, shutdown).await?;
+                self.publish_dead_letter(rec, Some(job), &ev, shutdown).await?;
             }
             (Some(ev), _) => {
                 durably("publish_outcome", shutdown, || self.publish(std::slice::from_ref(&ev))).await?;
@@ -247,7 +247,7 @@ impl Pipeline {
             detail: detail.to_owned(),
             tenant_id: job.map(|j| j.tenant_id.to_string()),
             job_id: job.map(|j| j.job_id.to_string()),
-            payload: rec.payload.to_vec(),
+            payload: self.dead_letter_payload(rec, job, shutdown).await?.into_owned(),
         };
         let recorded =
             durably("record_dead_letter", shutdown, || async { Ok(self.store.dead_letter(&dl, &ev).await?) })
@@ -256,18 +256,42 @@ impl Pipeline {
             warn!("the job already has an outcome; keeping it, not this dead letter");
             return self.republish_outcome(j, None, shutdown).await;
         }
-        self.publish_dead_letter(rec, &ev, shutdown).await?;
+        self.publish_dead_letter(rec, job, &ev, shutdown).await?;
         self.count(Outcome::DeadLettered, job.map_or("unknown", |j| self.provider(j.to.email.domain())));
         ControlFlow::Continue(Outcome::DeadLettered)
     }
 
-    /// Publishes a dead letter: the record, unchanged and under its own key,
-    /// to the dead-letter topic with the reason, detail and source in its
-    /// headers, and its event to the events topic. At least once: a replay
-    /// publishes both again.
+    /// What a dead letter keeps of its record: the record as it came, unless
+    /// the job names someone who was erased (in its tenant or everywhere);
+    /// then only its ids, since such a job can never be sent anyway.
+    async fn dead_letter_payload<'r>(
+        &self,
+        rec: &Record<'r>,
+        job: Option<&SendJob>,
+        shutdown: &CancellationToken,
+    ) -> Step<std::borrow::Cow<'r, [u8]>> {
+        let Some(j) = job else { return ControlFlow::Continue(rec.payload.into()) };
+        let recipient = self.recipient(j);
+        let erased = durably("erasure", shutdown, || async {
+            Ok(self.store.is_erased(&recipient, &j.tenant_id).await?)
+        })
+        .await?;
+        if !erased {
+            return ControlFlow::Continue(rec.payload.into());
+        }
+        let stub = serde_json::json!({ "tenant_id": j.tenant_id, "job_id": j.job_id, "recipient": "erased" });
+        ControlFlow::Continue(stub.to_string().into_bytes().into())
+    }
+
+    /// Publishes a dead letter: the record, unchanged (see
+    /// [`Pipeline::dead_letter_payload`]) and under its own key, to the
+    /// dead-letter topic with the reason, detail and source in its headers,
+    /// and its event to the events topic. At least once: a replay publishes
+    /// both again.
     async fn publish_dead_letter(
         &self,
         rec: &Record<'_>,
+        job: Option<&SendJob>,
         ev: &Event,
         shutdown: &CancellationToken,
     ) -> Step<()> {
@@ -275,8 +299,9 @@ impl Pipeline {
             (ev.reason.as_deref().unwrap_or_default(), ev.detail.as_deref().unwrap_or_default());
         match &self.events {
             EventOut::Kafka(k) => {
+                let payload = self.dead_letter_payload(rec, job, shutdown).await?;
                 durably("publish_dead_letter", shutdown, || async {
-                    k.dead_letter(&rec.source, rec.key, rec.payload, reason, detail).await?;
+                    k.dead_letter(&rec.source, rec.key, &payload, reason, detail).await?;
                     Ok(k.publish(std::slice::from_ref(ev)).await?)
                 })
                 .await
