@@ -37,6 +37,25 @@ impl Store {
         Ok(row.map(|transactional| TenantPolicy { transactional }))
     }
 
+    /// Every tenant whose links were ever revoked, with its current link
+    /// generation (the rest are at 0).
+    pub async fn link_generations(&self) -> Result<std::collections::HashMap<String, u16>> {
+        let sql = "SELECT tenant_id, link_generation FROM tenants WHERE link_generation > 0";
+        let rows: Vec<(String, i32)> = on_pool!(self, p => sqlx::query_as(sql).fetch_all(p).await)?;
+        Ok(rows.into_iter().map(|(t, g)| (t, u16::try_from(g).unwrap_or(u16::MAX))).collect())
+    }
+
+    /// Revokes the tenant's tracked links so far (its unsubscribe links
+    /// excepted): raises its link generation and returns the new one, or
+    /// `None` if the tenant is not registered.
+    pub async fn revoke_links(&self, tenant: &TenantId) -> Result<Option<u16>> {
+        let sql = "UPDATE tenants SET link_generation = link_generation + 1
+                   WHERE tenant_id = $1 AND link_generation < 65535 RETURNING link_generation";
+        let g: Option<i32> =
+            on_pool!(self, p => sqlx::query_scalar(sql).bind(tenant.as_str()).fetch_optional(p).await)?;
+        Ok(g.map(|g| u16::try_from(g).unwrap_or(u16::MAX)))
+    }
+
     /// Allows or denies the tenant transactional mail. False if the tenant
     /// is not registered.
     pub async fn set_transactional_allowed(&self, tenant: &TenantId, allowed: bool) -> Result<bool> {

@@ -20,6 +20,11 @@
 //!   links only, for [`Ageing::unsubscribe_grace_secs`] after it was retired:
 //!   old mail stays in inboxes, and its unsubscribe link must keep working.
 //! * Click links may expire ([`Ageing::click_ttl_secs`] after sending).
+//! * One tenant's links can be revoked without touching the others': each
+//!   tenant has a link generation ([`LinkGenerations`]); a token carries the
+//!   generation it was signed in, and one from an older generation verifies
+//!   only as an unsubscribe. Generation 0 signs the version 1 format above;
+//!   later ones version 2, which carries `generation u16be` after the key id.
 //! * The tag is compared in constant time before any field past the key
 //!   selector is parsed.
 #![forbid(unsafe_code)]
@@ -35,6 +40,8 @@ use subtle::ConstantTimeEq;
 type HmacSha256 = Hmac<Sha256>;
 
 const VERSION: u8 = 1;
+/// With a link generation after the key id.
+const VERSION_GENERATIONS: u8 = 2;
 const TAG_LEN: usize = 16;
 /// Longest token accepted, in characters. Checked before decoding anything.
 pub const MAX_TOKEN_CHARS: usize = 4096;
@@ -205,6 +212,25 @@ pub enum TokenError {
     Retired,
     #[error("link has expired")]
     Expired,
+    #[error("the tenant's links of this generation were revoked")]
+    Revoked,
+}
+
+/// Each tenant's current link generation (absent: 0), shared by a keyring
+/// and whatever keeps it current from the store. Raising a tenant's
+/// generation revokes its older opens and clicks.
+#[derive(Debug, Default)]
+pub struct LinkGenerations(std::sync::RwLock<std::collections::HashMap<String, u16>>);
+
+impl LinkGenerations {
+    pub fn get(&self, tenant: &str) -> u16 {
+        self.0.read().unwrap_or_else(|p| p.into_inner()).get(tenant).copied().unwrap_or(0)
+    }
+
+    /// Replaces every tenant's generation with `all` (tenants not in it: 0).
+    pub fn set_all(&self, all: std::collections::HashMap<String, u16>) {
+        *self.0.write().unwrap_or_else(|p| p.into_inner()) = all;
+    }
 }
 
 /// How tokens age: the lifetimes in `[tokens]`.
@@ -237,6 +263,7 @@ pub struct Keyring {
     /// Key id → when it was retired, unix seconds.
     retired: Vec<(u16, u64)>,
     ageing: Ageing,
+    generations: std::sync::Arc<LinkGenerations>,
 }
 
 impl std::fmt::Debug for Keyring {
@@ -289,7 +316,13 @@ impl Keyring {
         if !out.iter().any(|(id, _)| *id == active) {
             return Err(KeyringError::ActiveMissing(active));
         }
-        Ok(Self { keys: out, active, retired: Vec::new(), ageing: Ageing::default() })
+        Ok(Self {
+            keys: out,
+            active,
+            retired: Vec::new(),
+            ageing: Ageing::default(),
+            generations: Default::default(),
+        })
     }
 
     /// Marks key `id` retired at `at` (unix seconds): from then on it
@@ -312,6 +345,17 @@ impl Keyring {
         self
     }
 
+    /// Signs in, and verifies against, these tenants' link generations.
+    pub fn with_generations(mut self, generations: std::sync::Arc<LinkGenerations>) -> Self {
+        self.generations = generations;
+        self
+    }
+
+    /// The generations this keyring follows, for whoever keeps them current.
+    pub fn generations(&self) -> &std::sync::Arc<LinkGenerations> {
+        &self.generations
+    }
+
     fn master(&self, id: u16) -> Option<&HmacSha256> {
         self.keys.iter().find(|(k, _)| *k == id).map(|(_, m)| m)
     }
@@ -325,12 +369,16 @@ impl Keyring {
         HmacSha256::new_from_slice(&tenant_key).expect("32-byte HMAC key")
     }
 
-    /// Signs `claims` with the active key.
+    /// Signs `claims` with the active key, in the tenant's link generation.
     pub fn sign(&self, claims: &Claims) -> Result<String, TokenError> {
+        let generation = self.generations.get(claims.tenant_id.as_str());
         let mut body = Vec::with_capacity(96);
-        body.push(VERSION);
+        body.push(if generation == 0 { VERSION } else { VERSION_GENERATIONS });
         body.push(claims.action.kind());
         body.extend_from_slice(&self.active.to_be_bytes());
+        if generation > 0 {
+            body.extend_from_slice(&generation.to_be_bytes());
+        }
         for s in [claims.tenant_id.as_str(), claims.campaign_id.as_str(), claims.job_id.as_str()] {
             // Ids are at most 64 bytes, so the length fits in a u8.
             body.push(s.len() as u8);
@@ -380,21 +428,31 @@ impl Keyring {
             return Err(TokenError::Truncated);
         }
         let (body, tag) = raw.split_at(raw.len() - TAG_LEN);
-        if body[0] != VERSION {
-            return Err(TokenError::Version);
-        }
+        // Where the tenant starts: after the generation, if there is one.
+        let at = match body[0] {
+            VERSION => 4,
+            VERSION_GENERATIONS => 6,
+            _ => return Err(TokenError::Version),
+        };
         let kid = u16::from_be_bytes([body[2], body[3]]);
         let master = self.master(kid).ok_or(TokenError::UnknownKey)?;
-        let tlen = body[4] as usize;
-        let tenant = body.get(5..5 + tlen).ok_or(TokenError::Truncated)?;
+        let tlen = *body.get(at).ok_or(TokenError::Truncated)? as usize;
+        let tenant = body.get(at + 1..at + 1 + tlen).ok_or(TokenError::Truncated)?;
         let mut mac = Self::tenant_mac(master, tenant);
         mac.update(body);
         let expected = mac.finalize().into_bytes();
         if !bool::from(expected[..TAG_LEN].ct_eq(tag)) {
             return Err(TokenError::BadSignature);
         }
-        let claims = parse_body(body)?;
+        let (generation, claims) = parse_body(body)?;
         self.check_age(kid, &claims, now)?;
+        // Revoked: an older generation's opens and clicks. Its unsubscribes
+        // still count: they only ever stop mail.
+        if generation < self.generations.get(claims.tenant_id.as_str())
+            && !matches!(claims.action, Action::Unsubscribe { .. })
+        {
+            return Err(TokenError::Revoked);
+        }
         Ok(claims)
     }
 
@@ -445,11 +503,18 @@ impl<'a> Reader<'a> {
     }
 }
 
-fn parse_body(body: &[u8]) -> Result<Claims, TokenError> {
+/// The token's link generation and claims.
+fn parse_body(body: &[u8]) -> Result<(u16, Claims), TokenError> {
     let mut r = Reader(body);
-    let _version = r.u8()?;
+    let version = r.u8()?;
     let kind = r.u8()?;
     let _kid = r.take(2)?;
+    let generation = if version == VERSION_GENERATIONS {
+        let g = r.take(2)?;
+        u16::from_be_bytes([g[0], g[1]])
+    } else {
+        0
+    };
     let tenant_id = TenantId::parse(r.short_str()?).map_err(|_| TokenError::Malformed)?;
     let campaign_id = CampaignId::parse(r.short_str()?).map_err(|_| TokenError::Malformed)?;
     let job_id = JobId::parse(r.short_str()?).map_err(|_| TokenError::Malformed)?;
@@ -478,7 +543,7 @@ fn parse_body(body: &[u8]) -> Result<Claims, TokenError> {
     if !r.0.is_empty() {
         return Err(TokenError::Malformed);
     }
-    Ok(Claims { tenant_id, campaign_id, job_id, category, sent_at, action })
+    Ok((generation, Claims { tenant_id, campaign_id, job_id, category, sent_at, action }))
 }
 
 #[cfg(test)]
@@ -663,6 +728,33 @@ mod tests {
             Keyring::new(vec![key(2, 8)], 2).unwrap().retire(5, 0).unwrap_err(),
             KeyringError::RetiredMissing(5)
         );
+    }
+
+    #[test]
+    fn raising_a_tenants_link_generation_revokes_its_opens_and_clicks_only() {
+        let generations = std::sync::Arc::new(LinkGenerations::default());
+        let ring = Keyring::new(vec![key(1, 7)], 1).unwrap().with_generations(generations.clone());
+        let globex = |a| Claims { tenant_id: TenantId::parse("globex").unwrap(), ..claims(a) };
+        let old_click = ring.sign(&claims(Action::Click { url: "https://shop.example/".into() })).unwrap();
+        let old_unsub = ring.sign(&claims(Action::Unsubscribe { recipient: RecipientRef([1; 16]) })).unwrap();
+        let other = ring.sign(&globex(Action::Open)).unwrap();
+        generations.set_all([("acme".to_owned(), 1)].into());
+        assert_eq!(ring.verify(&old_click), Err(TokenError::Revoked));
+        assert!(ring.verify(&old_unsub).is_ok(), "an old unsubscribe still counts");
+        assert!(ring.verify(&other).is_ok(), "another tenant's links are untouched");
+        let new_click = ring.sign(&claims(Action::Click { url: "https://shop.example/".into() })).unwrap();
+        assert_eq!(
+            ring.verify(&new_click).unwrap(),
+            claims(Action::Click { url: "https://shop.example/".into() })
+        );
+        // The generation is under the MAC: lowering it breaks the tag.
+        let mut raw = URL_SAFE_NO_PAD.decode(&new_click).unwrap();
+        assert_eq!((raw[0], raw[4], raw[5]), (VERSION_GENERATIONS, 0, 1));
+        raw[5] = 2;
+        assert_eq!(ring.verify(&URL_SAFE_NO_PAD.encode(&raw)), Err(TokenError::BadSignature));
+        // A keyring that has not heard of the revocation yet still takes both.
+        let stale = Keyring::new(vec![key(1, 7)], 1).unwrap();
+        assert!(stale.verify(&old_click).is_ok() && stale.verify(&new_click).is_ok());
     }
 
     #[test]

@@ -265,6 +265,7 @@ fn token_reason(e: mailpipe_token::TokenError) -> &'static str {
         T::UrlTooLong => "url_too_long",
         T::Retired => "retired",
         T::Expired => "expired",
+        T::Revoked => "revoked",
     }
 }
 

@@ -79,6 +79,32 @@ impl Keys {
     }
 }
 
+/// Keeps `keys`' link generations current from the store: now, then every
+/// `tokens.generation_refresh_secs` until `shutdown`. A failed read keeps
+/// the last generations (a revocation waits for the store, nothing else).
+pub async fn follow_link_generations(cfg: &Config, keys: &Keys, store: &Store, shutdown: &CancellationToken) {
+    let generations = keys.ring.generations().clone();
+    match store.link_generations().await {
+        Ok(all) => generations.set_all(all),
+        Err(e) => tracing::warn!(error = %e, "cannot read the tenants' link generations; will retry"),
+    }
+    let (store, shutdown, every) = (store.clone(), shutdown.clone(), cfg.tokens.generation_refresh);
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(every) => {}
+            }
+            match store.link_generations().await {
+                Ok(all) => generations.set_all(all),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot read the tenants' link generations; keeping the last")
+                }
+            }
+        }
+    });
+}
+
 /// The configured keys; an error names each missing secret.
 pub fn keys(cfg: &Config) -> Result<Keys> {
     Keys::from_secrets(&cfg.token_secrets()?, cfg.tokens.active_key)
@@ -193,8 +219,10 @@ pub async fn run_worker(
     // Every key is loaded before any service is contacted: a bad key is a
     // configuration error (exit 2), not a half-started worker.
     let sealer = sealer(cfg)?;
-    let composer = composer(cfg, keys.ring, keys.hasher).await?;
     let store = store(cfg).await?;
+    // New links are signed in each tenant's current link generation.
+    follow_link_generations(cfg, &keys, &store, &shutdown).await;
+    let composer = composer(cfg, keys.ring, keys.hasher).await?;
     let senders = senders(cfg, &store, sealer, &shutdown).await?;
     let kafka = &cfg.queue.kafka;
     let events = KafkaEvents::connect(kafka).await.map_err(kafka_hint)?;
@@ -270,6 +298,8 @@ pub async fn run_tracker(
 ) -> Result<()> {
     let keys = keys(cfg)?;
     let store = store(cfg).await?;
+    // A tenant's revoked links are refused from the first request on.
+    follow_link_generations(cfg, &keys, &store, &shutdown).await;
     let kafka = match cfg.queue.kind {
         QueueKind::Kafka => Some(KafkaEvents::connect(&cfg.queue.kafka).await.map_err(kafka_hint)?),
         QueueKind::Memory => None,

@@ -110,6 +110,10 @@ pub struct TokensConfig {
     pub unsubscribe_grace_days: u32,
     /// Days a click link works after sending; 0: for ever.
     pub click_ttl_days: u32,
+    /// How often workers and trackers re-read the tenants' link generations
+    /// (`mailpipe tenant revoke-links`).
+    #[serde(rename = "generation_refresh_secs", deserialize_with = "mailpipe_core::units::secs")]
+    pub generation_refresh: std::time::Duration,
 }
 
 /// A retirement day, `YYYY-MM-DD`, as unix seconds at its start (UTC).

@@ -470,3 +470,48 @@ async fn a_retired_keys_unsubscribe_links_work_for_the_grace_and_clicks_expire()
     assert_eq!(kinds.iter().filter(|k| **k == "click").count(), 1, "{kinds:?}");
     t.stop().await;
 }
+
+/// `mailpipe tenant revoke-links` refuses one tenant's older opens and
+/// clicks on a running tracker; its unsubscribe links and every other
+/// tenant's links keep working, and links signed after it work.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoking_one_tenants_links_leaves_its_unsubscribes_and_other_tenants_alone() {
+    let t = start(&[("MAILPIPE__TOKENS__GENERATION_REFRESH_SECS", "1")]).await;
+    for tenant in ["acme", "globex"] {
+        let o = t.env.cli(&["tenant", "add", tenant]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+    let click = |tenant: &str| {
+        t.token(&claims(tenant, "j1", 3600, Action::Click { url: "https://shop.example/".into() }))
+    };
+    let (acme_click, globex_click) = (click("acme"), click("globex"));
+    let acme_unsub =
+        t.token(&claims("acme", "j2", 3600, Action::Unsubscribe { recipient: RecipientRef([4; 16]) }));
+    assert_eq!(t.get(&format!("/c/{acme_click}"), &[]).await.status, 302);
+
+    let o = t.env.cli(&["tenant", "revoke-links", "acme"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("generation 1"),
+        "{}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+    eventually("the tracker refuses acme's old click", Duration::from_secs(10), || async {
+        t.get(&format!("/c/{acme_click}"), &[]).await.status == 404
+    })
+    .await;
+    assert_eq!(t.get(&format!("/c/{globex_click}"), &[]).await.status, 302, "globex untouched");
+    let unsub = http(&t.addr, "POST", &format!("/u/{acme_unsub}"), &[], b"List-Unsubscribe=One-Click").await;
+    assert_eq!(unsub.status, 200, "an old unsubscribe link still works");
+    // A worker that has read the new generation signs links that work.
+    let generations = Arc::new(mailpipe_token::LinkGenerations::default());
+    generations.set_all([("acme".to_owned(), 1)].into());
+    let ring = mailpipe::app::keys(&t.env.config()).unwrap().ring;
+    let signer = Arc::try_unwrap(ring).unwrap().with_generations(generations);
+    let fresh = signer
+        .sign(&claims("acme", "j3", 60, Action::Click { url: "https://shop.example/".into() }))
+        .unwrap();
+    assert_eq!(t.get(&format!("/c/{fresh}"), &[]).await.status, 302);
+    assert!(!t.env.cli(&["tenant", "revoke-links", "nobody"]).status.success());
+    t.stop().await;
+}

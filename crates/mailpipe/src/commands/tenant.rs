@@ -45,6 +45,10 @@ pub enum Command {
     },
     /// Revoke an API key.
     KeyRevoke { key: String },
+    /// Revoke the tenant's tracked links sent so far: their opens and
+    /// clicks get 404 from every tracker within tokens.generation_refresh_secs;
+    /// their unsubscribe links keep working. Other tenants are untouched.
+    RevokeLinks { id: String },
 }
 
 pub async fn run(command: Command, cfg: &Config) -> anyhow::Result<ExitCode> {
@@ -83,6 +87,17 @@ pub async fn run(command: Command, cfg: &Config) -> anyhow::Result<ExitCode> {
             }
             println!("{}", store.create_api_key(&tenant, &label).await?);
             eprintln!("API key for {tenant} created; it is shown only now");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::RevokeLinks { id } => {
+            let tenant = tenant_id(&id)?;
+            let store = app::store(cfg).await?;
+            let Some(generation) = store.revoke_links(&tenant).await? else {
+                anyhow::bail!("tenant {tenant} is not registered, or its links were revoked 65535 times");
+            };
+            println!(
+                "tenant {tenant}: links before generation {generation} revoked (unsubscribe links excepted)"
+            );
             Ok(ExitCode::SUCCESS)
         }
         Command::KeyRevoke { key } => {
