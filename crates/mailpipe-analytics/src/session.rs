@@ -79,9 +79,37 @@ pub(crate) struct LoginForm {
     next: String,
 }
 
+/// Whether a form post comes from a page of this site: a browser says
+/// where a request comes from (`Sec-Fetch-Site`, `Origin`); another site's
+/// page must not sign a visitor in (to the attacker's tenant) or out.
+/// Clients that are not browsers send neither, and are let through.
+fn same_site(headers: &HeaderMap) -> bool {
+    let header = |name| headers.get(name).and_then(|v: &HeaderValue| v.to_str().ok());
+    if let Some(site) = header("sec-fetch-site") {
+        return matches!(site, "same-origin" | "none");
+    }
+    match (header("origin"), header("host")) {
+        (Some(origin), Some(host)) => origin.split_once("://").is_some_and(|(_, h)| h == host),
+        (Some(_), None) => false,
+        (None, _) => true,
+    }
+}
+
+fn cross_site() -> Response {
+    (StatusCode::FORBIDDEN, [(header::CACHE_CONTROL, "no-store")], "cross-site form posts are refused\n")
+        .into_response()
+}
+
 /// `POST /dashboard/login`: a known key sets the cookie and returns to the
 /// page asked for; any other gets the form again, 401.
-pub(crate) async fn login(State(s): State<ApiState>, Form(f): Form<LoginForm>) -> Response {
+pub(crate) async fn login(
+    State(s): State<ApiState>,
+    headers: HeaderMap,
+    Form(f): Form<LoginForm>,
+) -> Response {
+    if !same_site(&headers) {
+        return cross_site();
+    }
     let key = f.key.trim();
     // A key is printable ASCII; anything else could not be a cookie value.
     if key.is_empty() || !key.bytes().all(|b| b.is_ascii_graphic() && b != b';' && b != b',') {
@@ -112,7 +140,10 @@ pub(crate) async fn login(State(s): State<ApiState>, Form(f): Form<LoginForm>) -
 }
 
 /// `POST /dashboard/logout`: forgets the cookie.
-pub(crate) async fn logout() -> Response {
+pub(crate) async fn logout(headers: HeaderMap) -> Response {
+    if !same_site(&headers) {
+        return cross_site();
+    }
     (
         StatusCode::SEE_OTHER,
         [
@@ -150,5 +181,18 @@ mod tests {
         ] {
             assert_eq!(return_path(hostile), "/dashboard/domains", "{hostile}");
         }
+        let headers = |pairs: &[(&'static str, &'static str)]| {
+            let mut h = HeaderMap::new();
+            for (k, v) in pairs {
+                h.insert(*k, HeaderValue::from_static(v));
+            }
+            h
+        };
+        assert!(same_site(&headers(&[])), "curl and other non-browsers");
+        assert!(same_site(&headers(&[("sec-fetch-site", "same-origin")])));
+        assert!(same_site(&headers(&[("origin", "https://api.example:8091"), ("host", "api.example:8091")])));
+        assert!(!same_site(&headers(&[("sec-fetch-site", "cross-site"), ("origin", "https://api.example")])));
+        assert!(!same_site(&headers(&[("origin", "https://evil.example"), ("host", "api.example")])));
+        assert!(!same_site(&headers(&[("origin", "null"), ("host", "api.example")])));
     }
 }

@@ -202,6 +202,17 @@ async fn the_dashboard_renders_in_a_browser_with_the_api_figures() {
     .await;
     assert_eq!(wrong.status, 401);
     assert!(wrong.headers.iter().all(|(k, _)| !k.eq_ignore_ascii_case("set-cookie")));
+    // Another site's page cannot sign a visitor in.
+    let forged = http(
+        &addr,
+        "POST",
+        "/dashboard/login",
+        &[("Content-Type", "application/x-www-form-urlencoded"), ("Origin", "https://evil.example")],
+        format!("key={key}").as_bytes(),
+    )
+    .await;
+    assert_eq!(forged.status, 403);
+    assert!(forged.headers.iter().all(|(k, _)| !k.eq_ignore_ascii_case("set-cookie")));
     // Signing in elsewhere than the dashboard is not possible.
     let body = format!("key={key}&next=https://evil.example/");
     let ok = http(
