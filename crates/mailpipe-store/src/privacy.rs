@@ -24,6 +24,7 @@ pub struct PurgeReport {
     pub ledger_rows_deleted: u64,
     pub client_details_removed: u64,
     pub dead_letters_deleted: u64,
+    pub rejected_reports_deleted: u64,
 }
 
 /// Retention per data class, in days (0 keeps forever): the `[retention]`
@@ -35,6 +36,9 @@ pub struct Retention {
     /// IP (truncated or hashed) and user-agent family on open and click events.
     pub client_details_days: u32,
     pub dead_letters_days: u32,
+    /// Complaint and bounce reports that could not be used, kept for the
+    /// operator to look into: they quote the mail, addresses included.
+    pub rejected_reports_days: u32,
     /// How often `mailpipe analytics` purges (0: only `mailpipe purge`).
     /// [`Store::purge`] itself does not read it.
     pub purge_interval_hours: u64,
@@ -217,6 +221,7 @@ impl Store {
             out.ledger_rows_deleted = sqlx::query("DELETE FROM send_ledger WHERE updated_at < $1 AND payload IS NULL AND status NOT IN ('pending', 'sending', 'deferred')")
                 .bind(cutoff(r.ledger_days)).execute(p).await?.rows_affected();
             out.dead_letters_deleted = sqlx::query("DELETE FROM dead_letters WHERE received_at < $1").bind(cutoff(r.dead_letters_days)).execute(p).await?.rows_affected();
+            out.rejected_reports_deleted = sqlx::query("DELETE FROM rejected_reports WHERE received_at < $1").bind(cutoff(r.rejected_reports_days)).execute(p).await?.rows_affected();
         });
         Ok(out)
     }

@@ -312,10 +312,13 @@ async fn retention_purges_old_events_client_details_and_ledger_rows() {
         ledger_days: 90,
         client_details_days: 7,
         dead_letters_days: 30,
+        rejected_reports_days: 30,
         purge_interval_hours: 0,
     };
+    store.reject_report("not_arf", b"To: someone@example.com\r\n").await.unwrap();
     let rep = store.purge(now, r).await.unwrap();
     assert_eq!((rep.events_deleted, rep.client_details_removed), (1, 2), "{rep:?}");
+    assert_eq!(rep.rejected_reports_deleted, 0, "a fresh rejected report is kept");
     let mut conn = sqlx::PgConnection::connect(&db).await.unwrap();
     let left: Vec<String> = sqlx::query_scalar("SELECT payload FROM events ORDER BY occurred_at")
         .fetch_all(&mut conn)
@@ -326,6 +329,8 @@ async fn retention_purges_old_events_client_details_and_ledger_rows() {
     assert!(left[1].contains("\"client\""), "today: kept");
     let again = store.purge(now, r).await.unwrap();
     assert_eq!((again.events_deleted, again.client_details_removed), (0, 0), "idempotent");
+    let later = store.purge(now + 31 * day, r).await.unwrap();
+    assert_eq!(later.rejected_reports_deleted, 1, "a rejected report goes past its retention: {later:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
