@@ -52,6 +52,7 @@ export MAILPIPE__TRACKER__PUBLIC_URL=http://127.0.0.1:$TPORT
 export MAILPIPE__TRACKER__SPOOL_DIR=$work/spool
 export MAILPIPE__TRACKER__SPOOL_SYNC_MS=$SYNC_MS
 export MAILPIPE__METRICS__LISTEN=127.0.0.1:0
+export MAILPIPE__TRACKER__METRICS_LISTEN=127.0.0.1:0
 export MAILPIPE__LOG__LEVEL=warn
 "$BIN" migrate >/dev/null
 "$BIN" tracker > "$work/tracker.log" 2>&1 &
