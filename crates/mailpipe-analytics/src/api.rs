@@ -70,6 +70,23 @@ pub fn router(state: ApiState) -> Router {
         .with_state(state)
 }
 
+/// The most of a JSON request body read (one suppression, one domain).
+pub(crate) const MAX_JSON_BODY: usize = 16 * 1024;
+/// The most of a suppression CSV read in one import.
+pub(crate) const MAX_CSV_BODY: usize = 8 * 1024 * 1024;
+
+/// A request body, read only once the caller's key has checked out, and at
+/// most `limit` bytes (413 beyond): an unauthenticated client costs a
+/// header read, not a body.
+pub(crate) async fn read_body(body: axum::body::Body, limit: usize) -> Result<axum::body::Bytes, Response> {
+    axum::body::to_bytes(body, limit).await.map_err(|_| {
+        err(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            &format!("the request body is over its {limit}-byte limit, or broken"),
+        )
+    })
+}
+
 pub(crate) fn json<T: serde::Serialize>(v: &T) -> Response {
     (
         [(header::CONTENT_TYPE, "application/json"), (header::CACHE_CONTROL, "no-store")],
@@ -184,9 +201,13 @@ async fn list_suppressions(State(s): State<ApiState>, headers: HeaderMap) -> Res
     }
 }
 
-async fn add_suppression(State(s): State<ApiState>, headers: HeaderMap, body: axum::body::Bytes) -> Response {
+async fn add_suppression(State(s): State<ApiState>, headers: HeaderMap, body: axum::body::Body) -> Response {
     let t = match tenant(&s, &headers, None).await {
         Ok(t) => t,
+        Err(r) => return r,
+    };
+    let body = match read_body(body, MAX_JSON_BODY).await {
+        Ok(b) => b,
         Err(r) => return r,
     };
     let Ok(req) = serde_json::from_slice::<NewSuppression>(&body) else {
@@ -268,10 +289,14 @@ async fn export_suppressions(State(s): State<ApiState>, headers: HeaderMap) -> R
 async fn import_suppressions(
     State(s): State<ApiState>,
     headers: HeaderMap,
-    body: axum::body::Bytes,
+    body: axum::body::Body,
 ) -> Response {
     let t = match tenant(&s, &headers, None).await {
         Ok(t) => t,
+        Err(r) => return r,
+    };
+    let body = match read_body(body, MAX_CSV_BODY).await {
+        Ok(b) => b,
         Err(r) => return r,
     };
     let Ok(text) = std::str::from_utf8(&body) else {

@@ -75,9 +75,13 @@ pub(crate) struct NewDomain {
     algorithm: Option<String>,
 }
 
-pub(crate) async fn add(State(s): State<ApiState>, headers: HeaderMap, body: axum::body::Bytes) -> Response {
+pub(crate) async fn add(State(s): State<ApiState>, headers: HeaderMap, body: axum::body::Body) -> Response {
     let t = match tenant(&s, &headers, None).await {
         Ok(t) => t,
+        Err(r) => return r,
+    };
+    let body = match crate::api::read_body(body, crate::api::MAX_JSON_BODY).await {
+        Ok(b) => b,
         Err(r) => return r,
     };
     let Some(api) = s.domains.clone() else {

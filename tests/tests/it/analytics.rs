@@ -554,11 +554,13 @@ async fn the_api_times_out_slow_requests_and_caps_connections() {
         try_http(&addr, "GET", "/healthz", &[], b"").await.is_ok_and(|r| r.status == 200)
     })
     .await;
-    // A body that never arrives in full: 408 after the request timeout.
+    // A tenant's body that never arrives in full: 408 after the request timeout.
+    let key = env.store.create_api_key(&TenantId::parse("acme").unwrap(), "slow").await.unwrap();
     let mut slow = tokio::net::TcpStream::connect(&addr).await.unwrap();
-    slow.write_all(b"POST /api/v1/suppressions HTTP/1.1\r\nHost: a\r\nContent-Length: 100\r\n\r\n{\"email\"")
-        .await
-        .unwrap();
+    let head = format!(
+        "POST /api/v1/suppressions HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer {key}\r\nContent-Length: 100\r\n\r\n{{\"email\""
+    );
+    slow.write_all(head.as_bytes()).await.unwrap();
     let mut buf = vec![0; 128];
     let n =
         tokio::time::timeout(Duration::from_secs(5), slow.read(&mut buf)).await.expect("answered").unwrap();
@@ -568,6 +570,22 @@ async fn the_api_times_out_slow_requests_and_caps_connections() {
         String::from_utf8_lossy(&buf[..n])
     );
     drop(slow);
+    // Without a key, the body is never waited for: 401 at once.
+    let mut nokey = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    nokey
+        .write_all(b"POST /api/v1/suppressions.csv HTTP/1.1\r\nHost: a\r\nContent-Length: 1000000\r\n\r\n")
+        .await
+        .unwrap();
+    let n = tokio::time::timeout(Duration::from_millis(800), nokey.read(&mut buf))
+        .await
+        .expect("answered before the request timeout")
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 401"),
+        "{}",
+        String::from_utf8_lossy(&buf[..n])
+    );
+    drop(nokey);
     // One silent client holds the only connection; the next waits for it.
     let idle = eventually_connected(&addr).await;
     let mut next = tokio::net::TcpStream::connect(&addr).await.unwrap();
