@@ -102,3 +102,19 @@ pub fn list_unsubscribe(message: &str) -> Vec<String> {
         .map(|l| l[17..].split(',').map(|u| u.trim().trim_matches(['<', '>']).to_owned()).collect())
         .unwrap_or_default()
 }
+
+/// Writes `request` (head and whatever body) on a fresh connection and reads
+/// the answer's status line, or `None` if none comes within `wait`: for
+/// requests a client would not send, with a body that never comes.
+pub async fn status_line(addr: &str, request: &[u8], wait: Duration) -> Option<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut c = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    c.write_all(request).await.expect("write the request");
+    let mut buf = vec![0; 256];
+    match tokio::time::timeout(wait, c.read(&mut buf)).await {
+        Ok(Ok(n)) if n > 0 => {
+            Some(String::from_utf8_lossy(&buf[..n]).lines().next().unwrap_or("").to_owned())
+        }
+        _ => None,
+    }
+}
