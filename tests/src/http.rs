@@ -118,3 +118,24 @@ pub async fn status_line(addr: &str, request: &[u8], wait: Duration) -> Option<S
         _ => None,
     }
 }
+
+/// Asserts that a request on a new connection waits while the server's
+/// connection slots are held (no answer within 700 ms), and is answered 200
+/// once `release` frees one.
+pub async fn assert_served_only_after(addr: &str, release: impl FnOnce()) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut next = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    next.write_all(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n").await.expect("write the request");
+    let mut buf = vec![0; 64];
+    assert!(
+        tokio::time::timeout(Duration::from_millis(700), next.read(&mut buf)).await.is_err(),
+        "not served while every connection slot is held"
+    );
+    release();
+    let n = tokio::time::timeout(Duration::from_secs(5), next.read(&mut buf))
+        .await
+        .expect("served once a slot was freed")
+        .expect("read the answer");
+    let answer = String::from_utf8_lossy(&buf[..n]);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+}

@@ -26,7 +26,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 pub use env::{Running, Setup, TestEnv};
-pub use http::{HttpResponse, http, list_unsubscribe, status_line, try_http};
+pub use http::{HttpResponse, assert_served_only_after, http, list_unsubscribe, status_line, try_http};
 pub use kafka::{
     Record, Topics, committed, end_offsets, fresh_topics, group_members, kafka_brokers, read_event_ids,
     read_topic, wait_committed,

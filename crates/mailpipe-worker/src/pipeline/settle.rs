@@ -155,7 +155,8 @@ impl Pipeline {
                 .await?;
         match (ev, rec) {
             (Some(ev), Some(rec)) if ev.kind == EventType::DeadLettered => {
-                self.publish_dead_letter(rec, Some(job), &ev, shutdown).await?;
+                let payload = self.dead_letter_payload(rec, Some(job), shutdown).await?;
+                self.publish_dead_letter(rec, &payload, &ev, shutdown).await?;
             }
             (Some(ev), _) => {
                 durably("publish_outcome", shutdown, || self.publish(std::slice::from_ref(&ev))).await?;
@@ -249,6 +250,7 @@ impl Pipeline {
             job_id: job.map(|j| j.job_id.to_string()),
             payload: self.dead_letter_payload(rec, job, shutdown).await?.into_owned(),
         };
+        // The same payload goes to the topic as to the store.
         let recorded =
             durably("record_dead_letter", shutdown, || async { Ok(self.store.dead_letter(&dl, &ev).await?) })
                 .await?;
@@ -256,7 +258,7 @@ impl Pipeline {
             warn!("the job already has an outcome; keeping it, not this dead letter");
             return self.republish_outcome(j, None, shutdown).await;
         }
-        self.publish_dead_letter(rec, job, &ev, shutdown).await?;
+        self.publish_dead_letter(rec, &dl.payload, &ev, shutdown).await?;
         self.count(Outcome::DeadLettered, job.map_or("unknown", |j| self.provider(j.to.email.domain())));
         ControlFlow::Continue(Outcome::DeadLettered)
     }
@@ -283,15 +285,15 @@ impl Pipeline {
         ControlFlow::Continue(stub.to_string().into_bytes().into())
     }
 
-    /// Publishes a dead letter: the record, unchanged (see
-    /// [`Pipeline::dead_letter_payload`]) and under its own key, to the
-    /// dead-letter topic with the reason, detail and source in its headers,
-    /// and its event to the events topic. At least once: a replay publishes
-    /// both again.
+    /// Publishes a dead letter: `payload` (the record as it came, or its
+    /// stub: [`Pipeline::dead_letter_payload`]) under the record's own key,
+    /// to the dead-letter topic with the reason, detail and source in its
+    /// headers, and its event to the events topic. At least once: a replay
+    /// publishes both again.
     async fn publish_dead_letter(
         &self,
         rec: &Record<'_>,
-        job: Option<&SendJob>,
+        payload: &[u8],
         ev: &Event,
         shutdown: &CancellationToken,
     ) -> Step<()> {
@@ -299,9 +301,8 @@ impl Pipeline {
             (ev.reason.as_deref().unwrap_or_default(), ev.detail.as_deref().unwrap_or_default());
         match &self.events {
             EventOut::Kafka(k) => {
-                let payload = self.dead_letter_payload(rec, job, shutdown).await?;
                 durably("publish_dead_letter", shutdown, || async {
-                    k.dead_letter(&rec.source, rec.key, &payload, reason, detail).await?;
+                    k.dead_letter(&rec.source, rec.key, payload, reason, detail).await?;
                     Ok(k.publish(std::slice::from_ref(ev)).await?)
                 })
                 .await
