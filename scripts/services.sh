@@ -128,13 +128,23 @@ DO $$ BEGIN
   IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'mailpipe') THEN
     CREATE ROLE mailpipe LOGIN CREATEDB PASSWORD 'mailpipe';
   END IF;
-  -- The role the API reads as, under row-level security (docs/privacy.md).
+  -- The roles of docs/operations.md, "Database roles": mailpipe owns the
+  -- schema and runs `migrate`; the services log in as mailpipe_app, which
+  -- owns nothing and holds mailpipe_service's grants (rows of every table)
+  -- and mailpipe_api's (what the tenant API runs as).
   IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'mailpipe_api') THEN
     CREATE ROLE mailpipe_api NOLOGIN;
+  END IF;
+  IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'mailpipe_service') THEN
+    CREATE ROLE mailpipe_service NOLOGIN;
+  END IF;
+  IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'mailpipe_app') THEN
+    CREATE ROLE mailpipe_app LOGIN PASSWORD 'mailpipe_app';
   END IF;
 END $$;
 SET client_min_messages = warning;
 GRANT mailpipe_api TO mailpipe;
+GRANT mailpipe_service, mailpipe_api TO mailpipe_app;
 SELECT 'CREATE DATABASE mailpipe OWNER mailpipe' WHERE NOT EXISTS (SELECT 1 FROM pg_database WHERE datname = 'mailpipe')
 \gexec
 SQL
@@ -333,6 +343,7 @@ dns_down() {
 print_env() {
   cat <<ENV
 export MAILPIPE_TEST_DATABASE_URL=postgres://mailpipe:mailpipe@127.0.0.1:$PG_PORT/mailpipe
+export MAILPIPE_TEST_SERVICE_CREDENTIALS=mailpipe_app:mailpipe_app
 export MAILPIPE_TEST_KAFKA_BROKERS=127.0.0.1:$KAFKA_PORT
 export MAILPIPE_TEST_SMTP=127.0.0.1:$SMTP_PORT
 export MAILPIPE_TEST_DNS=127.0.0.1:$DNS_PORT

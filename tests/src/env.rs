@@ -141,6 +141,7 @@ impl Setup {
         });
         let cfg =
             Config::load(config_file.as_deref(), vars.clone()).unwrap_or_else(|e| panic!("test config: {e}"));
+        app::migrate(&cfg).await.expect("migrate, as the owner");
         let store = app::store(&cfg).await.expect("store");
         let tenants: Vec<TenantId> =
             self.tenants.iter().map(|t| TenantId::parse(*t).expect("tenant id")).collect();
@@ -243,9 +244,10 @@ impl TestEnv {
         self.sink.as_ref().expect("this test env has a relay of the test's, not a sink")
     }
 
-    /// A plain connection to the test's database, for checks in SQL.
+    /// A plain connection to the test's database, for checks in SQL: as
+    /// the owner, in the platform's context (it sees every tenant's rows).
     pub async fn pg(&self) -> sqlx::PgConnection {
-        sqlx::PgConnection::connect(&self.db).await.expect("connect to the test database")
+        crate::platform_connection(&self.db).await
     }
 
     /// The services held exclusively, for [`crate::restart_service`].
@@ -328,8 +330,10 @@ impl TestEnv {
         let deadline = std::time::Instant::now() + timeout;
         let mut conn: Option<sqlx::PgConnection> = None;
         loop {
-            if conn.is_none() {
-                conn = sqlx::PgConnection::connect(&self.db).await.ok();
+            if conn.is_none()
+                && let Ok(mut c) = sqlx::PgConnection::connect(&self.db).await
+            {
+                conn = sqlx::query("SET mailpipe.scope = 'platform'").execute(&mut c).await.ok().map(|_| c);
             }
             if let Some(c) = conn.as_mut() {
                 match finished_jobs(c).await {
@@ -416,7 +420,8 @@ impl Running {
 /// `group`.
 fn relay_env(db: &str, topics: &Topics, smtp_port: u16, group: &str) -> Vec<(String, String)> {
     [
-        ("MAILPIPE__STORE__URL", db),
+        ("MAILPIPE__STORE__URL", crate::service_url(db).as_str()),
+        ("MAILPIPE__STORE__OWNER_URL", db),
         ("MAILPIPE__QUEUE__KIND", "kafka"),
         ("MAILPIPE__QUEUE__KAFKA__BROKERS", &kafka_brokers()),
         ("MAILPIPE__QUEUE__KAFKA__GROUP_ID", group),

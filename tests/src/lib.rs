@@ -31,7 +31,9 @@ pub use kafka::{
     Record, Topics, committed, end_offsets, fresh_topics, group_members, kafka_brokers, read_event_ids,
     read_topic, wait_committed,
 };
-pub use postgres::{TestDatabase, TestStore, database_url, fresh_database, fresh_store};
+pub use postgres::{
+    TestDatabase, TestStore, database_url, fresh_database, fresh_store, platform_connection, service_url,
+};
 pub use process::{ServiceProcess, loopback_port, mailpipe_binary, restart_service};
 pub use smtp::{Relayed, SmtpSink, TestRelay, test_certificates};
 

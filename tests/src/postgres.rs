@@ -5,9 +5,35 @@ use sqlx::Connection;
 
 use crate::{START_HINT, capture_logs, finished_run, services, unique};
 
+/// The owner's URL: it creates the tests' databases and migrates them.
 pub fn database_url() -> String {
     std::env::var("MAILPIPE_TEST_DATABASE_URL")
         .unwrap_or_else(|_| "postgres://mailpipe:mailpipe@127.0.0.1:55432/mailpipe".into())
+}
+
+/// `db` (an owner's URL) as the services connect to it: as the login role
+/// that owns nothing (`scripts/services.sh` makes it), with
+/// `MAILPIPE_TEST_SERVICE_CREDENTIALS` (`user:password`).
+pub fn service_url(db: &str) -> String {
+    let creds = std::env::var("MAILPIPE_TEST_SERVICE_CREDENTIALS")
+        .unwrap_or_else(|_| "mailpipe_app:mailpipe_app".into());
+    let (scheme, rest) = db.split_once("://").expect("database URL has a scheme");
+    let host = rest.rsplit_once('@').map_or(rest, |(_, h)| h);
+    format!("{scheme}://{creds}@{host}")
+}
+
+/// A plain connection to `url`, in the platform's context, so that it sees
+/// every tenant's rows (row-level security is FORCEd on them, owner
+/// included): for tests' checks in SQL.
+pub async fn platform_connection(url: &str) -> sqlx::PgConnection {
+    let mut conn = sqlx::PgConnection::connect(url)
+        .await
+        .unwrap_or_else(|e| panic!("connect to {url}: {e}\n{START_HINT}"));
+    sqlx::query("SET mailpipe.scope = 'platform'")
+        .execute(&mut conn)
+        .await
+        .expect("enter the platform's context");
+    conn
 }
 
 /// A test's own database. Holds a share of the services ([`services`]) for
@@ -59,10 +85,14 @@ impl std::ops::Deref for TestStore {
     }
 }
 
+/// Migrated by the owner; the store connects as the services do.
 pub async fn fresh_store() -> TestStore {
     let db = fresh_database().await;
-    let store = mailpipe_store::Store::connect(&db, 4).await.expect("connect to the test database");
-    store.migrate().await.expect("migrate the test database");
+    let owner = mailpipe_store::Store::connect(&db, 1).await.expect("connect to the test database");
+    owner.migrate().await.expect("migrate the test database");
+    owner.close().await;
+    let store =
+        mailpipe_store::Store::connect(&service_url(&db), 4).await.expect("connect as the services' role");
     TestStore { store, db }
 }
 

@@ -137,7 +137,9 @@ async fn campaigns(State(s): State<ApiState>, headers: HeaderMap) -> Response {
         Ok(t) => t,
         Err(r) => return r,
     };
-    match s.store.campaigns(&t).await {
+    // Everything after the key check runs in the tenant's context.
+    let store = s.store.for_tenant(&t);
+    match store.campaigns(&t).await {
         Ok(c) => json(&serde_json::json!({ "campaigns": c })),
         Err(e) => internal(e),
     }
@@ -148,7 +150,9 @@ async fn stats(State(s): State<ApiState>, headers: HeaderMap, Path(id): Path<Str
         Ok(t) => t,
         Err(r) => return r,
     };
-    match s.store.campaign_stats(&t, &id).await {
+    // Everything after the key check runs in the tenant's context.
+    let store = s.store.for_tenant(&t);
+    match store.campaign_stats(&t, &id).await {
         Ok(Some(st)) => json(&st),
         Ok(None) => err(StatusCode::NOT_FOUND, "no such campaign"),
         Err(e) => internal(e),
@@ -160,7 +164,7 @@ async fn dashboard(State(s): State<ApiState>, headers: HeaderMap, Path(id): Path
         Ok(t) => t,
         Err(r) => return r,
     };
-    match s.store.campaign_stats(&t, &id).await {
+    match s.store.for_tenant(&t).campaign_stats(&t, &id).await {
         Ok(Some(st)) => {
             ([(header::CACHE_CONTROL, "no-store")], Html(dashboard::page(&t, &st))).into_response()
         }
@@ -193,7 +197,9 @@ async fn list_suppressions(State(s): State<ApiState>, headers: HeaderMap) -> Res
         Ok(t) => t,
         Err(r) => return r,
     };
-    match s.store.list_suppressions(&Scope::Tenant(t)).await {
+    // Everything after the key check runs in the tenant's context.
+    let store = s.store.for_tenant(&t);
+    match store.list_suppressions(&Scope::Tenant(t)).await {
         Ok(rows) => json(
             &serde_json::json!({ "suppressions": rows.iter().map(suppression_json).collect::<Vec<_>>() }),
         ),
@@ -206,6 +212,8 @@ async fn add_suppression(State(s): State<ApiState>, headers: HeaderMap, body: ax
         Ok(t) => t,
         Err(r) => return r,
     };
+    // Everything after the key check runs in the tenant's context.
+    let store = s.store.for_tenant(&t);
     let body = match read_body(body, MAX_JSON_BODY).await {
         Ok(b) => b,
         Err(r) => return r,
@@ -226,7 +234,7 @@ async fn add_suppression(State(s): State<ApiState>, headers: HeaderMap, body: ax
     let recipient = s.hasher.hash(&addr.canonical());
     let entry =
         Suppression::new(Scope::Tenant(t.clone()), recipient, Reason::Manual, applies_to).from_tenant(&t);
-    match s.store.add_suppression(&entry).await {
+    match store.add_suppression(&entry).await {
         Ok(()) => (StatusCode::CREATED, json(&serde_json::json!({ "recipient_hash": recipient.to_hex() })))
             .into_response(),
         Err(e) => internal(e),
@@ -242,6 +250,8 @@ async fn remove_suppression(
         Ok(t) => t,
         Err(r) => return r,
     };
+    // Everything after the key check runs in the tenant's context.
+    let store = s.store.for_tenant(&t);
     let Ok(addr) = EmailAddress::parse(&email) else {
         return err(StatusCode::BAD_REQUEST, "invalid email address");
     };
@@ -252,14 +262,14 @@ async fn remove_suppression(
     };
     // What the recipient asked for, or what the platform recorded, is not
     // the tenant's to lift.
-    match s.store.remove_suppression(&Scope::Tenant(t.clone()), &recipient).await {
+    match store.remove_suppression(&Scope::Tenant(t.clone()), &recipient).await {
         Ok(r) if !r.kept.is_empty() => forbidden(
             r.kept.iter().map(|k| k.as_str()).collect(),
             r.removed,
             "only suppressions the tenant added (manual, import) can be removed",
         ),
         Ok(r) if r.removed > 0 => StatusCode::NO_CONTENT.into_response(),
-        Ok(_) => match s.store.suppression(&recipient, &t, Category::Marketing).await {
+        Ok(_) => match store.suppression(&recipient, &t, Category::Marketing).await {
             Ok(Some(p)) => {
                 forbidden(vec![p.reason.as_str()], 0, "suppressed platform-wide; a tenant cannot remove it")
             }
@@ -275,7 +285,9 @@ async fn export_suppressions(State(s): State<ApiState>, headers: HeaderMap) -> R
         Ok(t) => t,
         Err(r) => return r,
     };
-    match s.store.list_suppressions(&Scope::Tenant(t)).await {
+    // Everything after the key check runs in the tenant's context.
+    let store = s.store.for_tenant(&t);
+    match store.list_suppressions(&Scope::Tenant(t)).await {
         Ok(rows) => {
             ([(header::CONTENT_TYPE, "text/csv"), (header::CACHE_CONTROL, "no-store")], export_csv(&rows))
                 .into_response()
@@ -302,7 +314,8 @@ async fn import_suppressions(
     let Ok(text) = std::str::from_utf8(&body) else {
         return err(StatusCode::BAD_REQUEST, "the CSV must be UTF-8");
     };
-    match crate::csv::import(&s.store, &s.hasher, text, &Scope::Tenant(t)).await {
+    let store = s.store.for_tenant(&t);
+    match crate::csv::import(&store, &s.hasher, text, &Scope::Tenant(t)).await {
         Ok(n) => json(&serde_json::json!({ "imported": n })),
         Err(ImportError::BadLines(errors)) => {
             let lines: Vec<_> =

@@ -203,9 +203,9 @@ impl Store {
         Ok(Some(s))
     }
 
-    /// Runs a read with `$1` = tenant (and `$2` = `arg`). On PostgreSQL it
-    /// runs as role `mailpipe_api` with `mailpipe.tenant` set, so row-level
-    /// security limits it to the tenant's rows even if the SQL did not.
+    /// Runs a read with `$1` = tenant (and `$2` = `arg`), in the tenant's
+    /// context ([`crate::context`]): on PostgreSQL, row-level security limits
+    /// it to the tenant's rows even if the SQL did not.
     pub(crate) async fn as_tenant<T>(&self, tenant: &TenantId, sql: &str, arg: Option<&str>) -> Result<Vec<T>>
     where
         T: for<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow>
@@ -213,29 +213,14 @@ impl Store {
             + Send
             + Unpin,
     {
-        match &self.pool {
-            Pool::Postgres(p) => {
-                let mut tx = p.begin().await?;
-                sqlx::query("SET LOCAL ROLE mailpipe_api").execute(&mut *tx).await?;
-                sqlx::query("SELECT set_config('mailpipe.tenant', $1, true)")
-                    .bind(tenant.as_str())
-                    .execute(&mut *tx)
-                    .await?;
-                let mut q = sqlx::query_as::<_, T>(sql).bind(tenant.as_str());
-                if let Some(a) = arg {
-                    q = q.bind(a);
-                }
-                let rows = q.fetch_all(&mut *tx).await?;
-                tx.commit().await?;
-                Ok(rows)
+        let store = self.for_tenant(tenant);
+        scoped!(store, p => {
+            let mut q = sqlx::query_as::<_, T>(sql).bind(tenant.as_str());
+            if let Some(a) = arg {
+                q = q.bind(a);
             }
-            Pool::Sqlite(p) => {
-                let mut q = sqlx::query_as::<_, T>(sql).bind(tenant.as_str());
-                if let Some(a) = arg {
-                    q = q.bind(a);
-                }
-                Ok(q.fetch_all(p).await?)
-            }
-        }
+            q.fetch_all(p).await
+        })
+        .map_err(Into::into)
     }
 }

@@ -8,6 +8,14 @@
 //! Invariant: a job's ledger row and its outcome event are written in one
 //! transaction ([`Store::finish`]), so "the outcome is durable" means both.
 //!
+//! Invariant (PostgreSQL): every table that holds a tenant's rows has
+//! row-level security FORCEd (migration 0012), so a connection sees nothing
+//! until it says whose rows it works on. A [`Store`] from [`Store::connect`]
+//! works for the platform (the session sets `mailpipe.scope = 'platform'`);
+//! one from [`Store::for_tenant`] runs each statement in a transaction as
+//! role `mailpipe_api` with `mailpipe.tenant` set, and sees that tenant's
+//! rows only, whatever its SQL says. See [`context`].
+//!
 //! One module per concern: `ledger` (claims, outcomes, the retry schedule,
 //! dead letters), `events`, `suppressions` (and `filter`, the in-memory
 //! filter in front of them), `tenants` (and API keys), `templates`,
@@ -21,6 +29,7 @@
 mod macros;
 
 mod aggregates;
+pub mod context;
 mod domains;
 mod events;
 mod feedback;
@@ -42,6 +51,8 @@ pub use tenants::TenantPolicy;
 
 use std::str::FromStr;
 use std::time::Duration;
+
+use mailpipe_core::TenantId;
 
 use sqlx::postgres::{PgPool, PgPoolOptions};
 use sqlx::sqlite::{
@@ -84,6 +95,8 @@ enum Pool {
 #[derive(Clone, Debug)]
 pub struct Store {
     pool: Pool,
+    /// Set by [`Store::for_tenant`]: whose rows this handle works on.
+    tenant: Option<TenantId>,
 }
 
 impl Store {
@@ -94,10 +107,11 @@ impl Store {
             let pool = PgPoolOptions::new()
                 .max_connections(max_connections)
                 .acquire_timeout(Duration::from_secs(10))
+                .after_connect(|conn, _| Box::pin(context::platform(conn)))
                 .connect(url)
                 .await
                 .map_err(|source| StoreError::Connect { backend: "PostgreSQL", source })?;
-            Ok(Self { pool: Pool::Postgres(pool) })
+            Ok(Self { pool: Pool::Postgres(pool), tenant: None })
         } else if url.starts_with("sqlite:") {
             let opts = SqliteConnectOptions::from_str(url)
                 .map_err(|source| StoreError::Connect { backend: "SQLite", source })?;
@@ -118,7 +132,7 @@ impl Store {
                 .connect_with(opts)
                 .await
                 .map_err(|source| StoreError::Connect { backend: "SQLite", source })?;
-            Ok(Self { pool: Pool::Sqlite(pool) })
+            Ok(Self { pool: Pool::Sqlite(pool), tenant: None })
         } else {
             Err(StoreError::UnsupportedUrl(url.to_owned()))
         }
@@ -131,16 +145,75 @@ impl Store {
         }
     }
 
-    /// Applies the embedded migrations of this backend.
+    /// A handle that works on `tenant`'s rows only (see [`context`]). On
+    /// SQLite, which has no roles or row-level security, it is the same
+    /// store: the SQL's own `WHERE` clauses are the only fence there.
+    pub fn for_tenant(&self, tenant: &TenantId) -> Store {
+        Store { pool: self.pool.clone(), tenant: Some(tenant.clone()) }
+    }
+
+    /// Applies the embedded migrations of this backend. On PostgreSQL this
+    /// is the owner's work: the services' role may not change the schema.
     pub async fn migrate(&self) -> Result<()> {
         match &self.pool {
-            Pool::Postgres(p) => sqlx::migrate!("./migrations/postgres").run(p).await?,
-            Pool::Sqlite(p) => sqlx::migrate!("./migrations/sqlite").run(p).await?,
+            Pool::Postgres(p) => migrations::postgres().run(p).await?,
+            Pool::Sqlite(p) => migrations::sqlite().run(p).await?,
         }
         Ok(())
     }
 
+    /// The embedded migrations the database has not applied yet (their
+    /// versions), so that a service can refuse to run on an old schema
+    /// instead of failing on its first query.
+    pub async fn pending_migrations(&self) -> Result<Vec<i64>> {
+        let sql = "SELECT version FROM _sqlx_migrations WHERE success";
+        let done = applied(on_pool!(self, p => sqlx::query_scalar::<_, i64>(sql).fetch_all(p).await))?;
+        let migrator = match &self.pool {
+            Pool::Postgres(_) => migrations::postgres(),
+            Pool::Sqlite(_) => migrations::sqlite(),
+        };
+        Ok(migrator.iter().map(|m| m.version).filter(|v| !done.contains(v)).collect())
+    }
+
+    /// Whether this connection's role owns the schema's tables, or may
+    /// ignore row-level security (a superuser, or `BYPASSRLS`): a service
+    /// that connects so holds more than it needs. Always false on SQLite.
+    pub async fn owns_tables(&self) -> Result<bool> {
+        match &self.pool {
+            Pool::Postgres(p) => {
+                let sql = "SELECT r.rolsuper OR r.rolbypassrls OR EXISTS (
+                               SELECT 1 FROM pg_tables t WHERE t.schemaname = current_schema()
+                               AND t.tablename = 'send_ledger' AND pg_has_role(t.tableowner, 'USAGE'))
+                           FROM pg_roles r WHERE r.rolname = current_user";
+                Ok(sqlx::query_scalar(sql).fetch_one(p).await?)
+            }
+            Pool::Sqlite(_) => Ok(false),
+        }
+    }
+
     pub async fn close(&self) {
         on_pool!(self, p => p.close().await)
+    }
+}
+
+mod migrations {
+    use sqlx::migrate::Migrator;
+
+    pub(crate) fn postgres() -> Migrator {
+        sqlx::migrate!("./migrations/postgres")
+    }
+
+    pub(crate) fn sqlite() -> Migrator {
+        sqlx::migrate!("./migrations/sqlite")
+    }
+}
+
+/// How a query for the applied migrations ended, as the versions applied:
+/// none when the database was never migrated (no table yet).
+fn applied(rows: std::result::Result<Vec<i64>, sqlx::Error>) -> Result<Vec<i64>> {
+    match rows {
+        Ok(v) => Ok(v),
+        Err(sqlx::Error::Database(e)) if e.message().contains("_sqlx_migrations") => Ok(Vec::new()),
+        Err(e) => Err(e.into()),
     }
 }

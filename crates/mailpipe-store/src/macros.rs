@@ -12,12 +12,16 @@ macro_rules! on_pool {
     };
 }
 
-/// Same, for an open transaction.
+/// Same, for an open transaction; on PostgreSQL, in the tenant's context
+/// when the store is [`crate::Store::for_tenant`]'s.
 macro_rules! in_tx {
     ($self:expr, $tx:ident => $body:block) => {
         match &$self.pool {
             $crate::Pool::Postgres(p) => {
                 let mut $tx = p.begin().await?;
+                if let Some(t) = &$self.tenant {
+                    $crate::context::enter(&mut $tx, t).await?;
+                }
                 $body
                 $tx.commit().await?;
             }
@@ -26,6 +30,31 @@ macro_rules! in_tx {
                 $body
                 $tx.commit().await?;
             }
+        }
+    };
+}
+
+/// Runs one statement, `$body` with `$p` its executor, in this store's
+/// context: on the pool itself for the platform, or on PostgreSQL for
+/// [`crate::Store::for_tenant`] in a transaction that entered the tenant's
+/// context first. `$body` must use `$p` once and give a `sqlx` result.
+macro_rules! scoped {
+    ($self:expr, $p:ident => $body:expr) => {
+        match (&$self.pool, &$self.tenant) {
+            ($crate::Pool::Postgres(pool), Some(t)) => {
+                let mut tx = pool.begin().await?;
+                $crate::context::enter(&mut tx, t).await?;
+                let out = {
+                    let $p = &mut *tx;
+                    $body
+                };
+                if out.is_ok() {
+                    tx.commit().await?;
+                }
+                out
+            }
+            ($crate::Pool::Postgres($p), None) => $body,
+            ($crate::Pool::Sqlite($p), _) => $body,
         }
     };
 }

@@ -15,6 +15,11 @@ pub struct ErasureReport {
     pub campaign_links_deleted: u64,
     pub rejected_reports_deleted: u64,
     pub suppression_kept: bool,
+    /// Whether the tables were vacuumed, so that the deleted rows' old
+    /// versions left the data files now rather than at the next autovacuum.
+    /// On PostgreSQL only the tables' owner may: `mailpipe erase` connects
+    /// as it when `store.owner_url` is set.
+    pub vacuumed: bool,
 }
 
 /// What a retention purge removed.
@@ -195,11 +200,19 @@ impl Store {
                     .bind(id).execute(&mut *tx).await?.rows_affected();
             }
         });
-        on_pool!(self, p => {
-            for v in vacuums {
-                sqlx::query(v).execute(p).await?;
-            }
-        });
+        // A role that does not own a table gets a warning from VACUUM, not
+        // an error, and nothing done: ask first, and say so in the report.
+        r.vacuumed = match &self.pool {
+            Pool::Postgres(_) => self.owns_tables().await?,
+            Pool::Sqlite(_) => true,
+        };
+        if r.vacuumed {
+            on_pool!(self, p => {
+                for v in vacuums {
+                    sqlx::query(v).execute(p).await?;
+                }
+            });
+        }
         Ok(r)
     }
 

@@ -98,7 +98,7 @@ impl Store {
         let hash = s.recipient.to_hex();
         // Stamped when the entry was made, so that it reads back as written
         // (the filter follows the table by a database cursor, not this).
-        on_pool!(self, p => insert_q(s, &hash, s.created_at).execute(p).await.map(|_| ()))?;
+        scoped!(self, p => insert_q(s, &hash, s.created_at).execute(p).await.map(|_| ()))?;
         Ok(())
     }
 
@@ -118,7 +118,7 @@ impl Store {
         let mut stopping = [AppliesTo::Marketing, AppliesTo::All].into_iter().filter(|a| a.stops(category));
         let first = stopping.next().unwrap_or(AppliesTo::All);
         let second = stopping.next().unwrap_or(first);
-        let row: Option<(String, String)> = on_pool!(self, p => sqlx::query_as(sql)
+        let row: Option<(String, String)> = scoped!(self, p => sqlx::query_as(sql)
             .bind(recipient.to_hex()).bind(tenant.as_str()).bind(first.as_str()).bind(second.as_str())
             .bind(Scope::Platform.key())
             .fetch_optional(p).await)?;
@@ -176,7 +176,7 @@ impl Store {
     pub async fn list_suppressions(&self, scope: &Scope) -> Result<Vec<Suppression>> {
         let sql = "SELECT scope_tenant, recipient_hash, reason, applies_to, source_tenant, created_at FROM suppressions
                    WHERE scope_tenant = $1 ORDER BY created_at, recipient_hash";
-        let rows: Vec<Row> = on_pool!(self, p => sqlx::query_as(sql).bind(scope.key()).fetch_all(p).await)?;
+        let rows: Vec<Row> = scoped!(self, p => sqlx::query_as(sql).bind(scope.key()).fetch_all(p).await)?;
         rows.into_iter().map(parse_row).collect()
     }
 
@@ -215,13 +215,11 @@ impl Store {
         let mut n = 0;
         for batch in entries.chunks(IMPORT_BATCH) {
             let hashes: Vec<String> = batch.iter().map(|s| s.recipient.to_hex()).collect();
-            on_pool!(self, p => {
-                let mut tx = p.begin().await?;
+            in_tx!(self, tx => {
                 let now = now_ms();
                 for (s, hash) in batch.iter().zip(&hashes) {
                     n += insert_q(s, hash, now).execute(&mut *tx).await?.rows_affected();
                 }
-                tx.commit().await?;
             });
         }
         Ok(n)

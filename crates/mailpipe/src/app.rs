@@ -17,7 +17,7 @@ use mailpipe_throttle::Throttle;
 use mailpipe_token::{Keyring, RecipientHasher, SigningKey};
 use mailpipe_tracker::EventWriter;
 use mailpipe_worker::{EventOut, Pipeline};
-use secrecy::ExposeSecret;
+use secrecy::{ExposeSecret, SecretString};
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
@@ -110,20 +110,50 @@ pub fn keys(cfg: &Config) -> Result<Keys> {
     Keys::from_secrets(&cfg.token_secrets()?, cfg.tokens.active_key)
 }
 
-/// Connects to the configured store (creating an SQLite file's directory)
-/// and applies migrations.
+/// Connects to the configured store as the services do. The embedded
+/// SQLite file is migrated here; a PostgreSQL schema must be current
+/// already (`mailpipe migrate`, as its owner), since the services' role may
+/// not change it.
 pub async fn store(cfg: &Config) -> Result<Store> {
-    let url = cfg.store.url.expose_secret();
-    let store = Store::connect(url, cfg.store.max_connections).await.map_err(|e| {
+    let store = connect(cfg, &cfg.store.url).await?;
+    if store.backend() == "sqlite" {
+        store.migrate().await.context("applying migrations")?;
+        return Ok(store);
+    }
+    let pending = store.pending_migrations().await.context("reading the applied migrations")?;
+    if !pending.is_empty() {
+        anyhow::bail!(
+            "the database schema lacks migrations {pending:?} ({}): run `mailpipe migrate`, \
+             which connects as the tables' owner (store.owner_url)",
+            cfg.store.redacted_url()
+        );
+    }
+    if store.owns_tables().await? {
+        tracing::warn!(
+            url = %cfg.store.redacted_url(),
+            "connected to PostgreSQL as the tables' owner (or a role that bypasses row-level security): \
+             the services need only a role with mailpipe_service's grants (docs/operations.md, \"Database roles\")"
+        );
+    }
+    Ok(store)
+}
+
+/// Connects as the schema's owner (`store.owner_url`, or `store.url`), for
+/// `migrate` and for an erasure's vacuum.
+pub async fn owner_store(cfg: &Config) -> Result<Store> {
+    connect(cfg, cfg.store.owner_url()).await
+}
+
+async fn connect(cfg: &Config, url: &SecretString) -> Result<Store> {
+    let url = url.expose_secret();
+    Store::connect(url, cfg.store.max_connections).await.map_err(|e| {
         let hint = if url.starts_with("postgres") {
             "is PostgreSQL running? `scripts/services.sh up` starts one on 127.0.0.1:55432"
         } else {
             "check that the directory of the SQLite file exists and is writable"
         };
-        anyhow::anyhow!("{e} ({}); {hint}", cfg.store.redacted_url())
-    })?;
-    store.migrate().await.context("applying migrations")?;
-    Ok(store)
+        anyhow::anyhow!("{e} ({}); {hint}", crate::config::redact_url(url))
+    })
 }
 
 pub fn kafka_hint(e: impl std::fmt::Display) -> anyhow::Error {
@@ -342,10 +372,14 @@ pub async fn run_analytics(cfg: &Config, shutdown: CancellationToken) -> Result<
 
 /// `mailpipe migrate`.
 pub async fn migrate(cfg: &Config) -> Result<String> {
-    let s = store(cfg).await?;
+    let s = owner_store(cfg).await?;
+    s.migrate().await.context("applying migrations")?;
     let backend = s.backend();
     s.close().await;
-    Ok(format!("migrations applied ({backend}, {})", cfg.store.redacted_url()))
+    Ok(format!(
+        "migrations applied ({backend}, {})",
+        crate::config::redact_url(cfg.store.owner_url().expose_secret())
+    ))
 }
 
 /// A job ready to produce: its Kafka key (rate-limit key) and bytes.

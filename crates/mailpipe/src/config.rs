@@ -45,14 +45,24 @@ impl std::error::Error for ConfigErrors {}
 
 #[derive(Debug, Deserialize)]
 pub struct StoreConfig {
-    /// May hold a password, so it is a secret; [`StoreConfig::redacted_url`] is loggable.
+    /// What the services connect as. May hold a password, so it is a
+    /// secret; [`StoreConfig::redacted_url`] is loggable.
     pub url: SecretString,
+    /// What `mailpipe migrate` (and `erase`, to vacuum) connects as on
+    /// PostgreSQL: the schema's owner. Unset: [`StoreConfig::url`].
+    #[serde(default)]
+    pub owner_url: Option<SecretString>,
     pub max_connections: u32,
 }
 
 impl StoreConfig {
     pub fn redacted_url(&self) -> String {
         redact_url(self.url.expose_secret())
+    }
+
+    /// The owner's URL, or the services' when none is set.
+    pub fn owner_url(&self) -> &SecretString {
+        self.owner_url.as_ref().unwrap_or(&self.url)
     }
 }
 
@@ -430,6 +440,14 @@ fn check_store(store: &StoreConfig, errors: &mut Vec<String>) {
     }
     if store.max_connections == 0 {
         errors.push("store.max_connections: must be at least 1".into());
+    }
+    if let Some(owner) = &store.owner_url {
+        let (o, u) = (owner.expose_secret(), url);
+        if o.starts_with("sqlite:") || u.starts_with("sqlite:") {
+            errors.push("store.owner_url: only for PostgreSQL (SQLite has no roles)".into());
+        } else if !(o.starts_with("postgres://") || o.starts_with("postgresql://")) {
+            errors.push(format!("store.owner_url: must start with postgres:// (got {})", redact_url(o)));
+        }
     }
 }
 

@@ -151,8 +151,9 @@ async fn a_tenant_sees_only_its_own_data_enforced_by_the_database_too() {
     let missing = get("/api/v1/campaigns/no-such-thing/stats", Some(&acme_key)).await;
     assert_eq!((theirs.status, theirs.body.clone()), (404, missing.body.clone()));
 
-    // The database enforces it even for a query that forgets the tenant.
-    let mut conn = sqlx::PgConnection::connect(&db).await.unwrap();
+    // The database enforces it even for a query that forgets the tenant,
+    // on a connection of the services' role.
+    let mut conn = sqlx::PgConnection::connect(&service_url(&db)).await.unwrap();
     let mut tx = sqlx::Connection::begin(&mut conn).await.unwrap();
     sqlx::query("SET LOCAL ROLE mailpipe_api").execute(&mut *tx).await.unwrap();
     sqlx::query("SELECT set_config('mailpipe.tenant', 'acme', true)").execute(&mut *tx).await.unwrap();
@@ -312,7 +313,7 @@ async fn retention_purges_old_events_client_details_and_ledger_rows() {
     let rep = store.purge(now, r).await.unwrap();
     assert_eq!((rep.events_deleted, rep.client_details_removed), (1, 2), "{rep:?}");
     assert_eq!(rep.rejected_reports_deleted, 0, "a fresh rejected report is kept");
-    let mut conn = sqlx::PgConnection::connect(&db).await.unwrap();
+    let mut conn = platform_connection(&db).await;
     let left: Vec<String> = sqlx::query_scalar("SELECT payload FROM events ORDER BY occurred_at")
         .fetch_all(&mut conn)
         .await
@@ -511,7 +512,7 @@ async fn an_arf_complaint_suppresses_the_recipient_everywhere_and_bad_reports_ar
         "no forged report suppresses anyone"
     );
     assert_eq!(store.event_counts("acme", "spring").await.unwrap().get("complaint"), Some(&1));
-    let mut conn = sqlx::PgConnection::connect(&db).await.unwrap();
+    let mut conn = platform_connection(&db).await;
     let kept: Vec<String> = sqlx::query_scalar("SELECT reason FROM rejected_reports ORDER BY id")
         .fetch_all(&mut conn)
         .await

@@ -17,6 +17,7 @@ use mailpipe_domains::{Dns, DomainError, Outcome, Permit};
 use mailpipe_store::Owner;
 use mailpipe_tests::dns::{TestZone, dkimpy_verify, dns_server, opendkim_testkey};
 use mailpipe_tests::*;
+use sqlx::Connection;
 
 /// `[domains]` as the tests run it: this DNS server, and a platform with
 /// an SPF include, a DMARC report address and a bounce host.
@@ -642,9 +643,10 @@ async fn through_the_api_a_tenant_adds_and_checks_only_its_own_domains() {
     assert_eq!(page.status, 200);
     assert!(page.text().contains(&format!("id=\"s-{domain}\">verified")), "{}", page.text());
 
-    // Under row-level security, as the API's role: globex's view has none
-    // of acme's rows, and the sealed keys are not readable at all.
-    let mut conn = env.pg().await;
+    // Under row-level security, as the API's role on a connection of the
+    // services' role: globex's view has none of acme's rows, and the sealed
+    // keys are not readable at all.
+    let mut conn = sqlx::PgConnection::connect(&service_url(&env.db)).await.unwrap();
     let mut tx = sqlx::Connection::begin(&mut conn).await.unwrap();
     sqlx::query("SET LOCAL ROLE mailpipe_api").execute(&mut *tx).await.unwrap();
     sqlx::query("SELECT set_config('mailpipe.tenant', 'globex', true)").execute(&mut *tx).await.unwrap();

@@ -88,7 +88,7 @@ async fn seed(store: &Store) {
 /// `table.column` of every text or binary column holding any of `FORMS`,
 /// in any case.
 async fn scan_postgres(db: &str) -> Vec<String> {
-    let mut conn = sqlx::PgConnection::connect(db).await.unwrap();
+    let mut conn = platform_connection(db).await;
     let columns: Vec<(String, String, String)> = sqlx::query_as(
         "SELECT table_name::text, column_name::text, data_type::text FROM information_schema.columns
          WHERE table_schema = 'public' AND data_type IN ('text', 'character varying', 'bytea', 'json', 'jsonb')",
@@ -152,7 +152,7 @@ async fn erasure_leaves_the_address_in_no_column_of_any_table_on_postgres_or_sql
 
     let TestStore { store, db } = fresh_store().await;
     seed(&store).await;
-    let mut conn = sqlx::PgConnection::connect(&db).await.unwrap();
+    let mut conn = platform_connection(&db).await;
     sqlx::query("UPDATE send_ledger SET recipient_hash = NULL WHERE job_id = 'job-00003'")
         .execute(&mut conn)
         .await

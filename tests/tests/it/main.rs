@@ -13,6 +13,7 @@ mod domains;
 mod duplicates;
 mod erasure;
 mod idn;
+mod least_privilege;
 mod metrics;
 mod pipeline;
 mod policy;

@@ -6,8 +6,8 @@ use mailpipe_core::{
 use mailpipe_store::{LedgerStatus, Store, SuppressionFilter, Verdict};
 use mailpipe_tests::{claim, fresh_database, fresh_store, job, unique};
 
+/// On a migrated store.
 async fn scenario(store: &Store) {
-    store.migrate().await.unwrap();
     let j = SendJob::from_json(&serde_json::to_vec(&job(1, "acme", "c", "a.example")).unwrap()).unwrap();
 
     // Claiming is idempotent and starts pending.
@@ -105,6 +105,7 @@ async fn sqlite() {
     let dir = std::env::temp_dir().join(unique("store"));
     std::fs::create_dir_all(&dir).unwrap();
     let store = Store::connect(&format!("sqlite:{}/t.db", dir.display()), 4).await.unwrap();
+    store.migrate().await.unwrap();
     scenario(&store).await;
     let _ = std::fs::remove_dir_all(dir);
 }

@@ -23,7 +23,12 @@ pub async fn run(args: Args, cfg: &Config) -> anyhow::Result<ExitCode> {
     let tenant = args.tenant.as_deref().map(TenantId::parse).transpose();
     let scope = Scope::of(tenant.map_err(|e| anyhow::anyhow!("--tenant: {e}"))?);
     let keys = app::keys(cfg)?;
-    let store = app::store(cfg).await?;
+    // An operator's command, as the tables' owner when one is configured:
+    // only the owner may VACUUM what the erasure deleted off the disk.
+    let store = match cfg.store.owner_url {
+        Some(_) => app::owner_store(cfg).await?,
+        None => app::store(cfg).await?,
+    };
     let r = mailpipe_analytics::privacy::erase(&store, &keys.hasher, &addr, &scope).await?;
     println!(
         "erased: {} ledger rows anonymised, {} events, {} dead letters, {} personalised links and {} rejected reports deleted; \
@@ -34,5 +39,11 @@ pub async fn run(args: Args, cfg: &Config) -> anyhow::Result<ExitCode> {
         r.campaign_links_deleted,
         r.rejected_reports_deleted
     );
+    if !r.vacuumed {
+        println!(
+            "not vacuumed: this role does not own the tables, so the deleted rows' old versions stay in the \
+             data files until autovacuum; set store.owner_url to vacuum now"
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }
