@@ -6,10 +6,14 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/var/tmp/mailpipe-target}
-for tool in cc make perl; do
+for tool in cc make perl pkg-config; do
   command -v "$tool" >/dev/null || {
-    echo "demo: '$tool' is missing; the bundled librdkafka build needs cc, make and perl (apt-get install build-essential perl)" >&2
+    echo "demo: '$tool' is missing; the bundled librdkafka build needs cc, make, perl and pkg-config (apt-get install build-essential perl pkg-config libssl-dev)" >&2
     exit 1
   }
 done
+pkg-config --exists openssl || {
+  echo "demo: OpenSSL's headers are missing; librdkafka's TLS links them (apt-get install libssl-dev)" >&2
+  exit 1
+}
 exec cargo run --quiet --locked -p mailpipe -- demo "$@"

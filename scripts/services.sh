@@ -9,6 +9,7 @@
 # Everything listens on loopback only:
 #   PostgreSQL 15     127.0.0.1:55432  (user/password/db: mailpipe)
 #   Apache Kafka 4.x  127.0.0.1:59092  (single-node KRaft; controller on :59093)
+#                     127.0.0.1:59094  (TLS and SASL/SCRAM, with ACLs per service)
 #   smtp-sink         127.0.0.1:2525   (Postfix's test SMTP server)
 #   Knot DNS          127.0.0.1:55353  (authoritative for mailpipe.test.,
 #                                       RFC 2136 updates from loopback)
@@ -23,6 +24,7 @@ STATE=${MAILPIPE_SERVICES_DIR:-/var/tmp/mailpipe-services}
 PG_PORT=${MAILPIPE_PG_PORT:-55432}
 KAFKA_PORT=${MAILPIPE_KAFKA_PORT:-59092}
 KAFKA_CONTROLLER_PORT=${MAILPIPE_KAFKA_CONTROLLER_PORT:-59093}
+KAFKA_SASL_PORT=${MAILPIPE_KAFKA_SASL_PORT:-59094}
 SMTP_PORT=${MAILPIPE_SMTP_PORT:-2525}
 DNS_PORT=${MAILPIPE_DNS_PORT:-55353}
 DNS_ZONE=mailpipe.test
@@ -36,7 +38,7 @@ need_root_or_have() {
   # $1 = command that must exist, $2.. = Debian packages providing it
   local cmd=$1; shift
   command -v "$cmd" >/dev/null 2>&1 && return 0
-  [ -x "$cmd" ] && return 0
+  [ -e "$cmd" ] && return 0
   if [ "$(id -u)" != 0 ]; then
     die "$cmd is missing; install Debian packages '$*' (apt-get install $*) or run this script as root"
   fi
@@ -61,6 +63,8 @@ install_all() {
   need_root_or_have gcc gcc
   need_root_or_have perl perl
   need_root_or_have pkg-config pkg-config
+  # rdkafka's "ssl" feature: librdkafka's TLS and SCRAM link the system OpenSSL.
+  need_root_or_have /usr/include/openssl/ssl.h libssl-dev
   need_root_or_have curl curl
   # Tests beyond the services: the STARTTLS test relay and its certificates,
   # the browser test (headless Chromium driven from Node), and the load
@@ -209,15 +213,30 @@ kafka_up() {
   </Loggers>
 </Configuration>
 XML
+  kafka_tls
   cat > "$kafka_dir/server.properties" <<PROPS
 process.roles=broker,controller
 node.id=1
 controller.quorum.voters=1@127.0.0.1:$KAFKA_CONTROLLER_PORT
-listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT,CONTROLLER://127.0.0.1:$KAFKA_CONTROLLER_PORT
-advertised.listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT
+listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT,CONTROLLER://127.0.0.1:$KAFKA_CONTROLLER_PORT,SASL_SSL://127.0.0.1:$KAFKA_SASL_PORT
+advertised.listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT,SASL_SSL://127.0.0.1:$KAFKA_SASL_PORT
 controller.listener.names=CONTROLLER
 inter.broker.listener.name=PLAINTEXT
-listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
+listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT,SASL_SSL:SASL_SSL
+# The SASL_SSL listener: TLS with the test CA's certificate, SCRAM
+# principals (kafka_principals), and ACLs that give each only its topics.
+# The loopback PLAINTEXT listener and the controller act as ANONYMOUS, a
+# super user: the rest of the tests and the tools use them. A deployment
+# would have no such listener.
+sasl.enabled.mechanisms=SCRAM-SHA-512
+listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
+listener.name.sasl_ssl.ssl.keystore.type=PKCS12
+listener.name.sasl_ssl.ssl.keystore.location=$kafka_dir/tls/broker.p12
+listener.name.sasl_ssl.ssl.keystore.password=$KAFKA_TLS_PASSWORD
+listener.name.sasl_ssl.ssl.key.password=$KAFKA_TLS_PASSWORD
+authorizer.class.name=org.apache.kafka.metadata.authorizer.StandardAuthorizer
+super.users=User:ANONYMOUS
+allow.everyone.if.no.acl.found=false
 log.dirs=$kafka_dir/data
 num.partitions=$KAFKA_PARTITIONS
 auto.create.topics.enable=false
@@ -230,6 +249,12 @@ share.coordinator.state.topic.min.isr=1
 group.initial.rebalance.delay.ms=0
 log.retention.hours=24
 PROPS
+  # A broker started with other settings (an older checkout's) restarts.
+  local stamp; stamp=$(sha256sum "$kafka_dir/server.properties" | cut -c1-16)
+  if kafka_running && [ "$(cat "$kafka_dir/running.stamp" 2>/dev/null)" != "$stamp" ]; then
+    say "Kafka's settings changed; restarting it"
+    kafka_down
+  fi
   if kafka_running; then say "Kafka already running on :$KAFKA_PORT"; else
     if [ ! -f "$kafka_dir/data/meta.properties" ]; then
       say "formatting Kafka KRaft storage"
@@ -243,6 +268,7 @@ PROPS
       kafka.Kafka "$kafka_dir/server.properties" >"$kafka_dir/stdout.log" 2>&1 &
     echo $! > "$kafka_pid_file"
     wait_port 127.0.0.1 "$KAFKA_PORT" 90 || { tail -30 "$kafka_dir/server.log" "$kafka_dir/stdout.log" >&2; die "Kafka did not open :$KAFKA_PORT within 90s"; }
+    echo "$stamp" > "$kafka_dir/running.stamp"
   fi
   # The broker answers metadata before it is ready to create topics; retry briefly.
   local t ok
@@ -257,6 +283,57 @@ PROPS
     [ -n "$ok" ] || { tail -20 "$kafka_dir/topics.log" >&2; die "could not create topic $t"; }
   done
   say "topics ready: mailpipe.send.v1 mailpipe.events.v1 mailpipe.send.dlq.v1"
+  kafka_principals
+}
+
+# The test CA and the broker's certificate (for 127.0.0.1 and localhost),
+# made once. Clients trust $kafka_dir/tls/ca.pem (MAILPIPE_TEST_KAFKA_CA).
+KAFKA_TLS_PASSWORD=mailpipe-test-keystore
+kafka_tls() {
+  local d=$kafka_dir/tls
+  [ -s "$d/broker.p12" ] && [ -s "$d/ca.pem" ] && return 0
+  say "making the test CA and the broker's TLS certificate"
+  mkdir -p "$d"
+  (
+    cd "$d"
+    openssl req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.pem -days 3650 -subj "/CN=mailpipe test CA" 2>/dev/null
+    openssl req -newkey rsa:2048 -nodes -keyout broker.key -out broker.csr -subj "/CN=127.0.0.1" 2>/dev/null
+    printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\n' > san.ext
+    openssl x509 -req -in broker.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out broker.pem -days 3650 \
+      -extfile san.ext 2>/dev/null
+    openssl pkcs12 -export -in broker.pem -inkey broker.key -certfile ca.pem -name broker \
+      -out broker.p12 -passout "pass:$KAFKA_TLS_PASSWORD"
+  ) || die "could not make the Kafka test certificates in $d"
+}
+
+# The SASL listener's principals, one per service, and their ACLs: each may
+# touch only its own topics (prefixed, so that the tests' suffixed topics
+# match too) and consumer groups. Passwords are "<name>-secret": published
+# here, for this loopback broker only. Done once per broker settings.
+KAFKA_PRINCIPALS="mailpipe-worker mailpipe-producer mailpipe-tracker mailpipe-analytics"
+kafka_principals() {
+  local stamp; stamp=$(cat "$kafka_dir/running.stamp" 2>/dev/null)
+  [ -n "$stamp" ] && [ "$(cat "$kafka_dir/principals.stamp" 2>/dev/null)" = "$stamp" ] && return 0
+  say "creating the SASL principals and their ACLs"
+  local b=127.0.0.1:$KAFKA_PORT u
+  for u in $KAFKA_PRINCIPALS; do
+    kafka_java kafka.admin.ConfigCommand --bootstrap-server "$b" --alter --entity-type users --entity-name "$u" \
+      --add-config "SCRAM-SHA-512=[password=$u-secret]" >>"$kafka_dir/principals.log" 2>&1 \
+      || { tail -20 "$kafka_dir/principals.log" >&2; die "could not create the Kafka principal $u"; }
+  done
+  acl() { # principal, then AclCommand's resource and operation options
+    local who=$1; shift
+    kafka_java org.apache.kafka.tools.AclCommand --bootstrap-server "$b" --add --allow-principal "User:$who" \
+      --resource-pattern-type prefixed "$@" >>"$kafka_dir/principals.log" 2>&1 \
+      || { tail -20 "$kafka_dir/principals.log" >&2; die "could not set the Kafka ACLs of $who"; }
+  }
+  acl mailpipe-worker --operation Read --operation Describe --topic mailpipe.send.v1 --group mailpipe-worker
+  acl mailpipe-worker --operation Write --operation Describe --topic mailpipe.events.v1
+  acl mailpipe-worker --operation Write --operation Describe --topic mailpipe.send.dlq.v1
+  acl mailpipe-producer --operation Write --operation Describe --topic mailpipe.send.v1
+  acl mailpipe-tracker --operation Write --operation Describe --topic mailpipe.events.v1
+  acl mailpipe-analytics --operation Read --operation Describe --topic mailpipe.events.v1 --group mailpipe-analytics
+  echo "$stamp" > "$kafka_dir/principals.stamp"
 }
 
 kafka_down() {
@@ -345,6 +422,8 @@ print_env() {
 export MAILPIPE_TEST_DATABASE_URL=postgres://mailpipe:mailpipe@127.0.0.1:$PG_PORT/mailpipe
 export MAILPIPE_TEST_SERVICE_CREDENTIALS=mailpipe_app:mailpipe_app
 export MAILPIPE_TEST_KAFKA_BROKERS=127.0.0.1:$KAFKA_PORT
+export MAILPIPE_TEST_KAFKA_SASL_BROKERS=127.0.0.1:$KAFKA_SASL_PORT
+export MAILPIPE_TEST_KAFKA_CA=$kafka_dir/tls/ca.pem
 export MAILPIPE_TEST_SMTP=127.0.0.1:$SMTP_PORT
 export MAILPIPE_TEST_DNS=127.0.0.1:$DNS_PORT
 export MAILPIPE_TEST_DNS_ZONE=$DNS_ZONE
@@ -354,7 +433,7 @@ ENV
 status() {
   local rc=0
   if pg_running; then echo "postgres  up    127.0.0.1:$PG_PORT"; else echo "postgres  down"; rc=1; fi
-  if kafka_running; then echo "kafka     up    127.0.0.1:$KAFKA_PORT"; else echo "kafka     down"; rc=1; fi
+  if kafka_running; then echo "kafka     up    127.0.0.1:$KAFKA_PORT (SASL_SSL :$KAFKA_SASL_PORT)"; else echo "kafka     down"; rc=1; fi
   if sink_running; then echo "smtp-sink up    127.0.0.1:$SMTP_PORT"; else echo "smtp-sink down"; rc=1; fi
   if dns_running; then echo "knot-dns  up    127.0.0.1:$DNS_PORT ($DNS_ZONE)"; else echo "knot-dns  down"; rc=1; fi
   return $rc

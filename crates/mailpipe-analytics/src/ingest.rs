@@ -16,7 +16,7 @@ use crate::AnalyticsError;
 /// Where events are counted from.
 pub enum EventFeed {
     /// The events topic, read by its own consumer group.
-    Kafka(KafkaSettings),
+    Kafka(Box<KafkaSettings>),
     /// The store's events table, re-read from the start every second: the
     /// embedded default, whose store is small.
     Store,
@@ -28,7 +28,7 @@ impl EventFeed {
         let mut s = kafka.clone();
         s.send_topic = s.events_topic.clone();
         s.group_id = group_id.to_owned();
-        EventFeed::Kafka(s)
+        EventFeed::Kafka(Box::new(s))
     }
 }
 

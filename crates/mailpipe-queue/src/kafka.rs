@@ -34,6 +34,9 @@ pub struct KafkaSettings {
     pub connect_timeout: Duration,
     /// How `mailpipe topics` makes the topics, and their retention.
     pub topics: crate::topics::TopicSettings,
+    /// TLS and SASL/SCRAM (`[queue.kafka.security]`).
+    #[serde(default)]
+    pub security: crate::security::KafkaSecurity,
     /// Extra librdkafka properties, applied last (tests use it; not a
     /// configuration key).
     #[serde(skip)]
@@ -47,6 +50,7 @@ impl KafkaSettings {
         let mut c = ClientConfig::new();
         c.set("bootstrap.servers", &self.brokers);
         c.set("client.id", "mailpipe");
+        self.security.apply(&mut c);
         for (k, v) in props {
             c.set(*k, *v);
         }
@@ -285,14 +289,25 @@ async fn check_topic<C: Consumer<X>, X: ConsumerContext>(
     // fetch_metadata blocks; it is bounded by `timeout` and runs once at start-up.
     let md = tokio::task::block_in_place(|| consumer.fetch_metadata(Some(topic), timeout))
         .map_err(|e| s.unreachable(e))?;
-    let ok =
-        md.topics().iter().any(|t| t.name() == topic && t.error().is_none() && !t.partitions().is_empty());
-    if !ok {
-        return Err(
-            s.unreachable(format!("topic {topic} does not exist (scripts/services.sh up creates it)"))
-        );
+    topic_ready(&md, topic, s)
+}
+
+/// Whether `topic` is in `md` with partitions: else why not, in one message
+/// for a missing topic and one this principal may not see (the broker
+/// answers both as an error on the topic).
+fn topic_ready(md: &rdkafka::metadata::Metadata, topic: &str, s: &KafkaSettings) -> Result<(), QueueError> {
+    let found = md.topics().iter().find(|t| t.name() == topic);
+    match found.map(|t| (t.error(), t.partitions().is_empty())) {
+        Some((None, false)) => Ok(()),
+        Some((Some(e), _)) if matches!(RDKafkaErrorCode::from(e), RDKafkaErrorCode::TopicAuthorizationFailed) => {
+            Err(s.unreachable(format!(
+                "not authorized to use topic {topic} (TopicAuthorizationFailed): the brokers' ACLs do not give \
+                 this principal ({}) the topic",
+                if s.security.username.is_empty() { "anonymous" } else { s.security.username.as_str() }
+            )))
+        }
+        _ => Err(s.unreachable(format!("topic {topic} does not exist (scripts/services.sh up creates it)"))),
     }
-    Ok(())
 }
 
 struct KafkaAcker {
@@ -391,7 +406,15 @@ pub struct KafkaEvents {
 }
 
 impl KafkaEvents {
+    /// A producer of events (and dead letters), checked against the events
+    /// topic.
     pub async fn connect(s: &KafkaSettings) -> Result<Self, QueueError> {
+        Self::connect_to(s, &s.events_topic).await
+    }
+
+    /// A producer checked against `topic`, the one its principal writes
+    /// (`mailpipe enqueue`'s may see only the send topic).
+    pub async fn connect_to(s: &KafkaSettings, topic: &str) -> Result<Self, QueueError> {
         let timeout = s.connect_timeout;
         let c = s.client_config(&[
             ("enable.idempotence", "true"),
@@ -401,15 +424,9 @@ impl KafkaEvents {
             ("message.timeout.ms", "30000"),
         ]);
         let producer: FutureProducer = c.create()?;
-        let md =
-            tokio::task::block_in_place(|| producer.client().fetch_metadata(Some(&s.events_topic), timeout))
-                .map_err(|e| s.unreachable(e))?;
-        if md.topics().iter().all(|t| t.error().is_some() || t.partitions().is_empty()) {
-            return Err(s.unreachable(format!(
-                "topic {} does not exist (scripts/services.sh up creates it)",
-                s.events_topic
-            )));
-        }
+        let md = tokio::task::block_in_place(|| producer.client().fetch_metadata(Some(topic), timeout))
+            .map_err(|e| s.unreachable(e))?;
+        topic_ready(&md, topic, s)?;
         Ok(Self { producer, settings: Arc::new(s.clone()) })
     }
 
@@ -554,6 +571,7 @@ mod tests {
                 events_retention_hours: 1,
                 dlq_retention_hours: 1,
             },
+            security: Default::default(),
             // Commits only when the test says, so that nothing races the loss.
             extra: vec![("enable.auto.commit".into(), "false".into())],
         };

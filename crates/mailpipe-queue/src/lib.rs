@@ -11,6 +11,7 @@
 pub mod kafka;
 pub mod memory;
 mod offsets;
+pub mod security;
 pub mod topics;
 
 use std::future::Future;

@@ -388,7 +388,8 @@ pub type KeyedJob = (String, Vec<u8>);
 /// Produces jobs to the send topic and returns how many the broker
 /// acknowledged.
 pub async fn enqueue(cfg: &Config, jobs: &[KeyedJob]) -> Result<usize> {
-    let producer = KafkaEvents::connect(&cfg.queue.kafka).await.map_err(kafka_hint)?;
+    let kafka = &cfg.queue.kafka;
+    let producer = KafkaEvents::connect_to(kafka, &kafka.send_topic).await.map_err(kafka_hint)?;
     let mut sent = 0;
     for chunk in jobs.chunks(1000) {
         let sends = chunk.iter().map(|(key, payload)| producer.enqueue(key, payload));

@@ -456,6 +456,7 @@ fn check_queue(queue: &QueueConfig, errors: &mut Vec<String>) {
         errors.push("queue.capacity: must be at least 1".into());
     }
     errors.extend(queue.kafka.topics.problems());
+    errors.extend(queue.kafka.security.problems());
 }
 
 fn check_worker(worker: &WorkerSettings, errors: &mut Vec<String>) {

@@ -13,6 +13,7 @@ mod domains;
 mod duplicates;
 mod erasure;
 mod idn;
+mod kafka_auth;
 mod least_privilege;
 mod metrics;
 mod pipeline;
