@@ -269,7 +269,10 @@ async fn remove_suppression(
             "only suppressions the tenant added (manual, import) can be removed",
         ),
         Ok(r) if r.removed > 0 => StatusCode::NO_CONTENT.into_response(),
-        Ok(_) => match store.suppression(&recipient, &t, Category::Marketing).await {
+        // Why not: a platform-wide entry, which the tenant's context cannot
+        // read (it names other tenants); the platform answers with just the
+        // reason.
+        Ok(_) => match s.store.suppression(&recipient, &t, Category::Marketing).await {
             Ok(Some(p)) => {
                 forbidden(vec![p.reason.as_str()], 0, "suppressed platform-wide; a tenant cannot remove it")
             }

@@ -213,7 +213,13 @@ mod migrations {
 fn applied(rows: std::result::Result<Vec<i64>, sqlx::Error>) -> Result<Vec<i64>> {
     match rows {
         Ok(v) => Ok(v),
-        Err(sqlx::Error::Database(e)) if e.message().contains("_sqlx_migrations") => Ok(Vec::new()),
+        // PostgreSQL's undefined_table, or SQLite's "no such table"; not a
+        // denied read, which is an error to report as it is.
+        Err(sqlx::Error::Database(e))
+            if e.code().as_deref() == Some("42P01") || e.message().starts_with("no such table") =>
+        {
+            Ok(Vec::new())
+        }
         Err(e) => Err(e.into()),
     }
 }

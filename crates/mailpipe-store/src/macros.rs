@@ -4,12 +4,15 @@
 /// Runs the same expression against whichever pool this store has: the SQL is
 /// shared, only the driver type differs.
 macro_rules! on_pool {
-    ($self:expr, $p:ident => $body:expr) => {
+    ($self:expr, $p:ident => $body:expr) => {{
+        // The platform's: a tenant's handle must use `scoped!` or `in_tx!`,
+        // or it would run with the platform's scope.
+        debug_assert!($self.tenant.is_none(), "a platform query on a tenant's store");
         match &$self.pool {
             $crate::Pool::Postgres($p) => $body,
             $crate::Pool::Sqlite($p) => $body,
         }
-    };
+    }};
 }
 
 /// Same, for an open transaction; on PostgreSQL, in the tenant's context

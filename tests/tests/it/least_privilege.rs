@@ -74,11 +74,46 @@ async fn seed(env: &TestEnv) {
         )
         .from_tenant(&t);
         store.add_suppression(&manual).await.unwrap();
+        // One platform-wide entry from this tenant's mail: its row names the
+        // tenant, so no tenant's context may read it.
+        let unsubscribed = Suppression::new(
+            Scope::Platform,
+            test_keys().hasher.hash(&format!("left@{tenant}.example")),
+            Reason::Unsubscribe,
+            AppliesTo::Marketing,
+        )
+        .from_tenant(&t);
+        store.add_suppression(&unsubscribed).await.unwrap();
         let gone = mailpipe_core::EmailAddress::parse(&format!("gone@{tenant}.example")).unwrap();
         mailpipe_analytics::privacy::erase(store, &test_keys().hasher, &gone, &Scope::Tenant(t))
             .await
             .unwrap();
     }
+}
+
+/// A domain only globex may send as, with a key: as the platform, in SQL
+/// (onboarding it properly would need DNS).
+async fn seed_globex_domain(platform: &mut sqlx::PgConnection) {
+    for sql in [
+        "INSERT INTO sending_domains (domain, owner, status, created_at, updated_at) VALUES ('globex.example', 'globex', 'pending', 0, 0)",
+        "INSERT INTO sending_domain_tenants (domain, tenant_id) VALUES ('globex.example', 'globex')",
+        "INSERT INTO dkim_keys (domain, selector, algorithm, state, public_key, sealed_key, created_at, updated_at)
+         VALUES ('globex.example', 's1', 'ed25519-sha256', 'pending', 'pk', '\\x00', 0, 0)",
+    ] {
+        sqlx::query(sql).execute(&mut *platform).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
+    }
+}
+
+/// Enters `tenant`'s context in `tx` as the store does (`context::enter`).
+async fn enter(tx: &mut sqlx::PgConnection, tenant: &str) {
+    sqlx::query(
+        "SELECT set_config('role', 'mailpipe_api', true), set_config('mailpipe.scope', 'tenant', true),
+                set_config('mailpipe.tenant', $1, true)",
+    )
+    .bind(tenant)
+    .execute(tx)
+    .await
+    .unwrap();
 }
 
 async fn count(conn: &mut sqlx::PgConnection, table: &str) -> Result<i64, sqlx::Error> {
@@ -90,6 +125,7 @@ async fn the_services_role_reads_no_tenant_row_without_a_tenant_context() {
     let env = TestEnv::setup().tenants(&["acme", "globex"]).start().await;
     seed(&env).await;
     let mut platform = env.pg().await;
+    seed_globex_domain(&mut platform).await;
 
     // The list above is every table that says whose its rows are, and each
     // has row-level security FORCEd (the owner is held to it too).
@@ -135,18 +171,14 @@ async fn the_services_role_reads_no_tenant_row_without_a_tenant_context() {
     assert_eq!(count(&mut owner, "send_ledger").await.unwrap(), 0, "FORCEd: the owner sees nothing either");
 
     // In acme's context (what the tenant API runs in), a query that names
-    // no tenant, or names globex, sees acme's rows only.
+    // no tenant, or names globex, sees acme's rows only: even on a session
+    // in the platform's scope, as the services' pooled connections are.
+    sqlx::query("SET mailpipe.scope = 'platform'").execute(&mut bare).await.unwrap();
     let mut tx = bare.begin().await.unwrap();
-    sqlx::query(
-        "SELECT set_config('role', 'mailpipe_api', true), set_config('mailpipe.scope', 'tenant', true),
-                set_config('mailpipe.tenant', 'acme', true)",
-    )
-    .execute(&mut *tx)
-    .await
-    .unwrap();
+    enter(&mut tx, "acme").await;
     let mut readable = 0;
     for (table, column) in TENANT_TABLES {
-        let grant = format!("SELECT has_table_privilege('mailpipe_api', '{table}', 'SELECT')");
+        let grant = format!("SELECT has_any_column_privilege('mailpipe_api', '{table}', 'SELECT')");
         if !sqlx::query_scalar::<_, bool>(&grant).fetch_one(&mut *tx).await.unwrap() {
             continue;
         }
@@ -156,19 +188,18 @@ async fn the_services_role_reads_no_tenant_row_without_a_tenant_context() {
             .await
             .unwrap();
         let allowed: &[&str] = match table {
-            // A platform-wide suppression stops acme's sends: acme is told.
-            "suppressions" => &["acme", ""],
-            // The shared domain acme may send as, and its key.
+            // The shared domain acme may send as, and its key; not globex's.
             "sending_domains" => &[""],
             "dkim_keys" => &[TEST_SENDER_DOMAIN],
             _ => &["acme"],
         };
         assert!(!owners.is_empty(), "{table}: acme sees its own rows");
         assert!(owners.iter().all(|o| allowed.contains(&o.as_str())), "{table}: acme sees {owners:?}");
-        let theirs = format!("SELECT count(*) FROM {table} WHERE {column}::text = 'globex'");
+        let theirs =
+            format!("SELECT count(*) FROM {table} WHERE {column}::text IN ('globex', 'globex.example')");
         assert_eq!(sqlx::query_scalar::<_, i64>(&theirs).fetch_one(&mut *tx).await.unwrap(), 0, "{table}");
     }
-    assert!(readable >= 7, "the tenant role reads the tables the API serves ({readable})");
+    assert_eq!(readable, 8, "the tenant role reads the tables the API serves, dkim_keys by column");
     tx.rollback().await.unwrap();
 }
 
@@ -226,5 +257,30 @@ async fn a_tenant_context_cannot_write_into_another_tenant() {
     let removal =
         as_acme.remove_suppression(&Scope::Tenant(globex.clone()), &theirs.recipient).await.unwrap();
     assert_eq!(removal.removed, 0);
-    assert_eq!(env.store.list_suppressions(&Scope::Tenant(globex)).await.unwrap().len(), 1, "still there");
+    assert_eq!(
+        env.store.list_suppressions(&Scope::Tenant(globex.clone())).await.unwrap().len(),
+        1,
+        "still there"
+    );
+
+    // In its own scope, acme's context may add its list (an imported
+    // unsubscribe included) but never an erasure, and may remove only what
+    // it added, even with SQL that forgets the rule.
+    let entry = |who: &str, reason| {
+        Suppression::new(Scope::Tenant(acme.clone()), test_keys().hasher.hash(who), reason, AppliesTo::All)
+    };
+    as_acme.add_suppression(&entry("a@x.example", Reason::Unsubscribe)).await.unwrap();
+    as_acme.add_suppression(&entry("b@x.example", Reason::Manual).from_tenant(&acme)).await.unwrap();
+    let e = as_acme.add_suppression(&entry("c@x.example", Reason::Erasure)).await.unwrap_err().to_string();
+    assert!(e.contains("row-level security"), "{e}");
+    let e = as_acme.add_suppression(&entry("d@x.example", Reason::Manual).from_tenant(&globex)).await;
+    assert!(e.unwrap_err().to_string().contains("row-level security"), "not in another tenant's name");
+    let mut conn = sqlx::PgConnection::connect(&service_url(&env.db)).await.unwrap();
+    let mut tx = conn.begin().await.unwrap();
+    enter(&mut tx, "acme").await;
+    let deleted = sqlx::query("DELETE FROM suppressions").execute(&mut *tx).await.unwrap().rows_affected();
+    tx.commit().await.unwrap();
+    assert_eq!(deleted, 1, "only the manual entry");
+    let left = env.store.list_suppressions(&Scope::Tenant(acme)).await.unwrap();
+    assert_eq!(left.iter().map(|s| s.reason).collect::<Vec<_>>(), [Reason::Unsubscribe]);
 }
