@@ -65,26 +65,13 @@ pub fn arf_reference(report: &[u8], references: &References) -> Result<(TenantId
 /// The `X-Mailpipe-Ref` value the report's embedded original carries, not
 /// yet checked.
 fn quoted_reference(report: &[u8]) -> Result<String, ArfError> {
-    use mail_parser::{MimeHeaders, PartType};
+    use mail_parser::MimeHeaders;
     let msg = mail_parser::MessageParser::default().parse(report).ok_or(ArfError::NotMime)?;
     let is_feedback = msg.parts.iter().any(|p| p.is_content_type("message", "feedback-report"));
     if !is_feedback {
         return Err(ArfError::NotArf);
     }
-    let quoted = |m: &mail_parser::Message<'_>| m.header_raw("X-Mailpipe-Ref").map(str::to_owned);
-    let value = msg
-        .parts
-        .iter()
-        .find_map(|p| match &p.body {
-            PartType::Message(original) => quoted(original),
-            _ if p.is_content_type("text", "rfc822-headers") => {
-                let headers = p.text_contents()?;
-                mail_parser::MessageParser::default().parse(headers.as_bytes()).and_then(|m| quoted(&m))
-            }
-            _ => None,
-        })
-        .ok_or(ArfError::NoReference)?;
-    Ok(value.trim().to_owned())
+    mailpipe_feedback::embedded_reference(&msg).ok_or(ArfError::NoReference)
 }
 
 /// Keeps a report that is unusable whatever the keys (not MIME, not ARF, no

@@ -12,6 +12,8 @@
 //!   [`AppliesTo`], [`Scope`] and the [`Suppression`] entry.
 //! * [`sending`]: sending domains and their DKIM keys: [`DomainStatus`],
 //!   [`KeyState`], [`DkimAlgorithm`], [`Selector`].
+//! * [`status`]: what a delivery status means ([`status::classify`]), for
+//!   SMTP replies and bounces alike.
 //! * [`backoff`]: [`Backoff`], the shape of every retry.
 //! * [`units`]: durations in settings, read in the unit their key names.
 #![forbid(unsafe_code)]
@@ -22,6 +24,7 @@ pub mod event;
 pub mod id;
 pub mod job;
 pub mod sending;
+pub mod status;
 pub mod suppression;
 pub mod units;
 

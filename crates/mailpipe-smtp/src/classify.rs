@@ -1,5 +1,7 @@
 //! The one place that decides what an SMTP result means for a job.
 
+use mailpipe_core::status::{Kind, StatusCode};
+
 use crate::{DeliveryError, Phase, Reply};
 
 /// What the worker does with a job after a delivery attempt.
@@ -49,10 +51,14 @@ pub fn classify(result: &Result<Reply, DeliveryError>) -> Disposition {
 }
 
 fn rejected(phase: Phase, reply: &Reply) -> Disposition {
-    let enhanced = reply.enhanced.as_deref().unwrap_or("");
+    let status = reply.enhanced.as_deref().and_then(StatusCode::parse);
     if reply.code < 500 {
-        // 421 and 4.7.x are how providers say "too fast": slow that provider.
-        let slow_down = reply.code == 421 || enhanced.starts_with("4.7.");
+        // 421 and 4.7.x are how providers say "too fast": slow that
+        // provider. Not when a provider enforces its sender rules (4.7.23,
+        // 4.7.27, ...): going slower fixes nothing there, and would delay
+        // every other tenant's mail to it.
+        let slow_down = !enforcement(reply)
+            && (reply.code == 421 || status.is_some_and(|s| (s.class, s.subject) == (4, 7)));
         return Disposition::Deferred { slow_down };
     }
     match phase {
@@ -64,19 +70,30 @@ fn rejected(phase: Phase, reply: &Reply) -> Disposition {
         Phase::Tls | Phase::Auth => Disposition::Deferred { slow_down: false },
         Phase::MailFrom => Disposition::DeadLetter { reason: "sender_rejected" },
         Phase::RcptTo | Phase::Data | Phase::Message => {
-            Disposition::Bounced { suppress: bad_mailbox(reply.code, enhanced, phase) }
+            Disposition::Bounced { suppress: bad_mailbox(reply, status, phase) }
         }
     }
 }
 
-/// Whether a permanent failure says the mailbox is bad (RFC 3463 x.1.x and
-/// x.2.1), as opposed to a policy or content rejection (x.7.x, x.6.x).
-fn bad_mailbox(code: u16, enhanced: &str, phase: Phase) -> bool {
-    if let Some(rest) = enhanced.strip_prefix("5.") {
-        return rest.starts_with("1.") || rest == "2.1";
-    }
-    // No enhanced code: 550/551/553 to RCPT mean "no such user" in practice.
-    phase == Phase::RcptTo && matches!(code, 550 | 551 | 553)
+/// Whether a permanent failure says the mailbox is bad, as the shared
+/// classifier ([`mailpipe_core::status::classify`]) reads it: a hard
+/// bounce, as opposed to a policy, content or authentication refusal.
+/// Without an enhanced code only a reply to RCPT says that much.
+fn bad_mailbox(reply: &Reply, status: Option<StatusCode>, phase: Phase) -> bool {
+    let (kind, _) = mailpipe_core::status::classify(status, Some(reply.code), &reply.text);
+    kind == Kind::HardBounce && (status.is_some() || phase == Phase::RcptTo)
+}
+
+/// Whether `reply` is a mailbox provider enforcing its sender rules
+/// (authentication, alignment, bulk-sender requirements), as
+/// [`mailpipe_core::status::provider_enforcement`] lists them: for an
+/// alert on the sending domain, never for slowing down.
+pub fn enforcement(reply: &Reply) -> bool {
+    reply
+        .enhanced
+        .as_deref()
+        .and_then(StatusCode::parse)
+        .is_some_and(mailpipe_core::status::provider_enforcement)
 }
 
 #[cfg(test)]
@@ -107,6 +124,24 @@ mod tests {
             (rej(Phase::Greeting, 554, "no service"), Disposition::Deferred { slow_down: true }),
             (rej(Phase::Auth, 535, "5.7.8 bad credentials"), Disposition::Deferred { slow_down: false }),
             (rej(Phase::Tls, 454, "4.7.0 TLS not available"), Disposition::Deferred { slow_down: true }),
+            // Providers enforcing sender rules: not a reason to slow down,
+            // and never the mailbox's fault.
+            (rej(Phase::Message, 421, "4.7.27 SPF did not pass"), Disposition::Deferred { slow_down: false }),
+            (rej(Phase::RcptTo, 450, "4.7.32 From not aligned"), Disposition::Deferred { slow_down: false }),
+            (
+                rej(Phase::Message, 550, "5.7.26 unauthenticated sender"),
+                Disposition::Bounced { suppress: false },
+            ),
+            (
+                rej(
+                    Phase::RcptTo,
+                    550,
+                    "5.7.515 Access denied, sending domain does not meet the required authentication level",
+                ),
+                Disposition::Bounced { suppress: false },
+            ),
+            (rej(Phase::RcptTo, 550, "5.2.1 mailbox disabled"), Disposition::Bounced { suppress: true }),
+            (rej(Phase::Data, 550, "no such user"), Disposition::Bounced { suppress: false }),
             (io(Phase::Tls), Disposition::Deferred { slow_down: false }),
             (io(Phase::Connect), Disposition::Deferred { slow_down: false }),
             (io(Phase::Data), Disposition::Deferred { slow_down: false }),

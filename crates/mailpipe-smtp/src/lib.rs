@@ -23,7 +23,7 @@ use std::pin::Pin;
 
 use mailpipe_core::EmailAddress;
 
-pub use classify::{Disposition, classify};
+pub use classify::{Disposition, classify, enforcement};
 pub use file::FileTransport;
 pub use pool::SmtpPool;
 pub use settings::{OpenError, SmtpSettings, TlsMode, TransportKind, open};

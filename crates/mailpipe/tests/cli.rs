@@ -246,3 +246,48 @@ fn erase_keeps_a_keyed_hash_and_an_unusable_complaint_report_is_kept_with_its_re
     assert!(e.contains("not_arf") && e.contains("stored for inspection"), "{e}");
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[test]
+fn bounce_parse_prints_a_json_line_per_recipient_and_names_only_sends_it_can_verify() {
+    let keys = [("MAILPIPE__TOKENS__KEYS__1", TOKEN_KEY), ("MAILPIPE__TOKENS__RECIPIENT_KEY", RECIPIENT_KEY)];
+    let vars = keys
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .chain([("MAILPIPE__TOKENS__ALLOW_PUBLISHED_KEYS".to_string(), "true".to_string())]);
+    let cfg = mailpipe::Config::load(None, vars).unwrap();
+    let reference = mailpipe::app::keys(&cfg).unwrap().hasher.references().sign(
+        &mailpipe_core::TenantId::parse("acme").unwrap(),
+        &mailpipe_core::JobId::parse("job-7").unwrap(),
+    );
+    let dsn = |rcpt: &str, reference: &str| {
+        format!(
+            "From: MAILER-DAEMON@mx.example\r\nTo: b@bounces.example\r\nSubject: Undelivered Mail Returned to Sender\r\n\
+             MIME-Version: 1.0\r\nContent-Type: multipart/report; report-type=delivery-status; boundary=\"b\"\r\n\r\n\
+             --b\r\nContent-Type: message/delivery-status\r\n\r\nReporting-MTA: dns; mx.example\r\n\r\n\
+             Final-Recipient: rfc822; {rcpt}\r\nAction: failed\r\nStatus: 5.1.1\r\nDiagnostic-Code: smtp; 550 5.1.1 unknown\r\n\r\n\
+             --b\r\nContent-Type: text/rfc822-headers\r\n\r\nX-Mailpipe-Ref: {reference}\r\n\r\n--b--\r\n"
+        )
+    };
+    let dir = std::env::temp_dir().join(format!("mailpipe-bounce-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (ours, forged) = (dir.join("ours.eml"), dir.join("forged.eml"));
+    std::fs::write(&ours, dsn("Gone@Example.com", &reference)).unwrap();
+    std::fs::write(&forged, dsn("other@example.com", "acme/job-8/AAAAAAAAAAAAAAAAAAAAAA")).unwrap();
+    let out =
+        mailpipe(&["bounce", "parse", "--json", ours.to_str().unwrap(), forged.to_str().unwrap()], &keys);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let lines: Vec<serde_json::Value> =
+        stdout(&out).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 2);
+    for (line, file) in lines.iter().zip([&ours, &forged]) {
+        assert_eq!(line["file"], file.display().to_string());
+        assert_eq!((&line["status"], &line["reply_code"]), (&"5.1.1".into(), &550.into()));
+        assert_eq!((&line["kind"], &line["reason"]), (&"hard_bounce".into(), &"user_unknown".into()));
+    }
+    assert_eq!(lines[0]["recipient"], "gone@example.com");
+    assert_eq!(lines[0]["job"], "acme/job-7", "a reference whose MAC checks out names its send");
+    assert_eq!(lines[1]["job"], serde_json::Value::Null, "a forged one names none");
+    let missing = mailpipe(&["bounce", "parse", dir.join("nope.eml").to_str().unwrap()], &keys);
+    assert!(!missing.status.success(), "a file that cannot be read fails the command");
+    let _ = std::fs::remove_dir_all(dir);
+}

@@ -8,9 +8,9 @@ use std::time::Instant;
 
 use mailpipe_core::{SendJob, redact_addresses};
 use mailpipe_render::Composed;
-use mailpipe_smtp::{DeliveryError, Disposition, Envelope, Reply, classify};
+use mailpipe_smtp::{DeliveryError, Disposition, Envelope, Reply, classify, enforcement};
 use mailpipe_store::Claim;
-use tracing::debug;
+use tracing::{debug, warn};
 
 use super::Pipeline;
 
@@ -55,6 +55,18 @@ impl Pipeline {
         metrics::histogram!("mailpipe_send_duration_seconds").record(started.elapsed().as_secs_f64());
         let disposition = classify(&result);
         debug!(?disposition, attempt = number, "delivery attempt");
+        if let Err(DeliveryError::Rejected { reply, .. }) = &result
+            && enforcement(reply)
+        {
+            // A provider refusing the sending domain's authentication: an
+            // alert for that domain, per provider group (both bounded sets).
+            let provider =
+                self.throttle.as_ref().and_then(|t| t.group(job.to.email.domain())).unwrap_or("other");
+            let domain = job.from.email.domain().to_owned();
+            metrics::counter!("mailpipe_provider_enforcement_total", "domain" => domain.clone(), "provider" => provider.to_owned())
+                .increment(1);
+            warn!(%domain, provider, status = reply.enhanced.as_deref().unwrap_or(""), "a mailbox provider refuses the sending domain's authentication");
+        }
         if let Some(t) = &self.throttle {
             match &disposition {
                 Disposition::Deferred { slow_down: true } => t.slow_down(job.to.email.domain()),

@@ -3,6 +3,7 @@
 //! library crates through [`crate::app`].
 
 pub mod analytics;
+pub mod bounce;
 pub mod check_config;
 pub mod complaint;
 pub mod demo;
@@ -71,6 +72,12 @@ pub enum Command {
     /// feedback-loop mailbox would pipe it: the recipient is suppressed for
     /// every tenant and category, and a `complaint` event recorded.
     Complaint(complaint::Args),
+    /// Bounces, complaints and auto-replies: `parse` shows what the
+    /// platform reads from messages that came back.
+    Bounce {
+        #[command(subcommand)]
+        command: bounce::Command,
+    },
     /// Load and check the configuration, and report every error at once.
     CheckConfig,
 }
@@ -97,6 +104,7 @@ impl Command {
             Command::Erase(args) => erase::run(args, cfg).await,
             Command::Suppress { command } => suppress::run(command, cfg).await,
             Command::Complaint(args) => complaint::run(args, cfg).await,
+            Command::Bounce { command } => bounce::run(command, cfg).await,
             Command::CheckConfig => check_config::run(cfg),
         }
     }
