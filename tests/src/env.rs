@@ -269,6 +269,23 @@ impl TestEnv {
         Running::spawn(move |stop| async move { app::run_worker(&cfg, stop, None).await })
     }
 
+    /// `mailpipe inbound` in this process with `cfg`; returns once it
+    /// listens on `addr`, and fails at once with its error if it stops
+    /// before.
+    pub async fn start_inbound(&self, cfg: Config, addr: std::net::SocketAddr) -> Running {
+        let running = Running::spawn(move |stop| async move { app::run_inbound(&cfg, stop, None).await });
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while tokio::net::TcpStream::connect(addr).await.is_err() {
+            if running.task.is_finished() {
+                let e = running.task.await.expect("inbound task").expect_err("stopped before listening");
+                panic!("inbound did not start: {e:#}");
+            }
+            assert!(std::time::Instant::now() < deadline, "inbound did not listen on {addr} within 20s");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        running
+    }
+
     /// `mailpipe tracker` in this process; returns once it listens, and
     /// fails at once with its error if it stops before.
     pub async fn start_tracker(&self) -> Running {

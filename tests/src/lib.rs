@@ -17,6 +17,7 @@ pub mod dns;
 pub mod env;
 pub mod http;
 pub mod kafka;
+pub mod postfix;
 pub mod postgres;
 pub mod process;
 pub mod services;
@@ -31,6 +32,7 @@ pub use kafka::{
     Record, Topics, committed, end_offsets, fresh_topics, group_members, kafka_brokers, read_event_ids,
     read_topic, wait_committed,
 };
+pub use postfix::PostfixRelay;
 pub use postgres::{
     TestDatabase, TestStore, database_url, fresh_database, fresh_store, platform_connection, service_url,
 };
@@ -112,7 +114,7 @@ pub fn test_keys() -> mailpipe::app::Keys {
 /// keyed hash of its canonical address.
 pub async fn claim(store: &mailpipe_store::Store, job: &mailpipe_core::SendJob) -> mailpipe_store::Claim {
     let recipient = test_keys().hasher.hash(&job.to.email.canonical());
-    store.claim_job(job, &recipient).await.expect("claim")
+    store.claim_job(job, &recipient, None).await.expect("claim")
 }
 
 /// A job keyed as `mailpipe enqueue` keys it: by its recipient's domain.

@@ -89,13 +89,20 @@ pub async fn keep_if_unusable(store: &Store, report: &[u8]) -> Result<(), Compla
 }
 
 /// The message a usable report is about, as the ledger has it.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Reported {
     pub tenant: TenantId,
     pub job: JobId,
     pub campaign: CampaignId,
     /// The address, or `erased:<hash>` after an erasure.
     recipient: String,
+}
+
+impl Reported {
+    /// The recipient as the ledger has it: the address, or `erased:<hash>`.
+    pub fn recipient(&self) -> &str {
+        &self.recipient
+    }
 }
 
 /// Takes one report: maps it to its tenant and message, suppresses the
@@ -137,23 +144,78 @@ pub async fn act_on(
     kafka: Option<&KafkaSettings>,
     reported: Reported,
 ) -> Result<(TenantId, JobId), ComplaintError> {
+    let events = match kafka {
+        Some(settings) => Some(KafkaEvents::connect(settings).await?),
+        None => None,
+    };
+    apply(store, hasher, events.as_ref(), reported, Effect::Complaint).await
+}
+
+/// What something that came back does to its send's recipient.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Effect {
+    /// A spam complaint: suppressed platform-wide, a `complaint` event.
+    Complaint,
+    /// The address takes no mail (a hard bounce after the relay accepted,
+    /// or soft bounces past their limit): suppressed platform-wide for
+    /// every category, a `bounced` event with `reason`.
+    Bounce { reason: &'static str },
+}
+
+/// Applies `effect` to the recipient of `reported`: the suppression, then
+/// the event in the store and, with `events`, on the events topic.
+pub async fn apply(
+    store: &Store,
+    hasher: &RecipientHasher,
+    events: Option<&KafkaEvents>,
+    reported: Reported,
+    effect: Effect,
+) -> Result<(TenantId, JobId), ComplaintError> {
     let Reported { tenant, job, campaign, recipient } = reported;
-    // An erased recipient's ledger row holds `erased:<hash>` already.
-    let recipient_ref = match recipient.strip_prefix("erased:").and_then(|h| h.parse().ok()) {
-        Some(r) => r,
-        None => {
-            hasher.hash(&EmailAddress::parse(&recipient).map(|a| a.canonical()).unwrap_or(recipient.clone()))
+    let recipient_ref = reported_recipient(hasher, &recipient);
+    // The event's discriminator keeps an asynchronous bounce apart from
+    // the synchronous one a send may have had.
+    let (entry, kind, reason, disc) = match effect {
+        Effect::Complaint => {
+            (Suppression::complaint(&tenant, recipient_ref), EventType::Complaint, "arf", "")
+        }
+        Effect::Bounce { reason } => {
+            (Suppression::hard_bounce(&tenant, recipient_ref), EventType::Bounced, reason, "async")
         }
     };
-    store.add_suppression(&Suppression::complaint(&tenant, recipient_ref)).await?;
-    let mut e = Event::for_job(EventType::Complaint, &tenant, &campaign, &job, "");
+    store.add_suppression(&entry).await?;
+    let mut e = Event::for_job(kind, &tenant, &campaign, &job, disc);
     e.recipient_ref = Some(recipient_ref.to_hex());
-    e.reason = Some("arf".into());
+    e.reason = Some(reason.into());
     store.insert_events(std::slice::from_ref(&e)).await?;
-    if let Some(settings) = kafka {
-        KafkaEvents::connect(settings).await?.publish(std::slice::from_ref(&e)).await?;
+    if let Some(events) = events {
+        events.publish(std::slice::from_ref(&e)).await?;
     }
     Ok((tenant, job))
+}
+
+/// The keyed hash of a ledger row's recipient: an erased one's row holds
+/// `erased:<hash>` already.
+pub fn reported_recipient(hasher: &RecipientHasher, recipient: &str) -> mailpipe_core::RecipientRef {
+    match recipient.strip_prefix("erased:").and_then(|h| h.parse().ok()) {
+        Some(r) => r,
+        None => hasher
+            .hash(&EmailAddress::parse(recipient).map(|a| a.canonical()).unwrap_or(recipient.to_owned())),
+    }
+}
+
+/// The send `tenant`/`job` as the ledger has it, for what came back to its
+/// return path; `None` if the ledger has no such send.
+pub async fn sent_message(
+    store: &Store,
+    tenant: &TenantId,
+    job: &JobId,
+) -> Result<Option<Reported>, StoreError> {
+    let Some((recipient, campaign)) = store.ledger_recipient(tenant.as_str(), job.as_str()).await? else {
+        return Ok(None);
+    };
+    let Ok(campaign) = CampaignId::parse(campaign) else { return Ok(None) };
+    Ok(Some(Reported { tenant: tenant.clone(), job: job.clone(), campaign, recipient }))
 }
 
 /// The report's message, from its `X-Mailpipe-Ref` and the ledger.

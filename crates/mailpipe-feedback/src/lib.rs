@@ -24,11 +24,13 @@
 #![forbid(unsafe_code)]
 
 mod dsn;
+pub mod return_path;
 mod text;
 
 use mail_parser::{MessageParser, MimeHeaders, PartType};
 use mailpipe_core::status::classify;
 pub use mailpipe_core::status::{BounceReason, Kind, StatusCode};
+pub use return_path::{BounceSettings, ReturnPaths};
 
 /// How a finding was read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]

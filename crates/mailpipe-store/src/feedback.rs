@@ -1,7 +1,7 @@
 //! What the feedback loop needs: the message a report is about, and a
 //! place for reports that could not be used.
 
-use mailpipe_core::now_ms;
+use mailpipe_core::{RecipientRef, now_ms};
 
 use crate::{Result, Store};
 
@@ -11,6 +11,34 @@ impl Store {
     pub async fn ledger_recipient(&self, tenant: &str, job_id: &str) -> Result<Option<(String, String)>> {
         let sql = "SELECT recipient, campaign_id FROM send_ledger WHERE tenant_id = $1 AND job_id = $2";
         Ok(on_pool!(self, p => sqlx::query_as(sql).bind(tenant).bind(job_id).fetch_optional(p).await)?)
+    }
+
+    /// The send (tenant, job) whose return path carried `tag`, if any.
+    pub async fn job_for_return_tag(&self, tag: &str) -> Result<Option<(String, String)>> {
+        let sql = "SELECT tenant_id, job_id FROM send_ledger WHERE return_tag = $1";
+        Ok(on_pool!(self, p => sqlx::query_as(sql).bind(tag).fetch_optional(p).await)?)
+    }
+
+    /// Records a soft bounce of `recipient` at `now` and returns how many it
+    /// has had since `now - window_ms` (this one included); older ones are
+    /// forgotten.
+    pub async fn record_soft_bounce(
+        &self,
+        recipient: &RecipientRef,
+        now: i64,
+        window_ms: i64,
+    ) -> Result<i64> {
+        let hash = recipient.to_hex();
+        let n: i64;
+        in_tx!(self, tx => {
+            sqlx::query("DELETE FROM soft_bounces WHERE recipient_hash = $1 AND at < $2")
+                .bind(&hash).bind(now - window_ms).execute(&mut *tx).await?;
+            sqlx::query("INSERT INTO soft_bounces (recipient_hash, at) VALUES ($1, $2)")
+                .bind(&hash).bind(now).execute(&mut *tx).await?;
+            n = sqlx::query_scalar("SELECT COUNT(*) FROM soft_bounces WHERE recipient_hash = $1")
+                .bind(&hash).fetch_one(&mut *tx).await?;
+        });
+        Ok(n)
     }
 
     /// Keeps a feedback report that could not be used, with the reason.

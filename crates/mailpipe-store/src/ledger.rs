@@ -114,10 +114,15 @@ impl Store {
     /// `recipient` is the keyed hash of the job's canonical address, by which
     /// an erasure finds the row; a job for someone already erased (in the
     /// job's tenant or everywhere) stores the hash in place of the address.
-    pub async fn claim_job(&self, job: &SendJob, recipient: &RecipientRef) -> Result<Claim> {
+    pub async fn claim_job(
+        &self,
+        job: &SendJob,
+        recipient: &RecipientRef,
+        return_tag: Option<&str>,
+    ) -> Result<Claim> {
         let now = now_ms();
-        let insert = "INSERT INTO send_ledger (tenant_id, job_id, campaign_id, category, recipient, recipient_domain, status, attempts, created_at, updated_at, recipient_hash)
-                      VALUES ($1, $2, $3, $4, CASE WHEN EXISTS (SELECT 1 FROM erasures WHERE recipient_hash = $8 AND scope_tenant IN ('', $1)) THEN 'erased:' || $8 ELSE $5 END, $6, 'pending', 0, $7, $7, $8)
+        let insert = "INSERT INTO send_ledger (tenant_id, job_id, campaign_id, category, recipient, recipient_domain, status, attempts, created_at, updated_at, recipient_hash, return_tag)
+                      VALUES ($1, $2, $3, $4, CASE WHEN EXISTS (SELECT 1 FROM erasures WHERE recipient_hash = $8 AND scope_tenant IN ('', $1)) THEN 'erased:' || $8 ELSE $5 END, $6, 'pending', 0, $7, $7, $8, $9)
                       ON CONFLICT (tenant_id, job_id) DO NOTHING";
         let select = "SELECT status, attempts, message_id, created_at, payload IS NOT NULL
                       FROM send_ledger WHERE tenant_id = $1 AND job_id = $2";
@@ -129,15 +134,17 @@ impl Store {
             // statement with a new snapshot, reads it.
             Pool::Postgres(p) => {
                 let claim = "WITH ins AS (
-                                 INSERT INTO send_ledger (tenant_id, job_id, campaign_id, category, recipient, recipient_domain, status, attempts, created_at, updated_at, recipient_hash)
-                                 VALUES ($1, $2, $3, $4, CASE WHEN EXISTS (SELECT 1 FROM erasures WHERE recipient_hash = $8 AND scope_tenant IN ('', $1)) THEN 'erased:' || $8 ELSE $5 END, $6, 'pending', 0, $7, $7, $8)
+                                 INSERT INTO send_ledger (tenant_id, job_id, campaign_id, category, recipient, recipient_domain, status, attempts, created_at, updated_at, recipient_hash, return_tag)
+                                 VALUES ($1, $2, $3, $4, CASE WHEN EXISTS (SELECT 1 FROM erasures WHERE recipient_hash = $8 AND scope_tenant IN ('', $1)) THEN 'erased:' || $8 ELSE $5 END, $6, 'pending', 0, $7, $7, $8, $9)
                                  ON CONFLICT (tenant_id, job_id) DO NOTHING
                                  RETURNING status, attempts, message_id, created_at, payload IS NOT NULL)
                              SELECT * FROM ins
                              UNION ALL
                              SELECT status, attempts, message_id, created_at, payload IS NOT NULL
                              FROM send_ledger WHERE tenant_id = $1 AND job_id = $2 AND NOT EXISTS (SELECT 1 FROM ins)";
-                let got = bind_new_row!(sqlx::query_as(claim), job, recipient, now).fetch_optional(p).await?;
+                let got = bind_new_row!(sqlx::query_as(claim), job, recipient, now, return_tag)
+                    .fetch_optional(p)
+                    .await?;
                 match got {
                     Some(row) => row,
                     None => {
@@ -150,7 +157,7 @@ impl Store {
                 }
             }
             Pool::Sqlite(p) => {
-                bind_new_row!(sqlx::query(insert), job, recipient, now).execute(p).await?;
+                bind_new_row!(sqlx::query(insert), job, recipient, now, return_tag).execute(p).await?;
                 sqlx::query_as(select)
                     .bind(job.tenant_id.as_str())
                     .bind(job.job_id.as_str())

@@ -64,9 +64,9 @@ macro_rules! scoped {
 
 /// Binds a new ledger row's values, in column order: tenant, job,
 /// campaign, category, recipient, recipient domain, created/updated at,
-/// recipient hash.
+/// recipient hash, return tag.
 macro_rules! bind_new_row {
-    ($q:expr, $job:expr, $recipient:expr, $now:expr) => {
+    ($q:expr, $job:expr, $recipient:expr, $now:expr, $return_tag:expr) => {
         $q.bind($job.tenant_id.as_str())
             .bind($job.job_id.as_str())
             .bind($job.campaign_id.as_str())
@@ -75,6 +75,7 @@ macro_rules! bind_new_row {
             .bind($job.to.email.domain())
             .bind($now)
             .bind($recipient.to_hex())
+            .bind($return_tag)
     };
 }
 

@@ -159,6 +159,61 @@ impl References {
     }
 }
 
+/// The reference a return path carries: `b-<tag>@<bounce domain>`, the tag
+/// 16 characters of lower-case base32 (80 bits) of a MAC over tenant and
+/// job. Lower case survives the mail systems that fold local parts; the
+/// ledger stores the tag with the job, so a bounce to it maps back to the
+/// send, and a made-up tag maps to none.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ReturnTag(String);
+
+/// The alphabet of [`ReturnTag`] (RFC 4648 base32, lower case).
+const BASE32: &[u8; 32] = b"abcdefghijklmnopqrstuvwxyz234567";
+
+impl ReturnTag {
+    /// The local part's prefix before the tag.
+    pub const PREFIX: &'static str = "b-";
+
+    /// The tag of a return path's local part (`b-<tag>`, any case), if it
+    /// has the shape of one. Whether it names a send is the ledger's to say.
+    pub fn from_local_part(local: &str) -> Option<Self> {
+        let local = local.to_ascii_lowercase();
+        let tag = local.strip_prefix(Self::PREFIX)?;
+        (tag.len() == 16 && tag.bytes().all(|b| BASE32.contains(&b))).then(|| Self(tag.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// `b-<tag>`.
+    pub fn local_part(&self) -> String {
+        format!("{}{}", Self::PREFIX, self.0)
+    }
+}
+
+impl std::fmt::Display for ReturnTag {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl References {
+    /// The return-path tag of a send.
+    pub fn return_tag(&self, tenant: &TenantId, job: &JobId) -> ReturnTag {
+        let mut m = self.mac.clone();
+        m.update(b"mailpipe/return-path/v1/");
+        m.update(tenant.as_str().as_bytes());
+        m.update(b"/");
+        m.update(job.as_str().as_bytes());
+        let out = m.finalize().into_bytes();
+        // 80 bits, 5 at a time.
+        let bits = out[..10].iter().fold(0u128, |acc, b| (acc << 8) | u128::from(*b));
+        let tag = (0..16).rev().map(|i| BASE32[((bits >> (i * 5)) & 31) as usize] as char).collect();
+        ReturnTag(tag)
+    }
+}
+
 /// What the token lets its bearer do.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
@@ -578,6 +633,24 @@ mod tests {
         assert_eq!(refs.verify("acme/job-42/AAAAAAAAAAAAAAAAAAAAAA"), Err(ReferenceError::Forged));
         let other = RecipientHasher::new(&vec![8u8; 32].into()).unwrap().references();
         assert_eq!(other.verify(&signed), Err(ReferenceError::Forged), "another platform's key");
+    }
+
+    #[test]
+    fn return_tags_are_short_case_proof_and_per_send() {
+        let refs = RecipientHasher::new(&vec![9u8; 32].into()).unwrap().references();
+        let (acme, globex) = (TenantId::parse("acme").unwrap(), TenantId::parse("globex").unwrap());
+        let job = JobId::parse("job-42").unwrap();
+        let tag = refs.return_tag(&acme, &job);
+        assert_eq!(tag.as_str().len(), 16);
+        assert_eq!(tag, refs.return_tag(&acme, &job), "stable: a redelivered job has the same return path");
+        assert_ne!(tag, refs.return_tag(&globex, &job));
+        let local = tag.local_part();
+        assert_eq!(ReturnTag::from_local_part(&local.to_ascii_uppercase()), Some(tag.clone()));
+        for bad in ["b-short", "x-abcdefghijklmnop", "b-abcdefghijklmno1", "b-abcdefghijklmnopq", ""] {
+            assert_eq!(ReturnTag::from_local_part(bad), None, "{bad}");
+        }
+        let other = RecipientHasher::new(&vec![8u8; 32].into()).unwrap().references();
+        assert_ne!(other.return_tag(&acme, &job), tag, "another platform's key");
     }
 
     #[test]

@@ -271,7 +271,8 @@ pub async fn run_worker(
             senders,
         )
         .with_throttle(Arc::new(Throttle::new(&cfg.throttle)))
-        .with_suppression_filter(suppression_filter(cfg, &store, &shutdown)),
+        .with_suppression_filter(suppression_filter(cfg, &store, &shutdown))
+        .with_return_paths(cfg.return_paths.clone()),
     );
     info!(brokers = %kafka.brokers, group = %kafka.group_id, store = store.backend(), "worker started");
     let report = mailpipe_worker::run(&mut source, pipeline, &cfg.worker, shutdown).await;
@@ -321,6 +322,54 @@ pub fn tracker_app(
 }
 
 /// `mailpipe tracker`: serves until shutdown, then flushes events.
+/// `mailpipe inbound`: bounces, auto-replies and complaints that come back
+/// to the return paths and the feedback address, until `shutdown`.
+pub async fn run_inbound(
+    cfg: &Config,
+    shutdown: CancellationToken,
+    metrics: Option<MetricsRender>,
+) -> Result<()> {
+    let Some(paths) = cfg.return_paths.clone() else {
+        bail!(
+            "bounces.domain is not set: `mailpipe inbound` receives mail for the return paths on it (docs/bounces.md)"
+        );
+    };
+    let keys = keys(cfg)?;
+    let store = store(cfg).await?;
+    let events = match cfg.queue.kind {
+        QueueKind::Kafka => Some(KafkaEvents::connect(&cfg.queue.kafka).await.map_err(kafka_hint)?),
+        QueueKind::Memory => None,
+    };
+    let b = &cfg.bounces;
+    let listener = tokio::net::TcpListener::bind(b.listen)
+        .await
+        .with_context(|| format!("bounces.listen {}: cannot bind", b.listen))?;
+    if let Some(render) = metrics {
+        spawn_metrics_server("metrics.listen", cfg.metrics.listen, render, shutdown.clone()).await?;
+    }
+    let limits = mailpipe_inbound::smtp::Limits {
+        hostname: b.hostname.clone(),
+        max_message_bytes: b.max_message_kib << 10,
+        max_connections: b.max_connections,
+        command_timeout: Duration::from_secs(b.command_timeout_secs),
+        data_timeout: Duration::from_secs(b.data_timeout_secs),
+    };
+    let inbound = Arc::new(mailpipe_inbound::Inbound::new(
+        store.clone(),
+        keys.hasher,
+        events,
+        paths.clone(),
+        b.feedback_address(),
+        b.soft_bounce_limit,
+        b.soft_bounce_window_days,
+    ));
+    info!(listen = %listener.local_addr()?, domain = paths.domain(), "inbound started");
+    mailpipe_inbound::run(listener, limits, inbound, shutdown).await;
+    store.close().await;
+    info!("inbound stopped");
+    Ok(())
+}
+
 pub async fn run_tracker(
     cfg: &Config,
     shutdown: CancellationToken,

@@ -13,6 +13,7 @@ use std::time::Duration;
 use base64::Engine as _;
 use mailpipe_analytics::AnalyticsSettings;
 use mailpipe_domains::DomainSettings;
+use mailpipe_feedback::{BounceSettings, ReturnPaths};
 use mailpipe_queue::kafka::KafkaSettings;
 use mailpipe_render::RenderSettings;
 use mailpipe_smtp::{SmtpSettings, TlsMode};
@@ -176,6 +177,11 @@ pub struct Config {
     pub throttle: ThrottleConfig,
     pub analytics: AnalyticsSettings,
     pub retention: Retention,
+    /// `[bounces]`, as written.
+    pub bounces: BounceSettings,
+    /// Where return paths point, parsed from `[bounces]` at load; `None`
+    /// when no bounce domain is set.
+    pub return_paths: Option<ReturnPaths>,
 }
 
 /// Decoded token secrets, ready for the keyring.
@@ -233,7 +239,7 @@ impl Config {
             return Err(ConfigErrors(errors));
         }
 
-        const SECTIONS: [&str; 13] = [
+        const SECTIONS: [&str; 14] = [
             "store",
             "queue",
             "smtp",
@@ -247,6 +253,7 @@ impl Config {
             "throttle",
             "analytics",
             "retention",
+            "bounces",
         ];
         for key in tree.keys() {
             if !SECTIONS.contains(&key.as_str()) {
@@ -290,6 +297,12 @@ impl Config {
         });
         let analytics = section::<AnalyticsSettings>(&tree, "analytics", &mut errors);
         let retention = section::<Retention>(&tree, "retention", &mut errors);
+        let bounces = section::<BounceSettings>(&tree, "bounces", &mut errors);
+        if let Some(b) = &bounces {
+            errors.extend(b.problems());
+        }
+        let return_paths =
+            bounces.as_ref().and_then(|b| b.return_paths().map_err(|e| errors.push(e)).ok()).flatten();
 
         if let Some(s) = &store {
             check_store(s, &mut errors);
@@ -335,9 +348,10 @@ impl Config {
             Some(throttle),
             Some(analytics),
             Some(retention),
+            Some(bounces),
         ) = (
             store, queue, smtp, worker, render, tracker, tokens, metrics, log, domains, throttle, analytics,
-            retention,
+            retention, bounces,
         )
         else {
             return Err(ConfigErrors(errors));
@@ -356,6 +370,8 @@ impl Config {
             throttle,
             analytics,
             retention,
+            bounces,
+            return_paths,
         };
         if errors.is_empty() { Ok(cfg) } else { Err(ConfigErrors(errors)) }
     }

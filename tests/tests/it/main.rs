@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used)] // Tests fail loudly on purpose.
 
 mod analytics;
+mod bounces;
 mod browser;
 mod campaign;
 mod crash;

@@ -12,6 +12,7 @@ use mailpipe_core::{Category, EventType, RecipientRef, SendJob, Suppressed, Tena
 use mailpipe_domains::Permit;
 use mailpipe_render::DkimKey;
 use mailpipe_store::{Claim, LedgerStatus, TenantPolicy, Verdict};
+use mailpipe_token::ReturnTag;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
@@ -131,7 +132,9 @@ impl Pipeline {
         recipient: &RecipientRef,
         shutdown: &CancellationToken,
     ) -> Step<Claim> {
-        durably("claim", shutdown, || async { Ok(self.store.claim_job(job, recipient).await?) }).await
+        let tag = self.return_tag(job);
+        let tag = tag.as_ref().map(ReturnTag::as_str);
+        durably("claim", shutdown, || async { Ok(self.store.claim_job(job, recipient, tag).await?) }).await
     }
 
     /// What the operator allows `tenant`, or `None` if it is not

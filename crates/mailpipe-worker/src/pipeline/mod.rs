@@ -29,14 +29,16 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use mailpipe_core::{Backoff, Event, EventType, JobId, SendJob, TenantId};
+use mailpipe_core::{Backoff, EmailAddress, Event, EventType, JobId, SendJob, TenantId};
 use mailpipe_domains::Senders;
+use mailpipe_feedback::ReturnPaths;
 use mailpipe_queue::Delivery;
 use mailpipe_queue::kafka::KafkaEvents;
 use mailpipe_render::Composer;
 use mailpipe_smtp::Transport;
 use mailpipe_store::{DueRetry, Store, StoreError, SuppressionFilter};
 use mailpipe_throttle::Throttle;
+use mailpipe_token::{References, ReturnTag};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, info_span, warn};
 
@@ -117,6 +119,9 @@ pub struct Pipeline {
     senders: Arc<Senders>,
     throttle: Option<Arc<Throttle>>,
     filter: Option<Arc<SuppressionFilter>>,
+    /// Where envelope senders point, and the MAC that tags them; `None`:
+    /// the envelope sender is the From address.
+    return_paths: Option<(ReturnPaths, References)>,
     tenants: Mutex<HashMap<TenantId, (mailpipe_store::TenantPolicy, std::time::Instant)>>,
     /// Per rate-limit key, the next free slot for a parked job, so that a
     /// backlog is spread over time at the key's rate instead of falling due
@@ -213,6 +218,7 @@ impl Pipeline {
             senders,
             throttle: None,
             filter: None,
+            return_paths: None,
             tenants: Mutex::new(HashMap::new()),
             slots: Mutex::new(HashMap::new()),
             running: Mutex::new(HashMap::new()),
@@ -231,6 +237,29 @@ impl Pipeline {
     pub fn with_suppression_filter(mut self, filter: Arc<SuppressionFilter>) -> Self {
         self.filter = Some(filter);
         self
+    }
+
+    /// Sends with return paths that come back to the platform
+    /// (`b-<tag>@<bounce domain>`), each tag stored with its job.
+    pub fn with_return_paths(mut self, paths: Option<ReturnPaths>) -> Self {
+        let references = self.composer.recipients().references();
+        self.return_paths = paths.map(|p| (p, references));
+        self
+    }
+
+    /// The return-path tag of `job`, when return paths are on.
+    fn return_tag(&self, job: &SendJob) -> Option<ReturnTag> {
+        self.return_paths.as_ref().map(|(_, refs)| refs.return_tag(&job.tenant_id, &job.job_id))
+    }
+
+    /// The envelope sender of `job`: its return path, or its From address.
+    fn envelope_from(&self, job: &SendJob) -> EmailAddress {
+        self.return_paths
+            .as_ref()
+            .and_then(|(paths, refs)| {
+                paths.envelope_from(&refs.return_tag(&job.tenant_id, &job.job_id), job.from.email.domain())
+            })
+            .unwrap_or_else(|| job.from.email.clone())
     }
 
     pub fn store(&self) -> &Store {

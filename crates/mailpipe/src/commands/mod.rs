@@ -10,6 +10,7 @@ pub mod demo;
 pub mod domain;
 pub mod enqueue;
 pub mod erase;
+pub mod inbound;
 pub mod migrate;
 pub mod purge;
 pub mod suppress;
@@ -72,6 +73,11 @@ pub enum Command {
     /// feedback-loop mailbox would pipe it: the recipient is suppressed for
     /// every tenant and category, and a `complaint` event recorded.
     Complaint(complaint::Args),
+    /// Receive what comes back over SMTP (the return paths on
+    /// bounces.domain, and bounces.feedback_address), and act on it: hard
+    /// bounces and complaints suppress, soft bounces are counted; until
+    /// SIGTERM or Ctrl-C.
+    Inbound,
     /// Bounces, complaints and auto-replies: `parse` shows what the
     /// platform reads from messages that came back.
     Bounce {
@@ -105,6 +111,7 @@ impl Command {
             Command::Suppress { command } => suppress::run(command, cfg).await,
             Command::Complaint(args) => complaint::run(args, cfg).await,
             Command::Bounce { command } => bounce::run(command, cfg).await,
+            Command::Inbound => inbound::run(cfg).await,
             Command::CheckConfig => check_config::run(cfg),
         }
     }

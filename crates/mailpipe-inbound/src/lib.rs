@@ -1,0 +1,246 @@
+//! `mailpipe inbound`: the SMTP receiver for the platform's return paths
+//! and its feedback-loop address, and what it does with what comes back.
+//!
+//! - [`smtp`] speaks SMTP to strangers: recipients are only return paths
+//!   (`b-<tag>@<bounce domain>`) and the feedback address; bounded lines,
+//!   messages, sessions and time; a message is acknowledged only once it
+//!   has been acted on, so that a failure here (451) leaves it with the
+//!   sending MTA, which tries again.
+//! - [`Inbound`] reads each message ([`mailpipe_feedback::read`]), finds
+//!   its send (the return path's tag in the ledger, or a MAC-checked
+//!   reference in an embedded original: nothing else), and acts:
+//!   - a hard bounce suppresses the address platform-wide for every
+//!     category and records an asynchronous `bounced` event on the send;
+//!   - soft bounces that say something about the address (a full mailbox,
+//!     expiry, a temporary failure) are counted, and
+//!     `soft_bounce_limit` within `soft_bounce_window_days` suppress it;
+//!     ones that are about the sender (authentication, policy, content,
+//!     rate) never do;
+//!   - a complaint suppresses and records a `complaint` event, as
+//!     `mailpipe complaint` does;
+//!   - auto-replies and delivery reports change nothing and are counted.
+//!
+//!   What names no send, or cannot be read, is kept in `rejected_reports`
+//!   with its reason, for the operator.
+#![forbid(unsafe_code)]
+
+pub mod smtp;
+
+use std::collections::HashSet;
+use std::sync::{Arc, RwLock};
+
+use mailpipe_analytics::complaint::{self, ComplaintError, Effect, Reported};
+use mailpipe_core::status::{BounceReason, Kind};
+use mailpipe_core::{EmailAddress, JobId, TenantId, now_ms};
+use mailpipe_feedback::{Finding, ReturnPaths};
+use mailpipe_queue::kafka::KafkaEvents;
+use mailpipe_store::Store;
+use mailpipe_token::{RecipientHasher, References, ReturnTag};
+use tracing::{debug, info};
+
+/// What [`Inbound`] acts with.
+pub struct Inbound {
+    store: Store,
+    hasher: RecipientHasher,
+    references: References,
+    events: Option<KafkaEvents>,
+    paths: ReturnPaths,
+    feedback_address: Option<EmailAddress>,
+    /// The domains the platform sends as, for `<label>.<domain>` return
+    /// paths; refreshed by [`Inbound::refresh_sending_domains`].
+    sending_domains: RwLock<HashSet<String>>,
+    soft_bounce_limit: i64,
+    soft_bounce_window_ms: i64,
+}
+
+/// Soft bounces that say something about the address, and so count
+/// towards suppressing it; the others are about the sender.
+fn counts_against_the_address(reason: BounceReason) -> bool {
+    match reason {
+        BounceReason::MailboxFull | BounceReason::Expired | BounceReason::Transient | BounceReason::Other => {
+            true
+        }
+        BounceReason::Policy
+        | BounceReason::SpamContent
+        | BounceReason::AuthenticationFailure
+        | BounceReason::RateLimited
+        | BounceReason::MessageTooLarge
+        | BounceReason::UserUnknown
+        | BounceReason::MailboxDisabled
+        | BounceReason::HostUnknown
+        | BounceReason::Complaint
+        | BounceReason::AutoReply
+        | BounceReason::Delivered => false,
+    }
+}
+
+impl Inbound {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        store: Store,
+        hasher: RecipientHasher,
+        events: Option<KafkaEvents>,
+        paths: ReturnPaths,
+        feedback_address: Option<EmailAddress>,
+        soft_bounce_limit: u32,
+        soft_bounce_window_days: u32,
+    ) -> Self {
+        Self {
+            store,
+            references: hasher.references(),
+            hasher,
+            events,
+            paths,
+            feedback_address,
+            sending_domains: RwLock::new(HashSet::new()),
+            soft_bounce_limit: i64::from(soft_bounce_limit),
+            soft_bounce_window_ms: i64::from(soft_bounce_window_days) * 86_400_000,
+        }
+    }
+
+    /// Reads the domains the platform sends as again.
+    pub async fn refresh_sending_domains(&self) -> Result<(), mailpipe_store::StoreError> {
+        let all = self.store.sending_domains(None).await?;
+        let set = all.into_iter().map(|d| d.domain.as_str().to_owned()).collect();
+        *self.sending_domains.write().unwrap_or_else(|p| p.into_inner()) = set;
+        Ok(())
+    }
+
+    fn is_sending_domain(&self, domain: &str) -> bool {
+        self.sending_domains.read().unwrap_or_else(|p| p.into_inner()).contains(domain)
+    }
+
+    fn tag_of(&self, rcpt: &EmailAddress) -> Option<ReturnTag> {
+        self.paths.tag_of(rcpt, |d| self.is_sending_domain(d))
+    }
+
+    /// Acts on one message that came to `rcpts`.
+    pub async fn take(&self, rcpts: &[EmailAddress], message: &[u8]) -> Result<(), ComplaintError> {
+        let findings = match mailpipe_feedback::read(message) {
+            Ok(f) => f,
+            Err(_) => {
+                counted(Kind::Unknown, "not_mime");
+                self.store.reject_report("not_mime", message).await?;
+                return Ok(());
+            }
+        };
+        // The send: by the return path's tag, else by a reference whose
+        // MAC checks out. A tag that names no send is kept for the operator.
+        let tag = rcpts.iter().find_map(|r| self.tag_of(r));
+        let send = match &tag {
+            Some(t) => match self.store.job_for_return_tag(t.as_str()).await? {
+                Some((tenant, job)) => parse_ids(&tenant, &job),
+                None => {
+                    counted(Kind::Unknown, "unknown_return_path");
+                    self.store.reject_report("unknown_return_path", message).await?;
+                    return Ok(());
+                }
+            },
+            None => findings
+                .iter()
+                .find_map(|f| f.reference.as_deref())
+                .and_then(|r| self.references.verify(r).ok()),
+        };
+        let reported = match &send {
+            Some((tenant, job)) => complaint::sent_message(&self.store, tenant, job).await?,
+            None => None,
+        };
+        for f in &findings {
+            self.act(f, reported.as_ref(), message).await?;
+        }
+        Ok(())
+    }
+
+    async fn act(
+        &self,
+        f: &Finding,
+        reported: Option<&Reported>,
+        message: &[u8],
+    ) -> Result<(), ComplaintError> {
+        counted(f.kind, f.reason.as_str());
+        let effect = match f.kind {
+            Kind::HardBounce => Some(Effect::Bounce { reason: f.reason.as_str() }),
+            Kind::Complaint => Some(Effect::Complaint),
+            Kind::SoftBounce if counts_against_the_address(f.reason) => match reported {
+                Some(r) => {
+                    let recipient = complaint::reported_recipient(&self.hasher, r.recipient());
+                    let n = self
+                        .store
+                        .record_soft_bounce(&recipient, now_ms(), self.soft_bounce_window_ms)
+                        .await?;
+                    (n >= self.soft_bounce_limit).then_some(Effect::Bounce { reason: "soft_bounce_limit" })
+                }
+                None => None,
+            },
+            Kind::SoftBounce | Kind::AutoReply | Kind::Delivered | Kind::Unknown => None,
+        };
+        let Some(effect) = effect else { return Ok(()) };
+        let Some(reported) = reported else {
+            // A bounce or complaint that names no send of ours: nothing to
+            // suppress on its word alone.
+            self.store.reject_report("no_send", message).await?;
+            counted(f.kind, "no_send");
+            return Ok(());
+        };
+        let (tenant, job) =
+            complaint::apply(&self.store, &self.hasher, self.events.as_ref(), reported.clone(), effect)
+                .await?;
+        info!(%tenant, %job, kind = f.kind.as_str(), reason = f.reason.as_str(), "inbound: acted on what came back");
+        Ok(())
+    }
+
+    /// Whether mail to `rcpt` is taken: a return path or the feedback
+    /// address.
+    pub fn accepts(&self, rcpt: &EmailAddress) -> bool {
+        self.feedback_address.as_ref().is_some_and(|f| f.as_str().eq_ignore_ascii_case(rcpt.as_str()))
+            || self.tag_of(rcpt).is_some()
+    }
+}
+
+fn parse_ids(tenant: &str, job: &str) -> Option<(TenantId, JobId)> {
+    Some((TenantId::parse(tenant).ok()?, JobId::parse(job).ok()?))
+}
+
+fn counted(kind: Kind, reason: &str) {
+    debug!(kind = kind.as_str(), reason, "inbound: read");
+    metrics::counter!("mailpipe_inbound_findings_total", "kind" => kind.as_str(), "reason" => reason.to_owned())
+        .increment(1);
+}
+
+impl smtp::Accept for Inbound {
+    fn accepts(&self, rcpt: &EmailAddress) -> bool {
+        Inbound::accepts(self, rcpt)
+    }
+}
+
+impl smtp::Deliver for Inbound {
+    async fn deliver(&self, rcpts: Vec<EmailAddress>, message: Vec<u8>) -> Result<(), String> {
+        self.take(&rcpts, &message).await.map_err(|e| e.to_string())
+    }
+}
+
+/// Serves `listener` with `inbound` until `shutdown`, re-reading the
+/// sending domains every minute.
+pub async fn run(
+    listener: tokio::net::TcpListener,
+    limits: smtp::Limits,
+    inbound: Arc<Inbound>,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
+    let refresher = {
+        let (inbound, shutdown) = (inbound.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            loop {
+                if let Err(e) = inbound.refresh_sending_domains().await {
+                    tracing::warn!(error = %e, "inbound: cannot read the sending domains; keeping the last");
+                }
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(std::time::Duration::from_secs(60)) => {}
+                }
+            }
+        })
+    };
+    smtp::serve(listener, limits, inbound.clone(), inbound, shutdown).await;
+    let _ = refresher.await;
+}

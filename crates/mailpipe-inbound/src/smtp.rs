@@ -1,0 +1,311 @@
+//! The SMTP side of `mailpipe inbound` (RFC 5321, the subset a bounce
+//! needs): EHLO/HELO, MAIL, RCPT, DATA, RSET, NOOP, QUIT. Every client is a
+//! stranger: a recipient is accepted only if [`Accept`] says it is ours
+//! (never a relay), lines and messages are bounded, each command and the
+//! whole message have a timeout, and a message is acknowledged (250) only
+//! once [`Deliver`] took it; a failure there is a 451, so that the sending
+//! MTA keeps it and tries again: nothing is lost.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use mailpipe_core::EmailAddress;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+
+/// Which recipients this receiver takes mail for.
+pub trait Accept: Send + Sync {
+    fn accepts(&self, rcpt: &EmailAddress) -> bool;
+}
+
+/// Where a received message goes; `Err` answers 451 (try again later).
+pub trait Deliver: Send + Sync {
+    fn deliver(
+        &self,
+        rcpts: Vec<EmailAddress>,
+        message: Vec<u8>,
+    ) -> impl std::future::Future<Output = Result<(), String>> + Send;
+}
+
+/// The limits of one receiver.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub hostname: String,
+    pub max_message_bytes: usize,
+    pub max_connections: usize,
+    pub command_timeout: Duration,
+    pub data_timeout: Duration,
+}
+
+/// Recipients per message at most (RFC 5321 asks servers to take 100).
+const MAX_RCPTS: usize = 100;
+/// Command lines and message lines, with CRLF (RFC 5321: 512 and 1000; we
+/// are lenient with the latter).
+const MAX_COMMAND_LINE: usize = 512;
+const MAX_TEXT_LINE: usize = 16 * 1024;
+
+/// Serves `listener` until `shutdown`, at most `max_connections` sessions
+/// at once (further clients wait to be accepted); then lets open sessions
+/// finish their current command.
+pub async fn serve<A, D>(
+    listener: TcpListener,
+    limits: Limits,
+    accept: Arc<A>,
+    deliver: Arc<D>,
+    shutdown: CancellationToken,
+) where
+    A: Accept + 'static,
+    D: Deliver + 'static,
+{
+    let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
+    let limits = Arc::new(limits);
+    loop {
+        let permit = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            p = slots.clone().acquire_owned() => p.expect("never closed"),
+        };
+        let (stream, peer) = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            r = listener.accept() => match r {
+                Ok(c) => c,
+                Err(e) => {
+                    warn!(error = %e, "inbound: accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let (limits, accept, deliver, shutdown) =
+            (limits.clone(), accept.clone(), deliver.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            metrics::gauge!("mailpipe_inbound_sessions").increment(1.0);
+            let r = tokio::select! {
+                r = session(stream, &limits, accept.as_ref(), deliver.as_ref()) => r,
+                _ = shutdown.cancelled() => Ok(()),
+            };
+            if let Err(e) = r {
+                debug!(%peer, error = %e, "inbound: session ended");
+            }
+            metrics::gauge!("mailpipe_inbound_sessions").decrement(1.0);
+            drop(permit);
+        });
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+enum SessionError {
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    #[error("timed out")]
+    Timeout,
+    #[error("closed")]
+    Closed,
+}
+
+/// One line (with its CRLF), at most `max` bytes; longer ones are read to
+/// their end and reported as `None`.
+async fn read_line<R: tokio::io::AsyncBufRead + Unpin>(
+    r: &mut R,
+    max: usize,
+    timeout: Duration,
+) -> Result<Option<Vec<u8>>, SessionError> {
+    let mut line = Vec::new();
+    let mut too_long = false;
+    let read = async {
+        loop {
+            let buf = r.fill_buf().await?;
+            if buf.is_empty() {
+                return Err(SessionError::Closed);
+            }
+            let (chunk, done) = match buf.iter().position(|b| *b == b'\n') {
+                Some(i) => (&buf[..=i], true),
+                None => (buf, false),
+            };
+            let n = chunk.len();
+            if line.len() + n <= max {
+                line.extend_from_slice(chunk);
+            } else {
+                too_long = true;
+            }
+            r.consume(n);
+            if done {
+                return Ok(());
+            }
+        }
+    };
+    tokio::time::timeout(timeout, read).await.map_err(|_| SessionError::Timeout)??;
+    Ok((!too_long).then_some(line))
+}
+
+async fn reply<W: AsyncWriteExt + Unpin>(w: &mut W, text: &str) -> Result<(), SessionError> {
+    w.write_all(text.as_bytes()).await?;
+    w.write_all(b"\r\n").await?;
+    w.flush().await?;
+    Ok(())
+}
+
+/// The address of `MAIL FROM:<...>` or `RCPT TO:<...>` (any case), without
+/// parameters; `Some("")` for the null path.
+fn path_of<'a>(arg: &'a str, keyword: &str) -> Option<&'a str> {
+    let rest = arg
+        .get(..keyword.len())
+        .filter(|k| k.eq_ignore_ascii_case(keyword))
+        .map(|_| &arg[keyword.len()..])?;
+    let rest = rest.trim_start();
+    let inner = rest.strip_prefix('<')?;
+    let end = inner.find('>')?;
+    Some(&inner[..end])
+}
+
+async fn session<A: Accept, D: Deliver>(
+    stream: TcpStream,
+    limits: &Limits,
+    accept: &A,
+    deliver: &D,
+) -> Result<(), SessionError> {
+    let (r, mut w) = stream.into_split();
+    let mut r = BufReader::new(r);
+    reply(&mut w, &format!("220 {} mailpipe inbound ESMTP", limits.hostname)).await?;
+    let mut greeted = false;
+    let mut from: Option<String> = None;
+    let mut rcpts: Vec<EmailAddress> = Vec::new();
+    loop {
+        let Some(line) = read_line(&mut r, MAX_COMMAND_LINE, limits.command_timeout).await? else {
+            reply(&mut w, "500 5.5.2 Line too long").await?;
+            continue;
+        };
+        let line = String::from_utf8_lossy(&line);
+        let line = line.trim_end_matches(['\r', '\n']);
+        let (verb, arg) = line.split_once(' ').unwrap_or((line, ""));
+        match verb.to_ascii_uppercase().as_str() {
+            "EHLO" => {
+                greeted = true;
+                (from, rcpts) = (None, Vec::new());
+                let text = format!(
+                    "250-{}\r\n250-SIZE {}\r\n250-8BITMIME\r\n250-ENHANCEDSTATUSCODES\r\n250 SMTPUTF8",
+                    limits.hostname, limits.max_message_bytes
+                );
+                reply(&mut w, &text).await?;
+            }
+            "HELO" => {
+                greeted = true;
+                (from, rcpts) = (None, Vec::new());
+                reply(&mut w, &format!("250 {}", limits.hostname)).await?;
+            }
+            "MAIL" if !greeted => reply(&mut w, "503 5.5.1 EHLO first").await?,
+            "MAIL" if from.is_some() => reply(&mut w, "503 5.5.1 Nested MAIL command").await?,
+            "MAIL" => match path_of(arg, "FROM:") {
+                Some(path) => {
+                    let size = arg
+                        .split_whitespace()
+                        .find_map(|p| p.strip_prefix("SIZE=").or_else(|| p.strip_prefix("size=")))
+                        .and_then(|n| n.parse::<usize>().ok());
+                    if size.is_some_and(|n| n > limits.max_message_bytes) {
+                        reply(&mut w, "552 5.3.4 Message too big").await?;
+                    } else {
+                        from = Some(path.to_owned());
+                        reply(&mut w, "250 2.1.0 Ok").await?;
+                    }
+                }
+                None => reply(&mut w, "501 5.5.4 Syntax: MAIL FROM:<address>").await?,
+            },
+            "RCPT" if from.is_none() => reply(&mut w, "503 5.5.1 MAIL first").await?,
+            "RCPT" => match path_of(arg, "TO:").map(EmailAddress::parse) {
+                Some(Ok(rcpt)) if rcpts.len() >= MAX_RCPTS => {
+                    drop(rcpt);
+                    reply(&mut w, "452 4.5.3 Too many recipients").await?
+                }
+                Some(Ok(rcpt)) if accept.accepts(&rcpt) => {
+                    rcpts.push(rcpt);
+                    reply(&mut w, "250 2.1.5 Ok").await?
+                }
+                // Not ours: no relaying, and nothing said about why.
+                Some(Ok(_)) => {
+                    metrics::counter!("mailpipe_inbound_refused_total", "why" => "recipient").increment(1);
+                    reply(&mut w, "550 5.1.1 No such recipient here").await?
+                }
+                _ => reply(&mut w, "501 5.1.3 Bad recipient address syntax").await?,
+            },
+            "DATA" if rcpts.is_empty() => reply(&mut w, "503 5.5.1 RCPT first").await?,
+            "DATA" => {
+                reply(&mut w, "354 End data with <CR><LF>.<CR><LF>").await?;
+                let body =
+                    tokio::time::timeout(limits.data_timeout, read_data(&mut r, limits.max_message_bytes))
+                        .await
+                        .map_err(|_| SessionError::Timeout)??;
+                let taken = std::mem::take(&mut rcpts);
+                from = None;
+                match body {
+                    None => {
+                        metrics::counter!("mailpipe_inbound_refused_total", "why" => "size").increment(1);
+                        reply(&mut w, "552 5.3.4 Message too big").await?
+                    }
+                    Some(message) => match deliver.deliver(taken, message).await {
+                        Ok(()) => reply(&mut w, "250 2.0.0 Ok: taken").await?,
+                        Err(e) => {
+                            warn!(error = %e, "inbound: could not take a message; the sender will retry");
+                            reply(&mut w, "451 4.3.0 Try again later").await?
+                        }
+                    },
+                }
+            }
+            "RSET" => {
+                (from, rcpts) = (None, Vec::new());
+                reply(&mut w, "250 2.0.0 Ok").await?
+            }
+            "NOOP" => reply(&mut w, "250 2.0.0 Ok").await?,
+            "QUIT" => {
+                reply(&mut w, "221 2.0.0 Bye").await?;
+                return Ok(());
+            }
+            "STARTTLS" | "AUTH" | "VRFY" | "EXPN" | "ETRN" | "TURN" => {
+                reply(&mut w, "502 5.5.1 Not implemented").await?
+            }
+            _ => reply(&mut w, "500 5.5.2 Command unrecognized").await?,
+        }
+    }
+}
+
+/// The message up to `CRLF.CRLF`, dot-unstuffed; `None` if it was larger
+/// than `max` (read to its end all the same, so the session can go on).
+async fn read_data<R: tokio::io::AsyncBufRead + Unpin>(
+    r: &mut R,
+    max: usize,
+) -> Result<Option<Vec<u8>>, SessionError> {
+    let mut out = Vec::new();
+    let mut too_big = false;
+    loop {
+        // The whole-message timeout is the caller's; a line gets an hour.
+        let line = read_line(r, MAX_TEXT_LINE, Duration::from_secs(3600)).await?;
+        let Some(line) = line else {
+            too_big = true;
+            continue;
+        };
+        if line == b".\r\n" || line == b".\n" {
+            return Ok((!too_big).then_some(out));
+        }
+        let line = line.strip_prefix(b".").unwrap_or(&line);
+        if out.len() + line.len() > max {
+            too_big = true;
+        }
+        if !too_big {
+            out.extend_from_slice(line);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_are_read_in_any_case_without_parameters() {
+        assert_eq!(path_of("FROM:<a@b.example> SIZE=10", "FROM:"), Some("a@b.example"));
+        assert_eq!(path_of("from: <>", "FROM:"), Some(""));
+        assert_eq!(path_of("TO:<b-x@bounces.example>", "TO:"), Some("b-x@bounces.example"));
+        assert_eq!(path_of("TO:b@x", "TO:"), None);
+        assert_eq!(path_of("FR", "FROM:"), None);
+    }
+}

@@ -1,0 +1,235 @@
+//! The bounce loop: sends go out with return paths that come back to the
+//! platform, and `mailpipe inbound` takes what comes back over SMTP and
+//! acts on it: a hard bounce suppresses the address everywhere and records
+//! a `bounced` event on its send; soft bounces count; auto-replies and
+//! provider enforcement never suppress; a made-up return path, a stranger's
+//! recipient and an oversized message get nowhere.
+
+use std::time::Duration;
+
+use mailpipe_core::{Category, TenantId};
+use mailpipe_tests::*;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+
+const BOUNCE_DOMAIN: &str = "bounces.mailpipe.test";
+
+type Reader = BufReader<tokio::net::tcp::OwnedReadHalf>;
+
+/// The code of the next (possibly multi-line) reply.
+async fn code(r: &mut Reader) -> u16 {
+    loop {
+        let mut line = String::new();
+        r.read_line(&mut line).await.unwrap();
+        assert!(line.len() >= 4, "short reply {line:?}");
+        if line.as_bytes()[3] == b' ' {
+            return line[..3].parse().unwrap();
+        }
+    }
+}
+
+/// Sends `cmd` and returns its reply's code.
+async fn say(w: &mut tokio::net::tcp::OwnedWriteHalf, r: &mut Reader, cmd: &str) -> u16 {
+    w.write_all(cmd.as_bytes()).await.unwrap();
+    w.write_all(b"\r\n").await.unwrap();
+    code(r).await
+}
+
+/// One SMTP conversation: each reply's code, up to the message's.
+async fn smtp(addr: std::net::SocketAddr, rcpts: &[&str], message: Option<&[u8]>) -> Vec<u16> {
+    let stream = tokio::net::TcpStream::connect(addr).await.expect("connect to inbound");
+    let (r, mut w) = stream.into_split();
+    let mut r = BufReader::new(r);
+    let mut codes = vec![code(&mut r).await];
+    codes.push(say(&mut w, &mut r, "EHLO mx.remote.example").await);
+    codes.push(say(&mut w, &mut r, "MAIL FROM:<>").await);
+    for rcpt in rcpts {
+        codes.push(say(&mut w, &mut r, &format!("RCPT TO:<{rcpt}>")).await);
+    }
+    if let Some(m) = message {
+        codes.push(say(&mut w, &mut r, "DATA").await);
+        let mut body = Vec::new();
+        for line in m.split_inclusive(|b| *b == b'\n') {
+            if line.starts_with(b".") {
+                body.push(b'.');
+            }
+            body.extend_from_slice(line);
+        }
+        if !body.ends_with(b"\r\n") {
+            body.extend_from_slice(b"\r\n");
+        }
+        body.extend_from_slice(b".\r\n");
+        w.write_all(&body).await.unwrap();
+        codes.push(code(&mut r).await);
+    }
+    say(&mut w, &mut r, "QUIT").await;
+    codes
+}
+
+/// A Postfix-shaped DSN about `rcpt`.
+fn dsn(rcpt: &str, status: &str, action: &str, diagnostic: &str) -> Vec<u8> {
+    format!(
+        "From: MAILER-DAEMON@mx.remote.example (Mail Delivery System)\r\nTo: x@{BOUNCE_DOMAIN}\r\n\
+         Subject: Undelivered Mail Returned to Sender\r\nMIME-Version: 1.0\r\n\
+         Content-Type: multipart/report; report-type=delivery-status; boundary=\"b\"\r\n\r\n\
+         --b\r\nContent-Type: text/plain\r\n\r\nI'm sorry.\r\n.leading dot\r\n\r\n\
+         --b\r\nContent-Type: message/delivery-status\r\n\r\nReporting-MTA: dns; mx.remote.example\r\n\r\n\
+         Final-Recipient: rfc822; {rcpt}\r\nAction: {action}\r\nStatus: {status}\r\n\
+         Diagnostic-Code: smtp; {diagnostic}\r\n\r\n--b--\r\n"
+    )
+    .into_bytes()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_comes_back_to_a_return_path_acts_on_its_send_and_nothing_else_does() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let env = TestEnv::setup()
+        .var("MAILPIPE__BOUNCES__DOMAIN", BOUNCE_DOMAIN)
+        .var("MAILPIPE__BOUNCES__LISTEN", addr)
+        .var("MAILPIPE__BOUNCES__MAX_MESSAGE_KIB", 64)
+        .var("MAILPIPE__BOUNCES__SOFT_BOUNCE_LIMIT", 2)
+        .start()
+        .await;
+    // Five sends, each to its own address: each goes out with its own
+    // return path, whose tag the ledger keeps.
+    let jobs = campaign_jobs(0..5, "acme", "spring", &["example.com"]);
+    env.enqueue(&jobs).await;
+    let worker = env.start_worker();
+    eventually("five sends", Duration::from_secs(60), || async {
+        env.ledger("acme", "spring").await.get("sent") == Some(&5)
+    })
+    .await;
+    worker.stop().await;
+    let rows: Vec<(String, String, Option<String>)> =
+        sqlx::query_as("SELECT job_id, recipient, return_tag FROM send_ledger ORDER BY job_id")
+            .fetch_all(&mut env.pg().await)
+            .await
+            .unwrap();
+    let path = |i: usize| format!("b-{}@{BOUNCE_DOMAIN}", rows[i].2.as_deref().expect("a return tag"));
+    let to = |i: usize| rows[i].1.clone();
+    let hasher = test_keys().hasher;
+    let suppressed = |i: usize| {
+        let (env, hasher, to) = (&env, &hasher, to(i));
+        async move {
+            env.store
+                .suppression(&hasher.hash(&to), &TenantId::parse("globex").unwrap(), Category::Transactional)
+                .await
+                .unwrap()
+        }
+    };
+
+    let inbound = env.start_inbound(env.config(), addr).await;
+
+    // A hard bounce to send 0's return path: suppressed for every tenant
+    // and category, and a `bounced` event on the send.
+    let codes =
+        smtp(addr, &[&path(0)], Some(&dsn(&to(0), "5.1.1", "failed", "550 5.1.1 user unknown"))).await;
+    assert_eq!(codes, [220, 250, 250, 250, 354, 250]);
+    let s = suppressed(0).await.expect("a hard bounce suppresses platform-wide");
+    assert_eq!(s.reason.as_str(), "hard_bounce");
+    let (reason,): (String,) =
+        sqlx::query_as("SELECT payload::json->>'reason' FROM events WHERE type = 'bounced' AND job_id = $1")
+            .bind(&rows[0].0)
+            .fetch_one(&mut env.pg().await)
+            .await
+            .unwrap();
+    assert_eq!(reason, "user_unknown");
+
+    // Provider enforcement and an out-of-office reply: nothing suppressed.
+    smtp(addr, &[&path(1)], Some(&dsn(&to(1), "5.7.26", "failed", "550 5.7.26 unauthenticated sender")))
+        .await;
+    let ooo = format!(
+        "From: <{}>\r\nTo: <{}>\r\nSubject: Out of Office\r\nAuto-Submitted: auto-replied\r\n\r\nAway.\r\n",
+        to(2),
+        path(2)
+    );
+    smtp(addr, &[&path(2)], Some(ooo.as_bytes())).await;
+    assert_eq!(suppressed(1).await, None, "the sender's authentication is not the recipient's fault");
+    assert_eq!(suppressed(2).await, None, "an auto-reply is never a bounce");
+
+    // Soft bounces about the mailbox count: the second suppresses (limit 2).
+    let full = dsn(&to(3), "4.2.2", "delayed", "452 4.2.2 mailbox full");
+    smtp(addr, &[&path(3)], Some(&full)).await;
+    assert_eq!(suppressed(3).await, None, "one soft bounce is not enough");
+    smtp(addr, &[&path(3)], Some(&full)).await;
+    assert!(suppressed(3).await.is_some(), "the limit reached suppresses");
+
+    // A made-up return path, and a report naming a send it cannot prove:
+    // accepted (they look like ours) and kept, and nobody is suppressed.
+    let forged = format!("b-aaaaaaaaaaaaaaaa@{BOUNCE_DOMAIN}");
+    let codes = smtp(addr, &[&forged], Some(&dsn(&to(4), "5.1.1", "failed", "550 5.1.1 no"))).await;
+    assert_eq!(codes.last(), Some(&250), "taken: it looks like ours");
+    assert_eq!(suppressed(4).await, None, "a tag the ledger does not know names no send");
+    let kept: Vec<String> = sqlx::query_scalar("SELECT reason FROM rejected_reports ORDER BY id")
+        .fetch_all(&mut env.pg().await)
+        .await
+        .unwrap();
+    assert_eq!(kept, ["unknown_return_path"]);
+
+    // Never a relay, and never more than the limit.
+    let codes =
+        smtp(addr, &["someone@example.com", &format!("b-{}@other.example", "a".repeat(16))], None).await;
+    assert_eq!(codes, [220, 250, 250, 550, 550]);
+    let huge = vec![b'x'; 100 * 1024];
+    let codes = smtp(addr, &[&path(4)], Some(&huge)).await;
+    assert_eq!(codes.last(), Some(&552), "{codes:?}");
+    assert_eq!(suppressed(4).await, None);
+    inbound.stop().await;
+}
+
+/// The whole loop with a real MTA: the worker hands the message to a
+/// Postfix relay, which accepts it (so the worker records it sent), then
+/// meets a destination that refuses the recipient, and sends its own DSN
+/// to the return path, which it routes to `mailpipe inbound`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bounce_postfix_generates_after_accepting_comes_back_and_suppresses() {
+    let inbound_port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let inbound_addr: std::net::SocketAddr = format!("127.0.0.1:{inbound_port}").parse().unwrap();
+    // The destination: refuses every recipient as unknown.
+    let destination =
+        SmtpSink::start(&["-f", "RCPT", "-B", "550 5.1.1 Recipient address rejected: User unknown"]);
+    let relay = PostfixRelay::start(&[(BOUNCE_DOMAIN, inbound_port), ("example.com", destination.port)]);
+    let env = TestEnv::setup()
+        .relay(relay.port)
+        .var("MAILPIPE__BOUNCES__DOMAIN", BOUNCE_DOMAIN)
+        .var("MAILPIPE__BOUNCES__LISTEN", inbound_addr)
+        .start()
+        .await;
+    let inbound = env.start_inbound(env.config(), inbound_addr).await;
+    env.enqueue(&campaign_jobs(0..1, "acme", "spring", &["example.com"])).await;
+    let worker = env.start_worker();
+    eventually("the relay accepted it", Duration::from_secs(60), || async {
+        env.ledger("acme", "spring").await.get("sent") == Some(&1)
+    })
+    .await;
+    let (job, to): (String, String) = sqlx::query_as("SELECT job_id, recipient FROM send_ledger")
+        .fetch_one(&mut env.pg().await)
+        .await
+        .unwrap();
+    let hasher = test_keys().hasher;
+    let globex = TenantId::parse("globex").unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let s = env.store.suppression(&hasher.hash(&to), &globex, Category::Transactional).await.unwrap();
+        if let Some(s) = s {
+            assert_eq!(s.reason.as_str(), "hard_bounce");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no bounce came back within 60 s; the relay's log:\n{}",
+            relay.log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let reason: String = sqlx::query_scalar(
+        "SELECT payload::json->>'reason' FROM events WHERE type = 'bounced' AND job_id = $1",
+    )
+    .bind(&job)
+    .fetch_one(&mut env.pg().await)
+    .await
+    .unwrap();
+    assert_eq!(reason, "user_unknown", "the DSN Postfix wrote, read per recipient");
+    worker.stop().await;
+    inbound.stop().await;
+}
