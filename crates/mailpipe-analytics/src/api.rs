@@ -57,6 +57,7 @@ pub fn router(state: ApiState) -> Router {
     Router::new()
         .route("/api/v1/campaigns", get(campaigns))
         .route("/api/v1/campaigns/{id}/stats", get(stats))
+        .route("/api/v1/stream", get(stream))
         .route("/api/v1/suppressions", get(list_suppressions).post(add_suppression))
         .route("/api/v1/suppressions/{email}", axum::routing::delete(remove_suppression))
         .route("/api/v1/suppressions.csv", get(export_suppressions).post(import_suppressions))
@@ -141,6 +142,23 @@ async fn campaigns(State(s): State<ApiState>, headers: HeaderMap) -> Response {
     let store = s.store.for_tenant(&t);
     match store.campaigns(&t).await {
         Ok(c) => json(&serde_json::json!({ "campaigns": c })),
+        Err(e) => internal(e),
+    }
+}
+
+/// The tenant's marketing stream: `active`, or `paused` by the reputation
+/// breaker with its reason (docs/deliverability.md). Resuming is the
+/// operator's (`mailpipe tenant resume`).
+async fn stream(State(s): State<ApiState>, headers: HeaderMap) -> Response {
+    let t = match tenant(&s, &headers, None).await {
+        Ok(t) => t,
+        Err(r) => return r,
+    };
+    match s.store.for_tenant(&t).streams(Some(&t)).await {
+        Ok(rows) => match rows.into_iter().next() {
+            Some(st) => json(&st),
+            None => json(&serde_json::json!({ "tenant_id": t.as_str(), "state": "active", "reason": null })),
+        },
         Err(e) => internal(e),
     }
 }

@@ -24,6 +24,10 @@ pub enum EventType {
     Click,
     Unsubscribe,
     Complaint,
+    /// A tenant's marketing stream was paused by the reputation breaker.
+    StreamPaused,
+    /// A paused stream was resumed.
+    StreamResumed,
 }
 
 impl EventType {
@@ -39,6 +43,8 @@ impl EventType {
             EventType::Click => "click",
             EventType::Unsubscribe => "unsubscribe",
             EventType::Complaint => "complaint",
+            EventType::StreamPaused => "stream_paused",
+            EventType::StreamResumed => "stream_resumed",
         }
     }
 
@@ -54,7 +60,9 @@ impl EventType {
             | EventType::Open
             | EventType::Click
             | EventType::Unsubscribe
-            | EventType::Complaint => false,
+            | EventType::Complaint
+            | EventType::StreamPaused
+            | EventType::StreamResumed => false,
         }
     }
 }
@@ -145,6 +153,14 @@ impl Event {
     /// makes the event id unique among events of the same type for the job
     /// (an attempt number, a click's URL, a request id); use "" when there is
     /// only ever one.
+    /// A new event about a tenant rather than a job (a stream paused or
+    /// resumed); `discriminator` as for [`Event::for_job`].
+    pub fn for_tenant(kind: EventType, tenant_id: &TenantId, discriminator: &str) -> Self {
+        let mut e = Self::bare(kind, [tenant_id.as_str(), "-"], discriminator);
+        e.tenant_id = Some(tenant_id.clone());
+        e
+    }
+
     pub fn for_job(
         kind: EventType,
         tenant_id: &TenantId,

@@ -80,6 +80,8 @@ fn increments(e: &Event) -> Vec<String> {
         }
         EventType::Unsubscribe => m.push("unsubscribes".into()),
         EventType::Complaint => m.push("complaints".into()),
+        // About a tenant, not a campaign.
+        EventType::StreamPaused | EventType::StreamResumed => {}
     }
     m
 }

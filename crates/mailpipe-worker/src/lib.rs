@@ -14,6 +14,7 @@
 //!   backpressure, not loss.
 #![forbid(unsafe_code)]
 
+pub mod breaker;
 mod pipeline;
 mod settings;
 mod templates;
@@ -28,6 +29,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
+pub use breaker::{BreakerSettings, Streams};
 pub use pipeline::{EventOut, Outcome, Pipeline};
 pub use settings::{InDoubtPolicy, WorkerSettings};
 

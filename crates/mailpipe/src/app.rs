@@ -272,7 +272,8 @@ pub async fn run_worker(
         )
         .with_throttle(Arc::new(Throttle::new(&cfg.throttle)))
         .with_suppression_filter(suppression_filter(cfg, &store, &shutdown))
-        .with_return_paths(cfg.return_paths.clone()),
+        .with_return_paths(cfg.return_paths.clone())
+        .with_breaker(breaker(cfg, &store, &events, &shutdown)),
     );
     info!(brokers = %kafka.brokers, group = %kafka.group_id, store = store.backend(), "worker started");
     let report = mailpipe_worker::run(&mut source, pipeline, &cfg.worker, shutdown).await;
@@ -283,6 +284,29 @@ pub async fn run_worker(
     store.close().await;
     info!(abandoned = report.abandoned, "worker stopped");
     Ok(())
+}
+
+/// The reputation breaker's view of paused streams, kept current by a task
+/// until `shutdown`; `None` when `breaker.enabled` is off.
+fn breaker(
+    cfg: &Config,
+    store: &Store,
+    events: &KafkaEvents,
+    shutdown: &CancellationToken,
+) -> Option<(Arc<mailpipe_worker::Streams>, Duration)> {
+    if !cfg.breaker.enabled {
+        return None;
+    }
+    let streams = Arc::new(mailpipe_worker::Streams::default());
+    let task = mailpipe_worker::breaker::run(
+        store.clone(),
+        cfg.breaker.clone(),
+        streams.clone(),
+        Some(events.clone()),
+        shutdown.clone(),
+    );
+    tokio::spawn(task);
+    Some((streams, cfg.breaker.recheck))
 }
 
 /// `/metrics` (and `/healthz`) on an admin listener; `setting` names the

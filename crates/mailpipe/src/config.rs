@@ -20,6 +20,7 @@ use mailpipe_smtp::{SmtpSettings, TlsMode};
 use mailpipe_store::Retention;
 use mailpipe_throttle::{ThrottleConfig, ThrottleSpec};
 use mailpipe_tracker::TrackerSettings;
+use mailpipe_worker::BreakerSettings;
 use mailpipe_worker::WorkerSettings;
 use secrecy::{ExposeSecret, SecretSlice, SecretString};
 use serde::Deserialize;
@@ -179,6 +180,8 @@ pub struct Config {
     pub retention: Retention,
     /// `[bounces]`, as written.
     pub bounces: BounceSettings,
+    /// `[breaker]`: the reputation circuit breaker.
+    pub breaker: BreakerSettings,
     /// Where return paths point, parsed from `[bounces]` at load; `None`
     /// when no bounce domain is set.
     pub return_paths: Option<ReturnPaths>,
@@ -239,7 +242,7 @@ impl Config {
             return Err(ConfigErrors(errors));
         }
 
-        const SECTIONS: [&str; 14] = [
+        const SECTIONS: [&str; 15] = [
             "store",
             "queue",
             "smtp",
@@ -254,6 +257,7 @@ impl Config {
             "analytics",
             "retention",
             "bounces",
+            "breaker",
         ];
         for key in tree.keys() {
             if !SECTIONS.contains(&key.as_str()) {
@@ -298,6 +302,10 @@ impl Config {
         let analytics = section::<AnalyticsSettings>(&tree, "analytics", &mut errors);
         let retention = section::<Retention>(&tree, "retention", &mut errors);
         let bounces = section::<BounceSettings>(&tree, "bounces", &mut errors);
+        let breaker = section::<BreakerSettings>(&tree, "breaker", &mut errors);
+        if let Some(b) = &breaker {
+            errors.extend(b.problems());
+        }
         if let Some(b) = &bounces {
             errors.extend(b.problems());
         }
@@ -349,9 +357,10 @@ impl Config {
             Some(analytics),
             Some(retention),
             Some(bounces),
+            Some(breaker),
         ) = (
             store, queue, smtp, worker, render, tracker, tokens, metrics, log, domains, throttle, analytics,
-            retention, bounces,
+            retention, bounces, breaker,
         )
         else {
             return Err(ConfigErrors(errors));
@@ -371,6 +380,7 @@ impl Config {
             analytics,
             retention,
             bounces,
+            breaker,
             return_paths,
         };
         if errors.is_empty() { Ok(cfg) } else { Err(ConfigErrors(errors)) }

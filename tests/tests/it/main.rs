@@ -6,6 +6,7 @@
 
 mod analytics;
 mod bounces;
+mod breaker;
 mod browser;
 mod campaign;
 mod crash;

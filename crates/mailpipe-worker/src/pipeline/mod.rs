@@ -122,6 +122,9 @@ pub struct Pipeline {
     /// Where envelope senders point, and the MAC that tags them; `None`:
     /// the envelope sender is the From address.
     return_paths: Option<(ReturnPaths, References)>,
+    /// Paused marketing streams, and how long a held job waits before it is
+    /// looked at again (the reputation breaker).
+    streams: Option<(Arc<crate::Streams>, Duration)>,
     tenants: Mutex<HashMap<TenantId, (mailpipe_store::TenantPolicy, std::time::Instant)>>,
     /// Per rate-limit key, the next free slot for a parked job, so that a
     /// backlog is spread over time at the key's rate instead of falling due
@@ -219,6 +222,7 @@ impl Pipeline {
             throttle: None,
             filter: None,
             return_paths: None,
+            streams: None,
             tenants: Mutex::new(HashMap::new()),
             slots: Mutex::new(HashMap::new()),
             running: Mutex::new(HashMap::new()),
@@ -244,6 +248,13 @@ impl Pipeline {
     pub fn with_return_paths(mut self, paths: Option<ReturnPaths>) -> Self {
         let references = self.composer.recipients().references();
         self.return_paths = paths.map(|p| (p, references));
+        self
+    }
+
+    /// Holds the marketing jobs of the streams the breaker's `Streams` says
+    /// are paused, looking at each again after its recheck delay.
+    pub fn with_breaker(mut self, streams: Option<(Arc<crate::Streams>, Duration)>) -> Self {
+        self.streams = streams;
         self
     }
 

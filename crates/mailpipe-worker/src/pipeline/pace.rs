@@ -1,4 +1,5 @@
-//! Stage 2: may it go now? The rate limit of the recipient's domain or
+//! Stage 2: may it go now? Not while its tenant's marketing stream is
+//! paused (the reputation breaker). Then the rate limit of the recipient's domain or
 //! provider group allows a send, or the job waits: a short wait is slept
 //! off, a long one parks the job on the retry schedule so that it holds no
 //! concurrency slot (and no partition) meanwhile.
@@ -7,7 +8,7 @@ use std::ops::ControlFlow;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use mailpipe_core::{SendJob, now_ms};
+use mailpipe_core::{Category, SendJob, now_ms};
 use mailpipe_store::Claim;
 use tokio_util::sync::CancellationToken;
 
@@ -24,6 +25,15 @@ impl Pipeline {
         claim: &Claim,
         shutdown: &CancellationToken,
     ) -> Step<()> {
+        // A paused marketing stream: held on the retry schedule, never
+        // dropped; transactional mail and other tenants go on.
+        if job.category == Category::Marketing
+            && let Some((streams, recheck)) = &self.streams
+            && streams.is_paused(&job.tenant_id)
+        {
+            metrics::counter!("mailpipe_jobs_held_total", "why" => "stream_paused").increment(1);
+            return ended(self.park(rec, job, claim.attempts.max(0) as u32, *recheck, shutdown).await?);
+        }
         let Some(t) = &self.throttle else { return ControlFlow::Continue(()) };
         let domain = job.to.email.domain();
         while let Err(wait) = t.check(domain) {

@@ -49,6 +49,13 @@ pub enum Command {
     /// clicks get 404 from every tracker within tokens.generation_refresh_secs;
     /// their unsubscribe links keep working. Other tenants are untouched.
     RevokeLinks { id: String },
+    /// Show each tenant's marketing stream: active, or paused by the
+    /// reputation breaker and why (docs/deliverability.md).
+    Streams,
+    /// Resume a tenant's paused marketing stream: its held jobs go out
+    /// (once each) as they come due; the breaker then reads only figures
+    /// from after the resume.
+    Resume { id: String },
 }
 
 pub async fn run(command: Command, cfg: &Config) -> anyhow::Result<ExitCode> {
@@ -87,6 +94,36 @@ pub async fn run(command: Command, cfg: &Config) -> anyhow::Result<ExitCode> {
             }
             println!("{}", store.create_api_key(&tenant, &label).await?);
             eprintln!("API key for {tenant} created; it is shown only now");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Streams => {
+            let store = app::store(cfg).await?;
+            for s in store.streams(None).await? {
+                let reason = s.reason.as_deref().unwrap_or("-");
+                println!("{}\t{}\t{}\t{}", s.tenant_id, s.state, s.changed_at, reason);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Resume { id } => {
+            let tenant = tenant_id(&id)?;
+            let store = app::store(cfg).await?;
+            let now = mailpipe_core::now_ms();
+            if !store.resume_stream(&tenant, now).await? {
+                anyhow::bail!("tenant {tenant}'s stream is not paused");
+            }
+            let e = mailpipe_core::Event::for_tenant(
+                mailpipe_core::EventType::StreamResumed,
+                &tenant,
+                &now.to_string(),
+            );
+            store.insert_events(std::slice::from_ref(&e)).await?;
+            if cfg.queue.kind == crate::config::QueueKind::Kafka {
+                let events = mailpipe_queue::kafka::KafkaEvents::connect(&cfg.queue.kafka)
+                    .await
+                    .map_err(app::kafka_hint)?;
+                events.publish(std::slice::from_ref(&e)).await?;
+            }
+            println!("tenant {tenant}: marketing stream resumed; held jobs go out as they come due");
             Ok(ExitCode::SUCCESS)
         }
         Command::RevokeLinks { id } => {
