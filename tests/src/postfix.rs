@@ -113,8 +113,11 @@ bounce_queue_lifetime = 1h
         };
         // `start` checks the instance first, creating its queue.
         postfix(&["start"]);
+        // Made before waiting, so that a relay that never listens is still
+        // stopped (and its directory removed) when the test fails.
+        let relay = Self { port, dir };
         wait_for_port(port, Duration::from_secs(20), "the Postfix relay");
-        Self { port, dir }
+        relay
     }
 
     /// Its log so far, for a failing test's message.

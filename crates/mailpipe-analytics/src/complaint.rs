@@ -3,7 +3,10 @@
 //! suppressed platform-wide for every category, and a `complaint` event is
 //! recorded. A report that cannot be used is kept, with its reason.
 
-use mailpipe_core::{CampaignId, EmailAddress, Event, EventType, JobId, Suppression, TenantId};
+use mailpipe_core::{
+    AppliesTo, CampaignId, EmailAddress, Event, EventType, JobId, Reason as SuppressionReason, Scope,
+    Suppression, TenantId,
+};
 use mailpipe_queue::QueueError;
 use mailpipe_queue::kafka::{KafkaEvents, KafkaSettings};
 use mailpipe_store::{Store, StoreError};
@@ -148,7 +151,7 @@ pub async fn act_on(
         Some(settings) => Some(KafkaEvents::connect(settings).await?),
         None => None,
     };
-    apply(store, hasher, events.as_ref(), reported, Effect::Complaint).await
+    apply(store, hasher, events.as_ref(), reported, Effect::Complaint, true).await
 }
 
 /// What something that came back does to its send's recipient.
@@ -164,25 +167,28 @@ pub enum Effect {
 
 /// Applies `effect` to the recipient of `reported`: the suppression, then
 /// the event in the store and, with `events`, on the events topic.
+///
+/// `platform_wide`: suppressed for every tenant, or (for what a tenant's
+/// own DNS could have steered: a return path under its sending domain) in
+/// the tenant's scope only.
 pub async fn apply(
     store: &Store,
     hasher: &RecipientHasher,
     events: Option<&KafkaEvents>,
     reported: Reported,
     effect: Effect,
+    platform_wide: bool,
 ) -> Result<(TenantId, JobId), ComplaintError> {
     let Reported { tenant, job, campaign, recipient } = reported;
     let recipient_ref = reported_recipient(hasher, &recipient);
+    let scope = if platform_wide { Scope::Platform } else { Scope::Tenant(tenant.clone()) };
     // The event's discriminator keeps an asynchronous bounce apart from
     // the synchronous one a send may have had.
-    let (entry, kind, reason, disc) = match effect {
-        Effect::Complaint => {
-            (Suppression::complaint(&tenant, recipient_ref), EventType::Complaint, "arf", "")
-        }
-        Effect::Bounce { reason } => {
-            (Suppression::hard_bounce(&tenant, recipient_ref), EventType::Bounced, reason, "async")
-        }
+    let (kept, kind, reason, disc) = match effect {
+        Effect::Complaint => (SuppressionReason::Complaint, EventType::Complaint, "arf", ""),
+        Effect::Bounce { reason } => (SuppressionReason::HardBounce, EventType::Bounced, reason, "async"),
     };
+    let entry = Suppression::new(scope, recipient_ref, kept, AppliesTo::All).from_tenant(&tenant);
     store.add_suppression(&entry).await?;
     let mut e = Event::for_job(kind, &tenant, &campaign, &job, disc);
     e.recipient_ref = Some(recipient_ref.to_hex());

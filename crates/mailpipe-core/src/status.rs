@@ -172,7 +172,7 @@ const AUTH_WORDS: [&str; 9] = [
 ];
 
 /// Words that say the address does not exist.
-const UNKNOWN_WORDS: [&str; 15] = [
+const UNKNOWN_WORDS: [&str; 14] = [
     "user doesn't have",
     "user unknown",
     "unknown user",
@@ -181,7 +181,6 @@ const UNKNOWN_WORDS: [&str; 15] = [
     "does not exist",
     "doesn't exist",
     "recipient not found",
-    "address rejected",
     "invalid recipient",
     "mailbox unavailable",
     "unknown recipient",
@@ -189,6 +188,10 @@ const UNKNOWN_WORDS: [&str; 15] = [
     "recipient address rejected: user unknown",
     "not a valid mailbox",
 ];
+
+/// Words that say the receiver refused our envelope sender, not the
+/// recipient: never a reason to suppress the recipient.
+const SENDER_WORDS: [&str; 3] = ["sender address", "sender domain", "return path"];
 
 /// Words that say the sender (its address, its IP, its reputation) is
 /// refused, whatever the message says.
@@ -224,8 +227,12 @@ pub fn classify(status: Option<StatusCode>, reply: Option<u16>, text: &str) -> (
         Some(5) => return permanent(status, reply, &t),
         _ => {}
     }
-    // No code: the words alone.
-    if has(&t, &UNKNOWN_WORDS) {
+    // No code: the words alone, what blames the sender first.
+    if has(&t, &SENDER_WORDS) || has(&t, &BLOCK_WORDS) {
+        (Kind::SoftBounce, BounceReason::Policy)
+    } else if has(&t, &AUTH_WORDS) {
+        (Kind::SoftBounce, BounceReason::AuthenticationFailure)
+    } else if has(&t, &UNKNOWN_WORDS) {
         (Kind::HardBounce, BounceReason::UserUnknown)
     } else if has(&t, &HOST_WORDS) {
         (Kind::HardBounce, BounceReason::HostUnknown)
@@ -234,10 +241,6 @@ pub fn classify(status: Option<StatusCode>, reply: Option<u16>, text: &str) -> (
     } else if t.contains("expired") || t.contains("could not be delivered within") || t.contains("retry time")
     {
         (Kind::SoftBounce, BounceReason::Expired)
-    } else if has(&t, &AUTH_WORDS) {
-        (Kind::SoftBounce, BounceReason::AuthenticationFailure)
-    } else if has(&t, &BLOCK_WORDS) {
-        (Kind::SoftBounce, BounceReason::Policy)
     } else if t.contains("spam") {
         (Kind::SoftBounce, BounceReason::SpamContent)
     } else {
@@ -265,6 +268,11 @@ fn temporary(status: Option<StatusCode>, t: &str) -> BounceReason {
 fn permanent(status: Option<StatusCode>, reply: Option<u16>, t: &str) -> (Kind, BounceReason) {
     let hard = |r| (Kind::HardBounce, r);
     let soft = |r| (Kind::SoftBounce, r);
+    // Our envelope sender refused (x.1.7, x.1.8, or said so): the
+    // recipient is not at fault, whatever else the text says.
+    if matches!(status.map(|s| (s.subject, s.detail)), Some((1, 7 | 8))) || has(t, &SENDER_WORDS) {
+        return soft(BounceReason::Policy);
+    }
     match status.map(|s| (s.subject, s.detail)) {
         // x.1.x: addressing. 1.1 bad mailbox, 1.2 bad domain, 1.6 moved,
         // 1.10 null MX (RFC 7505).
@@ -280,20 +288,21 @@ fn permanent(status: Option<StatusCode>, reply: Option<u16>, t: &str) -> (Kind, 
         Some((4, 7)) => soft(BounceReason::Expired),
         Some((4, 4)) => hard(BounceReason::HostUnknown),
         // x.7.x: security and policy. Content, authentication, or blocked.
-        Some((7, 1)) if has(t, &UNKNOWN_WORDS) => hard(BounceReason::UserUnknown),
         Some((7, _)) if has(t, &AUTH_WORDS) => soft(BounceReason::AuthenticationFailure),
         Some((7, _)) if has(t, &BLOCK_WORDS) => soft(BounceReason::Policy),
+        Some((7, 1)) if has(t, &UNKNOWN_WORDS) => hard(BounceReason::UserUnknown),
         Some((7, _)) if t.contains("spam") || t.contains("content") || t.contains("virus") => {
             soft(BounceReason::SpamContent)
         }
         Some((7, _)) => soft(BounceReason::Policy),
-        // 5.0.0 and other unspecific codes: the words, then the reply code.
+        // 5.0.0 and other unspecific codes: the words (what blames the
+        // sender first), then the reply code.
+        _ if has(t, &AUTH_WORDS) => soft(BounceReason::AuthenticationFailure),
+        _ if has(t, &BLOCK_WORDS) => soft(BounceReason::Policy),
         _ if has(t, &UNKNOWN_WORDS) => hard(BounceReason::UserUnknown),
         _ if t.contains("quota") || t.contains("mailbox full") || t.contains("mailbox is full") => {
             soft(BounceReason::MailboxFull)
         }
-        _ if has(t, &AUTH_WORDS) => soft(BounceReason::AuthenticationFailure),
-        _ if has(t, &BLOCK_WORDS) => soft(BounceReason::Policy),
         _ if t.contains("spam") => soft(BounceReason::SpamContent),
         _ if has(t, &HOST_WORDS) => hard(BounceReason::HostUnknown),
         _ if t.contains("too large") || t.contains("size") => soft(BounceReason::MessageTooLarge),
@@ -352,6 +361,19 @@ mod tests {
             (None, None, "The email account that you tried to reach does not exist", HardBounce, UserUnknown),
             (None, None, "Host or domain name not found", HardBounce, HostUnknown),
             (None, None, "hello there", Unknown, Other),
+            // Our return path refused: never the recipient's fault.
+            (
+                s("5.1.8"),
+                Some(550),
+                "<b-x@rp.acme.example>: Sender address rejected: Domain not found",
+                SoftBounce,
+                Policy,
+            ),
+            (s("5.1.7"), Some(553), "bad sender mailbox syntax", SoftBounce, Policy),
+            (None, Some(550), "Sender address rejected: undeliverable address", SoftBounce, Policy),
+            (s("5.0.0"), Some(550), "mailbox unavailable: blocked by reputation", SoftBounce, Policy),
+            (s("5.7.1"), Some(550), "mailbox unavailable: blocked", SoftBounce, Policy),
+            (None, None, "550 mailbox unavailable, listed at zen.spamhaus.org", SoftBounce, Policy),
         ];
         for (status, reply, text, kind, reason) in cases {
             assert_eq!(classify(*status, *reply, text), (*kind, *reason), "{status:?} {reply:?} {text}");

@@ -67,6 +67,9 @@ pub(crate) fn reply_code(diagnostic: &str) -> Option<u16> {
 pub(crate) fn read(body: &str) -> Vec<Finding> {
     let mut out = Vec::new();
     for block in blocks(body) {
+        if out.len() == crate::MAX_FINDINGS {
+            break;
+        }
         let recipient = field(&block, "final-recipient")
             .or_else(|| field(&block, "original-recipient"))
             .and_then(address);
@@ -86,7 +89,12 @@ pub(crate) fn read(body: &str) -> Vec<Finding> {
                 f.reason = mailpipe_core::status::BounceReason::Delivered;
             }
             // Still trying: never a hard bounce, whatever the code says.
-            "delayed" if f.kind == Kind::HardBounce => f.kind = Kind::SoftBounce,
+            "delayed" => {
+                f.delayed = true;
+                if f.kind == Kind::HardBounce {
+                    f.kind = Kind::SoftBounce;
+                }
+            }
             // A failure reported with a success status is not one we can read.
             "failed" if f.kind == Kind::Delivered => {
                 f.kind = Kind::Unknown;

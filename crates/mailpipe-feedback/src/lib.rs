@@ -63,6 +63,8 @@ pub struct Finding {
     /// `X-Mailpipe-Ref` of the embedded original, unverified.
     pub reference: Option<String>,
     pub source: Source,
+    /// A DSN's `Action: delayed`: the reporter is still trying.
+    pub delayed: bool,
 }
 
 impl Finding {
@@ -76,6 +78,7 @@ impl Finding {
             diagnostic: None,
             reference: None,
             source,
+            delayed: false,
         }
     }
 
@@ -107,6 +110,10 @@ impl std::error::Error for ReadError {}
 /// The largest message [`read`] looks at; `mailpipe inbound` refuses larger
 /// ones before reading them.
 pub const MAX_MESSAGE_BYTES: usize = 10 << 20;
+
+/// At most this many findings per message: a hostile report naming
+/// thousands of recipients gets no further.
+pub const MAX_FINDINGS: usize = 100;
 
 /// Reads one message: at least one finding, each for one recipient.
 pub fn read(raw: &[u8]) -> Result<Vec<Finding>, ReadError> {
@@ -163,6 +170,11 @@ fn complaint(msg: &mail_parser::Message<'_>) -> Finding {
     let mut f = Finding::new(Source::Arf, Kind::Complaint, BounceReason::Complaint);
     let report = msg.parts.iter().find(|p| p.is_content_type("message", "feedback-report"));
     let fields = report.and_then(|p| p.text_contents()).map(dsn::fields).unwrap_or_default();
+    // RFC 6650's not-spam: the opposite of a complaint.
+    if dsn::field(&fields, "feedback-type").is_some_and(|t| t.trim().eq_ignore_ascii_case("not-spam")) {
+        f.kind = Kind::Unknown;
+        f.reason = BounceReason::Other;
+    }
     f.recipient = dsn::field(&fields, "original-rcpt-to").and_then(dsn::address);
     if f.recipient.is_none() {
         f.recipient = msg.parts.iter().skip(1).find_map(|p| match &p.body {

@@ -38,9 +38,9 @@ const RETURNED: [&str; 6] = [
     "unsent message below",
 ];
 
-/// At most this many recipients per bounce: a hostile text naming
-/// thousands of addresses gets no further.
-const MAX_FINDINGS: usize = 100;
+/// Addresses looked at in a text at most (its own and duplicates
+/// included), so that a hostile text costs little to read.
+const MAX_ADDRESSES: usize = 1000;
 
 pub(crate) fn looks_like_bounce(msg: &Message<'_>) -> bool {
     let from = first_address(msg.from()).unwrap_or_default();
@@ -71,7 +71,7 @@ pub(crate) fn read(msg: &Message<'_>) -> Vec<Finding> {
         }
         seen.push(a);
         spans.push((at, a));
-        if spans.len() == MAX_FINDINGS {
+        if spans.len() == crate::MAX_FINDINGS {
             break;
         }
     }
@@ -112,7 +112,7 @@ fn addresses(text: &str) -> Vec<(usize, String)> {
     let is_local = |c: char| c.is_ascii_alphanumeric() || "._+-=!#$%&'*/?^`{|}~".contains(c);
     let is_domain = |c: char| c.is_ascii_alphanumeric() || c == '.' || c == '-';
     let mut out = Vec::new();
-    for (i, _) in text.match_indices('@') {
+    for (i, _) in text.match_indices('@').take(MAX_ADDRESSES) {
         let start =
             text[..i].char_indices().rev().take_while(|(_, c)| is_local(*c)).last().map_or(i, |(s, _)| s);
         let end = text[i + 1..]

@@ -12,10 +12,16 @@
 //!   - a hard bounce suppresses the address platform-wide for every
 //!     category and records an asynchronous `bounced` event on the send;
 //!   - soft bounces that say something about the address (a full mailbox,
-//!     expiry, a temporary failure) are counted, and
-//!     `soft_bounce_limit` within `soft_bounce_window_days` suppress it;
-//!     ones that are about the sender (authentication, policy, content,
-//!     rate) never do;
+//!     expiry) and that the reporter gave up on are counted once per send,
+//!     and `soft_bounce_limit` sends within `soft_bounce_window_days`
+//!     suppress it; ones about the sender (authentication, policy, content,
+//!     rate) or a transient failure never do;
+//!   - a bounce acts only from the null sender, and only about the send's
+//!     own recipient (an expanded alias's member is not the recipient);
+//!   - what comes back to a return path under a tenant's own sending domain
+//!     (whose DNS the tenant controls) suppresses in that tenant's scope
+//!     only; the platform's bounce domain and verified references act
+//!     platform-wide;
 //!   - a complaint suppresses and records a `complaint` event, as
 //!     `mailpipe complaint` does;
 //!   - auto-replies and delivery reports change nothing and are counted.
@@ -57,10 +63,9 @@ pub struct Inbound {
 /// towards suppressing it; the others are about the sender.
 fn counts_against_the_address(reason: BounceReason) -> bool {
     match reason {
-        BounceReason::MailboxFull | BounceReason::Expired | BounceReason::Transient | BounceReason::Other => {
-            true
-        }
-        BounceReason::Policy
+        BounceReason::MailboxFull | BounceReason::Expired | BounceReason::Other => true,
+        BounceReason::Transient
+        | BounceReason::Policy
         | BounceReason::SpamContent
         | BounceReason::AuthenticationFailure
         | BounceReason::RateLimited
@@ -114,59 +119,89 @@ impl Inbound {
         self.paths.tag_of(rcpt, |d| self.is_sending_domain(d))
     }
 
-    /// Acts on one message that came to `rcpts`.
-    pub async fn take(&self, rcpts: &[EmailAddress], message: &[u8]) -> Result<(), ComplaintError> {
+    /// Acts on one message that came from `sender` (empty: the null path)
+    /// to `rcpts`.
+    pub async fn take(
+        &self,
+        sender: &str,
+        rcpts: &[EmailAddress],
+        message: &[u8],
+    ) -> Result<(), ComplaintError> {
         let findings = match mailpipe_feedback::read(message) {
             Ok(f) => f,
-            Err(_) => {
-                counted(Kind::Unknown, "not_mime");
-                self.store.reject_report("not_mime", message).await?;
-                return Ok(());
-            }
+            Err(_) => return self.keep(Kind::Unknown, "not_mime", message).await,
         };
         // The send: by the return path's tag, else by a reference whose
         // MAC checks out. A tag that names no send is kept for the operator.
-        let tag = rcpts.iter().find_map(|r| self.tag_of(r));
-        let send = match &tag {
-            Some(t) => match self.store.job_for_return_tag(t.as_str()).await? {
+        let tagged = rcpts.iter().find_map(|r| self.tag_of(r).map(|t| (t, r)));
+        let send = match &tagged {
+            Some((t, _)) => match self.store.job_for_return_tag(t.as_str()).await? {
                 Some((tenant, job)) => parse_ids(&tenant, &job),
-                None => {
-                    counted(Kind::Unknown, "unknown_return_path");
-                    self.store.reject_report("unknown_return_path", message).await?;
-                    return Ok(());
-                }
+                None => return self.keep(Kind::Unknown, "unknown_return_path", message).await,
             },
             None => findings
                 .iter()
                 .find_map(|f| f.reference.as_deref())
                 .and_then(|r| self.references.verify(r).ok()),
         };
+        // A return path under a tenant's own sending domain is one whose DNS
+        // the tenant controls: what comes back there acts in its scope only.
+        let platform_wide = tagged.is_none_or(|(_, r)| r.domain().eq_ignore_ascii_case(self.paths.domain()));
         let reported = match &send {
             Some((tenant, job)) => complaint::sent_message(&self.store, tenant, job).await?,
             None => None,
         };
+        let mut kept = None;
         for f in &findings {
-            self.act(f, reported.as_ref(), message).await?;
+            if let Err(why) = self.act(sender, f, reported.as_ref(), platform_wide).await? {
+                kept.get_or_insert(why);
+            }
         }
+        match kept {
+            Some(why) => self.keep(Kind::Unknown, why, message).await,
+            None => Ok(()),
+        }
+    }
+
+    /// Keeps a message that could not be used (at most its first 64 KiB),
+    /// once, with the reason.
+    async fn keep(&self, kind: Kind, why: &'static str, message: &[u8]) -> Result<(), ComplaintError> {
+        counted(kind, why);
+        self.store.reject_report(why, &message[..message.len().min(64 << 10)]).await?;
         Ok(())
     }
 
+    /// Acts on one finding; `Ok(Err(why))` when it should have acted but
+    /// cannot, and the message is to be kept.
     async fn act(
         &self,
+        sender: &str,
         f: &Finding,
         reported: Option<&Reported>,
-        message: &[u8],
-    ) -> Result<(), ComplaintError> {
+        platform_wide: bool,
+    ) -> Result<Result<(), &'static str>, ComplaintError> {
         counted(f.kind, f.reason.as_str());
+        let bounce = matches!(f.kind, Kind::HardBounce | Kind::SoftBounce);
+        // Bounces come from the null path (RFC 5321 4.5.5); a "bounce" sent
+        // with a sender is someone's message about one.
+        if bounce && !sender.is_empty() {
+            return Ok(Err("bounce_with_sender"));
+        }
         let effect = match f.kind {
             Kind::HardBounce => Some(Effect::Bounce { reason: f.reason.as_str() }),
             Kind::Complaint => Some(Effect::Complaint),
-            Kind::SoftBounce if counts_against_the_address(f.reason) => match reported {
+            // Soft bounces about the address count, once per send, when the
+            // reporter has given up (not a delay warning).
+            Kind::SoftBounce if counts_against_the_address(f.reason) && !f.delayed => match reported {
                 Some(r) => {
+                    if !self.same_recipient(f, r) {
+                        return Ok(Err("recipient_mismatch"));
+                    }
                     let recipient = complaint::reported_recipient(&self.hasher, r.recipient());
+                    let send = format!("{}/{}", r.tenant, r.job);
                     let n = self
                         .store
-                        .record_soft_bounce(&recipient, now_ms(), self.soft_bounce_window_ms)
+                        .record_soft_bounce(&recipient, &send, now_ms(), self.soft_bounce_window_ms)
                         .await?;
                     (n >= self.soft_bounce_limit).then_some(Effect::Bounce { reason: "soft_bounce_limit" })
                 }
@@ -174,19 +209,37 @@ impl Inbound {
             },
             Kind::SoftBounce | Kind::AutoReply | Kind::Delivered | Kind::Unknown => None,
         };
-        let Some(effect) = effect else { return Ok(()) };
-        let Some(reported) = reported else {
-            // A bounce or complaint that names no send of ours: nothing to
-            // suppress on its word alone.
-            self.store.reject_report("no_send", message).await?;
-            counted(f.kind, "no_send");
-            return Ok(());
+        let Some(effect) = effect else { return Ok(Ok(())) };
+        // A bounce or complaint that names no send of ours: nothing to
+        // suppress on its word alone.
+        let Some(reported) = reported else { return Ok(Err("no_send")) };
+        // A bounce about someone other than the send's recipient (an alias
+        // or forward expanded on the way) says nothing about the recipient.
+        if bounce && !self.same_recipient(f, reported) {
+            return Ok(Err("recipient_mismatch"));
+        }
+        let (tenant, job) = complaint::apply(
+            &self.store,
+            &self.hasher,
+            self.events.as_ref(),
+            reported.clone(),
+            effect,
+            platform_wide,
+        )
+        .await?;
+        info!(%tenant, %job, kind = f.kind.as_str(), reason = f.reason.as_str(), platform_wide, "inbound: acted on what came back");
+        Ok(Ok(()))
+    }
+
+    /// Whether the finding is about the send's recipient: the same keyed
+    /// hash of the canonical address (the ledger may hold only the hash,
+    /// after an erasure). A finding that names nobody is taken to be about
+    /// the send its return path names.
+    fn same_recipient(&self, f: &Finding, r: &Reported) -> bool {
+        let Some(named) = f.recipient.as_deref().and_then(|a| EmailAddress::parse(a).ok()) else {
+            return true;
         };
-        let (tenant, job) =
-            complaint::apply(&self.store, &self.hasher, self.events.as_ref(), reported.clone(), effect)
-                .await?;
-        info!(%tenant, %job, kind = f.kind.as_str(), reason = f.reason.as_str(), "inbound: acted on what came back");
-        Ok(())
+        self.hasher.hash(&named.canonical()) == complaint::reported_recipient(&self.hasher, r.recipient())
     }
 
     /// Whether mail to `rcpt` is taken: a return path or the feedback
@@ -214,8 +267,13 @@ impl smtp::Accept for Inbound {
 }
 
 impl smtp::Deliver for Inbound {
-    async fn deliver(&self, rcpts: Vec<EmailAddress>, message: Vec<u8>) -> Result<(), String> {
-        self.take(&rcpts, &message).await.map_err(|e| e.to_string())
+    async fn deliver(
+        &self,
+        sender: String,
+        rcpts: Vec<EmailAddress>,
+        message: Vec<u8>,
+    ) -> Result<(), String> {
+        self.take(&sender, &rcpts, &message).await.map_err(|e| e.to_string())
     }
 }
 

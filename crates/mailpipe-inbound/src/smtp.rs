@@ -21,9 +21,12 @@ pub trait Accept: Send + Sync {
 }
 
 /// Where a received message goes; `Err` answers 451 (try again later).
+/// `sender` is the envelope sender, empty for the null path `<>` that
+/// bounces use.
 pub trait Deliver: Send + Sync {
     fn deliver(
         &self,
+        sender: String,
         rcpts: Vec<EmailAddress>,
         message: Vec<u8>,
     ) -> impl std::future::Future<Output = Result<(), String>> + Send;
@@ -41,14 +44,19 @@ pub struct Limits {
 
 /// Recipients per message at most (RFC 5321 asks servers to take 100).
 const MAX_RCPTS: usize = 100;
+/// Commands a session may send, refused ones, and how long it may last:
+/// a client that idles politely or probes forever is shown the door (421).
+const MAX_COMMANDS: usize = 1000;
+const MAX_ERRORS: usize = 10;
+const MAX_SESSION: Duration = Duration::from_secs(3600);
 /// Command lines and message lines, with CRLF (RFC 5321: 512 and 1000; we
 /// are lenient with the latter).
 const MAX_COMMAND_LINE: usize = 512;
 const MAX_TEXT_LINE: usize = 16 * 1024;
 
 /// Serves `listener` until `shutdown`, at most `max_connections` sessions
-/// at once (further clients wait to be accepted); then lets open sessions
-/// finish their current command.
+/// at once (further clients wait to be accepted). On shutdown a session
+/// finishes the message it is taking, then gets 421 at its next command.
 pub async fn serve<A, D>(
     listener: TcpListener,
     limits: Limits,
@@ -81,11 +89,7 @@ pub async fn serve<A, D>(
             (limits.clone(), accept.clone(), deliver.clone(), shutdown.clone());
         tokio::spawn(async move {
             metrics::gauge!("mailpipe_inbound_sessions").increment(1.0);
-            let r = tokio::select! {
-                r = session(stream, &limits, accept.as_ref(), deliver.as_ref()) => r,
-                _ = shutdown.cancelled() => Ok(()),
-            };
-            if let Err(e) = r {
+            if let Err(e) = session(stream, &limits, accept.as_ref(), deliver.as_ref(), &shutdown).await {
                 debug!(%peer, error = %e, "inbound: session ended");
             }
             metrics::gauge!("mailpipe_inbound_sessions").decrement(1.0);
@@ -164,15 +168,32 @@ async fn session<A: Accept, D: Deliver>(
     limits: &Limits,
     accept: &A,
     deliver: &D,
+    shutdown: &CancellationToken,
 ) -> Result<(), SessionError> {
     let (r, mut w) = stream.into_split();
     let mut r = BufReader::new(r);
     reply(&mut w, &format!("220 {} mailpipe inbound ESMTP", limits.hostname)).await?;
+    let started = std::time::Instant::now();
     let mut greeted = false;
     let mut from: Option<String> = None;
     let mut rcpts: Vec<EmailAddress> = Vec::new();
+    let (mut commands, mut errors) = (0usize, 0usize);
     loop {
-        let Some(line) = read_line(&mut r, MAX_COMMAND_LINE, limits.command_timeout).await? else {
+        if commands >= MAX_COMMANDS || errors >= MAX_ERRORS || started.elapsed() > MAX_SESSION {
+            metrics::counter!("mailpipe_inbound_refused_total", "why" => "session_budget").increment(1);
+            reply(&mut w, "421 4.7.0 Too many commands or errors; closing").await?;
+            return Ok(());
+        }
+        commands += 1;
+        let line = tokio::select! {
+            _ = shutdown.cancelled() => {
+                reply(&mut w, "421 4.3.2 Shutting down; try again later").await?;
+                return Ok(());
+            }
+            l = read_line(&mut r, MAX_COMMAND_LINE, limits.command_timeout) => l?,
+        };
+        let Some(line) = line else {
+            errors += 1;
             reply(&mut w, "500 5.5.2 Line too long").await?;
             continue;
         };
@@ -194,8 +215,14 @@ async fn session<A: Accept, D: Deliver>(
                 (from, rcpts) = (None, Vec::new());
                 reply(&mut w, &format!("250 {}", limits.hostname)).await?;
             }
-            "MAIL" if !greeted => reply(&mut w, "503 5.5.1 EHLO first").await?,
-            "MAIL" if from.is_some() => reply(&mut w, "503 5.5.1 Nested MAIL command").await?,
+            "MAIL" if !greeted => {
+                errors += 1;
+                reply(&mut w, "503 5.5.1 EHLO first").await?
+            }
+            "MAIL" if from.is_some() => {
+                errors += 1;
+                reply(&mut w, "503 5.5.1 Nested MAIL command").await?
+            }
             "MAIL" => match path_of(arg, "FROM:") {
                 Some(path) => {
                     let size = arg
@@ -211,7 +238,10 @@ async fn session<A: Accept, D: Deliver>(
                 }
                 None => reply(&mut w, "501 5.5.4 Syntax: MAIL FROM:<address>").await?,
             },
-            "RCPT" if from.is_none() => reply(&mut w, "503 5.5.1 MAIL first").await?,
+            "RCPT" if from.is_none() => {
+                errors += 1;
+                reply(&mut w, "503 5.5.1 MAIL first").await?
+            }
             "RCPT" => match path_of(arg, "TO:").map(EmailAddress::parse) {
                 Some(Ok(rcpt)) if rcpts.len() >= MAX_RCPTS => {
                     drop(rcpt);
@@ -223,12 +253,16 @@ async fn session<A: Accept, D: Deliver>(
                 }
                 // Not ours: no relaying, and nothing said about why.
                 Some(Ok(_)) => {
+                    errors += 1;
                     metrics::counter!("mailpipe_inbound_refused_total", "why" => "recipient").increment(1);
                     reply(&mut w, "550 5.1.1 No such recipient here").await?
                 }
                 _ => reply(&mut w, "501 5.1.3 Bad recipient address syntax").await?,
             },
-            "DATA" if rcpts.is_empty() => reply(&mut w, "503 5.5.1 RCPT first").await?,
+            "DATA" if rcpts.is_empty() => {
+                errors += 1;
+                reply(&mut w, "503 5.5.1 RCPT first").await?
+            }
             "DATA" => {
                 reply(&mut w, "354 End data with <CR><LF>.<CR><LF>").await?;
                 let body =
@@ -236,13 +270,13 @@ async fn session<A: Accept, D: Deliver>(
                         .await
                         .map_err(|_| SessionError::Timeout)??;
                 let taken = std::mem::take(&mut rcpts);
-                from = None;
+                let from_path = from.take().unwrap_or_default();
                 match body {
                     None => {
                         metrics::counter!("mailpipe_inbound_refused_total", "why" => "size").increment(1);
                         reply(&mut w, "552 5.3.4 Message too big").await?
                     }
-                    Some(message) => match deliver.deliver(taken, message).await {
+                    Some(message) => match deliver.deliver(from_path, taken, message).await {
                         Ok(()) => reply(&mut w, "250 2.0.0 Ok: taken").await?,
                         Err(e) => {
                             warn!(error = %e, "inbound: could not take a message; the sender will retry");
@@ -263,7 +297,10 @@ async fn session<A: Accept, D: Deliver>(
             "STARTTLS" | "AUTH" | "VRFY" | "EXPN" | "ETRN" | "TURN" => {
                 reply(&mut w, "502 5.5.1 Not implemented").await?
             }
-            _ => reply(&mut w, "500 5.5.2 Command unrecognized").await?,
+            _ => {
+                errors += 1;
+                reply(&mut w, "500 5.5.2 Command unrecognized").await?
+            }
         }
     }
 }
@@ -276,16 +313,21 @@ async fn read_data<R: tokio::io::AsyncBufRead + Unpin>(
 ) -> Result<Option<Vec<u8>>, SessionError> {
     let mut out = Vec::new();
     let mut too_big = false;
+    // Only CRLF.CRLF ends the message: a bare LF before or after the dot
+    // does not (the ambiguity SMTP smuggling exploits).
+    let mut after_crlf = true;
     loop {
         // The whole-message timeout is the caller's; a line gets an hour.
         let line = read_line(r, MAX_TEXT_LINE, Duration::from_secs(3600)).await?;
         let Some(line) = line else {
             too_big = true;
+            after_crlf = false;
             continue;
         };
-        if line == b".\r\n" || line == b".\n" {
+        if after_crlf && line == b".\r\n" {
             return Ok((!too_big).then_some(out));
         }
+        after_crlf = line.ends_with(b"\r\n");
         let line = line.strip_prefix(b".").unwrap_or(&line);
         if out.len() + line.len() > max {
             too_big = true;

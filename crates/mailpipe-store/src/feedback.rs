@@ -19,24 +19,24 @@ impl Store {
         Ok(on_pool!(self, p => sqlx::query_as(sql).bind(tag).fetch_optional(p).await)?)
     }
 
-    /// Records a soft bounce of `recipient` at `now` and returns how many it
-    /// has had since `now - window_ms` (this one included); older ones are
-    /// forgotten.
+    /// Records a soft bounce of `recipient` by the send `send_key` at `now`
+    /// (once per send: a repeat changes nothing), and returns how many
+    /// sends it has soft-bounced since `now - window_ms`.
     pub async fn record_soft_bounce(
         &self,
         recipient: &RecipientRef,
+        send_key: &str,
         now: i64,
         window_ms: i64,
     ) -> Result<i64> {
         let hash = recipient.to_hex();
         let n: i64;
         in_tx!(self, tx => {
-            sqlx::query("DELETE FROM soft_bounces WHERE recipient_hash = $1 AND at < $2")
-                .bind(&hash).bind(now - window_ms).execute(&mut *tx).await?;
-            sqlx::query("INSERT INTO soft_bounces (recipient_hash, at) VALUES ($1, $2)")
-                .bind(&hash).bind(now).execute(&mut *tx).await?;
-            n = sqlx::query_scalar("SELECT COUNT(*) FROM soft_bounces WHERE recipient_hash = $1")
-                .bind(&hash).fetch_one(&mut *tx).await?;
+            sqlx::query("INSERT INTO soft_bounces (recipient_hash, send_key, at) VALUES ($1, $2, $3)
+                         ON CONFLICT (recipient_hash, send_key) DO NOTHING")
+                .bind(&hash).bind(send_key).bind(now).execute(&mut *tx).await?;
+            n = sqlx::query_scalar("SELECT COUNT(*) FROM soft_bounces WHERE recipient_hash = $1 AND at >= $2")
+                .bind(&hash).bind(now - window_ms).fetch_one(&mut *tx).await?;
         });
         Ok(n)
     }

@@ -81,6 +81,9 @@ pub struct Claim {
     /// The job is on the retry schedule, which owns it from then on: a
     /// redelivered queue record for it is acknowledged without sending.
     pub scheduled: bool,
+    /// The return-path tag the job was first claimed with, which every
+    /// attempt sends with; `None` for a job claimed without return paths.
+    pub return_tag: Option<String>,
 }
 
 /// A job taken from the retry schedule.
@@ -124,9 +127,9 @@ impl Store {
         let insert = "INSERT INTO send_ledger (tenant_id, job_id, campaign_id, category, recipient, recipient_domain, status, attempts, created_at, updated_at, recipient_hash, return_tag)
                       VALUES ($1, $2, $3, $4, CASE WHEN EXISTS (SELECT 1 FROM erasures WHERE recipient_hash = $8 AND scope_tenant IN ('', $1)) THEN 'erased:' || $8 ELSE $5 END, $6, 'pending', 0, $7, $7, $8, $9)
                       ON CONFLICT (tenant_id, job_id) DO NOTHING";
-        let select = "SELECT status, attempts, message_id, created_at, payload IS NOT NULL
+        let select = "SELECT status, attempts, message_id, created_at, payload IS NOT NULL, return_tag
                       FROM send_ledger WHERE tenant_id = $1 AND job_id = $2";
-        let row: (String, i32, Option<String>, i64, bool) = match &self.pool {
+        let row: (String, i32, Option<String>, i64, bool, Option<String>) = match &self.pool {
             // One round trip: the insert, or else the row that is there.
             // The outer SELECT reads the statement's snapshot, which cannot
             // see a row that a concurrent claim committed after it began;
@@ -137,10 +140,10 @@ impl Store {
                                  INSERT INTO send_ledger (tenant_id, job_id, campaign_id, category, recipient, recipient_domain, status, attempts, created_at, updated_at, recipient_hash, return_tag)
                                  VALUES ($1, $2, $3, $4, CASE WHEN EXISTS (SELECT 1 FROM erasures WHERE recipient_hash = $8 AND scope_tenant IN ('', $1)) THEN 'erased:' || $8 ELSE $5 END, $6, 'pending', 0, $7, $7, $8, $9)
                                  ON CONFLICT (tenant_id, job_id) DO NOTHING
-                                 RETURNING status, attempts, message_id, created_at, payload IS NOT NULL)
+                                 RETURNING status, attempts, message_id, created_at, payload IS NOT NULL, return_tag)
                              SELECT * FROM ins
                              UNION ALL
-                             SELECT status, attempts, message_id, created_at, payload IS NOT NULL
+                             SELECT status, attempts, message_id, created_at, payload IS NOT NULL, return_tag
                              FROM send_ledger WHERE tenant_id = $1 AND job_id = $2 AND NOT EXISTS (SELECT 1 FROM ins)";
                 let got = bind_new_row!(sqlx::query_as(claim), job, recipient, now, return_tag)
                     .fetch_optional(p)
@@ -171,6 +174,7 @@ impl Store {
             message_id: row.2,
             created_at_ms: row.3,
             scheduled: row.4,
+            return_tag: row.5,
         })
     }
 

@@ -230,6 +230,8 @@ impl Store {
             out.client_details_removed = sqlx::query(strip).bind(cutoff(r.client_details_days)).execute(p).await?.rows_affected();
             out.events_deleted = sqlx::query("DELETE FROM events WHERE occurred_at < $1").bind(cutoff(r.events_days)).execute(p).await?.rows_affected();
             sqlx::query("DELETE FROM analytics_seen WHERE seen_at < $1").bind(cutoff(r.events_days)).execute(p).await?;
+            // Soft bounces count within days; older ones are events' age.
+            sqlx::query("DELETE FROM soft_bounces WHERE at < $1").bind(cutoff(r.events_days)).execute(p).await?;
             // Only finished jobs: a job still on the retry schedule keeps its row.
             out.ledger_rows_deleted = sqlx::query("DELETE FROM send_ledger WHERE updated_at < $1 AND payload IS NULL AND status NOT IN ('pending', 'sending', 'deferred')")
                 .bind(cutoff(r.ledger_days)).execute(p).await?.rows_affected();

@@ -90,13 +90,19 @@ async fn what_comes_back_to_a_return_path_acts_on_its_send_and_nothing_else_does
         .var("MAILPIPE__BOUNCES__SOFT_BOUNCE_LIMIT", 2)
         .start()
         .await;
-    // Five sends, each to its own address: each goes out with its own
-    // return path, whose tag the ledger keeps.
-    let jobs = campaign_jobs(0..5, "acme", "spring", &["example.com"]);
+    // Five sends, each to its own address, and two more to send 3's
+    // address: each goes out with its own return path, whose tag the ledger
+    // keeps.
+    let mut jobs = campaign_jobs(0..5, "acme", "spring", &["example.com"]);
+    for i in 5..7 {
+        let mut j = job(i, "acme", "spring", "example.com");
+        j["to"]["email"] = "user3@example.com".into();
+        jobs.push(keyed(&j));
+    }
     env.enqueue(&jobs).await;
     let worker = env.start_worker();
-    eventually("five sends", Duration::from_secs(60), || async {
-        env.ledger("acme", "spring").await.get("sent") == Some(&5)
+    eventually("seven sends", Duration::from_secs(60), || async {
+        env.ledger("acme", "spring").await.get("sent") == Some(&7)
     })
     .await;
     worker.stop().await;
@@ -135,24 +141,31 @@ async fn what_comes_back_to_a_return_path_acts_on_its_send_and_nothing_else_does
             .unwrap();
     assert_eq!(reason, "user_unknown");
 
-    // Provider enforcement and an out-of-office reply: nothing suppressed.
-    smtp(addr, &[&path(1)], Some(&dsn(&to(1), "5.7.26", "failed", "550 5.7.26 unauthenticated sender")))
-        .await;
+    // Provider enforcement and an out-of-office reply: taken, and nothing
+    // suppressed.
+    let codes =
+        smtp(addr, &[&path(1)], Some(&dsn(&to(1), "5.7.26", "failed", "550 5.7.26 unauthenticated sender")))
+            .await;
+    assert_eq!(codes.last(), Some(&250));
     let ooo = format!(
         "From: <{}>\r\nTo: <{}>\r\nSubject: Out of Office\r\nAuto-Submitted: auto-replied\r\n\r\nAway.\r\n",
         to(2),
         path(2)
     );
-    smtp(addr, &[&path(2)], Some(ooo.as_bytes())).await;
+    assert_eq!(smtp(addr, &[&path(2)], Some(ooo.as_bytes())).await.last(), Some(&250));
     assert_eq!(suppressed(1).await, None, "the sender's authentication is not the recipient's fault");
     assert_eq!(suppressed(2).await, None, "an auto-reply is never a bounce");
 
-    // Soft bounces about the mailbox count: the second suppresses (limit 2).
-    let full = dsn(&to(3), "4.2.2", "delayed", "452 4.2.2 mailbox full");
-    smtp(addr, &[&path(3)], Some(&full)).await;
-    assert_eq!(suppressed(3).await, None, "one soft bounce is not enough");
-    smtp(addr, &[&path(3)], Some(&full)).await;
-    assert!(suppressed(3).await.is_some(), "the limit reached suppresses");
+    // Soft bounces about the mailbox count once per send, when the reporter
+    // gave up: a delay warning does not count, the same send twice counts
+    // once, a second send's suppresses (limit 2).
+    let full = |action: &str| dsn("user3@example.com", "4.2.2", action, "452 4.2.2 mailbox full");
+    smtp(addr, &[&path(3)], Some(&full("delayed"))).await;
+    smtp(addr, &[&path(3)], Some(&full("failed"))).await;
+    smtp(addr, &[&path(3)], Some(&full("failed"))).await;
+    assert_eq!(suppressed(3).await, None, "one send's soft bounce, however often reported, is not enough");
+    smtp(addr, &[&path(5)], Some(&full("failed"))).await;
+    assert!(suppressed(3).await.is_some(), "a second send's reaches the limit");
 
     // A made-up return path, and a report naming a send it cannot prove:
     // accepted (they look like ours) and kept, and nobody is suppressed.
@@ -160,17 +173,22 @@ async fn what_comes_back_to_a_return_path_acts_on_its_send_and_nothing_else_does
     let codes = smtp(addr, &[&forged], Some(&dsn(&to(4), "5.1.1", "failed", "550 5.1.1 no"))).await;
     assert_eq!(codes.last(), Some(&250), "taken: it looks like ours");
     assert_eq!(suppressed(4).await, None, "a tag the ledger does not know names no send");
+    // A bounce to send 4's return path about someone else (an alias or a
+    // forward expanded on the way) says nothing about send 4's recipient.
+    let other = dsn("member@example.com", "5.1.1", "failed", "550 5.1.1 user unknown");
+    assert_eq!(smtp(addr, &[&path(4)], Some(&other)).await.last(), Some(&250));
+    assert_eq!(suppressed(4).await, None, "not the send's recipient");
     let kept: Vec<String> = sqlx::query_scalar("SELECT reason FROM rejected_reports ORDER BY id")
         .fetch_all(&mut env.pg().await)
         .await
         .unwrap();
-    assert_eq!(kept, ["unknown_return_path"]);
+    assert_eq!(kept, ["unknown_return_path", "recipient_mismatch"]);
 
     // Never a relay, and never more than the limit.
     let codes =
         smtp(addr, &["someone@example.com", &format!("b-{}@other.example", "a".repeat(16))], None).await;
     assert_eq!(codes, [220, 250, 250, 550, 550]);
-    let huge = vec![b'x'; 100 * 1024];
+    let huge: Vec<u8> = b"x".repeat(99).iter().chain(b"\r\n").copied().cycle().take(100 * 1024).collect();
     let codes = smtp(addr, &[&path(4)], Some(&huge)).await;
     assert_eq!(codes.last(), Some(&552), "{codes:?}");
     assert_eq!(suppressed(4).await, None);

@@ -132,7 +132,7 @@ impl Pipeline {
         recipient: &RecipientRef,
         shutdown: &CancellationToken,
     ) -> Step<Claim> {
-        let tag = self.return_tag(job);
+        let tag = self.new_return_tag();
         let tag = tag.as_ref().map(ReturnTag::as_str);
         durably("claim", shutdown, || async { Ok(self.store.claim_job(job, recipient, tag).await?) }).await
     }

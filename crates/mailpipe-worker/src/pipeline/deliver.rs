@@ -33,7 +33,7 @@ const SUPERSEDED: &str = "another attempt of this job is under way";
 
 impl Pipeline {
     pub(super) async fn deliver(&self, job: &SendJob, claim: &Claim, message: &Composed) -> Attempt {
-        let envelope = Envelope { from: self.envelope_from(job), to: job.to.email.clone() };
+        let envelope = Envelope { from: self.envelope_from(job, claim), to: job.to.email.clone() };
         let number = claim.attempts.max(0) as u32 + 1;
         let superseded = std::sync::atomic::AtomicBool::new(false);
         let commit_point = Box::pin(async {

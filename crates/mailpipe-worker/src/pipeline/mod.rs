@@ -36,9 +36,9 @@ use mailpipe_queue::Delivery;
 use mailpipe_queue::kafka::KafkaEvents;
 use mailpipe_render::Composer;
 use mailpipe_smtp::Transport;
-use mailpipe_store::{DueRetry, Store, StoreError, SuppressionFilter};
+use mailpipe_store::{Claim, DueRetry, Store, StoreError, SuppressionFilter};
 use mailpipe_throttle::Throttle;
-use mailpipe_token::{References, ReturnTag};
+use mailpipe_token::ReturnTag;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, info_span, warn};
 
@@ -121,7 +121,7 @@ pub struct Pipeline {
     filter: Option<Arc<SuppressionFilter>>,
     /// Where envelope senders point, and the MAC that tags them; `None`:
     /// the envelope sender is the From address.
-    return_paths: Option<(ReturnPaths, References)>,
+    return_paths: Option<ReturnPaths>,
     /// Paused marketing streams, and how long a held job waits before it is
     /// looked at again (the reputation breaker).
     streams: Option<(Arc<crate::Streams>, Duration)>,
@@ -244,10 +244,10 @@ impl Pipeline {
     }
 
     /// Sends with return paths that come back to the platform
-    /// (`b-<tag>@<bounce domain>`), each tag stored with its job.
+    /// (`b-<tag>@<bounce domain>`), each job's tag drawn at its first claim
+    /// and kept in the ledger.
     pub fn with_return_paths(mut self, paths: Option<ReturnPaths>) -> Self {
-        let references = self.composer.recipients().references();
-        self.return_paths = paths.map(|p| (p, references));
+        self.return_paths = paths;
         self
     }
 
@@ -258,18 +258,19 @@ impl Pipeline {
         self
     }
 
-    /// The return-path tag of `job`, when return paths are on.
-    fn return_tag(&self, job: &SendJob) -> Option<ReturnTag> {
-        self.return_paths.as_ref().map(|(_, refs)| refs.return_tag(&job.tenant_id, &job.job_id))
+    /// The tag to claim a new job with, when return paths are on.
+    fn new_return_tag(&self) -> Option<ReturnTag> {
+        self.return_paths.as_ref().map(|_| ReturnTag::random())
     }
 
-    /// The envelope sender of `job`: its return path, or its From address.
-    fn envelope_from(&self, job: &SendJob) -> EmailAddress {
+    /// The envelope sender of `job`: the return path its claim carries, or
+    /// its From address (return paths off, or a job claimed without one).
+    fn envelope_from(&self, job: &SendJob, claim: &Claim) -> EmailAddress {
+        let tag = claim.return_tag.as_deref().and_then(ReturnTag::parse);
         self.return_paths
             .as_ref()
-            .and_then(|(paths, refs)| {
-                paths.envelope_from(&refs.return_tag(&job.tenant_id, &job.job_id), job.from.email.domain())
-            })
+            .zip(tag)
+            .and_then(|(paths, tag)| paths.envelope_from(&tag, job.from.email.domain()))
             .unwrap_or_else(|| job.from.email.clone())
     }
 
