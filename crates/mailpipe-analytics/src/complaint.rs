@@ -1,7 +1,7 @@
 //! ARF complaint reports (RFC 5965), as a feedback-loop mailbox pipes them
 //! in: the report is mapped to the message it is about, the recipient is
-//! suppressed platform-wide for every category, and a `complaint` event is
-//! recorded. A report that cannot be used is kept, with its reason.
+//! suppressed platform-wide for marketing (as an unsubscribe is), and a
+//! `complaint` event is recorded. A report that cannot be used is kept, with its reason.
 
 use mailpipe_core::{
     AppliesTo, CampaignId, EmailAddress, Event, EventType, JobId, Reason as SuppressionReason, Scope,
@@ -109,7 +109,7 @@ impl Reported {
 }
 
 /// Takes one report: maps it to its tenant and message, suppresses the
-/// recipient platform-wide for every category, records a `complaint` event
+/// recipient platform-wide for marketing, records a `complaint` event
 /// and, with `kafka`, publishes it. A report that cannot be used is stored
 /// with its reason and [`ComplaintError::Rejected`] returned.
 pub async fn complaint(
@@ -139,8 +139,8 @@ pub async fn read_report(
     }
 }
 
-/// Suppresses the recipient of a reported message platform-wide for every
-/// category, records a `complaint` event and, with `kafka`, publishes it.
+/// Suppresses the recipient of a reported message platform-wide for
+/// marketing, records a `complaint` event and, with `kafka`, publishes it.
 pub async fn act_on(
     store: &Store,
     hasher: &RecipientHasher,
@@ -157,7 +157,8 @@ pub async fn act_on(
 /// What something that came back does to its send's recipient.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Effect {
-    /// A spam complaint: suppressed platform-wide, a `complaint` event.
+    /// A spam complaint: marketing suppressed platform-wide, a `complaint`
+    /// event.
     Complaint,
     /// The address takes no mail (a hard bounce after the relay accepted,
     /// or soft bounces past their limit): suppressed platform-wide for
@@ -184,11 +185,17 @@ pub async fn apply(
     let scope = if platform_wide { Scope::Platform } else { Scope::Tenant(tenant.clone()) };
     // The event's discriminator keeps an asynchronous bounce apart from
     // the synchronous one a send may have had.
-    let (kept, kind, reason, disc) = match effect {
-        Effect::Complaint => (SuppressionReason::Complaint, EventType::Complaint, "arf", ""),
-        Effect::Bounce { reason } => (SuppressionReason::HardBounce, EventType::Bounced, reason, "async"),
+    // A complaint stops marketing, as an unsubscribe does; a hard bounce
+    // every category.
+    let (kept, applies_to, kind, reason, disc) = match effect {
+        Effect::Complaint => {
+            (SuppressionReason::Complaint, AppliesTo::Marketing, EventType::Complaint, "arf", "")
+        }
+        Effect::Bounce { reason } => {
+            (SuppressionReason::HardBounce, AppliesTo::All, EventType::Bounced, reason, "async")
+        }
     };
-    let entry = Suppression::new(scope, recipient_ref, kept, AppliesTo::All).from_tenant(&tenant);
+    let entry = Suppression::new(scope, recipient_ref, kept, applies_to).from_tenant(&tenant);
     store.add_suppression(&entry).await?;
     let mut e = Event::for_job(kind, &tenant, &campaign, &job, disc);
     e.recipient_ref = Some(recipient_ref.to_hex());

@@ -5,8 +5,9 @@
 //! only in the parsers and `as_str` methods below.
 //!
 //! The policy the platform promises recipients (docs/privacy.md):
-//! * a marketing unsubscribe stops marketing mail, never transactional mail;
-//! * a hard bounce, a complaint and an erasure stop every category;
+//! * a marketing unsubscribe and a spam complaint stop marketing mail,
+//!   never transactional mail;
+//! * a hard bounce and an erasure stop every category;
 //! * a platform-wide entry stops mail from every tenant, a tenant's entry
 //!   only that tenant's.
 
@@ -290,9 +291,12 @@ impl Suppression {
         Self::new(Scope::Platform, recipient, Reason::HardBounce, AppliesTo::All).from_tenant(tenant)
     }
 
-    /// A spam complaint about `tenant`'s mail: no tenant mails the address again.
+    /// A spam complaint about `tenant`'s mail: as an unsubscribe, no tenant
+    /// sends the address marketing again; its receipts and account notices
+    /// still reach it (a complaint about a newsletter is not a refusal of
+    /// a password reset).
     pub fn complaint(tenant: &TenantId, recipient: RecipientRef) -> Self {
-        Self::new(Scope::Platform, recipient, Reason::Complaint, AppliesTo::All).from_tenant(tenant)
+        Self::new(Scope::Platform, recipient, Reason::Complaint, AppliesTo::Marketing).from_tenant(tenant)
     }
 
     /// What an erasure leaves behind: within `scope`, nothing is sent again.
@@ -374,6 +378,6 @@ mod tests {
             (b.scope, b.applies_to, b.source_tenant),
             (Scope::Platform, AppliesTo::All, Some(t.clone()))
         );
-        assert_eq!(Suppression::complaint(&t, r).applies_to, AppliesTo::All);
+        assert_eq!(Suppression::complaint(&t, r).applies_to, AppliesTo::Marketing);
     }
 }

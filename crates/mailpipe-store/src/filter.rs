@@ -91,6 +91,8 @@ pub struct SuppressionFilter {
     /// database.
     last_ok_ms: AtomicU64,
     epoch: std::time::Instant,
+    /// Entries a poll has timed already (`mailpipe_suppression_propagation_seconds`).
+    propagated: std::sync::Mutex<std::collections::HashSet<(RecipientRef, i64)>>,
 }
 
 /// How long a filter may go without a successful poll before it stops
@@ -116,6 +118,7 @@ impl SuppressionFilter {
             entries: AtomicU64::new(0),
             last_ok_ms: AtomicU64::new(0),
             epoch: std::time::Instant::now(),
+            propagated: std::sync::Mutex::new(std::collections::HashSet::new()),
         })
     }
 
@@ -166,12 +169,29 @@ impl SuppressionFilter {
         }
         let bloom = self.bloom();
         let mut n = 0u64;
+        let mut read: Vec<(RecipientRef, i64)> = Vec::new();
         let next = store
-            .scan_suppressions(*cursor, |recipient| {
+            .scan_suppressions(*cursor, |recipient, created_at| {
                 bloom.insert(&recipient.0);
                 n += 1;
+                read.push((recipient, created_at));
             })
             .await?;
+        // How long from an entry (an unsubscribe's POST, a bounce, a
+        // complaint) until this worker stops sending to it: once per entry,
+        // though the cursor may pass a row again.
+        let now = mailpipe_core::now_ms();
+        let mut seen = self.propagated.lock().unwrap_or_else(|p| p.into_inner());
+        if seen.len() > 100_000 {
+            seen.clear();
+        }
+        for (recipient, created_at) in read {
+            if seen.insert((recipient, created_at)) {
+                let secs = (now - created_at).max(0) as f64 / 1000.0;
+                metrics::histogram!("mailpipe_suppression_propagation_seconds").record(secs);
+            }
+        }
+        drop(seen);
         *cursor = Some(next);
         self.heard_from_table();
         self.entries.fetch_add(n, Ordering::Relaxed);
@@ -188,14 +208,14 @@ impl SuppressionFilter {
         let fresh = Bloom::with_capacity(self.capacity);
         let mut n = 0u64;
         let scanned = store
-            .scan_suppressions(None, |recipient| {
+            .scan_suppressions(None, |recipient, _| {
                 fresh.insert(&recipient.0);
                 n += 1;
             })
             .await?;
         let mut cursor = self.cursor.lock().await;
         let caught_up =
-            store.scan_suppressions(Some(scanned), |recipient| fresh.insert(&recipient.0)).await?;
+            store.scan_suppressions(Some(scanned), |recipient, _| fresh.insert(&recipient.0)).await?;
         *self.bloom.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(fresh);
         *cursor = Some(caught_up);
         self.heard_from_table();

@@ -126,7 +126,7 @@ impl Store {
             .transpose()
     }
 
-    /// Calls `f(recipient)` for every suppression written at or after
+    /// Calls `f(recipient, created_at)` for every suppression written at or after
     /// `cursor` (every one, without), and returns the cursor to pass next
     /// time. The cursor is assigned by the database in commit order, not by
     /// a clock: on PostgreSQL the oldest transaction still running when the
@@ -137,7 +137,7 @@ impl Store {
     pub async fn scan_suppressions(
         &self,
         cursor: Option<SuppressionCursor>,
-        mut f: impl FnMut(RecipientRef),
+        mut f: impl FnMut(RecipientRef, i64),
     ) -> Result<SuppressionCursor> {
         use futures::TryStreamExt;
         let from = cursor.map(|c| c.0);
@@ -147,24 +147,24 @@ impl Store {
                 // One statement, so one snapshot: the horizon and the rows
                 // agree. The LEFT JOIN yields the horizon with no rows too.
                 let sql = "WITH h AS (SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint AS x)
-                           SELECT h.x, s.recipient_hash FROM h
+                           SELECT h.x, s.recipient_hash, s.created_at FROM h
                            LEFT JOIN suppressions s ON ($1::bigint IS NULL OR s.txid >= $1::bigint::text::xid8)";
-                let mut rows = sqlx::query_as::<_, (i64, Option<String>)>(sql).bind(from).fetch(p);
-                while let Some((horizon, hash)) = rows.try_next().await? {
+                let mut rows =
+                    sqlx::query_as::<_, (i64, Option<String>, Option<i64>)>(sql).bind(from).fetch(p);
+                while let Some((horizon, hash, created_at)) = rows.try_next().await? {
                     next = horizon;
                     if let Some(r) = hash.and_then(|h| h.parse().ok()) {
-                        f(r);
+                        f(r, created_at.unwrap_or_default());
                     }
                 }
             }
             crate::Pool::Sqlite(p) => {
-                let sql =
-                    "SELECT COALESCE(seq, 0), recipient_hash FROM suppressions WHERE $1 IS NULL OR seq > $1";
-                let mut rows = sqlx::query_as::<_, (i64, String)>(sql).bind(from).fetch(p);
-                while let Some((seq, hash)) = rows.try_next().await? {
+                let sql = "SELECT COALESCE(seq, 0), recipient_hash, created_at FROM suppressions WHERE $1 IS NULL OR seq > $1";
+                let mut rows = sqlx::query_as::<_, (i64, String, i64)>(sql).bind(from).fetch(p);
+                while let Some((seq, hash, created_at)) = rows.try_next().await? {
                     next = next.max(seq);
                     if let Ok(r) = hash.parse() {
-                        f(r);
+                        f(r, created_at);
                     }
                 }
             }

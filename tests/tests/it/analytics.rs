@@ -475,7 +475,7 @@ fn arf_quoting_in_text(reference: &str) -> Vec<u8> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_arf_complaint_suppresses_the_recipient_everywhere_and_bad_reports_are_kept() {
+async fn an_arf_complaint_suppresses_marketing_everywhere_and_bad_reports_are_kept() {
     let TestStore { store, db } = fresh_store().await;
     let address = "complainer@example.com";
     seed_personal_data(&store, address).await;
@@ -483,9 +483,13 @@ async fn an_arf_complaint_suppresses_the_recipient_everywhere_and_bad_reports_ar
         complaint(&store, &hasher(), None, &arf(&signed("acme", "job-00001"), true)).await.unwrap();
     assert_eq!((tenant.as_str(), job.as_str()), ("acme", "job-00001"));
     let globex = TenantId::parse("globex").unwrap();
-    let s =
-        store.suppression(&hasher().hash(address), &globex, Category::Transactional).await.unwrap().unwrap();
-    assert_eq!((s.reason, s.scope), (Reason::Complaint, Scope::Platform));
+    let s = store.suppression(&hasher().hash(address), &globex, Category::Marketing).await.unwrap().unwrap();
+    assert_eq!((s.reason, s.scope), (Reason::Complaint, Scope::Platform), "marketing, for every tenant");
+    assert_eq!(
+        store.suppression(&hasher().hash(address), &globex, Category::Transactional).await.unwrap(),
+        None,
+        "a complaint, as an unsubscribe, leaves receipts and account notices"
+    );
     assert_eq!(store.event_counts("acme", "spring").await.unwrap().get("complaint"), Some(&1));
 
     // A second recipient, whom forged reports try to have suppressed.

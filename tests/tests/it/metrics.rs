@@ -20,9 +20,18 @@ async fn the_worker_exports_outcomes_lag_and_latency() {
 
     let mut worker = env.worker_process();
     env.wait_ledger("acme", "c", "sent", N, Duration::from_secs(60)).await;
+    // Two unsubscribes while it runs: the worker times how long until its
+    // filter holds each (the bulk-sender rule is 2 days; this is seconds).
+    let acme = mailpipe_core::TenantId::parse("acme").unwrap();
+    for who in ["left1@example.com", "left2@example.com"] {
+        let entry = mailpipe_core::Suppression::unsubscribe(&acme, test_keys().hasher.hash(who));
+        env.store.add_suppression(&entry).await.unwrap();
+    }
     // librdkafka reports statistics every 5 s.
-    eventually("consumer lag exported", Duration::from_secs(20), || async {
-        http(&addr, "GET", "/metrics", &[], b"").await.text().contains("mailpipe_consumer_lag{")
+    eventually("consumer lag and suppression propagation exported", Duration::from_secs(20), || async {
+        let text = http(&addr, "GET", "/metrics", &[], b"").await.text();
+        text.contains("mailpipe_consumer_lag{")
+            && text.contains("mailpipe_suppression_propagation_seconds_count 2")
     })
     .await;
     let text = http(&addr, "GET", "/metrics", &[], b"").await.text();
@@ -41,6 +50,8 @@ async fn the_worker_exports_outcomes_lag_and_latency() {
     assert_eq!(value(&format!(r#"mailpipe_consumer_lag{{topic="{}"}}"#, env.topics.send)), 0.0);
     assert_eq!(value("mailpipe_jobs_in_flight"), 0.0);
     assert!(value("mailpipe_send_duration_seconds_count") >= N as f64);
+    let propagation = value("mailpipe_suppression_propagation_seconds_sum") / 2.0;
+    assert!(propagation < 10.0, "an unsubscribe reached the worker in {propagation} s on average");
     // No label may carry a recipient, tenant or campaign.
     for l in text.lines().filter(|l| l.starts_with("mailpipe_")) {
         assert!(

@@ -71,7 +71,7 @@ pub enum Command {
     },
     /// Take an ARF complaint report (RFC 5965) from FILE or stdin (`-`), as a
     /// feedback-loop mailbox would pipe it: the recipient is suppressed for
-    /// every tenant and category, and a `complaint` event recorded.
+    /// marketing from every tenant, and a `complaint` event recorded.
     Complaint(complaint::Args),
     /// Receive what comes back over SMTP (the return paths on
     /// bounces.domain, and bounces.feedback_address), and act on it: hard
