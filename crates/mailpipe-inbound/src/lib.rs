@@ -242,11 +242,25 @@ impl Inbound {
         self.hasher.hash(&named.canonical()) == complaint::reported_recipient(&self.hasher, r.recipient())
     }
 
-    /// Whether mail to `rcpt` is taken: a return path or the feedback
-    /// address.
-    pub fn accepts(&self, rcpt: &EmailAddress) -> bool {
-        self.feedback_address.as_ref().is_some_and(|f| f.as_str().eq_ignore_ascii_case(rcpt.as_str()))
-            || self.tag_of(rcpt).is_some()
+    /// Whether mail to `rcpt` is taken: the feedback address, or a return
+    /// path whose tag names a send in the ledger. A made-up tag is refused
+    /// at RCPT, before any message is read or kept.
+    pub async fn accepts(&self, rcpt: &EmailAddress) -> smtp::Recipient {
+        if self.feedback_address.as_ref().is_some_and(|f| f.as_str().eq_ignore_ascii_case(rcpt.as_str())) {
+            return smtp::Recipient::Ours;
+        }
+        let Some(tag) = self.tag_of(rcpt) else { return smtp::Recipient::NotOurs };
+        match self.store.job_for_return_tag(tag.as_str()).await {
+            Ok(Some(_)) => smtp::Recipient::Ours,
+            Ok(None) => {
+                counted(Kind::Unknown, "unknown_return_path");
+                smtp::Recipient::NotOurs
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "inbound: cannot look up a return path; 451");
+                smtp::Recipient::TryLater
+            }
+        }
     }
 }
 
@@ -261,8 +275,8 @@ fn counted(kind: Kind, reason: &str) {
 }
 
 impl smtp::Accept for Inbound {
-    fn accepts(&self, rcpt: &EmailAddress) -> bool {
-        Inbound::accepts(self, rcpt)
+    async fn accepts(&self, rcpt: &EmailAddress) -> smtp::Recipient {
+        Inbound::accepts(self, rcpt).await
     }
 }
 

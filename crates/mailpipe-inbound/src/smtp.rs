@@ -15,9 +15,18 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
+/// Whether this receiver takes mail for a recipient.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Recipient {
+    Ours,
+    NotOurs,
+    /// Cannot tell now (the store is down): 451, the sender tries later.
+    TryLater,
+}
+
 /// Which recipients this receiver takes mail for.
 pub trait Accept: Send + Sync {
-    fn accepts(&self, rcpt: &EmailAddress) -> bool;
+    fn accepts(&self, rcpt: &EmailAddress) -> impl std::future::Future<Output = Recipient> + Send;
 }
 
 /// Where a received message goes; `Err` answers 451 (try again later).
@@ -247,16 +256,20 @@ async fn session<A: Accept, D: Deliver>(
                     drop(rcpt);
                     reply(&mut w, "452 4.5.3 Too many recipients").await?
                 }
-                Some(Ok(rcpt)) if accept.accepts(&rcpt) => {
-                    rcpts.push(rcpt);
-                    reply(&mut w, "250 2.1.5 Ok").await?
-                }
-                // Not ours: no relaying, and nothing said about why.
-                Some(Ok(_)) => {
-                    errors += 1;
-                    metrics::counter!("mailpipe_inbound_refused_total", "why" => "recipient").increment(1);
-                    reply(&mut w, "550 5.1.1 No such recipient here").await?
-                }
+                Some(Ok(rcpt)) => match accept.accepts(&rcpt).await {
+                    Recipient::Ours => {
+                        rcpts.push(rcpt);
+                        reply(&mut w, "250 2.1.5 Ok").await?
+                    }
+                    // Not ours: no relaying, and nothing said about why.
+                    Recipient::NotOurs => {
+                        errors += 1;
+                        metrics::counter!("mailpipe_inbound_refused_total", "why" => "recipient")
+                            .increment(1);
+                        reply(&mut w, "550 5.1.1 No such recipient here").await?
+                    }
+                    Recipient::TryLater => reply(&mut w, "451 4.3.0 Try again later").await?,
+                },
                 _ => reply(&mut w, "501 5.1.3 Bad recipient address syntax").await?,
             },
             "DATA" if rcpts.is_empty() => {
