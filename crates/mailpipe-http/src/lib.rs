@@ -38,6 +38,46 @@ pub struct ServeLimits {
     pub shutdown_grace: Duration,
 }
 
+/// Accepts connections on a listener, at most `max` open at once: a slot
+/// is taken before accepting, so that further clients wait in the
+/// kernel's accept queue instead of costing a task and buffers each. The
+/// HTTP listeners and `mailpipe inbound`'s SMTP listener share it.
+pub struct CappedAcceptor {
+    listener: TcpListener,
+    slots: Arc<tokio::sync::Semaphore>,
+}
+
+/// An accepted connection and the slot it holds until dropped.
+pub type Accepted = (tokio::net::TcpStream, SocketAddr, tokio::sync::OwnedSemaphorePermit);
+
+impl CappedAcceptor {
+    pub fn new(listener: TcpListener, max: usize) -> Self {
+        Self { listener, slots: Arc::new(tokio::sync::Semaphore::new(max.max(1))) }
+    }
+
+    /// The next connection, or `None` once `shutdown` fires. An accept
+    /// that fails (out of file descriptors and the like) is logged and
+    /// retried after a pause.
+    pub async fn next(&self, shutdown: &CancellationToken) -> Option<Accepted> {
+        let slot = tokio::select! {
+            _ = shutdown.cancelled() => return None,
+            s = self.slots.clone().acquire_owned() => s.expect("the semaphore is never closed"),
+        };
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return None,
+                r = self.listener.accept() => match r {
+                    Ok((stream, peer)) => return Some((stream, peer, slot)),
+                    Err(e) => {
+                        warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                },
+            }
+        }
+    }
+}
+
 /// Serves `app` on `listener` within `limits` until `shutdown` fires, then
 /// drains. `service` labels the metrics (`tracker`, `api`).
 pub async fn serve(
@@ -57,26 +97,9 @@ pub async fn serve(
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder.timer(TokioTimer::new()).header_read_timeout(limits.header_read_timeout);
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    let max = limits.max_connections.max(1);
-    let slots = Arc::new(tokio::sync::Semaphore::new(max));
+    let acceptor = CappedAcceptor::new(listener, limits.max_connections);
     let request_timeout = limits.request_timeout;
-    loop {
-        let slot = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            s = slots.clone().acquire_owned() => s.expect("the semaphore is never closed"),
-        };
-        let (stream, peer) = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            r = listener.accept() => match r {
-                Ok(c) => c,
-                Err(e) => {
-                    // Out of file descriptors and the like: back off, go on.
-                    warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
+    while let Some((stream, peer, slot)) = acceptor.next(&shutdown).await {
         let open = metrics::gauge!("mailpipe_http_connections", "service" => service);
         open.increment(1.0);
         let _ = stream.set_nodelay(true);
@@ -109,7 +132,7 @@ pub async fn serve(
             drop(slot);
         });
     }
-    drop(listener);
+    drop(acceptor);
     if tokio::time::timeout(limits.shutdown_grace, graceful.shutdown()).await.is_err() {
         warn!(service, "requests still in flight after the grace period");
     }

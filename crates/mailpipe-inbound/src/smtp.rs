@@ -76,24 +76,9 @@ pub async fn serve<A, D>(
     A: Accept + 'static,
     D: Deliver + 'static,
 {
-    let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
+    let acceptor = mailpipe_http::CappedAcceptor::new(listener, limits.max_connections);
     let limits = Arc::new(limits);
-    loop {
-        let permit = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            p = slots.clone().acquire_owned() => p.expect("never closed"),
-        };
-        let (stream, peer) = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            r = listener.accept() => match r {
-                Ok(c) => c,
-                Err(e) => {
-                    warn!(error = %e, "inbound: accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
-        };
+    while let Some((stream, peer, permit)) = acceptor.next(&shutdown).await {
         let (limits, accept, deliver, shutdown) =
             (limits.clone(), accept.clone(), deliver.clone(), shutdown.clone());
         tokio::spawn(async move {

@@ -45,25 +45,18 @@ impl Store {
                      GROUP BY e.tenant_id, e.type"#;
         let rows: Vec<(String, String, i64)> =
             on_pool!(self, p => sqlx::query_as(sql).bind(since).fetch_all(p).await)?;
-        let mut out: Vec<(TenantId, StreamFigures)> = Vec::new();
+        let mut out: std::collections::HashMap<TenantId, StreamFigures> = std::collections::HashMap::new();
         for (tenant, kind, n) in rows {
             let tenant = TenantId::parse(&tenant)
                 .map_err(|e| StoreError::BadRow(format!("tenant {tenant:?}: {e}")))?;
-            let at = match out.iter().position(|(t, _)| *t == tenant) {
-                Some(i) => i,
-                None => {
-                    out.push((tenant, StreamFigures::default()));
-                    out.len() - 1
-                }
-            };
-            let f = &mut out[at].1;
+            let f = out.entry(tenant).or_default();
             match kind.as_str() {
                 "sent" => f.delivered = n,
                 "complaint" => f.complaints = n,
                 _ => f.hard_bounces = n,
             }
         }
-        Ok(out)
+        Ok(out.into_iter().collect())
     }
 
     /// Pauses `tenant`'s stream; `false` if it was paused already.
