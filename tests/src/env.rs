@@ -152,7 +152,7 @@ impl Setup {
             store.set_transactional_allowed(t, true).await.expect("allow transactional");
         }
         if !tenants.is_empty() {
-            register_sender_domain(&cfg, &store, &tenants).await;
+            register_sender_domain(&cfg, &store, &tenants, TEST_SENDER_DOMAIN).await;
         }
         TestEnv {
             db,
@@ -207,6 +207,14 @@ impl TestEnv {
     /// The default: one partition, a well-behaved sink, tenant `acme`.
     pub async fn start() -> Self {
         Self::setup().start().await
+    }
+
+    /// Another platform domain `tenants` may send as, besides
+    /// [`TEST_SENDER_DOMAIN`].
+    pub async fn add_sender_domain(&self, name: &str, tenants: &[&str]) {
+        let tenants: Vec<TenantId> =
+            tenants.iter().map(|t| TenantId::parse(*t).expect("a tenant id")).collect();
+        register_sender_domain(&self.config(), &self.store, &tenants, name).await;
     }
 
     /// The configuration a service of this test loads.
@@ -464,12 +472,13 @@ fn relay_env(db: &str, topics: &Topics, smtp_port: u16, group: &str) -> Vec<(Str
     .collect()
 }
 
-/// [`TEST_SENDER_DOMAIN`], a platform domain the operator attests, for
-/// `tenants`: what lets their jobs be sent and signed.
-async fn register_sender_domain(cfg: &Config, store: &Store, tenants: &[TenantId]) {
+/// `name` (at start, [`TEST_SENDER_DOMAIN`]), a platform domain the
+/// operator attests, for `tenants`: what lets their jobs be sent as it and
+/// signed.
+async fn register_sender_domain(cfg: &Config, store: &Store, tenants: &[TenantId], name: &str) {
     use mailpipe_domains::{KeySource, onboard};
-    let domain = mailpipe_core::Domain::parse(TEST_SENDER_DOMAIN).expect("test sender domain");
     let sealer = app::sealer(cfg).expect("test key-encryption key");
+    let domain = mailpipe_core::Domain::parse(name).expect("test sender domain");
     let source = KeySource::Generate(mailpipe_core::DkimAlgorithm::Ed25519Sha256);
     onboard::add(
         store,
@@ -482,7 +491,7 @@ async fn register_sender_domain(cfg: &Config, store: &Store, tenants: &[TenantId
         source,
     )
     .await
-    .expect("register the test sender domain");
+    .expect("register a test sender domain");
 }
 
 /// The tracker on loopback `port`, spooling under `dir`.

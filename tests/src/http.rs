@@ -139,3 +139,23 @@ pub async fn assert_served_only_after(addr: &str, release: impl FnOnce()) {
     let answer = String::from_utf8_lossy(&buf[..n]);
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
 }
+
+/// The tenant API (`mailpipe analytics`'s router) over `store` on a free
+/// loopback port: its address, and the task serving it.
+pub async fn serve_api(store: mailpipe_store::Store) -> (String, tokio::task::JoinHandle<()>) {
+    let state = mailpipe_analytics::ApiState::new(store, crate::test_keys().hasher);
+    let router = mailpipe_analytics::router(state);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("a loopback port");
+    let addr = listener.local_addr().expect("its address").to_string();
+    let task = tokio::spawn(async move {
+        let _ = axum::serve(listener, router).await;
+    });
+    (addr, task)
+}
+
+/// `GET target` on the API at `addr` with a tenant's API key, as JSON.
+pub async fn api_get(addr: &str, target: &str, key: &str) -> (u16, serde_json::Value) {
+    let auth = format!("Bearer {key}");
+    let r = http(addr, "GET", target, &[("Authorization", auth.as_str())], b"").await;
+    (r.status, serde_json::from_slice(&r.body).unwrap_or(serde_json::Value::Null))
+}

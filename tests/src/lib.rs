@@ -27,7 +27,9 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 pub use env::{Running, Setup, TestEnv};
-pub use http::{HttpResponse, assert_served_only_after, http, list_unsubscribe, status_line, try_http};
+pub use http::{
+    HttpResponse, api_get, assert_served_only_after, http, list_unsubscribe, serve_api, status_line, try_http,
+};
 pub use kafka::{
     Record, Topics, committed, end_offsets, fresh_topics, group_members, kafka_brokers, read_event_ids,
     read_topic, wait_committed,
@@ -81,6 +83,10 @@ pub const TEST_KEK: &str = "dGVzdC1rZXktZW5jcnlwdGlvbi1rZXktb2YtMzItYnl0ZXMh";
 /// The platform domain every [`TestEnv`]'s tenants send as (attested, with
 /// an Ed25519 key), the From domain of [`job`].
 pub const TEST_SENDER_DOMAIN: &str = "sender.example";
+
+/// A second platform domain a test may let its tenants send as
+/// ([`TestEnv::add_sender_domain`]), for what differs per sending domain.
+pub const TEST_OTHER_SENDER_DOMAIN: &str = "other-sender.example";
 
 /// A send job for tests, as JSON.
 pub fn job(i: usize, tenant: &str, campaign: &str, domain: &str) -> serde_json::Value {

@@ -113,6 +113,11 @@ pub struct Event {
     /// Provider group of the recipient's domain (`google`, `microsoft`, `other`...).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub provider: Option<String>,
+    /// The domain the job was sent as (its From address's), on the events
+    /// of a send: what the breaker's per-domain figures and the daily
+    /// volume per From domain count.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sender_domain: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub attempt: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -192,6 +197,7 @@ impl Event {
             occurred_at: OffsetDateTime::now_utc(),
             category: None,
             provider: None,
+            sender_domain: None,
             attempt: None,
             smtp: None,
             url: None,

@@ -42,6 +42,7 @@ impl Store {
                     Vec::with_capacity(n),
                     Vec::with_capacity(n),
                 );
+                let (mut domains, mut reasons) = (Vec::with_capacity(n), Vec::with_capacity(n));
                 for (e, json) in rows {
                     ids.push(e.event_id.as_str());
                     tenants.push(e.tenant_id.as_ref().map(|t| t.as_str()));
@@ -50,10 +51,12 @@ impl Store {
                     kinds.push(e.kind.as_str());
                     ats.push((e.occurred_at.unix_timestamp_nanos() / 1_000_000) as i64);
                     payloads.push(text(json));
+                    domains.push(e.sender_domain.as_deref());
+                    reasons.push(e.reason.as_deref());
                 }
                 sqlx::query(
-                    "INSERT INTO events (event_id, tenant_id, campaign_id, job_id, type, occurred_at, payload)
-                     SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::bigint[], $7::text[])
+                    "INSERT INTO events (event_id, tenant_id, campaign_id, job_id, type, occurred_at, payload, sender_domain, reason)
+                     SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::bigint[], $7::text[], $8::text[], $9::text[])
                      ON CONFLICT (event_id) DO NOTHING",
                 )
                 .bind(ids)
@@ -63,6 +66,8 @@ impl Store {
                 .bind(kinds)
                 .bind(ats)
                 .bind(payloads)
+                .bind(domains)
+                .bind(reasons)
                 .execute(p)
                 .await?;
             }
@@ -106,8 +111,8 @@ where
     i64: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
 {
     let q = sqlx::query(
-        "INSERT INTO events (event_id, tenant_id, campaign_id, job_id, type, occurred_at, payload)
-         VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (event_id) DO NOTHING",
+        "INSERT INTO events (event_id, tenant_id, campaign_id, job_id, type, occurred_at, payload, sender_domain, reason)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (event_id) DO NOTHING",
     );
     bind_event!(q, e, payload)
 }

@@ -46,7 +46,7 @@ pub use domains::{Added, CheckRecord, Owner, SendingDomain, StoredKey};
 pub use filter::{Bloom, SuppressionFilter, Verdict};
 pub use ledger::{Claim, DeadLetter, DueRetry, LedgerStatus};
 pub use privacy::{ErasureReport, PurgeReport, Retention};
-pub use streams::{StreamFigures, StreamState};
+pub use streams::{StreamFigures, StreamKey, StreamState};
 pub use suppressions::{IMPORT_BATCH, Removal, SuppressionCursor};
 pub use templates::StoredTemplate;
 pub use tenants::TenantPolicy;

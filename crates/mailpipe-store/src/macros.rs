@@ -80,7 +80,8 @@ macro_rules! bind_new_row {
 }
 
 /// Binds an event row's values, in column order: event id, tenant,
-/// campaign, job, type, occurred at (ms), JSON payload.
+/// campaign, job, type, occurred at (ms), JSON payload, sender domain,
+/// reason.
 macro_rules! bind_event {
     ($q:expr, $e:expr, $payload:expr) => {
         $q.bind($e.event_id.as_str())
@@ -90,5 +91,7 @@ macro_rules! bind_event {
             .bind($e.kind.as_str())
             .bind(($e.occurred_at.unix_timestamp_nanos() / 1_000_000) as i64)
             .bind($payload)
+            .bind($e.sender_domain.as_deref())
+            .bind($e.reason.as_deref())
     };
 }

@@ -1,14 +1,51 @@
-//! The reputation breaker's store: each tenant's stream state, and the
-//! figures it decides on (docs/deliverability.md).
+//! The reputation breaker's store: each stream's state, and the figures it
+//! decides on (docs/deliverability.md). A stream is a tenant's mail as a
+//! whole, or the part of it sent as one of its sending domains.
+
+use std::collections::HashMap;
 
 use mailpipe_core::TenantId;
 
-use crate::{Result, Store, StoreError};
+use crate::{Pool, Result, Store, StoreError};
 
-/// A tenant's marketing stream.
+/// A stream: `tenant`'s mail, or only what it sends as `domain`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct StreamKey {
+    pub tenant: TenantId,
+    pub domain: Option<String>,
+}
+
+impl StreamKey {
+    pub fn tenant(tenant: &TenantId) -> Self {
+        Self { tenant: tenant.clone(), domain: None }
+    }
+
+    pub fn domain(tenant: &TenantId, domain: &str) -> Self {
+        Self { tenant: tenant.clone(), domain: Some(domain.to_ascii_lowercase()) }
+    }
+
+    /// The `streams.domain` column: '' for the tenant's whole stream.
+    fn column(&self) -> &str {
+        self.domain.as_deref().unwrap_or("")
+    }
+}
+
+impl std::fmt::Display for StreamKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.domain {
+            Some(d) => write!(f, "{} ({d})", self.tenant),
+            None => write!(f, "{}", self.tenant),
+        }
+    }
+}
+
+/// A stream's marketing state.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct StreamState {
     pub tenant_id: String,
+    /// The sending domain, or absent for the tenant's whole stream.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub domain: Option<String>,
     /// `active` or `paused`.
     pub state: String,
     /// Why it was paused.
@@ -19,86 +56,141 @@ pub struct StreamState {
     pub resumed_at: i64,
 }
 
-/// What a tenant's mail met since a time.
+/// What a stream's mail met since a time.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct StreamFigures {
     pub delivered: i64,
     pub complaints: i64,
-    /// Bounces that said the address is bad (not a content or policy
-    /// refusal of one message).
+    /// Bounces that said the address takes no mail (not a content or
+    /// policy refusal of one message).
     pub hard_bounces: i64,
+    /// Of those, the ones that said there is no such user: a list bought
+    /// or gone stale.
+    pub unknown_users: i64,
 }
 
-type Row = (String, String, Option<String>, i64, i64);
+impl std::ops::AddAssign<&StreamFigures> for StreamFigures {
+    fn add_assign(&mut self, o: &StreamFigures) {
+        self.delivered += o.delivered;
+        self.complaints += o.complaints;
+        self.hard_bounces += o.hard_bounces;
+        self.unknown_users += o.unknown_users;
+    }
+}
+
+type Row = (String, String, String, Option<String>, i64, i64);
 
 impl Store {
-    /// Each tenant's figures since `since` (unix ms), or since its last
-    /// resume if that is later; tenants with none are absent.
-    pub async fn stream_figures(&self, since: i64) -> Result<Vec<(TenantId, StreamFigures)>> {
+    /// Each stream's figures since `since` (unix ms), or since its last
+    /// resume (or its tenant's) if that is later: every tenant with events,
+    /// and each of its sending domains. Streams with none are absent.
+    pub async fn stream_figures(&self, since: i64) -> Result<Vec<(StreamKey, StreamFigures)>> {
         // `rejected` is the worker's synchronous refusal of one message
         // (content, policy): not a bad address.
-        let sql = r#"SELECT e.tenant_id, e.type,
-                        SUM(CASE WHEN e.type = 'bounced' AND e.payload LIKE '%"reason":"rejected"%' THEN 0 ELSE 1 END)
-                     FROM events e LEFT JOIN streams s ON s.tenant_id = e.tenant_id
+        let sql = "SELECT e.tenant_id, COALESCE(e.sender_domain, ''),
+                        SUM(CASE WHEN e.type = 'sent' THEN 1 ELSE 0 END),
+                        SUM(CASE WHEN e.type = 'complaint' THEN 1 ELSE 0 END),
+                        SUM(CASE WHEN e.type = 'bounced' AND COALESCE(e.reason, '') <> 'rejected' THEN 1 ELSE 0 END),
+                        SUM(CASE WHEN e.type = 'bounced' AND e.reason = 'user_unknown' THEN 1 ELSE 0 END)
+                     FROM events e
+                     LEFT JOIN streams s ON s.tenant_id = e.tenant_id AND s.domain = ''
+                     LEFT JOIN streams d ON d.tenant_id = e.tenant_id AND d.domain = e.sender_domain
                      WHERE e.tenant_id IS NOT NULL AND e.type IN ('sent', 'bounced', 'complaint')
-                       AND e.occurred_at >= CASE WHEN COALESCE(s.resumed_at, 0) > $1 THEN s.resumed_at ELSE $1 END
-                     GROUP BY e.tenant_id, e.type"#;
-        let rows: Vec<(String, String, i64)> =
-            on_pool!(self, p => sqlx::query_as(sql).bind(since).fetch_all(p).await)?;
-        let mut out: std::collections::HashMap<TenantId, StreamFigures> = std::collections::HashMap::new();
-        for (tenant, kind, n) in rows {
+                       AND e.occurred_at >= $1
+                       AND e.occurred_at >= COALESCE(s.resumed_at, 0)
+                       AND e.occurred_at >= COALESCE(d.resumed_at, 0)
+                     GROUP BY e.tenant_id, COALESCE(e.sender_domain, '')";
+        let rows: Vec<(String, String, i64, i64, i64, i64)> = match &self.pool {
+            // SUM over BIGINT is NUMERIC on PostgreSQL.
+            Pool::Postgres(p) => {
+                let sql = sql.replace("ELSE 0 END)", "ELSE 0 END)::BIGINT");
+                sqlx::query_as(&sql).bind(since).fetch_all(p).await?
+            }
+            Pool::Sqlite(p) => sqlx::query_as(sql).bind(since).fetch_all(p).await?,
+        };
+        let mut out: HashMap<StreamKey, StreamFigures> = HashMap::new();
+        for (tenant, domain, delivered, complaints, hard_bounces, unknown_users) in rows {
             let tenant = TenantId::parse(&tenant)
                 .map_err(|e| StoreError::BadRow(format!("tenant {tenant:?}: {e}")))?;
-            let f = out.entry(tenant).or_default();
-            match kind.as_str() {
-                "sent" => f.delivered = n,
-                "complaint" => f.complaints = n,
-                _ => f.hard_bounces = n,
+            let f = StreamFigures { delivered, complaints, hard_bounces, unknown_users };
+            *out.entry(StreamKey::tenant(&tenant)).or_default() += &f;
+            if !domain.is_empty() {
+                *out.entry(StreamKey::domain(&tenant, &domain)).or_default() += &f;
             }
         }
-        Ok(out.into_iter().collect())
+        let mut out: Vec<_> = out.into_iter().collect();
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(out)
     }
 
-    /// Pauses `tenant`'s stream; `false` if it was paused already.
-    pub async fn pause_stream(&self, tenant: &TenantId, reason: &str, now: i64) -> Result<bool> {
-        let sql = "INSERT INTO streams (tenant_id, state, reason, changed_at) VALUES ($1, 'paused', $2, $3)
-                   ON CONFLICT (tenant_id) DO UPDATE SET state = 'paused', reason = excluded.reason, changed_at = excluded.changed_at
+    /// Pauses a stream; `false` if it was paused already.
+    pub async fn pause_stream(&self, key: &StreamKey, reason: &str, now: i64) -> Result<bool> {
+        let sql = "INSERT INTO streams (tenant_id, domain, state, reason, changed_at) VALUES ($1, $2, 'paused', $3, $4)
+                   ON CONFLICT (tenant_id, domain) DO UPDATE SET state = 'paused', reason = excluded.reason, changed_at = excluded.changed_at
                    WHERE streams.state = 'active'";
-        let n = on_pool!(self, p => sqlx::query(sql).bind(tenant.as_str()).bind(reason).bind(now).execute(p).await.map(|r| r.rows_affected()))?;
+        let n = on_pool!(self, p => sqlx::query(sql).bind(key.tenant.as_str()).bind(key.column()).bind(reason).bind(now).execute(p).await.map(|r| r.rows_affected()))?;
         Ok(n > 0)
     }
 
-    /// Resumes `tenant`'s stream; `false` if it was not paused.
-    pub async fn resume_stream(&self, tenant: &TenantId, now: i64) -> Result<bool> {
-        let sql = "UPDATE streams SET state = 'active', reason = NULL, changed_at = $2, resumed_at = $2
-                   WHERE tenant_id = $1 AND state = 'paused'";
-        let n = on_pool!(self, p => sqlx::query(sql).bind(tenant.as_str()).bind(now).execute(p).await.map(|r| r.rows_affected()))?;
-        Ok(n > 0)
+    /// Resumes `tenant`'s paused streams: only `domain`'s if given, else
+    /// every one. Returns those it resumed.
+    pub async fn resume_streams(
+        &self,
+        tenant: &TenantId,
+        domain: Option<&str>,
+        now: i64,
+    ) -> Result<Vec<StreamKey>> {
+        let sql = "UPDATE streams SET state = 'active', reason = NULL, changed_at = $3, resumed_at = $3
+                   WHERE tenant_id = $1 AND state = 'paused' AND ($2 IS NULL OR domain = $2)
+                   RETURNING domain";
+        let domain = domain.map(str::to_ascii_lowercase);
+        let rows: Vec<String> = on_pool!(self, p => sqlx::query_scalar(sql).bind(tenant.as_str()).bind(domain.as_deref()).bind(now).fetch_all(p).await)?;
+        let mut out: Vec<StreamKey> = rows
+            .into_iter()
+            .map(|d| if d.is_empty() { StreamKey::tenant(tenant) } else { StreamKey::domain(tenant, &d) })
+            .collect();
+        out.sort();
+        Ok(out)
     }
 
-    /// The tenants whose streams are paused.
-    pub async fn paused_streams(&self) -> Result<Vec<TenantId>> {
-        let sql = "SELECT tenant_id FROM streams WHERE state = 'paused'";
-        let rows: Vec<String> = on_pool!(self, p => sqlx::query_scalar(sql).fetch_all(p).await)?;
-        Ok(rows.into_iter().filter_map(|t| TenantId::parse(t).ok()).collect())
+    /// The paused streams.
+    pub async fn paused_streams(&self) -> Result<Vec<StreamKey>> {
+        let sql = "SELECT tenant_id, domain FROM streams WHERE state = 'paused' ORDER BY tenant_id, domain";
+        let rows: Vec<(String, String)> = on_pool!(self, p => sqlx::query_as(sql).fetch_all(p).await)?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|(t, d)| {
+                let t = TenantId::parse(t).ok()?;
+                Some(if d.is_empty() { StreamKey::tenant(&t) } else { StreamKey::domain(&t, &d) })
+            })
+            .collect())
     }
 
     /// Every stream with a state, or `tenant`'s only (read in the tenant's
     /// context on a [`Store::for_tenant`] handle).
     pub async fn streams(&self, tenant: Option<&TenantId>) -> Result<Vec<StreamState>> {
-        let sql = "SELECT tenant_id, state, reason, changed_at, resumed_at FROM streams
-                   WHERE $1 = '' OR tenant_id = $1 ORDER BY tenant_id";
+        let sql = "SELECT tenant_id, domain, state, reason, changed_at, resumed_at FROM streams
+                   WHERE $1 = '' OR tenant_id = $1 ORDER BY tenant_id, domain";
         let key = tenant.map_or("", TenantId::as_str);
         let rows: Vec<Row> = scoped!(self, p => sqlx::query_as(sql).bind(key).fetch_all(p).await)?;
         Ok(rows
             .into_iter()
-            .map(|(tenant_id, state, reason, changed_at, resumed_at)| StreamState {
+            .map(|(tenant_id, domain, state, reason, changed_at, resumed_at)| StreamState {
                 tenant_id,
+                domain: (!domain.is_empty()).then_some(domain),
                 state,
                 reason,
                 changed_at,
                 resumed_at,
             })
             .collect())
+    }
+
+    /// The domain a job was sent as, from its events (for what comes back
+    /// about it later: a bounce, a complaint).
+    pub async fn sender_domain(&self, tenant: &str, job_id: &str) -> Result<Option<String>> {
+        let sql = "SELECT sender_domain FROM events WHERE tenant_id = $1 AND job_id = $2
+                   AND sender_domain IS NOT NULL LIMIT 1";
+        Ok(on_pool!(self, p => sqlx::query_scalar(sql).bind(tenant).bind(job_id).fetch_optional(p).await)?)
     }
 }

@@ -1,12 +1,14 @@
-//! The reputation circuit breaker (docs/deliverability.md): per tenant,
-//! over rolling 24-hour and 7-day windows, the complaint rate (complaints
-//! over delivered) and the hard-bounce rate, acting only above a minimum
-//! volume. Above the pause thresholds the tenant's marketing stream is
-//! paused: its marketing jobs wait on the retry schedule (never dropped),
-//! its transactional mail keeps flowing, other tenants are untouched, until
-//! an operator resumes it (`mailpipe tenant resume`). Every worker
-//! evaluates; the store decides which one saw the pause first, and only
-//! that one records the `stream_paused` event.
+//! The reputation circuit breaker (docs/deliverability.md): per tenant and
+//! per sending domain, over rolling 24-hour and 7-day windows, the
+//! complaint rate (complaints over delivered), the hard-bounce rate and the
+//! unknown-user rate, acting only above a minimum volume. Above a pause
+//! threshold the stream's marketing is paused: its marketing jobs wait on
+//! the retry schedule (never dropped), its transactional mail keeps
+//! flowing, other tenants (and the tenant's other domains, when only one
+//! domain's stream is paused) are untouched, until an operator resumes it
+//! (`mailpipe tenant resume`). Every worker evaluates; the store decides
+//! which one saw the pause first, and only that one records the
+//! `stream_paused` event.
 
 use std::collections::HashSet;
 use std::sync::{Arc, RwLock};
@@ -14,7 +16,7 @@ use std::time::Duration;
 
 use mailpipe_core::{Event, EventType, TenantId, now_ms};
 use mailpipe_queue::kafka::KafkaEvents;
-use mailpipe_store::{Store, StreamFigures};
+use mailpipe_store::{Store, StreamFigures, StreamKey};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
@@ -31,6 +33,9 @@ pub struct BreakerSettings {
     pub complaint_pause: f64,
     pub hard_bounce_warn: f64,
     pub hard_bounce_pause: f64,
+    /// Unknown users over delivered: a list bought or gone stale.
+    pub unknown_user_warn: f64,
+    pub unknown_user_pause: f64,
     /// How long a held marketing job of a paused stream waits on the retry
     /// schedule before it is looked at again.
     #[serde(rename = "recheck_secs", deserialize_with = "mailpipe_core::units::secs")]
@@ -49,7 +54,12 @@ impl BreakerSettings {
         rate("complaint_pause", self.complaint_pause, &mut out);
         rate("hard_bounce_warn", self.hard_bounce_warn, &mut out);
         rate("hard_bounce_pause", self.hard_bounce_pause, &mut out);
-        if self.complaint_warn > self.complaint_pause || self.hard_bounce_warn > self.hard_bounce_pause {
+        rate("unknown_user_warn", self.unknown_user_warn, &mut out);
+        rate("unknown_user_pause", self.unknown_user_pause, &mut out);
+        if self.complaint_warn > self.complaint_pause
+            || self.hard_bounce_warn > self.hard_bounce_pause
+            || self.unknown_user_warn > self.unknown_user_pause
+        {
             out.push("breaker: a warn threshold is above its pause threshold".into());
         }
         if self.min_delivered < 1 {
@@ -77,7 +87,6 @@ pub fn judge(f: &StreamFigures, window: &str, s: &BreakerSettings) -> Judgement 
         return Judgement::Healthy;
     }
     let rate = |n: i64| n as f64 / f.delivered as f64;
-    let (complaints, bounces) = (rate(f.complaints), rate(f.hard_bounces));
     let say = |what: &str, r: f64, limit: f64| {
         format!(
             "{what} rate {:.2}% over {window} ({} delivered; limit {:.2}%)",
@@ -86,32 +95,43 @@ pub fn judge(f: &StreamFigures, window: &str, s: &BreakerSettings) -> Judgement 
             limit * 100.0
         )
     };
-    if complaints >= s.complaint_pause {
-        Judgement::Pause(say("complaint", complaints, s.complaint_pause))
-    } else if bounces >= s.hard_bounce_pause {
-        Judgement::Pause(say("hard-bounce", bounces, s.hard_bounce_pause))
-    } else if complaints >= s.complaint_warn {
-        Judgement::Warn(say("complaint", complaints, s.complaint_warn))
-    } else if bounces >= s.hard_bounce_warn {
-        Judgement::Warn(say("hard-bounce", bounces, s.hard_bounce_warn))
-    } else {
-        Judgement::Healthy
+    // Worst first: a pause on any figure, then a warning.
+    let figures = [
+        ("complaint", rate(f.complaints), s.complaint_warn, s.complaint_pause),
+        ("hard-bounce", rate(f.hard_bounces), s.hard_bounce_warn, s.hard_bounce_pause),
+        ("unknown-user", rate(f.unknown_users), s.unknown_user_warn, s.unknown_user_pause),
+    ];
+    if let Some((what, r, _, limit)) = figures.iter().find(|(_, r, _, pause)| r >= pause) {
+        return Judgement::Pause(say(what, *r, *limit));
     }
+    if let Some((what, r, limit, _)) = figures.iter().find(|(_, r, warn, _)| r >= warn) {
+        return Judgement::Warn(say(what, *r, *limit));
+    }
+    Judgement::Healthy
 }
 
-/// The tenants whose marketing streams are paused, as this worker last
-/// read them.
+/// The paused marketing streams, as this worker last read them.
 #[derive(Debug, Default)]
 pub struct Streams {
-    paused: RwLock<HashSet<TenantId>>,
+    paused: RwLock<HashSet<StreamKey>>,
 }
 
 impl Streams {
-    pub fn is_paused(&self, tenant: &TenantId) -> bool {
-        self.paused.read().unwrap_or_else(|p| p.into_inner()).contains(tenant)
+    /// Whether marketing `tenant` sends as `domain` is held: its whole
+    /// stream or that domain's is paused.
+    pub fn is_paused(&self, tenant: &TenantId, domain: &str) -> bool {
+        let paused = self.paused.read().unwrap_or_else(|p| p.into_inner());
+        if paused.is_empty() {
+            return false;
+        }
+        paused.contains(&StreamKey::tenant(tenant)) || paused.contains(&StreamKey::domain(tenant, domain))
     }
 
-    fn set(&self, paused: HashSet<TenantId>) {
+    fn hold(&self, stream: StreamKey) {
+        self.paused.write().unwrap_or_else(|p| p.into_inner()).insert(stream);
+    }
+
+    fn set(&self, paused: HashSet<StreamKey>) {
         *self.paused.write().unwrap_or_else(|p| p.into_inner()) = paused;
     }
 }
@@ -128,20 +148,33 @@ pub async fn evaluate(
     events: Option<&KafkaEvents>,
 ) -> Result<(), mailpipe_store::StoreError> {
     let now = now_ms();
+    // A tenant whose whole stream is paused has every domain's held: no
+    // domain of it is paused on top, for the same figures.
+    let mut tenants_paused: HashSet<TenantId> =
+        store.paused_streams().await?.into_iter().filter(|k| k.domain.is_none()).map(|k| k.tenant).collect();
     for (window, len) in WINDOWS {
-        for (tenant, figures) in store.stream_figures(now - len).await? {
+        // Tenants come before their domains.
+        for (stream, figures) in store.stream_figures(now - len).await? {
+            if stream.domain.is_some() && tenants_paused.contains(&stream.tenant) {
+                continue;
+            }
             match judge(&figures, window, s) {
                 Judgement::Healthy => {}
                 Judgement::Warn(why) => {
                     metrics::counter!("mailpipe_stream_warnings_total").increment(1);
-                    warn!(%tenant, %why, "reputation: close to the pause threshold");
+                    warn!(%stream, %why, "reputation: close to the pause threshold");
                 }
                 Judgement::Pause(why) => {
-                    if store.pause_stream(&tenant, &why, now).await? {
+                    if stream.domain.is_none() {
+                        tenants_paused.insert(stream.tenant.clone());
+                    }
+                    // Held here first, then recorded: once the store says
+                    // paused, this worker holds the stream already.
+                    streams.hold(stream.clone());
+                    if store.pause_stream(&stream, &why, now).await? {
                         metrics::counter!("mailpipe_stream_pauses_total").increment(1);
-                        warn!(%tenant, %why, "reputation: marketing stream paused");
-                        let mut e = Event::for_tenant(EventType::StreamPaused, &tenant, &now.to_string());
-                        e.reason = Some(why);
+                        warn!(%stream, %why, "reputation: marketing stream paused");
+                        let e = stream_event(EventType::StreamPaused, &stream, now, Some(why));
                         store.insert_events(std::slice::from_ref(&e)).await?;
                         if let Some(k) = events
                             && let Err(err) = k.publish(std::slice::from_ref(&e)).await
@@ -153,10 +186,20 @@ pub async fn evaluate(
             }
         }
     }
-    let paused: HashSet<TenantId> = store.paused_streams().await?.into_iter().collect();
+    let paused: HashSet<StreamKey> = store.paused_streams().await?.into_iter().collect();
     metrics::gauge!("mailpipe_streams_paused").set(paused.len() as f64);
     streams.set(paused);
     Ok(())
+}
+
+/// The `stream_paused` or `stream_resumed` event of `stream` at `now`: the
+/// sending domain on the event when the stream is a domain's.
+pub fn stream_event(kind: EventType, stream: &StreamKey, now: i64, reason: Option<String>) -> Event {
+    let discriminator = format!("{}@{now}", stream.domain.as_deref().unwrap_or(""));
+    let mut e = Event::for_tenant(kind, &stream.tenant, &discriminator);
+    e.sender_domain.clone_from(&stream.domain);
+    e.reason = reason;
+    e
 }
 
 /// Evaluates every `s.evaluate_every` until `shutdown`.
@@ -192,12 +235,14 @@ mod tests {
             complaint_pause: 0.003,
             hard_bounce_warn: 0.02,
             hard_bounce_pause: 0.05,
+            unknown_user_warn: 0.01,
+            unknown_user_pause: 0.03,
             recheck: Duration::from_secs(300),
         }
     }
 
     fn f(delivered: i64, complaints: i64, hard_bounces: i64) -> StreamFigures {
-        StreamFigures { delivered, complaints, hard_bounces }
+        StreamFigures { delivered, complaints, hard_bounces, unknown_users: 0 }
     }
 
     #[test]
@@ -216,6 +261,17 @@ mod tests {
         );
         assert!(
             matches!(judge(&f(10_000, 0, 500), "24h", &s), Judgement::Pause(w) if w.contains("hard-bounce rate 5.00%"))
+        );
+        let stale = StreamFigures { unknown_users: 300, ..f(10_000, 0, 300) };
+        assert!(
+            matches!(judge(&stale, "24h", &s), Judgement::Pause(w) if w.contains("unknown-user rate 3.00%")),
+            "a stale list pauses before the hard-bounce limit"
+        );
+        let stale = StreamFigures { unknown_users: 100, ..f(10_000, 0, 100) };
+        assert!(matches!(judge(&stale, "24h", &s), Judgement::Warn(w) if w.contains("unknown-user")));
+        assert!(
+            matches!(judge(&f(10_000, 30, 300), "24h", &s), Judgement::Pause(w) if w.contains("complaint")),
+            "a pause on any figure outranks a warning on another"
         );
         assert!(settings().problems().is_empty());
         let bad = BreakerSettings { complaint_pause: 3.0, min_delivered: 0, ..settings() };

@@ -105,16 +105,6 @@ async fn aggregates_count_each_event_once_on_postgres_and_sqlite() {
     let _ = std::fs::remove_file(path);
 }
 
-async fn serve_api(store: Store) -> (String, tokio::task::JoinHandle<()>) {
-    let router = mailpipe_analytics::router(mailpipe_analytics::ApiState::new(store, hasher()));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap().to_string();
-    let task = tokio::spawn(async move {
-        let _ = axum::serve(listener, router).await;
-    });
-    (addr, task)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tenant_sees_only_its_own_data_enforced_by_the_database_too() {
     let TestStore { store, db } = fresh_store().await;

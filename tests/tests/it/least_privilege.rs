@@ -85,7 +85,7 @@ async fn seed(env: &TestEnv) {
         )
         .from_tenant(&t);
         store.add_suppression(&unsubscribed).await.unwrap();
-        store.pause_stream(&t, "test", 1).await.unwrap();
+        store.pause_stream(&mailpipe_store::StreamKey::tenant(&t), "test", 1).await.unwrap();
         let gone = mailpipe_core::EmailAddress::parse(&format!("gone@{tenant}.example")).unwrap();
         mailpipe_analytics::privacy::erase(store, &test_keys().hasher, &gone, &Scope::Tenant(t))
             .await

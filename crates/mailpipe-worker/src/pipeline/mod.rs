@@ -357,6 +357,7 @@ impl Pipeline {
         let mut e = Event::for_job(kind, &job.tenant_id, &job.campaign_id, &job.job_id, discriminator);
         e.category = Some(job.category);
         e.provider = Some(self.provider(job.to.email.domain()).to_owned());
+        e.sender_domain = Some(job.from.email.domain().to_ascii_lowercase());
         e
     }
 

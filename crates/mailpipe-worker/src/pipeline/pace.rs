@@ -25,11 +25,12 @@ impl Pipeline {
         claim: &Claim,
         shutdown: &CancellationToken,
     ) -> Step<()> {
-        // A paused marketing stream: held on the retry schedule, never
-        // dropped; transactional mail and other tenants go on.
+        // A paused marketing stream (the tenant's, or that of the domain
+        // it sends as): held on the retry schedule, never dropped;
+        // transactional mail, other domains and other tenants go on.
         if job.category == Category::Marketing
             && let Some((streams, recheck)) = &self.streams
-            && streams.is_paused(&job.tenant_id)
+            && streams.is_paused(&job.tenant_id, job.from.email.domain())
         {
             metrics::counter!("mailpipe_jobs_held_total", "why" => "stream_paused").increment(1);
             return ended(self.park(rec, job, claim.attempts.max(0) as u32, *recheck, shutdown).await?);

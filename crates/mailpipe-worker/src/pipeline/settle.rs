@@ -53,7 +53,8 @@ impl Pipeline {
             }
             Disposition::Bounced { suppress } => {
                 let mut e = ev(EventType::Bounced, "");
-                e.reason = Some(if suppress { Reason::HardBounce.as_str() } else { "rejected" }.into());
+                e.reason =
+                    Some(if suppress { bad_address(attempt.reply.as_ref()) } else { "rejected" }.into());
                 if suppress {
                     let recipient = self.composer.recipients().hash(&job.to.email.canonical());
                     let entry = Suppression::hard_bounce(&job.tenant_id, recipient);
@@ -309,5 +310,21 @@ impl Pipeline {
             }
             EventOut::StoreOnly => ControlFlow::Continue(()),
         }
+    }
+}
+
+/// Why a refusal that suppresses its recipient says the address is bad, in
+/// docs/bounces.md's vocabulary (as an asynchronous bounce gives it), so
+/// that the breaker counts unknown users alike; `hard_bounce` when the
+/// reply says no more.
+fn bad_address(reply: Option<&Reply>) -> &'static str {
+    use mailpipe_core::status::{BounceReason, StatusCode, classify};
+    let Some(r) = reply else { return Reason::HardBounce.as_str() };
+    let status = r.enhanced.as_deref().and_then(StatusCode::parse);
+    match classify(status, Some(r.code), &r.text).1 {
+        reason @ (BounceReason::UserUnknown | BounceReason::MailboxDisabled | BounceReason::HostUnknown) => {
+            reason.as_str()
+        }
+        _ => Reason::HardBounce.as_str(),
     }
 }

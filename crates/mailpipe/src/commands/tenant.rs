@@ -52,10 +52,15 @@ pub enum Command {
     /// Show each tenant's marketing stream: active, or paused by the
     /// reputation breaker and why (docs/deliverability.md).
     Streams,
-    /// Resume a tenant's paused marketing stream: its held jobs go out
-    /// (once each) as they come due; the breaker then reads only figures
-    /// from after the resume.
-    Resume { id: String },
+    /// Resume a tenant's paused marketing streams (every one, or only that
+    /// of `--domain`): their held jobs go out (once each) as they come due;
+    /// the breaker then reads only figures from after the resume.
+    Resume {
+        id: String,
+        /// Only the stream of this sending domain.
+        #[arg(long)]
+        domain: Option<String>,
+    },
 }
 
 pub async fn run(command: Command, cfg: &Config) -> anyhow::Result<ExitCode> {
@@ -98,32 +103,46 @@ pub async fn run(command: Command, cfg: &Config) -> anyhow::Result<ExitCode> {
         }
         Command::Streams => {
             let store = app::store(cfg).await?;
+            println!("tenant\tdomain\tstate\tchanged_at\treason");
             for s in store.streams(None).await? {
                 let reason = s.reason.as_deref().unwrap_or("-");
-                println!("{}\t{}\t{}\t{}", s.tenant_id, s.state, s.changed_at, reason);
+                let domain = s.domain.as_deref().unwrap_or("*");
+                println!("{}\t{domain}\t{}\t{}\t{reason}", s.tenant_id, s.state, s.changed_at);
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Resume { id } => {
+        Command::Resume { id, domain } => {
             let tenant = tenant_id(&id)?;
             let store = app::store(cfg).await?;
             let now = mailpipe_core::now_ms();
-            if !store.resume_stream(&tenant, now).await? {
-                anyhow::bail!("tenant {tenant}'s stream is not paused");
+            let resumed = store.resume_streams(&tenant, domain.as_deref(), now).await?;
+            if resumed.is_empty() {
+                match &domain {
+                    Some(d) => anyhow::bail!("tenant {tenant}'s stream for {d} is not paused"),
+                    None => anyhow::bail!("tenant {tenant} has no paused stream"),
+                }
             }
-            let e = mailpipe_core::Event::for_tenant(
-                mailpipe_core::EventType::StreamResumed,
-                &tenant,
-                &now.to_string(),
-            );
-            store.insert_events(std::slice::from_ref(&e)).await?;
+            let events: Vec<_> = resumed
+                .iter()
+                .map(|k| {
+                    mailpipe_worker::breaker::stream_event(
+                        mailpipe_core::EventType::StreamResumed,
+                        k,
+                        now,
+                        None,
+                    )
+                })
+                .collect();
+            store.insert_events(&events).await?;
             if cfg.queue.kind == crate::config::QueueKind::Kafka {
-                let events = mailpipe_queue::kafka::KafkaEvents::connect(&cfg.queue.kafka)
+                let out = mailpipe_queue::kafka::KafkaEvents::connect(&cfg.queue.kafka)
                     .await
                     .map_err(app::kafka_hint)?;
-                events.publish(std::slice::from_ref(&e)).await?;
+                out.publish(&events).await?;
             }
-            println!("tenant {tenant}: marketing stream resumed; held jobs go out as they come due");
+            for k in &resumed {
+                println!("{k}: marketing stream resumed; held jobs go out as they come due");
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::RevokeLinks { id } => {

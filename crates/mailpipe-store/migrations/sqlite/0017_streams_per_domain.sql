@@ -1,0 +1,18 @@
+-- The breaker per sending domain (see the PostgreSQL migration).
+ALTER TABLE events ADD COLUMN sender_domain TEXT;
+ALTER TABLE events ADD COLUMN reason TEXT;
+UPDATE events SET reason = json_extract(payload, '$.reason') WHERE type = 'bounced';
+
+CREATE TABLE streams_new (
+    tenant_id  TEXT NOT NULL,
+    domain     TEXT NOT NULL DEFAULT '',
+    state      TEXT NOT NULL CHECK (state IN ('active', 'paused')),
+    reason     TEXT,
+    changed_at BIGINT NOT NULL,
+    resumed_at BIGINT NOT NULL DEFAULT 0,
+    PRIMARY KEY (tenant_id, domain)
+);
+INSERT INTO streams_new (tenant_id, state, reason, changed_at, resumed_at)
+    SELECT tenant_id, state, reason, changed_at, resumed_at FROM streams;
+DROP TABLE streams;
+ALTER TABLE streams_new RENAME TO streams;
