@@ -461,6 +461,9 @@ fn relay_env(db: &str, topics: &Topics, smtp_port: u16, group: &str) -> Vec<(Str
         ("MAILPIPE__TOKENS__RECIPIENT_KEY", TEST_RECIPIENT_KEY),
         ("MAILPIPE__DOMAINS__KEYS__1", TEST_KEK),
         ("MAILPIPE__DOMAINS__REFRESH_MS", "200"),
+        // Providers by MX through the test's DNS server, which refuses the
+        // names it does not serve at once: no test waits on a resolver.
+        ("MAILPIPE__PROVIDERS__NAMESERVERS", &format!("[\"{}\"]", crate::dns::dns_server())),
         ("MAILPIPE__METRICS__LISTEN", "127.0.0.1:0"),
         ("MAILPIPE__TRACKER__METRICS_LISTEN", "127.0.0.1:0"),
         ("MAILPIPE__WORKER__GRACE_PERIOD_SECS", "20"),

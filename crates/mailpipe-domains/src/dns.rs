@@ -26,6 +26,12 @@ pub enum Answer {
 #[error("DNS resolver: {0}")]
 pub struct DnsError(String);
 
+impl DnsError {
+    pub(crate) fn new(why: String) -> Self {
+        Self(why)
+    }
+}
+
 /// A resolver that caches nothing, so a check always sees what is published
 /// now.
 pub struct Dns {

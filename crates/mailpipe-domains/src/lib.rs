@@ -13,6 +13,8 @@
 //!   current without a restart.
 //! * [`seal`]: private keys at rest, AES-256-GCM under a key-encryption key.
 //! * [`keys`]: key pairs, RSA-2048 or Ed25519.
+//! * [`providers`]: a recipient domain's mailbox provider, from its MX
+//!   hosts (cached for their TTL), for pacing and counting.
 #![forbid(unsafe_code)]
 
 pub mod check;
@@ -20,6 +22,7 @@ pub mod dns;
 pub mod keys;
 pub mod onboard;
 pub mod preflight;
+pub mod providers;
 pub mod records;
 pub mod registry;
 pub mod seal;
@@ -32,6 +35,7 @@ pub use check::{Checked, DkimVerdict, check, run_checks};
 pub use dns::{Answer, Dns};
 pub use onboard::KeySource;
 pub use preflight::{Finding, Outcome};
+pub use providers::{ProviderSettings, Providers};
 pub use records::Record;
 pub use registry::{Permit, Senders};
 pub use seal::{SealError, Sealer};

@@ -4,7 +4,9 @@
 //!
 //! A message to `domain` is limited under one key: the domain's provider
 //! group if it has one (`gmail.com` and `googlemail.com` → `google`), else
-//! the domain itself. Keys with a configured limit get their own limiter;
+//! the domain itself. The caller may pass the group it found itself (by
+//! the domain's MX hosts) in the domain's place: every method taking a
+//! domain takes a group name alike. Keys with a configured limit get their own limiter;
 //! other domains share the default quota, each domain separately. A global
 //! cap, if set, applies on top.
 

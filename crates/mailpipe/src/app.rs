@@ -271,6 +271,10 @@ pub async fn run_worker(
             senders,
         )
         .with_throttle(Arc::new(Throttle::new(&cfg.throttle)))
+        .with_providers(Arc::new(
+            mailpipe_domains::Providers::new(&cfg.providers, &cfg.throttle.groups)
+                .context("providers: the DNS resolver for MX lookups")?,
+        ))
         .with_suppression_filter(suppression_filter(cfg, &store, &shutdown))
         .with_return_paths(cfg.return_paths.clone())
         .with_breaker(breaker(cfg, &store, &events, &shutdown)),

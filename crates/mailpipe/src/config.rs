@@ -13,6 +13,7 @@ use std::time::Duration;
 use base64::Engine as _;
 use mailpipe_analytics::AnalyticsSettings;
 use mailpipe_domains::DomainSettings;
+use mailpipe_domains::ProviderSettings;
 use mailpipe_feedback::{BounceSettings, ReturnPaths};
 use mailpipe_queue::kafka::KafkaSettings;
 use mailpipe_render::RenderSettings;
@@ -176,6 +177,8 @@ pub struct Config {
     pub domains: DomainSettings,
     /// `[throttle]`, every rate parsed at load.
     pub throttle: ThrottleConfig,
+    /// `[providers]`: recipient domains' provider groups by MX.
+    pub providers: ProviderSettings,
     pub analytics: AnalyticsSettings,
     pub retention: Retention,
     /// `[bounces]`, as written.
@@ -242,7 +245,7 @@ impl Config {
             return Err(ConfigErrors(errors));
         }
 
-        const SECTIONS: [&str; 15] = [
+        const SECTIONS: [&str; 16] = [
             "store",
             "queue",
             "smtp",
@@ -254,6 +257,7 @@ impl Config {
             "log",
             "domains",
             "throttle",
+            "providers",
             "analytics",
             "retention",
             "bounces",
@@ -299,6 +303,10 @@ impl Config {
                 .map_err(|bad| errors.extend(bad.iter().map(|b| format!("throttle.{b}"))))
                 .ok()
         });
+        let providers = section::<ProviderSettings>(&tree, "providers", &mut errors);
+        if let Some(p) = &providers {
+            errors.extend(p.problems());
+        }
         let analytics = section::<AnalyticsSettings>(&tree, "analytics", &mut errors);
         let retention = section::<Retention>(&tree, "retention", &mut errors);
         let bounces = section::<BounceSettings>(&tree, "bounces", &mut errors);
@@ -354,13 +362,14 @@ impl Config {
             Some(log),
             Some(domains),
             Some(throttle),
+            Some(providers),
             Some(analytics),
             Some(retention),
             Some(bounces),
             Some(breaker),
         ) = (
-            store, queue, smtp, worker, render, tracker, tokens, metrics, log, domains, throttle, analytics,
-            retention, bounces, breaker,
+            store, queue, smtp, worker, render, tracker, tokens, metrics, log, domains, throttle, providers,
+            analytics, retention, bounces, breaker,
         )
         else {
             return Err(ConfigErrors(errors));
@@ -377,6 +386,7 @@ impl Config {
             log,
             domains,
             throttle,
+            providers,
             analytics,
             retention,
             bounces,
@@ -682,8 +692,15 @@ fn set_path(tree: &mut toml::Table, path: &[String], value: toml::Value) {
 }
 
 /// Environment values are typed like TOML scalars when they parse as one
-/// (`64`, `true`, `1.5`), and are strings otherwise.
+/// (`64`, `true`, `1.5`), arrays when written as a TOML array
+/// (`["192.0.2.53:53"]`), and are strings otherwise.
 fn env_value(v: &str) -> toml::Value {
+    if v.starts_with('[')
+        && let Ok(t) = format!("v = {v}").parse::<toml::Table>()
+        && let Some(a @ toml::Value::Array(_)) = t.get("v")
+    {
+        return a.clone();
+    }
     if let Ok(i) = v.parse::<i64>() {
         return toml::Value::Integer(i);
     }
@@ -704,6 +721,21 @@ mod tests {
 
     fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
         pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn the_environment_sets_arrays_and_the_providers_are_checked() {
+        let cfg =
+            Config::load(None, env(&[("MAILPIPE__PROVIDERS__NAMESERVERS", "[\"127.0.0.1:5353\"]")])).unwrap();
+        assert_eq!(cfg.providers.nameservers, ["127.0.0.1:5353".parse().unwrap()]);
+        assert_eq!(cfg.providers.mx["google"], ["google.com", "googlemail.com"], "the built-in groups");
+        let bad = |k: &str, v: &str| Config::load(None, env(&[(k, v)])).err().unwrap().to_string();
+        assert!(
+            bad("MAILPIPE__PROVIDERS__NAMESERVERS", "[1, 2").contains("providers"),
+            "not an array: a string"
+        );
+        assert!(bad("MAILPIPE__PROVIDERS__MIN_TTL_SECS", "999999").contains("min_ttl_secs"));
+        assert!(bad("MAILPIPE__PROVIDERS__MX__BIG_CORP", "[\"\"]").contains("providers.mx.big_corp"));
     }
 
     #[test]

@@ -60,17 +60,19 @@ impl Pipeline {
         {
             // A provider refusing the sending domain's authentication: an
             // alert for that domain, per provider group (both bounded sets).
-            let provider =
-                self.throttle.as_ref().and_then(|t| t.group(job.to.email.domain())).unwrap_or("other");
+            let provider = self.provider(job.to.email.domain());
             let domain = job.from.email.domain().to_owned();
-            metrics::counter!("mailpipe_provider_enforcement_total", "domain" => domain.clone(), "provider" => provider.to_owned())
+            metrics::counter!("mailpipe_provider_enforcement_total", "domain" => domain.clone(), "provider" => provider.to_string())
                 .increment(1);
-            warn!(%domain, provider, status = reply.enhanced.as_deref().unwrap_or(""), "a mailbox provider refuses the sending domain's authentication");
+            warn!(%domain, provider = &*provider, status = reply.enhanced.as_deref().unwrap_or(""), "a mailbox provider refuses the sending domain's authentication");
         }
         if let Some(t) = &self.throttle {
+            // Under the key it was paced by: its provider's, found by MX.
+            let group = self.group(job.to.email.domain());
+            let key = group.as_deref().unwrap_or(job.to.email.domain());
             match &disposition {
-                Disposition::Deferred { slow_down: true } => t.slow_down(job.to.email.domain()),
-                Disposition::Delivered => t.recovered(job.to.email.domain()),
+                Disposition::Deferred { slow_down: true } => t.slow_down(key),
+                Disposition::Delivered => t.recovered(key),
                 _ => {}
             }
         }

@@ -30,6 +30,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use mailpipe_core::{Backoff, EmailAddress, Event, EventType, JobId, SendJob, TenantId};
+use mailpipe_domains::Providers;
 use mailpipe_domains::Senders;
 use mailpipe_feedback::ReturnPaths;
 use mailpipe_queue::Delivery;
@@ -118,6 +119,8 @@ pub struct Pipeline {
     /// Who may send as which domain, and the key that signs it.
     senders: Arc<Senders>,
     throttle: Option<Arc<Throttle>>,
+    /// Recipient domain → provider group, by MX (and `[throttle.groups]`).
+    providers: Option<Arc<Providers>>,
     filter: Option<Arc<SuppressionFilter>>,
     /// Where envelope senders point, and the MAC that tags them; `None`:
     /// the envelope sender is the From address.
@@ -220,6 +223,7 @@ impl Pipeline {
             templates: TemplateCache::new(limits, 1024),
             senders,
             throttle: None,
+            providers: None,
             filter: None,
             return_paths: None,
             streams: None,
@@ -233,6 +237,13 @@ impl Pipeline {
     /// Paces sends by recipient domain and provider group.
     pub fn with_throttle(mut self, throttle: Arc<Throttle>) -> Self {
         self.throttle = Some(throttle);
+        self
+    }
+
+    /// Finds each recipient domain's provider group by its MX hosts, for
+    /// pacing, back-off, events and metrics.
+    pub fn with_providers(mut self, providers: Arc<Providers>) -> Self {
+        self.providers = Some(providers);
         self
     }
 
@@ -346,17 +357,26 @@ impl Pipeline {
         ControlFlow::Continue(Turn { running: &self.running, key, lock, guard: Some(guard) })
     }
 
+    /// The provider group of a recipient domain as known now (by MX once
+    /// [`Pipeline::pace`] looked it up, or `[throttle.groups]`), if any.
+    fn group(&self, domain: &str) -> Option<Arc<str>> {
+        match &self.providers {
+            Some(p) => p.known(domain),
+            None => self.throttle.as_ref().and_then(|t| t.group(domain)).map(Arc::from),
+        }
+    }
+
     /// The provider group of a recipient domain, for metrics and events:
     /// a configured group name, or `other`. Never the domain itself, which
     /// would make metric labels unbounded.
-    fn provider<'a>(&'a self, domain: &str) -> &'a str {
-        self.throttle.as_ref().and_then(|t| t.group(domain)).unwrap_or("other")
+    fn provider(&self, domain: &str) -> Arc<str> {
+        self.group(domain).unwrap_or_else(|| Arc::from("other"))
     }
 
     fn event(&self, job: &SendJob, kind: EventType, discriminator: &str) -> Event {
         let mut e = Event::for_job(kind, &job.tenant_id, &job.campaign_id, &job.job_id, discriminator);
         e.category = Some(job.category);
-        e.provider = Some(self.provider(job.to.email.domain()).to_owned());
+        e.provider = Some(self.provider(job.to.email.domain()).to_string());
         e.sender_domain = Some(job.from.email.domain().to_ascii_lowercase());
         e
     }

@@ -35,10 +35,17 @@ impl Pipeline {
             metrics::counter!("mailpipe_jobs_held_total", "why" => "stream_paused").increment(1);
             return ended(self.park(rec, job, claim.attempts.max(0) as u32, *recheck, shutdown).await?);
         }
-        let Some(t) = &self.throttle else { return ControlFlow::Continue(()) };
+        // The provider, by MX: a company domain hosted by Google is paced
+        // as Google, with Google's limit.
         let domain = job.to.email.domain();
-        while let Err(wait) = t.check(domain) {
-            let delay = self.reserve_slot(t.key(domain), t.interval(domain), wait);
+        let group = match &self.providers {
+            Some(p) => p.group(domain).await,
+            None => None,
+        };
+        let Some(t) = &self.throttle else { return ControlFlow::Continue(()) };
+        let key = group.as_deref().unwrap_or(domain);
+        while let Err(wait) = t.check(key) {
+            let delay = self.reserve_slot(t.key(key), t.interval(key), wait);
             if delay > self.cfg.park_after {
                 return ended(self.park(rec, job, claim.attempts.max(0) as u32, delay, shutdown).await?);
             }

@@ -98,7 +98,7 @@ impl Pipeline {
             self.publish(std::slice::from_ref(&e)).await
         })
         .await?;
-        self.count(Outcome::Deferred, self.provider(job.to.email.domain()));
+        self.count(Outcome::Deferred, &self.provider(job.to.email.domain()));
         ControlFlow::Continue(Outcome::Deferred)
     }
 
@@ -124,7 +124,7 @@ impl Pipeline {
             return self.republish_outcome(job, None, shutdown).await;
         }
         durably("publish_outcome", shutdown, || self.publish(std::slice::from_ref(&event))).await?;
-        self.count(outcome, self.provider(job.to.email.domain()));
+        self.count(outcome, &self.provider(job.to.email.domain()));
         ControlFlow::Continue(outcome)
     }
 
@@ -164,7 +164,7 @@ impl Pipeline {
             }
             (None, _) => {}
         }
-        self.count(Outcome::Replayed, self.provider(job.to.email.domain()));
+        self.count(Outcome::Replayed, &self.provider(job.to.email.domain()));
         ControlFlow::Continue(Outcome::Replayed)
     }
 
@@ -260,7 +260,9 @@ impl Pipeline {
             return self.republish_outcome(j, None, shutdown).await;
         }
         self.publish_dead_letter(rec, &dl.payload, &ev, shutdown).await?;
-        self.count(Outcome::DeadLettered, job.map_or("unknown", |j| self.provider(j.to.email.domain())));
+        let provider =
+            job.map_or_else(|| std::sync::Arc::from("unknown"), |j| self.provider(j.to.email.domain()));
+        self.count(Outcome::DeadLettered, &provider);
         ControlFlow::Continue(Outcome::DeadLettered)
     }
 
