@@ -11,7 +11,7 @@
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
@@ -58,6 +58,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/v1/campaigns", get(campaigns))
         .route("/api/v1/campaigns/{id}/stats", get(stats))
         .route("/api/v1/stream", get(stream))
+        .route("/api/v1/overview", get(overview))
         .route("/api/v1/suppressions", get(list_suppressions).post(add_suppression))
         .route("/api/v1/suppressions/{email}", axum::routing::delete(remove_suppression))
         .route("/api/v1/suppressions.csv", get(export_suppressions).post(import_suppressions))
@@ -66,6 +67,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/dashboard/login", get(session::form).post(session::login))
         .route("/dashboard/logout", axum::routing::post(session::logout))
         .route("/dashboard/campaigns/{id}", get(dashboard))
+        .route("/dashboard/overview", get(overview_page))
         .route("/dashboard/domains", get(domains::page))
         .route("/healthz", get(|| async { "ok\n" }))
         .with_state(state)
@@ -165,6 +167,41 @@ async fn stream(State(s): State<ApiState>, headers: HeaderMap) -> Response {
             out["domains"] = serde_json::json!(domains);
             json(&out)
         }
+        Err(e) => internal(e),
+    }
+}
+
+#[derive(Deserialize)]
+struct OverviewQuery {
+    /// Days of daily volume, today included: 1 to 90, default 30.
+    days: Option<i64>,
+}
+
+/// The tenant at a glance: each campaign with its rates, its streams'
+/// breaker state, and the daily volume per organisational From domain.
+async fn overview(State(s): State<ApiState>, headers: HeaderMap, Query(q): Query<OverviewQuery>) -> Response {
+    let t = match tenant(&s, &headers, None).await {
+        Ok(t) => t,
+        Err(r) => return r,
+    };
+    let days = q.days.unwrap_or(30);
+    if !(1..=90).contains(&days) {
+        return err(StatusCode::BAD_REQUEST, "days: 1 to 90");
+    }
+    match s.store.for_tenant(&t).overview(&t, days, mailpipe_core::now_ms()).await {
+        Ok(o) => json(&o),
+        Err(e) => internal(e),
+    }
+}
+
+/// The dashboard's first page: [`overview`] as HTML.
+async fn overview_page(State(s): State<ApiState>, headers: HeaderMap) -> Response {
+    let t = match session::dashboard_tenant(&s, &headers, "/dashboard/overview").await {
+        Ok(t) => t,
+        Err(r) => return r,
+    };
+    match s.store.for_tenant(&t).overview(&t, 30, mailpipe_core::now_ms()).await {
+        Ok(o) => ([(header::CACHE_CONTROL, "no-store")], Html(dashboard::overview(&o))).into_response(),
         Err(e) => internal(e),
     }
 }

@@ -5,7 +5,7 @@
 use std::fmt::Write;
 
 use mailpipe_core::TenantId;
-use mailpipe_store::{CampaignStats, Progress};
+use mailpipe_store::{CampaignStats, Overview, Progress};
 
 fn esc(s: &str) -> String {
     s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
@@ -138,7 +138,7 @@ pub fn page(tenant: &TenantId, st: &CampaignStats) -> String {
     format!(
         r#"<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{c} · mailpipe</title>
 <style>body{{font:14px system-ui,sans-serif;margin:24px;color:#222;max-width:1240px}}main{{display:grid;grid-template-columns:1fr 1fr;gap:16px}}figure{{margin:0;padding:12px;border:1px solid #ddd;border-radius:6px}}figcaption{{font-weight:600;margin-bottom:8px}}table{{border-collapse:collapse}}th,td{{text-align:left;padding:2px 12px 2px 0}}td{{font-variant-numeric:tabular-nums}}</style></head>
-<body><h1>Campaign {c}</h1><p id="progress">{progress}</p><p>Tenant {t}. Raw figures count every event; human figures count only those with a human verdict.</p>
+<body><nav><a href="/dashboard/overview">Overview</a> · <a href="/dashboard/domains">Sending domains</a></nav><h1>Campaign {c}</h1><p id="progress">{progress}</p><p>Tenant {t}. Raw figures count every event; human figures count only those with a human verdict.</p>
 <main>{funnel}{timeline}{verdicts}{providers}{links}<figure><figcaption>All figures</figcaption><table>{figures}</table></figure></main></body></html>
 "#,
         c = esc(&st.campaign_id),
@@ -149,5 +149,97 @@ pub fn page(tenant: &TenantId, st: &CampaignStats) -> String {
         verdicts = bars("Human and machine", &verdicts),
         providers = bars("Sent by provider group", &providers),
         links = bars("Top links (clicks)", &links),
+    )
+}
+
+/// A rate as people read it, and its count: `12.5% (125)`; `–` with
+/// nothing to divide by.
+fn percent(rate: Option<f64>, count: i64) -> String {
+    match rate {
+        Some(r) => format!("{:.1}% ({count})", r * 100.0),
+        None => "–".to_owned(),
+    }
+}
+
+/// `YYYY-MM-DD` of a UTC day given as unix ms.
+fn day(ms: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp(ms / 1000)
+        .map(|t| t.date().to_string())
+        .unwrap_or_else(|_| ms.to_string())
+}
+
+/// The tenant overview (`/dashboard/overview`): its streams and their
+/// breaker state, each campaign's rates (raw beside human), and the daily
+/// volume per organisational From domain. Every figure has an `id`.
+pub fn overview(o: &Overview) -> String {
+    let t = esc(&o.tenant_id);
+    let mut streams = String::new();
+    if o.streams.iter().all(|s| s.state == "active") {
+        streams.push_str(r#"<p id="streams-healthy">Every stream is active: the reputation breaker has paused nothing.</p>"#);
+    }
+    if !o.streams.is_empty() {
+        streams.push_str("<table><tr><th>Stream</th><th>State</th><th>Why</th><th>Since</th></tr>");
+        for s in &o.streams {
+            let name = s.domain.as_deref().map_or_else(|| "all mail".to_owned(), |d| format!("sent as {d}"));
+            let id = s.domain.as_deref().unwrap_or("all");
+            let _ = write!(
+                streams,
+                r#"<tr><td>{}</td><td id="stream-{}" class="{}">{}</td><td>{}</td><td>{}</td></tr>"#,
+                esc(&name),
+                esc(id),
+                esc(&s.state),
+                esc(&s.state),
+                esc(s.reason.as_deref().unwrap_or("")),
+                day(s.changed_at),
+            );
+        }
+        streams.push_str("</table>");
+    }
+    let mut campaigns = String::from(
+        "<table><tr><th>Campaign</th><th>Delivered</th><th>Bounces</th><th>Complaints</th>\
+         <th>Opens: all</th><th>Opens: human</th><th>Clicks: all</th><th>Clicks: human</th><th>Unsubscribes</th></tr>",
+    );
+    for c in &o.campaigns {
+        let id = esc(&c.campaign_id);
+        let cell = |k: &str, v: String| format!(r#"<td id="c-{id}-{k}">{}</td>"#, esc(&v));
+        let _ = write!(
+            campaigns,
+            r#"<tr><td><a href="/dashboard/campaigns/{id}">{id}</a></td>{}{}{}{}{}{}{}{}</tr>"#,
+            cell("delivered", c.delivered.to_string()),
+            cell("bounce_rate", percent(c.bounce_rate, c.bounced)),
+            cell("complaint_rate", percent(c.complaint_rate, c.complaints)),
+            cell("open_rate", percent(c.open_rate, c.unique_opens)),
+            cell("open_rate_human", percent(c.open_rate_human, c.unique_opens_human)),
+            cell("click_rate", percent(c.click_rate, c.unique_clicks)),
+            cell("click_rate_human", percent(c.click_rate_human, c.unique_clicks_human)),
+            cell("unsubscribe_rate", percent(c.unsubscribe_rate, c.unsubscribes)),
+        );
+    }
+    campaigns.push_str("</table>");
+    let mut by_domain: std::collections::BTreeMap<&str, i64> = std::collections::BTreeMap::new();
+    let mut volume = String::from("<table><tr><th>Day (UTC)</th><th>From domain</th><th>Sent</th></tr>");
+    for v in &o.daily_volume {
+        *by_domain.entry(&v.org_domain).or_default() += v.sent;
+        let _ = write!(
+            volume,
+            r#"<tr><td>{d}</td><td>{o}</td><td id="v-{d}-{o}">{n}</td></tr>"#,
+            d = day(v.day),
+            o = esc(&v.org_domain),
+            n = v.sent
+        );
+    }
+    volume.push_str("</table>");
+    let totals: Vec<(String, i64, &str)> =
+        by_domain.into_iter().map(|(d, n)| (d.to_owned(), n, "#4e79a7")).collect();
+    format!(
+        r#"<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{t} · mailpipe</title>
+<style>body{{font:14px system-ui,sans-serif;margin:24px;color:#222;max-width:1240px}}section{{margin-bottom:24px}}figure{{margin:0;padding:12px;border:1px solid #ddd;border-radius:6px}}figcaption{{font-weight:600;margin-bottom:8px}}table{{border-collapse:collapse}}th,td{{text-align:left;padding:2px 12px 2px 0}}td{{font-variant-numeric:tabular-nums}}.paused{{color:#cf222e;font-weight:600}}.active{{color:#1a7f37}}</style></head>
+<body><nav><a href="/dashboard/overview">Overview</a> · <a href="/dashboard/domains">Sending domains</a></nav><h1>{t} at a glance</h1>
+<section><h2>Streams</h2><p>The reputation breaker pauses a stream's marketing when its complaint, hard-bounce or unknown-user rate passes its limit; transactional mail goes on. Ask the platform's operator to resume it once the cause is fixed.</p>{streams}</section>
+<section><h2>Campaigns</h2><p>Rates are over delivered messages (bounces: over delivery attempts), each with its count. "All" counts every recipient with an open or click; "human" only those with a human's, since privacy proxies and link scanners open and click too.</p>{campaigns}</section>
+<section><h2>Daily volume per From domain</h2><p>By organisational domain, as mailbox providers count bulk senders (Gmail: 5,000 a day makes one).</p>{chart}{volume}</section>
+</body></html>
+"#,
+        chart = bars("Sent per From domain, these days", &totals),
     )
 }

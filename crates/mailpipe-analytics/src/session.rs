@@ -54,7 +54,7 @@ fn return_path(next: &str) -> &str {
     let safe = next.starts_with("/dashboard/")
         && !next.contains("//")
         && next.bytes().all(|b| b.is_ascii_graphic() && b != b'\\' && b != b'"' && b != b'<' && b != b'>');
-    if safe { next } else { "/dashboard/domains" }
+    if safe { next } else { "/dashboard/overview" }
 }
 
 fn login_page(next: &str, message: Option<&str>) -> Response {
@@ -157,7 +157,7 @@ pub(crate) async fn logout(headers: HeaderMap) -> Response {
 
 /// `GET /dashboard/login`: the form.
 pub(crate) async fn form() -> Response {
-    login_page("/dashboard/domains", None)
+    login_page("/dashboard/overview", None)
 }
 
 #[cfg(test)]
@@ -179,7 +179,7 @@ mod tests {
             "/dashboard/\"><script>",
             "/api/v1/x",
         ] {
-            assert_eq!(return_path(hostile), "/dashboard/domains", "{hostile}");
+            assert_eq!(return_path(hostile), "/dashboard/overview", "{hostile}");
         }
         let headers = |pairs: &[(&'static str, &'static str)]| {
             let mut h = HeaderMap::new();

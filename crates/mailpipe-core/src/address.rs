@@ -64,6 +64,23 @@ impl Domain {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// The organisational domain (RFC 7489 §3.2: the public suffix plus one
+    /// label, by the Public Suffix List): `news.acme.co.uk` → `acme.co.uk`.
+    /// Mailbox providers judge bulk senders by it. A name that is itself a
+    /// public suffix, or under none known, is its own.
+    pub fn organizational(&self) -> &str {
+        organizational(&self.0)
+    }
+}
+
+/// [`Domain::organizational`] of an already-normalised (lowercase ASCII)
+/// domain name.
+pub fn organizational(domain: &str) -> &str {
+    match psl::domain_str(domain) {
+        Some(org) => org,
+        None => domain,
+    }
 }
 
 impl TryFrom<String> for Domain {
@@ -250,6 +267,16 @@ impl fmt::Debug for EmailAddress {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn organizational_domains_follow_the_public_suffix_list() {
+        let org = |d: &str| Domain::parse(d).unwrap().organizational().to_owned();
+        assert_eq!(org("news.acme.example"), "acme.example");
+        assert_eq!(org("mail.news.acme.co.uk"), "acme.co.uk");
+        assert_eq!(org("acme.com"), "acme.com");
+        assert_eq!(org("shop.acme.github.io"), "acme.github.io", "a private suffix counts");
+        assert_eq!(organizational("co.uk"), "co.uk", "a suffix is its own");
+    }
     use super::*;
 
     #[test]

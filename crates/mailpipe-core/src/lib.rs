@@ -28,7 +28,7 @@ pub mod status;
 pub mod suppression;
 pub mod units;
 
-pub use address::{AddressError, Domain, EmailAddress, redact_addresses};
+pub use address::{AddressError, Domain, EmailAddress, organizational, redact_addresses};
 pub use backoff::Backoff;
 pub use event::{ClientInfo, EncodedEvent, Event, EventType, SmtpReply, Verdict, VerdictClass};
 pub use id::{CampaignId, IdError, JobId, TemplateId, TenantId};

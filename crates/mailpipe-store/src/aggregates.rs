@@ -11,6 +11,80 @@ use mailpipe_core::{Event, EventType, TenantId, VerdictClass, now_ms};
 use crate::{LedgerStatus, Pool, Result, Store};
 
 const HOUR_MS: i64 = 3_600_000;
+const DAY_MS: i64 = 86_400_000;
+
+/// A tenant at a glance.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Overview {
+    pub tenant_id: String,
+    pub campaigns: Vec<CampaignRates>,
+    /// Streams with a state (absent: active, never paused).
+    pub streams: Vec<crate::StreamState>,
+    pub daily_volume: Vec<DailyVolume>,
+}
+
+/// A campaign's outcomes and the rates made of them. A rate is a fraction
+/// (0.012 is 1.2%), absent when its denominator is 0. Raw open and click
+/// rates count every recipient with an open or click; human ones only
+/// those with a human's (docs/tracker.md, verdicts).
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct CampaignRates {
+    pub campaign_id: String,
+    pub delivered: i64,
+    pub bounced: i64,
+    pub complaints: i64,
+    pub unique_opens: i64,
+    pub unique_opens_human: i64,
+    pub unique_clicks: i64,
+    pub unique_clicks_human: i64,
+    pub unsubscribes: i64,
+    /// Over delivery attempts that ended (delivered + bounced).
+    pub bounce_rate: Option<f64>,
+    /// The rest over delivered.
+    pub complaint_rate: Option<f64>,
+    pub open_rate: Option<f64>,
+    pub open_rate_human: Option<f64>,
+    pub click_rate: Option<f64>,
+    pub click_rate_human: Option<f64>,
+    pub unsubscribe_rate: Option<f64>,
+}
+
+impl CampaignRates {
+    pub fn of(st: &CampaignStats) -> Self {
+        let m = |k: &str| st.totals.get(k).copied().unwrap_or(0);
+        let rate = |n: i64, d: i64| (d > 0).then(|| n as f64 / d as f64);
+        let (delivered, bounced) = (m("sent"), m("bounced"));
+        Self {
+            campaign_id: st.campaign_id.clone(),
+            delivered,
+            bounced,
+            complaints: m("complaints"),
+            unique_opens: m("unique_opens"),
+            unique_opens_human: m("unique_opens_human"),
+            unique_clicks: m("unique_clicks"),
+            unique_clicks_human: m("unique_clicks_human"),
+            unsubscribes: m("unsubscribes"),
+            bounce_rate: rate(bounced, delivered + bounced),
+            complaint_rate: rate(m("complaints"), delivered),
+            open_rate: rate(m("unique_opens"), delivered),
+            open_rate_human: rate(m("unique_opens_human"), delivered),
+            click_rate: rate(m("unique_clicks"), delivered),
+            click_rate_human: rate(m("unique_clicks_human"), delivered),
+            unsubscribe_rate: rate(m("unsubscribes"), delivered),
+        }
+    }
+}
+
+/// One day's messages sent as one organisational From domain.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, sqlx::FromRow)]
+pub struct DailyVolume {
+    /// UTC midnight of the day, unix ms.
+    pub day: i64,
+    /// The From domains' organisational domain (`news.acme.example` →
+    /// `acme.example`), as mailbox providers count bulk senders.
+    pub org_domain: String,
+    pub sent: i64,
+}
 
 /// One campaign's figures, as the API and the dashboard show them.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
@@ -19,7 +93,8 @@ pub struct CampaignStats {
     /// Metric → value: sent, deferred, bounced, suppressed, dead_lettered,
     /// failed, opens, opens_human, opens_machine, unique_opens, clicks,
     /// clicks_human, clicks_machine, unique_clicks, unsubscribes,
-    /// complaints, and `provider:<group>:<outcome>`.
+    /// complaints, unique_opens_human, unique_clicks_human (recipients with
+    /// a human open or click), and `provider:<group>:<outcome>`.
     pub totals: BTreeMap<String, i64>,
     /// Hour start (unix ms) → metric → value.
     pub hourly: BTreeMap<i64, BTreeMap<String, i64>>,
@@ -94,6 +169,8 @@ impl Store {
         let bump = "INSERT INTO campaign_counters (tenant_id, campaign_id, bucket_hour, metric, value) VALUES ($1, $2, $3, $4, 1)
                     ON CONFLICT (tenant_id, campaign_id, bucket_hour, metric) DO UPDATE SET value = campaign_counters.value + 1";
         let unique = "INSERT INTO analytics_unique (tenant_id, campaign_id, kind, job_id) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING";
+        let volume = "INSERT INTO sender_volume (tenant_id, day, org_domain, sent) VALUES ($1, $2, $3, 1)
+                      ON CONFLICT (tenant_id, day, org_domain) DO UPDATE SET sent = sender_volume.sent + 1";
         let link = "INSERT INTO campaign_links (tenant_id, campaign_id, url, clicks, human_clicks) VALUES ($1, $2, $3, 1, $4)
                     ON CONFLICT (tenant_id, campaign_id, url) DO UPDATE SET clicks = campaign_links.clicks + 1, human_clicks = campaign_links.human_clicks + excluded.human_clicks";
         let now = now_ms();
@@ -119,10 +196,33 @@ impl Store {
                     if first > 0 {
                         metrics.push(if e.kind == EventType::Open { "unique_opens" } else { "unique_clicks" }.into());
                     }
+                    // The recipients a human opened or clicked for: the
+                    // rates that machine opens (privacy proxies, scanners)
+                    // do not inflate.
+                    if e.verdict.as_ref().is_some_and(|v| v.class == VerdictClass::Human) {
+                        let (kind, metric) = if e.kind == EventType::Open {
+                            ("open_human", "unique_opens_human")
+                        } else {
+                            ("click_human", "unique_clicks_human")
+                        };
+                        let first = sqlx::query(unique)
+                            .bind(t.as_str()).bind(c.as_str()).bind(kind).bind(j.as_str())
+                            .execute(&mut *tx).await?.rows_affected();
+                        if first > 0 {
+                            metrics.push(metric.into());
+                        }
+                    }
                 }
                 if e.kind == EventType::Click && let Some(url) = &e.url {
                     let human = i64::from(e.verdict.as_ref().is_some_and(|v| v.class == VerdictClass::Human));
                     sqlx::query(link).bind(t.as_str()).bind(c.as_str()).bind(url).bind(human).execute(&mut *tx).await?;
+                }
+                if e.kind == EventType::Sent
+                    && let Some(d) = &e.sender_domain
+                {
+                    let org = mailpipe_core::organizational(d);
+                    let day = at - at.rem_euclid(DAY_MS);
+                    sqlx::query(volume).bind(t.as_str()).bind(day).bind(org).execute(&mut *tx).await?;
                 }
                 for m in &metrics {
                     for bucket in [0, hour] {
@@ -203,6 +303,26 @@ impl Store {
         let sql = "SELECT url, clicks, human_clicks FROM campaign_links WHERE tenant_id = $1 AND campaign_id = $2 ORDER BY clicks DESC, url LIMIT 20";
         s.links = self.as_tenant(tenant, sql, Some(campaign)).await?;
         Ok(Some(s))
+    }
+
+    /// What the tenant overview shows (`GET /api/v1/overview`, the
+    /// dashboard's first page): each campaign with its rates, the streams
+    /// the breaker has acted on, and the daily volume per organisational
+    /// From domain over the last `days` days. In the tenant's context.
+    pub async fn overview(&self, tenant: &TenantId, days: i64, now: i64) -> Result<Overview> {
+        let campaigns = self.campaigns(tenant).await?.iter().map(CampaignRates::of).collect();
+        let streams = self.for_tenant(tenant).streams(Some(tenant)).await?;
+        let today = now - now.rem_euclid(DAY_MS);
+        let daily_volume = self.daily_volume(tenant, today - (days - 1).max(0) * DAY_MS).await?;
+        Ok(Overview { tenant_id: tenant.to_string(), campaigns, streams, daily_volume })
+    }
+
+    /// The tenant's messages sent per day and organisational From domain
+    /// since `since` (unix ms), newest day first. In the tenant's context.
+    pub async fn daily_volume(&self, tenant: &TenantId, since: i64) -> Result<Vec<DailyVolume>> {
+        let sql = "SELECT day, org_domain, sent FROM sender_volume WHERE tenant_id = $1 AND day >= CAST($2 AS BIGINT)
+                   ORDER BY day DESC, org_domain";
+        self.as_tenant(tenant, sql, Some(&since.to_string())).await
     }
 
     /// Runs a read with `$1` = tenant (and `$2` = `arg`), in the tenant's

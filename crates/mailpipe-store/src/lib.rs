@@ -41,7 +41,7 @@ mod suppressions;
 mod templates;
 mod tenants;
 
-pub use aggregates::{CampaignStats, Progress};
+pub use aggregates::{CampaignRates, CampaignStats, DailyVolume, Overview, Progress};
 pub use domains::{Added, CheckRecord, Owner, SendingDomain, StoredKey};
 pub use filter::{Bloom, SuppressionFilter, Verdict};
 pub use ledger::{Claim, DeadLetter, DueRetry, LedgerStatus};

@@ -215,7 +215,7 @@ async fn the_dashboard_renders_in_a_browser_with_the_api_figures() {
     )
     .await;
     assert_eq!(ok.status, 303);
-    assert_eq!(ok.header("location"), Some("/dashboard/domains"));
+    assert_eq!(ok.header("location"), Some("/dashboard/overview"));
     let cookie = ok.header("set-cookie").unwrap_or_default();
     for attr in ["HttpOnly", "SameSite=Strict", "Path=/dashboard"] {
         assert!(cookie.contains(attr), "{cookie}");
@@ -569,4 +569,105 @@ async fn eventually_connected(addr: &str) -> tokio::net::TcpStream {
     let n = tokio::time::timeout(Duration::from_secs(5), c.read(&mut buf)).await.expect("served").unwrap();
     assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
     c
+}
+
+/// The tenant overview, in the API and on the dashboard alike: each
+/// campaign's rates (all and human side by side), its streams' breaker
+/// state with the reason, and the daily volume per organisational From
+/// domain (subdomains counted together, days apart), on both stores; no
+/// figure of another tenant.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_overview_shows_rates_streams_and_daily_volume_per_organisational_domain() {
+    let TestStore { store, db: _db } = fresh_store().await;
+    let (lite, path) = sqlite_store().await;
+    let acme = TenantId::parse("acme").unwrap();
+    let day_ms = 86_400_000;
+    let today = mailpipe_core::now_ms() / day_ms * day_ms;
+    let sent_as = |job: &str, domain: &str, days_ago: i64, tenant: &str| {
+        let mut e = ev(EventType::Sent, tenant, "volume", job, "");
+        e.sender_domain = Some(domain.to_owned());
+        e.occurred_at =
+            time::OffsetDateTime::from_unix_timestamp((today - days_ago * day_ms) / 1000 + 60).unwrap();
+        e
+    };
+    let mut events = campaign("acme", "spring");
+    // A third recipient opened, by machine only: all opens rise, human do not.
+    events.push(with_verdict(ev(EventType::Open, "acme", "spring", "j3", "m"), VerdictClass::Machine));
+    events.extend([
+        sent_as("v1", "news.acme.example", 0, "acme"),
+        sent_as("v2", "shop.acme.example", 0, "acme"),
+        sent_as("v3", "acme.example", 0, "acme"),
+        sent_as("v4", "news.acme.example", 1, "acme"),
+        sent_as("v5", "mail.acme-offers.co.uk", 0, "acme"),
+        sent_as("v6", "news.acme.example", 40, "acme"),
+        sent_as("g1", "globex.example", 0, "globex"),
+    ]);
+    events.extend(campaign("globex", "secret"));
+    for s in [&store, &lite] {
+        s.upsert_tenant(&acme, "Acme").await.unwrap();
+        s.apply_events(&events).await.unwrap();
+        let o = s.overview(&acme, 30, mailpipe_core::now_ms()).await.unwrap();
+        let volume: Vec<(i64, &str, i64)> = o
+            .daily_volume
+            .iter()
+            .map(|v| ((today - v.day) / day_ms, v.org_domain.as_str(), v.sent))
+            .collect();
+        assert_eq!(
+            volume,
+            [(0, "acme-offers.co.uk", 1), (0, "acme.example", 3), (1, "acme.example", 1)],
+            "{}: newest day first; 40 days ago is outside 30; globex's are not acme's",
+            s.backend()
+        );
+    }
+    let _ = std::fs::remove_file(path);
+    store
+        .pause_stream(
+            &mailpipe_store::StreamKey::domain(&acme, "news.acme.example"),
+            "complaint rate 0.50% over 24h",
+            1,
+        )
+        .await
+        .unwrap();
+
+    let key = store.create_api_key(&acme, "overview").await.unwrap();
+    let (addr, server) = serve_api(store.clone()).await;
+    let (status, o) = api_get(&addr, "/api/v1/overview", &key).await;
+    assert_eq!(status, 200, "{o}");
+    let campaigns = o["campaigns"].as_array().unwrap();
+    assert_eq!(campaigns.len(), 2, "spring and volume, not globex's: {o}");
+    let spring = campaigns.iter().find(|c| c["campaign_id"] == "spring").unwrap();
+    assert_eq!(spring["delivered"], 3);
+    assert_eq!(spring["bounce_rate"], 0.25, "1 bounce in 4 attempts");
+    assert_eq!((spring["unique_opens"].as_i64(), spring["unique_opens_human"].as_i64()), (Some(3), Some(2)));
+    assert_eq!(spring["open_rate"], 1.0);
+    assert!((spring["open_rate_human"].as_f64().unwrap() - 2.0 / 3.0).abs() < 1e-9);
+    assert_eq!(spring["complaint_rate"], 0.0);
+    assert_eq!(o["streams"][0]["domain"], "news.acme.example");
+    assert_eq!(o["streams"][0]["state"], "paused");
+    assert!(!o.to_string().contains("globex"), "nothing of another tenant: {o}");
+    assert_eq!(api_get(&addr, "/api/v1/overview?days=0", &key).await.0, 400);
+    let (_, week) = api_get(&addr, "/api/v1/overview?days=1", &key).await;
+    assert_eq!(week["daily_volume"].as_array().unwrap().len(), 2, "today only: {week}");
+
+    let bearer = format!("Bearer {key}");
+    let page = http(&addr, "GET", "/dashboard/overview", &[("Authorization", &bearer)], b"").await;
+    assert_eq!(page.status, 200);
+    let html = page.text();
+    for (id, text) in [
+        ("c-spring-delivered", "3"),
+        ("c-spring-bounce_rate", "25.0% (1)"),
+        ("c-spring-open_rate", "100.0% (3)"),
+        ("c-spring-open_rate_human", "66.7% (2)"),
+        ("c-spring-unsubscribe_rate", "33.3% (1)"),
+        ("stream-news.acme.example", "paused"),
+    ] {
+        assert!(html.contains(&format!("id=\"{id}\"")), "{id} on the page");
+        assert!(html.contains(&format!(">{text}<")), "{id} = {text} on the page");
+    }
+    assert!(html.contains("complaint rate 0.50% over 24h"), "the reason is shown");
+    let today_s = time::OffsetDateTime::from_unix_timestamp(today / 1000).unwrap().date().to_string();
+    assert!(html.contains(&format!("id=\"v-{today_s}-acme.example\">3<")), "the day's volume");
+    assert!(!html.contains("globex"));
+    assert_eq!(http(&addr, "GET", "/dashboard/overview", &[], b"").await.status, 401, "signed in only");
+    server.abort();
 }
