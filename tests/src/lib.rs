@@ -22,6 +22,7 @@ pub mod postgres;
 pub mod process;
 pub mod services;
 pub mod smtp;
+pub mod tls;
 
 use std::path::Path;
 use std::time::{Duration, Instant};

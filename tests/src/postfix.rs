@@ -41,6 +41,7 @@ discard   unix  -       -       n       -       -       discard
 local     unix  -       n       n       -       -       local
 anvil     unix  -       -       n       -       1       anvil
 scache    unix  -       -       n       -       1       scache
+tlsmgr    unix  -       -       n       1000?   1       tlsmgr
 postlog   unix-dgram n  -       n       -       1       postlogd
 ";
 
@@ -48,6 +49,12 @@ impl PostfixRelay {
     /// Starts an instance that relays mail for each `(domain, port)` to
     /// `127.0.0.1:port`; mail to any other domain is deferred.
     pub fn start(routes: &[(&str, u16)]) -> Self {
+        Self::start_with_tls(routes, &[])
+    }
+
+    /// Same, and mail routed to each port of `encrypt_to` goes only over
+    /// TLS (STARTTLS, Postfix's `encrypt` level), or waits in the queue.
+    pub fn start_with_tls(routes: &[(&str, u16)], encrypt_to: &[u16]) -> Self {
         assert!(
             std::path::Path::new("/usr/sbin/postfix").exists(),
             "Postfix is not installed: `scripts/services.sh up` installs it (apt-get install postfix)"
@@ -83,6 +90,8 @@ transport_maps = inline:{{ {transport} }}
 default_transport = error:no route in this test relay
 smtputf8_enable = no
 smtp_tls_security_level = none
+smtp_tls_policy_maps = {policies}
+smtp_tls_loglevel = 1
 smtpd_tls_security_level = none
 notify_classes =
 maillog_file = {dir}/maillog
@@ -92,6 +101,14 @@ bounce_queue_lifetime = 1h
 ",
             dir = dir.display(),
             transport = transport.join(", "),
+            policies = if encrypt_to.is_empty() {
+                String::new()
+            } else {
+                // The policy is looked up by next hop, as the transport names it.
+                let p: Vec<String> =
+                    encrypt_to.iter().map(|port| format!("[127.0.0.1]:{port}=encrypt")).collect();
+                format!("inline:{{ {} }}", p.join(", "))
+            },
         );
         std::fs::write(dir.join("main.cf"), main_cf).expect("main.cf");
         let master_cf = format!("127.0.0.1:{port} inet n - n - - smtpd\n{MASTER_CF}");

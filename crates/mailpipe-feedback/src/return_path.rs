@@ -37,6 +37,12 @@ pub struct BounceSettings {
     /// How long a client may take to send a command, and a whole message.
     pub command_timeout_secs: u64,
     pub data_timeout_secs: u64,
+    /// STARTTLS: the certificate chain and its private key (PEM files).
+    /// Both empty: not offered.
+    #[serde(default)]
+    pub tls_cert_file: String,
+    #[serde(default)]
+    pub tls_key_file: String,
     /// Soft bounces of one address that suppress it, within the window.
     pub soft_bounce_limit: u32,
     pub soft_bounce_window_days: u32,
@@ -58,6 +64,9 @@ impl BounceSettings {
             if !ok {
                 out.push(format!("bounces.{key}: out of range"));
             }
+        }
+        if self.tls_cert_file.trim().is_empty() != self.tls_key_file.trim().is_empty() {
+            out.push("bounces.tls_cert_file, tls_key_file: set both for STARTTLS, or neither".into());
         }
         let fbl = self.feedback_address.trim();
         if !fbl.is_empty() && EmailAddress::parse(fbl).is_err() {
@@ -161,6 +170,8 @@ mod tests {
             max_connections: 10,
             command_timeout_secs: 60,
             data_timeout_secs: 300,
+            tls_cert_file: String::new(),
+            tls_key_file: String::new(),
             soft_bounce_limit: 3,
             soft_bounce_window_days: 7,
         }
@@ -168,6 +179,8 @@ mod tests {
 
     #[test]
     fn settings_parse_and_name_their_keys() {
+        let half_tls = BounceSettings { tls_cert_file: "cert.pem".into(), ..settings("", "") };
+        assert!(half_tls.problems().iter().any(|p| p.contains("tls_key_file")), "{:?}", half_tls.problems());
         assert_eq!(settings("", "").return_paths(), Ok(None));
         assert!(settings("bounces.example", "").return_paths().unwrap().is_some());
         assert!(settings("not a domain", "").return_paths().unwrap_err().starts_with("bounces.domain"));

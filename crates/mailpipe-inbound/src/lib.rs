@@ -31,6 +31,7 @@
 #![forbid(unsafe_code)]
 
 pub mod smtp;
+pub mod tls;
 
 use std::collections::HashSet;
 use std::sync::{Arc, RwLock};

@@ -4,13 +4,16 @@
 //! (never a relay), lines and messages are bounded, each command and the
 //! whole message have a timeout, and a message is acknowledged (250) only
 //! once [`Deliver`] took it; a failure there is a 451, so that the sending
-//! MTA keeps it and tries again: nothing is lost.
+//! MTA keeps it and tries again: nothing is lost. With a certificate,
+//! STARTTLS (RFC 3207) is offered; whatever a client sends after the
+//! STARTTLS command and before the handshake is discarded, never read as a
+//! command of the encrypted session.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use mailpipe_core::EmailAddress;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
@@ -41,14 +44,16 @@ pub trait Deliver: Send + Sync {
     ) -> impl std::future::Future<Output = Result<(), String>> + Send;
 }
 
-/// The limits of one receiver.
-#[derive(Debug, Clone)]
+/// The limits of one receiver, and its TLS.
+#[derive(Clone)]
 pub struct Limits {
     pub hostname: String,
     pub max_message_bytes: usize,
     pub max_connections: usize,
     pub command_timeout: Duration,
     pub data_timeout: Duration,
+    /// STARTTLS is offered with this; `None`: not offered.
+    pub tls: Option<tokio_rustls::TlsAcceptor>,
 }
 
 /// Recipients per message at most (RFC 5321 asks servers to take 100).
@@ -157,6 +162,20 @@ fn path_of<'a>(arg: &'a str, keyword: &str) -> Option<&'a str> {
     Some(&inner[..end])
 }
 
+/// How much of a session is spent, across its plain and encrypted parts.
+struct Budget {
+    commands: usize,
+    errors: usize,
+    started: std::time::Instant,
+}
+
+/// How a dialogue ended.
+enum End {
+    Closed,
+    /// The client asked for TLS and was told to go ahead.
+    StartTls,
+}
+
 async fn session<A: Accept, D: Deliver>(
     stream: TcpStream,
     limits: &Limits,
@@ -164,31 +183,70 @@ async fn session<A: Accept, D: Deliver>(
     deliver: &D,
     shutdown: &CancellationToken,
 ) -> Result<(), SessionError> {
-    let (r, mut w) = stream.into_split();
-    let mut r = BufReader::new(r);
-    reply(&mut w, &format!("220 {} mailpipe inbound ESMTP", limits.hostname)).await?;
-    let started = std::time::Instant::now();
+    let mut plain = BufReader::new(stream);
+    reply(&mut plain, &format!("220 {} mailpipe inbound ESMTP", limits.hostname)).await?;
+    let mut budget = Budget { commands: 0, errors: 0, started: std::time::Instant::now() };
+    let End::StartTls = dialogue(&mut plain, limits, accept, deliver, shutdown, &mut budget, false).await?
+    else {
+        return Ok(());
+    };
+    let Some(tls) = &limits.tls else { return Ok(()) };
+    // The buffer goes with the plain reader: what the client pipelined
+    // after STARTTLS is never read as a command (CVE-2011-0411's class).
+    let tcp = plain.into_inner();
+    let stream = match tokio::time::timeout(limits.command_timeout, tls.accept(tcp)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            metrics::counter!("mailpipe_inbound_refused_total", "why" => "tls_handshake").increment(1);
+            return Err(e.into());
+        }
+        Err(_) => return Err(SessionError::Timeout),
+    };
+    metrics::counter!("mailpipe_inbound_tls_sessions_total").increment(1);
+    let mut secure = BufReader::new(stream);
+    dialogue(&mut secure, limits, accept, deliver, shutdown, &mut budget, true).await.map(|_| ())
+}
+
+/// Commands until the client quits or asks for TLS. `secure`: TLS is on
+/// already. A new dialogue starts afresh: the client greets again.
+async fn dialogue<S, A, D>(
+    s: &mut BufReader<S>,
+    limits: &Limits,
+    accept: &A,
+    deliver: &D,
+    shutdown: &CancellationToken,
+    budget: &mut Budget,
+    secure: bool,
+) -> Result<End, SessionError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+    A: Accept,
+    D: Deliver,
+{
+    let offer_tls = limits.tls.is_some() && !secure;
     let mut greeted = false;
     let mut from: Option<String> = None;
     let mut rcpts: Vec<EmailAddress> = Vec::new();
-    let (mut commands, mut errors) = (0usize, 0usize);
     loop {
-        if commands >= MAX_COMMANDS || errors >= MAX_ERRORS || started.elapsed() > MAX_SESSION {
+        if budget.commands >= MAX_COMMANDS
+            || budget.errors >= MAX_ERRORS
+            || budget.started.elapsed() > MAX_SESSION
+        {
             metrics::counter!("mailpipe_inbound_refused_total", "why" => "session_budget").increment(1);
-            reply(&mut w, "421 4.7.0 Too many commands or errors; closing").await?;
-            return Ok(());
+            reply(s, "421 4.7.0 Too many commands or errors; closing").await?;
+            return Ok(End::Closed);
         }
-        commands += 1;
+        budget.commands += 1;
         let line = tokio::select! {
             _ = shutdown.cancelled() => {
-                reply(&mut w, "421 4.3.2 Shutting down; try again later").await?;
-                return Ok(());
+                reply(s, "421 4.3.2 Shutting down; try again later").await?;
+                return Ok(End::Closed);
             }
-            l = read_line(&mut r, MAX_COMMAND_LINE, limits.command_timeout) => l?,
+            l = read_line(s, MAX_COMMAND_LINE, limits.command_timeout) => l?,
         };
         let Some(line) = line else {
-            errors += 1;
-            reply(&mut w, "500 5.5.2 Line too long").await?;
+            budget.errors += 1;
+            reply(s, "500 5.5.2 Line too long").await?;
             continue;
         };
         let line = String::from_utf8_lossy(&line);
@@ -198,24 +256,38 @@ async fn session<A: Accept, D: Deliver>(
             "EHLO" => {
                 greeted = true;
                 (from, rcpts) = (None, Vec::new());
+                let tls = if offer_tls { "250-STARTTLS\r\n" } else { "" };
                 let text = format!(
-                    "250-{}\r\n250-SIZE {}\r\n250-8BITMIME\r\n250-ENHANCEDSTATUSCODES\r\n250 SMTPUTF8",
+                    "250-{}\r\n250-SIZE {}\r\n250-8BITMIME\r\n250-ENHANCEDSTATUSCODES\r\n{tls}250 SMTPUTF8",
                     limits.hostname, limits.max_message_bytes
                 );
-                reply(&mut w, &text).await?;
+                reply(s, &text).await?;
             }
             "HELO" => {
                 greeted = true;
                 (from, rcpts) = (None, Vec::new());
-                reply(&mut w, &format!("250 {}", limits.hostname)).await?;
+                reply(s, &format!("250 {}", limits.hostname)).await?;
+            }
+            "STARTTLS" if !offer_tls => {
+                budget.errors += 1;
+                let text = if secure { "503 5.5.1 TLS already active" } else { "502 5.5.1 Not implemented" };
+                reply(s, text).await?
+            }
+            "STARTTLS" if !arg.trim().is_empty() => {
+                budget.errors += 1;
+                reply(s, "501 5.5.4 Syntax: STARTTLS").await?
+            }
+            "STARTTLS" => {
+                reply(s, "220 2.0.0 Ready to start TLS").await?;
+                return Ok(End::StartTls);
             }
             "MAIL" if !greeted => {
-                errors += 1;
-                reply(&mut w, "503 5.5.1 EHLO first").await?
+                budget.errors += 1;
+                reply(s, "503 5.5.1 EHLO first").await?
             }
             "MAIL" if from.is_some() => {
-                errors += 1;
-                reply(&mut w, "503 5.5.1 Nested MAIL command").await?
+                budget.errors += 1;
+                reply(s, "503 5.5.1 Nested MAIL command").await?
             }
             "MAIL" => match path_of(arg, "FROM:") {
                 Some(path) => {
@@ -224,80 +296,77 @@ async fn session<A: Accept, D: Deliver>(
                         .find_map(|p| p.strip_prefix("SIZE=").or_else(|| p.strip_prefix("size=")))
                         .and_then(|n| n.parse::<usize>().ok());
                     if size.is_some_and(|n| n > limits.max_message_bytes) {
-                        reply(&mut w, "552 5.3.4 Message too big").await?;
+                        reply(s, "552 5.3.4 Message too big").await?;
                     } else {
                         from = Some(path.to_owned());
-                        reply(&mut w, "250 2.1.0 Ok").await?;
+                        reply(s, "250 2.1.0 Ok").await?;
                     }
                 }
-                None => reply(&mut w, "501 5.5.4 Syntax: MAIL FROM:<address>").await?,
+                None => reply(s, "501 5.5.4 Syntax: MAIL FROM:<address>").await?,
             },
             "RCPT" if from.is_none() => {
-                errors += 1;
-                reply(&mut w, "503 5.5.1 MAIL first").await?
+                budget.errors += 1;
+                reply(s, "503 5.5.1 MAIL first").await?
             }
             "RCPT" => match path_of(arg, "TO:").map(EmailAddress::parse) {
                 Some(Ok(rcpt)) if rcpts.len() >= MAX_RCPTS => {
                     drop(rcpt);
-                    reply(&mut w, "452 4.5.3 Too many recipients").await?
+                    reply(s, "452 4.5.3 Too many recipients").await?
                 }
                 Some(Ok(rcpt)) => match accept.accepts(&rcpt).await {
                     Recipient::Ours => {
                         rcpts.push(rcpt);
-                        reply(&mut w, "250 2.1.5 Ok").await?
+                        reply(s, "250 2.1.5 Ok").await?
                     }
                     // Not ours: no relaying, and nothing said about why.
                     Recipient::NotOurs => {
-                        errors += 1;
+                        budget.errors += 1;
                         metrics::counter!("mailpipe_inbound_refused_total", "why" => "recipient")
                             .increment(1);
-                        reply(&mut w, "550 5.1.1 No such recipient here").await?
+                        reply(s, "550 5.1.1 No such recipient here").await?
                     }
-                    Recipient::TryLater => reply(&mut w, "451 4.3.0 Try again later").await?,
+                    Recipient::TryLater => reply(s, "451 4.3.0 Try again later").await?,
                 },
-                _ => reply(&mut w, "501 5.1.3 Bad recipient address syntax").await?,
+                _ => reply(s, "501 5.1.3 Bad recipient address syntax").await?,
             },
             "DATA" if rcpts.is_empty() => {
-                errors += 1;
-                reply(&mut w, "503 5.5.1 RCPT first").await?
+                budget.errors += 1;
+                reply(s, "503 5.5.1 RCPT first").await?
             }
             "DATA" => {
-                reply(&mut w, "354 End data with <CR><LF>.<CR><LF>").await?;
-                let body =
-                    tokio::time::timeout(limits.data_timeout, read_data(&mut r, limits.max_message_bytes))
-                        .await
-                        .map_err(|_| SessionError::Timeout)??;
+                reply(s, "354 End data with <CR><LF>.<CR><LF>").await?;
+                let body = tokio::time::timeout(limits.data_timeout, read_data(s, limits.max_message_bytes))
+                    .await
+                    .map_err(|_| SessionError::Timeout)??;
                 let taken = std::mem::take(&mut rcpts);
                 let from_path = from.take().unwrap_or_default();
                 match body {
                     None => {
                         metrics::counter!("mailpipe_inbound_refused_total", "why" => "size").increment(1);
-                        reply(&mut w, "552 5.3.4 Message too big").await?
+                        reply(s, "552 5.3.4 Message too big").await?
                     }
                     Some(message) => match deliver.deliver(from_path, taken, message).await {
-                        Ok(()) => reply(&mut w, "250 2.0.0 Ok: taken").await?,
+                        Ok(()) => reply(s, "250 2.0.0 Ok: taken").await?,
                         Err(e) => {
                             warn!(error = %e, "inbound: could not take a message; the sender will retry");
-                            reply(&mut w, "451 4.3.0 Try again later").await?
+                            reply(s, "451 4.3.0 Try again later").await?
                         }
                     },
                 }
             }
             "RSET" => {
                 (from, rcpts) = (None, Vec::new());
-                reply(&mut w, "250 2.0.0 Ok").await?
+                reply(s, "250 2.0.0 Ok").await?
             }
-            "NOOP" => reply(&mut w, "250 2.0.0 Ok").await?,
+            "NOOP" => reply(s, "250 2.0.0 Ok").await?,
             "QUIT" => {
-                reply(&mut w, "221 2.0.0 Bye").await?;
-                return Ok(());
+                reply(s, "221 2.0.0 Bye").await?;
+                return Ok(End::Closed);
             }
-            "STARTTLS" | "AUTH" | "VRFY" | "EXPN" | "ETRN" | "TURN" => {
-                reply(&mut w, "502 5.5.1 Not implemented").await?
-            }
+            "AUTH" | "VRFY" | "EXPN" | "ETRN" | "TURN" => reply(s, "502 5.5.1 Not implemented").await?,
             _ => {
-                errors += 1;
-                reply(&mut w, "500 5.5.2 Command unrecognized").await?
+                budget.errors += 1;
+                reply(s, "500 5.5.2 Command unrecognized").await?
             }
         }
     }

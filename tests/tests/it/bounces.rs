@@ -206,11 +206,19 @@ async fn a_bounce_postfix_generates_after_accepting_comes_back_and_suppresses() 
     // The destination: refuses every recipient as unknown.
     let destination =
         SmtpSink::start(&["-f", "RCPT", "-B", "550 5.1.1 Recipient address rejected: User unknown"]);
-    let relay = PostfixRelay::start(&[(BOUNCE_DOMAIN, inbound_port), ("example.com", destination.port)]);
+    // Its DSN goes to mailpipe inbound only over TLS, as a provider's
+    // would when STARTTLS is offered.
+    let relay = PostfixRelay::start_with_tls(
+        &[(BOUNCE_DOMAIN, inbound_port), ("example.com", destination.port)],
+        &[inbound_port],
+    );
+    let cert = mailpipe_tests::tls::TestCert::new();
     let env = TestEnv::setup()
         .relay(relay.port)
         .var("MAILPIPE__BOUNCES__DOMAIN", BOUNCE_DOMAIN)
         .var("MAILPIPE__BOUNCES__LISTEN", inbound_addr)
+        .var("MAILPIPE__BOUNCES__TLS_CERT_FILE", cert.cert.display())
+        .var("MAILPIPE__BOUNCES__TLS_KEY_FILE", cert.key.display())
         .start()
         .await;
     let inbound = env.start_inbound(env.config(), inbound_addr).await;
@@ -248,6 +256,90 @@ async fn a_bounce_postfix_generates_after_accepting_comes_back_and_suppresses() 
     .await
     .unwrap();
     assert_eq!(reason, "user_unknown", "the DSN Postfix wrote, read per recipient");
+    let log = relay.log();
+    assert!(
+        log.contains(&format!("TLS connection established to 127.0.0.1[127.0.0.1]:{inbound_port}")),
+        "the DSN came over STARTTLS; the relay's log:\n{log}"
+    );
     worker.stop().await;
+    inbound.stop().await;
+}
+
+/// The whole text of the next (possibly multi-line) reply.
+async fn read_reply<R: tokio::io::AsyncBufRead + Unpin>(r: &mut R) -> String {
+    let mut all = String::new();
+    loop {
+        let mut line = String::new();
+        tokio::time::timeout(Duration::from_secs(10), r.read_line(&mut line)).await.unwrap().unwrap();
+        all.push_str(&line);
+        if line.len() < 4 || line.as_bytes()[3] == b' ' {
+            return all;
+        }
+    }
+}
+
+/// STARTTLS on `mailpipe inbound`: offered only before TLS, with a
+/// certificate a client checks against its CA; what a client pipelines
+/// after the STARTTLS command is thrown away, not run inside the encrypted
+/// session; and a DSN sent over TLS is taken as over plain SMTP.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inbound_offers_starttls_and_drops_what_was_sent_before_the_handshake() {
+    let cert = mailpipe_tests::tls::TestCert::new();
+    let inbound_addr: std::net::SocketAddr = format!(
+        "127.0.0.1:{}",
+        std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    )
+    .parse()
+    .unwrap();
+    let env = TestEnv::setup()
+        .var("MAILPIPE__BOUNCES__DOMAIN", BOUNCE_DOMAIN)
+        .var("MAILPIPE__BOUNCES__LISTEN", inbound_addr)
+        .var("MAILPIPE__BOUNCES__TLS_CERT_FILE", cert.cert.display())
+        .var("MAILPIPE__BOUNCES__TLS_KEY_FILE", cert.key.display())
+        .start()
+        .await;
+    let inbound = env.start_inbound(env.config(), inbound_addr).await;
+
+    let mut plain = BufReader::new(tokio::net::TcpStream::connect(inbound_addr).await.unwrap());
+    let lines = |text: String| text.lines().map(str::to_owned).collect::<Vec<_>>();
+    assert!(read_reply(&mut plain).await.starts_with("220 "));
+    plain.get_mut().write_all(b"EHLO mx.remote.example\r\n").await.unwrap();
+    assert!(lines(read_reply(&mut plain).await).contains(&"250-STARTTLS".to_owned()), "offered in plain");
+    // STARTTLS and, in the same write, a command a man in the middle
+    // slipped in: it must not run once TLS is up.
+    plain.get_mut().write_all(b"STARTTLS\r\nMAIL FROM:<>\r\n").await.unwrap();
+    assert!(read_reply(&mut plain).await.starts_with("220 2.0.0"));
+    assert!(plain.buffer().is_empty());
+    let name = tokio_rustls::rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+    let tls = cert.client().connect(name, plain.into_inner()).await.expect("a certificate the CA signed");
+    let (r, mut w) = tokio::io::split(tls);
+    let mut r = BufReader::new(r);
+    w.write_all(b"EHLO mx.remote.example\r\n").await.unwrap();
+    let ehlo = read_reply(&mut r).await;
+    assert!(ehlo.starts_with("250-"), "the first reply in TLS is EHLO's, not the injected MAIL's: {ehlo}");
+    assert!(!ehlo.contains("STARTTLS"), "not offered twice: {ehlo}");
+    w.write_all(b"RCPT TO:<b-x@bounces.mailpipe.test>\r\n").await.unwrap();
+    assert!(read_reply(&mut r).await.starts_with("503"), "no MAIL was given inside TLS");
+    w.write_all(b"STARTTLS\r\n").await.unwrap();
+    assert!(read_reply(&mut r).await.starts_with("503 5.5.1 TLS already active"));
+    w.write_all(b"MAIL FROM:<>\r\n").await.unwrap();
+    assert!(read_reply(&mut r).await.starts_with("250"));
+    // The feedback address is not set here, and a made-up return path is
+    // refused at RCPT, as in plain SMTP.
+    w.write_all(b"RCPT TO:<b-made-up@bounces.mailpipe.test>\r\n").await.unwrap();
+    assert!(read_reply(&mut r).await.starts_with("550"));
+    w.write_all(b"QUIT\r\n").await.unwrap();
+    assert!(read_reply(&mut r).await.starts_with("221"));
+
+    // A client that does not trust the certificate's CA gives up.
+    let other = mailpipe_tests::tls::TestCert::new();
+    let mut plain = BufReader::new(tokio::net::TcpStream::connect(inbound_addr).await.unwrap());
+    read_reply(&mut plain).await;
+    plain.get_mut().write_all(b"EHLO x\r\n").await.unwrap();
+    read_reply(&mut plain).await;
+    plain.get_mut().write_all(b"STARTTLS\r\n").await.unwrap();
+    read_reply(&mut plain).await;
+    let name = tokio_rustls::rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+    assert!(other.client().connect(name, plain.into_inner()).await.is_err(), "an unknown CA is refused");
     inbound.stop().await;
 }
