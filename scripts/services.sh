@@ -80,6 +80,31 @@ install_all() {
   need_root_or_have /usr/sbin/knotd knot
   need_root_or_have knsupdate knot-dnsutils
   need_root_or_have /usr/sbin/opendkim-testkey opendkim-tools
+  exim_install
+}
+
+# A second MTA whose bounces the tests read: Debian's Exim. Its package
+# conflicts with Postfix (installing it would remove Postfix and smtp-sink),
+# so it is unpacked, not installed, into $STATE/exim: the binary copied
+# without its setuid bit (so that it keeps LD_LIBRARY_PATH for the one
+# library Postfix's system lacks, libidn12), and the user it runs
+# deliveries as. tests/src/exim.rs runs one instance per test.
+exim_dir=$STATE/exim
+exim_install() {
+  [ -x "$exim_dir/exim4" ] && getent passwd Debian-exim >/dev/null && return 0
+  if [ "$(id -u)" != 0 ]; then
+    say "Exim is not unpacked in $exim_dir (run this script as root once); the Exim bounce test will fail"
+    return 0
+  fi
+  say "unpacking Debian's Exim into $exim_dir (apt-get download; not installed: it would remove Postfix)"
+  rm -rf "$exim_dir" && mkdir -p "$exim_dir/debs" "$exim_dir/root"
+  [ -f "$STATE/.apt-updated" ] || { apt-get update -qq || die "apt-get update failed"; touch "$STATE/.apt-updated"; }
+  (cd "$exim_dir/debs" && apt-get download -q exim4-daemon-light libidn12 >/dev/null) \
+    || die "apt-get download exim4-daemon-light libidn12 failed"
+  for f in "$exim_dir"/debs/*.deb; do dpkg-deb -x "$f" "$exim_dir/root" || die "dpkg-deb -x $f failed"; done
+  install -m 0755 "$exim_dir/root/usr/sbin/exim4" "$exim_dir/exim4"
+  getent passwd Debian-exim >/dev/null || useradd --system --user-group --no-create-home \
+    --home-dir /nonexistent --shell /usr/sbin/nologin Debian-exim || die "could not add the Debian-exim user"
 }
 
 # ---------------------------------------------------------------- PostgreSQL
@@ -427,6 +452,7 @@ export MAILPIPE_TEST_KAFKA_CA=$kafka_dir/tls/ca.pem
 export MAILPIPE_TEST_SMTP=127.0.0.1:$SMTP_PORT
 export MAILPIPE_TEST_DNS=127.0.0.1:$DNS_PORT
 export MAILPIPE_TEST_DNS_ZONE=$DNS_ZONE
+export MAILPIPE_TEST_EXIM=$exim_dir
 ENV
 }
 

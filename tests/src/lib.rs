@@ -15,6 +15,7 @@
 
 pub mod dns;
 pub mod env;
+pub mod exim;
 pub mod http;
 pub mod kafka;
 pub mod postfix;
@@ -28,6 +29,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 pub use env::{Running, Setup, TestEnv};
+pub use exim::EximRelay;
 pub use http::{
     HttpResponse, api_get, assert_served_only_after, http, list_unsubscribe, serve_api, status_line, try_http,
 };

@@ -52,6 +52,19 @@ pub(crate) fn address(value: &str) -> Option<String> {
     (a.contains('@') && !a.contains(char::is_whitespace)).then_some(a)
 }
 
+/// The block's status: its `Status` field, unless that says only the
+/// class (`5.0.0`, as Exim always writes) and the remote server's own code
+/// in the diagnostic says more in the same class (`550 5.1.1 ...`); the
+/// diagnostic's when there is no field.
+fn most_specific(field: Option<StatusCode>, diagnostic: &str) -> Option<StatusCode> {
+    let remote = StatusCode::find(diagnostic);
+    match (field, remote) {
+        (Some(f), Some(r)) if f.subject == 0 && f.detail == 0 && r.class == f.class => Some(r),
+        (Some(f), _) => Some(f),
+        (None, r) => r,
+    }
+}
+
 /// The reply code a diagnostic starts with (`smtp; 550 5.1.1 ...`).
 pub(crate) fn reply_code(diagnostic: &str) -> Option<u16> {
     let d = diagnostic.trim_start();
@@ -79,8 +92,7 @@ pub(crate) fn read(body: &str) -> Vec<Finding> {
         let diagnostic = field(&block, "diagnostic-code")
             .map(|d| d.split_once(';').map_or(d, |(_, t)| t).trim().to_owned())
             .unwrap_or_default();
-        let status =
-            field(&block, "status").and_then(StatusCode::parse).or_else(|| StatusCode::find(&diagnostic));
+        let status = most_specific(field(&block, "status").and_then(StatusCode::parse), &diagnostic);
         let mut f = Finding::classified(Source::Dsn, status, reply_code(&diagnostic), &diagnostic);
         f.recipient = Some(recipient);
         match action.as_str() {

@@ -343,3 +343,63 @@ async fn inbound_offers_starttls_and_drops_what_was_sent_before_the_handshake() 
     assert!(other.client().connect(name, plain.into_inner()).await.is_err(), "an unknown CA is refused");
     inbound.stop().await;
 }
+
+/// The same with a real Exim as the relay: its bounce (Exim's own wording,
+/// `Status: 5.0.0` with the remote's `550 5.1.1` in the diagnostic) comes
+/// back to the return path, suppresses the recipient and records an
+/// asynchronous bounce on the job, read as an unknown user.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bounce_exim_generates_after_accepting_comes_back_and_suppresses() {
+    let inbound_port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let inbound_addr: std::net::SocketAddr = format!("127.0.0.1:{inbound_port}").parse().unwrap();
+    let destination =
+        SmtpSink::start(&["-f", "RCPT", "-B", "550 5.1.1 Recipient address rejected: User unknown"]);
+    let relay = EximRelay::start(&[(BOUNCE_DOMAIN, inbound_port), ("example.com", destination.port)]);
+    let env = TestEnv::setup()
+        .relay(relay.port)
+        .var("MAILPIPE__BOUNCES__DOMAIN", BOUNCE_DOMAIN)
+        .var("MAILPIPE__BOUNCES__LISTEN", inbound_addr)
+        .start()
+        .await;
+    let inbound = env.start_inbound(env.config(), inbound_addr).await;
+    env.enqueue(&campaign_jobs(0..1, "acme", "spring", &["example.com"])).await;
+    let worker = env.start_worker();
+    eventually("Exim accepted it", Duration::from_secs(60), || async {
+        env.ledger("acme", "spring").await.get("sent") == Some(&1)
+    })
+    .await;
+    let (job, to): (String, String) = sqlx::query_as("SELECT job_id, recipient FROM send_ledger")
+        .fetch_one(&mut env.pg().await)
+        .await
+        .unwrap();
+    let (recipient, globex) = (test_keys().hasher.hash(&to), TenantId::parse("globex").unwrap());
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(s) = env.store.suppression(&recipient, &globex, Category::Transactional).await.unwrap() {
+            assert_eq!(s.reason.as_str(), "hard_bounce");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no bounce came back within 60 s; Exim's log:\n{}",
+            relay.log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (reason, sender_domain): (String, Option<String>) = sqlx::query_as(
+        "SELECT payload::json->>'reason', sender_domain FROM events WHERE type = 'bounced' AND job_id = $1",
+    )
+    .bind(&job)
+    .fetch_one(&mut env.pg().await)
+    .await
+    .unwrap();
+    assert_eq!(reason, "user_unknown", "Exim's DSN, read per recipient");
+    assert_eq!(
+        sender_domain.as_deref(),
+        Some(TEST_SENDER_DOMAIN),
+        "counted against the domain it was sent as"
+    );
+    assert!(relay.log().contains("** user0@example.com"), "Exim itself failed the address:\n{}", relay.log());
+    worker.stop().await;
+    inbound.stop().await;
+}
