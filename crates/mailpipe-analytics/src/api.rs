@@ -149,8 +149,9 @@ async fn campaigns(State(s): State<ApiState>, headers: HeaderMap) -> Response {
 }
 
 /// The tenant's marketing stream: `active`, or `paused` by the reputation
-/// breaker with its reason (docs/deliverability.md), and under `domains`
-/// each of its sending domains' streams that has a state. Resuming is the
+/// breaker with its reason (docs/deliverability.md), and under `domains` and
+/// `providers` each of its sending domains' and mailbox providers' streams
+/// that has a state. Resuming is the
 /// operator's (`mailpipe tenant resume`).
 async fn stream(State(s): State<ApiState>, headers: HeaderMap) -> Response {
     let t = match tenant(&s, &headers, None).await {
@@ -159,12 +160,16 @@ async fn stream(State(s): State<ApiState>, headers: HeaderMap) -> Response {
     };
     match s.store.for_tenant(&t).streams(Some(&t)).await {
         Ok(rows) => {
-            let (domains, whole): (Vec<_>, Vec<_>) = rows.into_iter().partition(|st| st.domain.is_some());
+            let (parts, whole): (Vec<_>, Vec<_>) =
+                rows.into_iter().partition(|st| st.domain.is_some() || st.provider.is_some());
+            let (domains, providers): (Vec<_>, Vec<_>) =
+                parts.into_iter().partition(|st| st.domain.is_some());
             let mut out = match whole.into_iter().next() {
                 Some(st) => serde_json::json!(st),
                 None => serde_json::json!({ "tenant_id": t.as_str(), "state": "active", "reason": null }),
             };
             out["domains"] = serde_json::json!(domains);
+            out["providers"] = serde_json::json!(providers);
             json(&out)
         }
         Err(e) => internal(e),

@@ -200,8 +200,9 @@ pub async fn apply(
     let mut e = Event::for_job(kind, &tenant, &campaign, &job, disc);
     e.recipient_ref = Some(recipient_ref.to_hex());
     e.reason = Some(reason.into());
-    // The domain the send went out as: the breaker's per-domain figures.
-    e.sender_domain = store.sender_domain(tenant.as_str(), job.as_str()).await?;
+    // The domain the send went out as and the provider it went to: the
+    // breaker's figures per domain and per provider.
+    (e.sender_domain, e.provider) = store.send_origin(tenant.as_str(), job.as_str()).await?;
     store.insert_events(std::slice::from_ref(&e)).await?;
     if let Some(events) = events {
         events.publish(std::slice::from_ref(&e)).await?;

@@ -180,13 +180,16 @@ pub fn overview(o: &Overview) -> String {
     if !o.streams.is_empty() {
         streams.push_str("<table><tr><th>Stream</th><th>State</th><th>Why</th><th>Since</th></tr>");
         for s in &o.streams {
-            let name = s.domain.as_deref().map_or_else(|| "all mail".to_owned(), |d| format!("sent as {d}"));
-            let id = s.domain.as_deref().unwrap_or("all");
+            let (name, id) = match (&s.domain, &s.provider) {
+                (Some(d), _) => (format!("sent as {d}"), d.clone()),
+                (None, Some(p)) => (format!("to {p}'s users"), format!("to-{p}")),
+                (None, None) => ("all mail".to_owned(), "all".to_owned()),
+            };
             let _ = write!(
                 streams,
                 r#"<tr><td>{}</td><td id="stream-{}" class="{}">{}</td><td>{}</td><td>{}</td></tr>"#,
                 esc(&name),
-                esc(id),
+                esc(&id),
                 esc(&s.state),
                 esc(&s.state),
                 esc(s.reason.as_deref().unwrap_or("")),

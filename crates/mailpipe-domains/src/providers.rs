@@ -12,6 +12,12 @@
 //! no MX, or none that matches, has no group; a lookup that fails is
 //! retried after `failure_ttl_secs`, and meanwhile the domain stands alone,
 //! so that DNS trouble slows nothing down.
+//!
+//! Recipient domains are the tenants' to choose, so a hostile one can name
+//! domains whose DNS never answers, or floods of new ones: at most
+//! `max_lookups` lookups run at once (a send that finds them all busy goes
+//! on ungrouped, at once), and a full cache drops domains of no group
+//! before any with one.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -46,8 +52,10 @@ pub struct ProviderSettings {
     #[serde(rename = "failure_ttl_secs", deserialize_with = "secs")]
     pub failure_ttl: Duration,
     /// Domains remembered at most; past it, expired ones are dropped, then
-    /// all.
+    /// those of no group; a cache full of grouped domains takes no more.
     pub max_entries: usize,
+    /// Lookups in flight at most, per worker.
+    pub max_lookups: usize,
     /// Group → MX host suffixes (`google = ["google.com", "googlemail.com"]`):
     /// a domain whose MX host is or ends in `.<suffix>` is in the group.
     #[serde(default)]
@@ -60,8 +68,12 @@ impl ProviderSettings {
         if self.min_ttl > self.max_ttl {
             out.push("providers.min_ttl_secs is above max_ttl_secs".into());
         }
-        if self.max_entries == 0 {
-            out.push("providers.max_entries: at least 1".into());
+        // A TTL of 0 would ask DNS for every message.
+        if self.min_ttl.is_zero() || self.failure_ttl.is_zero() {
+            out.push("providers.min_ttl_secs, failure_ttl_secs: at least 1".into());
+        }
+        if self.max_entries == 0 || self.max_lookups == 0 {
+            out.push("providers.max_entries, max_lookups: at least 1".into());
         }
         if self.mx_lookup && self.lookup_timeout.is_zero() {
             out.push("providers.lookup_timeout_ms: at least 1".into());
@@ -95,6 +107,7 @@ pub struct Providers {
     resolver: Option<TokioResolver>,
     settings: ProviderSettings,
     cache: Mutex<HashMap<String, Known>>,
+    lookups: tokio::sync::Semaphore,
 }
 
 impl Providers {
@@ -120,7 +133,14 @@ impl Providers {
             .collect();
         suffixes.sort_by_key(|(s, _)| std::cmp::Reverse(s.len()));
         let resolver = if settings.mx_lookup { Some(resolver(settings)?) } else { None };
-        Ok(Self { overrides, suffixes, resolver, settings: settings.clone(), cache: Mutex::default() })
+        Ok(Self {
+            overrides,
+            suffixes,
+            resolver,
+            settings: settings.clone(),
+            cache: Mutex::default(),
+            lookups: tokio::sync::Semaphore::new(settings.max_lookups),
+        })
     }
 
     /// The group of `domain` if known now, without asking DNS: an
@@ -145,6 +165,11 @@ impl Providers {
         {
             return k.group.clone();
         }
+        // Every lookup slot busy (slow or hostile DNS): ungrouped, now.
+        let Ok(_slot) = self.lookups.try_acquire() else {
+            metrics::counter!("mailpipe_provider_lookups_total", "outcome" => "skipped").increment(1);
+            return None;
+        };
         let started = Instant::now();
         let lookup = tokio::time::timeout(
             self.settings.lookup_timeout,
@@ -204,9 +229,14 @@ impl Providers {
         if cache.len() >= self.settings.max_entries {
             let now = Instant::now();
             cache.retain(|_, k| k.until > now);
-            if cache.len() >= self.settings.max_entries {
-                cache.clear();
-            }
+        }
+        // A flood of made-up domains (no MX, no group) must not push out
+        // the domains whose group is known.
+        if cache.len() >= self.settings.max_entries {
+            cache.retain(|_, k| k.group.is_some());
+        }
+        if cache.len() >= self.settings.max_entries {
+            return;
         }
         cache.insert(domain.to_owned(), known);
     }
@@ -254,6 +284,7 @@ mod tests {
             max_ttl: Duration::from_secs(86_400),
             failure_ttl: Duration::from_secs(300),
             max_entries: 2,
+            max_lookups: 4,
             mx: BTreeMap::from([
                 ("google".into(), vec!["google.com".into(), "googlemail.com".into()]),
                 ("microsoft".into(), vec!["outlook.com".into()]),
@@ -280,14 +311,23 @@ mod tests {
     }
 
     #[test]
-    fn the_cache_stays_bounded() {
+    fn the_cache_stays_bounded_and_junk_does_not_push_out_groups() {
         let p = Providers::new(&settings(), &HashMap::new()).unwrap();
         let later = Instant::now() + Duration::from_secs(60);
-        for d in ["a.example", "b.example", "c.example"] {
-            p.remember(d, Known { group: Some(Arc::from("google")), until: later });
-        }
+        let google = || Some(Arc::from("google"));
+        p.remember("a.example", Known { group: google(), until: later });
+        p.remember("junk1.example", Known { group: None, until: later });
+        p.remember("b.example", Known { group: google(), until: later });
+        assert_eq!(p.known("b.example").as_deref(), Some("google"), "the ungrouped one made room");
+        p.remember("junk2.example", Known { group: None, until: later });
         assert!(p.cache.lock().unwrap().len() <= 2);
-        assert_eq!(p.known("c.example").as_deref(), Some("google"));
+        assert_eq!(
+            (p.known("a.example").as_deref(), p.known("b.example").as_deref()),
+            (Some("google"), Some("google")),
+            "a flood of made-up domains leaves the grouped ones"
+        );
+        let zero = ProviderSettings { min_ttl: Duration::ZERO, ..settings() };
+        assert_eq!(zero.problems().len(), 1, "{:?}", zero.problems());
         let bad = ProviderSettings {
             min_ttl: Duration::from_secs(10),
             max_ttl: Duration::from_secs(5),

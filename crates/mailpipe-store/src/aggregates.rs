@@ -38,7 +38,9 @@ pub struct CampaignRates {
     pub unique_clicks: i64,
     pub unique_clicks_human: i64,
     pub unsubscribes: i64,
-    /// Over delivery attempts that ended (delivered + bounced).
+    /// Over messages that left or were refused at once (delivered plus
+    /// refused at once; a bounce that came back later is in delivered
+    /// already).
     pub bounce_rate: Option<f64>,
     /// The rest over delivered.
     pub complaint_rate: Option<f64>,
@@ -54,6 +56,7 @@ impl CampaignRates {
         let m = |k: &str| st.totals.get(k).copied().unwrap_or(0);
         let rate = |n: i64, d: i64| (d > 0).then(|| n as f64 / d as f64);
         let (delivered, bounced) = (m("sent"), m("bounced"));
+        let refused_at_once = (bounced - m("bounced_async")).max(0);
         Self {
             campaign_id: st.campaign_id.clone(),
             delivered,
@@ -64,7 +67,7 @@ impl CampaignRates {
             unique_clicks: m("unique_clicks"),
             unique_clicks_human: m("unique_clicks_human"),
             unsubscribes: m("unsubscribes"),
-            bounce_rate: rate(bounced, delivered + bounced),
+            bounce_rate: rate(bounced, delivered + refused_at_once),
             complaint_rate: rate(m("complaints"), delivered),
             open_rate: rate(m("unique_opens"), delivered),
             open_rate_human: rate(m("unique_opens_human"), delivered),
@@ -94,7 +97,8 @@ pub struct CampaignStats {
     /// failed, opens, opens_human, opens_machine, unique_opens, clicks,
     /// clicks_human, clicks_machine, unique_clicks, unsubscribes,
     /// complaints, unique_opens_human, unique_clicks_human (recipients with
-    /// a human open or click), and `provider:<group>:<outcome>`.
+    /// a human open or click), bounced_async (bounces that came back after
+    /// the relay accepted), and `provider:<group>:<outcome>`.
     pub totals: BTreeMap<String, i64>,
     /// Hour start (unix ms) → metric → value.
     pub hourly: BTreeMap<i64, BTreeMap<String, i64>>,
@@ -140,6 +144,11 @@ fn increments(e: &Event) -> Vec<String> {
         EventType::Sent | EventType::Bounced | EventType::Deferred => {
             m.push(e.kind.as_str().to_owned());
             m.push(format!("provider:{provider}:{}", e.kind.as_str()));
+            // A bounce that came back after the relay accepted (no delivery
+            // attempt of ours ended in it): its message is in `sent` too.
+            if e.kind == EventType::Bounced && e.attempt.is_none() {
+                m.push("bounced_async".into());
+            }
         }
         EventType::Suppressed | EventType::DeadLettered | EventType::Failed => {
             m.push(e.kind.as_str().to_owned())

@@ -42,7 +42,8 @@ impl Store {
                     Vec::with_capacity(n),
                     Vec::with_capacity(n),
                 );
-                let (mut domains, mut reasons) = (Vec::with_capacity(n), Vec::with_capacity(n));
+                let (mut domains, mut reasons, mut providers) =
+                    (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n));
                 for (e, json) in rows {
                     ids.push(e.event_id.as_str());
                     tenants.push(e.tenant_id.as_ref().map(|t| t.as_str()));
@@ -53,10 +54,11 @@ impl Store {
                     payloads.push(text(json));
                     domains.push(e.sender_domain.as_deref());
                     reasons.push(e.reason.as_deref());
+                    providers.push(e.provider.as_deref());
                 }
                 sqlx::query(
-                    "INSERT INTO events (event_id, tenant_id, campaign_id, job_id, type, occurred_at, payload, sender_domain, reason)
-                     SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::bigint[], $7::text[], $8::text[], $9::text[])
+                    "INSERT INTO events (event_id, tenant_id, campaign_id, job_id, type, occurred_at, payload, sender_domain, reason, provider)
+                     SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::bigint[], $7::text[], $8::text[], $9::text[], $10::text[])
                      ON CONFLICT (event_id) DO NOTHING",
                 )
                 .bind(ids)
@@ -68,6 +70,7 @@ impl Store {
                 .bind(payloads)
                 .bind(domains)
                 .bind(reasons)
+                .bind(providers)
                 .execute(p)
                 .await?;
             }
@@ -111,8 +114,8 @@ where
     i64: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
 {
     let q = sqlx::query(
-        "INSERT INTO events (event_id, tenant_id, campaign_id, job_id, type, occurred_at, payload, sender_domain, reason)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (event_id) DO NOTHING",
+        "INSERT INTO events (event_id, tenant_id, campaign_id, job_id, type, occurred_at, payload, sender_domain, reason, provider)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT (event_id) DO NOTHING",
     );
     bind_event!(q, e, payload)
 }

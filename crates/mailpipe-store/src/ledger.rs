@@ -229,8 +229,8 @@ impl Store {
                                  AND status NOT IN ('sent', 'bounced', 'suppressed', 'failed', 'dead_lettered')
                                RETURNING 1),
                            ev AS (
-                               INSERT INTO events (event_id, tenant_id, campaign_id, job_id, type, occurred_at, payload, sender_domain, reason)
-                               SELECT $6, $7, $8, $9, $10, $11, $12, $13, $14 WHERE EXISTS (SELECT 1 FROM outcome)
+                               INSERT INTO events (event_id, tenant_id, campaign_id, job_id, type, occurred_at, payload, sender_domain, reason, provider)
+                               SELECT $6, $7, $8, $9, $10, $11, $12, $13, $14, $15 WHERE EXISTS (SELECT 1 FROM outcome)
                                ON CONFLICT (event_id) DO NOTHING)
                            SELECT COUNT(*) FROM outcome";
                 let q = sqlx::query_scalar::<_, i64>(sql)

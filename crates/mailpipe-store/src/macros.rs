@@ -81,7 +81,7 @@ macro_rules! bind_new_row {
 
 /// Binds an event row's values, in column order: event id, tenant,
 /// campaign, job, type, occurred at (ms), JSON payload, sender domain,
-/// reason.
+/// reason, provider.
 macro_rules! bind_event {
     ($q:expr, $e:expr, $payload:expr) => {
         $q.bind($e.event_id.as_str())
@@ -93,5 +93,6 @@ macro_rules! bind_event {
             .bind($payload)
             .bind($e.sender_domain.as_deref())
             .bind($e.reason.as_deref())
+            .bind($e.provider.as_deref())
     };
 }

@@ -228,6 +228,27 @@ impl<C: Clock + Clone> Throttle<C> {
         self.group_of.get(domain).map(String::as_str).unwrap_or(domain)
     }
 
+    /// The key a message to `domain`, whose provider group was found to be
+    /// `found` (by its MX hosts), is limited under: the domain's own
+    /// limit if it has one (the operator's word for that domain wins),
+    /// else `[throttle.groups]`'s group, else the found group if
+    /// `[throttle.limits]` gives that group a rate, else the domain. A
+    /// group without a rate of its own is no pacing key: its domains keep
+    /// the default rate each, and one customer's "slow down" at a shared
+    /// gateway does not pause the others.
+    pub fn key_for<'a>(&'a self, domain: &'a str, found: Option<&'a str>) -> &'a str {
+        if self.named.contains_key(domain) {
+            return domain;
+        }
+        if let Some(g) = self.group_of.get(domain) {
+            return g;
+        }
+        match found {
+            Some(g) if self.named.contains_key(g) => g,
+            _ => domain,
+        }
+    }
+
     /// The steady-state gap between two messages to `domain` under its
     /// limits (the slower of its own key's and the global cap), if limited.
     pub fn interval(&self, domain: &str) -> Option<Duration> {
@@ -307,6 +328,26 @@ mod tests {
 
     fn spec(s: &str) -> RateSpec {
         s.parse().unwrap()
+    }
+
+    #[test]
+    fn a_found_group_paces_only_with_a_rate_of_its_own_and_a_domain_limit_wins() {
+        let spec = ThrottleSpec {
+            default: Some("600/m".into()),
+            limits: [("google".into(), "3000/m".into()), ("bigcorp.example".into(), "60/m".into())].into(),
+            groups: [("google".into(), vec!["gmail.com".into()])].into(),
+            ..Default::default()
+        };
+        let t = Throttle::new(&ThrottleConfig::try_from(spec).unwrap());
+        assert_eq!(t.key_for("acme.example", Some("google")), "google", "a group with a rate");
+        assert_eq!(
+            t.key_for("bigcorp.example", Some("google")),
+            "bigcorp.example",
+            "the domain's own limit wins"
+        );
+        assert_eq!(t.key_for("shop.example", Some("mimecast")), "shop.example", "a group without a rate");
+        assert_eq!(t.key_for("gmail.com", None), "google", "[throttle.groups]");
+        assert_eq!(t.key_for("plain.example", None), "plain.example");
     }
 
     #[test]

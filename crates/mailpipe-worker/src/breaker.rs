@@ -1,11 +1,11 @@
-//! The reputation circuit breaker (docs/deliverability.md): per tenant and
-//! per sending domain, over rolling 24-hour and 7-day windows, the
+//! The reputation circuit breaker (docs/deliverability.md): per tenant, per
+//! sending domain and per mailbox provider, over rolling 24-hour and 7-day windows, the
 //! complaint rate (complaints over delivered), the hard-bounce rate and the
 //! unknown-user rate, acting only above a minimum volume. Above a pause
 //! threshold the stream's marketing is paused: its marketing jobs wait on
 //! the retry schedule (never dropped), its transactional mail keeps
-//! flowing, other tenants (and the tenant's other domains, when only one
-//! domain's stream is paused) are untouched, until an operator resumes it
+//! flowing, other tenants (and the tenant's other domains or providers,
+//! when only one domain's or provider's stream is paused) are untouched, until an operator resumes it
 //! (`mailpipe tenant resume`). Every worker evaluates; the store decides
 //! which one saw the pause first, and only that one records the
 //! `stream_paused` event.
@@ -117,14 +117,17 @@ pub struct Streams {
 }
 
 impl Streams {
-    /// Whether marketing `tenant` sends as `domain` is held: its whole
-    /// stream or that domain's is paused.
-    pub fn is_paused(&self, tenant: &TenantId, domain: &str) -> bool {
+    /// Whether marketing `tenant` sends as `domain` to `provider`'s users
+    /// is held: its whole stream, that domain's or that provider's is
+    /// paused.
+    pub fn is_paused(&self, tenant: &TenantId, domain: &str, provider: Option<&str>) -> bool {
         let paused = self.paused.read().unwrap_or_else(|p| p.into_inner());
         if paused.is_empty() {
             return false;
         }
-        paused.contains(&StreamKey::tenant(tenant)) || paused.contains(&StreamKey::domain(tenant, domain))
+        paused.contains(&StreamKey::tenant(tenant))
+            || paused.contains(&StreamKey::domain(tenant, domain))
+            || provider.is_some_and(|p| paused.contains(&StreamKey::provider(tenant, p)))
     }
 
     fn hold(&self, stream: StreamKey) {
@@ -148,14 +151,14 @@ pub async fn evaluate(
     events: Option<&KafkaEvents>,
 ) -> Result<(), mailpipe_store::StoreError> {
     let now = now_ms();
-    // A tenant whose whole stream is paused has every domain's held: no
-    // domain of it is paused on top, for the same figures.
+    // A tenant whose whole stream is paused has every domain's and
+    // provider's held: none of them is paused on top, for the same figures.
     let mut tenants_paused: HashSet<TenantId> =
-        store.paused_streams().await?.into_iter().filter(|k| k.domain.is_none()).map(|k| k.tenant).collect();
+        store.paused_streams().await?.into_iter().filter(StreamKey::is_whole).map(|k| k.tenant).collect();
     for (window, len) in WINDOWS {
         // Tenants come before their domains.
         for (stream, figures) in store.stream_figures(now - len).await? {
-            if stream.domain.is_some() && tenants_paused.contains(&stream.tenant) {
+            if !stream.is_whole() && tenants_paused.contains(&stream.tenant) {
                 continue;
             }
             match judge(&figures, window, s) {
@@ -165,7 +168,7 @@ pub async fn evaluate(
                     warn!(%stream, %why, "reputation: close to the pause threshold");
                 }
                 Judgement::Pause(why) => {
-                    if stream.domain.is_none() {
+                    if stream.is_whole() {
                         tenants_paused.insert(stream.tenant.clone());
                     }
                     // Held here first, then recorded: once the store says
@@ -193,11 +196,16 @@ pub async fn evaluate(
 }
 
 /// The `stream_paused` or `stream_resumed` event of `stream` at `now`: the
-/// sending domain on the event when the stream is a domain's.
+/// sending domain or the provider on the event when the stream is one's.
 pub fn stream_event(kind: EventType, stream: &StreamKey, now: i64, reason: Option<String>) -> Event {
-    let discriminator = format!("{}@{now}", stream.domain.as_deref().unwrap_or(""));
+    let discriminator = format!(
+        "{}/{}@{now}",
+        stream.domain.as_deref().unwrap_or(""),
+        stream.provider.as_deref().unwrap_or("")
+    );
     let mut e = Event::for_tenant(kind, &stream.tenant, &discriminator);
     e.sender_domain.clone_from(&stream.domain);
+    e.provider.clone_from(&stream.provider);
     e.reason = reason;
     e
 }

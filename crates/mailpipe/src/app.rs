@@ -381,10 +381,11 @@ pub async fn run_inbound(
         max_connections: b.max_connections,
         command_timeout: Duration::from_secs(b.command_timeout_secs),
         data_timeout: Duration::from_secs(b.data_timeout_secs),
-        tls: if b.tls_cert_file.is_empty() {
+        tls: if b.tls_cert_file.trim().is_empty() {
             None
         } else {
-            Some(mailpipe_inbound::tls::acceptor(b.tls_cert_file.as_ref(), b.tls_key_file.as_ref())?)
+            let (cert, key) = (b.tls_cert_file.trim(), b.tls_key_file.trim());
+            Some(mailpipe_inbound::tls::acceptor(cert.as_ref(), key.as_ref())?)
         },
     };
     let inbound = Arc::new(mailpipe_inbound::Inbound::new(

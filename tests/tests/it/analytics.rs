@@ -42,7 +42,13 @@ fn campaign(tenant: &str, c: &str) -> Vec<Event> {
         ev(EventType::Sent, tenant, c, "j2", ""),
         ev(EventType::Sent, tenant, c, "j3", ""),
         ev(EventType::Deferred, tenant, c, "j4", "1"),
-        ev(EventType::Bounced, tenant, c, "j4", ""),
+        // Refused at once on the second attempt (not a bounce that came
+        // back later: it has an attempt).
+        {
+            let mut b = ev(EventType::Bounced, tenant, c, "j4", "");
+            b.attempt = Some(2);
+            b
+        },
         with_verdict(ev(EventType::Open, tenant, c, "j1", "a"), VerdictClass::Human),
         with_verdict(ev(EventType::Open, tenant, c, "j1", "b"), VerdictClass::Human),
         with_verdict(ev(EventType::Open, tenant, c, "j1", "c"), VerdictClass::Machine),
@@ -601,6 +607,8 @@ async fn the_overview_shows_rates_streams_and_daily_volume_per_organisational_do
         sent_as("v5", "mail.acme-offers.co.uk", 0, "acme"),
         sent_as("v6", "news.acme.example", 40, "acme"),
         sent_as("g1", "globex.example", 0, "globex"),
+        // v1's recipient bounced after the relay accepted it.
+        ev(EventType::Bounced, "acme", "volume", "v1", "async"),
     ]);
     events.extend(campaign("globex", "secret"));
     for s in [&store, &lite] {
@@ -638,6 +646,11 @@ async fn the_overview_shows_rates_streams_and_daily_volume_per_organisational_do
     let spring = campaigns.iter().find(|c| c["campaign_id"] == "spring").unwrap();
     assert_eq!(spring["delivered"], 3);
     assert_eq!(spring["bounce_rate"], 0.25, "1 bounce in 4 attempts");
+    let volume = campaigns.iter().find(|c| c["campaign_id"] == "volume").unwrap();
+    assert!(
+        (volume["bounce_rate"].as_f64().unwrap() - 1.0 / 6.0).abs() < 1e-9,
+        "a bounce that came back later is one of the 6 delivered, not a 7th attempt: {volume}"
+    );
     assert_eq!((spring["unique_opens"].as_i64(), spring["unique_opens_human"].as_i64()), (Some(3), Some(2)));
     assert_eq!(spring["open_rate"], 1.0);
     assert!((spring["open_rate_human"].as_f64().unwrap() - 2.0 / 3.0).abs() < 1e-9);

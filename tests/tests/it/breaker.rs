@@ -186,7 +186,7 @@ async fn stream_figures_per_tenant_and_domain_on_postgres_and_sqlite() {
         e
     };
     let (a, b) = (Some("a.example"), Some("b.example"));
-    let events = [
+    let mut events = [
         event(EventType::Sent, 1, a, None),
         event(EventType::Sent, 2, a, None),
         event(EventType::Sent, 3, b, None),
@@ -196,6 +196,12 @@ async fn stream_figures_per_tenant_and_domain_on_postgres_and_sqlite() {
         event(EventType::Bounced, 7, b, Some("rejected")),
         event(EventType::Complaint, 1, a, Some("arf")),
     ];
+    // Two sends and the complaint went to Google's users; one to a domain
+    // of no provider ("other" is not a stream).
+    for i in [0, 1, 7] {
+        events[i].provider = Some("google".into());
+    }
+    events[2].provider = Some("other".into());
     for store in [pg.store.clone(), lite] {
         store.insert_events(&events).await.unwrap();
         let figures = store.stream_figures(0).await.unwrap();
@@ -208,20 +214,99 @@ async fn stream_figures_per_tenant_and_domain_on_postgres_and_sqlite() {
         assert_eq!(got(&whole), [4, 1, 2, 1], "{}", store.backend());
         assert_eq!(got(&on_a), [2, 1, 1, 1], "{}", store.backend());
         assert_eq!(got(&on_b), [1, 0, 1, 0], "{}", store.backend());
-        assert_eq!(figures.len(), 3, "{}: {figures:?}", store.backend());
+        assert_eq!(got(&f(StreamKey::provider(&t, "google"))), [2, 1, 0, 0], "{}", store.backend());
+        assert_eq!(figures.len(), 4, "{}: tenant, two domains, google: {figures:?}", store.backend());
 
         // a.example paused and resumed: its figures start again; b's and
         // the tenant's (for what a.example no longer carries) go on.
         let later = mailpipe_core::now_ms() + 1;
         assert!(store.pause_stream(&StreamKey::domain(&t, "a.example"), "test", 1).await.unwrap());
         assert!(!store.pause_stream(&StreamKey::domain(&t, "a.example"), "again", 2).await.unwrap());
-        let resumed = store.resume_streams(&t, Some("a.example"), later).await.unwrap();
+        let resumed = store.resume_streams(&t, Some("a.example"), None, later).await.unwrap();
         assert_eq!(resumed, [StreamKey::domain(&t, "a.example")]);
         let figures = store.stream_figures(0).await.unwrap();
         assert!(figures.iter().all(|(s, _)| s.domain.as_deref() != Some("a.example")), "{figures:?}");
+        assert!(
+            figures.iter().all(|(s, _)| s.provider.is_none()),
+            "google's events were all a.example's, read no more: {figures:?}"
+        );
         let whole = figures.iter().find(|(s, _)| s.domain.is_none()).unwrap().1.clone();
         assert_eq!(whole.delivered, 2, "{}", store.backend());
-        assert!(store.resume_streams(&t, None, later).await.unwrap().is_empty(), "nothing left paused");
+        assert!(store.resume_streams(&t, None, None, later).await.unwrap().is_empty(), "nothing left paused");
     }
     let _ = std::fs::remove_file(path);
+}
+
+/// `n` delivered messages of `tenant` to `provider`'s users, and
+/// `complaints` complaints, as the events table records them.
+async fn history_to(env: &TestEnv, tenant: &str, provider: &str, n: usize, complaints: usize) {
+    let (t, c) = (TenantId::parse(tenant).unwrap(), CampaignId::parse("last-week").unwrap());
+    let mut events = Vec::new();
+    for i in 0..n {
+        let j = JobId::parse(format!("old-{provider}-{i}")).unwrap();
+        for kind in
+            [EventType::Sent, EventType::Complaint].into_iter().take(if i < complaints { 2 } else { 1 })
+        {
+            let mut e = Event::for_job(kind, &t, &c, &j, "");
+            e.sender_domain = Some(TEST_SENDER_DOMAIN.to_owned());
+            e.provider = Some(provider.to_owned());
+            events.push(e);
+        }
+    }
+    env.store.insert_events(&events).await.unwrap();
+}
+
+/// Complaints from one provider's users (its 0.5%, though 0.25% overall)
+/// pause the tenant's marketing to that provider only: a company domain
+/// whose MX is Google's is held with it; a domain of no provider is not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn complaints_at_one_provider_pause_only_marketing_to_its_users() {
+    let zone = mailpipe_tests::dns::TestZone::new();
+    let hosted = zone.name("hosted");
+    zone.add(&hosted, "MX", "10 aspmx.l.google.com.");
+    let env = TestEnv::setup()
+        .vars(&[
+            ("MAILPIPE__BREAKER__EVALUATE_EVERY_SECS", "1"),
+            ("MAILPIPE__BREAKER__MIN_DELIVERED", "200"),
+            ("MAILPIPE__BREAKER__RECHECK_SECS", "1"),
+        ])
+        .start()
+        .await;
+    history_to(&env, "acme", "google", 400, 2).await;
+    history_to(&env, "acme", "other", 400, 0).await;
+    let worker = env.start_worker();
+    let acme = TenantId::parse("acme").unwrap();
+    eventually("acme's stream to google paused", Duration::from_secs(30), || async {
+        env.store.paused_streams().await.unwrap() == [StreamKey::provider(&acme, "google")]
+    })
+    .await;
+    let mut jobs = campaign_jobs(0..3, "acme", "to-google", &[hosted.as_str()]);
+    jobs.extend(campaign_jobs(10..12, "acme", "elsewhere", &["a.example"]));
+    env.enqueue(&jobs).await;
+    eventually("marketing to a domain of no provider sent", Duration::from_secs(60), || async {
+        env.ledger("acme", "elsewhere").await.get("sent") == Some(&2)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(
+        env.ledger("acme", "to-google").await.get("sent"),
+        None,
+        "marketing to Google's users is held"
+    );
+
+    let out = env.cli(&["tenant", "resume", "acme", "--provider", "google"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    eventually("the held marketing sent after the resume", Duration::from_secs(60), || async {
+        env.ledger("acme", "to-google").await.get("sent") == Some(&3)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(env.sink().messages().len(), 5, "every job exactly once");
+    let paused: (i64, Option<String>) =
+        sqlx::query_as("SELECT COUNT(*), MAX(provider) FROM events WHERE type = 'stream_paused'")
+            .fetch_one(&mut env.pg().await)
+            .await
+            .unwrap();
+    assert_eq!(paused, (1, Some("google".to_owned())), "one pause, of the provider's stream");
+    worker.stop().await;
 }

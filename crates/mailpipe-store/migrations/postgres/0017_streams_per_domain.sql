@@ -4,7 +4,10 @@
 -- bounce gives (user_unknown, ...) is a column the figures can count.
 ALTER TABLE events ADD COLUMN sender_domain TEXT;
 ALTER TABLE events ADD COLUMN reason TEXT;
-UPDATE events SET reason = payload::jsonb->>'reason' WHERE type = 'bounced';
+-- Only the breaker reads it, over the last 7 days: older rows stay NULL,
+-- so the backfill touches a week of events, not the table.
+UPDATE events SET reason = payload::jsonb->>'reason'
+ WHERE type = 'bounced' AND occurred_at >= (extract(epoch FROM now()) * 1000)::bigint - 7 * 86400000;
 
 -- A stream is a tenant's ('' for all its mail) or one of its sending
 -- domains'.

@@ -1,7 +1,8 @@
 -- The breaker per sending domain (see the PostgreSQL migration).
 ALTER TABLE events ADD COLUMN sender_domain TEXT;
 ALTER TABLE events ADD COLUMN reason TEXT;
-UPDATE events SET reason = json_extract(payload, '$.reason') WHERE type = 'bounced';
+UPDATE events SET reason = json_extract(payload, '$.reason')
+ WHERE type = 'bounced' AND occurred_at >= CAST(strftime('%s', 'now') AS INTEGER) * 1000 - 7 * 86400000;
 
 CREATE TABLE streams_new (
     tenant_id  TEXT NOT NULL,

@@ -69,7 +69,7 @@ impl Pipeline {
         if let Some(t) = &self.throttle {
             // Under the key it was paced by: its provider's, found by MX.
             let group = self.group(job.to.email.domain());
-            let key = group.as_deref().unwrap_or(job.to.email.domain());
+            let key = t.key_for(job.to.email.domain(), group.as_deref());
             match &disposition {
                 Disposition::Deferred { slow_down: true } => t.slow_down(key),
                 Disposition::Delivered => t.recovered(key),

@@ -25,25 +25,26 @@ impl Pipeline {
         claim: &Claim,
         shutdown: &CancellationToken,
     ) -> Step<()> {
-        // A paused marketing stream (the tenant's, or that of the domain
-        // it sends as): held on the retry schedule, never dropped;
-        // transactional mail, other domains and other tenants go on.
+        // The provider, by MX: a company domain hosted by Google is paced
+        // as Google, with Google's limit, and counted with Google.
+        let domain = job.to.email.domain();
+        let group = match &self.providers {
+            Some(p) => p.group(domain).await,
+            None => self.throttle.as_ref().and_then(|t| t.group(domain)).map(std::sync::Arc::from),
+        };
+        // A paused marketing stream (the tenant's, that of the domain it
+        // sends as, or that of the recipient's provider): held on the
+        // retry schedule, never dropped; transactional mail, other domains,
+        // other providers and other tenants go on.
         if job.category == Category::Marketing
             && let Some((streams, recheck)) = &self.streams
-            && streams.is_paused(&job.tenant_id, job.from.email.domain())
+            && streams.is_paused(&job.tenant_id, job.from.email.domain(), group.as_deref())
         {
             metrics::counter!("mailpipe_jobs_held_total", "why" => "stream_paused").increment(1);
             return ended(self.park(rec, job, claim.attempts.max(0) as u32, *recheck, shutdown).await?);
         }
-        // The provider, by MX: a company domain hosted by Google is paced
-        // as Google, with Google's limit.
-        let domain = job.to.email.domain();
-        let group = match &self.providers {
-            Some(p) => p.group(domain).await,
-            None => None,
-        };
         let Some(t) = &self.throttle else { return ControlFlow::Continue(()) };
-        let key = group.as_deref().unwrap_or(domain);
+        let key = t.key_for(domain, group.as_deref());
         while let Err(wait) = t.check(key) {
             let delay = self.reserve_slot(t.key(key), t.interval(key), wait);
             if delay > self.cfg.park_after {

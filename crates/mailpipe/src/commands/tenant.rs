@@ -58,8 +58,11 @@ pub enum Command {
     Resume {
         id: String,
         /// Only the stream of this sending domain.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "provider")]
         domain: Option<String>,
+        /// Only the stream of this mailbox provider (`google`, ...).
+        #[arg(long)]
+        provider: Option<String>,
     },
 }
 
@@ -103,23 +106,33 @@ pub async fn run(command: Command, cfg: &Config) -> anyhow::Result<ExitCode> {
         }
         Command::Streams => {
             let store = app::store(cfg).await?;
-            println!("tenant\tdomain\tstate\tchanged_at\treason");
+            println!("tenant\tdomain\tprovider\tstate\tchanged_at\treason");
             for s in store.streams(None).await? {
                 let reason = s.reason.as_deref().unwrap_or("-");
                 let domain = s.domain.as_deref().unwrap_or("*");
-                println!("{}\t{domain}\t{}\t{}\t{reason}", s.tenant_id, s.state, s.changed_at);
+                let provider = s.provider.as_deref().unwrap_or("*");
+                println!("{}\t{domain}\t{provider}\t{}\t{}\t{reason}", s.tenant_id, s.state, s.changed_at);
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Resume { id, domain } => {
+        Command::Resume { id, domain, provider } => {
             let tenant = tenant_id(&id)?;
             let store = app::store(cfg).await?;
             let now = mailpipe_core::now_ms();
-            let resumed = store.resume_streams(&tenant, domain.as_deref(), now).await?;
+            // As the events spell it: lowercase ASCII (punycode), no final dot.
+            let domain = match domain.as_deref() {
+                Some(d) => {
+                    Some(mailpipe_core::Domain::parse(d).map_err(|e| anyhow::anyhow!("--domain: {e}"))?)
+                }
+                None => None,
+            };
+            let domain = domain.as_ref().map(|d| d.as_str().to_owned());
+            let resumed = store.resume_streams(&tenant, domain.as_deref(), provider.as_deref(), now).await?;
             if resumed.is_empty() {
-                match &domain {
-                    Some(d) => anyhow::bail!("tenant {tenant}'s stream for {d} is not paused"),
-                    None => anyhow::bail!("tenant {tenant} has no paused stream"),
+                match (&domain, &provider) {
+                    (Some(d), _) => anyhow::bail!("tenant {tenant}'s stream as {d} is not paused"),
+                    (None, Some(p)) => anyhow::bail!("tenant {tenant}'s stream to {p} is not paused"),
+                    (None, None) => anyhow::bail!("tenant {tenant} has no paused stream"),
                 }
             }
             let events: Vec<_> = resumed
