@@ -152,11 +152,14 @@ impl Store {
         Ok(out)
     }
 
-    /// Pauses a stream; `false` if it was paused already.
+    /// Pauses a stream on figures read at `now` (taken before they were
+    /// read); `false` if it was paused already, or resumed since `now`, so
+    /// that a resume between reading and pausing is not undone by the
+    /// figures it was meant to clear.
     pub async fn pause_stream(&self, key: &StreamKey, reason: &str, now: i64) -> Result<bool> {
         let sql = "INSERT INTO streams (tenant_id, domain, provider, state, reason, changed_at) VALUES ($1, $2, $3, 'paused', $4, $5)
                    ON CONFLICT (tenant_id, domain, provider) DO UPDATE SET state = 'paused', reason = excluded.reason, changed_at = excluded.changed_at
-                   WHERE streams.state = 'active'";
+                   WHERE streams.state = 'active' AND streams.resumed_at <= excluded.changed_at";
         let (domain, provider) = (key.domain.as_deref().unwrap_or(""), key.provider.as_deref().unwrap_or(""));
         let n = on_pool!(self, p => sqlx::query(sql).bind(key.tenant.as_str()).bind(domain).bind(provider).bind(reason).bind(now).execute(p).await.map(|r| r.rows_affected()))?;
         Ok(n > 0)

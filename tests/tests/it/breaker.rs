@@ -224,6 +224,13 @@ async fn stream_figures_per_tenant_and_domain_on_postgres_and_sqlite() {
         assert!(!store.pause_stream(&StreamKey::domain(&t, "a.example"), "again", 2).await.unwrap());
         let resumed = store.resume_streams(&t, Some("a.example"), None, later).await.unwrap();
         assert_eq!(resumed, [StreamKey::domain(&t, "a.example")]);
+        assert!(
+            !store
+                .pause_stream(&StreamKey::domain(&t, "a.example"), "read before the resume", later - 1)
+                .await
+                .unwrap(),
+            "figures read before a resume do not undo it"
+        );
         let figures = store.stream_figures(0).await.unwrap();
         assert!(figures.iter().all(|(s, _)| s.domain.as_deref() != Some("a.example")), "{figures:?}");
         assert!(
