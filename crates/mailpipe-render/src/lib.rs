@@ -27,6 +27,7 @@ pub mod fuzzing {
             "https://t.example/",
             "https://t.example/o/x",
             Some("https://t.example/c/hp"),
+            true,
             &mut sign,
         );
         let _ = crate::links::rewrite_text(html, "https://t.example/", &mut sign);
@@ -364,16 +365,20 @@ impl Composer {
                     // The honeypot is a click token for the tracker's own /hp,
                     // which no person is shown: whoever follows it is a machine.
                     let honeypot = sign_click(&self.links.honeypot_target())?;
+                    // One pass over the HTML: links, pixel, honeypot, and the
+                    // text part when the job has none.
                     let out = links::rewrite_html(
                         &html,
                         &tracker_prefix,
                         open_url,
                         Some(&honeypot),
+                        rendered.text.is_none(),
                         &mut sign_click,
                     )?;
-                    let text = match rendered.text {
-                        Some(t) => links::rewrite_text(&t, &tracker_prefix, &mut sign_click)?.0,
-                        None => links::html_to_text(&out.html)?,
+                    let text = match (rendered.text, out.text) {
+                        (Some(t), _) => links::rewrite_text(&t, &tracker_prefix, &mut sign_click)?.0,
+                        (None, Some(derived)) => derived,
+                        (None, None) => String::new(),
                     };
                     (Some(out.html), text, out.rewritten)
                 }

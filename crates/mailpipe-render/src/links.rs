@@ -1,12 +1,40 @@
 //! Link tracking with lol_html: a streaming rewriter, so a 10 KB body costs
-//! one pass and no DOM.
+//! one pass and no DOM. The same pass derives the text part when the job
+//! has none, from the links as rewritten.
 
+use std::borrow::Cow;
 use std::cell::{Cell, RefCell};
-
 use std::rc::Rc;
 
 use lol_html::html_content::{ContentType, Element, EndTag};
-use lol_html::{EndTagHandler, RewriteStrSettings, doc_comments, doc_text, element, rewrite_str};
+use std::sync::LazyLock;
+
+use lol_html::{
+    DocumentContentHandlers, ElementContentHandlers, EndTagHandler, HandlerResult, RewriteStrSettings,
+    Selector, doc_comments, doc_text, rewrite_str,
+};
+
+/// The selectors of every pass, parsed once per process rather than once
+/// per message (what `lol_html::element!` does).
+macro_rules! selector {
+    ($name:ident, $css:literal) => {
+        static $name: LazyLock<Selector> = LazyLock::new(|| $css.parse().expect(concat!("selector ", $css)));
+    };
+}
+selector!(HREF, "[href]");
+selector!(BODY, "body");
+selector!(HIDDEN, "head, style, script, title");
+selector!(BR, "br");
+selector!(BLOCK, "p, div, tr, li, h1, h2, h3, h4, h5, h6, table, ul, ol, blockquote");
+selector!(LINK, "a[href]");
+
+/// A handler for the elements `selector` matches.
+fn on<'h>(
+    selector: &'static LazyLock<Selector>,
+    handler: impl FnMut(&mut Element<'_, '_>) -> HandlerResult + 'h,
+) -> ElementHandler<'h> {
+    (Cow::Borrowed(LazyLock::force(selector)), ElementContentHandlers::default().element(handler))
+}
 use mailpipe_token::TokenError;
 
 use crate::RenderError;
@@ -14,6 +42,8 @@ use crate::RenderError;
 pub(crate) struct RewrittenHtml {
     pub html: String,
     pub rewritten: usize,
+    /// The body as plain text, when asked for ([`html_to_text`]'s rules).
+    pub text: Option<String>,
 }
 
 type Signer<'a> = &'a mut dyn FnMut(&str) -> Result<String, TokenError>;
@@ -75,7 +105,7 @@ impl LinkRewriter<'_> {
         let out = rewrite_str(
             html,
             RewriteStrSettings {
-                element_content_handlers: vec![element!("[href]", |el| {
+                element_content_handlers: vec![on(&HREF, |el| {
                     if self.rewrite(el) {
                         changed.set(true);
                     }
@@ -96,12 +126,15 @@ pub(crate) const HONEYPOT_ATTR: &str = "data-mailpipe-honeypot";
 /// comments (`<!--[if mso]>...<![endif]-->`), and appends the open pixel
 /// before `</body>` (or at the end when there is no body element), followed
 /// by `honeypot_url` (already tracked) as a link no person can see or reach:
-/// only a machine that fetches every link follows it.
+/// only a machine that fetches every link follows it. With `derive_text`,
+/// the same pass writes the body as plain text, its links as rewritten
+/// (the honeypot and pixel, inserted, are not in it).
 pub(crate) fn rewrite_html(
     html: &str,
     tracker_prefix: &str,
     open_url: &str,
     honeypot_url: Option<&str>,
+    derive_text: bool,
     sign: Signer<'_>,
 ) -> Result<RewrittenHtml, RenderError> {
     let links = LinkRewriter {
@@ -119,37 +152,46 @@ pub(crate) fn rewrite_html(
             r#"<a href="{hp}" {HONEYPOT_ATTR} aria-hidden="true" tabindex="-1" style="display:none;font-size:0;color:transparent"></a>"#
         ));
     }
+    let text = TextSink::default();
+    let mut elements = vec![
+        // First: the text handlers below read the href as rewritten.
+        on(&HREF, |el| {
+            links.rewrite(el);
+            Ok(())
+        }),
+        on(&BODY, |el| {
+            saw_body.set(true);
+            let pixel = pixel.clone();
+            if let Some(handlers) = el.end_tag_handlers() {
+                let h: EndTagHandler<'static> = Box::new(move |end: &mut EndTag<'_>| {
+                    end.before(&pixel, ContentType::Html);
+                    Ok(())
+                });
+                handlers.push(h);
+            }
+            Ok(())
+        }),
+    ];
+    let mut documents = vec![doc_comments!(|c| {
+        // Only conditional comments carry markup that clients render.
+        if c.text().trim_start().starts_with("[if")
+            && let Some(new) = links.rewrite_fragment(&c.text())
+        {
+            // Refused only if the text contains "-->"; ours cannot.
+            let _ = c.set_text(&new);
+        }
+        Ok(())
+    })];
+    if derive_text {
+        let (e, d) = text.handlers();
+        elements.extend(e);
+        documents.push(d);
+    }
     let mut out = rewrite_str(
         html,
         RewriteStrSettings {
-            element_content_handlers: vec![
-                element!("[href]", |el| {
-                    links.rewrite(el);
-                    Ok(())
-                }),
-                element!("body", |el| {
-                    saw_body.set(true);
-                    let pixel = pixel.clone();
-                    if let Some(handlers) = el.end_tag_handlers() {
-                        let h: EndTagHandler<'static> = Box::new(move |end: &mut EndTag<'_>| {
-                            end.before(&pixel, ContentType::Html);
-                            Ok(())
-                        });
-                        handlers.push(h);
-                    }
-                    Ok(())
-                }),
-            ],
-            document_content_handlers: vec![doc_comments!(|c| {
-                // Only conditional comments carry markup that clients render.
-                if c.text().trim_start().starts_with("[if")
-                    && let Some(new) = links.rewrite_fragment(&c.text())
-                {
-                    // Refused only if the text contains "-->"; ours cannot.
-                    let _ = c.set_text(&new);
-                }
-                Ok(())
-            })],
+            element_content_handlers: elements,
+            document_content_handlers: documents,
             ..RewriteStrSettings::new()
         },
     )
@@ -160,7 +202,7 @@ pub(crate) fn rewrite_html(
     if !saw_body.get() {
         out.push_str(&pixel);
     }
-    Ok(RewrittenHtml { html: out, rewritten: links.count.get() })
+    Ok(RewrittenHtml { html: out, rewritten: links.count.get(), text: derive_text.then(|| text.finish()) })
 }
 
 /// Rewrites bare http(s) URLs in a text part. Returns the text and the count.
@@ -204,91 +246,150 @@ fn find_url_start(s: &str) -> Option<usize> {
 /// A plain-text rendering of an HTML body, for messages without a text part:
 /// block elements become line breaks, links keep their (tracked) URL, and
 /// head, style and script content is dropped.
+#[cfg_attr(not(any(test, feature = "fuzzing")), allow(dead_code))]
 pub(crate) fn html_to_text(html: &str) -> Result<String, RenderError> {
-    // End-tag handlers must be 'static, hence Rc rather than borrows.
-    let buf = Rc::new(RefCell::new(String::with_capacity(html.len() / 2)));
-    let skip = Rc::new(Cell::new(0usize));
-    fn push_break(s: &mut String) {
-        let trimmed = s.trim_end_matches([' ', '\t']).len();
-        s.truncate(trimmed);
-        if !s.is_empty() && !s.ends_with("\n\n") {
-            s.push_str(if s.ends_with('\n') { "\n" } else { "\n\n" });
-        }
-    }
+    let text = TextSink::default();
+    let (elements, document) = text.handlers();
     rewrite_str(
         html,
         RewriteStrSettings {
-            element_content_handlers: vec![
-                element!("head, style, script, title", |el| {
-                    skip.set(skip.get() + 1);
-                    let skip = Rc::clone(&skip);
-                    if let Some(h) = el.end_tag_handlers() {
-                        let hd: EndTagHandler<'static> = Box::new(move |_: &mut EndTag<'_>| {
-                            skip.set(skip.get().saturating_sub(1));
-                            Ok(())
-                        });
-                        h.push(hd);
-                    }
-                    Ok(())
-                }),
-                element!("br", |_| {
-                    buf.borrow_mut().push('\n');
-                    Ok(())
-                }),
-                element!("p, div, tr, li, h1, h2, h3, h4, h5, h6, table, ul, ol, blockquote", |el| {
-                    push_break(&mut buf.borrow_mut());
-                    let buf = Rc::clone(&buf);
-                    if let Some(h) = el.end_tag_handlers() {
-                        let hd: EndTagHandler<'static> = Box::new(move |_: &mut EndTag<'_>| {
-                            push_break(&mut buf.borrow_mut());
-                            Ok(())
-                        });
-                        h.push(hd);
-                    }
-                    Ok(())
-                }),
-                element!("a[href]", |el| {
-                    let href = el.get_attribute("href").unwrap_or_default();
-                    let hidden = el.has_attribute(HONEYPOT_ATTR);
-                    if !hidden && (href.starts_with("http://") || href.starts_with("https://")) {
-                        let buf = Rc::clone(&buf);
-                        if let Some(h) = el.end_tag_handlers() {
-                            let hd: EndTagHandler<'static> = Box::new(move |_: &mut EndTag<'_>| {
-                                buf.borrow_mut().push_str(&format!(" ({href})"));
-                                Ok(())
-                            });
-                            h.push(hd);
-                        }
-                    }
-                    Ok(())
-                }),
-            ],
-            document_content_handlers: vec![doc_text!(|t| {
-                if skip.get() > 0 {
-                    return Ok(());
-                }
-                let chunk = t.as_str();
-                let mut b = buf.borrow_mut();
-                let mut first = true;
-                for word in chunk.split_whitespace() {
-                    let space_before = !first || chunk.starts_with(char::is_whitespace);
-                    if space_before && !b.is_empty() && !b.ends_with([' ', '\n']) {
-                        b.push(' ');
-                    }
-                    b.push_str(&decode_entities(word));
-                    first = false;
-                }
-                if chunk.ends_with(char::is_whitespace) && !b.is_empty() && !b.ends_with([' ', '\n']) {
-                    b.push(' ');
-                }
-                Ok(())
-            })],
+            element_content_handlers: elements,
+            document_content_handlers: vec![document],
             ..RewriteStrSettings::new()
         },
     )
     .map_err(|e| RenderError::Html(e.to_string()))?;
-    let text = buf.borrow();
-    Ok(format!("{}\n", text.trim()))
+    Ok(text.finish())
+}
+
+type ElementHandler<'h> = (Cow<'static, Selector>, ElementContentHandlers<'h>);
+
+/// The text of a body as a rewriter streams it. End-tag handlers must be
+/// 'static, hence `Rc` rather than borrows.
+#[derive(Default)]
+struct TextSink {
+    buf: Rc<RefCell<String>>,
+    /// Inside head, style, script or title: no text.
+    skip: Rc<Cell<usize>>,
+}
+
+impl TextSink {
+    fn handlers<'h>(&self) -> (Vec<ElementHandler<'h>>, DocumentContentHandlers<'h>) {
+        fn push_break(s: &mut String) {
+            let trimmed = s.trim_end_matches([' ', '\t']).len();
+            s.truncate(trimmed);
+            if !s.is_empty() && !s.ends_with("\n\n") {
+                s.push_str(if s.ends_with('\n') { "\n" } else { "\n\n" });
+            }
+        }
+        let (buf, skip) = (Rc::clone(&self.buf), Rc::clone(&self.skip));
+        let (buf2, buf3, buf4, skip2) = (Rc::clone(&buf), Rc::clone(&buf), Rc::clone(&buf), Rc::clone(&skip));
+        let elements = vec![
+            on(&HIDDEN, move |el| {
+                skip.set(skip.get() + 1);
+                let skip = Rc::clone(&skip);
+                if let Some(h) = el.end_tag_handlers() {
+                    let hd: EndTagHandler<'static> = Box::new(move |_: &mut EndTag<'_>| {
+                        skip.set(skip.get().saturating_sub(1));
+                        Ok(())
+                    });
+                    h.push(hd);
+                }
+                Ok(())
+            }),
+            on(&BR, move |_| {
+                buf.borrow_mut().push('\n');
+                Ok(())
+            }),
+            on(&BLOCK, move |el| {
+                push_break(&mut buf2.borrow_mut());
+                let buf = Rc::clone(&buf2);
+                if let Some(h) = el.end_tag_handlers() {
+                    let hd: EndTagHandler<'static> = Box::new(move |_: &mut EndTag<'_>| {
+                        push_break(&mut buf.borrow_mut());
+                        Ok(())
+                    });
+                    h.push(hd);
+                }
+                Ok(())
+            }),
+            on(&LINK, move |el| {
+                let href = el.get_attribute("href").unwrap_or_default();
+                let hidden = el.has_attribute(HONEYPOT_ATTR);
+                if !hidden && (href.starts_with("http://") || href.starts_with("https://")) {
+                    let buf = Rc::clone(&buf3);
+                    if let Some(h) = el.end_tag_handlers() {
+                        let hd: EndTagHandler<'static> = Box::new(move |_: &mut EndTag<'_>| {
+                            let mut b = buf.borrow_mut();
+                            b.push_str(" (");
+                            b.push_str(&href);
+                            b.push(')');
+                            Ok(())
+                        });
+                        h.push(hd);
+                    }
+                }
+                Ok(())
+            }),
+        ];
+        let document = doc_text!(move |t| {
+            if skip2.get() > 0 {
+                return Ok(());
+            }
+            push_words(&mut buf4.borrow_mut(), t.as_str());
+            Ok(())
+        });
+        (elements, document)
+    }
+
+    fn finish(&self) -> String {
+        let text = self.buf.borrow();
+        let trimmed = text.trim();
+        let mut out = String::with_capacity(trimmed.len() + 1);
+        out.push_str(trimmed);
+        out.push('\n');
+        out
+    }
+}
+
+/// Appends the words of a text chunk to `b`, whitespace collapsed to one
+/// space (none after a line break), character references decoded.
+fn push_words(b: &mut String, chunk: &str) {
+    let needs_space = |b: &String| !matches!(b.as_bytes().last(), None | Some(b' ' | b'\n'));
+    let mut first = true;
+    let mut word = |b: &mut String, w: &str| {
+        if (!first || chunk.starts_with(char::is_whitespace)) && needs_space(b) {
+            b.push(' ');
+        }
+        b.push_str(&decode_entities(w));
+        first = false;
+    };
+    if chunk.is_ascii() {
+        // Bytes, not chars: ASCII's whitespace is all there is to split on
+        // (char::is_whitespace's ASCII set, vertical tab included).
+        let ws = |c: u8| matches!(c, b' ' | b'\t' | b'\n' | b'\r' | b'\x0b' | b'\x0c');
+        let bytes = chunk.as_bytes();
+        let mut i = 0;
+        while i < bytes.len() {
+            while i < bytes.len() && ws(bytes[i]) {
+                i += 1;
+            }
+            let start = i;
+            while i < bytes.len() && !ws(bytes[i]) {
+                i += 1;
+            }
+            if start < i {
+                word(b, &chunk[start..i]);
+            }
+        }
+    } else {
+        for w in chunk.split_whitespace() {
+            word(b, w);
+        }
+    }
+    if chunk.ends_with(char::is_whitespace) && needs_space(b) {
+        b.push(' ');
+    }
 }
 
 /// Decodes the character references that appear in attribute values and
@@ -360,7 +461,7 @@ mod tests {
             <a href="https://shop.example/private" data-notrack>private</a>
             <a href="https://t.example/u/abc">unsubscribe</a>
         </body></html>"##;
-        let out = rewrite_html(html, PREFIX, "https://t.example/o/P", None, &mut fake_sign).unwrap();
+        let out = rewrite_html(html, PREFIX, "https://t.example/o/P", None, false, &mut fake_sign).unwrap();
         assert_eq!(out.rewritten, 2);
         assert!(
             out.html.contains(r#"href="https://t.example/c/[https://shop.example/a?x=1&y=2]""#),
@@ -382,7 +483,7 @@ mod tests {
     #[test]
     fn rewrites_links_inside_outlook_conditional_comments() {
         let html = r#"<body><!--[if mso]><v:roundrect href="https://shop.example/vml" style="x"><w:anchorlock/></v:roundrect><![endif]--><!-- plain https://not.a.link/ --></body>"#;
-        let out = rewrite_html(html, PREFIX, "https://t.example/o/P", None, &mut fake_sign).unwrap();
+        let out = rewrite_html(html, PREFIX, "https://t.example/o/P", None, false, &mut fake_sign).unwrap();
         assert_eq!(out.rewritten, 1, "{}", out.html);
         assert!(out.html.contains("c/[https://shop.example/vml]"), "{}", out.html);
         assert!(out.html.contains("<!-- plain https://not.a.link/ -->"));
@@ -390,14 +491,15 @@ mod tests {
 
     #[test]
     fn appends_the_pixel_without_a_body() {
-        let out = rewrite_html("<p>hi</p>", PREFIX, "https://t.example/o/P", None, &mut fake_sign).unwrap();
+        let out =
+            rewrite_html("<p>hi</p>", PREFIX, "https://t.example/o/P", None, false, &mut fake_sign).unwrap();
         assert!(out.html.starts_with("<p>hi</p><img src=\"https://t.example/o/P\""));
     }
 
     #[test]
     fn token_errors_propagate() {
         let mut failing = |_: &str| -> Result<String, TokenError> { Err(TokenError::UrlTooLong) };
-        let r = rewrite_html(r#"<a href="https://x.example/">x</a>"#, PREFIX, "o", None, &mut failing);
+        let r = rewrite_html(r#"<a href="https://x.example/">x</a>"#, PREFIX, "o", None, false, &mut failing);
         assert!(matches!(r, Err(RenderError::Token(TokenError::UrlTooLong))));
     }
 
@@ -417,6 +519,74 @@ mod tests {
             t,
             "See https://t.example/c/[https://shop.example/a]. Or https://t.example/c/[http://x.example/b], bye"
         );
+    }
+
+    /// The text derived in the rewriting pass is the text of the rewritten
+    /// HTML, as a second pass over it would make: tracked URLs, no honeypot,
+    /// nothing from conditional comments, head or scripts.
+    #[test]
+    fn one_pass_text_matches_the_text_of_the_rewritten_html() {
+        let html = r#"<html><head><title>T</title><style>p{color:red}</style></head><body>
+            <h1>Spring&nbsp;sale</h1><p>Dear Jane, <b>new</b> arrivals &amp; more.</p>
+            <!--[if mso]><a href="https://shop.example/outlook">Outlook</a><![endif]-->
+            <table><tr><td><a href="https://shop.example/a?x=1&amp;y=2">Item A</a></td>
+            <td><a href="mailto:help@shop.example">Help</a></td></tr></table>
+            <ul><li>one</li><li><a href="https://shop.example/b" data-notrack>untracked</a></li></ul>
+            line<br>break <a href="https://t.example/u/ours">unsubscribe</a><script>alert(1)</script></body></html>"#;
+        for body in [html, "<p>no body element <a href='https://x.example/'>x</a></p>", ""] {
+            let one = rewrite_html(
+                body,
+                PREFIX,
+                "https://t.example/o/P",
+                Some("https://t.example/c/hp"),
+                true,
+                &mut fake_sign,
+            )
+            .unwrap();
+            let two = html_to_text(&one.html).unwrap();
+            assert_eq!(one.text.as_deref(), Some(two.as_str()), "{body}");
+        }
+        let one = rewrite_html(html, PREFIX, "o", None, true, &mut fake_sign).unwrap();
+        let text = one.text.unwrap();
+        assert!(text.contains("Item A (https://t.example/c/"), "{text}");
+        assert!(!text.contains("Outlook") && !text.contains("alert") && !text.contains("color"), "{text}");
+    }
+
+    /// The byte-wise word splitting of ASCII text says what
+    /// `split_whitespace` says.
+    #[test]
+    fn words_split_as_unicode_whitespace_does() {
+        let reference = |chunk: &str| {
+            let mut b = String::from("x");
+            let mut first = true;
+            for w in chunk.split_whitespace() {
+                if (!first || chunk.starts_with(char::is_whitespace)) && !b.ends_with([' ', '\n']) {
+                    b.push(' ');
+                }
+                b.push_str(&decode_entities(w));
+                first = false;
+            }
+            if chunk.ends_with(char::is_whitespace) && !b.ends_with([' ', '\n']) {
+                b.push(' ');
+            }
+            b
+        };
+        for chunk in [
+            "",
+            " ",
+            "a",
+            " a b  c ",
+            "tab\tsep\r\nline\x0bvt\x0cff",
+            "a&amp;b &lt;c&gt;",
+            "caf\u{e9} na\u{ef}ve",
+            "nbsp\u{a0}inside\u{2003}em",
+            "\n\nlead",
+            "trail\n",
+        ] {
+            let mut b = String::from("x");
+            push_words(&mut b, chunk);
+            assert_eq!(b, reference(chunk), "{chunk:?}");
+        }
     }
 
     #[test]
