@@ -15,6 +15,7 @@
 #   scripts/bench/send.sh            # N=50000
 #   N=10000 scripts/bench/send.sh
 #   CONNS=48 scripts/bench/send.sh   # SMTP connections of the worker (default 16)
+#   PREFETCH_KIB=65536 scripts/bench/send.sh   # the consumer's prefetch (default 8192)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/var/tmp/mailpipe-target}
@@ -87,6 +88,7 @@ run_worker() { # label algorithm [isolation]; sets RESULT="rate rss_mb sent sand
     MAILPIPE__QUEUE__KAFKA__SEND_TOPIC="$topic" MAILPIPE__QUEUE__KAFKA__GROUP_ID="bench-$ts"
     MAILPIPE__SMTP__KIND=smtp MAILPIPE__SMTP__PORT=$SPORT MAILPIPE__SMTP__MAX_CONNECTIONS=${CONNS:-16}
     MAILPIPE__WORKER__MAX_IN_FLIGHT=256
+    MAILPIPE__QUEUE__KAFKA__CONSUMER_PREFETCH_KIB=${PREFETCH_KIB:-8192}
     MAILPIPE__TOKENS__KEYS__1="$key" MAILPIPE__TOKENS__RECIPIENT_KEY="$key" MAILPIPE__DOMAINS__KEYS__1="$key"
     MAILPIPE__METRICS__LISTEN=127.0.0.1:0 MAILPIPE__LOG__LEVEL=warn
     MAILPIPE__RENDER__ISOLATION="$isolation"
@@ -108,25 +110,32 @@ run_worker() { # label algorithm [isolation]; sets RESULT="rate rss_mb sent sand
     [ "$finished" -ge "$N" ] && break
     sleep 1
   done
-  local rss sent span sandboxes=0 child
+  local rss sent span sandboxes=0 child ticks
   rss=$(awk '/VmHWM/ {print int($2/1024)}' "/proc/$worker_pid/status")
+  # CPU time (user + system, clock ticks) of the worker and of its render
+  # sandboxes, which are alive, so not in the worker's own count.
+  cpu_ticks() { awk '{sub(/^.*\) /, ""); print $12 + $13}' "/proc/$1/stat" 2>/dev/null || echo 0; }
+  ticks=$(cpu_ticks "$worker_pid")
   # The render sandboxes, the worker's children: their peaks, summed.
   for child in $(pgrep -P "$worker_pid" || true); do
     sandboxes=$((sandboxes + $(awk '/VmHWM/ {print int($2/1024)}' "/proc/$child/status" 2>/dev/null || echo 0)))
+    ticks=$((ticks + $(cpu_ticks "$child")))
   done
   kill "$worker_pid"; wait "$worker_pid" 2>/dev/null || true
   worker_pid=""
   sent=$(platform_psql "$url" "SELECT COUNT(*) FROM send_ledger WHERE status = 'sent'")
   span=$(platform_psql "$url" "SELECT (MAX(updated_at) - MIN(created_at)) FROM send_ledger")
   psql -q "$MAILPIPE_TEST_DATABASE_URL" -c "DROP DATABASE $db" >/dev/null
-  RESULT="$(python3 -c "print(round($sent*1000/max($span,1)))") $rss $sent $sandboxes"
+  local cpu_s
+  cpu_s=$(python3 -c "print(max($ticks, 1) / $(getconf CLK_TCK))")
+  RESULT="$(python3 -c "print(round($sent*1000/max($span,1)))") $rss $sent $sandboxes $(python3 -c "print(round($sent/$cpu_s))") $cpu_s"
 }
-run_worker ed25519 ed25519-sha256; read -r plain plain_rss plain_sent plain_sandboxes <<<"$RESULT"
-echo "worker with Ed25519 DKIM: $plain messages/s" >&2
-run_worker inproc ed25519-sha256 none; read -r inproc inproc_rss inproc_sent _ <<<"$RESULT"
-echo "worker with Ed25519 DKIM, templates rendered in the worker: $inproc messages/s" >&2
-run_worker rsa rsa-sha256; read -r dkim dkim_rss dkim_sent _ <<<"$RESULT"
-echo "worker with RSA-2048 DKIM: $dkim messages/s" >&2
+run_worker ed25519 ed25519-sha256; read -r plain plain_rss plain_sent plain_sandboxes plain_cpu plain_cpu_s <<<"$RESULT"
+echo "worker with Ed25519 DKIM: $plain messages/s, $plain_cpu per CPU-second" >&2
+run_worker inproc ed25519-sha256 none; read -r inproc inproc_rss inproc_sent _ inproc_cpu inproc_cpu_s <<<"$RESULT"
+echo "worker with Ed25519 DKIM, templates rendered in the worker: $inproc messages/s, $inproc_cpu per CPU-second" >&2
+run_worker rsa rsa-sha256; read -r dkim dkim_rss dkim_sent _ dkim_cpu dkim_cpu_s <<<"$RESULT"
+echo "worker with RSA-2048 DKIM: $dkim messages/s, $dkim_cpu per CPU-second" >&2
 pct() { python3 -c "print(f'{$1/$2:.0%}')"; }
 printf '\nmachine: %s, %s cores; N=%s jobs of ~%s bytes, 5 links, 5 domains, %s partitions\n\n' \
   "$(uname -m)" "$(nproc)" "$N" "$msg_size" "$PARTS"
@@ -136,6 +145,8 @@ printf '| one core signing RSA-2048 (DKIM ceiling) | %s | 100%% | |\n' "$rsa_rat
 printf '| worker, Ed25519 DKIM (%s sent) | %s | %s of SMTP ceiling | 30%% |\n' "$plain_sent" "$plain" "$(pct "$plain" "$ceiling")"
 printf '| worker, Ed25519 DKIM, templates in the worker (render.isolation = none; %s sent) | %s | %s of SMTP ceiling | |\n' "$inproc_sent" "$inproc" "$(pct "$inproc" "$ceiling")"
 printf '| worker, RSA-2048 DKIM (%s sent) | %s | %s of one core signing | 70%% |\n' "$dkim_sent" "$dkim" "$(pct "$dkim" "$rsa_rate")"
-printf '\nworker peak RSS: %s MB with Ed25519 (its render sandboxes: %s MB together), %s MB with templates in the worker, %s MB with RSA-2048\n' \
-  "$plain_rss" "$plain_sandboxes" "$inproc_rss" "$dkim_rss"
+printf '\nmessages per worker CPU-second (worker and its render sandboxes, user + system; steadier than messages/s on a shared VM): %s with Ed25519 (%s CPU-s), %s with templates in the worker (%s CPU-s), %s with RSA-2048 (%s CPU-s)\n' \
+  "$plain_cpu" "$plain_cpu_s" "$inproc_cpu" "$inproc_cpu_s" "$dkim_cpu" "$dkim_cpu_s"
+printf '\nworker peak RSS (consumer prefetch %s KiB): %s MB with Ed25519 (its render sandboxes: %s MB together), %s MB with templates in the worker, %s MB with RSA-2048\n' \
+  "${PREFETCH_KIB:-8192}" "$plain_rss" "$plain_sandboxes" "$inproc_rss" "$dkim_rss"
 printf 'sandbox cost: templates in sandboxes run at %s of the rate with templates in the worker\n' "$(pct "$plain" "$inproc")"

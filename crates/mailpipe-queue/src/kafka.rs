@@ -32,6 +32,12 @@ pub struct KafkaSettings {
     /// How long connecting waits for a broker to answer.
     #[serde(rename = "connect_timeout_secs", deserialize_with = "mailpipe_core::units::secs")]
     pub connect_timeout: Duration,
+    /// How much a worker's consumer may fetch ahead of what it processes,
+    /// in KiB (librdkafka's `queued.max.messages.kbytes`, and the most one
+    /// fetch brings): a bound on what librdkafka holds, which its default
+    /// (64 MiB) leaves loose. In the send bench it did not move the
+    /// worker's peak RSS (docs/benchmarks.md).
+    pub consumer_prefetch_kib: u32,
     /// How `mailpipe topics` makes the topics, and their retention.
     pub topics: crate::topics::TopicSettings,
     /// TLS and SASL/SCRAM (`[queue.kafka.security]`).
@@ -216,7 +222,14 @@ impl KafkaSource {
         let timeout = s.connect_timeout;
         let tracker = Arc::new(Mutex::new(OffsetTracker::new()));
         let assigned = Arc::new(Mutex::new(std::collections::BTreeSet::new()));
+        let prefetch_kib = s.consumer_prefetch_kib.to_string();
+        // One fetch brings at most the prefetch (and at least one record of
+        // the largest size a broker takes, 1 MB by default).
+        let fetch_bytes = (u64::from(s.consumer_prefetch_kib) * 1024).max(2 << 20).to_string();
         let c = s.client_config(&[
+            ("queued.max.messages.kbytes", &prefetch_kib),
+            ("queued.min.messages", "1000"),
+            ("fetch.max.bytes", &fetch_bytes),
             ("group.id", &s.group_id),
             ("enable.auto.commit", "true"),
             ("auto.commit.interval.ms", "1000"),
@@ -564,6 +577,7 @@ mod tests {
             events_topic: "jobs".into(),
             dlq_topic: "dlq".into(),
             connect_timeout: Duration::from_secs(5),
+            consumer_prefetch_kib: 8192,
             topics: crate::topics::TopicSettings {
                 partitions: 1,
                 replication_factor: 1,

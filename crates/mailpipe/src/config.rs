@@ -491,6 +491,9 @@ fn check_queue(queue: &QueueConfig, errors: &mut Vec<String>) {
     if queue.capacity == 0 {
         errors.push("queue.capacity: must be at least 1".into());
     }
+    if !(1024..=1_048_576).contains(&queue.kafka.consumer_prefetch_kib) {
+        errors.push("queue.kafka.consumer_prefetch_kib: 1024 (1 MiB) to 1048576 (1 GiB)".into());
+    }
     errors.extend(queue.kafka.topics.problems());
     errors.extend(queue.kafka.security.problems());
 }
