@@ -40,6 +40,7 @@ cleanup() {
 trap cleanup EXIT
 
 SPORT=12525
+MPORT=19464
 start_sink() {
   [ -n "$sink_pid" ] && { kill "$sink_pid" 2>/dev/null || true; wait "$sink_pid" 2>/dev/null || true; }
   local u=()
@@ -90,7 +91,7 @@ run_worker() { # label algorithm [isolation]; sets RESULT="rate rss_mb sent sand
     MAILPIPE__WORKER__MAX_IN_FLIGHT=256
     MAILPIPE__QUEUE__KAFKA__CONSUMER_PREFETCH_KIB=${PREFETCH_KIB:-8192}
     MAILPIPE__TOKENS__KEYS__1="$key" MAILPIPE__TOKENS__RECIPIENT_KEY="$key" MAILPIPE__DOMAINS__KEYS__1="$key"
-    MAILPIPE__METRICS__LISTEN=127.0.0.1:0 MAILPIPE__LOG__LEVEL=warn
+    MAILPIPE__METRICS__LISTEN=127.0.0.1:$MPORT MAILPIPE__LOG__LEVEL=warn
     MAILPIPE__RENDER__ISOLATION="$isolation"
   )
   env "${envv[@]}" "$BIN" --config "$cfg" migrate >/dev/null
@@ -110,6 +111,18 @@ run_worker() { # label algorithm [isolation]; sets RESULT="rate rss_mb sent sand
     [ "$finished" -ge "$N" ] && break
     sleep 1
   done
+  # Where a job's time went: the mean of each step (mailpipe_step_seconds).
+  curl -fsS "http://127.0.0.1:$MPORT/metrics" 2>/dev/null | python3 -c '
+import re, sys
+sums, counts = {}, {}
+for line in sys.stdin:
+    m = re.match(r"mailpipe_step_seconds_(sum|count)\{step=\"(\w+)\"\} (\S+)", line)
+    if m:
+        (sums if m[1] == "sum" else counts)[m[2]] = float(m[3])
+steps = [s for s in ("claim", "pace", "render", "sign", "smtp", "settle") if counts.get(s)]
+print("'"$label"' steps, mean per job (concurrent, so they add up to more than 1/rate): " +
+      ", ".join(f"{s} {sums[s] / counts[s] * 1e3:.2f} ms" for s in steps))
+' >> "$work/steps.txt" || true
   local rss sent span sandboxes=0 child ticks
   rss=$(awk '/VmHWM/ {print int($2/1024)}' "/proc/$worker_pid/status")
   # CPU time (user + system, clock ticks) of the worker and of its render
@@ -150,3 +163,4 @@ printf '\nmessages per worker CPU-second (worker and its render sandboxes, user 
 printf '\nworker peak RSS (consumer prefetch %s KiB): %s MB with Ed25519 (its render sandboxes: %s MB together), %s MB with templates in the worker, %s MB with RSA-2048\n' \
   "${PREFETCH_KIB:-8192}" "$plain_rss" "$plain_sandboxes" "$inproc_rss" "$dkim_rss"
 printf 'sandbox cost: templates in sandboxes run at %s of the rate with templates in the worker\n' "$(pct "$plain" "$inproc")"
+[ -s "$work/steps.txt" ] && { printf '\n'; cat "$work/steps.txt"; }

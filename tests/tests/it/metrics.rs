@@ -50,6 +50,11 @@ async fn the_worker_exports_outcomes_lag_and_latency() {
     assert_eq!(value(&format!(r#"mailpipe_consumer_lag{{topic="{}"}}"#, env.topics.send)), 0.0);
     assert_eq!(value("mailpipe_jobs_in_flight"), 0.0);
     assert!(value("mailpipe_send_duration_seconds_count") >= N as f64);
+    // Where a job's time goes, step by step (every message here is signed).
+    for step in ["claim", "pace", "render", "sign", "smtp", "settle"] {
+        let n = value(&format!(r#"mailpipe_step_seconds_count{{step="{step}"}}"#));
+        assert!(n >= N as f64, "{step}: {n} observations for {N} jobs");
+    }
     let propagation = value("mailpipe_suppression_propagation_seconds_sum") / 2.0;
     assert!(propagation < 10.0, "an unsubscribe reached the worker in {propagation} s on average");
     // No label may carry a recipient, tenant or campaign.

@@ -41,7 +41,7 @@ use mailpipe_store::{Claim, DueRetry, Store, StoreError, SuppressionFilter};
 use mailpipe_throttle::Throttle;
 use mailpipe_token::ReturnTag;
 use tokio_util::sync::CancellationToken;
-use tracing::{Instrument, info_span, warn};
+use tracing::{Instrument, debug_span, info_span, warn};
 
 use crate::templates::TemplateCache;
 use crate::{Counters, WorkerSettings};
@@ -331,18 +331,21 @@ impl Pipeline {
     }
 
     /// The five stages, in order; each may end the job early. One record of
-    /// a job at a time in this worker.
+    /// a job at a time in this worker. Each stage is a span of its own
+    /// (debug level) and a `mailpipe_step_seconds{step}` observation:
+    /// `claim` (admission: tenant, ledger claim, suppression), `pace`,
+    /// `render` (signing inside it is `sign`), `smtp`, `settle`.
     async fn stages(&self, rec: &Record<'_>, job: &SendJob, shutdown: &CancellationToken) -> Step<Outcome> {
         let _turn = self.turn(job, shutdown).await?;
-        let admitted = self.admit(rec, job, shutdown).await?;
+        let admitted = step("claim", self.admit(rec, job, shutdown)).await?;
         let claim = admitted.claim;
-        self.pace(rec, job, &claim, shutdown).await?;
-        let message = self.render(rec, job, &admitted.signer, shutdown).await?;
-        let attempt = self.deliver(job, &claim, &message).await;
+        step("pace", self.pace(rec, job, &claim, shutdown)).await?;
+        let message = step("render", self.render(rec, job, &admitted.signer, shutdown)).await?;
+        let attempt = step("smtp", self.deliver(job, &claim, &message)).await;
         if attempt.superseded {
             return self.after_other_attempt(rec, job, shutdown).await;
         }
-        self.settle(rec, job, &claim, &message, attempt, shutdown).await
+        step("settle", self.settle(rec, job, &claim, &message, attempt, shutdown)).await
     }
 
     /// Waits until no other record of `job` is being processed here.
@@ -403,4 +406,12 @@ impl Pipeline {
         metrics::counter!("mailpipe_jobs_total", "outcome" => label, "provider" => provider.to_owned())
             .increment(1);
     }
+}
+
+/// One stage of a job: in its own span, its time recorded under `name`.
+async fn step<T>(name: &'static str, stage: impl std::future::Future<Output = T>) -> T {
+    let started = std::time::Instant::now();
+    let out = stage.instrument(debug_span!("step", name)).await;
+    metrics::histogram!("mailpipe_step_seconds", "step" => name).record(started.elapsed().as_secs_f64());
+    out
 }
