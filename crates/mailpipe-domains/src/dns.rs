@@ -26,10 +26,37 @@ pub enum Answer {
 #[error("DNS resolver: {0}")]
 pub struct DnsError(String);
 
-impl DnsError {
-    pub(crate) fn new(why: String) -> Self {
-        Self(why)
-    }
+/// A resolver asking `nameservers` (or the system's), one attempt within
+/// `timeout`, caching nothing: the preflight must see what is published
+/// now, and the provider lookups keep a cache of their own.
+pub(crate) fn uncached_resolver(
+    nameservers: &[SocketAddr],
+    timeout: Duration,
+) -> Result<TokioResolver, DnsError> {
+    let err = |e: &dyn std::fmt::Display| DnsError(e.to_string());
+    let mut builder = if nameservers.is_empty() {
+        Resolver::builder_tokio().map_err(|e| err(&e))?
+    } else {
+        let servers = nameservers
+            .iter()
+            .map(|a| {
+                let mut ns = NameServerConfig::udp_and_tcp(a.ip());
+                for c in &mut ns.connections {
+                    c.port = a.port();
+                }
+                ns
+            })
+            .collect();
+        Resolver::builder_with_config(
+            ResolverConfig::from_name_servers(servers),
+            TokioRuntimeProvider::default(),
+        )
+    };
+    let opts = builder.options_mut();
+    opts.timeout = timeout;
+    opts.attempts = 1;
+    opts.cache_size = 0;
+    builder.build().map_err(|e| err(&e))
 }
 
 /// A resolver that caches nothing, so a check always sees what is published
@@ -41,30 +68,7 @@ pub struct Dns {
 impl Dns {
     /// Asks `nameservers`, or the system's when there are none.
     pub fn new(nameservers: &[SocketAddr], timeout: Duration) -> Result<Self, DnsError> {
-        let err = |e: &dyn std::fmt::Display| DnsError(e.to_string());
-        let mut builder = if nameservers.is_empty() {
-            Resolver::builder_tokio().map_err(|e| err(&e))?
-        } else {
-            let servers = nameservers
-                .iter()
-                .map(|a| {
-                    let mut ns = NameServerConfig::udp_and_tcp(a.ip());
-                    for c in &mut ns.connections {
-                        c.port = a.port();
-                    }
-                    ns
-                })
-                .collect();
-            Resolver::builder_with_config(
-                ResolverConfig::from_name_servers(servers),
-                TokioRuntimeProvider::default(),
-            )
-        };
-        let opts = builder.options_mut();
-        opts.timeout = timeout;
-        opts.attempts = 1;
-        opts.cache_size = 0;
-        Ok(Self { resolver: builder.build().map_err(|e| err(&e))? })
+        Ok(Self { resolver: uncached_resolver(nameservers, timeout)? })
     }
 
     /// The TXT records at `name`.

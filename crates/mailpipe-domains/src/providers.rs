@@ -24,10 +24,8 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use hickory_resolver::config::{NameServerConfig, ResolverConfig};
-use hickory_resolver::net::runtime::TokioRuntimeProvider;
+use hickory_resolver::TokioResolver;
 use hickory_resolver::proto::rr::{RData, RecordType};
-use hickory_resolver::{Resolver, TokioResolver};
 use mailpipe_core::units::secs;
 use serde::Deserialize;
 
@@ -132,7 +130,12 @@ impl Providers {
             })
             .collect();
         suffixes.sort_by_key(|(s, _)| std::cmp::Reverse(s.len()));
-        let resolver = if settings.mx_lookup { Some(resolver(settings)?) } else { None };
+        // Ours is the cache, with the TTL clamped as configured.
+        let resolver = if settings.mx_lookup {
+            Some(crate::dns::uncached_resolver(&settings.nameservers, settings.lookup_timeout)?)
+        } else {
+            None
+        };
         Ok(Self {
             overrides,
             suffixes,
@@ -240,35 +243,6 @@ impl Providers {
         }
         cache.insert(domain.to_owned(), known);
     }
-}
-
-fn resolver(s: &ProviderSettings) -> Result<TokioResolver, DnsError> {
-    let err = |e: &dyn std::fmt::Display| DnsError::new(e.to_string());
-    let mut builder = if s.nameservers.is_empty() {
-        Resolver::builder_tokio().map_err(|e| err(&e))?
-    } else {
-        let servers = s
-            .nameservers
-            .iter()
-            .map(|a| {
-                let mut ns = NameServerConfig::udp_and_tcp(a.ip());
-                for c in &mut ns.connections {
-                    c.port = a.port();
-                }
-                ns
-            })
-            .collect();
-        Resolver::builder_with_config(
-            ResolverConfig::from_name_servers(servers),
-            TokioRuntimeProvider::default(),
-        )
-    };
-    let opts = builder.options_mut();
-    opts.timeout = s.lookup_timeout;
-    opts.attempts = 1;
-    // Ours is the cache, with the TTL clamped as configured.
-    opts.cache_size = 0;
-    builder.build().map_err(|e| err(&e))
 }
 
 #[cfg(test)]

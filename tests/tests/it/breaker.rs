@@ -29,6 +29,16 @@ async fn history(env: &TestEnv, tenant: &str, domain: &str, n: usize, complaints
     env.store.insert_events(&events).await.unwrap();
 }
 
+/// A test env whose breaker looks every second, judges from 200 delivered
+/// messages and rechecks held jobs every second.
+fn quick_breaker() -> Setup {
+    TestEnv::setup().vars(&[
+        ("MAILPIPE__BREAKER__EVALUATE_EVERY_SECS", "1"),
+        ("MAILPIPE__BREAKER__MIN_DELIVERED", "200"),
+        ("MAILPIPE__BREAKER__RECHECK_SECS", "1"),
+    ])
+}
+
 /// A marketing job of `tenant` sent as `domain`.
 fn marketing_as(i: usize, tenant: &str, campaign: &str, domain: &str) -> (String, Vec<u8>) {
     let mut j = job(i, tenant, campaign, "a.example");
@@ -53,15 +63,7 @@ async fn events_of(env: &TestEnv, kind: &str, tenant: &str) -> i64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn complaints_over_the_limit_pause_only_that_tenants_marketing_until_resumed() {
-    let env = TestEnv::setup()
-        .tenants(&["acme", "globex"])
-        .vars(&[
-            ("MAILPIPE__BREAKER__EVALUATE_EVERY_SECS", "1"),
-            ("MAILPIPE__BREAKER__MIN_DELIVERED", "200"),
-            ("MAILPIPE__BREAKER__RECHECK_SECS", "1"),
-        ])
-        .start()
-        .await;
+    let env = quick_breaker().tenants(&["acme", "globex"]).start().await;
     // acme: 2 complaints in 400 delivered (0.5%); globex: none in 400.
     history(&env, "acme", TEST_SENDER_DOMAIN, 400, 2).await;
     history(&env, "globex", TEST_SENDER_DOMAIN, 400, 0).await;
@@ -107,14 +109,7 @@ async fn complaints_over_the_limit_pause_only_that_tenants_marketing_until_resum
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn complaints_on_one_sending_domain_pause_only_that_domains_marketing() {
-    let env = TestEnv::setup()
-        .vars(&[
-            ("MAILPIPE__BREAKER__EVALUATE_EVERY_SECS", "1"),
-            ("MAILPIPE__BREAKER__MIN_DELIVERED", "200"),
-            ("MAILPIPE__BREAKER__RECHECK_SECS", "1"),
-        ])
-        .start()
-        .await;
+    let env = quick_breaker().start().await;
     env.add_sender_domain(TEST_OTHER_SENDER_DOMAIN, &["acme"]).await;
     // acme as sender.example: 2 complaints in 400 (0.5%); as the other
     // domain none in 400. acme as a whole: 0.25%, under the limit.
@@ -271,14 +266,7 @@ async fn complaints_at_one_provider_pause_only_marketing_to_its_users() {
     let zone = mailpipe_tests::dns::TestZone::new();
     let hosted = zone.name("hosted");
     zone.add(&hosted, "MX", "10 aspmx.l.google.com.");
-    let env = TestEnv::setup()
-        .vars(&[
-            ("MAILPIPE__BREAKER__EVALUATE_EVERY_SECS", "1"),
-            ("MAILPIPE__BREAKER__MIN_DELIVERED", "200"),
-            ("MAILPIPE__BREAKER__RECHECK_SECS", "1"),
-        ])
-        .start()
-        .await;
+    let env = quick_breaker().start().await;
     history_to(&env, "acme", "google", 400, 2).await;
     history_to(&env, "acme", "other", 400, 0).await;
     let worker = env.start_worker();
