@@ -65,6 +65,18 @@ async fn smtp(addr: std::net::SocketAddr, rcpts: &[&str], message: Option<&[u8]>
     codes
 }
 
+/// A free loopback port for `mailpipe inbound`, and its address.
+fn inbound_addr() -> (u16, std::net::SocketAddr) {
+    let port = loopback_port();
+    (port, std::net::SocketAddr::from(([127, 0, 0, 1], port)))
+}
+
+/// A destination that refuses every recipient as unknown, as a mailbox
+/// provider would after a relay accepted the message.
+fn refusing_destination() -> SmtpSink {
+    SmtpSink::start(&["-f", "RCPT", "-B", "550 5.1.1 Recipient address rejected: User unknown"])
+}
+
 /// A Postfix-shaped DSN about `rcpt`.
 fn dsn(rcpt: &str, status: &str, action: &str, diagnostic: &str) -> Vec<u8> {
     format!(
@@ -81,8 +93,7 @@ fn dsn(rcpt: &str, status: &str, action: &str, diagnostic: &str) -> Vec<u8> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn what_comes_back_to_a_return_path_acts_on_its_send_and_nothing_else_does() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let (_, addr) = inbound_addr();
     let env = TestEnv::setup()
         .var("MAILPIPE__BOUNCES__DOMAIN", BOUNCE_DOMAIN)
         .var("MAILPIPE__BOUNCES__LISTEN", addr)
@@ -201,11 +212,8 @@ async fn what_comes_back_to_a_return_path_acts_on_its_send_and_nothing_else_does
 /// to the return path, which it routes to `mailpipe inbound`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bounce_postfix_generates_after_accepting_comes_back_and_suppresses() {
-    let inbound_port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let inbound_addr: std::net::SocketAddr = format!("127.0.0.1:{inbound_port}").parse().unwrap();
-    // The destination: refuses every recipient as unknown.
-    let destination =
-        SmtpSink::start(&["-f", "RCPT", "-B", "550 5.1.1 Recipient address rejected: User unknown"]);
+    let (inbound_port, inbound_addr) = inbound_addr();
+    let destination = refusing_destination();
     // Its DSN goes to mailpipe inbound only over TLS, as a provider's
     // would when STARTTLS is offered.
     let relay = PostfixRelay::start_with_tls(
@@ -250,12 +258,7 @@ async fn read_reply<R: tokio::io::AsyncBufRead + Unpin>(r: &mut R) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn inbound_offers_starttls_and_drops_what_was_sent_before_the_handshake() {
     let cert = mailpipe_tests::tls::TestCert::new();
-    let inbound_addr: std::net::SocketAddr = format!(
-        "127.0.0.1:{}",
-        std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-    )
-    .parse()
-    .unwrap();
+    let (_, inbound_addr) = inbound_addr();
     let env = TestEnv::setup()
         .var("MAILPIPE__BOUNCES__DOMAIN", BOUNCE_DOMAIN)
         .var("MAILPIPE__BOUNCES__LISTEN", inbound_addr)
@@ -315,10 +318,8 @@ async fn inbound_offers_starttls_and_drops_what_was_sent_before_the_handshake() 
 /// asynchronous bounce on the job, read as an unknown user.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bounce_exim_generates_after_accepting_comes_back_and_suppresses() {
-    let inbound_port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let inbound_addr: std::net::SocketAddr = format!("127.0.0.1:{inbound_port}").parse().unwrap();
-    let destination =
-        SmtpSink::start(&["-f", "RCPT", "-B", "550 5.1.1 Recipient address rejected: User unknown"]);
+    let (inbound_port, inbound_addr) = inbound_addr();
+    let destination = refusing_destination();
     let relay = EximRelay::start(&[(BOUNCE_DOMAIN, inbound_port), ("example.com", destination.port)]);
     let env = TestEnv::setup()
         .relay(relay.port)

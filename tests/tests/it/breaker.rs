@@ -10,20 +10,28 @@ use mailpipe_core::{CampaignId, Event, EventType, JobId, TenantId};
 use mailpipe_store::StreamKey;
 use mailpipe_tests::*;
 
-/// `n` delivered messages of `tenant` sent as `domain`, and `complaints`
-/// complaints, as the events table records them.
-async fn history(env: &TestEnv, tenant: &str, domain: &str, n: usize, complaints: usize) {
+/// `n` delivered messages of `tenant` sent as `domain` (to `provider`'s
+/// users, if given), and `complaints` complaints, as the events table
+/// records them.
+async fn history(
+    env: &TestEnv,
+    tenant: &str,
+    domain: &str,
+    provider: Option<&str>,
+    n: usize,
+    complaints: usize,
+) {
     let (t, c) = (TenantId::parse(tenant).unwrap(), CampaignId::parse("last-week").unwrap());
     let mut events = Vec::new();
     for i in 0..n {
-        let j = JobId::parse(format!("old-{domain}-{i}")).unwrap();
-        let mut sent = Event::for_job(EventType::Sent, &t, &c, &j, "");
-        sent.sender_domain = Some(domain.to_owned());
-        events.push(sent);
-        if i < complaints {
-            let mut complaint = Event::for_job(EventType::Complaint, &t, &c, &j, "");
-            complaint.sender_domain = Some(domain.to_owned());
-            events.push(complaint);
+        let j = JobId::parse(format!("old-{domain}-{}-{i}", provider.unwrap_or("-"))).unwrap();
+        let kinds =
+            if i < complaints { &[EventType::Sent, EventType::Complaint][..] } else { &[EventType::Sent] };
+        for &kind in kinds {
+            let mut e = Event::for_job(kind, &t, &c, &j, "");
+            e.sender_domain = Some(domain.to_owned());
+            e.provider = provider.map(str::to_owned);
+            events.push(e);
         }
     }
     env.store.insert_events(&events).await.unwrap();
@@ -65,8 +73,8 @@ async fn events_of(env: &TestEnv, kind: &str, tenant: &str) -> i64 {
 async fn complaints_over_the_limit_pause_only_that_tenants_marketing_until_resumed() {
     let env = quick_breaker().tenants(&["acme", "globex"]).start().await;
     // acme: 2 complaints in 400 delivered (0.5%); globex: none in 400.
-    history(&env, "acme", TEST_SENDER_DOMAIN, 400, 2).await;
-    history(&env, "globex", TEST_SENDER_DOMAIN, 400, 0).await;
+    history(&env, "acme", TEST_SENDER_DOMAIN, None, 400, 2).await;
+    history(&env, "globex", TEST_SENDER_DOMAIN, None, 400, 0).await;
     let worker = env.start_worker();
     let acme = TenantId::parse("acme").unwrap();
     eventually("acme's stream paused", Duration::from_secs(30), || async {
@@ -113,8 +121,8 @@ async fn complaints_on_one_sending_domain_pause_only_that_domains_marketing() {
     env.add_sender_domain(TEST_OTHER_SENDER_DOMAIN, &["acme"]).await;
     // acme as sender.example: 2 complaints in 400 (0.5%); as the other
     // domain none in 400. acme as a whole: 0.25%, under the limit.
-    history(&env, "acme", TEST_SENDER_DOMAIN, 400, 2).await;
-    history(&env, "acme", TEST_OTHER_SENDER_DOMAIN, 400, 0).await;
+    history(&env, "acme", TEST_SENDER_DOMAIN, None, 400, 2).await;
+    history(&env, "acme", TEST_OTHER_SENDER_DOMAIN, None, 400, 0).await;
     let worker = env.start_worker();
     let acme = TenantId::parse("acme").unwrap();
     eventually("sender.example's stream paused", Duration::from_secs(30), || async {
@@ -239,25 +247,6 @@ async fn stream_figures_per_tenant_and_domain_on_postgres_and_sqlite() {
     let _ = std::fs::remove_file(path);
 }
 
-/// `n` delivered messages of `tenant` to `provider`'s users, and
-/// `complaints` complaints, as the events table records them.
-async fn history_to(env: &TestEnv, tenant: &str, provider: &str, n: usize, complaints: usize) {
-    let (t, c) = (TenantId::parse(tenant).unwrap(), CampaignId::parse("last-week").unwrap());
-    let mut events = Vec::new();
-    for i in 0..n {
-        let j = JobId::parse(format!("old-{provider}-{i}")).unwrap();
-        for kind in
-            [EventType::Sent, EventType::Complaint].into_iter().take(if i < complaints { 2 } else { 1 })
-        {
-            let mut e = Event::for_job(kind, &t, &c, &j, "");
-            e.sender_domain = Some(TEST_SENDER_DOMAIN.to_owned());
-            e.provider = Some(provider.to_owned());
-            events.push(e);
-        }
-    }
-    env.store.insert_events(&events).await.unwrap();
-}
-
 /// Complaints from one provider's users (its 0.5%, though 0.25% overall)
 /// pause the tenant's marketing to that provider only: a company domain
 /// whose MX is Google's is held with it; a domain of no provider is not.
@@ -267,8 +256,8 @@ async fn complaints_at_one_provider_pause_only_marketing_to_its_users() {
     let hosted = zone.name("hosted");
     zone.add(&hosted, "MX", "10 aspmx.l.google.com.");
     let env = quick_breaker().start().await;
-    history_to(&env, "acme", "google", 400, 2).await;
-    history_to(&env, "acme", "other", 400, 0).await;
+    history(&env, "acme", TEST_SENDER_DOMAIN, Some("google"), 400, 2).await;
+    history(&env, "acme", TEST_SENDER_DOMAIN, Some("other"), 400, 0).await;
     let worker = env.start_worker();
     let acme = TenantId::parse("acme").unwrap();
     eventually("acme's stream to google paused", Duration::from_secs(30), || async {

@@ -30,7 +30,7 @@ impl Pipeline {
         let domain = job.to.email.domain();
         let group = match &self.providers {
             Some(p) => p.group(domain).await,
-            None => self.throttle.as_ref().and_then(|t| t.group(domain)).map(std::sync::Arc::from),
+            None => self.group(domain),
         };
         // A paused marketing stream (the tenant's, that of the domain it
         // sends as, or that of the recipient's provider): held on the
