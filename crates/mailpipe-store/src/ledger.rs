@@ -11,6 +11,50 @@ use mailpipe_core::{Event, RecipientRef, SendJob, now_ms};
 use crate::events::insert_event_q;
 use crate::{Pool, Result, Store, StoreError};
 
+/// A connection of either backend, for one round of a batch.
+enum Conn<'c> {
+    Pg(&'c mut sqlx::PgConnection),
+    Lite(&'c mut sqlx::SqliteConnection),
+}
+
+/// Runs `$body` once per round of a batch, with `$c` a [`Conn`] and
+/// `$round` the round's indexes, and collects what each gives. On
+/// PostgreSQL a lone round is one statement on a pooled connection (its own
+/// commit), and several rounds share one transaction, so that a failure
+/// applies none of them; on SQLite the rounds are always one transaction.
+macro_rules! in_rounds {
+    ($self:expr, $rounds:expr, $c:ident, $round:ident => $body:expr) => {{
+        debug_assert!($self.tenant.is_none(), "the ledger is the platform's");
+        let mut results = Vec::with_capacity($rounds.len());
+        match &$self.pool {
+            Pool::Postgres(p) if $rounds.len() <= 1 => {
+                let mut conn = p.acquire().await?;
+                for $round in $rounds.iter() {
+                    let $c = Conn::Pg(&mut *conn);
+                    results.push($body?);
+                }
+            }
+            Pool::Postgres(p) => {
+                let mut tx = p.begin().await?;
+                for $round in $rounds.iter() {
+                    let $c = Conn::Pg(&mut *tx);
+                    results.push($body?);
+                }
+                tx.commit().await?;
+            }
+            Pool::Sqlite(p) => {
+                let mut tx = p.begin().await?;
+                for $round in $rounds.iter() {
+                    let $c = Conn::Lite(&mut *tx);
+                    results.push($body?);
+                }
+                tx.commit().await?;
+            }
+        }
+        results
+    }};
+}
+
 /// Where a job stands in the send ledger.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LedgerStatus {
@@ -86,6 +130,370 @@ pub struct Claim {
     pub return_tag: Option<String>,
 }
 
+/// A claim to take, as [`Store::claim_jobs`] and the ledger writer take
+/// it: the new row's values, owned, so that it can wait in a batch.
+#[derive(Debug, Clone)]
+pub struct ClaimRequest {
+    tenant_id: String,
+    job_id: String,
+    campaign_id: String,
+    category: &'static str,
+    recipient: String,
+    recipient_domain: String,
+    recipient_hash: String,
+    return_tag: Option<String>,
+}
+
+impl ClaimRequest {
+    pub fn new(job: &SendJob, recipient: &RecipientRef, return_tag: Option<&str>) -> Self {
+        Self {
+            tenant_id: job.tenant_id.as_str().to_owned(),
+            job_id: job.job_id.as_str().to_owned(),
+            campaign_id: job.campaign_id.as_str().to_owned(),
+            category: job.category.as_str(),
+            recipient: job.to.email.as_str().to_owned(),
+            recipient_domain: job.to.email.domain().to_owned(),
+            recipient_hash: recipient.to_hex(),
+            return_tag: return_tag.map(str::to_owned),
+        }
+    }
+}
+
+/// The commit point of one attempt, fenced by what its claim read.
+#[derive(Debug, Clone)]
+pub struct SendingMark {
+    pub tenant_id: String,
+    pub job_id: String,
+    pub message_id: String,
+    pub status: LedgerStatus,
+    pub attempts: i32,
+}
+
+/// A terminal outcome to record, with its event.
+#[derive(Debug, Clone)]
+pub struct OutcomeRecord {
+    tenant_id: String,
+    job_id: String,
+    status: LedgerStatus,
+    last_reply: Option<String>,
+    event: Event,
+    /// The event's JSON, as stored.
+    payload: String,
+}
+
+impl OutcomeRecord {
+    pub fn new(
+        tenant: &str,
+        job_id: &str,
+        status: LedgerStatus,
+        last_reply: Option<&str>,
+        event: Event,
+    ) -> Self {
+        debug_assert!(status.is_terminal(), "an outcome is terminal; use defer");
+        // Event JSON comes from serde_json, so it is UTF-8.
+        let payload = String::from_utf8(event.to_json()).unwrap_or_default();
+        Self {
+            tenant_id: tenant.to_owned(),
+            job_id: job_id.to_owned(),
+            status,
+            last_reply: last_reply.map(str::to_owned),
+            event,
+            payload,
+        }
+    }
+}
+
+/// Splits a batch's indexes into rounds in which each job appears once,
+/// keeping their order: the second request for a job goes in the second
+/// round, and so on. One statement per round then applies the requests as
+/// if one after the other (a second mark of a job sees the first one's
+/// fence), and no statement meets the same row twice.
+pub(crate) fn rounds<K: Eq + std::hash::Hash>(keys: impl Iterator<Item = K>) -> Vec<Vec<usize>> {
+    let mut seen: std::collections::HashMap<K, usize> = std::collections::HashMap::new();
+    let mut rounds: Vec<Vec<usize>> = Vec::new();
+    for (i, key) in keys.enumerate() {
+        let n = seen.entry(key).or_insert(0);
+        if rounds.len() <= *n {
+            rounds.push(Vec::new());
+        }
+        rounds[*n].push(i);
+        *n += 1;
+    }
+    rounds
+}
+
+/// A claimed row as read: status, attempts, message id, created at,
+/// scheduled, return tag.
+type ClaimRow = (String, i32, Option<String>, i64, bool, Option<String>);
+
+impl TryFrom<ClaimRow> for Claim {
+    type Error = StoreError;
+    fn try_from(row: ClaimRow) -> Result<Self> {
+        Ok(Claim {
+            status: row.0.parse()?,
+            attempts: row.1,
+            message_id: row.2,
+            created_at_ms: row.3,
+            scheduled: row.4,
+            return_tag: row.5,
+        })
+    }
+}
+
+/// One round of claims on PostgreSQL, in one statement: the inserts, or
+/// else the rows that are there. The rows come back in the round's order.
+async fn claim_round_pg(
+    p: &mut sqlx::PgConnection,
+    reqs: &[ClaimRequest],
+    round: &[usize],
+    now: i64,
+) -> Result<Vec<ClaimRow>> {
+    // Rows in key order, so that two workers claiming overlapping jobs
+    // (a rebalance) take their locks in the same order and never deadlock.
+    let mut order = round.to_vec();
+    order.sort_by(|&a, &b| (&reqs[a].tenant_id, &reqs[a].job_id).cmp(&(&reqs[b].tenant_id, &reqs[b].job_id)));
+    let pick = |f: fn(&ClaimRequest) -> &str| order.iter().map(|&i| f(&reqs[i])).collect::<Vec<_>>();
+    // The second SELECT reads the statement's snapshot, which cannot see a
+    // row that a concurrent claim committed after it began; then neither
+    // branch returns that job, and the fallback below (a new statement with
+    // a new snapshot) reads it.
+    let sql = "WITH i AS (
+                   SELECT * FROM UNNEST($1::int4[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[], $9::text[])
+                       AS i(ord, tenant_id, job_id, campaign_id, category, recipient, recipient_domain, recipient_hash, return_tag)),
+               ins AS (
+                   INSERT INTO send_ledger (tenant_id, job_id, campaign_id, category, recipient, recipient_domain, status, attempts, created_at, updated_at, recipient_hash, return_tag)
+                   SELECT tenant_id, job_id, campaign_id, category,
+                          CASE WHEN EXISTS (SELECT 1 FROM erasures e WHERE e.recipient_hash = i.recipient_hash AND e.scope_tenant IN ('', i.tenant_id))
+                               THEN 'erased:' || i.recipient_hash ELSE i.recipient END,
+                          recipient_domain, 'pending', 0, $10, $10, recipient_hash, return_tag
+                   FROM i ORDER BY ord
+                   ON CONFLICT (tenant_id, job_id) DO NOTHING
+                   RETURNING tenant_id, job_id, status, attempts, message_id, created_at, payload IS NOT NULL AS scheduled, return_tag)
+               SELECT i.ord, ins.status, ins.attempts, ins.message_id, ins.created_at, ins.scheduled, ins.return_tag
+               FROM ins JOIN i ON i.tenant_id = ins.tenant_id AND i.job_id = ins.job_id
+               UNION ALL
+               SELECT i.ord, l.status, l.attempts, l.message_id, l.created_at, l.payload IS NOT NULL, l.return_tag
+               FROM send_ledger l JOIN i ON l.tenant_id = i.tenant_id AND l.job_id = i.job_id
+               WHERE NOT EXISTS (SELECT 1 FROM ins WHERE ins.tenant_id = i.tenant_id AND ins.job_id = i.job_id)";
+    let got: Vec<(i32, String, i32, Option<String>, i64, bool, Option<String>)> = sqlx::query_as(sql)
+        .bind((0..order.len() as i32).collect::<Vec<_>>())
+        .bind(pick(|r| &r.tenant_id))
+        .bind(pick(|r| &r.job_id))
+        .bind(pick(|r| &r.campaign_id))
+        .bind(pick(|r| r.category))
+        .bind(pick(|r| &r.recipient))
+        .bind(pick(|r| &r.recipient_domain))
+        .bind(pick(|r| &r.recipient_hash))
+        .bind(order.iter().map(|&i| reqs[i].return_tag.as_deref()).collect::<Vec<_>>())
+        .bind(now)
+        .fetch_all(&mut *p)
+        .await?;
+    let mut rows: Vec<Option<ClaimRow>> = vec![None; order.len()];
+    for (ord, status, attempts, mid, created, scheduled, tag) in got {
+        rows[ord as usize] = Some((status, attempts, mid, created, scheduled, tag));
+    }
+    let missing: Vec<usize> = (0..order.len()).filter(|&k| rows[k].is_none()).collect();
+    if !missing.is_empty() {
+        let sql = "SELECT i.ord, l.status, l.attempts, l.message_id, l.created_at, l.payload IS NOT NULL, l.return_tag
+                   FROM send_ledger l JOIN UNNEST($1::int4[], $2::text[], $3::text[]) AS i(ord, tenant_id, job_id)
+                     ON l.tenant_id = i.tenant_id AND l.job_id = i.job_id";
+        let again: Vec<(i32, String, i32, Option<String>, i64, bool, Option<String>)> = sqlx::query_as(sql)
+            .bind(missing.iter().map(|&k| k as i32).collect::<Vec<_>>())
+            .bind(missing.iter().map(|&k| reqs[order[k]].tenant_id.as_str()).collect::<Vec<_>>())
+            .bind(missing.iter().map(|&k| reqs[order[k]].job_id.as_str()).collect::<Vec<_>>())
+            .fetch_all(&mut *p)
+            .await?;
+        for (ord, status, attempts, mid, created, scheduled, tag) in again {
+            rows[ord as usize] = Some((status, attempts, mid, created, scheduled, tag));
+        }
+    }
+    // Back from key order to the round's order.
+    let mut by_index: std::collections::HashMap<usize, ClaimRow> = std::collections::HashMap::new();
+    for (k, row) in rows.into_iter().enumerate() {
+        let row =
+            row.ok_or_else(|| StoreError::BadRow(format!("claim of {} left no row", reqs[order[k]].job_id)))?;
+        by_index.insert(order[k], row);
+    }
+    Ok(round.iter().map(|i| by_index.remove(i).expect("one row per index")).collect())
+}
+
+/// One round of claims on SQLite: insert and read back each, in one
+/// transaction (SQLite has one writer, so nothing commits in between).
+async fn claim_round_lite(
+    tx: &mut sqlx::SqliteConnection,
+    reqs: &[ClaimRequest],
+    round: &[usize],
+    now: i64,
+) -> Result<Vec<ClaimRow>> {
+    let insert = "INSERT INTO send_ledger (tenant_id, job_id, campaign_id, category, recipient, recipient_domain, status, attempts, created_at, updated_at, recipient_hash, return_tag)
+                  VALUES ($1, $2, $3, $4, CASE WHEN EXISTS (SELECT 1 FROM erasures WHERE recipient_hash = $8 AND scope_tenant IN ('', $1)) THEN 'erased:' || $8 ELSE $5 END, $6, 'pending', 0, $7, $7, $8, $9)
+                  ON CONFLICT (tenant_id, job_id) DO NOTHING";
+    let select = "SELECT status, attempts, message_id, created_at, payload IS NOT NULL, return_tag
+                  FROM send_ledger WHERE tenant_id = $1 AND job_id = $2";
+    let mut rows = Vec::with_capacity(round.len());
+    for &i in round {
+        let r = &reqs[i];
+        sqlx::query(insert)
+            .bind(&r.tenant_id)
+            .bind(&r.job_id)
+            .bind(&r.campaign_id)
+            .bind(r.category)
+            .bind(&r.recipient)
+            .bind(&r.recipient_domain)
+            .bind(now)
+            .bind(&r.recipient_hash)
+            .bind(&r.return_tag)
+            .execute(&mut *tx)
+            .await?;
+        rows.push(sqlx::query_as(select).bind(&r.tenant_id).bind(&r.job_id).fetch_one(&mut *tx).await?);
+    }
+    Ok(rows)
+}
+
+/// One round of commit-point marks on PostgreSQL, in one statement.
+/// Returns the indexes that applied.
+async fn mark_round_pg(
+    p: &mut sqlx::PgConnection,
+    marks: &[SendingMark],
+    round: &[usize],
+    now: i64,
+) -> Result<Vec<usize>> {
+    let sql = "UPDATE send_ledger l SET status = 'sending', message_id = i.message_id, attempts = l.attempts + 1, updated_at = $1
+               FROM UNNEST($2::int4[], $3::text[], $4::text[], $5::text[], $6::text[], $7::int4[])
+                    AS i(ord, tenant_id, job_id, message_id, status, attempts)
+               WHERE l.tenant_id = i.tenant_id AND l.job_id = i.job_id
+                 AND l.status = i.status AND l.attempts = i.attempts
+               RETURNING i.ord";
+    let pick = |f: fn(&SendingMark) -> &str| round.iter().map(|&i| f(&marks[i])).collect::<Vec<_>>();
+    let applied: Vec<i32> = sqlx::query_scalar(sql)
+        .bind(now)
+        .bind((0..round.len() as i32).collect::<Vec<_>>())
+        .bind(pick(|m| &m.tenant_id))
+        .bind(pick(|m| &m.job_id))
+        .bind(pick(|m| &m.message_id))
+        .bind(pick(|m| m.status.as_str()))
+        .bind(round.iter().map(|&i| marks[i].attempts).collect::<Vec<_>>())
+        .fetch_all(p)
+        .await?;
+    Ok(applied.into_iter().map(|k| round[k as usize]).collect())
+}
+
+/// One round of commit-point marks on SQLite.
+async fn mark_round_lite(
+    tx: &mut sqlx::SqliteConnection,
+    marks: &[SendingMark],
+    round: &[usize],
+    now: i64,
+) -> Result<Vec<usize>> {
+    let sql =
+        "UPDATE send_ledger SET status = 'sending', message_id = $3, attempts = attempts + 1, updated_at = $4
+               WHERE tenant_id = $1 AND job_id = $2 AND status = $5 AND attempts = $6";
+    let mut applied = Vec::new();
+    for &i in round {
+        let m = &marks[i];
+        let n = sqlx::query(sql)
+            .bind(&m.tenant_id)
+            .bind(&m.job_id)
+            .bind(&m.message_id)
+            .bind(now)
+            .bind(m.status.as_str())
+            .bind(m.attempts)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        if n > 0 {
+            applied.push(i);
+        }
+    }
+    Ok(applied)
+}
+
+/// One round of outcomes on PostgreSQL: one statement, so one round trip
+/// and still atomic (a data-modifying WITH runs to completion with the
+/// statement that carries it, or not at all). Returns the indexes that
+/// applied.
+async fn finish_round_pg(
+    p: &mut sqlx::PgConnection,
+    outs: &[OutcomeRecord],
+    round: &[usize],
+    now: i64,
+) -> Result<Vec<usize>> {
+    let sql = "WITH i AS (
+                   SELECT * FROM UNNEST($1::int4[], $2::text[], $3::text[], $4::text[], $5::text[],
+                                        $6::text[], $7::text[], $8::text[], $9::text[], $10::text[], $11::bigint[], $12::text[], $13::text[], $14::text[], $15::text[])
+                       AS i(ord, tenant_id, job_id, status, last_reply,
+                            event_id, ev_tenant, ev_campaign, ev_job, type, occurred_at, payload, sender_domain, reason, provider)),
+               outcome AS (
+                   UPDATE send_ledger l SET status = i.status, last_reply = i.last_reply, next_attempt_at = NULL, payload = NULL, updated_at = $16
+                   FROM i
+                   WHERE l.tenant_id = i.tenant_id AND l.job_id = i.job_id
+                     AND l.status NOT IN ('sent', 'bounced', 'suppressed', 'failed', 'dead_lettered')
+                   RETURNING i.ord),
+               ev AS (
+                   INSERT INTO events (event_id, tenant_id, campaign_id, job_id, type, occurred_at, payload, sender_domain, reason, provider)
+                   SELECT i.event_id, i.ev_tenant, i.ev_campaign, i.ev_job, i.type, i.occurred_at, i.payload, i.sender_domain, i.reason, i.provider
+                   FROM i JOIN outcome o ON o.ord = i.ord
+                   ON CONFLICT (event_id) DO NOTHING)
+               SELECT ord FROM outcome";
+    let o = |i: usize| &outs[round[i]];
+    let n = round.len();
+    let col = |f: &dyn Fn(&OutcomeRecord) -> Option<&str>| (0..n).map(|i| f(o(i))).collect::<Vec<_>>();
+    let applied: Vec<i32> = sqlx::query_scalar(sql)
+        .bind((0..n as i32).collect::<Vec<_>>())
+        .bind(col(&|r| Some(&r.tenant_id)))
+        .bind(col(&|r| Some(&r.job_id)))
+        .bind(col(&|r| Some(r.status.as_str())))
+        .bind(col(&|r| r.last_reply.as_deref()))
+        .bind(col(&|r| Some(r.event.event_id.as_str())))
+        .bind(col(&|r| r.event.tenant_id.as_ref().map(|t| t.as_str())))
+        .bind(col(&|r| r.event.campaign_id.as_ref().map(|c| c.as_str())))
+        .bind(col(&|r| r.event.job_id.as_ref().map(|j| j.as_str())))
+        .bind(col(&|r| Some(r.event.kind.as_str())))
+        .bind(
+            (0..n)
+                .map(|i| (o(i).event.occurred_at.unix_timestamp_nanos() / 1_000_000) as i64)
+                .collect::<Vec<_>>(),
+        )
+        .bind(col(&|r| Some(&r.payload)))
+        .bind(col(&|r| r.event.sender_domain.as_deref()))
+        .bind(col(&|r| r.event.reason.as_deref()))
+        .bind(col(&|r| r.event.provider.as_deref()))
+        .bind(now)
+        .fetch_all(p)
+        .await?;
+    Ok(applied.into_iter().map(|k| round[k as usize]).collect())
+}
+
+/// One round of outcomes on SQLite, in one transaction.
+async fn finish_round_lite(
+    tx: &mut sqlx::SqliteConnection,
+    outs: &[OutcomeRecord],
+    round: &[usize],
+    now: i64,
+) -> Result<Vec<usize>> {
+    let update = "UPDATE send_ledger SET status = $3, last_reply = $4, next_attempt_at = NULL, payload = NULL, updated_at = $5
+                  WHERE tenant_id = $1 AND job_id = $2
+                    AND status NOT IN ('sent', 'bounced', 'suppressed', 'failed', 'dead_lettered')";
+    let mut applied = Vec::new();
+    for &i in round {
+        let r = &outs[i];
+        let n = sqlx::query(update)
+            .bind(&r.tenant_id)
+            .bind(&r.job_id)
+            .bind(r.status.as_str())
+            .bind(&r.last_reply)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        if n > 0 {
+            insert_event_q(&r.event, &r.payload).execute(&mut *tx).await?;
+            applied.push(i);
+        }
+    }
+    Ok(applied)
+}
+
 /// A job taken from the retry schedule.
 #[derive(Debug, Clone)]
 pub struct DueRetry {
@@ -123,59 +531,26 @@ impl Store {
         recipient: &RecipientRef,
         return_tag: Option<&str>,
     ) -> Result<Claim> {
+        let mut claims = self.claim_jobs(&[ClaimRequest::new(job, recipient, return_tag)]).await?;
+        Ok(claims.remove(0))
+    }
+
+    /// [`Store::claim_job`] for many jobs at once: one statement and one
+    /// commit per round (see [`rounds`]), the claims in the order asked.
+    pub async fn claim_jobs(&self, reqs: &[ClaimRequest]) -> Result<Vec<Claim>> {
         let now = now_ms();
-        let insert = "INSERT INTO send_ledger (tenant_id, job_id, campaign_id, category, recipient, recipient_domain, status, attempts, created_at, updated_at, recipient_hash, return_tag)
-                      VALUES ($1, $2, $3, $4, CASE WHEN EXISTS (SELECT 1 FROM erasures WHERE recipient_hash = $8 AND scope_tenant IN ('', $1)) THEN 'erased:' || $8 ELSE $5 END, $6, 'pending', 0, $7, $7, $8, $9)
-                      ON CONFLICT (tenant_id, job_id) DO NOTHING";
-        let select = "SELECT status, attempts, message_id, created_at, payload IS NOT NULL, return_tag
-                      FROM send_ledger WHERE tenant_id = $1 AND job_id = $2";
-        let row: (String, i32, Option<String>, i64, bool, Option<String>) = match &self.pool {
-            // One round trip: the insert, or else the row that is there.
-            // The outer SELECT reads the statement's snapshot, which cannot
-            // see a row that a concurrent claim committed after it began;
-            // then neither branch returns a row and the plain SELECT, a new
-            // statement with a new snapshot, reads it.
-            Pool::Postgres(p) => {
-                let claim = "WITH ins AS (
-                                 INSERT INTO send_ledger (tenant_id, job_id, campaign_id, category, recipient, recipient_domain, status, attempts, created_at, updated_at, recipient_hash, return_tag)
-                                 VALUES ($1, $2, $3, $4, CASE WHEN EXISTS (SELECT 1 FROM erasures WHERE recipient_hash = $8 AND scope_tenant IN ('', $1)) THEN 'erased:' || $8 ELSE $5 END, $6, 'pending', 0, $7, $7, $8, $9)
-                                 ON CONFLICT (tenant_id, job_id) DO NOTHING
-                                 RETURNING status, attempts, message_id, created_at, payload IS NOT NULL, return_tag)
-                             SELECT * FROM ins
-                             UNION ALL
-                             SELECT status, attempts, message_id, created_at, payload IS NOT NULL, return_tag
-                             FROM send_ledger WHERE tenant_id = $1 AND job_id = $2 AND NOT EXISTS (SELECT 1 FROM ins)";
-                let got = bind_new_row!(sqlx::query_as(claim), job, recipient, now, return_tag)
-                    .fetch_optional(p)
-                    .await?;
-                match got {
-                    Some(row) => row,
-                    None => {
-                        sqlx::query_as(select)
-                            .bind(job.tenant_id.as_str())
-                            .bind(job.job_id.as_str())
-                            .fetch_one(p)
-                            .await?
-                    }
-                }
+        let rounds = rounds(reqs.iter().map(|r| (&r.tenant_id, &r.job_id)));
+        let rows = in_rounds!(self, &rounds, c, round => match c {
+            Conn::Pg(c) => claim_round_pg(c, reqs, round, now).await,
+            Conn::Lite(c) => claim_round_lite(c, reqs, round, now).await,
+        });
+        let mut out: Vec<Option<Claim>> = vec![None; reqs.len()];
+        for (round, rows) in rounds.iter().zip(rows) {
+            for (&i, row) in round.iter().zip(rows) {
+                out[i] = Some(row.try_into()?);
             }
-            Pool::Sqlite(p) => {
-                bind_new_row!(sqlx::query(insert), job, recipient, now, return_tag).execute(p).await?;
-                sqlx::query_as(select)
-                    .bind(job.tenant_id.as_str())
-                    .bind(job.job_id.as_str())
-                    .fetch_one(p)
-                    .await?
-            }
-        };
-        Ok(Claim {
-            status: row.0.parse()?,
-            attempts: row.1,
-            message_id: row.2,
-            created_at_ms: row.3,
-            scheduled: row.4,
-            return_tag: row.5,
-        })
+        }
+        Ok(out.into_iter().map(|c| c.expect("every claim answered")).collect())
     }
 
     /// Marks the start of an SMTP transaction. If the process dies before
@@ -192,11 +567,31 @@ impl Store {
         message_id: &str,
         claim: &Claim,
     ) -> Result<bool> {
-        let sql = "UPDATE send_ledger SET status = 'sending', message_id = $3, attempts = attempts + 1, updated_at = $4
-                   WHERE tenant_id = $1 AND job_id = $2 AND status = $5 AND attempts = $6";
-        let n = on_pool!(self, p => sqlx::query(sql).bind(tenant).bind(job_id).bind(message_id).bind(now_ms())
-            .bind(claim.status.as_str()).bind(claim.attempts).execute(p).await.map(|r| r.rows_affected()))?;
-        Ok(n > 0)
+        let mark = SendingMark {
+            tenant_id: tenant.to_owned(),
+            job_id: job_id.to_owned(),
+            message_id: message_id.to_owned(),
+            status: claim.status,
+            attempts: claim.attempts,
+        };
+        Ok(self.mark_sending_many(std::slice::from_ref(&mark)).await?[0])
+    }
+
+    /// [`Store::mark_sending`] for many attempts at once: one statement and
+    /// one commit per round. Two marks of one job in the same call apply in
+    /// the order given, so the first one's fence holds the second off.
+    pub async fn mark_sending_many(&self, marks: &[SendingMark]) -> Result<Vec<bool>> {
+        let now = now_ms();
+        let rounds = rounds(marks.iter().map(|m| (&m.tenant_id, &m.job_id)));
+        let applied = in_rounds!(self, &rounds, c, round => match c {
+            Conn::Pg(c) => mark_round_pg(c, marks, round, now).await,
+            Conn::Lite(c) => mark_round_lite(c, marks, round, now).await,
+        });
+        let mut out = vec![false; marks.len()];
+        for i in applied.into_iter().flatten() {
+            out[i] = true;
+        }
+        Ok(out)
     }
 
     /// Records a terminal outcome: the ledger status and its event, in one
@@ -213,52 +608,25 @@ impl Store {
         last_reply: Option<&str>,
         event: &Event,
     ) -> Result<bool> {
-        debug_assert!(status.is_terminal(), "finish records terminal outcomes; use defer");
-        let update = "UPDATE send_ledger SET status = $3, last_reply = $4, next_attempt_at = NULL, payload = NULL, updated_at = $5
-                      WHERE tenant_id = $1 AND job_id = $2
-                        AND status NOT IN ('sent', 'bounced', 'suppressed', 'failed', 'dead_lettered')";
-        let payload = String::from_utf8(event.to_json()).unwrap_or_default();
-        match &self.pool {
-            // One statement, so one round trip and still atomic: a
-            // data-modifying WITH runs to completion with the statement
-            // that carries it, or not at all.
-            Pool::Postgres(p) => {
-                let sql = "WITH outcome AS (
-                               UPDATE send_ledger SET status = $3, last_reply = $4, next_attempt_at = NULL, payload = NULL, updated_at = $5
-                               WHERE tenant_id = $1 AND job_id = $2
-                                 AND status NOT IN ('sent', 'bounced', 'suppressed', 'failed', 'dead_lettered')
-                               RETURNING 1),
-                           ev AS (
-                               INSERT INTO events (event_id, tenant_id, campaign_id, job_id, type, occurred_at, payload, sender_domain, reason, provider)
-                               SELECT $6, $7, $8, $9, $10, $11, $12, $13, $14, $15 WHERE EXISTS (SELECT 1 FROM outcome)
-                               ON CONFLICT (event_id) DO NOTHING)
-                           SELECT COUNT(*) FROM outcome";
-                let q = sqlx::query_scalar::<_, i64>(sql)
-                    .bind(tenant)
-                    .bind(job_id)
-                    .bind(status.as_str())
-                    .bind(last_reply)
-                    .bind(now_ms());
-                Ok(bind_event!(q, event, &payload).fetch_one(p).await? > 0)
-            }
-            Pool::Sqlite(p) => {
-                let mut tx = p.begin().await?;
-                let n = sqlx::query(update)
-                    .bind(tenant)
-                    .bind(job_id)
-                    .bind(status.as_str())
-                    .bind(last_reply)
-                    .bind(now_ms())
-                    .execute(&mut *tx)
-                    .await?
-                    .rows_affected();
-                if n > 0 {
-                    insert_event_q(event, &payload).execute(&mut *tx).await?;
-                }
-                tx.commit().await?;
-                Ok(n > 0)
-            }
+        let outcome = OutcomeRecord::new(tenant, job_id, status, last_reply, event.clone());
+        Ok(self.finish_many(std::slice::from_ref(&outcome)).await?[0])
+    }
+
+    /// [`Store::finish`] for many jobs at once: one statement (PostgreSQL)
+    /// or transaction (SQLite) and one commit per round; what applied, in
+    /// the order given.
+    pub async fn finish_many(&self, outcomes: &[OutcomeRecord]) -> Result<Vec<bool>> {
+        let now = now_ms();
+        let rounds = rounds(outcomes.iter().map(|o| (&o.tenant_id, &o.job_id)));
+        let applied = in_rounds!(self, &rounds, c, round => match c {
+            Conn::Pg(c) => finish_round_pg(c, outcomes, round, now).await,
+            Conn::Lite(c) => finish_round_lite(c, outcomes, round, now).await,
+        });
+        let mut out = vec![false; outcomes.len()];
+        for i in applied.into_iter().flatten() {
+            out[i] = true;
         }
+        Ok(out)
     }
 
     /// Puts a job on the durable retry schedule: status `deferred`, due at
@@ -401,5 +769,17 @@ impl Store {
     /// Number of dead letters recorded.
     pub async fn dead_letter_count(&self) -> Result<i64> {
         Ok(on_pool!(self, p => sqlx::query_scalar("SELECT COUNT(*) FROM dead_letters").fetch_one(p).await)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::rounds;
+
+    #[test]
+    fn rounds_put_each_job_once_per_round_in_order() {
+        assert_eq!(rounds(["a", "b", "c"].iter()), vec![vec![0, 1, 2]]);
+        assert_eq!(rounds(["a", "b", "a", "c", "a", "b"].iter()), vec![vec![0, 1, 3], vec![2, 5], vec![4]]);
+        assert!(rounds(std::iter::empty::<&str>()).is_empty());
     }
 }

@@ -40,16 +40,18 @@ mod streams;
 mod suppressions;
 mod templates;
 mod tenants;
+mod writer;
 
 pub use aggregates::{CampaignRates, CampaignStats, DailyVolume, Overview, Progress};
 pub use domains::{Added, CheckRecord, Owner, SendingDomain, StoredKey};
 pub use filter::{Bloom, SuppressionFilter, Verdict};
-pub use ledger::{Claim, DeadLetter, DueRetry, LedgerStatus};
+pub use ledger::{Claim, ClaimRequest, DeadLetter, DueRetry, LedgerStatus, OutcomeRecord, SendingMark};
 pub use privacy::{ErasureReport, PurgeReport, Retention};
 pub use streams::{StreamFigures, StreamKey, StreamState};
 pub use suppressions::{IMPORT_BATCH, Removal, SuppressionCursor};
 pub use templates::StoredTemplate;
 pub use tenants::TenantPolicy;
+pub use writer::{BatchSettings, BatchStats, LedgerWriter};
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -81,8 +83,21 @@ pub enum StoreError {
     BadSuppression(#[from] mailpipe_core::SuppressionError),
     #[error("unreadable row: {0}")]
     BadRow(String),
+    #[error("ledger batch failed: {0}")]
+    Batch(String),
+    #[error("the ledger writer has stopped")]
+    WriterGone,
     #[error("cannot create the SQLite directory {0}")]
     Directory(std::path::PathBuf, #[source] std::io::Error),
+}
+
+impl StoreError {
+    /// The database refused a statement (a constraint, a bad value, a
+    /// deadlock), as opposed to not being reachable: retrying the rows of a
+    /// batch one by one can then tell the bad one from the rest.
+    pub fn is_statement_error(&self) -> bool {
+        matches!(self, StoreError::Db(sqlx::Error::Database(_)))
+    }
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;

@@ -62,23 +62,6 @@ macro_rules! scoped {
     };
 }
 
-/// Binds a new ledger row's values, in column order: tenant, job,
-/// campaign, category, recipient, recipient domain, created/updated at,
-/// recipient hash, return tag.
-macro_rules! bind_new_row {
-    ($q:expr, $job:expr, $recipient:expr, $now:expr, $return_tag:expr) => {
-        $q.bind($job.tenant_id.as_str())
-            .bind($job.job_id.as_str())
-            .bind($job.campaign_id.as_str())
-            .bind($job.category.as_str())
-            .bind($job.to.email.as_str())
-            .bind($job.to.email.domain())
-            .bind($now)
-            .bind($recipient.to_hex())
-            .bind($return_tag)
-    };
-}
-
 /// Binds an event row's values, in column order: event id, tenant,
 /// campaign, job, type, occurred at (ms), JSON payload, sender domain,
 /// reason, provider.

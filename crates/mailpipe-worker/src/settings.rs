@@ -59,11 +59,24 @@ pub struct WorkerSettings {
     /// removed entries, and making good anything a poll could miss).
     #[serde(rename = "suppression_rebuild_secs", deserialize_with = "secs")]
     pub suppression_rebuild: Duration,
+    /// Most ledger rows (claims, marks or outcomes) in one statement.
+    pub ledger_batch_max: usize,
+    /// How long a ledger batch waits for more rows once it has one, in
+    /// microseconds; 0 takes only what is already waiting.
+    pub ledger_linger_us: u64,
 }
 
 impl WorkerSettings {
     /// The retry schedule's back-off: `retry_base`, doubled per attempt.
     pub fn retry_backoff(&self) -> Backoff {
         Backoff::new(self.retry_base, self.retry_max)
+    }
+
+    /// How the ledger writer batches.
+    pub fn ledger_batches(&self) -> mailpipe_store::BatchSettings {
+        mailpipe_store::BatchSettings {
+            max_rows: self.ledger_batch_max.max(1),
+            linger: Duration::from_micros(self.ledger_linger_us),
+        }
     }
 }

@@ -17,6 +17,7 @@ mod erasure;
 mod idn;
 mod kafka_auth;
 mod least_privilege;
+mod ledger_batch;
 mod metrics;
 mod pipeline;
 mod policy;

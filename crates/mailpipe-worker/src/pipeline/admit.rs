@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use mailpipe_core::{Category, EventType, RecipientRef, SendJob, Suppressed, TenantId};
 use mailpipe_domains::Permit;
 use mailpipe_render::DkimKey;
-use mailpipe_store::{Claim, LedgerStatus, TenantPolicy, Verdict};
+use mailpipe_store::{Claim, ClaimRequest, LedgerStatus, TenantPolicy, Verdict};
 use mailpipe_token::ReturnTag;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
@@ -125,7 +125,8 @@ impl Pipeline {
         self.composer.recipients().hash(&job.to.email.canonical())
     }
 
-    /// Claims the job's ledger row (see [`mailpipe_store::Store::claim_job`]).
+    /// Claims the job's ledger row (see [`mailpipe_store::Store::claim_job`]),
+    /// in a batch with other jobs' claims.
     pub(super) async fn claim(
         &self,
         job: &SendJob,
@@ -134,7 +135,8 @@ impl Pipeline {
     ) -> Step<Claim> {
         let tag = self.new_return_tag();
         let tag = tag.as_ref().map(ReturnTag::as_str);
-        durably("claim", shutdown, || async { Ok(self.store.claim_job(job, recipient, tag).await?) }).await
+        let req = ClaimRequest::new(job, recipient, tag);
+        durably("claim", shutdown, || async { Ok(self.ledger.claim(req.clone()).await?) }).await
     }
 
     /// What the operator allows `tenant`, or `None` if it is not

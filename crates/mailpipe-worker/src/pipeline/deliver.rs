@@ -9,7 +9,7 @@ use std::time::Instant;
 use mailpipe_core::{SendJob, redact_addresses};
 use mailpipe_render::Composed;
 use mailpipe_smtp::{DeliveryError, Disposition, Envelope, Reply, classify, enforcement};
-use mailpipe_store::Claim;
+use mailpipe_store::{Claim, SendingMark};
 use tracing::{debug, warn};
 
 use super::Pipeline;
@@ -37,11 +37,14 @@ impl Pipeline {
         let number = claim.attempts.max(0) as u32 + 1;
         let superseded = std::sync::atomic::AtomicBool::new(false);
         let commit_point = Box::pin(async {
-            match self
-                .store
-                .mark_sending(job.tenant_id.as_str(), job.job_id.as_str(), &message.message_id, claim)
-                .await
-            {
+            let mark = SendingMark {
+                tenant_id: job.tenant_id.as_str().to_owned(),
+                job_id: job.job_id.as_str().to_owned(),
+                message_id: message.message_id.clone(),
+                status: claim.status,
+                attempts: claim.attempts,
+            };
+            match self.ledger.mark_sending(mark).await {
                 Ok(true) => Ok(()),
                 Ok(false) => {
                     superseded.store(true, std::sync::atomic::Ordering::Relaxed);

@@ -37,7 +37,7 @@ use mailpipe_queue::Delivery;
 use mailpipe_queue::kafka::KafkaEvents;
 use mailpipe_render::Composer;
 use mailpipe_smtp::Transport;
-use mailpipe_store::{Claim, DueRetry, Store, StoreError, SuppressionFilter};
+use mailpipe_store::{Claim, DueRetry, LedgerWriter, Store, StoreError, SuppressionFilter};
 use mailpipe_throttle::Throttle;
 use mailpipe_token::ReturnTag;
 use tokio_util::sync::CancellationToken;
@@ -111,6 +111,8 @@ struct Record<'a> {
 
 pub struct Pipeline {
     store: Store,
+    /// Claims, commit-point marks and outcomes, batched across jobs.
+    ledger: LedgerWriter,
     composer: Composer,
     transport: Arc<dyn Transport>,
     events: EventOut,
@@ -205,6 +207,8 @@ where
 }
 
 impl Pipeline {
+    /// Must be called within a Tokio runtime: the ledger writer's tasks
+    /// start here.
     pub fn new(
         store: Store,
         composer: Composer,
@@ -215,6 +219,7 @@ impl Pipeline {
     ) -> Self {
         let limits = composer.limits().clone();
         Self {
+            ledger: LedgerWriter::spawn(store.clone(), cfg.ledger_batches()),
             store,
             composer,
             transport,

@@ -9,7 +9,7 @@ use std::time::Duration;
 use mailpipe_core::{Event, EventType, Reason, SendJob, Suppression, now_ms};
 use mailpipe_render::Composed;
 use mailpipe_smtp::{Disposition, Reply};
-use mailpipe_store::{Claim, DeadLetter, LedgerStatus};
+use mailpipe_store::{Claim, DeadLetter, LedgerStatus, OutcomeRecord};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
@@ -113,10 +113,10 @@ impl Pipeline {
         shutdown: &CancellationToken,
     ) -> Step<Outcome> {
         let (tenant, id) = (job.tenant_id.as_str(), job.job_id.as_str());
-        let recorded = durably("record_outcome", shutdown, || async {
-            Ok(self.store.finish(tenant, id, status, last_reply, &event).await?)
-        })
-        .await?;
+        let record = OutcomeRecord::new(tenant, id, status, last_reply, event.clone());
+        let recorded =
+            durably("record_outcome", shutdown, || async { Ok(self.ledger.finish(record.clone()).await?) })
+                .await?;
         if !recorded {
             // Another attempt recorded the job's outcome first: that one
             // stands, and is what this record answers with.

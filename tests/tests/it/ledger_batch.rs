@@ -1,0 +1,176 @@
+//! The ledger's batched writes (issue 16, item 1): many jobs' claims,
+//! commit-point marks and outcomes in one statement, each answered as the
+//! one-row call would have been, on PostgreSQL and SQLite alike; and the
+//! writer that gathers concurrent jobs into those batches.
+
+use std::time::Duration;
+
+use mailpipe_core::{Event, EventType, Scope, SendJob};
+use mailpipe_store::{
+    BatchSettings, ClaimRequest, LedgerStatus, LedgerWriter, OutcomeRecord, SendingMark, Store,
+};
+use mailpipe_tests::{fresh_store, job, platform_connection, test_keys, unique};
+
+fn send_job(n: usize) -> SendJob {
+    SendJob::from_json(&serde_json::to_vec(&job(n, "acme", "c", "a.example")).unwrap()).unwrap()
+}
+
+fn claim_req(j: &SendJob) -> ClaimRequest {
+    ClaimRequest::new(j, &test_keys().hasher.hash(&j.to.email.canonical()), None)
+}
+
+fn mark(j: &SendJob, mid: &str, c: &mailpipe_store::Claim) -> SendingMark {
+    SendingMark {
+        tenant_id: j.tenant_id.to_string(),
+        job_id: j.job_id.to_string(),
+        message_id: mid.into(),
+        status: c.status,
+        attempts: c.attempts,
+    }
+}
+
+fn sent(j: &SendJob, reply: &str) -> OutcomeRecord {
+    let ev = Event::for_job(EventType::Sent, &j.tenant_id, &j.campaign_id, &j.job_id, "");
+    OutcomeRecord::new(j.tenant_id.as_str(), j.job_id.as_str(), LedgerStatus::Sent, Some(reply), ev)
+}
+
+/// One batch of each kind, with a job twice in it, on a migrated store.
+async fn batches(store: &Store) {
+    let jobs: Vec<SendJob> = (1..=4).map(send_job).collect();
+    // Job 1 exists already, mid-send: the batch reads its row, not a new one.
+    let before = store.claim_jobs(&[claim_req(&jobs[0])]).await.unwrap().remove(0);
+    assert!(store.mark_sending_many(&[mark(&jobs[0], "m1", &before)]).await.unwrap()[0]);
+
+    // Claims in the order asked, a job asked twice answered twice alike.
+    let reqs = [&jobs[1], &jobs[0], &jobs[2], &jobs[1], &jobs[3]].map(claim_req);
+    let claims = store.claim_jobs(&reqs).await.unwrap();
+    let got: Vec<_> = claims.iter().map(|c| (c.status, c.attempts)).collect();
+    let pending = (LedgerStatus::Pending, 0);
+    assert_eq!(got, [pending, (LedgerStatus::Sending, 1), pending, pending, pending]);
+    assert_eq!(claims[1].message_id.as_deref(), Some("m1"));
+    assert_eq!(claims[0], claims[3], "one row, read twice");
+
+    // Two marks of job 2 from the same claim (two records of it): the first
+    // one given wins, the second is fenced off, as if one after the other.
+    let marks = [
+        mark(&jobs[1], "m2a", &claims[0]),
+        mark(&jobs[2], "m3", &claims[2]),
+        mark(&jobs[1], "m2b", &claims[3]),
+        mark(&jobs[0], "stale", &before), // its fence moved on: refused
+    ];
+    assert_eq!(store.mark_sending_many(&marks).await.unwrap(), [true, true, false, false]);
+    let again = store.claim_jobs(&[claim_req(&jobs[1])]).await.unwrap().remove(0);
+    assert_eq!(
+        (again.status, again.attempts, again.message_id.as_deref()),
+        (LedgerStatus::Sending, 1, Some("m2a"))
+    );
+
+    // Outcomes: job 3 twice in one batch records once, with one event.
+    let outs =
+        [sent(&jobs[1], "250 a"), sent(&jobs[2], "250 b"), sent(&jobs[2], "250 c"), sent(&jobs[3], "250 d")];
+    assert_eq!(store.finish_many(&outs).await.unwrap(), [true, true, false, true]);
+    assert_eq!(store.event_counts("acme", "c").await.unwrap().get("sent"), Some(&3));
+    // Finished jobs keep their outcome; a later batch changes nothing.
+    assert_eq!(store.finish_many(&[sent(&jobs[1], "250 z")]).await.unwrap(), [false]);
+    let done = store.claim_jobs(&[claim_req(&jobs[1]), claim_req(&jobs[3])]).await.unwrap();
+    assert!(done.iter().all(|c| c.status == LedgerStatus::Sent));
+    assert_eq!(store.ledger_counts("acme", "c").await.unwrap().get("sent"), Some(&3));
+    assert_eq!(store.event_counts("acme", "c").await.unwrap().get("sent"), Some(&3));
+}
+
+#[tokio::test]
+async fn postgres_batches_answer_each_job_as_alone() {
+    let pg = fresh_store().await;
+    batches(&pg.store).await;
+}
+
+#[tokio::test]
+async fn sqlite_batches_answer_each_job_as_alone() {
+    let dir = std::env::temp_dir().join(unique("ledger-batch"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let store = Store::connect(&format!("sqlite:{}/t.db", dir.display()), 4).await.unwrap();
+    store.migrate().await.unwrap();
+    batches(&store).await;
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// A batched claim for someone erased stores the hash, not the address,
+/// like the one-row claim.
+#[tokio::test]
+async fn a_batched_claim_honours_erasures() {
+    let pg = fresh_store().await;
+    let (a, b) = (send_job(1), send_job(2));
+    let hash = test_keys().hasher.hash(&b.to.email.canonical());
+    pg.store.erase(&b.to.email, hash, &Scope::Platform).await.unwrap();
+    pg.store.claim_jobs(&[claim_req(&a), claim_req(&b)]).await.unwrap();
+    let mut c = platform_connection(&pg.db).await;
+    let rows: Vec<(String, String)> =
+        sqlx::query_as("SELECT job_id, recipient FROM send_ledger ORDER BY job_id")
+            .fetch_all(&mut c)
+            .await
+            .unwrap();
+    assert_eq!(rows[0], (a.job_id.to_string(), a.to.email.to_string()));
+    assert_eq!(rows[1], (b.job_id.to_string(), format!("erased:{}", hash.to_hex())));
+}
+
+/// The writer gathers concurrent callers into batches, answers each with
+/// its own row, and a row the database refuses fails alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_writer_batches_concurrent_jobs_and_isolates_a_bad_row() {
+    let pg = fresh_store().await;
+    // A long linger, so that the batches this asserts do not hang on timing.
+    let writer = std::sync::Arc::new(LedgerWriter::spawn(
+        pg.store.clone(),
+        BatchSettings { max_rows: 64, linger: Duration::from_millis(300) },
+    ));
+    let jobs: Vec<SendJob> = (1..=40).map(send_job).collect();
+    let claims = futures::future::join_all(jobs.iter().map(|j| writer.claim(claim_req(j)))).await;
+    let claims: Vec<_> = claims.into_iter().map(Result::unwrap).collect();
+    assert!(claims.iter().all(|c| (c.status, c.attempts) == (LedgerStatus::Pending, 0)));
+    let marked = futures::future::join_all(
+        jobs.iter().zip(&claims).map(|(j, c)| writer.mark_sending(mark(j, &format!("m{}", j.job_id), c))),
+    )
+    .await;
+    assert!(marked.into_iter().all(|m| m.unwrap()));
+    // Job 7's reply holds a NUL byte, which PostgreSQL's text refuses.
+    let outs = jobs
+        .iter()
+        .map(|j| if j.job_id.as_str() == "job-00007" { sent(j, "250 \0") } else { sent(j, "250 ok") });
+    let finished = futures::future::join_all(outs.map(|o| writer.finish(o))).await;
+    for (j, f) in jobs.iter().zip(&finished) {
+        match (j.job_id.as_str(), f) {
+            ("job-00007", Err(e)) => assert!(e.is_statement_error(), "{e}"),
+            ("job-00007", Ok(_)) => panic!("a NUL byte stored"),
+            (_, r) => assert!(matches!(r, Ok(true)), "{}: {r:?}", j.job_id),
+        }
+    }
+    let [c, m, o] = writer.stats();
+    assert_eq!((c.rows, m.rows), (40, 40));
+    assert!(c.batches < 40 && m.batches < 40, "claims {c:?}, marks {m:?}: every job alone");
+    // The refused batch was written again row by row.
+    assert_eq!((o.rows, o.split), (40, 1), "{o:?}");
+    assert_eq!((c.split, m.split), (0, 0));
+    assert_eq!(pg.store.ledger_counts("acme", "c").await.unwrap().get("sent"), Some(&39));
+    assert_eq!(pg.store.event_counts("acme", "c").await.unwrap().get("sent"), Some(&39));
+}
+
+/// Two workers' writers claiming the same jobs at once (a rebalance) give
+/// every caller the one row, and neither deadlocks the other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_writers_claiming_the_same_jobs_see_one_row_each() {
+    let pg = fresh_store().await;
+    let settings = BatchSettings { max_rows: 64, linger: Duration::from_millis(20) };
+    let (w1, w2) =
+        (LedgerWriter::spawn(pg.store.clone(), settings), LedgerWriter::spawn(pg.store.clone(), settings));
+    let jobs: Vec<SendJob> = (1..=60).map(send_job).collect();
+    // The two in opposite orders: without a lock order, a deadlock.
+    let one = futures::future::join_all(jobs.iter().map(|j| w1.claim(claim_req(j))));
+    let two = futures::future::join_all(jobs.iter().rev().map(|j| w2.claim(claim_req(j))));
+    let (one, two) = tokio::join!(one, two);
+    let two: Vec<_> = two.into_iter().rev().collect();
+    for ((j, a), b) in jobs.iter().zip(one).zip(two) {
+        let (a, b) = (a.unwrap(), b.unwrap());
+        assert_eq!(a, b, "{}", j.job_id);
+        assert_eq!((a.status, a.attempts), (LedgerStatus::Pending, 0));
+    }
+}
