@@ -16,6 +16,8 @@
 #   N=10000 scripts/bench/send.sh
 #   CONNS=48 scripts/bench/send.sh   # SMTP connections of the worker (default 16)
 #   PREFETCH_KIB=65536 scripts/bench/send.sh   # the consumer's prefetch (default 8192)
+#   ONLY=inproc N=5000 scripts/bench/send.sh    # one worker run (ed25519, inproc or rsa), its
+#                                               # rate and steps only, no table: for a quick look
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/var/tmp/mailpipe-target}
@@ -114,14 +116,21 @@ run_worker() { # label algorithm [isolation]; sets RESULT="rate rss_mb sent sand
   # Where a job's time went: the mean of each step (mailpipe_step_seconds).
   curl -fsS "http://127.0.0.1:$MPORT/metrics" 2>/dev/null | python3 -c '
 import re, sys
-sums, counts = {}, {}
+sums, counts, rows, batches, secs = {}, {}, {}, {}, {}
 for line in sys.stdin:
     m = re.match(r"mailpipe_step_seconds_(sum|count)\{step=\"(\w+)\"\} (\S+)", line)
     if m:
         (sums if m[1] == "sum" else counts)[m[2]] = float(m[3])
+    m = re.match(r"mailpipe_ledger_batch_rows_(sum|count)\{op=\"(\w+)\"\} (\S+)", line)
+    if m:
+        (rows if m[1] == "sum" else batches)[m[2]] = float(m[3])
+    m = re.match(r"mailpipe_ledger_batch_seconds_sum\{op=\"(\w+)\"\} (\S+)", line)
+    if m:
+        secs[m[1]] = float(m[2])
 steps = [s for s in ("claim", "pace", "render", "sign", "smtp", "settle") if counts.get(s)]
 print("'"$label"' steps, mean per job (concurrent, so they add up to more than 1/rate): " +
-      ", ".join(f"{s} {sums[s] / counts[s] * 1e3:.2f} ms" for s in steps))
+      ", ".join(f"{s} {sums[s] / counts[s] * 1e3:.2f} ms" for s in steps) +
+      "; ledger batches: " + ", ".join(f"{op} {rows[op] / batches[op]:.1f} rows in {secs.get(op, 0) / batches[op] * 1e3:.2f} ms" for op in sorted(rows) if batches.get(op)))
 ' >> "$work/steps.txt" || true
   local rss sent span sandboxes=0 child ticks
   rss=$(awk '/VmHWM/ {print int($2/1024)}' "/proc/$worker_pid/status")
@@ -143,6 +152,14 @@ print("'"$label"' steps, mean per job (concurrent, so they add up to more than 1
   cpu_s=$(python3 -c "print(max($ticks, 1) / $(getconf CLK_TCK))")
   RESULT="$(python3 -c "print(round($sent*1000/max($span,1)))") $rss $sent $sandboxes $(python3 -c "print(round($sent/$cpu_s))") $cpu_s"
 }
+if [ -n "${ONLY:-}" ]; then
+  case $ONLY in ed25519) run_worker ed25519 ed25519-sha256 ;; inproc) run_worker inproc ed25519-sha256 none ;;
+    rsa) run_worker rsa rsa-sha256 ;; *) echo "ONLY: ed25519, inproc or rsa" >&2; exit 2 ;; esac
+  read -r rate rss sent _ per_cpu _ <<<"$RESULT"
+  echo "$ONLY: $rate messages/s ($sent sent), $per_cpu per CPU-second, peak RSS $rss MB; SMTP ceiling $ceiling/s"
+  cat "$work/steps.txt"
+  exit 0
+fi
 run_worker ed25519 ed25519-sha256; read -r plain plain_rss plain_sent plain_sandboxes plain_cpu plain_cpu_s <<<"$RESULT"
 echo "worker with Ed25519 DKIM: $plain messages/s, $plain_cpu per CPU-second" >&2
 run_worker inproc ed25519-sha256 none; read -r inproc inproc_rss inproc_sent _ inproc_cpu inproc_cpu_s <<<"$RESULT"

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use lettre::transport::smtp::authentication::{Credentials, Mechanism};
 use lettre::transport::smtp::client::{AsyncSmtpConnection, Certificate, TlsParameters};
-use lettre::transport::smtp::commands::{Data, Mail, Rcpt, Rset};
+use lettre::transport::smtp::commands::{Data, Ehlo, Mail, Rcpt, Rset};
 use lettre::transport::smtp::extension::{ClientId, Extension, MailBodyParameter, MailParameter};
 use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
@@ -17,8 +17,14 @@ use crate::{
     Transport,
 };
 
+/// One connection, and whether its relay offered PIPELINING.
+struct Conn {
+    inner: AsyncSmtpConnection,
+    pipelining: bool,
+}
+
 struct Idle {
-    conn: AsyncSmtpConnection,
+    conn: Conn,
     since: Instant,
 }
 
@@ -64,11 +70,11 @@ impl SmtpPool {
     /// Opens one connection and closes it: a start-up check that the relay is there.
     pub async fn probe(&self) -> Result<(), DeliveryError> {
         let mut c = self.connect().await?;
-        let _ = c.quit().await;
+        let _ = c.inner.quit().await;
         Ok(())
     }
 
-    async fn connect(&self) -> Result<AsyncSmtpConnection, DeliveryError> {
+    async fn connect(&self) -> Result<Conn, DeliveryError> {
         let addr = (self.cfg.host.as_str(), self.cfg.port);
         let io = |detail: String| DeliveryError::Io { phase: Phase::Connect, detail };
         let tcp = tokio::time::timeout(self.cfg.connect_timeout, TcpStream::connect(addr))
@@ -99,6 +105,17 @@ impl SmtpPool {
                 });
             }
         }
+        // lettre keeps only the EHLO keywords it knows, and PIPELINING is
+        // not one of them: ask again (before AUTH, which a new EHLO would
+        // not undo but some servers reset) and read the keywords ourselves.
+        let pipelining = self.cfg.pipelining
+            && match tokio::time::timeout(self.cfg.command_timeout, conn.command(Ehlo::new(hello.clone())))
+                .await
+            {
+                Ok(Ok(r)) => offers_pipelining(r.message()),
+                Ok(Err(e)) => return Err(map_err(Phase::Greeting, e)),
+                Err(_) => return Err(timed_out(Phase::Greeting, "EHLO")),
+            };
         if let (Some(user), Some(password)) = (&self.cfg.username, &self.cfg.password) {
             use secrecy::ExposeSecret;
             let creds = Credentials::new(user.clone(), password.expose_secret().to_owned());
@@ -110,13 +127,13 @@ impl SmtpPool {
             .map_err(|_| timed_out(Phase::Auth, "AUTH"))?
             .map_err(|e| map_err(Phase::Auth, e))?;
         }
-        Ok(conn)
+        Ok(Conn { inner: conn, pipelining })
     }
 
-    fn take_idle(&self) -> Option<AsyncSmtpConnection> {
+    fn take_idle(&self) -> Option<Conn> {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         while let Some(i) = idle.pop() {
-            if i.since.elapsed() < self.cfg.idle_timeout && !i.conn.has_broken() {
+            if i.since.elapsed() < self.cfg.idle_timeout && !i.conn.inner.has_broken() {
                 return Some(i.conn);
             }
             // Stale: dropped here; the server will time it out on its side.
@@ -124,7 +141,7 @@ impl SmtpPool {
         None
     }
 
-    fn put_idle(&self, conn: AsyncSmtpConnection) {
+    fn put_idle(&self, conn: Conn) {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         idle.push(Idle { conn, since: Instant::now() });
     }
@@ -156,17 +173,17 @@ impl SmtpPool {
             Ok(_) => self.put_idle(conn),
             Err(DeliveryError::Rejected { .. } | DeliveryError::Unsendable(_)) => {
                 // The session is fine; clear the transaction and keep it.
-                let reset = tokio::time::timeout(self.cfg.command_timeout, conn.command(Rset)).await;
+                let reset = tokio::time::timeout(self.cfg.command_timeout, conn.inner.command(Rset)).await;
                 if matches!(reset, Ok(Ok(_))) {
                     self.put_idle(conn);
                 } else {
-                    conn.abort().await;
+                    conn.inner.abort().await;
                 }
             }
             // Abandoned mid-DATA: dropping the connection makes the server
             // discard the transaction.
             Err(DeliveryError::Io { .. } | DeliveryError::Protocol { .. } | DeliveryError::Abandoned(_)) => {
-                conn.abort().await
+                conn.inner.abort().await
             }
         }
         result
@@ -185,35 +202,106 @@ async fn step<T>(
 }
 
 async fn transaction(
-    conn: &mut AsyncSmtpConnection,
+    conn: &mut Conn,
     env: &Envelope,
     msg: &[u8],
     cfg: &SmtpSettings,
     before_content: BeforeContent<'_>,
 ) -> Result<Reply, DeliveryError> {
     let le = crate::file::lettre_envelope(env)?;
+    let info = conn.inner.server_info();
     let mut params = Vec::new();
     if env.from.needs_smtputf8() || env.to.needs_smtputf8() {
-        if !conn.server_info().supports_feature(Extension::SmtpUtfEight) {
+        if !info.supports_feature(Extension::SmtpUtfEight) {
             return Err(DeliveryError::Unsendable("UTF-8 address but the server lacks SMTPUTF8".into()));
         }
         params.push(MailParameter::SmtpUtfEight);
     }
     if !msg.is_ascii() {
-        if !conn.server_info().supports_feature(Extension::EightBitMime) {
+        if !info.supports_feature(Extension::EightBitMime) {
             return Err(DeliveryError::Unsendable("8-bit message but the server lacks 8BITMIME".into()));
         }
         params.push(MailParameter::Body(MailBodyParameter::EightBitMime));
     }
     let t = cfg.command_timeout;
-    step(Phase::MailFrom, t, conn.command(Mail::new(le.from().cloned(), params))).await?;
-    for to in le.to() {
-        step(Phase::RcptTo, t, conn.command(Rcpt::new(to.clone(), vec![]))).await?;
+    let mail = Mail::new(le.from().cloned(), params);
+    let rcpts: Vec<Rcpt> = le.to().iter().map(|to| Rcpt::new(to.clone(), vec![])).collect();
+    let c = &mut conn.inner;
+    if conn.pipelining {
+        envelope_pipelined(c, t, &mail, &rcpts).await?;
+    } else {
+        step(Phase::MailFrom, t, c.command(mail)).await?;
+        for rcpt in rcpts {
+            step(Phase::RcptTo, t, c.command(rcpt)).await?;
+        }
+        step(Phase::Data, t, c.command(Data)).await?;
     }
-    step(Phase::Data, t, conn.command(Data)).await?;
     before_content.await.map_err(DeliveryError::Abandoned)?;
-    let r = step(Phase::Message, cfg.data_timeout, conn.message(msg)).await?;
+    let r = step(Phase::Message, cfg.data_timeout, c.message(msg)).await?;
     Ok(Reply::new(u16::from(r.code()), &r.message().collect::<Vec<_>>().join(" ")))
+}
+
+/// MAIL, every RCPT and DATA in one write (RFC 2920), then their replies in
+/// order: every reply is read, whatever the earlier ones said, so that the
+/// session stays in step, and the first refusal is the transaction's.
+async fn envelope_pipelined(
+    c: &mut AsyncSmtpConnection,
+    t: Duration,
+    mail: &Mail,
+    rcpts: &[Rcpt],
+) -> Result<(), DeliveryError> {
+    use std::fmt::Write as _;
+    // lettre writes a command as its Display text; these three are one.
+    let mut batch = mail.to_string();
+    for r in rcpts {
+        let _ = write!(batch, "{r}");
+    }
+    let _ = write!(batch, "{Data}");
+    // A refusal leaves the session usable and the next reply on its way; an
+    // I/O or protocol failure ends the session here (the pool drops it).
+    let refusal = |r: Result<_, DeliveryError>| match r {
+        Ok(_) => Ok(None),
+        Err(e @ DeliveryError::Rejected { .. }) => Ok(Some(e)),
+        Err(e) => Err(e),
+    };
+    let mut refused = refusal(step(Phase::MailFrom, t, c.command(Raw(batch))).await)?;
+    for _ in rcpts {
+        let reply = refusal(step(Phase::RcptTo, t, c.read_response()).await)?;
+        refused = refused.or(reply);
+    }
+    let data = step(Phase::Data, t, c.read_response()).await;
+    if let Err(e) = &data
+        && !matches!(e, DeliveryError::Rejected { .. })
+    {
+        return data.map(drop);
+    }
+    match (refused, data) {
+        (None, Ok(_)) => Ok(()),
+        (None, Err(e)) => Err(e),
+        // The relay refused the sender or the recipient but still opened the
+        // message: close it empty, so that the session is back at commands.
+        (Some(e), Ok(_)) => {
+            step(Phase::Data, t, c.command(Raw(".\r\n".into()))).await.ok();
+            Err(e)
+        }
+        (Some(e), Err(_)) => Err(e),
+    }
+}
+
+/// Protocol text written as it is.
+struct Raw(String);
+
+impl std::fmt::Display for Raw {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Whether an EHLO reply's lines (after the first, the server's name)
+/// offer PIPELINING.
+fn offers_pipelining<'a>(mut lines: impl Iterator<Item = &'a str>) -> bool {
+    lines.next();
+    lines.any(|l| l.split_whitespace().next().is_some_and(|k| k.eq_ignore_ascii_case("PIPELINING")))
 }
 
 fn map_err(phase: Phase, e: lettre::transport::smtp::Error) -> DeliveryError {
@@ -240,5 +328,193 @@ impl Transport for SmtpPool {
 
     fn name(&self) -> &'static str {
         "smtp"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use mailpipe_core::EmailAddress;
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    use tokio::net::TcpListener;
+
+    use super::{SmtpPool, offers_pipelining};
+    use crate::{DeliveryError, Envelope, Phase, SmtpSettings, TlsMode, Transport, TransportKind};
+
+    #[test]
+    fn pipelining_is_read_from_the_keywords_not_the_greeting() {
+        assert!(offers_pipelining(["mx.example", "SIZE 1000", "pipelining", "8BITMIME"].into_iter()));
+        assert!(!offers_pipelining(["PIPELINING welcomes you", "SIZE 1000"].into_iter()));
+        assert!(!offers_pipelining(["mx.example", "XPIPELINING"].into_iter()));
+    }
+
+    /// A relay that answers by script, one connection: each step names the
+    /// commands it must have read (by their first word; `.` reads a whole
+    /// message) before it writes its replies. A client that waits for a
+    /// reply the script holds back until later commands arrive hangs, and
+    /// the test times out. Returns what each step read, and whether a step
+    /// ever found more bytes waiting than it asked for.
+    async fn scripted(
+        offer: bool,
+        script: Vec<(Vec<&'static str>, &'static str)>,
+    ) -> (u16, tokio::task::JoinHandle<(Vec<Vec<String>>, bool)>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let ehlo = if offer {
+            "250-relay.test\r\n250-PIPELINING\r\n250 8BITMIME\r\n"
+        } else {
+            "250-relay.test\r\n250 8BITMIME\r\n"
+        };
+        let task = tokio::spawn(async move {
+            let (sock, _) = listener.accept().await.unwrap();
+            let (r, mut w) = sock.into_split();
+            let mut r = BufReader::new(r);
+            w.write_all(b"220 relay.test\r\n").await.unwrap();
+            let (mut read, mut ahead) = (Vec::new(), false);
+            let mut line = String::new();
+            for (want, reply) in script {
+                let mut got = Vec::new();
+                for cmd in want {
+                    loop {
+                        line.clear();
+                        assert!(r.read_line(&mut line).await.unwrap() > 0, "the client hung up");
+                        let l = line.trim_end().to_owned();
+                        let done = cmd != "." || l == ".";
+                        got.push(l);
+                        if done {
+                            break;
+                        }
+                    }
+                    let word = got.last().unwrap().split([' ', ':']).next().unwrap().to_ascii_uppercase();
+                    assert_eq!(word, cmd.to_ascii_uppercase(), "read {got:?}");
+                }
+                ahead |= !r.buffer().is_empty();
+                read.push(got);
+                let reply = if reply == "EHLO" { ehlo } else { reply };
+                w.write_all(reply.as_bytes()).await.unwrap();
+            }
+            (read, ahead)
+        });
+        (port, task)
+    }
+
+    fn pool(port: u16, pipelining: bool) -> SmtpPool {
+        SmtpPool::new(SmtpSettings {
+            kind: TransportKind::Smtp,
+            dir: "unused".into(),
+            host: "127.0.0.1".into(),
+            port,
+            hello_name: "client.test".into(),
+            max_connections: 1,
+            connect_timeout: Duration::from_secs(5),
+            command_timeout: Duration::from_secs(5),
+            data_timeout: Duration::from_secs(5),
+            idle_timeout: Duration::from_secs(30),
+            tls: TlsMode::None,
+            pipelining,
+            ca_file: None,
+            username: None,
+            password: None,
+        })
+        .unwrap()
+    }
+
+    fn envelope() -> Envelope {
+        Envelope {
+            from: EmailAddress::parse("news@acme.example").unwrap(),
+            to: EmailAddress::parse("ann@a.example").unwrap(),
+        }
+    }
+
+    async fn send(pool: &SmtpPool) -> Result<crate::Reply, DeliveryError> {
+        let env = envelope();
+        let msg = b"Subject: hi\r\n\r\n.dot first\r\n";
+        tokio::time::timeout(Duration::from_secs(10), pool.send(&env, msg, Box::pin(async { Ok(()) })))
+            .await
+            .expect("the transaction hung: the client waited for a reply the relay holds back")
+    }
+
+    #[tokio::test]
+    async fn an_offering_relay_gets_the_envelope_in_one_write_and_refusals_keep_the_session_in_step() {
+        let (port, relay) = scripted(
+            true,
+            vec![
+                (vec!["EHLO"], "EHLO"),
+                (vec!["EHLO"], "EHLO"),
+                // The envelope's replies only once all three commands are in.
+                (vec!["MAIL", "RCPT", "DATA"], "250 2.1.0 ok\r\n250 2.1.5 ok\r\n354 go\r\n"),
+                (vec!["."], "250 2.0.0 queued\r\n"),
+                // A refused recipient: DATA is refused too, and the next
+                // transaction on the same connection starts clean.
+                (
+                    vec!["MAIL", "RCPT", "DATA"],
+                    "250 2.1.0 ok\r\n550 5.1.1 unknown user\r\n554 5.5.1 no valid recipients\r\n",
+                ),
+                (vec!["RSET"], "250 2.0.0 ok\r\n"),
+                // The relay opens the message although it refused the
+                // sender: closed empty, then reset.
+                (
+                    vec!["MAIL", "RCPT", "DATA"],
+                    "550 5.7.1 sender refused\r\n503 5.5.1 sender first\r\n354 go\r\n",
+                ),
+                (vec!["."], "554 5.5.1 no valid recipients\r\n"),
+                (vec!["RSET"], "250 2.0.0 ok\r\n"),
+                (vec!["MAIL", "RCPT", "DATA"], "250 ok\r\n250 ok\r\n354 go\r\n"),
+                (vec!["."], "250 2.0.0 queued again\r\n"),
+            ],
+        )
+        .await;
+        let pool = pool(port, true);
+        assert_eq!(send(&pool).await.unwrap().text, "queued");
+        match send(&pool).await {
+            Err(DeliveryError::Rejected { phase: Phase::RcptTo, reply }) => assert_eq!(reply.code, 550),
+            other => panic!("{other:?}"),
+        }
+        match send(&pool).await {
+            Err(DeliveryError::Rejected { phase: Phase::MailFrom, reply }) => assert_eq!(reply.code, 550),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(send(&pool).await.unwrap().text, "queued again");
+        let (read, _) = relay.await.unwrap();
+        // The content went dot-stuffed, after the 354.
+        assert!(read[3].iter().any(|l| l == "..dot first"), "{:?}", read[3]);
+    }
+
+    #[tokio::test]
+    async fn a_relay_that_does_not_offer_it_gets_one_command_at_a_time() {
+        let (port, relay) = scripted(
+            false,
+            vec![
+                (vec!["EHLO"], "EHLO"),
+                (vec!["EHLO"], "EHLO"),
+                (vec!["MAIL"], "250 ok\r\n"),
+                (vec!["RCPT"], "250 ok\r\n"),
+                (vec!["DATA"], "354 go\r\n"),
+                (vec!["."], "250 2.0.0 queued\r\n"),
+            ],
+        )
+        .await;
+        assert_eq!(send(&pool(port, true)).await.unwrap().text, "queued");
+        let (_, ahead) = relay.await.unwrap();
+        assert!(!ahead, "the client wrote a command before the previous reply");
+    }
+
+    #[tokio::test]
+    async fn pipelining_off_in_the_settings_is_one_command_at_a_time_even_when_offered() {
+        let (port, relay) = scripted(
+            true,
+            vec![
+                (vec!["EHLO"], "EHLO"),
+                (vec!["MAIL"], "250 ok\r\n"),
+                (vec!["RCPT"], "250 ok\r\n"),
+                (vec!["DATA"], "354 go\r\n"),
+                (vec!["."], "250 2.0.0 queued\r\n"),
+            ],
+        )
+        .await;
+        assert_eq!(send(&pool(port, false)).await.unwrap().text, "queued");
+        let (_, ahead) = relay.await.unwrap();
+        assert!(!ahead, "the client wrote a command before the previous reply");
     }
 }

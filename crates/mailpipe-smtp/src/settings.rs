@@ -57,6 +57,10 @@ pub struct SmtpSettings {
     #[serde(rename = "idle_timeout_secs", deserialize_with = "secs")]
     pub idle_timeout: Duration,
     pub tls: TlsMode,
+    /// Send MAIL, RCPT and DATA in one write when the relay offers
+    /// PIPELINING (RFC 2920), reading the replies in order.
+    #[serde(default = "yes")]
+    pub pipelining: bool,
     /// An extra trusted CA certificate (PEM), besides the system's.
     #[serde(default)]
     pub ca_file: Option<PathBuf>,
@@ -65,6 +69,10 @@ pub struct SmtpSettings {
     pub username: Option<String>,
     #[serde(default)]
     pub password: Option<SecretString>,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// Why the configured transport cannot be opened.

@@ -226,6 +226,9 @@ pub(crate) fn rounds<K: Eq + std::hash::Hash>(keys: impl Iterator<Item = K>) -> 
 /// scheduled, return tag.
 type ClaimRow = (String, i32, Option<String>, i64, bool, Option<String>);
 
+/// A claimed row with its place in the batch (`ord`) in front.
+type OrdClaimRow = (i32, String, i32, Option<String>, i64, bool, Option<String>);
+
 impl TryFrom<ClaimRow> for Claim {
     type Error = StoreError;
     fn try_from(row: ClaimRow) -> Result<Self> {
@@ -275,7 +278,7 @@ async fn claim_round_pg(
                SELECT i.ord, l.status, l.attempts, l.message_id, l.created_at, l.payload IS NOT NULL, l.return_tag
                FROM send_ledger l JOIN i ON l.tenant_id = i.tenant_id AND l.job_id = i.job_id
                WHERE NOT EXISTS (SELECT 1 FROM ins WHERE ins.tenant_id = i.tenant_id AND ins.job_id = i.job_id)";
-    let got: Vec<(i32, String, i32, Option<String>, i64, bool, Option<String>)> = sqlx::query_as(sql)
+    let got: Vec<OrdClaimRow> = sqlx::query_as(sql)
         .bind((0..order.len() as i32).collect::<Vec<_>>())
         .bind(pick(|r| &r.tenant_id))
         .bind(pick(|r| &r.job_id))
@@ -297,7 +300,7 @@ async fn claim_round_pg(
         let sql = "SELECT i.ord, l.status, l.attempts, l.message_id, l.created_at, l.payload IS NOT NULL, l.return_tag
                    FROM send_ledger l JOIN UNNEST($1::int4[], $2::text[], $3::text[]) AS i(ord, tenant_id, job_id)
                      ON l.tenant_id = i.tenant_id AND l.job_id = i.job_id";
-        let again: Vec<(i32, String, i32, Option<String>, i64, bool, Option<String>)> = sqlx::query_as(sql)
+        let again: Vec<OrdClaimRow> = sqlx::query_as(sql)
             .bind(missing.iter().map(|&k| k as i32).collect::<Vec<_>>())
             .bind(missing.iter().map(|&k| reqs[order[k]].tenant_id.as_str()).collect::<Vec<_>>())
             .bind(missing.iter().map(|&k| reqs[order[k]].job_id.as_str()).collect::<Vec<_>>())
@@ -366,6 +369,11 @@ async fn mark_round_pg(
                RETURNING i.ord";
     let pick = |f: fn(&SendingMark) -> &str| round.iter().map(|&i| f(&marks[i])).collect::<Vec<_>>();
     let applied: Vec<i32> = sqlx::query_scalar(sql)
+        // Planned for each batch: a plan cached while the ledger was small
+        // joins it by a scan, and keeps doing so as it grows (measured: the
+        // mark twice as slow). The claim's INSERT finds rows by its arbiter
+        // index whatever the plan, so it keeps its cached one.
+        .persistent(false)
         .bind(now)
         .bind((0..round.len() as i32).collect::<Vec<_>>())
         .bind(pick(|m| &m.tenant_id))
@@ -439,6 +447,11 @@ async fn finish_round_pg(
     let n = round.len();
     let col = |f: &dyn Fn(&OutcomeRecord) -> Option<&str>| (0..n).map(|i| f(o(i))).collect::<Vec<_>>();
     let applied: Vec<i32> = sqlx::query_scalar(sql)
+        // Planned for each batch: a plan cached while the ledger was small
+        // joins it by a scan, and keeps doing so as it grows (measured: the
+        // mark twice as slow). The claim's INSERT finds rows by its arbiter
+        // index whatever the plan, so it keeps its cached one.
+        .persistent(false)
         .bind((0..n as i32).collect::<Vec<_>>())
         .bind(col(&|r| Some(&r.tenant_id)))
         .bind(col(&|r| Some(&r.job_id)))

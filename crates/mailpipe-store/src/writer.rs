@@ -1,7 +1,8 @@
 //! The ledger writer: claims, commit-point marks and outcomes of concurrent
 //! jobs, written in batches. Each kind has its own lane, a bounded queue
 //! and a task that takes whatever is waiting (up to `max_rows`, after at
-//! most `linger` for more), writes it with one statement and one commit
+//! most `linger` for more) whenever fewer than `in_flight` of its batches
+//! are being written, and writes it with one statement and one commit
 //! per round ([`Store::claim_jobs`], [`Store::mark_sending_many`],
 //! [`Store::finish_many`]), and answers each caller with its own row's
 //! result only once that commit is done. Nothing about a job changes: each
@@ -18,7 +19,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use crate::ledger::{Claim, ClaimRequest, OutcomeRecord, SendingMark};
 use crate::{Result, Store, StoreError};
@@ -32,11 +33,15 @@ pub struct BatchSettings {
     /// only what is already waiting, so that batches grow with the load
     /// (while one is written, the next gathers) and a lone job never waits.
     pub linger: Duration,
+    /// Batches of one kind written at once. More than one keeps a job that
+    /// arrives while a batch is being written from waiting for it: what the
+    /// `sending` mark, which an SMTP connection waits for, needs.
+    pub in_flight: usize,
 }
 
 impl Default for BatchSettings {
     fn default() -> Self {
-        Self { max_rows: 256, linger: Duration::ZERO }
+        Self { max_rows: 256, linger: Duration::ZERO, in_flight: 1 }
     }
 }
 
@@ -163,7 +168,7 @@ impl<Req: Send + Sync + 'static, Resp: Send + 'static> Lane<Req, Resp> {
         // queue growing; the worker's in-flight bound keeps it short anyway.
         let (tx, rx) = mpsc::channel(max * 4);
         let counts = Arc::new(Counts::default());
-        tokio::spawn(run::<O>(store, rx, max, settings.linger, counts.clone()));
+        tokio::spawn(run::<O>(store, rx, settings, counts.clone()));
         Self { tx, counts }
     }
 
@@ -185,12 +190,17 @@ impl<Req: Send + Sync + 'static, Resp: Send + 'static> Lane<Req, Resp> {
 async fn run<O: Op>(
     store: Store,
     mut rx: mpsc::Receiver<Request<O::Req, O::Resp>>,
-    max: usize,
-    linger: Duration,
+    settings: BatchSettings,
     counts: Arc<Counts>,
 ) {
-    let mut batch: Vec<Request<O::Req, O::Resp>> = Vec::with_capacity(max);
-    while let Some(first) = rx.recv().await {
+    let (max, linger) = (settings.max_rows.max(1), settings.linger);
+    // A permit per batch being written. The next batch gathers only once
+    // one is free, so while all are busy the queue fills and batches grow.
+    let permits = Arc::new(Semaphore::new(settings.in_flight.max(1)));
+    loop {
+        let Ok(permit) = permits.clone().acquire_owned().await else { return };
+        let Some(first) = rx.recv().await else { return };
+        let mut batch: Vec<Request<O::Req, O::Resp>> = Vec::with_capacity(max);
         batch.push(first);
         while batch.len() < max {
             match rx.try_recv() {
@@ -207,30 +217,43 @@ async fn run<O: Op>(
                 }
             }
         }
-        let (reqs, replies): (Vec<_>, Vec<_>) = batch.drain(..).unzip();
-        metrics::histogram!("mailpipe_ledger_batch_rows", "op" => O::NAME).record(reqs.len() as f64);
-        counts.batches.fetch_add(1, Ordering::Relaxed);
-        counts.rows.fetch_add(reqs.len() as u64, Ordering::Relaxed);
-        match O::write(&store, &reqs).await {
-            Ok(resps) => {
-                for (reply, resp) in replies.into_iter().zip(resps) {
-                    let _ = reply.send(Ok(resp));
-                }
+        let (store, counts) = (store.clone(), counts.clone());
+        tokio::spawn(async move {
+            write::<O>(&store, batch, &counts).await;
+            drop(permit);
+        });
+    }
+}
+
+/// Writes one batch and answers its callers.
+async fn write<O: Op>(store: &Store, batch: Vec<Request<O::Req, O::Resp>>, counts: &Counts) {
+    let (reqs, replies): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
+    metrics::histogram!("mailpipe_ledger_batch_rows", "op" => O::NAME).record(reqs.len() as f64);
+    counts.batches.fetch_add(1, Ordering::Relaxed);
+    counts.rows.fetch_add(reqs.len() as u64, Ordering::Relaxed);
+    let started = std::time::Instant::now();
+    let written = O::write(store, &reqs).await;
+    metrics::histogram!("mailpipe_ledger_batch_seconds", "op" => O::NAME)
+        .record(started.elapsed().as_secs_f64());
+    match written {
+        Ok(resps) => {
+            for (reply, resp) in replies.into_iter().zip(resps) {
+                let _ = reply.send(Ok(resp));
             }
-            Err(e) if reqs.len() > 1 && e.is_statement_error() => {
-                // One row the database refuses must not fail its neighbours.
-                metrics::counter!("mailpipe_ledger_batch_splits_total", "op" => O::NAME).increment(1);
-                counts.split.fetch_add(1, Ordering::Relaxed);
-                for (req, reply) in reqs.iter().zip(replies) {
-                    let one = O::write(&store, std::slice::from_ref(req)).await;
-                    let _ = reply.send(one.map(|mut v| v.remove(0)));
-                }
+        }
+        Err(e) if reqs.len() > 1 && e.is_statement_error() => {
+            // One row the database refuses must not fail its neighbours.
+            metrics::counter!("mailpipe_ledger_batch_splits_total", "op" => O::NAME).increment(1);
+            counts.split.fetch_add(1, Ordering::Relaxed);
+            for (req, reply) in reqs.iter().zip(replies) {
+                let one = O::write(store, std::slice::from_ref(req)).await;
+                let _ = reply.send(one.map(|mut v| v.remove(0)));
             }
-            Err(e) => {
-                let why = e.to_string();
-                for reply in replies {
-                    let _ = reply.send(Err(StoreError::Batch(why.clone())));
-                }
+        }
+        Err(e) => {
+            let why = e.to_string();
+            for reply in replies {
+                let _ = reply.send(Err(StoreError::Batch(why.clone())));
             }
         }
     }

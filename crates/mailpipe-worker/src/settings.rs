@@ -64,6 +64,8 @@ pub struct WorkerSettings {
     /// How long a ledger batch waits for more rows once it has one, in
     /// microseconds; 0 takes only what is already waiting.
     pub ledger_linger_us: u64,
+    /// Ledger batches of one kind written at once.
+    pub ledger_batches_in_flight: usize,
 }
 
 impl WorkerSettings {
@@ -77,6 +79,7 @@ impl WorkerSettings {
         mailpipe_store::BatchSettings {
             max_rows: self.ledger_batch_max.max(1),
             linger: Duration::from_micros(self.ledger_linger_us),
+            in_flight: self.ledger_batches_in_flight.max(1),
         }
     }
 }

@@ -121,7 +121,7 @@ async fn the_writer_batches_concurrent_jobs_and_isolates_a_bad_row() {
     // A long linger, so that the batches this asserts do not hang on timing.
     let writer = std::sync::Arc::new(LedgerWriter::spawn(
         pg.store.clone(),
-        BatchSettings { max_rows: 64, linger: Duration::from_millis(300) },
+        BatchSettings { max_rows: 64, linger: Duration::from_millis(300), in_flight: 1 },
     ));
     let jobs: Vec<SendJob> = (1..=40).map(send_job).collect();
     let claims = futures::future::join_all(jobs.iter().map(|j| writer.claim(claim_req(j)))).await;
@@ -159,7 +159,7 @@ async fn the_writer_batches_concurrent_jobs_and_isolates_a_bad_row() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_writers_claiming_the_same_jobs_see_one_row_each() {
     let pg = fresh_store().await;
-    let settings = BatchSettings { max_rows: 64, linger: Duration::from_millis(20) };
+    let settings = BatchSettings { max_rows: 64, linger: Duration::from_millis(20), in_flight: 2 };
     let (w1, w2) =
         (LedgerWriter::spawn(pg.store.clone(), settings), LedgerWriter::spawn(pg.store.clone(), settings));
     let jobs: Vec<SendJob> = (1..=60).map(send_job).collect();
