@@ -228,7 +228,14 @@ impl KafkaSource {
         let fetch_bytes = (u64::from(s.consumer_prefetch_kib) * 1024).max(2 << 20).to_string();
         let c = s.client_config(&[
             ("queued.max.messages.kbytes", &prefetch_kib),
-            ("queued.min.messages", "1000"),
+            // The queue's byte bound counts what came over the wire, and
+            // jobs of one campaign compress 10-20 times in a batch: what
+            // bounds the decompressed queue is the count it refills to
+            // (per partition) and the size of one partition's fetch. With
+            // librdkafka's 1000 and 1 MB, the send bench's worker held
+            // about 150 MB of prefetched jobs at start.
+            ("queued.min.messages", "300"),
+            ("fetch.message.max.bytes", "262144"),
             ("fetch.max.bytes", &fetch_bytes),
             ("group.id", &s.group_id),
             ("enable.auto.commit", "true"),
