@@ -9,6 +9,7 @@ use lettre::transport::smtp::authentication::{Credentials, Mechanism};
 use lettre::transport::smtp::client::{AsyncSmtpConnection, Certificate, TlsParameters};
 use lettre::transport::smtp::commands::{Data, Ehlo, Mail, Rcpt, Rset};
 use lettre::transport::smtp::extension::{ClientId, Extension, MailBodyParameter, MailParameter};
+use lettre::transport::smtp::response::Response;
 use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
 
@@ -113,6 +114,9 @@ impl SmtpPool {
                 .await
             {
                 Ok(Ok(r)) => offers_pipelining(r.message()),
+                // A relay that refuses a second EHLO (sendmail: "503
+                // Duplicate HELO/EHLO") is simply not pipelined to.
+                Ok(Err(e)) if e.is_permanent() || e.is_transient() => false,
                 Ok(Err(e)) => return Err(map_err(Phase::Greeting, e)),
                 Err(_) => return Err(timed_out(Phase::Greeting, "EHLO")),
             };
@@ -230,20 +234,43 @@ async fn transaction(
     if conn.pipelining {
         envelope_pipelined(c, t, &mail, &rcpts).await?;
     } else {
-        step(Phase::MailFrom, t, c.command(mail)).await?;
+        strict(Phase::MailFrom, step(Phase::MailFrom, t, c.command(mail)).await)?;
         for rcpt in rcpts {
-            step(Phase::RcptTo, t, c.command(rcpt)).await?;
+            strict(Phase::RcptTo, step(Phase::RcptTo, t, c.command(rcpt)).await)?;
         }
-        step(Phase::Data, t, c.command(Data)).await?;
+        strict(Phase::Data, step(Phase::Data, t, c.command(Data)).await)?;
     }
     before_content.await.map_err(DeliveryError::Abandoned)?;
     let r = step(Phase::Message, cfg.data_timeout, c.message(msg)).await?;
     Ok(Reply::new(u16::from(r.code()), &r.message().collect::<Vec<_>>().join(" ")))
 }
 
+/// A reply to an envelope command, held to what the command may get: 2xx
+/// to MAIL and RCPT, 354 to DATA. lettre takes any 2xx or 3xx as success;
+/// a reply out of place means the session is out of step (a reply read for
+/// the wrong command), and the content must not follow it.
+fn strict(phase: Phase, r: Result<Response, DeliveryError>) -> Result<(), DeliveryError> {
+    let code = u16::from(r?.code());
+    let fits = match phase {
+        Phase::Data => code == 354,
+        _ => (200..300).contains(&code),
+    };
+    if fits {
+        Ok(())
+    } else {
+        Err(DeliveryError::Protocol {
+            phase,
+            detail: format!("unexpected reply {code} to {}", phase.as_str()),
+        })
+    }
+}
+
 /// MAIL, every RCPT and DATA in one write (RFC 2920), then their replies in
 /// order: every reply is read, whatever the earlier ones said, so that the
-/// session stays in step, and the first refusal is the transaction's.
+/// session stays in step, and the first refusal is the transaction's. A
+/// failure that leaves the session in doubt (a timeout, a reply out of
+/// place, a 421 "closing") is returned at once, and the pool drops the
+/// connection.
 async fn envelope_pipelined(
     c: &mut AsyncSmtpConnection,
     t: Duration,
@@ -257,35 +284,36 @@ async fn envelope_pipelined(
         let _ = write!(batch, "{r}");
     }
     let _ = write!(batch, "{Data}");
-    // A refusal leaves the session usable and the next reply on its way; an
-    // I/O or protocol failure ends the session here (the pool drops it).
-    let refusal = |r: Result<_, DeliveryError>| match r {
-        Ok(_) => Ok(None),
-        Err(e @ DeliveryError::Rejected { .. }) => Ok(Some(e)),
+    // Some(refusal) leaves the session usable, with the next reply on its way.
+    let refusal = |r: Result<(), DeliveryError>| match r {
+        Ok(()) => Ok(None),
+        Err(e @ DeliveryError::Rejected { .. }) if !closing(&e) => Ok(Some(e)),
         Err(e) => Err(e),
     };
-    let mut refused = refusal(step(Phase::MailFrom, t, c.command(Raw(batch))).await)?;
+    let mut refused =
+        refusal(strict(Phase::MailFrom, step(Phase::MailFrom, t, c.command(Raw(batch))).await))?;
     for _ in rcpts {
-        let reply = refusal(step(Phase::RcptTo, t, c.read_response()).await)?;
+        let reply = refusal(strict(Phase::RcptTo, step(Phase::RcptTo, t, c.read_response()).await))?;
         refused = refused.or(reply);
     }
-    let data = step(Phase::Data, t, c.read_response()).await;
-    if let Err(e) = &data
-        && !matches!(e, DeliveryError::Rejected { .. })
-    {
-        return data.map(drop);
-    }
+    let data = refusal(strict(Phase::Data, step(Phase::Data, t, c.read_response()).await))?;
     match (refused, data) {
-        (None, Ok(_)) => Ok(()),
-        (None, Err(e)) => Err(e),
+        (None, None) => Ok(()),
+        (None, Some(e)) | (Some(e), Some(_)) => Err(e),
         // The relay refused the sender or the recipient but still opened the
         // message: close it empty, so that the session is back at commands.
-        (Some(e), Ok(_)) => {
-            step(Phase::Data, t, c.command(Raw(".\r\n".into()))).await.ok();
-            Err(e)
-        }
-        (Some(e), Err(_)) => Err(e),
+        // Only a definite reply to that says it is; anything else drops the
+        // connection rather than read a late reply as the next command's.
+        (Some(e), None) => match step(Phase::Data, t, c.command(Raw(".\r\n".into()))).await {
+            Ok(_) | Err(DeliveryError::Rejected { .. }) => Err(e),
+            Err(other) => Err(other),
+        },
     }
+}
+
+/// A 421: the relay is closing the connection, whatever was pipelined.
+fn closing(e: &DeliveryError) -> bool {
+    matches!(e, DeliveryError::Rejected { reply, .. } if reply.code == 421)
 }
 
 /// Protocol text written as it is.
@@ -516,5 +544,70 @@ mod tests {
         assert_eq!(send(&pool(port, false)).await.unwrap().text, "queued");
         let (_, ahead) = relay.await.unwrap();
         assert!(!ahead, "the client wrote a command before the previous reply");
+    }
+
+    #[tokio::test]
+    async fn a_relay_that_refuses_a_second_ehlo_is_used_without_pipelining() {
+        let (port, relay) = scripted(
+            true,
+            vec![
+                (vec!["EHLO"], "EHLO"),
+                (vec!["EHLO"], "503 5.0.1 Duplicate HELO/EHLO\r\n"),
+                (vec!["MAIL"], "250 ok\r\n"),
+                (vec!["RCPT"], "250 ok\r\n"),
+                (vec!["DATA"], "354 go\r\n"),
+                (vec!["."], "250 2.0.0 queued\r\n"),
+            ],
+        )
+        .await;
+        assert_eq!(send(&pool(port, true)).await.unwrap().text, "queued");
+        let (_, ahead) = relay.await.unwrap();
+        assert!(!ahead, "the client wrote a command before the previous reply");
+    }
+
+    #[tokio::test]
+    async fn a_421_to_the_pipelined_envelope_is_the_answer_not_a_lost_connection() {
+        // The relay says 421 and hangs up without answering RCPT or DATA.
+        let (port, relay) = scripted(
+            true,
+            vec![
+                (vec!["EHLO"], "EHLO"),
+                (vec!["EHLO"], "EHLO"),
+                (vec!["MAIL", "RCPT", "DATA"], "421 4.7.0 try again later, closing\r\n"),
+            ],
+        )
+        .await;
+        match send(&pool(port, true)).await {
+            Err(DeliveryError::Rejected { phase: Phase::MailFrom, reply }) => assert_eq!(reply.code, 421),
+            other => panic!("{other:?}"),
+        }
+        relay.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_reply_out_of_place_stops_the_content_before_the_commit_point() {
+        // A 250 where DATA's 354 belongs: the session is out of step, so the
+        // commit point must not run and no content may follow.
+        let (port, relay) = scripted(
+            true,
+            vec![
+                (vec!["EHLO"], "EHLO"),
+                (vec!["EHLO"], "EHLO"),
+                (vec!["MAIL", "RCPT", "DATA"], "250 ok\r\n250 ok\r\n250 stray\r\n"),
+            ],
+        )
+        .await;
+        let pool = pool(port, true);
+        let committed = std::sync::atomic::AtomicBool::new(false);
+        let env = envelope();
+        let before = Box::pin(async {
+            committed.store(true, std::sync::atomic::Ordering::SeqCst);
+            Ok(())
+        });
+        let r =
+            tokio::time::timeout(Duration::from_secs(10), pool.send(&env, b"x\r\n", before)).await.unwrap();
+        assert!(matches!(r, Err(DeliveryError::Protocol { phase: Phase::Data, .. })), "{r:?}");
+        assert!(!committed.load(std::sync::atomic::Ordering::SeqCst), "the commit point ran");
+        relay.await.unwrap();
     }
 }

@@ -361,6 +361,12 @@ async fn mark_round_pg(
     round: &[usize],
     now: i64,
 ) -> Result<Vec<usize>> {
+    // In key order, as the claims: two workers' batches over the same jobs
+    // then lock their rows in the same order.
+    let mut round = round.to_vec();
+    round.sort_by(|&a, &b| {
+        (&marks[a].tenant_id, &marks[a].job_id).cmp(&(&marks[b].tenant_id, &marks[b].job_id))
+    });
     let sql = "UPDATE send_ledger l SET status = 'sending', message_id = i.message_id, attempts = l.attempts + 1, updated_at = $1
                FROM UNNEST($2::int4[], $3::text[], $4::text[], $5::text[], $6::text[], $7::int4[])
                     AS i(ord, tenant_id, job_id, message_id, status, attempts)
@@ -426,6 +432,8 @@ async fn finish_round_pg(
     round: &[usize],
     now: i64,
 ) -> Result<Vec<usize>> {
+    let mut round = round.to_vec();
+    round.sort_by(|&a, &b| (&outs[a].tenant_id, &outs[a].job_id).cmp(&(&outs[b].tenant_id, &outs[b].job_id)));
     let sql = "WITH i AS (
                    SELECT * FROM UNNEST($1::int4[], $2::text[], $3::text[], $4::text[], $5::text[],
                                         $6::text[], $7::text[], $8::text[], $9::text[], $10::text[], $11::bigint[], $12::text[], $13::text[], $14::text[], $15::text[])
@@ -447,10 +455,8 @@ async fn finish_round_pg(
     let n = round.len();
     let col = |f: &dyn Fn(&OutcomeRecord) -> Option<&str>| (0..n).map(|i| f(o(i))).collect::<Vec<_>>();
     let applied: Vec<i32> = sqlx::query_scalar(sql)
-        // Planned for each batch: a plan cached while the ledger was small
-        // joins it by a scan, and keeps doing so as it grows (measured: the
-        // mark twice as slow). The claim's INSERT finds rows by its arbiter
-        // index whatever the plan, so it keeps its cached one.
+        // Planned for each batch, like the mark's: a plan cached while the
+        // ledger was small would go on joining it by a scan.
         .persistent(false)
         .bind((0..n as i32).collect::<Vec<_>>())
         .bind(col(&|r| Some(&r.tenant_id)))

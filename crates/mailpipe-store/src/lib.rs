@@ -92,11 +92,16 @@ pub enum StoreError {
 }
 
 impl StoreError {
-    /// The database refused a statement (a constraint, a bad value, a
-    /// deadlock), as opposed to not being reachable: retrying the rows of a
-    /// batch one by one can then tell the bad one from the rest.
+    /// The database refused a row's values: a constraint (SQLSTATE class
+    /// 23, or SQLite's constraint errors) or a value it cannot store (class
+    /// 22, such as a NUL byte in text). Writing a batch's rows in smaller
+    /// parts can then tell the bad row from the rest. Not a deadlock, a
+    /// timeout, a shutdown or a full connection table: those are the
+    /// database's state, not a row's, and the whole batch is retried.
     pub fn is_statement_error(&self) -> bool {
-        matches!(self, StoreError::Db(sqlx::Error::Database(_)))
+        let StoreError::Db(sqlx::Error::Database(db)) = self else { return false };
+        let class = db.code().filter(|c| c.len() == 5).map(|c| c[..2].to_owned());
+        matches!(class.as_deref(), Some("22" | "23")) || !matches!(db.kind(), sqlx::error::ErrorKind::Other)
     }
 }
 

@@ -9,10 +9,10 @@
 //! caller gets what the one-row call would have given it, and a job's
 //! outcome is durable when its `finish` returns.
 //!
-//! A batch that fails on a statement error (one row the database refuses)
-//! is written again one row at a time, so that a bad row fails alone; a
-//! batch that fails for want of the database fails every caller, who
-//! retries as before.
+//! A batch the database refuses for a row's values is written again in
+//! halves, and halves of those, so that a bad row fails alone; a batch
+//! that fails for any other reason (the database unreachable, a deadlock)
+//! fails every caller, who retries as before.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -242,12 +242,31 @@ async fn write<O: Op>(store: &Store, batch: Vec<Request<O::Req, O::Resp>>, count
             }
         }
         Err(e) if reqs.len() > 1 && e.is_statement_error() => {
-            // One row the database refuses must not fail its neighbours.
+            // One row the database refuses must not fail its neighbours:
+            // halve until the parts are written or the bad row is alone.
             metrics::counter!("mailpipe_ledger_batch_splits_total", "op" => O::NAME).increment(1);
             counts.split.fetch_add(1, Ordering::Relaxed);
-            for (req, reply) in reqs.iter().zip(replies) {
-                let one = O::write(store, std::slice::from_ref(req)).await;
-                let _ = reply.send(one.map(|mut v| v.remove(0)));
+            let mut replies: Vec<_> = replies.into_iter().map(Some).collect();
+            let mut answer = |i: usize, r: Result<O::Resp>| {
+                if let Some(reply) = replies[i].take() {
+                    let _ = reply.send(r);
+                }
+            };
+            let mid = reqs.len() / 2;
+            let mut parts = vec![(mid, reqs.len()), (0, mid)];
+            while let Some((a, b)) = parts.pop() {
+                match O::write(store, &reqs[a..b]).await {
+                    Ok(resps) => (a..b).zip(resps).for_each(|(i, r)| answer(i, Ok(r))),
+                    Err(e) if b - a > 1 && e.is_statement_error() => {
+                        let m = (a + b) / 2;
+                        parts.extend([(m, b), (a, m)]);
+                    }
+                    Err(e) if b - a == 1 => answer(a, Err(e)),
+                    Err(e) => {
+                        let why = e.to_string();
+                        (a..b).for_each(|i| answer(i, Err(StoreError::Batch(why.clone()))));
+                    }
+                }
             }
         }
         Err(e) => {
