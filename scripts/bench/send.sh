@@ -104,7 +104,15 @@ run_worker() { # label algorithm [isolation]; sets RESULT="rate rss_mb sent sand
   local e0=$SECONDS
   env "${envv[@]}" "$BIN" --config "$cfg" enqueue "$work/jobs.jsonl" >/dev/null
   echo "$label: $N jobs enqueued in $((SECONDS - e0)) s" >&2
+  # The topic's log bytes on the broker (lz4 batches, as enqueue sends them;
+  # not its index files, which the broker allocates ahead).
+  local topic_bytes
+  topic_bytes=$(du -scb "${MAILPIPE_SERVICES_DIR:-/var/tmp/mailpipe-services}/kafka/data/$topic"-*/*.log 2>/dev/null | awk 'END {print $1}')
+  echo "$label topic bytes per job on the broker: $((${topic_bytes:-0} / N)) B (the job JSON: $(head -1 "$work/jobs.jsonl" | wc -c) B)" >> "$work/steps.txt"
   start_sink
+  # WAL written during the run (the cluster's; nothing else writes much meanwhile).
+  local wal0
+  wal0=$(psql -tA "$MAILPIPE_TEST_DATABASE_URL" -c "SELECT pg_current_wal_lsn()")
   env "${envv[@]}" "$BIN" --config "$cfg" worker > "$work/$label.log" 2>&1 &
   worker_pid=$!
   local finished=0
@@ -147,6 +155,11 @@ print("'"$label"' steps, mean per job (concurrent, so they add up to more than 1
   worker_pid=""
   sent=$(platform_psql "$url" "SELECT COUNT(*) FROM send_ledger WHERE status = 'sent'")
   span=$(platform_psql "$url" "SELECT (MAX(updated_at) - MIN(created_at)) FROM send_ledger")
+  # What each message costs the database, for docs/capacity.md: table and
+  # index bytes of the ledger and of events, and WAL, per message sent.
+  platform_psql "$url" "SELECT '$label storage per message sent: ledger ' || pg_total_relation_size('send_ledger') / $sent
+      || ' B, events ' || pg_total_relation_size('events') / $sent || ' B (' || (SELECT COUNT(*) FROM events) || ' events of ' || (SELECT AVG(length(payload))::int FROM events) || ' B JSON each), WAL '
+      || pg_wal_lsn_diff(pg_current_wal_lsn(), '$wal0') / $sent || ' B'" >> "$work/steps.txt" 2>/dev/null || true
   psql -q "$MAILPIPE_TEST_DATABASE_URL" -c "DROP DATABASE $db" >/dev/null
   local cpu_s
   cpu_s=$(python3 -c "print(max($ticks, 1) / $(getconf CLK_TCK))")
