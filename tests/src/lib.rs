@@ -39,7 +39,8 @@ pub use kafka::{
 };
 pub use postfix::PostfixRelay;
 pub use postgres::{
-    TestDatabase, TestStore, database_url, fresh_database, fresh_store, platform_connection, service_url,
+    SqliteStore, TestDatabase, TestStore, database_url, fresh_database, fresh_sqlite_store, fresh_store,
+    platform_connection, service_url,
 };
 pub use process::{ServiceProcess, loopback_port, mailpipe_binary, restart_service};
 pub use smtp::{Relayed, SmtpSink, TestRelay, test_certificates};

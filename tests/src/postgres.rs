@@ -85,6 +85,36 @@ impl std::ops::Deref for TestStore {
     }
 }
 
+/// A migrated SQLite store in a directory of its own, removed on drop: the
+/// embedded default's side of a both-backends test.
+pub struct SqliteStore {
+    pub store: mailpipe_store::Store,
+    dir: std::path::PathBuf,
+}
+
+impl std::ops::Deref for SqliteStore {
+    type Target = mailpipe_store::Store;
+    fn deref(&self) -> &mailpipe_store::Store {
+        &self.store
+    }
+}
+
+impl Drop for SqliteStore {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+pub async fn fresh_sqlite_store() -> SqliteStore {
+    let dir = std::env::temp_dir().join(crate::unique("sqlite-store"));
+    std::fs::create_dir_all(&dir).expect("sqlite store directory");
+    let store = mailpipe_store::Store::connect(&format!("sqlite:{}/t.db", dir.display()), 4)
+        .await
+        .expect("open the SQLite store");
+    store.migrate().await.expect("migrate the SQLite store");
+    SqliteStore { store, dir }
+}
+
 /// Migrated by the owner; the store connects as the services do.
 pub async fn fresh_store() -> TestStore {
     let db = fresh_database().await;

@@ -463,6 +463,23 @@ mod tests {
             .expect("the transaction hung: the client waited for a reply the relay holds back")
     }
 
+    type Script = Vec<(Vec<&'static str>, &'static str)>;
+
+    /// After `hello`, one transaction the relay answers command by command;
+    /// the client must send each only after the previous reply.
+    async fn one_at_a_time(offer: bool, mut hello: Script, pipelining: bool) {
+        hello.extend([
+            (vec!["MAIL"], "250 ok\r\n"),
+            (vec!["RCPT"], "250 ok\r\n"),
+            (vec!["DATA"], "354 go\r\n"),
+            (vec!["."], "250 2.0.0 queued\r\n"),
+        ]);
+        let (port, relay) = scripted(offer, hello).await;
+        assert_eq!(send(&pool(port, pipelining)).await.unwrap().text, "queued");
+        let (_, ahead) = relay.await.unwrap();
+        assert!(!ahead, "the client wrote a command before the previous reply");
+    }
+
     #[tokio::test]
     async fn an_offering_relay_gets_the_envelope_in_one_write_and_refusals_keep_the_session_in_step() {
         let (port, relay) = scripted(
@@ -511,58 +528,18 @@ mod tests {
 
     #[tokio::test]
     async fn a_relay_that_does_not_offer_it_gets_one_command_at_a_time() {
-        let (port, relay) = scripted(
-            false,
-            vec![
-                (vec!["EHLO"], "EHLO"),
-                (vec!["EHLO"], "EHLO"),
-                (vec!["MAIL"], "250 ok\r\n"),
-                (vec!["RCPT"], "250 ok\r\n"),
-                (vec!["DATA"], "354 go\r\n"),
-                (vec!["."], "250 2.0.0 queued\r\n"),
-            ],
-        )
-        .await;
-        assert_eq!(send(&pool(port, true)).await.unwrap().text, "queued");
-        let (_, ahead) = relay.await.unwrap();
-        assert!(!ahead, "the client wrote a command before the previous reply");
+        one_at_a_time(false, vec![(vec!["EHLO"], "EHLO"), (vec!["EHLO"], "EHLO")], true).await;
     }
 
     #[tokio::test]
     async fn pipelining_off_in_the_settings_is_one_command_at_a_time_even_when_offered() {
-        let (port, relay) = scripted(
-            true,
-            vec![
-                (vec!["EHLO"], "EHLO"),
-                (vec!["MAIL"], "250 ok\r\n"),
-                (vec!["RCPT"], "250 ok\r\n"),
-                (vec!["DATA"], "354 go\r\n"),
-                (vec!["."], "250 2.0.0 queued\r\n"),
-            ],
-        )
-        .await;
-        assert_eq!(send(&pool(port, false)).await.unwrap().text, "queued");
-        let (_, ahead) = relay.await.unwrap();
-        assert!(!ahead, "the client wrote a command before the previous reply");
+        one_at_a_time(true, vec![(vec!["EHLO"], "EHLO")], false).await;
     }
 
     #[tokio::test]
     async fn a_relay_that_refuses_a_second_ehlo_is_used_without_pipelining() {
-        let (port, relay) = scripted(
-            true,
-            vec![
-                (vec!["EHLO"], "EHLO"),
-                (vec!["EHLO"], "503 5.0.1 Duplicate HELO/EHLO\r\n"),
-                (vec!["MAIL"], "250 ok\r\n"),
-                (vec!["RCPT"], "250 ok\r\n"),
-                (vec!["DATA"], "354 go\r\n"),
-                (vec!["."], "250 2.0.0 queued\r\n"),
-            ],
-        )
-        .await;
-        assert_eq!(send(&pool(port, true)).await.unwrap().text, "queued");
-        let (_, ahead) = relay.await.unwrap();
-        assert!(!ahead, "the client wrote a command before the previous reply");
+        let hello = vec![(vec!["EHLO"], "EHLO"), (vec!["EHLO"], "503 5.0.1 Duplicate HELO/EHLO\r\n")];
+        one_at_a_time(true, hello, true).await;
     }
 
     #[tokio::test]

@@ -9,7 +9,7 @@ use mailpipe_core::{Event, EventType, Scope, SendJob};
 use mailpipe_store::{
     BatchSettings, ClaimRequest, LedgerStatus, LedgerWriter, OutcomeRecord, SendingMark, Store,
 };
-use mailpipe_tests::{fresh_store, job, platform_connection, test_keys, unique};
+use mailpipe_tests::{fresh_sqlite_store, fresh_store, job, platform_connection, test_keys};
 
 fn send_job(n: usize) -> SendJob {
     SendJob::from_json(&serde_json::to_vec(&job(n, "acme", "c", "a.example")).unwrap()).unwrap()
@@ -86,12 +86,8 @@ async fn postgres_batches_answer_each_job_as_alone() {
 
 #[tokio::test]
 async fn sqlite_batches_answer_each_job_as_alone() {
-    let dir = std::env::temp_dir().join(unique("ledger-batch"));
-    std::fs::create_dir_all(&dir).unwrap();
-    let store = Store::connect(&format!("sqlite:{}/t.db", dir.display()), 4).await.unwrap();
-    store.migrate().await.unwrap();
-    batches(&store).await;
-    let _ = std::fs::remove_dir_all(dir);
+    let lite = fresh_sqlite_store().await;
+    batches(&lite.store).await;
 }
 
 /// A batched claim for someone erased stores the hash, not the address,

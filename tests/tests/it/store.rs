@@ -4,7 +4,7 @@ use mailpipe_core::{
     AppliesTo, Category, Event, EventType, Reason, RecipientRef, Scope, SendJob, Suppression, TenantId,
 };
 use mailpipe_store::{LedgerStatus, Store, SuppressionFilter, Verdict};
-use mailpipe_tests::{claim, fresh_database, fresh_store, job, unique};
+use mailpipe_tests::{claim, fresh_database, fresh_sqlite_store, fresh_store, job};
 
 /// On a migrated store.
 async fn scenario(store: &Store) {
@@ -102,12 +102,8 @@ async fn postgres() {
 
 #[tokio::test]
 async fn sqlite() {
-    let dir = std::env::temp_dir().join(unique("store"));
-    std::fs::create_dir_all(&dir).unwrap();
-    let store = Store::connect(&format!("sqlite:{}/t.db", dir.display()), 4).await.unwrap();
-    store.migrate().await.unwrap();
-    scenario(&store).await;
-    let _ = std::fs::remove_dir_all(dir);
+    let lite = fresh_sqlite_store().await;
+    scenario(&lite.store).await;
 }
 
 /// Redelivery during a rebalance can claim one job from two workers at
