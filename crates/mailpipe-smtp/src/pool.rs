@@ -37,7 +37,15 @@ pub struct SmtpPool {
     permits: Semaphore,
     // A std mutex: it is held for a push or a pop, never across an await.
     idle: Mutex<Vec<Idle>>,
+    /// Until when new connections do not pipeline: set when a pipelined
+    /// envelope failed mid-way (a relay that offers PIPELINING but drops
+    /// what is pipelined would otherwise cost a timeout per message).
+    unpipelined_until: Mutex<Option<Instant>>,
 }
+
+/// How long a relay that failed a pipelined envelope is sent to one
+/// command at a time.
+const PIPELINING_PAUSE: Duration = Duration::from_secs(600);
 
 impl SmtpPool {
     /// Fails if the TLS settings cannot be built (an unreadable CA).
@@ -59,6 +67,7 @@ impl SmtpPool {
         Ok(Self {
             permits: Semaphore::new(cfg.max_connections.max(1)),
             idle: Mutex::new(Vec::new()),
+            unpipelined_until: Mutex::new(None),
             tls,
             cfg,
         })
@@ -110,6 +119,7 @@ impl SmtpPool {
         // not one of them: ask again (before AUTH, which a new EHLO would
         // not undo but some servers reset) and read the keywords ourselves.
         let pipelining = self.cfg.pipelining
+            && !self.pipelining_paused()
             && match tokio::time::timeout(self.cfg.command_timeout, conn.command(Ehlo::new(hello.clone())))
                 .await
             {
@@ -132,6 +142,25 @@ impl SmtpPool {
             .map_err(|e| map_err(Phase::Auth, e))?;
         }
         Ok(Conn { inner: conn, pipelining })
+    }
+
+    fn pipelining_paused(&self) -> bool {
+        let until = self.unpipelined_until.lock().unwrap_or_else(|p| p.into_inner());
+        until.is_some_and(|t| Instant::now() < t)
+    }
+
+    /// A pipelined envelope failed mid-way (not a refusal: a timeout, a
+    /// hang-up, a reply out of place): perhaps the relay cannot take
+    /// pipelined commands whatever it says, so new connections do not
+    /// pipeline for a while.
+    fn pause_pipelining(&self) {
+        *self.unpipelined_until.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some(Instant::now() + PIPELINING_PAUSE);
+        metrics::counter!("mailpipe_smtp_pipelining_paused_total").increment(1);
+        tracing::warn!(
+            pause_secs = PIPELINING_PAUSE.as_secs(),
+            "a pipelined envelope failed mid-way; sending one command at a time for a while"
+        );
     }
 
     fn take_idle(&self) -> Option<Conn> {
@@ -173,6 +202,14 @@ impl SmtpPool {
             None => self.connect().await?,
         };
         let result = transaction(&mut conn, env, msg, &self.cfg, before_content).await;
+        if conn.pipelining
+            && let Err(
+                DeliveryError::Io { phase: Phase::MailFrom | Phase::RcptTo | Phase::Data, .. }
+                | DeliveryError::Protocol { phase: Phase::MailFrom | Phase::RcptTo | Phase::Data, .. },
+            ) = &result
+        {
+            self.pause_pipelining();
+        }
         match &result {
             Ok(_) => self.put_idle(conn),
             Err(DeliveryError::Rejected { .. } | DeliveryError::Unsendable(_)) => {
@@ -385,8 +422,17 @@ mod tests {
     /// ever found more bytes waiting than it asked for.
     async fn scripted(
         offer: bool,
-        script: Vec<(Vec<&'static str>, &'static str)>,
+        script: Script,
     ) -> (u16, tokio::task::JoinHandle<(Vec<Vec<String>>, bool)>) {
+        let (port, sessions) = scripted_sessions(offer, vec![script]).await;
+        (port, tokio::spawn(async move { sessions.await.unwrap().remove(0) }))
+    }
+
+    /// Same, one script per connection, in the order they come.
+    async fn scripted_sessions(
+        offer: bool,
+        scripts: Vec<Script>,
+    ) -> (u16, tokio::task::JoinHandle<Vec<(Vec<Vec<String>>, bool)>>) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let ehlo = if offer {
@@ -395,36 +441,44 @@ mod tests {
             "250-relay.test\r\n250 8BITMIME\r\n"
         };
         let task = tokio::spawn(async move {
-            let (sock, _) = listener.accept().await.unwrap();
-            let (r, mut w) = sock.into_split();
-            let mut r = BufReader::new(r);
-            w.write_all(b"220 relay.test\r\n").await.unwrap();
-            let (mut read, mut ahead) = (Vec::new(), false);
-            let mut line = String::new();
-            for (want, reply) in script {
-                let mut got = Vec::new();
-                for cmd in want {
-                    loop {
-                        line.clear();
-                        assert!(r.read_line(&mut line).await.unwrap() > 0, "the client hung up");
-                        let l = line.trim_end().to_owned();
-                        let done = cmd != "." || l == ".";
-                        got.push(l);
-                        if done {
-                            break;
-                        }
-                    }
-                    let word = got.last().unwrap().split([' ', ':']).next().unwrap().to_ascii_uppercase();
-                    assert_eq!(word, cmd.to_ascii_uppercase(), "read {got:?}");
-                }
-                ahead |= !r.buffer().is_empty();
-                read.push(got);
-                let reply = if reply == "EHLO" { ehlo } else { reply };
-                w.write_all(reply.as_bytes()).await.unwrap();
+            let mut sessions = Vec::new();
+            for script in scripts {
+                let (sock, _) = listener.accept().await.unwrap();
+                sessions.push(session(sock, ehlo, script).await);
             }
-            (read, ahead)
+            sessions
         });
         (port, task)
+    }
+
+    async fn session(sock: tokio::net::TcpStream, ehlo: &str, script: Script) -> (Vec<Vec<String>>, bool) {
+        let (r, mut w) = sock.into_split();
+        let mut r = BufReader::new(r);
+        w.write_all(b"220 relay.test\r\n").await.unwrap();
+        let (mut read, mut ahead) = (Vec::new(), false);
+        let mut line = String::new();
+        for (want, reply) in script {
+            let mut got = Vec::new();
+            for cmd in want {
+                loop {
+                    line.clear();
+                    assert!(r.read_line(&mut line).await.unwrap() > 0, "the client hung up");
+                    let l = line.trim_end().to_owned();
+                    let done = cmd != "." || l == ".";
+                    got.push(l);
+                    if done {
+                        break;
+                    }
+                }
+                let word = got.last().unwrap().split([' ', ':']).next().unwrap().to_ascii_uppercase();
+                assert_eq!(word, cmd.to_ascii_uppercase(), "read {got:?}");
+            }
+            ahead |= !r.buffer().is_empty();
+            read.push(got);
+            let reply = if reply == "EHLO" { ehlo } else { reply };
+            w.write_all(reply.as_bytes()).await.unwrap();
+        }
+        (read, ahead)
     }
 
     fn pool(port: u16, pipelining: bool) -> SmtpPool {
@@ -465,15 +519,19 @@ mod tests {
 
     type Script = Vec<(Vec<&'static str>, &'static str)>;
 
-    /// After `hello`, one transaction the relay answers command by command;
-    /// the client must send each only after the previous reply.
-    async fn one_at_a_time(offer: bool, mut hello: Script, pipelining: bool) {
-        hello.extend([
+    fn plain_transaction() -> Script {
+        vec![
             (vec!["MAIL"], "250 ok\r\n"),
             (vec!["RCPT"], "250 ok\r\n"),
             (vec!["DATA"], "354 go\r\n"),
             (vec!["."], "250 2.0.0 queued\r\n"),
-        ]);
+        ]
+    }
+
+    /// After `hello`, one transaction the relay answers command by command;
+    /// the client must send each only after the previous reply.
+    async fn one_at_a_time(offer: bool, mut hello: Script, pipelining: bool) {
+        hello.extend(plain_transaction());
         let (port, relay) = scripted(offer, hello).await;
         assert_eq!(send(&pool(port, pipelining)).await.unwrap().text, "queued");
         let (_, ahead) = relay.await.unwrap();
@@ -586,5 +644,28 @@ mod tests {
         assert!(matches!(r, Err(DeliveryError::Protocol { phase: Phase::Data, .. })), "{r:?}");
         assert!(!committed.load(std::sync::atomic::Ordering::SeqCst), "the commit point ran");
         relay.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_relay_that_drops_pipelined_commands_is_sent_one_at_a_time_afterwards() {
+        // First connection: the relay answers MAIL, ignores what came with
+        // it, and hangs up. Second: no second EHLO, one command at a time.
+        let first: Script =
+            vec![(vec!["EHLO"], "EHLO"), (vec!["EHLO"], "EHLO"), (vec!["MAIL"], "250 ok\r\n")];
+        let mut second: Script = vec![(vec!["EHLO"], "EHLO")];
+        second.extend(plain_transaction());
+        let (port, relay) = scripted_sessions(true, vec![first, second]).await;
+        let pool = pool(port, true);
+        match send(&pool).await {
+            // lettre reads the hang-up as an incomplete reply.
+            Err(
+                DeliveryError::Io { phase: Phase::RcptTo, .. }
+                | DeliveryError::Protocol { phase: Phase::RcptTo, .. },
+            ) => {}
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(send(&pool).await.unwrap().text, "queued");
+        let sessions = relay.await.unwrap();
+        assert!(!sessions[1].1, "the second connection pipelined again");
     }
 }
