@@ -135,8 +135,10 @@ impl Pipeline {
     ) -> Step<Claim> {
         let tag = self.new_return_tag();
         let tag = tag.as_ref().map(ReturnTag::as_str);
-        let req = ClaimRequest::new(job, recipient, tag);
-        durably("claim", shutdown, || async { Ok(self.ledger.claim(req.clone()).await?) }).await
+        durably("claim", shutdown, || async {
+            Ok(self.ledger.claim(ClaimRequest::new(job, recipient, tag)).await?)
+        })
+        .await
     }
 
     /// What the operator allows `tenant`, or `None` if it is not

@@ -113,10 +113,10 @@ impl Pipeline {
         shutdown: &CancellationToken,
     ) -> Step<Outcome> {
         let (tenant, id) = (job.tenant_id.as_str(), job.job_id.as_str());
-        let record = OutcomeRecord::new(tenant, id, status, last_reply, event.clone());
-        let recorded =
-            durably("record_outcome", shutdown, || async { Ok(self.ledger.finish(record.clone()).await?) })
-                .await?;
+        let recorded = durably("record_outcome", shutdown, || async {
+            Ok(self.ledger.finish(OutcomeRecord::new(tenant, id, status, last_reply, event.clone())).await?)
+        })
+        .await?;
         if !recorded {
             // Another attempt recorded the job's outcome first: that one
             // stands, and is what this record answers with.
