@@ -30,7 +30,9 @@ eval "$(scripts/services.sh env)"
 # does not say whose rows it reads none (docs/security.md, "The database").
 platform_psql() { PGOPTIONS="-c mailpipe.scope=platform" psql -tA "$1" -c "$2"; }
 cargo build --release -p mailpipe -q
-BIN=$CARGO_TARGET_DIR/release/mailpipe
+# MAILPIPE_BIN: another build of the worker, for an A/B of two builds run
+# alternately (the SMTP and signing ceilings are measured either way).
+BIN=${MAILPIPE_BIN:-$CARGO_TARGET_DIR/release/mailpipe}
 work=$(mktemp -d /var/tmp/mailpipe-send.XXXX)
 sink_pid=""
 worker_pid=""
