@@ -49,6 +49,15 @@ fn compose(c: &mut Criterion) {
     g.bench_function("render_rewrite_10kb_5_links", |b| {
         b.iter(|| composer.render(black_box(&job), None, now))
     });
+    // The same with a text part of its own: what deriving one costs.
+    let mut with_text = job.clone();
+    if let mailpipe_core::Content::Inline { text, .. } = &mut with_text.content {
+        *text =
+            Some("Hello {{ first_name }}, our spring range is here: https://shop.example.com/spring".into());
+    }
+    g.bench_function("render_rewrite_10kb_5_links_given_text", |b| {
+        b.iter(|| composer.render(black_box(&with_text), None, now))
+    });
     let rendered = composer.render(&job, None, now).expect("renders");
     g.bench_function("mime_build_10kb", |b| {
         b.iter(|| composer.build(black_box(&job), black_box(&rendered), now))

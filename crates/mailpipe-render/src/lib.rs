@@ -31,7 +31,7 @@ pub mod fuzzing {
             &mut sign,
         );
         let _ = crate::links::rewrite_text(html, "https://t.example/", &mut sign);
-        let _ = crate::links::html_to_text(html);
+        let _ = crate::text::html_to_text(html);
     }
 }
 
@@ -39,6 +39,7 @@ mod qp;
 pub mod sandbox;
 pub mod settings;
 pub mod template;
+mod text;
 
 use std::sync::Arc;
 

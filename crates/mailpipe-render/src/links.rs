@@ -1,17 +1,16 @@
 //! Link tracking with lol_html: a streaming rewriter, so a 10 KB body costs
-//! one pass and no DOM. The same pass derives the text part when the job
-//! has none, from the links as rewritten.
+//! one pass and no DOM. The text part, when the job has none, is derived
+//! from the rewritten HTML afterwards ([`crate::text`]).
 
 use std::borrow::Cow;
 use std::cell::{Cell, RefCell};
-use std::rc::Rc;
 
 use lol_html::html_content::{ContentType, Element, EndTag};
 use std::sync::LazyLock;
 
 use lol_html::{
-    DocumentContentHandlers, ElementContentHandlers, EndTagHandler, HandlerResult, RewriteStrSettings,
-    Selector, doc_comments, doc_text, rewrite_str,
+    ElementContentHandlers, EndTagHandler, HandlerResult, RewriteStrSettings, Selector, doc_comments,
+    rewrite_str,
 };
 
 /// The selectors of every pass, parsed once per process rather than once
@@ -29,10 +28,6 @@ selector!(HREF, "[href]");
 // element, about a tenth of the pass.
 selector!(CLICKABLE, "a[href], area[href]");
 selector!(BODY, "body");
-selector!(HIDDEN, "head, style, script, title");
-selector!(BR, "br");
-selector!(BLOCK, "p, div, tr, li, h1, h2, h3, h4, h5, h6, table, ul, ol, blockquote");
-selector!(LINK, "a[href]");
 
 /// A handler for the elements `selector` matches.
 fn on<'h>(
@@ -48,7 +43,7 @@ use crate::RenderError;
 pub(crate) struct RewrittenHtml {
     pub html: String,
     pub rewritten: usize,
-    /// The body as plain text, when asked for ([`html_to_text`]'s rules).
+    /// The body as plain text, when asked for ([`crate::text`]'s rules).
     pub text: Option<String>,
 }
 
@@ -158,8 +153,7 @@ pub(crate) fn rewrite_html(
             r#"<a href="{hp}" {HONEYPOT_ATTR} aria-hidden="true" tabindex="-1" style="display:none;font-size:0;color:transparent"></a>"#
         ));
     }
-    let text = TextSink::default();
-    let mut elements = vec![
+    let elements = vec![
         // First: the text handlers below read the href as rewritten.
         on(&CLICKABLE, |el| {
             links.rewrite(el);
@@ -178,7 +172,7 @@ pub(crate) fn rewrite_html(
             Ok(())
         }),
     ];
-    let mut documents = vec![doc_comments!(|c| {
+    let documents = vec![doc_comments!(|c| {
         // Only conditional comments carry markup that clients render.
         if c.text().trim_start().starts_with("[if")
             && let Some(new) = links.rewrite_fragment(&c.text())
@@ -188,11 +182,6 @@ pub(crate) fn rewrite_html(
         }
         Ok(())
     })];
-    if derive_text {
-        let (e, d) = text.handlers();
-        elements.extend(e);
-        documents.push(d);
-    }
     let mut out = rewrite_str(
         html,
         RewriteStrSettings {
@@ -205,10 +194,12 @@ pub(crate) fn rewrite_html(
     if let Some(e) = links.failure.into_inner() {
         return Err(e.into());
     }
+    // The pixel and the honeypot, added below, have no text.
+    let text = derive_text.then(|| crate::text::html_to_text(&out));
     if !saw_body.get() {
         out.push_str(&pixel);
     }
-    Ok(RewrittenHtml { html: out, rewritten: links.count.get(), text: derive_text.then(|| text.finish()) })
+    Ok(RewrittenHtml { html: out, rewritten: links.count.get(), text })
 }
 
 /// Rewrites bare http(s) URLs in a text part. Returns the text and the count.
@@ -249,118 +240,11 @@ fn find_url_start(s: &str) -> Option<usize> {
     }
 }
 
-/// A plain-text rendering of an HTML body, for messages without a text part:
-/// block elements become line breaks, links keep their (tracked) URL, and
-/// head, style and script content is dropped.
-#[cfg_attr(not(any(test, feature = "fuzzing")), allow(dead_code))]
-pub(crate) fn html_to_text(html: &str) -> Result<String, RenderError> {
-    let text = TextSink::default();
-    let (elements, document) = text.handlers();
-    rewrite_str(
-        html,
-        RewriteStrSettings {
-            element_content_handlers: elements,
-            document_content_handlers: vec![document],
-            ..RewriteStrSettings::new()
-        },
-    )
-    .map_err(|e| RenderError::Html(e.to_string()))?;
-    Ok(text.finish())
-}
-
 type ElementHandler<'h> = (Cow<'static, Selector>, ElementContentHandlers<'h>);
-
-/// The text of a body as a rewriter streams it. End-tag handlers must be
-/// 'static, hence `Rc` rather than borrows.
-#[derive(Default)]
-struct TextSink {
-    buf: Rc<RefCell<String>>,
-    /// Inside head, style, script or title: no text.
-    skip: Rc<Cell<usize>>,
-}
-
-impl TextSink {
-    fn handlers<'h>(&self) -> (Vec<ElementHandler<'h>>, DocumentContentHandlers<'h>) {
-        fn push_break(s: &mut String) {
-            let trimmed = s.trim_end_matches([' ', '\t']).len();
-            s.truncate(trimmed);
-            if !s.is_empty() && !s.ends_with("\n\n") {
-                s.push_str(if s.ends_with('\n') { "\n" } else { "\n\n" });
-            }
-        }
-        let (buf, skip) = (Rc::clone(&self.buf), Rc::clone(&self.skip));
-        let (buf2, buf3, buf4, skip2) = (Rc::clone(&buf), Rc::clone(&buf), Rc::clone(&buf), Rc::clone(&skip));
-        let elements = vec![
-            on(&HIDDEN, move |el| {
-                skip.set(skip.get() + 1);
-                let skip = Rc::clone(&skip);
-                if let Some(h) = el.end_tag_handlers() {
-                    let hd: EndTagHandler<'static> = Box::new(move |_: &mut EndTag<'_>| {
-                        skip.set(skip.get().saturating_sub(1));
-                        Ok(())
-                    });
-                    h.push(hd);
-                }
-                Ok(())
-            }),
-            on(&BR, move |_| {
-                buf.borrow_mut().push('\n');
-                Ok(())
-            }),
-            on(&BLOCK, move |el| {
-                push_break(&mut buf2.borrow_mut());
-                let buf = Rc::clone(&buf2);
-                if let Some(h) = el.end_tag_handlers() {
-                    let hd: EndTagHandler<'static> = Box::new(move |_: &mut EndTag<'_>| {
-                        push_break(&mut buf.borrow_mut());
-                        Ok(())
-                    });
-                    h.push(hd);
-                }
-                Ok(())
-            }),
-            on(&LINK, move |el| {
-                let href = el.get_attribute("href").unwrap_or_default();
-                let hidden = el.has_attribute(HONEYPOT_ATTR);
-                if !hidden && (href.starts_with("http://") || href.starts_with("https://")) {
-                    let buf = Rc::clone(&buf3);
-                    if let Some(h) = el.end_tag_handlers() {
-                        let hd: EndTagHandler<'static> = Box::new(move |_: &mut EndTag<'_>| {
-                            let mut b = buf.borrow_mut();
-                            b.push_str(" (");
-                            b.push_str(&href);
-                            b.push(')');
-                            Ok(())
-                        });
-                        h.push(hd);
-                    }
-                }
-                Ok(())
-            }),
-        ];
-        let document = doc_text!(move |t| {
-            if skip2.get() > 0 {
-                return Ok(());
-            }
-            push_words(&mut buf4.borrow_mut(), t.as_str());
-            Ok(())
-        });
-        (elements, document)
-    }
-
-    fn finish(&self) -> String {
-        let text = self.buf.borrow();
-        let trimmed = text.trim();
-        let mut out = String::with_capacity(trimmed.len() + 1);
-        out.push_str(trimmed);
-        out.push('\n');
-        out
-    }
-}
 
 /// Appends the words of a text chunk to `b`, whitespace collapsed to one
 /// space (none after a line break), character references decoded.
-fn push_words(b: &mut String, chunk: &str) {
+pub(crate) fn push_words(b: &mut String, chunk: &str) {
     if chunk.is_ascii() && !chunk.contains('&') {
         // Most chunks are words and single spaces: copied as they are.
         let bytes = chunk.as_bytes();
@@ -594,11 +478,11 @@ mod tests {
         );
     }
 
-    /// The text derived in the rewriting pass is the text of the rewritten
-    /// HTML, as a second pass over it would make: tracked URLs, no honeypot,
-    /// nothing from conditional comments, head or scripts.
+    /// The derived text is what lol_html's handlers made of the rewritten
+    /// HTML: tracked URLs, no honeypot or pixel, nothing from conditional
+    /// comments, head or scripts.
     #[test]
-    fn one_pass_text_matches_the_text_of_the_rewritten_html() {
+    fn derived_text_matches_the_text_of_the_rewritten_html() {
         let html = r#"<html><head><title>T</title><style>p{color:red}</style></head><body>
             <h1>Spring&nbsp;sale</h1><p>Dear Jane, <b>new</b> arrivals &amp; more.</p>
             <!--[if mso]><a href="https://shop.example/outlook">Outlook</a><![endif]-->
@@ -616,7 +500,7 @@ mod tests {
                 &mut fake_sign,
             )
             .unwrap();
-            let two = html_to_text(&one.html).unwrap();
+            let two = crate::text::oracle::html_to_text(&one.html).unwrap();
             assert_eq!(one.text.as_deref(), Some(two.as_str()), "{body}");
         }
         let one = rewrite_html(html, PREFIX, "o", None, true, &mut fake_sign).unwrap();
@@ -684,14 +568,5 @@ mod tests {
             let len = next() % 12;
             (0..len).map(|_| PIECES[(next() % PIECES.len() as u64) as usize]).collect()
         })
-    }
-
-    #[test]
-    fn html_to_text_keeps_words_breaks_and_links() {
-        let html = r#"<html><head><title>T</title><style>p{color:red}</style></head><body>
-            <h1>Hello&nbsp;Jane</h1><p>Our <b>spring</b> sale &amp; more.</p>
-            <p><a href="https://t.example/c/x">Shop now</a></p><script>alert(1)</script></body></html>"#;
-        let t = html_to_text(html).unwrap();
-        assert_eq!(t, "Hello Jane\n\nOur spring sale & more.\n\nShop now (https://t.example/c/x)\n");
     }
 }
