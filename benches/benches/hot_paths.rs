@@ -110,6 +110,44 @@ fn dkim(c: &mut Criterion) {
     g.finish();
 }
 
+/// One RSA-2048 PKCS#1 v1.5 SHA-256 signature over about what a DKIM
+/// signature covers (the signed headers and the body hash), by each
+/// backend on this machine, the key from the DKIM fixture. mail-auth signs
+/// with aws-lc-rs; scripts/bench/signing.sh sets these against
+/// `openssl speed rsa2048` in the same run.
+fn rsa_backends(c: &mut Criterion) {
+    use rsa::pkcs1::EncodeRsaPrivateKey;
+    use rsa::pkcs8::DecodePrivateKey;
+    use rsa::signature::Signer;
+    let pem = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../crates/mailpipe-render/tests/fixtures/rsa2048.pem"
+    ))
+    .expect("the RSA fixture key");
+    let key = rsa::RsaPrivateKey::from_pkcs8_pem(&pem).expect("a PKCS#8 RSA key");
+    let pkcs1 = key.to_pkcs1_der().expect("encodes");
+    let headers = vec![b'h'; 600];
+    let mut g = c.benchmark_group("rsa2048_backends");
+    g.throughput(Throughput::Elements(1));
+    let ring_key = ring::signature::RsaKeyPair::from_der(pkcs1.as_bytes()).expect("ring takes the key");
+    let ring_rng = ring::rand::SystemRandom::new();
+    let mut sig = vec![0; ring_key.public().modulus_len()];
+    g.bench_function("ring", |b| {
+        b.iter(|| ring_key.sign(&ring::signature::RSA_PKCS1_SHA256, &ring_rng, black_box(&headers), &mut sig))
+    });
+    let aws_key =
+        aws_lc_rs::signature::RsaKeyPair::from_der(pkcs1.as_bytes()).expect("aws-lc-rs takes the key");
+    let aws_rng = aws_lc_rs::rand::SystemRandom::new();
+    g.bench_function("aws_lc_rs", |b| {
+        b.iter(|| {
+            aws_key.sign(&aws_lc_rs::signature::RSA_PKCS1_SHA256, &aws_rng, black_box(&headers), &mut sig)
+        })
+    });
+    let rustcrypto = rsa::pkcs1v15::SigningKey::<sha2::Sha256>::new(key);
+    g.bench_function("rustcrypto_rsa", |b| b.iter(|| rustcrypto.sign(black_box(&headers))));
+    g.finish();
+}
+
 /// The suppression check with 10 million suppressed addresses: the in-memory
 /// filter answers misses (the common case) without a database round trip.
 fn suppression(c: &mut Criterion) {
@@ -173,5 +211,5 @@ fn tracker(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, tokens, compose, classifier, dkim, suppression, tracker);
+criterion_group!(benches, tokens, compose, classifier, dkim, rsa_backends, suppression, tracker);
 criterion_main!(benches);

@@ -4,8 +4,9 @@
 //! 1. [`template`]: minijinja renders subject, HTML and text with strict
 //!    undefined variables, HTML auto-escaping, and fuel and recursion limits.
 //! 2. [`links`]: lol_html rewrites every http(s) link to a signed click URL
-//!    (including links inside Outlook conditional comments), appends the open
-//!    pixel, and derives a text part when the job has none.
+//!    (including links inside Outlook conditional comments) and appends the
+//!    open pixel and honeypot; `text` derives a text part from the result
+//!    when the job has none.
 //! 3. [`mime`]: mail-builder writes the message with Message-ID, Date, the
 //!    correlation headers and, for marketing mail, RFC 8058 List-Unsubscribe.
 #![forbid(unsafe_code)]
