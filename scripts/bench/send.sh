@@ -2,7 +2,7 @@
 # End-to-end send throughput, against this machine's own ceilings, in one run:
 #   1. Postfix's smtp-source pushes N messages of the same size into a
 #      private smtp-sink over reused connections: the SMTP ceiling.
-#   2. One core signing with RSA-2048 (mail-auth), from the criterion bench:
+#   2. One core signing with RSA-2048 (mail-auth on aws-lc-rs), from the criterion bench:
 #      the DKIM ceiling.
 #   3. N jobs of ~10 KB personalised HTML with 5 links, over 5 domains, are
 #      produced to Kafka; the release worker renders, (optionally) signs and
