@@ -278,7 +278,12 @@ async fn transaction(
         strict(Phase::Data, step(Phase::Data, t, c.command(Data)).await)?;
     }
     before_content.await.map_err(DeliveryError::Abandoned)?;
-    let r = step(Phase::Message, cfg.data_timeout, c.message(msg)).await?;
+    // lettre's own content writer dot-stuffs byte by byte (a tenth of the
+    // worker's CPU in a profile); text goes as one write of our own.
+    let r = match std::str::from_utf8(msg) {
+        Ok(text) => step(Phase::Message, cfg.data_timeout, c.command(Content(text))).await?,
+        Err(_) => step(Phase::Message, cfg.data_timeout, c.message(msg)).await?,
+    };
     Ok(Reply::new(u16::from(r.code()), &r.message().collect::<Vec<_>>().join(" ")))
 }
 
@@ -362,6 +367,29 @@ impl std::fmt::Display for Raw {
     }
 }
 
+/// Message content as it goes after the 354, written as lettre's
+/// `message` writes it: a '.' that starts the content or follows CRLF is
+/// doubled (RFC 5321 4.5.2), and CRLF "." CRLF ends it.
+struct Content<'a>(&'a str);
+
+impl std::fmt::Display for Content<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let text = self.0;
+        if text.starts_with('.') {
+            f.write_str(".")?;
+        }
+        let mut from = 0;
+        // "\r\n." cannot overlap itself, so every match is a line to stuff.
+        for at in memchr::memmem::find_iter(text.as_bytes(), b"\r\n.") {
+            f.write_str(&text[from..at + 3])?;
+            f.write_str(".")?;
+            from = at + 3;
+        }
+        f.write_str(&text[from..])?;
+        f.write_str("\r\n.\r\n")
+    }
+}
+
 /// Whether an EHLO reply's lines (after the first, the server's name)
 /// offer PIPELINING.
 fn offers_pipelining<'a>(mut lines: impl Iterator<Item = &'a str>) -> bool {
@@ -406,6 +434,59 @@ mod tests {
 
     use super::{SmtpPool, offers_pipelining};
     use crate::{DeliveryError, Envelope, Phase, SmtpSettings, TlsMode, Transport, TransportKind};
+
+    /// lettre's content writer (its `ClientCodec`, private to it), as a
+    /// state machine over bytes, then its terminator.
+    fn lettre_content(msg: &[u8]) -> Vec<u8> {
+        #[derive(Clone, Copy)]
+        enum At {
+            Middle,
+            Cr,
+            LineStart,
+        }
+        let (mut out, mut at) = (Vec::new(), At::LineStart);
+        for &b in msg {
+            out.push(b);
+            at = match (b, at) {
+                (b'\r', _) => At::Cr,
+                (b'\n', At::Cr) => At::LineStart,
+                (b'.', At::LineStart) => {
+                    out.push(b'.');
+                    At::Middle
+                }
+                (_, At::Cr | At::LineStart) => At::Middle,
+                (_, At::Middle) => At::Middle,
+            };
+        }
+        out.extend_from_slice(b"\r\n.\r\n");
+        out
+    }
+
+    /// Our single-write content says byte for byte what lettre's writer
+    /// says, on lines that start with dots, bare LFs, CRs before CRLF.
+    #[test]
+    fn content_is_dot_stuffed_as_lettre_stuffs_it() {
+        const PIECES: [&str; 9] = ["a", ".", "..", "\r\n", "\n", "\r", "\u{e9}", "line", "\r\n."];
+        let mut state = 0x5851_f42d_4c95_7f2d_u64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let fixed = [".", "", ".start\r\n", "a\r\n.b\r\n..c\r\n", "a\r\r\n.b", "a\n.b", "x\r\n.\r\n"];
+        let generated = (0..5000).map(|_| {
+            let len = next() % 16;
+            (0..len).map(|_| PIECES[(next() % PIECES.len() as u64) as usize]).collect::<String>()
+        });
+        for msg in fixed.into_iter().map(String::from).chain(generated) {
+            assert_eq!(
+                super::Content(&msg).to_string().into_bytes(),
+                lettre_content(msg.as_bytes()),
+                "{msg:?}"
+            );
+        }
+    }
 
     #[test]
     fn pipelining_is_read_from_the_keywords_not_the_greeting() {
