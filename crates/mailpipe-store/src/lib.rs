@@ -87,10 +87,6 @@ pub enum StoreError {
     Batch(String),
     #[error("the ledger writer has stopped")]
     WriterGone,
-    /// The database did not answer in time: the write may or may not have
-    /// happened, as after a lost connection.
-    #[error("the database did not answer within {0:?}")]
-    TimedOut(std::time::Duration),
     #[error("cannot create the SQLite directory {0}")]
     Directory(std::path::PathBuf, #[source] std::io::Error),
 }

@@ -37,18 +37,11 @@ pub struct BatchSettings {
     /// arrives while a batch is being written from waiting for it: what the
     /// `sending` mark, which an SMTP connection waits for, needs.
     pub in_flight: usize,
-    /// The longest a batch's write, and a caller's wait for its answer, may
-    /// take. Past it the caller gets [`StoreError::TimedOut`] and the write
-    /// is dropped (it may still have committed, as after a lost connection).
-    /// A database that hangs rather than fails (a lock held, a network that
-    /// drops packets) then costs each job this long, not the whole worker
-    /// for as long as it hangs.
-    pub timeout: Duration,
 }
 
 impl Default for BatchSettings {
     fn default() -> Self {
-        Self { max_rows: 256, linger: Duration::ZERO, in_flight: 1, timeout: Duration::from_secs(30) }
+        Self { max_rows: 256, linger: Duration::ZERO, in_flight: 1 }
     }
 }
 
@@ -166,7 +159,6 @@ type Request<Req, Resp> = (Req, oneshot::Sender<Result<Resp>>);
 struct Lane<Req, Resp> {
     tx: mpsc::Sender<Request<Req, Resp>>,
     counts: Arc<Counts>,
-    timeout: Duration,
 }
 
 impl<Req: Send + Sync + 'static, Resp: Send + 'static> Lane<Req, Resp> {
@@ -177,7 +169,7 @@ impl<Req: Send + Sync + 'static, Resp: Send + 'static> Lane<Req, Resp> {
         let (tx, rx) = mpsc::channel(max * 4);
         let counts = Arc::new(Counts::default());
         tokio::spawn(run::<O>(store, rx, settings, counts.clone()));
-        Self { tx, counts, timeout: settings.timeout }
+        Self { tx, counts }
     }
 
     fn stats(&self) -> BatchStats {
@@ -188,16 +180,10 @@ impl<Req: Send + Sync + 'static, Resp: Send + 'static> Lane<Req, Resp> {
         }
     }
 
-    /// Queues `req` and waits for its batch's answer, at most `timeout`
-    /// in all (behind a batch that hangs, a caller would otherwise wait for
-    /// that batch's timeout and then its own).
     async fn call(&self, req: Req) -> Result<Resp> {
         let (reply, answer) = oneshot::channel();
-        let asked = async {
-            self.tx.send((req, reply)).await.map_err(|_| StoreError::WriterGone)?;
-            answer.await.map_err(|_| StoreError::WriterGone)?
-        };
-        tokio::time::timeout(self.timeout, asked).await.map_err(|_| StoreError::TimedOut(self.timeout))?
+        self.tx.send((req, reply)).await.map_err(|_| StoreError::WriterGone)?;
+        answer.await.map_err(|_| StoreError::WriterGone)?
     }
 }
 
@@ -232,35 +218,21 @@ async fn run<O: Op>(
             }
         }
         let (store, counts) = (store.clone(), counts.clone());
-        let timeout = settings.timeout;
         tokio::spawn(async move {
-            write::<O>(&store, batch, &counts, timeout).await;
+            write::<O>(&store, batch, &counts).await;
             drop(permit);
         });
     }
 }
 
 /// Writes one batch and answers its callers.
-async fn write<O: Op>(
-    store: &Store,
-    batch: Vec<Request<O::Req, O::Resp>>,
-    counts: &Counts,
-    timeout: Duration,
-) {
-    // A write that outlives `timeout` is dropped, which frees the lane for
-    // the batches behind it; its connection is not reused mid-statement.
-    let bounded = |reqs| async move {
-        tokio::time::timeout(timeout, O::write(store, reqs)).await.unwrap_or_else(|_| {
-            metrics::counter!("mailpipe_ledger_batch_timeouts_total", "op" => O::NAME).increment(1);
-            Err(StoreError::TimedOut(timeout))
-        })
-    };
+async fn write<O: Op>(store: &Store, batch: Vec<Request<O::Req, O::Resp>>, counts: &Counts) {
     let (reqs, replies): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
     metrics::histogram!("mailpipe_ledger_batch_rows", "op" => O::NAME).record(reqs.len() as f64);
     counts.batches.fetch_add(1, Ordering::Relaxed);
     counts.rows.fetch_add(reqs.len() as u64, Ordering::Relaxed);
     let started = std::time::Instant::now();
-    let written = bounded(&reqs).await;
+    let written = O::write(store, &reqs).await;
     metrics::histogram!("mailpipe_ledger_batch_seconds", "op" => O::NAME)
         .record(started.elapsed().as_secs_f64());
     match written {
@@ -283,7 +255,7 @@ async fn write<O: Op>(
             let mid = reqs.len() / 2;
             let mut parts = vec![(mid, reqs.len()), (0, mid)];
             while let Some((a, b)) = parts.pop() {
-                match bounded(&reqs[a..b]).await {
+                match O::write(store, &reqs[a..b]).await {
                     Ok(resps) => (a..b).zip(resps).for_each(|(i, r)| answer(i, Ok(r))),
                     Err(e) if b - a > 1 && e.is_statement_error() => {
                         let m = (a + b) / 2;

@@ -66,10 +66,6 @@ pub struct WorkerSettings {
     pub ledger_linger_us: u64,
     /// Ledger batches of one kind written at once.
     pub ledger_batches_in_flight: usize,
-    /// The longest a ledger write, and a job's wait for it, may take: the
-    /// `sending` mark an SMTP transaction waits for after the 354 included.
-    #[serde(rename = "ledger_timeout_ms", deserialize_with = "millis")]
-    pub ledger_timeout: Duration,
 }
 
 impl WorkerSettings {
@@ -84,7 +80,6 @@ impl WorkerSettings {
             max_rows: self.ledger_batch_max.max(1),
             linger: Duration::from_micros(self.ledger_linger_us),
             in_flight: self.ledger_batches_in_flight.max(1),
-            timeout: self.ledger_timeout.max(Duration::from_millis(1)),
         }
     }
 }
