@@ -128,8 +128,8 @@ pub(crate) const HONEYPOT_ATTR: &str = "data-mailpipe-honeypot";
 /// before `</body>` (or at the end when there is no body element), followed
 /// by `honeypot_url` (already tracked) as a link no person can see or reach:
 /// only a machine that fetches every link follows it. With `derive_text`,
-/// the same pass writes the body as plain text, its links as rewritten
-/// (the honeypot and pixel, inserted, are not in it).
+/// the body as plain text is derived from the result ([`crate::text`]),
+/// its links as rewritten (the honeypot and pixel have no text).
 pub(crate) fn rewrite_html(
     html: &str,
     tracker_prefix: &str,
@@ -154,7 +154,6 @@ pub(crate) fn rewrite_html(
         ));
     }
     let elements = vec![
-        // First: the text handlers below read the href as rewritten.
         on(&CLICKABLE, |el| {
             links.rewrite(el);
             Ok(())
@@ -500,7 +499,7 @@ mod tests {
                 &mut fake_sign,
             )
             .unwrap();
-            let two = crate::text::oracle::html_to_text(&one.html).unwrap();
+            let two = crate::text::exact::html_to_text(&one.html).unwrap();
             assert_eq!(one.text.as_deref(), Some(two.as_str()), "{body}");
         }
         let one = rewrite_html(html, PREFIX, "o", None, true, &mut fake_sign).unwrap();
