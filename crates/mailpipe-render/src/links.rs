@@ -1,6 +1,6 @@
 //! Link tracking with lol_html: a streaming rewriter, so a 10 KB body costs
 //! one pass and no DOM. The text part, when the job has none, is derived
-//! from the rewritten HTML afterwards ([`crate::text`]).
+//! from the rewritten HTML afterwards (`text.rs`).
 
 use std::borrow::Cow;
 use std::cell::{Cell, RefCell};
@@ -43,7 +43,7 @@ use crate::RenderError;
 pub(crate) struct RewrittenHtml {
     pub html: String,
     pub rewritten: usize,
-    /// The body as plain text, when asked for ([`crate::text`]'s rules).
+    /// The body as plain text, when asked for (`text.rs`'s rules).
     pub text: Option<String>,
 }
 
@@ -128,7 +128,7 @@ pub(crate) const HONEYPOT_ATTR: &str = "data-mailpipe-honeypot";
 /// before `</body>` (or at the end when there is no body element), followed
 /// by `honeypot_url` (already tracked) as a link no person can see or reach:
 /// only a machine that fetches every link follows it. With `derive_text`,
-/// the body as plain text is derived from the result ([`crate::text`]),
+/// the body as plain text is derived from the result (`text.rs`),
 /// its links as rewritten (the honeypot and pixel have no text).
 pub(crate) fn rewrite_html(
     html: &str,
