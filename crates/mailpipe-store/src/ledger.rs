@@ -669,18 +669,70 @@ impl Store {
         payload: &[u8],
         event: Option<&Event>,
     ) -> Result<()> {
+        self.defer_if(tenant, job_id, shard, attempts, last_reply, due_at_ms, payload, event, None).await?;
+        Ok(())
+    }
+
+    /// [`Store::defer`] for a delivery attempt, fenced: only while the row
+    /// is as the attempt left it, `expect` = (status, attempts): as its
+    /// claim read it if its `sending` mark did not apply (or its fate is
+    /// unknown), `sending` with the attempt's number if it did. Returns
+    /// whether it applied; if not, another attempt of the job has moved the
+    /// row on (marked it, sent it, recorded its outcome), and a deferral
+    /// would put a job that attempt may have sent back on the schedule.
+    /// Writing the same deferral again (same attempts and due time) applies,
+    /// so that a retry after a lost answer is not taken for another attempt.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn defer_attempt(
+        &self,
+        tenant: &str,
+        job_id: &str,
+        shard: i32,
+        attempts: u32,
+        last_reply: Option<&str>,
+        due_at_ms: i64,
+        payload: &[u8],
+        event: Option<&Event>,
+        expect: (LedgerStatus, i32),
+    ) -> Result<bool> {
+        self.defer_if(tenant, job_id, shard, attempts, last_reply, due_at_ms, payload, event, Some(expect))
+            .await
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn defer_if(
+        &self,
+        tenant: &str,
+        job_id: &str,
+        shard: i32,
+        attempts: u32,
+        last_reply: Option<&str>,
+        due_at_ms: i64,
+        payload: &[u8],
+        event: Option<&Event>,
+        expect: Option<(LedgerStatus, i32)>,
+    ) -> Result<bool> {
         let update = "UPDATE send_ledger SET status = 'deferred', attempts = $3, last_reply = COALESCE($4, last_reply), next_attempt_at = $5, payload = $6, updated_at = $7, shard = $8
-                      WHERE tenant_id = $1 AND job_id = $2";
+                      WHERE tenant_id = $1 AND job_id = $2
+                        AND ($9 OR (status = $10 AND attempts = $11)
+                             -- this deferral, already written: a retry after its commit's answer was lost
+                             OR (status = 'deferred' AND attempts = $3 AND next_attempt_at = $5))";
+        let (unfenced, status, at) = match expect {
+            None => (true, "", 0),
+            Some((status, at)) => (false, status.as_str(), at),
+        };
         let ev = event.map(|e| (e, String::from_utf8(e.to_json()).unwrap_or_default()));
+        let applied;
         in_tx!(self, tx => {
-            sqlx::query(update)
+            applied = sqlx::query(update)
                 .bind(tenant).bind(job_id).bind(attempts as i32).bind(last_reply).bind(due_at_ms).bind(payload).bind(now_ms()).bind(shard)
-                .execute(&mut *tx).await?;
-            if let Some((e, p)) = &ev {
+                .bind(unfenced).bind(status).bind(at)
+                .execute(&mut *tx).await?.rows_affected() > 0;
+            if let (true, Some((e, p))) = (applied, &ev) {
                 insert_event_q(e, p).execute(&mut *tx).await?;
             }
         });
-        Ok(())
+        Ok(applied)
     }
 
     /// Takes up to `limit` jobs whose retry is due at `now_ms`, leasing each

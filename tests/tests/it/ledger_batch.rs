@@ -170,3 +170,65 @@ async fn two_writers_claiming_the_same_jobs_see_one_row_each() {
         assert_eq!((a.status, a.attempts), (LedgerStatus::Pending, 0));
     }
 }
+
+/// Two attempts of one job after a rebalance: A's delivery fails before
+/// its commit point (a 4xx to RCPT) while B marks, sends and records
+/// `sent`. A's deferral is fenced to the row as A's claim left it, so it
+/// neither undoes B's `sent` nor, landing between B's mark and B's outcome,
+/// turns B's `sending` into a scheduled retry: either would send the job
+/// twice. A deferral over the row as its own attempt left it applies, and
+/// writing it again (a retry after a lost answer) applies again.
+async fn fenced_deferral(store: &Store) {
+    let j = send_job(1);
+    let (tenant, id) = (j.tenant_id.as_str(), j.job_id.as_str());
+    let claim = |s: &Store| {
+        let (s, j) = (s.clone(), j.clone());
+        async move { s.claim_jobs(&[claim_req(&j)]).await.unwrap().remove(0) }
+    };
+    let (a, b) = (claim(store).await, claim(store).await);
+    assert_eq!((a.status, a.attempts), (LedgerStatus::Pending, 0));
+    let expect_a = (a.status, a.attempts);
+    let defer_a = |due: i64| {
+        let store = store.clone();
+        async move {
+            store
+                .defer_attempt(tenant, id, 0, 1, Some("451 later"), due, b"{}", None, expect_a)
+                .await
+                .unwrap()
+        }
+    };
+    // B marks: A's deferral would turn B's send into a retry.
+    assert!(store.mark_sending(tenant, id, "m", &b).await.unwrap());
+    assert!(!defer_a(1_000).await, "a deferral over another attempt's sending mark");
+    let status = |s: &Store| {
+        let s = s.clone();
+        async move { s.ledger_counts("acme", "c").await.unwrap() }
+    };
+    assert_eq!(status(store).await.get("sending"), Some(&1));
+    // B records `sent`: A's deferral leaves it.
+    let ev = Event::for_job(EventType::Sent, &j.tenant_id, &j.campaign_id, &j.job_id, "");
+    assert!(store.finish(tenant, id, LedgerStatus::Sent, Some("250 ok"), &ev).await.unwrap());
+    assert!(!defer_a(2_000).await, "a deferral over another attempt's outcome");
+    assert_eq!(status(store).await.get("sent"), Some(&1));
+
+    // A job of one attempt: its deferral applies, and applies again.
+    let k = send_job(2);
+    let c = store.claim_jobs(&[claim_req(&k)]).await.unwrap().remove(0);
+    assert!(store.mark_sending(k.tenant_id.as_str(), k.job_id.as_str(), "m2", &c).await.unwrap());
+    let own = (LedgerStatus::Sending, c.attempts + 1);
+    let defer_k =
+        || store.defer_attempt(k.tenant_id.as_str(), k.job_id.as_str(), 0, 1, None, 3_000, b"{}", None, own);
+    assert!(defer_k().await.unwrap(), "a deferral over the attempt's own mark");
+    assert!(defer_k().await.unwrap(), "the same deferral written again");
+    assert_eq!(status(store).await.get("deferred"), Some(&1));
+}
+
+#[tokio::test]
+async fn postgres_a_deferral_never_undoes_another_attempts_send() {
+    fenced_deferral(&fresh_store().await.store).await;
+}
+
+#[tokio::test]
+async fn sqlite_a_deferral_never_undoes_another_attempts_send() {
+    fenced_deferral(&fresh_sqlite_store().await.store).await;
+}

@@ -26,6 +26,11 @@ pub(super) struct Attempt {
     /// Another attempt of the job (a second record of it) reached the
     /// commit point first: this one sent nothing and must record nothing.
     pub(super) superseded: bool,
+    /// This attempt's `sending` mark applied: the ledger row is
+    /// `sending` with this attempt's number, and no other attempt can have
+    /// marked it since. False when the attempt never reached the commit
+    /// point, or its mark's fate is unknown (the write failed).
+    pub(super) marked: bool,
 }
 
 /// Why a commit point refuses to let content go out.
@@ -36,6 +41,7 @@ impl Pipeline {
         let envelope = Envelope { from: self.envelope_from(job, claim), to: job.to.email.clone() };
         let number = claim.attempts.max(0) as u32 + 1;
         let superseded = std::sync::atomic::AtomicBool::new(false);
+        let marked = std::sync::atomic::AtomicBool::new(false);
         let commit_point = Box::pin(async {
             let mark = SendingMark {
                 tenant_id: job.tenant_id.as_str().to_owned(),
@@ -45,7 +51,10 @@ impl Pipeline {
                 attempts: claim.attempts,
             };
             match self.ledger.mark_sending(mark).await {
-                Ok(true) => Ok(()),
+                Ok(true) => {
+                    marked.store(true, std::sync::atomic::Ordering::Relaxed);
+                    Ok(())
+                }
                 Ok(false) => {
                     superseded.store(true, std::sync::atomic::Ordering::Relaxed);
                     Err(SUPERSEDED.to_owned())
@@ -90,7 +99,8 @@ impl Pipeline {
             .map(ToString::to_string)
             .or_else(|| result.as_ref().err().map(|e| redact_addresses(&e.to_string()).into_owned()));
         let superseded = superseded.load(std::sync::atomic::Ordering::Relaxed);
-        Attempt { number, disposition, reply, last, superseded }
+        let marked = marked.load(std::sync::atomic::Ordering::Relaxed);
+        Attempt { number, disposition, reply, last, superseded, marked }
     }
 }
 

@@ -41,14 +41,14 @@ impl Pipeline {
             && streams.is_paused(&job.tenant_id, job.from.email.domain(), group.as_deref())
         {
             metrics::counter!("mailpipe_jobs_held_total", "why" => "stream_paused").increment(1);
-            return ended(self.park(rec, job, claim.attempts.max(0) as u32, *recheck, shutdown).await?);
+            return ended(self.park(rec, job, claim, *recheck, shutdown).await?);
         }
         let Some(t) = &self.throttle else { return ControlFlow::Continue(()) };
         let key = t.key_for(domain, group.as_deref());
         while let Err(wait) = t.check(key) {
             let delay = self.reserve_slot(t.key(key), t.interval(key), wait);
             if delay > self.cfg.park_after {
-                return ended(self.park(rec, job, claim.attempts.max(0) as u32, delay, shutdown).await?);
+                return ended(self.park(rec, job, claim, delay, shutdown).await?);
             }
             metrics::counter!("mailpipe_throttle_waits_total").increment(1);
             tokio::select! {
@@ -80,27 +80,33 @@ impl Pipeline {
         &self,
         rec: &Record<'_>,
         job: &SendJob,
-        attempts: u32,
+        claim: &Claim,
         delay: Duration,
         shutdown: &CancellationToken,
     ) -> Step<Outcome> {
         let due = now_ms() + delay.as_millis() as i64;
-        durably("park", shutdown, || async {
+        // Fenced to the row as the claim read it, as a deferral after an
+        // attempt is: another attempt may have sent the job meanwhile.
+        let parked = durably("park", shutdown, || async {
             Ok(self
                 .store
-                .defer(
+                .defer_attempt(
                     job.tenant_id.as_str(),
                     job.job_id.as_str(),
                     rec.shard,
-                    attempts,
+                    claim.attempts.max(0) as u32,
                     None,
                     due,
                     rec.payload,
                     None,
+                    (claim.status, claim.attempts),
                 )
                 .await?)
         })
         .await?;
+        if !parked {
+            return self.after_other_attempt(rec, job, shutdown).await;
+        }
         metrics::counter!("mailpipe_jobs_parked_total").increment(1);
         self.counters.parked.fetch_add(1, Ordering::Relaxed);
         ControlFlow::Continue(Outcome::Parked)

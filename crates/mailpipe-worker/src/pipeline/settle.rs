@@ -82,9 +82,19 @@ impl Pipeline {
         }
         let due = now_ms() + delay.as_millis() as i64;
         let e = ev(EventType::Deferred, &attempt.number.to_string());
-        durably("record_deferral", shutdown, || async {
-            self.store
-                .defer(
+        // Only over the row as this attempt left it. Otherwise another
+        // attempt of the job (after a rebalance) has marked or sent it
+        // meanwhile, and a deferral would send it again: answer by that
+        // attempt's outcome instead, as a superseded attempt does.
+        let expect = if attempt.marked {
+            (LedgerStatus::Sending, claim.attempts + 1)
+        } else {
+            (claim.status, claim.attempts)
+        };
+        let deferred = durably("record_deferral", shutdown, || async {
+            let applied = self
+                .store
+                .defer_attempt(
                     job.tenant_id.as_str(),
                     job.job_id.as_str(),
                     rec.shard,
@@ -93,11 +103,18 @@ impl Pipeline {
                     due,
                     rec.payload,
                     Some(&e),
+                    expect,
                 )
                 .await?;
-            self.publish(std::slice::from_ref(&e)).await
+            if applied {
+                self.publish(std::slice::from_ref(&e)).await?;
+            }
+            Ok(applied)
         })
         .await?;
+        if !deferred {
+            return self.after_other_attempt(rec, job, shutdown).await;
+        }
         self.count(Outcome::Deferred, &self.provider(job.to.email.domain()));
         ControlFlow::Continue(Outcome::Deferred)
     }
