@@ -674,9 +674,11 @@ impl Store {
     }
 
     /// [`Store::defer`] for a delivery attempt, fenced: only while the row
-    /// is as the attempt left it, `expect` = (status, attempts): as its
-    /// claim read it if its `sending` mark did not apply (or its fate is
-    /// unknown), `sending` with the attempt's number if it did. Returns
+    /// is in one of the `expect`ed (status, attempts) states (at most two),
+    /// those the attempt may have left it in: as its claim read it if its
+    /// `sending` mark was never written, `sending` with the attempt's number
+    /// if it applied, either if the mark's write failed (it may have
+    /// committed). Returns
     /// whether it applied; if not, another attempt of the job has moved the
     /// row on (marked it, sent it, recorded its outcome), and a deferral
     /// would put a job that attempt may have sent back on the schedule.
@@ -693,7 +695,7 @@ impl Store {
         due_at_ms: i64,
         payload: &[u8],
         event: Option<&Event>,
-        expect: (LedgerStatus, i32),
+        expect: &[(LedgerStatus, i32)],
     ) -> Result<bool> {
         self.defer_if(tenant, job_id, shard, attempts, last_reply, due_at_ms, payload, event, Some(expect))
             .await
@@ -710,23 +712,25 @@ impl Store {
         due_at_ms: i64,
         payload: &[u8],
         event: Option<&Event>,
-        expect: Option<(LedgerStatus, i32)>,
+        expect: Option<&[(LedgerStatus, i32)]>,
     ) -> Result<bool> {
         let update = "UPDATE send_ledger SET status = 'deferred', attempts = $3, last_reply = COALESCE($4, last_reply), next_attempt_at = $5, payload = $6, updated_at = $7, shard = $8
                       WHERE tenant_id = $1 AND job_id = $2
-                        AND ($9 OR (status = $10 AND attempts = $11)
+                        AND ($9 OR (status = $10 AND attempts = $11) OR (status = $12 AND attempts = $13)
                              -- this deferral, already written: a retry after its commit's answer was lost
                              OR (status = 'deferred' AND attempts = $3 AND next_attempt_at = $5))";
-        let (unfenced, status, at) = match expect {
-            None => (true, "", 0),
-            Some((status, at)) => (false, status.as_str(), at),
+        // At most two states the row may be in; a missing second repeats the first.
+        let (unfenced, first, second) = match expect {
+            None | Some([]) => (true, ("", 0), ("", 0)),
+            Some([one]) => (false, (one.0.as_str(), one.1), (one.0.as_str(), one.1)),
+            Some([one, two, ..]) => (false, (one.0.as_str(), one.1), (two.0.as_str(), two.1)),
         };
         let ev = event.map(|e| (e, String::from_utf8(e.to_json()).unwrap_or_default()));
         let applied;
         in_tx!(self, tx => {
             applied = sqlx::query(update)
                 .bind(tenant).bind(job_id).bind(attempts as i32).bind(last_reply).bind(due_at_ms).bind(payload).bind(now_ms()).bind(shard)
-                .bind(unfenced).bind(status).bind(at)
+                .bind(unfenced).bind(first.0).bind(first.1).bind(second.0).bind(second.1)
                 .execute(&mut *tx).await?.rows_affected() > 0;
             if let (true, Some((e, p))) = (applied, &ev) {
                 insert_event_q(e, p).execute(&mut *tx).await?;

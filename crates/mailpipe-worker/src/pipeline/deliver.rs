@@ -26,11 +26,21 @@ pub(super) struct Attempt {
     /// Another attempt of the job (a second record of it) reached the
     /// commit point first: this one sent nothing and must record nothing.
     pub(super) superseded: bool,
-    /// This attempt's `sending` mark applied: the ledger row is
-    /// `sending` with this attempt's number, and no other attempt can have
-    /// marked it since. False when the attempt never reached the commit
-    /// point, or its mark's fate is unknown (the write failed).
-    pub(super) marked: bool,
+    /// What became of this attempt's `sending` mark.
+    pub(super) mark: Mark,
+}
+
+/// An attempt's `sending` mark, as far as the attempt knows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Mark {
+    /// Never written: the attempt did not reach the commit point.
+    NotWritten,
+    /// Applied: the row is `sending` with this attempt's number, and no
+    /// other attempt can have marked it since.
+    Applied,
+    /// The write failed: it may have committed all the same (an answer
+    /// lost with its connection).
+    Unknown,
 }
 
 /// Why a commit point refuses to let content go out.
@@ -41,7 +51,8 @@ impl Pipeline {
         let envelope = Envelope { from: self.envelope_from(job, claim), to: job.to.email.clone() };
         let number = claim.attempts.max(0) as u32 + 1;
         let superseded = std::sync::atomic::AtomicBool::new(false);
-        let marked = std::sync::atomic::AtomicBool::new(false);
+        // 0: not written, 1: applied, 2: unknown.
+        let mark_state = std::sync::atomic::AtomicU8::new(0);
         let commit_point = Box::pin(async {
             let mark = SendingMark {
                 tenant_id: job.tenant_id.as_str().to_owned(),
@@ -52,14 +63,17 @@ impl Pipeline {
             };
             match self.ledger.mark_sending(mark).await {
                 Ok(true) => {
-                    marked.store(true, std::sync::atomic::Ordering::Relaxed);
+                    mark_state.store(1, std::sync::atomic::Ordering::Relaxed);
                     Ok(())
                 }
                 Ok(false) => {
                     superseded.store(true, std::sync::atomic::Ordering::Relaxed);
                     Err(SUPERSEDED.to_owned())
                 }
-                Err(e) => Err(e.to_string()),
+                Err(e) => {
+                    mark_state.store(2, std::sync::atomic::Ordering::Relaxed);
+                    Err(e.to_string())
+                }
             }
         });
         let started = Instant::now();
@@ -99,8 +113,12 @@ impl Pipeline {
             .map(ToString::to_string)
             .or_else(|| result.as_ref().err().map(|e| redact_addresses(&e.to_string()).into_owned()));
         let superseded = superseded.load(std::sync::atomic::Ordering::Relaxed);
-        let marked = marked.load(std::sync::atomic::Ordering::Relaxed);
-        Attempt { number, disposition, reply, last, superseded, marked }
+        let mark = match mark_state.load(std::sync::atomic::Ordering::Relaxed) {
+            0 => Mark::NotWritten,
+            1 => Mark::Applied,
+            _ => Mark::Unknown,
+        };
+        Attempt { number, disposition, reply, last, superseded, mark }
     }
 }
 

@@ -13,7 +13,7 @@ use mailpipe_store::{Claim, DeadLetter, LedgerStatus, OutcomeRecord};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
-use super::deliver::Attempt;
+use super::deliver::{Attempt, Mark};
 use super::{EventOut, Outcome, Pipeline, Record, Step, durably};
 use crate::InDoubtPolicy;
 
@@ -86,13 +86,21 @@ impl Pipeline {
         // attempt of the job (after a rebalance) has marked or sent it
         // meanwhile, and a deferral would send it again: answer by that
         // attempt's outcome instead, as a superseded attempt does.
-        let expect = if attempt.marked {
-            (LedgerStatus::Sending, claim.attempts + 1)
-        } else {
-            (claim.status, claim.attempts)
+        // A mark whose write failed may have committed: then the row is
+        // `sending` by this attempt, or (rarer still: a rebalance at the same
+        // moment) by another from the same claim, which this cannot tell
+        // apart. Taking it for ours risks a duplicate only if that other
+        // attempt also dies before its outcome; taking it for another's
+        // would leave a job never sent in doubt (and, by default, `sent`).
+        let (claimed, own_mark) =
+            ((claim.status, claim.attempts), (LedgerStatus::Sending, claim.attempts + 1));
+        let expect: &[(LedgerStatus, i32)] = match attempt.mark {
+            Mark::NotWritten => &[claimed],
+            Mark::Applied => &[own_mark],
+            Mark::Unknown => &[claimed, own_mark],
         };
         let deferred = durably("record_deferral", shutdown, || async {
-            let applied = self
+            Ok(self
                 .store
                 .defer_attempt(
                     job.tenant_id.as_str(),
@@ -105,16 +113,15 @@ impl Pipeline {
                     Some(&e),
                     expect,
                 )
-                .await?;
-            if applied {
-                self.publish(std::slice::from_ref(&e)).await?;
-            }
-            Ok(applied)
+                .await?)
         })
         .await?;
         if !deferred {
             return self.after_other_attempt(rec, job, shutdown).await;
         }
+        // A step of its own: retrying the fenced write after a failed
+        // publish would find the row moved on by the retry schedule.
+        durably("publish_deferral", shutdown, || self.publish(std::slice::from_ref(&e))).await?;
         self.count(Outcome::Deferred, &self.provider(job.to.email.domain()));
         ControlFlow::Continue(Outcome::Deferred)
     }
