@@ -42,6 +42,29 @@ pub mod settings;
 pub mod template;
 mod text;
 
+/// Inputs the tests generate: strings of up to `max_pieces` pieces drawn
+/// from `pieces`, `count` of them, from a fixed seed (xorshift64), so that
+/// a failure names an input that fails again.
+#[cfg(test)]
+pub(crate) fn generated(
+    pieces: &'static [&'static str],
+    seed: u64,
+    count: usize,
+    max_pieces: u64,
+) -> impl Iterator<Item = String> {
+    let mut state = seed;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    (0..count).map(move |_| {
+        let len = next() % max_pieces;
+        (0..len).map(|_| pieces[(next() % pieces.len() as u64) as usize]).collect()
+    })
+}
+
 use std::sync::Arc;
 
 use mailpipe_core::{Category, Content, SendJob};

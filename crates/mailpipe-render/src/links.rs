@@ -556,16 +556,6 @@ mod tests {
     /// references and non-ASCII, from a fixed seed.
     fn generated_chunks() -> impl Iterator<Item = String> {
         const PIECES: [&str; 10] = ["a", "bc", " ", "  ", "\t", "\n", "\r\n", "&amp;", "&#10;", "\u{e9}"];
-        let mut state = 0x2545_f491_4f6c_dd1d_u64;
-        (0..2000).map(move |_| {
-            let mut next = || {
-                state ^= state << 13;
-                state ^= state >> 7;
-                state ^= state << 17;
-                state
-            };
-            let len = next() % 12;
-            (0..len).map(|_| PIECES[(next() % PIECES.len() as u64) as usize]).collect()
-        })
+        crate::generated(&PIECES, 0x2545_f491_4f6c_dd1d, 2000, 12)
     }
 }

@@ -161,16 +161,7 @@ mod tests {
     fn round_trips_generated_input() {
         const PIECES: [&str; 12] =
             ["a", "word ", "=", " ", "\t", "\n", "\r\n", "\u{e9}", "\u{20ac}", "0123456789", "~", "\x7f"];
-        let mut state = 0x9e37_79b9_7f4a_7c15_u64;
-        let mut next = move || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state
-        };
-        for _ in 0..3000 {
-            let len = next() % 60;
-            let input: String = (0..len).map(|_| PIECES[(next() % PIECES.len() as u64) as usize]).collect();
+        for input in crate::generated(&PIECES, 0x9e37_79b9_7f4a_7c15, 3000, 60) {
             check(&input);
         }
     }

@@ -562,16 +562,7 @@ mod tests {
             "<img src=x>",
             "<p/>",
         ];
-        let mut state = 0x243f_6a88_85a3_08d3_u64;
-        let mut next = move || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state
-        };
-        for _ in 0..20000 {
-            let len = next() % 24;
-            let html: String = (0..len).map(|_| PIECES[(next() % PIECES.len() as u64) as usize]).collect();
+        for html in crate::generated(&PIECES, 0x243f_6a88_85a3_08d3, 20000, 24) {
             assert_eq!(Some(html_to_text(&html)), oracle::html_to_text(&html), "{html:?}");
         }
     }
