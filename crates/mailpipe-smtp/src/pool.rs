@@ -218,13 +218,16 @@ impl SmtpPool {
                 if matches!(reset, Ok(Ok(_))) {
                     self.put_idle(conn);
                 } else {
-                    conn.inner.abort().await;
+                    // A QUIT the relay never answers must not hold the permit.
+                    let _ = tokio::time::timeout(self.cfg.command_timeout, conn.inner.abort()).await;
                 }
             }
-            // Abandoned mid-DATA: dropping the connection makes the server
-            // discard the transaction.
+            // Out of step, or abandoned mid-DATA: the connection is dropped,
+            // which makes the server discard the transaction. No QUIT: after
+            // a 354 the relay reads it as content and answers nothing, and
+            // lettre would wait for that answer without a bound.
             Err(DeliveryError::Io { .. } | DeliveryError::Protocol { .. } | DeliveryError::Abandoned(_)) => {
-                conn.inner.abort().await
+                drop(conn)
             }
         }
         result
@@ -698,6 +701,48 @@ mod tests {
             other => panic!("{other:?}"),
         }
         relay.await.unwrap();
+    }
+
+    /// The commit point refuses after the 354 (the ledger could not write
+    /// the mark): the connection is dropped at once, no QUIT sent into the
+    /// open message (which a relay reads as content and never answers).
+    #[tokio::test]
+    async fn an_abandoned_transaction_drops_the_connection_without_waiting() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let relay = tokio::spawn(async move {
+            let (sock, _) = listener.accept().await.unwrap();
+            let (r, mut w) = sock.into_split();
+            let mut r = BufReader::new(r);
+            w.write_all(b"220 relay.test\r\n").await.unwrap();
+            let mut line = String::new();
+            for reply in ["250 relay.test\r\n", "250 ok\r\n", "250 ok\r\n", "354 go\r\n"] {
+                line.clear();
+                r.read_line(&mut line).await.unwrap();
+                w.write_all(reply.as_bytes()).await.unwrap();
+            }
+            // In the message now: read to the end, answering nothing.
+            let mut after = Vec::new();
+            loop {
+                line.clear();
+                if r.read_line(&mut line).await.unwrap() == 0 {
+                    return after;
+                }
+                after.push(line.trim_end().to_owned());
+            }
+        });
+        let pool = pool(port, false);
+        let env = envelope();
+        let refused = Box::pin(async { Err("the ledger is unreachable".to_owned()) });
+        let r = tokio::time::timeout(Duration::from_secs(3), pool.send(&env, b"x\r\n", refused))
+            .await
+            .expect("the pool waited on a connection it had abandoned");
+        assert!(matches!(r, Err(DeliveryError::Abandoned(_))), "{r:?}");
+        let after = tokio::time::timeout(Duration::from_secs(3), relay)
+            .await
+            .expect("the connection stays open")
+            .unwrap();
+        assert!(after.is_empty(), "sent into the open message: {after:?}");
     }
 
     #[tokio::test]
