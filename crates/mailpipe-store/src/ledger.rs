@@ -669,40 +669,24 @@ impl Store {
         payload: &[u8],
         event: Option<&Event>,
     ) -> Result<()> {
-        self.defer_if(tenant, job_id, shard, attempts, last_reply, due_at_ms, payload, event, None).await?;
+        self.defer_attempt(tenant, job_id, shard, attempts, last_reply, due_at_ms, payload, event, None)
+            .await?;
         Ok(())
     }
 
-    /// [`Store::defer`] for a delivery attempt, fenced: only while the row
-    /// is in one of the `expect`ed (status, attempts) states (at most two),
-    /// those the attempt may have left it in: as its claim read it if its
-    /// `sending` mark was never written, `sending` with the attempt's number
-    /// if it applied, either if the mark's write failed (it may have
-    /// committed). Returns
-    /// whether it applied; if not, another attempt of the job has moved the
-    /// row on (marked it, sent it, recorded its outcome), and a deferral
-    /// would put a job that attempt may have sent back on the schedule.
-    /// Writing the same deferral again (same attempts and due time) applies,
-    /// so that a retry after a lost answer is not taken for another attempt.
+    /// [`Store::defer`] for a delivery attempt, fenced by `expect`: only
+    /// while the row is in one of those (status, attempts) states (one or
+    /// two), those the attempt may have left it in: as its claim read it if
+    /// its `sending` mark was never written, `sending` with the attempt's
+    /// number if it applied, either if the mark's write failed (it may have
+    /// committed). `None`: unfenced, as [`Store::defer`]. Returns whether it
+    /// applied; if not, another attempt of the job has moved the row on
+    /// (marked it, sent it, recorded its outcome), and a deferral would put
+    /// a job that attempt may have sent back on the schedule. Writing the
+    /// same deferral again (same attempts and due time) applies, so that a
+    /// retry after a lost answer is not taken for another attempt.
     #[allow(clippy::too_many_arguments)]
     pub async fn defer_attempt(
-        &self,
-        tenant: &str,
-        job_id: &str,
-        shard: i32,
-        attempts: u32,
-        last_reply: Option<&str>,
-        due_at_ms: i64,
-        payload: &[u8],
-        event: Option<&Event>,
-        expect: &[(LedgerStatus, i32)],
-    ) -> Result<bool> {
-        self.defer_if(tenant, job_id, shard, attempts, last_reply, due_at_ms, payload, event, Some(expect))
-            .await
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    async fn defer_if(
         &self,
         tenant: &str,
         job_id: &str,
@@ -719,9 +703,12 @@ impl Store {
                         AND ($9 OR (status = $10 AND attempts = $11) OR (status = $12 AND attempts = $13)
                              -- this deferral, already written: a retry after its commit's answer was lost
                              OR (status = 'deferred' AND attempts = $3 AND next_attempt_at = $5))";
-        // At most two states the row may be in; a missing second repeats the first.
+        // One or two states; a missing second repeats the first. An empty
+        // fence admits no state (it never applies); more than two is a bug.
+        debug_assert!(expect.is_none_or(|e| e.len() <= 2), "at most two fenced states");
         let (unfenced, first, second) = match expect {
-            None | Some([]) => (true, ("", 0), ("", 0)),
+            None => (true, ("", 0), ("", 0)),
+            Some([]) => (false, ("", -1), ("", -1)),
             Some([one]) => (false, (one.0.as_str(), one.1), (one.0.as_str(), one.1)),
             Some([one, two, ..]) => (false, (one.0.as_str(), one.1), (two.0.as_str(), two.1)),
         };

@@ -192,7 +192,7 @@ async fn fenced_deferral(store: &Store) {
         let store = store.clone();
         async move {
             store
-                .defer_attempt(tenant, id, 0, 1, Some("451 later"), due, b"{}", None, &[expect_a])
+                .defer_attempt(tenant, id, 0, 1, Some("451 later"), due, b"{}", None, Some(&[expect_a]))
                 .await
                 .unwrap()
         }
@@ -216,8 +216,19 @@ async fn fenced_deferral(store: &Store) {
     let c = store.claim_jobs(&[claim_req(&k)]).await.unwrap().remove(0);
     assert!(store.mark_sending(k.tenant_id.as_str(), k.job_id.as_str(), "m2", &c).await.unwrap());
     let own = [(LedgerStatus::Sending, c.attempts + 1)];
-    let defer_k =
-        || store.defer_attempt(k.tenant_id.as_str(), k.job_id.as_str(), 0, 1, None, 3_000, b"{}", None, &own);
+    let defer_k = || {
+        store.defer_attempt(
+            k.tenant_id.as_str(),
+            k.job_id.as_str(),
+            0,
+            1,
+            None,
+            3_000,
+            b"{}",
+            None,
+            Some(&own),
+        )
+    };
     assert!(defer_k().await.unwrap(), "a deferral over the attempt's own mark");
     assert!(defer_k().await.unwrap(), "the same deferral written again");
     assert_eq!(status(store).await.get("deferred"), Some(&1));
@@ -229,7 +240,7 @@ async fn fenced_deferral(store: &Store) {
     assert!(store.mark_sending(m.tenant_id.as_str(), m.job_id.as_str(), "m3", &c).await.unwrap());
     let either = [(c.status, c.attempts), (LedgerStatus::Sending, c.attempts + 1)];
     let applied = store
-        .defer_attempt(m.tenant_id.as_str(), m.job_id.as_str(), 0, 1, None, 4_000, b"{}", None, &either)
+        .defer_attempt(m.tenant_id.as_str(), m.job_id.as_str(), 0, 1, None, 4_000, b"{}", None, Some(&either))
         .await
         .unwrap();
     assert!(applied, "a deferral over the attempt's own mark, its answer lost");

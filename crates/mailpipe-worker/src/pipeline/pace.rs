@@ -99,7 +99,7 @@ impl Pipeline {
                     due,
                     rec.payload,
                     None,
-                    &[(claim.status, claim.attempts)],
+                    Some(&[(claim.status, claim.attempts)]),
                 )
                 .await?)
         })

@@ -111,7 +111,7 @@ impl Pipeline {
                     due,
                     rec.payload,
                     Some(&e),
-                    expect,
+                    Some(expect),
                 )
                 .await?)
         })
