@@ -56,23 +56,37 @@ impl Store {
                     reasons.push(e.reason.as_deref());
                     providers.push(e.provider.as_deref());
                 }
-                sqlx::query(
-                    "INSERT INTO events (event_id, tenant_id, campaign_id, job_id, type, occurred_at, payload, sender_domain, reason, provider)
-                     SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::bigint[], $7::text[], $8::text[], $9::text[], $10::text[])
-                     ON CONFLICT (event_id) DO NOTHING",
-                )
-                .bind(ids)
-                .bind(tenants)
-                .bind(campaigns)
-                .bind(jobs)
-                .bind(kinds)
-                .bind(ats)
-                .bind(payloads)
-                .bind(domains)
-                .bind(reasons)
-                .bind(providers)
-                .execute(p)
-                .await?;
+                // A plain INSERT first: ON CONFLICT makes PostgreSQL search
+                // the primary key for every row before inserting it, which
+                // cost as much as maintaining all the table's indexes. A
+                // batch holds a stored event again only when it is shipped
+                // again (its first commit's answer was lost, or a crash came
+                // between the insert and the spool's commit): then the
+                // unique key refuses it whole, and it is written again with
+                // ON CONFLICT, which skips the stored rows.
+                let insert = |sql: &'static str| {
+                    sqlx::query(sql)
+                        .bind(&ids[..])
+                        .bind(&tenants[..])
+                        .bind(&campaigns[..])
+                        .bind(&jobs[..])
+                        .bind(&kinds[..])
+                        .bind(&ats[..])
+                        .bind(&payloads[..])
+                        .bind(&domains[..])
+                        .bind(&reasons[..])
+                        .bind(&providers[..])
+                        .execute(p)
+                };
+                match insert(INSERT_UNNEST).await {
+                    Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("23505") => {
+                        metrics::counter!("mailpipe_store_event_batches_rewritten_total").increment(1);
+                        insert(INSERT_UNNEST_SKIPPING).await?;
+                    }
+                    done => {
+                        done?;
+                    }
+                }
             }
             Pool::Sqlite(p) => {
                 let mut tx = p.begin().await?;
@@ -103,6 +117,12 @@ impl Store {
         Ok(rows.into_iter().collect())
     }
 }
+
+const INSERT_UNNEST: &str = "INSERT INTO events (event_id, tenant_id, campaign_id, job_id, type, occurred_at, payload, sender_domain, reason, provider)
+     SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::bigint[], $7::text[], $8::text[], $9::text[], $10::text[])";
+const INSERT_UNNEST_SKIPPING: &str = "INSERT INTO events (event_id, tenant_id, campaign_id, job_id, type, occurred_at, payload, sender_domain, reason, provider)
+     SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::bigint[], $7::text[], $8::text[], $9::text[], $10::text[])
+     ON CONFLICT (event_id) DO NOTHING";
 
 pub(crate) fn insert_event_q<'q, DB: sqlx::Database>(
     e: &'q Event,

@@ -34,6 +34,16 @@ async fn scenario(store: &Store) {
     let back = store.terminal_event("acme", "job-00001").await.unwrap().unwrap();
     assert_eq!(back.event_id, ev.event_id);
     assert_eq!(store.event_counts("acme", "c").await.unwrap().get("sent"), Some(&1));
+    // A batch shipped again (its first answer lost), with new events among
+    // the stored ones and one event twice: each is stored once, none lost.
+    let opens: Vec<Event> = (0..3)
+        .map(|i| Event::for_job(EventType::Open, &j.tenant_id, &j.campaign_id, &j.job_id, &format!("open-{i}")))
+        .collect();
+    store.insert_events(&opens[..2]).await.unwrap();
+    let again = [opens[1].clone(), ev.clone(), opens[2].clone(), opens[0].clone(), opens[2].clone()];
+    store.insert_events(&again).await.unwrap();
+    let counts = store.event_counts("acme", "c").await.unwrap();
+    assert_eq!((counts.get("sent"), counts.get("open")), (Some(&1), Some(&3)), "{counts:?}");
 
     // Suppression scopes.
     let (acme, globex) = (TenantId::parse("acme").unwrap(), TenantId::parse("globex").unwrap());
