@@ -8,6 +8,10 @@
 #
 #   scripts/bench/tracker.sh            # 15 s per run, 64 connections
 #   DUR=30s CONN=128 scripts/bench/tracker.sh
+#   RATE=30000 DUR=60s scripts/bench/tracker.sh   # paced: each connection
+#                                         # waits between requests so that
+#                                         # the total is about RATE/s; prints
+#                                         # the spool's size through the run
 #   SYNC_MS=0 scripts/bench/tracker.sh    # tracker.spool_sync_ms (default:
 #                                         # config/default.toml; 0 = fdatasync
 #                                         # before answering)
@@ -17,6 +21,7 @@ export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/var/tmp/mailpipe-target}
 DUR=${DUR:-15s}
 CONN=${CONN:-64}
 THREADS=${THREADS:-2}
+RATE=${RATE:-}
 SYNC_MS=${SYNC_MS:-$(awk -F' *= *' '$1 == "spool_sync_ms" {print $2}' config/default.toml)}
 
 scripts/services.sh up >/dev/null 2>&1 || scripts/services.sh up
@@ -116,10 +121,41 @@ cpu_split() { # before after
   python3 -c "h=$hz; print(f'tracker {$t/h:.1f} s, kafka {$k/h:.1f} s, postgres {$p/h:.1f} s, other (wrk, kernel) {($a-$t-$k-$p)/h:.1f} s')"
 }
 
+# Paced runs: wrk's delay() is whole milliseconds, so each request waits
+# the floor or the ceiling of the per-connection interval, at random, in
+# the proportion that makes the mean right. The rate reached is a little
+# under RATE (the answer's latency adds to each interval); wrk reports it.
+pace_script() { # name -> path of a wrk script, or nothing when not paced
+  [ -n "$RATE" ] && [[ $1 != nginx* ]] || return 0
+  python3 - "$CONN" "$RATE" > "$work/pace.lua" <<'PY'
+import sys
+conn, rate = int(sys.argv[1]), float(sys.argv[2])
+interval = conn * 1000.0 / rate
+low = int(interval)
+print(f"local low, p = {low}, {interval - low:.4f}")
+print("function delay() if math.random() < p then return low + 1 end return low end")
+PY
+  echo "$work/pace.lua"
+}
+
+# The spool's size on disk every second while a run lasts: "max last" MB.
+spool_watch() { # name: runs until killed, writing $work/$1.spool
+  local max=0 now
+  while :; do
+    now=$(du -sb "$work/spool" 2>/dev/null | awk '{print $1}')
+    [ "${now:-0}" -gt "$max" ] && max=$now
+    echo "$max ${now:-0}" > "$work/$1.spool"
+    sleep 1
+  done
+}
+
 run() { # name url -> "rps p99_ms requests non2xx3xx"
-  local out before
+  local out before script watcher
+  script=$(pace_script "$1")
+  spool_watch "$1" & watcher=$!
   before=$(cpu_snapshot)
-  out=$(wrk -t"$THREADS" -c"$CONN" -d"$DUR" --latency -H "User-Agent: Mozilla/5.0 (X11; Linux x86_64) Chrome/126.0" "$2")
+  out=$(wrk -t"$THREADS" -c"$CONN" -d"$DUR" --latency ${script:+-s "$script"} -H "User-Agent: Mozilla/5.0 (X11; Linux x86_64) Chrome/126.0" "$2")
+  kill "$watcher" 2>/dev/null; wait "$watcher" 2>/dev/null || true
   echo "$out" > "$work/$1.wrk"
   cpu_split "$before" "$(cpu_snapshot)" > "$work/$1.cpu"
   local rps p99 reqs bad
@@ -178,7 +214,7 @@ stored=$(platform_psql "$DB_URL" "SELECT COUNT(*) FROM events")
 rss_kb=$(awk '/VmHWM/ {print $2}' "/proc/$tracker_pid/status")
 ratio() { python3 -c "print(f'{$1/$2:.0%}')"; }
 
-printf '\nmachine: %s, %s cores; wrk -t%s -c%s -d%s; tracker.spool_sync_ms = %s\n\n' "$(uname -m)" "$(nproc)" "$THREADS" "$CONN" "$DUR" "$SYNC_MS"
+printf '\nmachine: %s, %s cores; wrk -t%s -c%s -d%s; tracker.spool_sync_ms = %s%s\n\n' "$(uname -m)" "$(nproc)" "$THREADS" "$CONN" "$DUR" "$SYNC_MS" "${RATE:+; tracker runs paced at about $RATE requests/s}"
 printf '| target | requests/s | p99 latency | vs nginx |\n|---|---|---|---|\n'
 printf '| nginx, static GIF (first run) | %s | %s | %s |\n' "$n1_rps" "$n1_p99" "$(ratio "$n1_rps" "$n_rps")"
 printf '| nginx, static GIF (last run) | %s | %s | %s |\n' "$n2_rps" "$n2_p99" "$(ratio "$n2_rps" "$n_rps")"
@@ -188,6 +224,11 @@ printf '\nanswered (counted by wrk) %s, non-2xx/3xx %s; events stored after drai
 printf '\nCPU used during each run (2 cores = %s CPU-seconds per run):\n' "$(( 2 * ${DUR%s} ))"
 for r in nginx pixel click nginx2; do printf '  %-6s %s\n' "$r" "$(cat "$work/$r.cpu")"; done
 printf 'tracker peak RSS: %s MB\n' "$((rss_kb / 1024))"
+mb() { python3 -c "print(f'{$1 / 1048576:.1f}')"; }
+for r in pixel click; do
+  read -r smax slast < "$work/$r.spool"
+  printf 'spool during the %s run: at most %s MB, %s MB at its end\n' "$r" "$(mb "$smax")" "$(mb "$slast")"
+done
 printf 'shipping the spool to PostgreSQL and Kafka after each run: %s s (pixel), %s s (click)\n' "$pixel_drain" "$click_drain"
 printf 'CPU used while the rest of the spool shipped after each run:\n'
 for r in pixel-drain click-drain; do printf '  %-12s %s\n' "$r" "$(cat "$work/$r.cpu")"; done

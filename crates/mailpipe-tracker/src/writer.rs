@@ -4,10 +4,9 @@
 //! either is down. So a 2xx or 3xx answer means its event is on disk, and an
 //! outage delays events without losing or blocking them.
 //!
-//! Serving comes first. While requests keep arriving, shipping waits (the
-//! events are already durable), so that a burst of opens and clicks is not
-//! slowed by the store's and Kafka's work; see [`ShipPolicy`] for when it
-//! ships anyway.
+//! While requests keep arriving, shipping waits briefly for a pause (the
+//! events are already durable), so that it does not cut into a burst of
+//! opens and clicks, then catches up; see [`ShipPolicy`] for when it ships.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
