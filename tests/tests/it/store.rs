@@ -37,7 +37,9 @@ async fn scenario(store: &Store) {
     // A batch shipped again (its first answer lost), with new events among
     // the stored ones and one event twice: each is stored once, none lost.
     let opens: Vec<Event> = (0..3)
-        .map(|i| Event::for_job(EventType::Open, &j.tenant_id, &j.campaign_id, &j.job_id, &format!("open-{i}")))
+        .map(|i| {
+            Event::for_job(EventType::Open, &j.tenant_id, &j.campaign_id, &j.job_id, &format!("open-{i}"))
+        })
         .collect();
     store.insert_events(&opens[..2]).await.unwrap();
     let again = [opens[1].clone(), ev.clone(), opens[2].clone(), opens[0].clone(), opens[2].clone()];
