@@ -160,6 +160,33 @@ impl Store {
         }
     }
 
+    /// Another handle on the same database, whose statements the server
+    /// cancels after `timeout` (PostgreSQL's `statement_timeout`, set on
+    /// each of its connections), in a pool of its own of up to
+    /// `max_connections`, opened as needed. For writes a caller must not
+    /// wait on without end, such as the commit-point mark an open SMTP
+    /// transaction waits for: the server ends the statement and the
+    /// connection stays usable, where dropping the query's future would
+    /// leave it running and its connection held (sqlx waits for it before
+    /// reusing the connection). On SQLite, this same store: its writes wait
+    /// at most `busy_timeout` for the file's lock.
+    pub fn bounded(&self, timeout: Duration, max_connections: u32) -> Store {
+        match &self.pool {
+            Pool::Postgres(p) => {
+                let ms = timeout.as_millis().max(1);
+                let options =
+                    (*p.connect_options()).clone().options([("statement_timeout", format!("{ms}ms"))]);
+                let pool = PgPoolOptions::new()
+                    .max_connections(max_connections.max(1))
+                    .acquire_timeout(Duration::from_secs(10))
+                    .after_connect(|conn, _| Box::pin(context::platform(conn)))
+                    .connect_lazy_with(options);
+                Store { pool: Pool::Postgres(pool), tenant: self.tenant.clone() }
+            }
+            Pool::Sqlite(_) => self.clone(),
+        }
+    }
+
     pub fn backend(&self) -> &'static str {
         match self.pool {
             Pool::Postgres(_) => "postgres",

@@ -66,12 +66,24 @@ pub struct WorkerSettings {
     pub ledger_linger_us: u64,
     /// Ledger batches of one kind written at once.
     pub ledger_batches_in_flight: usize,
+    /// The longest a ledger batch's statement may run before PostgreSQL
+    /// cancels it: a stuck write fails its jobs (retried, or deferred
+    /// behind the ledger's fence) instead of holding them, and an SMTP
+    /// transaction at its commit point, without end.
+    #[serde(rename = "ledger_write_timeout_ms", deserialize_with = "millis")]
+    pub ledger_write_timeout: Duration,
 }
 
 impl WorkerSettings {
     /// The retry schedule's back-off: `retry_base`, doubled per attempt.
     pub fn retry_backoff(&self) -> Backoff {
         Backoff::new(self.retry_base, self.retry_max)
+    }
+
+    /// The ledger writer's connections: one per batch in flight of each of
+    /// its three kinds.
+    pub fn ledger_connections(&self) -> u32 {
+        3 * self.ledger_batches_in_flight.max(1) as u32
     }
 
     /// How the ledger writer batches.

@@ -109,6 +109,42 @@ async fn a_batched_claim_honours_erasures() {
     assert_eq!(rows[1], (b.job_id.to_string(), format!("erased:{}", hash.to_hex())));
 }
 
+/// A ledger write that cannot finish (its row locked by another
+/// transaction) is cancelled by the server after the writer's timeout: the
+/// caller gets an error instead of waiting, with an SMTP transaction open at
+/// its commit point, until the lock goes. The connection stays usable, and
+/// the same mark applies once the lock is gone.
+#[tokio::test]
+async fn a_stuck_ledger_write_fails_within_the_timeout_and_frees_its_connection() {
+    let pg = fresh_store().await;
+    let j = send_job(1);
+    let claim = pg.store.claim_jobs(&[claim_req(&j)]).await.unwrap().remove(0);
+    // One connection, so that a write left running would hold the only one.
+    let writer =
+        LedgerWriter::spawn(pg.store.bounded(Duration::from_millis(300), 1), BatchSettings::default());
+
+    let mut locker = platform_connection(&pg.db).await;
+    sqlx::query("BEGIN").execute(&mut locker).await.unwrap();
+    sqlx::query("SELECT 1 FROM send_ledger WHERE job_id = $1 FOR UPDATE")
+        .bind(j.job_id.as_str())
+        .execute(&mut locker)
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let stuck = tokio::time::timeout(Duration::from_secs(20), writer.mark_sending(mark(&j, "m1", &claim)))
+        .await
+        .expect("the server cancels the write; the caller does not wait for the lock");
+    let err = stuck.expect_err("a cancelled write is an error, not a mark");
+    assert!(started.elapsed() < Duration::from_secs(5), "took {:?}", started.elapsed());
+    assert!(err.to_string().contains("statement timeout"), "{err}");
+
+    sqlx::query("ROLLBACK").execute(&mut locker).await.unwrap();
+    let applied = tokio::time::timeout(Duration::from_secs(20), writer.mark_sending(mark(&j, "m1", &claim)))
+        .await
+        .expect("the writer's connection is usable again");
+    assert!(applied.unwrap(), "the mark applies once the row is free");
+}
+
 /// The writer gathers concurrent callers into batches, answers each with
 /// its own row, and a row the database refuses fails alone.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -219,7 +219,10 @@ impl Pipeline {
     ) -> Self {
         let limits = composer.limits().clone();
         Self {
-            ledger: LedgerWriter::spawn(store.clone(), cfg.ledger_batches()),
+            ledger: LedgerWriter::spawn(
+                store.bounded(cfg.ledger_write_timeout, cfg.ledger_connections()),
+                cfg.ledger_batches(),
+            ),
             store,
             composer,
             transport,
