@@ -144,7 +144,7 @@ spool_watch() { # name: runs until killed, writing $work/$1.spool
   while :; do
     now=$(du -sb "$work/spool" 2>/dev/null | awk '{print $1}')
     [ "${now:-0}" -gt "$max" ] && max=$now
-    echo "$max ${now:-0}" > "$work/$1.spool"
+    echo "$max ${now:-0}" > "$work/$1.spool.tmp" && mv "$work/$1.spool.tmp" "$work/$1.spool"
     sleep 1
   done
 }

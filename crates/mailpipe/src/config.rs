@@ -517,6 +517,12 @@ fn check_worker(worker: &WorkerSettings, errors: &mut Vec<String>) {
     if worker.max_attempts == 0 {
         errors.push("worker.max_attempts: must be at least 1".into());
     }
+    if worker.ledger_write_timeout < Duration::from_millis(100) {
+        errors.push(
+            "worker.ledger_write_timeout_ms: must be at least 100 (PostgreSQL cancels every ledger write that runs longer)"
+                .into(),
+        );
+    }
 }
 
 fn check_smtp(smtp: &SmtpSettings, errors: &mut Vec<String>) {
