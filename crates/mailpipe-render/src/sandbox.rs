@@ -135,9 +135,16 @@ impl Sandbox {
         let exe = &self.settings.exe;
         let unavailable = |what: &str| SandboxError(format!("{} {SUBCOMMAND}: {what}", exe.display()));
         // No environment: the worker's holds its secrets, and a sandbox needs none.
+        // But one setting: mimalloc reserves 1 GiB of address space at start
+        // by default, and the memory limit is the address space at start
+        // plus `memory_mb`, so a render could fill that whole gigabyte before
+        // an allocation failed: about 1.3 GB, not 256 MB, and seconds of page
+        // zeroing that could outlast the render timeout. With small arenas
+        // the limit bounds what a render can use.
         let mut child = Command::new(exe)
             .arg(SUBCOMMAND)
             .env_clear()
+            .env("MIMALLOC_ARENA_RESERVE", "16M")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
