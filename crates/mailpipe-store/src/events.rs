@@ -119,11 +119,14 @@ impl Store {
     }
 }
 
-const INSERT_UNNEST: &str = "INSERT INTO events (event_id, tenant_id, campaign_id, job_id, type, occurred_at, payload, sender_domain, reason, provider)
-     SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::bigint[], $7::text[], $8::text[], $9::text[], $10::text[])";
-const INSERT_UNNEST_SKIPPING: &str = "INSERT INTO events (event_id, tenant_id, campaign_id, job_id, type, occurred_at, payload, sender_domain, reason, provider)
-     SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::bigint[], $7::text[], $8::text[], $9::text[], $10::text[])
-     ON CONFLICT (event_id) DO NOTHING";
+macro_rules! insert_unnest {
+    () => {
+        "INSERT INTO events (event_id, tenant_id, campaign_id, job_id, type, occurred_at, payload, sender_domain, reason, provider)
+     SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::bigint[], $7::text[], $8::text[], $9::text[], $10::text[])"
+    };
+}
+const INSERT_UNNEST: &str = insert_unnest!();
+const INSERT_UNNEST_SKIPPING: &str = concat!(insert_unnest!(), " ON CONFLICT (event_id) DO NOTHING");
 
 pub(crate) fn insert_event_q<'q, DB: sqlx::Database>(
     e: &'q Event,
