@@ -8,7 +8,7 @@ use std::str::FromStr;
 
 use mailpipe_core::{Event, RecipientRef, SendJob, now_ms};
 
-use crate::events::insert_event_q;
+use crate::events::{KeyLocks, insert_event_q};
 use crate::{Pool, Result, Store, StoreError};
 
 /// A connection of either backend, for one round of a batch.
@@ -449,7 +449,7 @@ async fn finish_round_pg(
                    INSERT INTO events (event_id, tenant_id, campaign_id, job_id, type, occurred_at, payload, sender_domain, reason, provider)
                    SELECT i.event_id, i.ev_tenant, i.ev_campaign, i.ev_job, i.type, i.occurred_at, i.payload, i.sender_domain, i.reason, i.provider
                    FROM i JOIN outcome o ON o.ord = i.ord
-                   ON CONFLICT (event_id) DO NOTHING)
+                   ON CONFLICT DO NOTHING)
                SELECT ord FROM outcome";
     let o = |i: usize| &outs[round[i]];
     let n = round.len();
@@ -798,8 +798,11 @@ impl Store {
     /// is recorded (returns false). The dead letter is kept once per source
     /// record.
     pub async fn dead_letter(&self, dl: &DeadLetter, event: &Event) -> Result<bool> {
+        // Once per source: on PostgreSQL the table is partitioned by time, so
+        // no unique key can say so; the check runs under the lock below.
         let sql = "INSERT INTO dead_letters (received_at, source, reason, detail, tenant_id, job_id, payload)
-                   VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (source) DO NOTHING";
+                   SELECT $1, $2, $3, $4, $5, $6, $7
+                   WHERE NOT EXISTS (SELECT 1 FROM dead_letters WHERE source = $2)";
         let end = "UPDATE send_ledger SET status = 'dead_lettered', last_reply = $3, next_attempt_at = NULL, payload = NULL, updated_at = $4
                    WHERE tenant_id = $1 AND job_id = $2
                      AND status NOT IN ('sent', 'bounced', 'suppressed', 'failed', 'dead_lettered')";
@@ -808,6 +811,9 @@ impl Store {
         let now = now_ms();
         let mut applied = true;
         in_tx!(self, tx => {
+            // Two workers given the same record (or two records of one job)
+            // at once: one finds the other's dead letter and event.
+            tx.lock_keys([dl.source.as_str(), event.event_id.as_str()]).await?;
             if let (Some(tenant), Some(job)) = (&dl.tenant_id, &dl.job_id) {
                 let ended = sqlx::query(end).bind(tenant).bind(job).bind(&dl.detail).bind(now)
                     .execute(&mut *tx).await?.rows_affected();

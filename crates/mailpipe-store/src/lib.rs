@@ -205,7 +205,15 @@ impl Store {
     /// is the owner's work: the services' role may not change the schema.
     pub async fn migrate(&self) -> Result<()> {
         match &self.pool {
-            Pool::Postgres(p) => migrations::postgres().run(p).await?,
+            Pool::Postgres(p) => {
+                migrations::postgres().run(p).await?;
+                // This month's partitions and the next two's, as of now
+                // (the migration made them as of its own run).
+                sqlx::query("SELECT mailpipe_prepare_partitions($1)")
+                    .bind(mailpipe_core::now_ms())
+                    .execute(p)
+                    .await?;
+            }
             Pool::Sqlite(p) => migrations::sqlite().run(p).await?,
         }
         Ok(())

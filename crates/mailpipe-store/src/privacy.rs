@@ -30,6 +30,9 @@ pub struct PurgeReport {
     pub client_details_removed: u64,
     pub dead_letters_deleted: u64,
     pub rejected_reports_deleted: u64,
+    /// Month partitions of events and dead letters dropped whole (on
+    /// PostgreSQL; their rows are not in the counts above).
+    pub partitions_dropped: u64,
 }
 
 /// Retention per data class, in days (0 keeps forever): the `[retention]`
@@ -228,16 +231,45 @@ impl Store {
         };
         on_pool!(self, p => {
             out.client_details_removed = sqlx::query(strip).bind(cutoff(r.client_details_days)).execute(p).await?.rows_affected();
-            out.events_deleted = sqlx::query("DELETE FROM events WHERE occurred_at < $1").bind(cutoff(r.events_days)).execute(p).await?.rows_affected();
             sqlx::query("DELETE FROM analytics_seen WHERE seen_at < $1").bind(cutoff(r.events_days)).execute(p).await?;
             // Soft bounces count within days; older ones are events' age.
             sqlx::query("DELETE FROM soft_bounces WHERE at < $1").bind(cutoff(r.events_days)).execute(p).await?;
             // Only finished jobs: a job still on the retry schedule keeps its row.
             out.ledger_rows_deleted = sqlx::query("DELETE FROM send_ledger WHERE updated_at < $1 AND payload IS NULL AND status NOT IN ('pending', 'sending', 'deferred')")
                 .bind(cutoff(r.ledger_days)).execute(p).await?.rows_affected();
-            out.dead_letters_deleted = sqlx::query("DELETE FROM dead_letters WHERE received_at < $1").bind(cutoff(r.dead_letters_days)).execute(p).await?.rows_affected();
             out.rejected_reports_deleted = sqlx::query("DELETE FROM rejected_reports WHERE received_at < $1").bind(cutoff(r.rejected_reports_days)).execute(p).await?.rows_affected();
         });
+        match &self.pool {
+            // Whole months: a row is kept at least its retention and at most
+            // a month more (docs/privacy.md). The next months' partitions are
+            // made first, so that new rows find theirs.
+            Pool::Postgres(p) => {
+                sqlx::query("SELECT mailpipe_prepare_partitions($1)").bind(now).execute(p).await?;
+                let expire =
+                    "SELECT partitions_dropped::int8, rows_deleted FROM mailpipe_expire_partitions($1, $2)";
+                for (table, days, deleted) in [
+                    ("events", r.events_days, &mut out.events_deleted),
+                    ("dead_letters", r.dead_letters_days, &mut out.dead_letters_deleted),
+                ] {
+                    let (dropped, rows): (i64, i64) =
+                        sqlx::query_as(expire).bind(table).bind(cutoff(days)).fetch_one(p).await?;
+                    out.partitions_dropped += dropped as u64;
+                    *deleted = rows as u64;
+                }
+            }
+            Pool::Sqlite(p) => {
+                out.events_deleted = sqlx::query("DELETE FROM events WHERE occurred_at < $1")
+                    .bind(cutoff(r.events_days))
+                    .execute(p)
+                    .await?
+                    .rows_affected();
+                out.dead_letters_deleted = sqlx::query("DELETE FROM dead_letters WHERE received_at < $1")
+                    .bind(cutoff(r.dead_letters_days))
+                    .execute(p)
+                    .await?
+                    .rows_affected();
+            }
+        }
         Ok(out)
     }
 

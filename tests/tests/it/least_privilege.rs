@@ -136,7 +136,7 @@ async fn the_services_role_reads_no_tenant_row_without_a_tenant_context() {
     // has row-level security FORCEd (the owner is held to it too).
     let tables: Vec<(String, bool, bool)> = sqlx::query_as(
         "SELECT c.relname::text, c.relrowsecurity, c.relforcerowsecurity FROM pg_class c
-         WHERE c.relnamespace = 'public'::regnamespace AND c.relkind = 'r' AND EXISTS (
+         WHERE c.relnamespace = 'public'::regnamespace AND c.relkind IN ('r', 'p') AND NOT c.relispartition AND EXISTS (
            SELECT 1 FROM information_schema.columns k WHERE k.table_schema = 'public' AND k.table_name = c.relname
            AND k.column_name IN ('tenant_id', 'scope_tenant', 'source_tenant', 'owner', 'domain'))
          ORDER BY 1",
@@ -149,6 +149,29 @@ async fn the_services_role_reads_no_tenant_row_without_a_tenant_context() {
     assert_eq!(tables.iter().map(|(t, _, _)| t.as_str()).collect::<Vec<_>>(), expected);
     for &(ref t, enabled, forced) in &tables {
         assert!(enabled && forced, "{t}: row-level security enabled {enabled}, forced {forced}");
+    }
+    // The month partitions of events and dead letters (migration 0021):
+    // no grant to either role (they go through the parent), and the
+    // parent's policies FORCEd, for the owner.
+    let parts: Vec<(String, bool, bool, bool)> = sqlx::query_as(
+        "SELECT c.relname::text, c.relrowsecurity AND c.relforcerowsecurity,
+                has_table_privilege('mailpipe_service', c.oid, 'SELECT, INSERT, UPDATE, DELETE'),
+                has_table_privilege('mailpipe_api', c.oid, 'SELECT')
+         FROM pg_class c WHERE c.relnamespace = 'public'::regnamespace AND c.relkind = 'r' AND c.relispartition ORDER BY 1",
+    )
+    .fetch_all(&mut platform)
+    .await
+    .unwrap();
+    assert!(parts.iter().any(|p| p.0 == "events_default") && parts.len() >= 4, "{parts:?}");
+    for p in &parts {
+        assert!(
+            p.1 && !p.2 && !p.3,
+            "partition {}: policies forced {}, service grant {}, api grant {}",
+            p.0,
+            p.1,
+            p.2,
+            p.3
+        );
     }
 
     // Seeded: the platform's context sees rows in every one.

@@ -19,6 +19,7 @@ mod kafka_auth;
 mod least_privilege;
 mod ledger_batch;
 mod metrics;
+mod partitions;
 mod pipeline;
 mod policy;
 mod relay;

@@ -9,12 +9,13 @@ pub async fn run(cfg: &Config) -> anyhow::Result<ExitCode> {
     let store = app::store(cfg).await?;
     let r = store.purge(mailpipe_core::now_ms(), cfg.retention).await?;
     println!(
-        "purged: {} events, {} ledger rows, client details of {} events, {} dead letters, {} rejected reports",
+        "purged: {} events, {} ledger rows, client details of {} events, {} dead letters, {} rejected reports; {} month partitions dropped",
         r.events_deleted,
         r.ledger_rows_deleted,
         r.client_details_removed,
         r.dead_letters_deleted,
-        r.rejected_reports_deleted
+        r.rejected_reports_deleted,
+        r.partitions_dropped
     );
     Ok(ExitCode::SUCCESS)
 }
