@@ -190,20 +190,27 @@ pub(crate) trait KeyLocks {
 }
 
 impl KeyLocks for sqlx::PgConnection {
-    /// A PostgreSQL advisory lock on a hash of each key, taken in the keys'
-    /// order so that two holders of overlapping keys cannot deadlock.
+    /// A PostgreSQL advisory lock per stripe of the keys' hashes (at most
+    /// 256 a transaction, however many keys: a tracker batch of thousands
+    /// of unsubscribes must not fill the server's lock table), taken in
+    /// order so that two holders of overlapping stripes cannot deadlock.
+    /// The two-key form, in a space of its own.
     async fn lock_keys<'k>(&mut self, keys: impl IntoIterator<Item = &'k str>) -> Result<()> {
-        let mut keys: Vec<&str> = keys.into_iter().collect();
-        keys.sort_unstable();
-        keys.dedup();
-        // A function scan of the array yields its elements in order.
-        sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended(k, 0)) FROM UNNEST($1::text[]) AS k")
-            .bind(&keys[..])
-            .execute(self)
-            .await?;
+        let keys: Vec<&str> = keys.into_iter().collect();
+        sqlx::query(
+            "SELECT pg_advisory_xact_lock($1, s)
+             FROM (SELECT DISTINCT hashtext(k) & 255 AS s FROM UNNEST($2::text[]) AS k ORDER BY 1) stripes",
+        )
+        .bind(KEY_LOCK_SPACE)
+        .bind(&keys[..])
+        .execute(self)
+        .await?;
         Ok(())
     }
 }
+
+/// The first key of [`KeyLocks`]' advisory locks ("mail" in ASCII).
+const KEY_LOCK_SPACE: i32 = 0x6d61_696c;
 
 impl KeyLocks for sqlx::SqliteConnection {
     /// Nothing to take: SQLite runs one writing transaction at a time.

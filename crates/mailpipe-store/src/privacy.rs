@@ -247,14 +247,28 @@ impl Store {
                 sqlx::query("SELECT mailpipe_prepare_partitions($1)").bind(now).execute(p).await?;
                 let expire =
                     "SELECT partitions_dropped::int8, rows_deleted FROM mailpipe_expire_partitions($1, $2)";
+                // Each table on its own: one that cannot be dropped from now
+                // (its lock not had in time) does not hold the other up.
+                let mut failed = None;
                 for (table, days, deleted) in [
                     ("events", r.events_days, &mut out.events_deleted),
                     ("dead_letters", r.dead_letters_days, &mut out.dead_letters_deleted),
                 ] {
-                    let (dropped, rows): (i64, i64) =
-                        sqlx::query_as(expire).bind(table).bind(cutoff(days)).fetch_one(p).await?;
-                    out.partitions_dropped += dropped as u64;
-                    *deleted = rows as u64;
+                    match sqlx::query_as::<_, (i64, i64)>(expire)
+                        .bind(table)
+                        .bind(cutoff(days))
+                        .fetch_one(p)
+                        .await
+                    {
+                        Ok((dropped, rows)) => {
+                            out.partitions_dropped += dropped as u64;
+                            *deleted = rows as u64;
+                        }
+                        Err(e) => failed = failed.or(Some(e)),
+                    }
+                }
+                if let Some(e) = failed {
+                    return Err(e.into());
                 }
             }
             Pool::Sqlite(p) => {

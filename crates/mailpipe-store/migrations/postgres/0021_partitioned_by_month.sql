@@ -46,7 +46,7 @@ $$;
 -- apply; its own are the same policies (so that the owner, held to them on
 -- the parent by FORCE, is held to them here too) and no grant at all.
 CREATE FUNCTION mailpipe_protect_partition(part text) RETURNS void
-LANGUAGE plpgsql SET search_path = public, pg_temp AS $$
+LANGUAGE plpgsql SET search_path = pg_catalog, public, pg_temp AS $$
 BEGIN
   EXECUTE format('ALTER TABLE %I ENABLE ROW LEVEL SECURITY', part);
   EXECUTE format('ALTER TABLE %I FORCE ROW LEVEL SECURITY', part);
@@ -106,7 +106,8 @@ DO $$
 DECLARE
   t record;
   n bigint;
-  cut bigint := (SELECT hi FROM mailpipe_month_bounds((extract(epoch FROM now()) * 1000)::bigint, 0));
+  next_month bigint := (SELECT hi FROM mailpipe_month_bounds((extract(epoch FROM now()) * 1000)::bigint, 0));
+  cut bigint;
 BEGIN
   -- The old tables' rows are every tenant's; their FORCEd policies would
   -- hide them from the owner, and an empty-looking table be dropped.
@@ -117,6 +118,17 @@ BEGIN
     IF n = 0 THEN
       EXECUTE format('DROP TABLE %I', t.old);
     ELSE
+      -- An owner who proved a bound beforehand (a validated CHECK named
+      -- <table>_before_0021_bound, docs/operations.md) spares the attach
+      -- its scan; the table then covers everything before that bound.
+      SELECT (regexp_match(pg_get_constraintdef(c.oid), '<\s*''?(-?[0-9]+)'))[1]::bigint INTO cut
+      FROM pg_constraint c
+      WHERE c.conrelid = t.old::regclass AND c.conname = t.old || '_bound' AND c.contype = 'c' AND c.convalidated;
+      cut := coalesce(cut, next_month);
+      -- A unique index left invalid by an interrupted CONCURRENTLY build.
+      IF EXISTS (SELECT 1 FROM pg_index WHERE indexrelid = to_regclass(t.old || '_key') AND NOT indisvalid) THEN
+        EXECUTE format('DROP INDEX %I', t.old || '_key');
+      END IF;
       -- Rows dated next month or later (a clock ahead) go to the default
       -- partition, to move on into their month's when it is made.
       EXECUTE format('WITH moved AS (DELETE FROM %I WHERE %I >= %s RETURNING *) INSERT INTO %I SELECT * FROM moved',
@@ -130,6 +142,8 @@ BEGIN
     END IF;
   END LOOP;
 END $$;
+
+ALTER SEQUENCE dead_letters_id_seq OWNED BY dead_letters.id;
 
 -- Row-level security and grants of the tables they replace (0012).
 DO $$
@@ -153,7 +167,7 @@ GRANT SELECT ON events TO mailpipe_api;
 -- rights (the services' role has no DDL); callable by the services.
 CREATE FUNCTION mailpipe_prepare_partitions(now_ms bigint) RETURNS integer
 LANGUAGE plpgsql SECURITY DEFINER
-SET search_path = public, pg_temp SET lock_timeout = '10s' AS $$
+SET search_path = pg_catalog, public, pg_temp SET lock_timeout = '10s' AS $$
 DECLARE
   parent text;
   col text;
@@ -174,7 +188,10 @@ BEGIN
       part := parent || '_' || b.suffix;
       CONTINUE WHEN to_regclass(part) IS NOT NULL;
       BEGIN
-        EXECUTE format('CREATE TABLE %I (LIKE %I INCLUDING DEFAULTS)', part, parent);
+        -- The lock the attach would take anyway, taken before the move: no
+        -- row for the month can reach the default partition in between.
+        EXECUTE format('LOCK TABLE %I IN ACCESS EXCLUSIVE MODE', parent || '_default');
+        EXECUTE format('CREATE TABLE public.%I (LIKE public.%I INCLUDING DEFAULTS)', part, parent);
         EXECUTE format('WITH moved AS (DELETE FROM %I WHERE %I >= %s AND %I < %s RETURNING *) INSERT INTO %I SELECT * FROM moved',
                        parent || '_default', col, b.lo, col, b.hi, part);
         EXECUTE format('ALTER TABLE %I ATTACH PARTITION %I FOR VALUES FROM (%s) TO (%s)', parent, part, b.lo, b.hi);
@@ -201,7 +218,7 @@ END $$;
 CREATE FUNCTION mailpipe_expire_partitions(parent text, cutoff_ms bigint,
                                            OUT partitions_dropped integer, OUT rows_deleted bigint)
 LANGUAGE plpgsql SECURITY DEFINER
-SET search_path = public, pg_temp SET lock_timeout = '5s' AS $$
+SET search_path = pg_catalog, public, pg_temp SET lock_timeout = '5s' AS $$
 DECLARE
   col text := mailpipe_partitioned(parent);
   p record;
@@ -215,17 +232,25 @@ BEGIN
   PERFORM set_config('mailpipe.scope', 'platform', true);
   partitions_dropped := 0;
   rows_deleted := 0;
+  -- Row by row first, where rows go so, and the drops last: each drop
+  -- holds the parent's lock until the end of the call.
   FOR p IN SELECT c.relname, pg_get_expr(c.relpartbound, c.oid) AS bound
            FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
            WHERE i.inhparent = parent::regclass ORDER BY c.relname LOOP
     upper_bound := (regexp_match(p.bound, 'TO \(''(-?[0-9]+)''\)'))[1]::bigint;
-    IF upper_bound IS NOT NULL AND upper_bound <= cutoff_ms THEN
-      EXECUTE format('DROP TABLE %I', p.relname);
-      partitions_dropped := partitions_dropped + 1;
-    ELSIF p.bound = 'DEFAULT' OR p.bound LIKE '%FROM (MINVALUE)%' THEN
+    IF (p.bound = 'DEFAULT' OR p.bound LIKE '%FROM (MINVALUE)%') AND NOT coalesce(upper_bound <= cutoff_ms, false) THEN
       EXECUTE format('DELETE FROM %I WHERE %I < $1', p.relname, col) USING cutoff_ms;
       GET DIAGNOSTICS n = ROW_COUNT;
       rows_deleted := rows_deleted + n;
+    END IF;
+  END LOOP;
+  FOR p IN SELECT c.relname, pg_get_expr(c.relpartbound, c.oid) AS bound
+           FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+           WHERE i.inhparent = parent::regclass ORDER BY c.relname LOOP
+    upper_bound := (regexp_match(p.bound, 'TO \(''(-?[0-9]+)''\)'))[1]::bigint;
+    IF upper_bound <= cutoff_ms THEN
+      EXECUTE format('DROP TABLE %I', p.relname);
+      partitions_dropped := partitions_dropped + 1;
     END IF;
   END LOOP;
   PERFORM set_config('mailpipe.scope', caller_scope, true);
