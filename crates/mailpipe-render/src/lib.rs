@@ -39,6 +39,7 @@ pub mod fuzzing {
 mod qp;
 pub mod sandbox;
 pub mod settings;
+mod sign_pool;
 pub mod template;
 mod text;
 
@@ -70,6 +71,7 @@ use std::sync::Arc;
 use mailpipe_core::{Category, Content, SendJob};
 use mailpipe_token::{Action, Claims, Keyring, RecipientHasher, References, TokenError};
 use time::OffsetDateTime;
+use tracing::Instrument;
 
 pub use dkim::{DkimAlgorithm, DkimError, DkimKey};
 pub use sandbox::{Sandbox, SandboxError, SandboxSettings};
@@ -198,6 +200,9 @@ pub struct Composer {
     max_message_bytes: usize,
     inline: template::InlineCache,
     sandbox: Option<Arc<Sandbox>>,
+    /// Made at the first signed [`Composer::compose_job`]: a composer that
+    /// never signs that way starts no threads.
+    signers: std::sync::OnceLock<std::io::Result<sign_pool::SignPool>>,
 }
 
 impl Composer {
@@ -220,6 +225,7 @@ impl Composer {
             max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
             inline,
             sandbox: None,
+            signers: std::sync::OnceLock::new(),
         }
     }
 
@@ -280,14 +286,32 @@ impl Composer {
         job: &SendJob,
         registered: Option<&CompiledTemplates>,
         now: OffsetDateTime,
-        dkim: Option<&DkimKey>,
+        dkim: Option<&Arc<DkimKey>>,
     ) -> Result<Composed, ComposeError> {
         let prepared = self.prepare(job, now)?;
         let output = match &self.sandbox {
             Some(sandbox) => sandbox.render(sources(job, registered)?, &prepared.context).await??,
             None => self.render_here(job, registered, &prepared)?,
         };
-        Ok(self.finish(job, prepared, output, now, dkim)?)
+        let (rendered, bytes) = self.build_unsigned(job, prepared, output, now)?;
+        let (bytes, header) = match dkim {
+            None => (bytes, None),
+            // On the signing threads, one per core, not this runtime's.
+            Some(key) => match self.signers.get_or_init(sign_pool::SignPool::per_core) {
+                Ok(pool) => {
+                    let (bytes, header) =
+                        pool.sign(Arc::clone(key), bytes).instrument(tracing::debug_span!("sign")).await;
+                    (bytes, Some(header.map_err(RenderError::from)?))
+                }
+                // No threads to be had (the process is at its limit): signed
+                // here, as before the pool, rather than not at all.
+                Err(_) => {
+                    let header = key.sign(&bytes).map_err(RenderError::from)?;
+                    (bytes, Some(header))
+                }
+            },
+        };
+        Ok(self.seal(rendered, bytes, header)?)
     }
 
     /// The job's tokens and the variables its templates see.
@@ -328,8 +352,7 @@ impl Composer {
         now: OffsetDateTime,
         dkim: Option<&DkimKey>,
     ) -> Result<Composed, RenderError> {
-        let rendered = self.rewrite(job, &prepared, output)?;
-        let mut bytes = self.build(job, &rendered, now)?;
+        let (rendered, bytes) = self.build_unsigned(job, prepared, output, now)?;
         // Its own span and step time: the one CPU-heavy step of a send.
         let signing = tracing::debug_span!("sign").entered();
         let started = std::time::Instant::now();
@@ -339,7 +362,30 @@ impl Composer {
                 .record(started.elapsed().as_secs_f64());
         }
         drop(signing);
-        if let Some(header) = header? {
+        self.seal(rendered, bytes, header?)
+    }
+
+    /// Links rewritten and the MIME message built, not yet signed.
+    fn build_unsigned(
+        &self,
+        job: &SendJob,
+        prepared: Prepared,
+        output: TemplateOutput,
+        now: OffsetDateTime,
+    ) -> Result<(Rendered, Vec<u8>), RenderError> {
+        let rendered = self.rewrite(job, &prepared, output)?;
+        let bytes = self.build(job, &rendered, now)?;
+        Ok((rendered, bytes))
+    }
+
+    /// The signature on top, and the whole held to its size limit.
+    fn seal(
+        &self,
+        rendered: Rendered,
+        mut bytes: Vec<u8>,
+        header: Option<String>,
+    ) -> Result<Composed, RenderError> {
+        if let Some(header) = header {
             let mut signed = Vec::with_capacity(header.len() + bytes.len());
             signed.extend_from_slice(header.as_bytes());
             signed.extend_from_slice(&bytes);

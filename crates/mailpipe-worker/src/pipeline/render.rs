@@ -5,6 +5,7 @@
 //! job that cannot render, or renders too large, is dead-lettered.
 
 use std::ops::ControlFlow;
+use std::sync::Arc;
 
 use mailpipe_core::{Content, SendJob};
 use mailpipe_render::{ComposeError, Composed, DkimKey};
@@ -19,7 +20,7 @@ impl Pipeline {
         &self,
         rec: &Record<'_>,
         job: &SendJob,
-        signer: &DkimKey,
+        signer: &Arc<DkimKey>,
         shutdown: &CancellationToken,
     ) -> Step<Composed> {
         let compiled = match &job.content {
