@@ -297,19 +297,24 @@ impl Composer {
         let (bytes, header) = match dkim {
             None => (bytes, None),
             // On the signing threads, one per core, not this runtime's.
-            Some(key) => match self.signers.get_or_init(sign_pool::SignPool::per_core) {
-                Ok(pool) => {
-                    let (bytes, header) =
-                        pool.sign(Arc::clone(key), bytes).instrument(tracing::debug_span!("sign")).await;
-                    (bytes, Some(header.map_err(RenderError::from)?))
-                }
-                // No threads to be had (the process is at its limit): signed
-                // here, as before the pool, rather than not at all.
-                Err(_) => {
-                    let header = key.sign(&bytes).map_err(RenderError::from)?;
-                    (bytes, Some(header))
-                }
-            },
+            Some(key) => {
+                let started = std::time::Instant::now();
+                let (bytes, header) = match self.signers.get_or_init(sign_pool::SignPool::per_core) {
+                    Ok(pool) => {
+                        pool.sign(Arc::clone(key), bytes).instrument(tracing::debug_span!("sign")).await
+                    }
+                    // No threads to be had (the process is at its limit):
+                    // signed here, as before the pool, rather than not at all.
+                    Err(_) => {
+                        let header = tracing::debug_span!("sign").in_scope(|| key.sign(&bytes));
+                        (bytes, header)
+                    }
+                };
+                // The job's time signing, a wait for a free thread included.
+                metrics::histogram!("mailpipe_step_seconds", "step" => "sign")
+                    .record(started.elapsed().as_secs_f64());
+                (bytes, Some(header.map_err(RenderError::from)?))
+            }
         };
         Ok(self.seal(rendered, bytes, header)?)
     }

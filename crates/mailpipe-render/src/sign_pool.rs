@@ -8,7 +8,6 @@
 
 use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
 
 use tokio::sync::{mpsc, oneshot};
 
@@ -25,6 +24,9 @@ struct Task {
 
 pub(crate) struct SignPool {
     queue: mpsc::Sender<Task>,
+    /// Each thread holds the queue's receiving end until it ends.
+    #[cfg(test)]
+    receiver: std::sync::Weak<Mutex<mpsc::Receiver<Task>>>,
 }
 
 impl SignPool {
@@ -46,23 +48,29 @@ impl SignPool {
             std::thread::Builder::new().name(format!("mailpipe-sign-{i}")).spawn(move || {
                 loop {
                     // One thread waits on the queue at a time; the others on
-                    // the lock, and each takes the next task in turn.
-                    let next = match rx.lock() {
-                        Ok(mut rx) => rx.blocking_recv(),
-                        Err(_) => None,
-                    };
+                    // the lock, and each takes the next task in turn. A
+                    // poisoned lock is taken all the same: the receiver has
+                    // no state a panic could leave half-changed.
+                    let next = rx.lock().unwrap_or_else(std::sync::PoisonError::into_inner).blocking_recv();
+                    // The pool is gone: nothing more will come.
                     let Some(Task { key, message, done }) = next else { return };
-                    let started = Instant::now();
+                    // A caller that went away (its job abandoned at
+                    // shutdown) wants no signature.
+                    if done.is_closed() {
+                        continue;
+                    }
+                    // A panicking signer fails its message, not the thread.
                     let header = std::panic::catch_unwind(AssertUnwindSafe(|| key.sign(&message)))
                         .unwrap_or_else(|_| Err(DkimError::Sign("the signer panicked".into())));
-                    metrics::histogram!("mailpipe_step_seconds", "step" => "sign")
-                        .record(started.elapsed().as_secs_f64());
-                    // A caller that went away (shutdown) wants no answer.
                     let _ = done.send((message, header));
                 }
             })?;
         }
-        Ok(Self { queue })
+        Ok(Self {
+            queue,
+            #[cfg(test)]
+            receiver: Arc::downgrade(&rx),
+        })
     }
 
     /// The `DKIM-Signature` header for `message`, made on a signing
@@ -78,7 +86,8 @@ impl SignPool {
         }
         match answer.await {
             Ok(signed) => signed,
-            // Unreachable while a thread lives: each answers every task it takes.
+            // Unreachable: a thread ends only when the pool is dropped, and
+            // answers every task it takes whose caller still waits.
             Err(_) => (Vec::new(), Err(stopped())),
         }
     }
@@ -100,6 +109,12 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn signs_many_at_once_on_few_threads_and_gives_each_its_own() {
+        tokio::time::timeout(std::time::Duration::from_secs(30), many_at_once())
+            .await
+            .expect("the pool answers");
+    }
+
+    async fn many_at_once() {
         let pool = Arc::new(SignPool::new(2).unwrap());
         let key = key();
         let tasks: Vec<_> = (0..300)
@@ -120,6 +135,24 @@ mod tests {
             // compare the body hash, which depends on the message alone.
             let bh = |h: &str| h.split("bh=").nth(1).and_then(|s| s.split(';').next()).map(str::to_owned);
             assert_eq!(bh(&pooled), bh(&inline));
+        }
+    }
+}
+
+#[cfg(test)]
+mod shutdown {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn dropping_the_pool_ends_its_threads() {
+        let pool = SignPool::new(3).unwrap();
+        let receiver = pool.receiver.clone();
+        assert!(receiver.strong_count() >= 1, "the threads hold the queue");
+        drop(pool);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while receiver.strong_count() > 0 {
+            assert!(std::time::Instant::now() < deadline, "the threads end once the pool is dropped");
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
         }
     }
 }
