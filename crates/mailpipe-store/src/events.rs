@@ -170,7 +170,8 @@ async fn insert_timed(p: &sqlx::PgPool, cols: &Columns<'_>) -> Result<()> {
 }
 
 /// Events whose id may come again with a later time: each is inserted
-/// unless its id is stored in any partition, under a lock per id so that
+/// unless its id is stored in any partition, under a lock on its id's stripe
+/// ([`KeyLocks`]) so that
 /// two writers of the same event (two trackers given the same unsubscribe)
 /// do not both find it missing. The first of a batch's repeats is kept.
 async fn insert_keyed<'a>(p: &sqlx::PgPool, mut rows: Vec<(&'a Event, &'a str)>) -> Result<()> {
