@@ -39,7 +39,18 @@ step "cargo clippy -D warnings"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
 step "cargo test (unit, integration against real Kafka/PostgreSQL/smtp-sink, CLI, demo)"
-cargo test --workspace --locked --no-fail-fast
+# A test binary killed by a signal (a C library's crash under it) leaves a
+# core, and scripts/cores.sh prints its threads' backtraces, instead of a
+# bare "signal 11" that no rerun explains.
+ulimit -c unlimited 2>/dev/null || true
+marker=$(mktemp)
+tests_rc=0
+cargo test --workspace --locked --no-fail-fast || tests_rc=$?
+if [ "$tests_rc" -ne 0 ]; then
+  scripts/cores.sh "$marker"
+fi
+rm -f "$marker"
+[ "$tests_rc" -eq 0 ] || exit "$tests_rc"
 
 step "docker/docker-compose.yml: compose-go accepts it, its services pass check-config"
 cargo build --locked -q -p mailpipe

@@ -320,9 +320,12 @@ pub fn serve() -> std::io::Result<()> {
 }
 
 /// Caps the address space at what the process has now plus `mb` MiB: an
-/// allocation past it fails, and the process aborts.
+/// allocation past it fails, and the process aborts. The abort writes no
+/// core file: a sandbox's memory holds a tenant's templates and its
+/// recipients' variables, which must not land on disk.
 fn limit_memory(mb: u64) -> std::io::Result<()> {
     use rustix::process::{Resource, Rlimit, setrlimit};
+    setrlimit(Resource::Core, Rlimit { current: Some(0), maximum: Some(0) })?;
     let statm = std::fs::read_to_string("/proc/self/statm")?;
     let pages: u64 = statm.split_whitespace().next().and_then(|p| p.parse().ok()).unwrap_or(0);
     let now = pages * rustix::param::page_size() as u64;

@@ -76,6 +76,19 @@ async fn hostile_templates_are_dead_lettered_and_the_worker_stays_up_and_small()
     })
     .await;
     worker.assert_running("after the hostile templates");
+    // A sandbox that runs out of memory aborts; it must leave no core file,
+    // which would hold a tenant's templates and recipients' variables.
+    let sandboxes = render_sandboxes_of(worker.id());
+    assert!(!sandboxes.is_empty(), "the worker keeps its sandbox pool");
+    for pid in sandboxes {
+        let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap_or_default();
+        let core = limits.lines().find(|l| l.starts_with("Max core file size")).unwrap_or("");
+        assert_eq!(
+            core.split_whitespace().skip(4).take(2).collect::<Vec<_>>(),
+            ["0", "0"],
+            "sandbox {pid}: {core}"
+        );
+    }
     let peak_rss_mb = worker.peak_rss_mb();
     let status = worker.terminate(Duration::from_secs(30)).await;
     assert!(status.success(), "the worker stops cleanly: {status:?}");
@@ -104,4 +117,21 @@ async fn hostile_templates_are_dead_lettered_and_the_worker_stays_up_and_small()
     // limit (render.memory_mb). A debug worker sending this campaign peaks
     // near 60 MB; 150 leaves room without hiding a 100 MB value.
     assert!(peak_rss_mb > 0 && peak_rss_mb < 150, "worker peak RSS {peak_rss_mb} MB");
+}
+
+/// The `mailpipe render-sandbox` children of process `parent`.
+fn render_sandboxes_of(parent: u32) -> Vec<u32> {
+    let Ok(procs) = std::fs::read_dir("/proc") else { return Vec::new() };
+    procs
+        .flatten()
+        .filter_map(|p| p.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            // pid (comm) state ppid ...: the fields after the last ')'.
+            let ppid =
+                stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse().ok());
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            ppid == Some(parent) && String::from_utf8_lossy(&cmdline).contains("render-sandbox")
+        })
+        .collect()
 }
