@@ -209,10 +209,7 @@ impl Store {
                 migrations::postgres().run(p).await?;
                 // This month's partitions and the next two's, as of now
                 // (the migration made them as of its own run).
-                sqlx::query("SELECT mailpipe_prepare_partitions($1)")
-                    .bind(mailpipe_core::now_ms())
-                    .execute(p)
-                    .await?;
+                prepare_partitions(p, mailpipe_core::now_ms()).await?;
             }
             Pool::Sqlite(p) => migrations::sqlite().run(p).await?,
         }
@@ -251,6 +248,13 @@ impl Store {
     pub async fn close(&self) {
         on_pool!(self, p => p.close().await)
     }
+}
+
+/// Makes the month partitions of events and dead letters that `now_ms`
+/// calls for on PostgreSQL (migration 0021): its month and the next two.
+pub(crate) async fn prepare_partitions(p: &sqlx::PgPool, now_ms: i64) -> Result<()> {
+    sqlx::query("SELECT mailpipe_prepare_partitions($1)").bind(now_ms).execute(p).await?;
+    Ok(())
 }
 
 mod migrations {

@@ -244,7 +244,7 @@ impl Store {
             // a month more (docs/privacy.md). The next months' partitions are
             // made first, so that new rows find theirs.
             Pool::Postgres(p) => {
-                sqlx::query("SELECT mailpipe_prepare_partitions($1)").bind(now).execute(p).await?;
+                crate::prepare_partitions(p, now).await?;
                 let expire =
                     "SELECT partitions_dropped::int8, rows_deleted FROM mailpipe_expire_partitions($1, $2)";
                 // Each table on its own: one that cannot be dropped from now
