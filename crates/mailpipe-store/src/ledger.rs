@@ -22,12 +22,20 @@ enum Conn<'c> {
 /// PostgreSQL a lone round is one statement on a pooled connection (its own
 /// commit), and several rounds share one transaction, so that a failure
 /// applies none of them; on SQLite the rounds are always one transaction.
+/// With `holding_the_month`, PostgreSQL's rounds always run in a
+/// transaction that first takes [`hold_the_month`].
 macro_rules! in_rounds {
-    ($self:expr, $rounds:expr, $c:ident, $round:ident => $body:expr) => {{
+    ($self:expr, $rounds:expr, $c:ident, $round:ident => $body:expr) => {
+        in_rounds!(@run $self, $rounds, false, $c, $round => $body)
+    };
+    ($self:expr, $rounds:expr, holding_the_month, $c:ident, $round:ident => $body:expr) => {
+        in_rounds!(@run $self, $rounds, true, $c, $round => $body)
+    };
+    (@run $self:expr, $rounds:expr, $hold:expr, $c:ident, $round:ident => $body:expr) => {{
         debug_assert!($self.tenant.is_none(), "the ledger is the platform's");
         let mut results = Vec::with_capacity($rounds.len());
         match &$self.pool {
-            Pool::Postgres(p) if $rounds.len() <= 1 => {
+            Pool::Postgres(p) if $rounds.len() <= 1 && !$hold => {
                 let mut conn = p.acquire().await?;
                 for $round in $rounds.iter() {
                     let $c = Conn::Pg(&mut *conn);
@@ -36,6 +44,9 @@ macro_rules! in_rounds {
             }
             Pool::Postgres(p) => {
                 let mut tx = p.begin().await?;
+                if $hold {
+                    hold_the_month(&mut tx).await?;
+                }
                 for $round in $rounds.iter() {
                     let $c = Conn::Pg(&mut *tx);
                     results.push($body?);
@@ -54,6 +65,20 @@ macro_rules! in_rounds {
         results
     }};
 }
+
+/// Holds, to the end of the transaction, the ledger's month where it is:
+/// an advisory lock taken shared here and exclusive by
+/// `mailpipe_prepare_partitions` to move the month on (migration 0022). A
+/// claim takes it in a statement before its own, so that its snapshot is
+/// taken after any move it waited for.
+async fn hold_the_month(tx: &mut sqlx::PgConnection) -> Result<()> {
+    sqlx::query("SELECT pg_advisory_xact_lock_shared($1, 0)").bind(LEDGER_MONTH_LOCK).execute(tx).await?;
+    Ok(())
+}
+
+/// The first key of the advisory lock of [`hold_the_month`] ("ledg" in
+/// ASCII), as in migration 0022.
+const LEDGER_MONTH_LOCK: i32 = 0x6c65_6467;
 
 /// Where a job stands in the send ledger.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -256,6 +281,14 @@ async fn claim_round_pg(
     let mut order = round.to_vec();
     order.sort_by(|&a, &b| (&reqs[a].tenant_id, &reqs[a].job_id).cmp(&(&reqs[b].tenant_id, &reqs[b].job_id)));
     let pick = |f: fn(&ClaimRequest) -> &str| order.iter().map(|&i| f(&reqs[i])).collect::<Vec<_>>();
+    // The rows go to the current month's partition (migration 0022), where
+    // two claims of a job meet on the primary key; a job claimed in an
+    // earlier month is found there, committed before the month moved on
+    // (the caller holds the lock that move waits for).
+    // Each lookup of a job is an index probe per month, whatever the
+    // statistics say: `OFFSET 0` keeps the planner from turning a lookup
+    // into a join, which it would make by hashing the whole month while the
+    // month is new and unanalysed (measured: a claim batch 100 times slower).
     // The second SELECT reads the statement's snapshot, which cannot see a
     // row that a concurrent claim committed after it began; then neither
     // branch returns that job, and the fallback below (a new statement with
@@ -264,21 +297,31 @@ async fn claim_round_pg(
                    SELECT * FROM UNNEST($1::int4[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[], $9::text[])
                        AS i(ord, tenant_id, job_id, campaign_id, category, recipient, recipient_domain, recipient_hash, return_tag)),
                ins AS (
-                   INSERT INTO send_ledger (tenant_id, job_id, campaign_id, category, recipient, recipient_domain, status, attempts, created_at, updated_at, recipient_hash, return_tag)
+                   INSERT INTO send_ledger (tenant_id, job_id, campaign_id, category, recipient, recipient_domain, status, attempts, created_at, updated_at, recipient_hash, return_tag, part)
                    SELECT tenant_id, job_id, campaign_id, category,
                           CASE WHEN EXISTS (SELECT 1 FROM erasures e WHERE e.recipient_hash = i.recipient_hash AND e.scope_tenant IN ('', i.tenant_id))
                                THEN 'erased:' || i.recipient_hash ELSE i.recipient END,
-                          recipient_domain, 'pending', 0, $10, $10, recipient_hash, return_tag
-                   FROM i ORDER BY ord
-                   ON CONFLICT (tenant_id, job_id) DO NOTHING
+                          recipient_domain, 'pending', 0, $10, $10, recipient_hash, return_tag,
+                          (SELECT part FROM send_ledger_current)
+                   FROM i
+                   WHERE NOT EXISTS (SELECT 1 FROM send_ledger o
+                                     WHERE o.tenant_id = i.tenant_id AND o.job_id = i.job_id
+                                       AND o.part <> (SELECT part FROM send_ledger_current)
+                                     OFFSET 0)
+                   ORDER BY ord
+                   ON CONFLICT (tenant_id, job_id, part) DO NOTHING
                    RETURNING tenant_id, job_id, status, attempts, message_id, created_at, payload IS NOT NULL AS scheduled, return_tag)
                SELECT i.ord, ins.status, ins.attempts, ins.message_id, ins.created_at, ins.scheduled, ins.return_tag
                FROM ins JOIN i ON i.tenant_id = ins.tenant_id AND i.job_id = ins.job_id
                UNION ALL
                SELECT i.ord, l.status, l.attempts, l.message_id, l.created_at, l.payload IS NOT NULL, l.return_tag
-               FROM send_ledger l JOIN i ON l.tenant_id = i.tenant_id AND l.job_id = i.job_id
+               FROM i CROSS JOIN LATERAL (SELECT * FROM send_ledger l
+                                          WHERE l.tenant_id = i.tenant_id AND l.job_id = i.job_id OFFSET 0) l
                WHERE NOT EXISTS (SELECT 1 FROM ins WHERE ins.tenant_id = i.tenant_id AND ins.job_id = i.job_id)";
     let got: Vec<OrdClaimRow> = sqlx::query_as(sql)
+        // Planned for each batch, like the mark's: a plan cached while the
+        // month was empty would go on scanning it for each lookup.
+        .persistent(false)
         .bind((0..order.len() as i32).collect::<Vec<_>>())
         .bind(pick(|r| &r.tenant_id))
         .bind(pick(|r| &r.job_id))
@@ -298,9 +341,11 @@ async fn claim_round_pg(
     let missing: Vec<usize> = (0..order.len()).filter(|&k| rows[k].is_none()).collect();
     if !missing.is_empty() {
         let sql = "SELECT i.ord, l.status, l.attempts, l.message_id, l.created_at, l.payload IS NOT NULL, l.return_tag
-                   FROM send_ledger l JOIN UNNEST($1::int4[], $2::text[], $3::text[]) AS i(ord, tenant_id, job_id)
-                     ON l.tenant_id = i.tenant_id AND l.job_id = i.job_id";
+                   FROM UNNEST($1::int4[], $2::text[], $3::text[]) AS i(ord, tenant_id, job_id)
+                   CROSS JOIN LATERAL (SELECT * FROM send_ledger l
+                                       WHERE l.tenant_id = i.tenant_id AND l.job_id = i.job_id OFFSET 0) l";
         let again: Vec<OrdClaimRow> = sqlx::query_as(sql)
+            .persistent(false)
             .bind(missing.iter().map(|&k| k as i32).collect::<Vec<_>>())
             .bind(missing.iter().map(|&k| reqs[order[k]].tenant_id.as_str()).collect::<Vec<_>>())
             .bind(missing.iter().map(|&k| reqs[order[k]].job_id.as_str()).collect::<Vec<_>>())
@@ -377,8 +422,7 @@ async fn mark_round_pg(
     let applied: Vec<i32> = sqlx::query_scalar(sql)
         // Planned for each batch: a plan cached while the ledger was small
         // joins it by a scan, and keeps doing so as it grows (measured: the
-        // mark twice as slow). The claim's INSERT finds rows by its arbiter
-        // index whatever the plan, so it keeps its cached one.
+        // mark twice as slow). The claim's likewise (claim_round_pg).
         .persistent(false)
         .bind(now)
         .bind((0..round.len() as i32).collect::<Vec<_>>())
@@ -559,7 +603,7 @@ impl Store {
     pub async fn claim_jobs(&self, reqs: &[ClaimRequest]) -> Result<Vec<Claim>> {
         let now = now_ms();
         let rounds = rounds(reqs.iter().map(|r| (&r.tenant_id, &r.job_id)));
-        let rows = in_rounds!(self, &rounds, c, round => match c {
+        let rows = in_rounds!(self, &rounds, holding_the_month, c, round => match c {
             Conn::Pg(c) => claim_round_pg(c, reqs, round, now).await,
             Conn::Lite(c) => claim_round_lite(c, reqs, round, now).await,
         });

@@ -30,8 +30,8 @@ pub struct PurgeReport {
     pub client_details_removed: u64,
     pub dead_letters_deleted: u64,
     pub rejected_reports_deleted: u64,
-    /// Month partitions of events and dead letters dropped whole (on
-    /// PostgreSQL; their rows are not in the counts above).
+    /// Month partitions of events, dead letters and the ledger dropped
+    /// whole (on PostgreSQL; their rows are not in the counts above).
     pub partitions_dropped: u64,
 }
 
@@ -234,9 +234,6 @@ impl Store {
             sqlx::query("DELETE FROM analytics_seen WHERE seen_at < $1").bind(cutoff(r.events_days)).execute(p).await?;
             // Soft bounces count within days; older ones are events' age.
             sqlx::query("DELETE FROM soft_bounces WHERE at < $1").bind(cutoff(r.events_days)).execute(p).await?;
-            // Only finished jobs: a job still on the retry schedule keeps its row.
-            out.ledger_rows_deleted = sqlx::query("DELETE FROM send_ledger WHERE updated_at < $1 AND payload IS NULL AND status NOT IN ('pending', 'sending', 'deferred')")
-                .bind(cutoff(r.ledger_days)).execute(p).await?.rows_affected();
             out.rejected_reports_deleted = sqlx::query("DELETE FROM rejected_reports WHERE received_at < $1").bind(cutoff(r.rejected_reports_days)).execute(p).await?.rows_affected();
         });
         match &self.pool {
@@ -247,19 +244,23 @@ impl Store {
                 crate::prepare_partitions(p, now).await?;
                 let expire =
                     "SELECT partitions_dropped::int8, rows_deleted FROM mailpipe_expire_partitions($1, $2)";
+                // Only finished jobs: a job still on the retry schedule keeps
+                // its row (migration 0022 says how a month goes whole).
+                let expire_ledger =
+                    "SELECT partitions_dropped::int8, rows_deleted FROM mailpipe_expire_ledger($1)";
                 // Each table on its own: one that cannot be dropped from now
-                // (its lock not had in time) does not hold the other up.
+                // (its lock not had in time) does not hold the others up.
                 let mut failed = None;
                 for (table, days, deleted) in [
                     ("events", r.events_days, &mut out.events_deleted),
                     ("dead_letters", r.dead_letters_days, &mut out.dead_letters_deleted),
+                    ("send_ledger", r.ledger_days, &mut out.ledger_rows_deleted),
                 ] {
-                    match sqlx::query_as::<_, (i64, i64)>(expire)
-                        .bind(table)
-                        .bind(cutoff(days))
-                        .fetch_one(p)
-                        .await
-                    {
+                    let q = match table {
+                        "send_ledger" => sqlx::query_as::<_, (i64, i64)>(expire_ledger),
+                        _ => sqlx::query_as(expire).bind(table),
+                    };
+                    match q.bind(cutoff(days)).fetch_one(p).await {
                         Ok((dropped, rows)) => {
                             out.partitions_dropped += dropped as u64;
                             *deleted = rows as u64;
@@ -272,6 +273,13 @@ impl Store {
                 }
             }
             Pool::Sqlite(p) => {
+                out.ledger_rows_deleted = sqlx::query(
+                    "DELETE FROM send_ledger WHERE updated_at < $1 AND payload IS NULL AND status NOT IN ('pending', 'sending', 'deferred')",
+                )
+                .bind(cutoff(r.ledger_days))
+                .execute(p)
+                .await?
+                .rows_affected();
                 out.events_deleted = sqlx::query("DELETE FROM events WHERE occurred_at < $1")
                     .bind(cutoff(r.events_days))
                     .execute(p)

@@ -1,10 +1,11 @@
-//! Events and dead letters on PostgreSQL are partitioned by month
-//! (migration 0021): retention drops whole months, an event emitted again
-//! later is still stored once, and a database from before the migration
+//! Events and dead letters (migration 0021) and the send ledger (0022) on
+//! PostgreSQL are partitioned by month: retention drops whole months, an
+//! event emitted again later is still stored once, a job is claimed once
+//! however the months move, and a database from before the migrations
 //! keeps its rows.
 
-use mailpipe_core::{CampaignId, Event, EventType, JobId, TenantId};
-use mailpipe_store::{DeadLetter, Retention, Store};
+use mailpipe_core::{CampaignId, Event, EventType, JobId, SendJob, TenantId};
+use mailpipe_store::{ClaimRequest, DeadLetter, LedgerStatus, OutcomeRecord, Retention, Store};
 use mailpipe_tests::*;
 use sqlx::Connection;
 
@@ -211,8 +212,9 @@ async fn a_record_dead_lettered_twice_at_once_is_kept_once() {
     assert_eq!(count(&db.url, "SELECT COUNT(*) FROM events").await, 1);
 }
 
-/// A deployment upgrading to 0021 keeps every row, without copying them:
-/// its tables become the partitions of everything before next month, and
+/// A deployment upgrading to 0021 and 0022 keeps every row, without copying them:
+/// its tables become the partitions of everything before next month (the
+/// ledger's, of month 0), and
 /// retention deletes from them row by row until they are all past it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upgraded_database_keeps_its_rows_in_the_old_table() {
@@ -247,6 +249,16 @@ async fn an_upgraded_database_keeps_its_rows_in_the_old_table() {
         payload: b"x".to_vec(),
     };
     store.dead_letter(&dl, &Event::unattributed(EventType::DeadLettered, &dl.source)).await.unwrap();
+    // Three jobs sent before the upgrade (the store of today claims into
+    // months, so the rows go in as the store of then wrote them).
+    sqlx::query(
+        "INSERT INTO send_ledger (tenant_id, job_id, campaign_id, category, recipient, recipient_domain, status, attempts, created_at, updated_at)
+         SELECT 'acme', 'job-0000' || n, 'c', 'marketing', 'x', 'a.example', 'sent', 1, $1, $1 FROM generate_series(1, 3) n",
+    )
+    .bind(now - 2 * DAY)
+    .execute(&mut platform_connection(&db.url).await)
+    .await
+    .unwrap();
 
     store.close().await;
     // As the owner, with the bound proven beforehand (docs/operations.md),
@@ -296,13 +308,27 @@ async fn an_upgraded_database_keeps_its_rows_in_the_old_table() {
     let direct = sqlx::query("SELECT 1 FROM events_before_0021 LIMIT 1").execute(&mut service).await;
     assert!(direct.is_err(), "a partition is not the services' to read directly");
 
-    let r = Retention { events_days: 30, dead_letters_days: 30, ..keep_forever() };
+    // The ledger's old rows: a partition of their own, found by a claim.
+    assert!(
+        partitions(&db.url, "send_ledger").await.contains(&("send_ledger_before_0022".into(), 3)),
+        "{:?}",
+        partitions(&db.url, "send_ledger").await
+    );
+    let again = store.claim_jobs(&[claim_req(&send_job(1)), claim_req(&send_job(4))]).await.unwrap();
+    assert_eq!((again[0].status, again[1].status), (LedgerStatus::Sent, LedgerStatus::Pending));
+    assert_eq!(count(&db.url, "SELECT COUNT(*) FROM send_ledger").await, 4);
+
+    let r = Retention { events_days: 30, dead_letters_days: 30, ledger_days: 30, ..keep_forever() };
     let rep = store.purge(now, r).await.unwrap();
     assert_eq!(rep.events_deleted, 30, "30 of 60 days are past: {rep:?}");
+    assert_eq!(rep.ledger_rows_deleted, 0, "{rep:?}");
     let rep = store.purge(now + 400 * DAY, r).await.unwrap();
-    assert!(rep.partitions_dropped >= 2, "the old tables go whole once all of them is past: {rep:?}");
+    assert!(rep.partitions_dropped >= 3, "the old tables go whole once all of them is past: {rep:?}");
+    assert_eq!(rep.ledger_rows_deleted, 3, "the old ledger's rows one by one, then the table: {rep:?}");
     let left = partitions(&db.url, "events").await;
     assert!(!left.iter().any(|(n, _)| n.ends_with("_before_0021")), "{left:?}");
+    let left = partitions(&db.url, "send_ledger").await;
+    assert!(!left.iter().any(|(n, _)| n.ends_with("_before_0022")), "{left:?}");
 }
 
 /// A tracker batch can hold thousands of unsubscribes (a tenant can make
@@ -318,4 +344,185 @@ async fn a_batch_of_many_unsubscribes_is_stored_whole() {
         (0..40_000).map(|i| ev(EventType::Unsubscribe, &format!("j{i}"), "", now)).collect();
     store.insert_events(&many).await.unwrap();
     assert_eq!(count(&db.url, "SELECT COUNT(*) FROM events").await, 40_000);
+}
+
+fn send_job(n: usize) -> SendJob {
+    SendJob::from_json(&serde_json::to_vec(&job(n, "acme", "c", "a.example")).unwrap()).unwrap()
+}
+
+fn claim_req(j: &SendJob) -> ClaimRequest {
+    ClaimRequest::new(j, &test_keys().hasher.hash(&j.to.email.canonical()), None)
+}
+
+fn sent(j: &SendJob) -> OutcomeRecord {
+    let ev = Event::for_job(EventType::Sent, &j.tenant_id, &j.campaign_id, &j.job_id, "");
+    OutcomeRecord::new(j.tenant_id.as_str(), j.job_id.as_str(), LedgerStatus::Sent, Some("250 ok"), ev)
+}
+
+async fn ledger_month(db: &str) -> String {
+    let m: i32 = sqlx::query_scalar("SELECT part FROM send_ledger_current")
+        .fetch_one(&mut platform_connection(db).await)
+        .await
+        .unwrap();
+    m.to_string()
+}
+
+/// The ledger's month moves on (at the first purge of a month) while claims
+/// of the same jobs run from several workers: each job still has one row,
+/// and every claim of it reads that row, whichever month it went to.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_is_claimed_once_across_a_change_of_month() {
+    let TestStore { store, db } = fresh_store().await;
+    let now = mailpipe_core::now_ms();
+    assert_eq!(ledger_month(&db.url).await, month(now));
+    let jobs: Vec<SendJob> = (0..300).map(send_job).collect();
+    let first: Vec<ClaimRequest> = jobs[..50].iter().map(claim_req).collect();
+    store.claim_jobs(&first).await.unwrap();
+    store.finish_many(&jobs[..50].iter().map(sent).collect::<Vec<_>>()).await.unwrap();
+
+    store.purge(month_start(now, 1) + DAY, keep_forever()).await.unwrap();
+    assert_eq!(ledger_month(&db.url).await, month_after(now, 1), "the month moved on");
+    let again = store.claim_jobs(&first).await.unwrap();
+    assert!(again.iter().all(|c| c.status == LedgerStatus::Sent), "claimed last month, found this month");
+
+    // Four workers claim the other 250 jobs, each all of them in its own
+    // order, in batches of 25, while the month moves on twice more.
+    let store = std::sync::Arc::new(store);
+    let rest: std::sync::Arc<Vec<SendJob>> = std::sync::Arc::new(jobs[50..].to_vec());
+    let claimers: Vec<_> = (0..4)
+        .map(|w| {
+            let (store, rest) = (store.clone(), rest.clone());
+            tokio::spawn(async move {
+                let mut seen = std::collections::HashMap::new();
+                let order: Vec<usize> = (0..rest.len()).map(|i| (i * 7 + w * 61) % rest.len()).collect();
+                for chunk in order.chunks(25) {
+                    let reqs: Vec<ClaimRequest> = chunk.iter().map(|&i| claim_req(&rest[i])).collect();
+                    let claims = store.claim_jobs(&reqs).await.unwrap();
+                    for (&i, c) in chunk.iter().zip(claims) {
+                        seen.insert(i, c.created_at_ms);
+                    }
+                }
+                seen
+            })
+        })
+        .collect();
+    for ahead in [2, 3] {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        store.purge(month_start(now, ahead) + DAY, keep_forever()).await.unwrap();
+    }
+    let mut views = Vec::new();
+    for c in claimers {
+        views.push(c.await.unwrap());
+    }
+    for i in 0..rest.len() {
+        let times: std::collections::HashSet<i64> = views.iter().map(|v| v[&i]).collect();
+        assert_eq!(times.len(), 1, "job {i}: every claim read the same row");
+    }
+    assert_eq!(ledger_month(&db.url).await, month_after(now, 3));
+    assert_eq!(count(&db.url, "SELECT COUNT(*) FROM send_ledger").await, 300, "one row a job");
+    assert_eq!(count(&db.url, "SELECT COUNT(DISTINCT (tenant_id, job_id)) FROM send_ledger").await, 300);
+    let parts = partitions(&db.url, "send_ledger").await;
+    assert!(parts.contains(&(format!("send_ledger_{}", month(now)), 50)), "{parts:?}");
+}
+
+/// The ledger's month moves on only between claims: the move waits for a
+/// claim under way, which has read the month before it, and a claim waits
+/// for a move under way, so that it reads the new month and finds every
+/// row of the old one committed. (The test above races them; this one
+/// holds each side of the lock, so that a claim or a move without it fails
+/// here every time.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_month_moves_on_only_between_claims() {
+    use sqlx::Connection as _;
+    const MONTH_LOCK: i32 = 1_818_584_167;
+    let TestStore { store, db } = fresh_store().await;
+    let now = mailpipe_core::now_ms();
+
+    // A claim under way: its transaction holds the month, shared, and has
+    // written its row to the month it read.
+    let mut conn = platform_connection(&db.url).await;
+    let mut claim = conn.begin().await.unwrap();
+    sqlx::query("SELECT pg_advisory_xact_lock_shared($1, 0)")
+        .bind(MONTH_LOCK)
+        .execute(&mut *claim)
+        .await
+        .unwrap();
+    sqlx::query(
+        "INSERT INTO send_ledger (tenant_id, job_id, campaign_id, category, recipient, recipient_domain, status, created_at, updated_at, part)
+         SELECT 'acme', 'job-00001', 'c', 'marketing', 'x', 'a.example', 'pending', 12345, 12345, part FROM send_ledger_current",
+    )
+    .execute(&mut *claim)
+    .await
+    .unwrap();
+    let mover = tokio::spawn({
+        let store = store.clone();
+        async move { store.purge(month_start(now, 1) + DAY, keep_forever()).await }
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert!(!mover.is_finished(), "the move waits for the claim under way");
+    claim.commit().await.unwrap();
+    mover.await.unwrap().unwrap();
+    assert_eq!(ledger_month(&db.url).await, month_after(now, 1));
+    let c = store.claim_jobs(&[claim_req(&send_job(1))]).await.unwrap().remove(0);
+    assert_eq!(c.created_at_ms, 12345, "the new month's claim found the old month's row");
+    assert_eq!(count(&db.url, "SELECT COUNT(*) FROM send_ledger").await, 1);
+
+    // A move under way: a claim waits for it.
+    let mut conn = platform_connection(&db.url).await;
+    let mut moving = conn.begin().await.unwrap();
+    sqlx::query("SELECT pg_advisory_xact_lock($1, 0)").bind(MONTH_LOCK).execute(&mut *moving).await.unwrap();
+    let claimer = tokio::spawn({
+        let store = store.clone();
+        async move { store.claim_jobs(&[claim_req(&send_job(2))]).await }
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert!(!claimer.is_finished(), "the claim waits for the move under way");
+    moving.commit().await.unwrap();
+    assert_eq!(claimer.await.unwrap().unwrap()[0].status, LedgerStatus::Pending);
+}
+
+/// Retention drops a month of the ledger whole once its rows are past
+/// `ledger_days`; its few unfinished jobs move to the default partition
+/// first, where a claim still finds them. A month the cutoff falls in or
+/// after stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_drops_a_ledger_month_and_keeps_its_unfinished_jobs() {
+    let TestStore { store, db } = fresh_store().await;
+    let now = mailpipe_core::now_ms();
+    let jobs: Vec<SendJob> = (0..50).map(send_job).collect();
+    store.claim_jobs(&jobs.iter().map(claim_req).collect::<Vec<_>>()).await.unwrap();
+    store.finish_many(&jobs[..48].iter().map(sent).collect::<Vec<_>>()).await.unwrap();
+    // Job 48 stays pending (a worker died before sending); job 49 waits
+    // on the retry schedule.
+    let j = &jobs[49];
+    store
+        .defer(j.tenant_id.as_str(), j.job_id.as_str(), 0, 1, Some("451 later"), now + 10 * DAY, b"job", None)
+        .await
+        .unwrap();
+    let this_month = format!("send_ledger_{}", month(now));
+    let r = Retention { ledger_days: 20, ..keep_forever() };
+
+    // Next week: the cutoff is in this month or the last; nothing goes.
+    let rep = store.purge(now + 7 * DAY, r).await.unwrap();
+    assert_eq!((rep.ledger_rows_deleted, rep.partitions_dropped), (0, 0), "{rep:?}");
+    assert!(partitions(&db.url, "send_ledger").await.contains(&(this_month.clone(), 50)));
+
+    // Two months on, the cutoff is past this month: it goes whole.
+    let rep = store.purge(month_start(now, 2) + DAY, r).await.unwrap();
+    assert_eq!(rep.partitions_dropped, 1, "{rep:?}");
+    assert_eq!(rep.ledger_rows_deleted, 0, "no row deleted one by one: {rep:?}");
+    let left = partitions(&db.url, "send_ledger").await;
+    assert!(!left.iter().any(|(n, _)| *n == this_month), "{left:?}");
+    assert!(left.contains(&("send_ledger_default".into(), 2)), "the two unfinished jobs moved: {left:?}");
+    let again = store.claim_jobs(&[claim_req(&jobs[48]), claim_req(&jobs[49])]).await.unwrap();
+    assert_eq!(again[0].status, LedgerStatus::Pending);
+    assert_eq!((again[1].status, again[1].scheduled), (LedgerStatus::Deferred, true));
+    assert_eq!(count(&db.url, "SELECT COUNT(*) FROM send_ledger").await, 2);
+    assert_eq!(store.retry_backlog().await.unwrap().0, 1, "still on the retry schedule");
+
+    // Once finished and past retention, they go one by one from there.
+    store.finish_many(&[sent(&jobs[48]), sent(&jobs[49])]).await.unwrap();
+    let rep = store.purge(month_start(now, 2) + DAY, r).await.unwrap();
+    assert_eq!((rep.ledger_rows_deleted, rep.partitions_dropped), (2, 0), "{rep:?}");
+    assert_eq!(count(&db.url, "SELECT COUNT(*) FROM send_ledger").await, 0);
 }
