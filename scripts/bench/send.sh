@@ -159,8 +159,11 @@ print("'"$label"' steps, mean per job (concurrent, so they add up to more than 1
   span=$(platform_psql "$url" "SELECT (MAX(updated_at) - MIN(created_at)) FROM send_ledger")
   # What each message costs the database, for docs/capacity.md: table and
   # index bytes of the ledger and of events, and WAL, per message sent.
-  platform_psql "$url" "SELECT '$label storage per message sent: ledger ' || pg_total_relation_size('send_ledger') / $sent
-      || ' B, events ' || pg_total_relation_size('events') / $sent || ' B (' || (SELECT COUNT(*) FROM events) || ' events of ' || (SELECT AVG(length(payload))::int FROM events) || ' B JSON each), WAL '
+  # A partitioned table's own size is none, its partitions' is all (an
+  # older build's ledger is a plain table: its own size, no partitions).
+  local size="(pg_total_relation_size('TABLE') + (SELECT COALESCE(SUM(pg_total_relation_size(inhrelid)), 0) FROM pg_inherits WHERE inhparent = 'TABLE'::regclass))"
+  platform_psql "$url" "SELECT '$label storage per message sent: ledger ' || ${size//TABLE/send_ledger} / $sent
+      || ' B, events ' || ${size//TABLE/events} / $sent || ' B (' || (SELECT COUNT(*) FROM events) || ' events of ' || (SELECT AVG(length(payload))::int FROM events) || ' B JSON each), WAL '
       || pg_wal_lsn_diff(pg_current_wal_lsn(), '$wal0') / $sent || ' B'" >> "$work/steps.txt" 2>/dev/null || true
   psql -q "$MAILPIPE_TEST_DATABASE_URL" -c "DROP DATABASE $db" >/dev/null
   local cpu_s
