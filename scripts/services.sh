@@ -337,8 +337,11 @@ kafka_tls() {
 # here, for this loopback broker only. Done once per broker settings.
 KAFKA_PRINCIPALS="mailpipe-worker mailpipe-producer mailpipe-tracker mailpipe-analytics"
 kafka_principals() {
-  local stamp; stamp=$(cat "$kafka_dir/running.stamp" 2>/dev/null)
-  [ -n "$stamp" ] && [ "$(cat "$kafka_dir/principals.stamp" 2>/dev/null)" = "$stamp" ] && return 0
+  # The broker's settings and this function's own text: a broker set up
+  # before an ACL was added here gets it on the next `up`.
+  local running stamp; running=$(cat "$kafka_dir/running.stamp" 2>/dev/null)
+  stamp="$running-$(declare -f kafka_principals | sha256sum | cut -c1-8)"
+  [ -n "$running" ] && [ "$(cat "$kafka_dir/principals.stamp" 2>/dev/null)" = "$stamp" ] && return 0
   say "creating the SASL principals and their ACLs"
   local b=127.0.0.1:$KAFKA_PORT u
   for u in $KAFKA_PRINCIPALS; do
@@ -358,6 +361,8 @@ kafka_principals() {
   acl mailpipe-producer --operation Write --operation Describe --topic mailpipe.send.v1
   acl mailpipe-tracker --operation Write --operation Describe --topic mailpipe.events.v1
   acl mailpipe-analytics --operation Read --operation Describe --topic mailpipe.events.v1 --group mailpipe-analytics
+  # The send API (POST /api/v1/messages) queues jobs as a producer does.
+  acl mailpipe-analytics --operation Write --operation Describe --topic mailpipe.send.v1
   echo "$stamp" > "$kafka_dir/principals.stamp"
 }
 

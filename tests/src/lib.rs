@@ -18,6 +18,7 @@ pub mod env;
 pub mod exim;
 pub mod http;
 pub mod kafka;
+pub mod openapi;
 pub mod postfix;
 pub mod postgres;
 pub mod process;

@@ -23,6 +23,7 @@ use tracing::warn;
 
 use crate::csv::{ImportError, export_csv};
 use crate::domains::{self, DomainsApi};
+use crate::send::{self, JobSink};
 use crate::{dashboard, session};
 
 #[derive(Clone)]
@@ -33,11 +34,36 @@ pub struct ApiState {
     pub(crate) domains: Option<Arc<DomainsApi>>,
     /// Whether the dashboard's cookie is marked `Secure` (served over HTTPS).
     pub(crate) secure_cookie: bool,
+    /// Where `POST /api/v1/messages` queues jobs; without it, 503.
+    pub(crate) sink: Option<Arc<dyn JobSink>>,
+    /// Send requests whose bodies may be in memory at once: each may be
+    /// [`crate::send::MAX_SEND_BODY`], and a client may open many
+    /// connections. The rest wait their turn.
+    pub(crate) send_permits: Arc<tokio::sync::Semaphore>,
+    /// Send requests in progress per tenant (`send::PER_TENANT_AT_ONCE`).
+    pub(crate) send_by_tenant: send::TenantSlots,
 }
+
+/// Send requests read at once (see [`ApiState`]'s `send_permits`).
+const SEND_REQUESTS_AT_ONCE: usize = 8;
 
 impl ApiState {
     pub fn new(store: Store, hasher: RecipientHasher) -> Self {
-        Self { store, hasher: Arc::new(hasher), domains: None, secure_cookie: false }
+        Self {
+            store,
+            hasher: Arc::new(hasher),
+            domains: None,
+            secure_cookie: false,
+            sink: None,
+            send_permits: Arc::new(tokio::sync::Semaphore::new(SEND_REQUESTS_AT_ONCE)),
+            send_by_tenant: send::TenantSlots::default(),
+        }
+    }
+
+    /// Lets tenants send through `POST /api/v1/messages`, into `sink`.
+    pub fn with_sink(mut self, sink: Arc<dyn JobSink>) -> Self {
+        self.sink = Some(sink);
+        self
     }
 
     /// Marks the dashboard's sign-in cookie `Secure`: set it when the API
@@ -64,6 +90,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/v1/suppressions.csv", get(export_suppressions).post(import_suppressions))
         .route("/api/v1/domains", get(domains::list).post(domains::add))
         .route("/api/v1/domains/{domain}/check", axum::routing::post(domains::check))
+        .route("/api/v1/messages", axum::routing::post(send::post_messages))
         .route("/dashboard/login", get(session::form).post(session::login))
         .route("/dashboard/logout", axum::routing::post(session::logout))
         .route("/dashboard/campaigns/{id}", get(dashboard))

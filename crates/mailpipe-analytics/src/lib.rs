@@ -24,6 +24,7 @@ mod dashboard;
 mod domains;
 pub mod ingest;
 pub mod privacy;
+pub mod send;
 mod session;
 
 use std::net::SocketAddr;
@@ -80,24 +81,34 @@ pub enum AnalyticsError {
     Store(#[from] StoreError),
 }
 
-/// `mailpipe analytics`: the tenant API and dashboard, event ingestion from
-/// `feed`, and purges every `retention.purge_interval_hours`, until
-/// `shutdown`.
+/// What `mailpipe analytics` reads events from, and where the send API
+/// queues jobs (none: the API answers 503 to a send).
+pub struct Queues {
+    pub events: EventFeed,
+    pub send: Option<std::sync::Arc<dyn send::JobSink>>,
+}
+
+/// `mailpipe analytics`: the tenant API and dashboard, event ingestion and
+/// the send API on `queues`, and purges every
+/// `retention.purge_interval_hours`, until `shutdown`.
 pub async fn run(
     settings: &AnalyticsSettings,
     store: Store,
     hasher: RecipientHasher,
     domains: DomainsApi,
-    feed: EventFeed,
+    queues: Queues,
     retention: Retention,
     shutdown: CancellationToken,
 ) -> Result<(), AnalyticsError> {
     let listener = tokio::net::TcpListener::bind(settings.listen)
         .await
         .map_err(|e| AnalyticsError::Bind(settings.listen, e))?;
-    let router = router(
-        ApiState::new(store.clone(), hasher).with_domains(domains).with_secure_cookie(settings.secure_cookie),
-    );
+    let mut state =
+        ApiState::new(store.clone(), hasher).with_domains(domains).with_secure_cookie(settings.secure_cookie);
+    if let Some(sink) = queues.send {
+        state = state.with_sink(sink);
+    }
+    let router = router(state);
     let limits = settings.limits();
     let server = tokio::spawn({
         let shutdown = shutdown.clone();
@@ -105,7 +116,7 @@ pub async fn run(
     });
     tokio::spawn(privacy::purge_on_schedule(store.clone(), retention, shutdown.clone()));
     info!(listen = %settings.listen, "analytics started");
-    let ingested = ingest::run(feed, &store, shutdown.clone()).await;
+    let ingested = ingest::run(queues.events, &store, shutdown.clone()).await;
     shutdown.cancel();
     let _ = server.await;
     store.close().await;

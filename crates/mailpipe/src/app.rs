@@ -6,7 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use mailpipe_analytics::{AnalyticsError, DomainsApi, EventFeed};
+use mailpipe_analytics::send::{JobSink, SinkError};
+use mailpipe_analytics::{AnalyticsError, DomainsApi, EventFeed, Queues};
 use mailpipe_domains::{Sealer, Senders};
 use mailpipe_queue::QueueError;
 use mailpipe_queue::kafka::{KafkaEvents, KafkaSource};
@@ -441,11 +442,28 @@ pub async fn run_analytics(cfg: &Config, shutdown: CancellationToken) -> Result<
     let domains = DomainsApi::new(sealer(cfg)?, cfg.domains.clone());
     let store = store(cfg).await?;
     tokio::spawn(mailpipe_domains::run_checks(store.clone(), cfg.domains.clone(), shutdown.clone()));
-    let feed = match cfg.queue.kind {
-        QueueKind::Kafka => EventFeed::kafka(&cfg.queue.kafka, &cfg.analytics.group_id),
-        QueueKind::Memory => EventFeed::Store,
+    let queues = match cfg.queue.kind {
+        QueueKind::Kafka => {
+            let kafka = &cfg.queue.kafka;
+            // The API and the stats do not need the send topic: without it
+            // (not there yet, or no Write for this service's principal) the
+            // send API answers 503 and says why in the log.
+            let send = match KafkaEvents::connect_to(kafka, &kafka.send_topic).await {
+                Ok(producer) => {
+                    let sink: Arc<dyn JobSink> =
+                        Arc::new(SendTopic { producer, throttle: Throttle::new(&cfg.throttle) });
+                    Some(sink)
+                }
+                Err(e) => {
+                    tracing::warn!(topic = %kafka.send_topic, error = %e, "the send API is off: the send topic cannot be written");
+                    None
+                }
+            };
+            Queues { events: EventFeed::kafka(kafka, &cfg.analytics.group_id), send }
+        }
+        QueueKind::Memory => Queues { events: EventFeed::Store, send: None },
     };
-    mailpipe_analytics::run(&cfg.analytics, store, keys.hasher, domains, feed, cfg.retention, shutdown)
+    mailpipe_analytics::run(&cfg.analytics, store, keys.hasher, domains, queues, cfg.retention, shutdown)
         .await
         .map_err(|e| match e {
             AnalyticsError::Queue(q) => queue_error(q),
@@ -463,6 +481,31 @@ pub async fn migrate(cfg: &Config) -> Result<String> {
         "migrations applied ({backend}, {})",
         crate::config::redact_url(cfg.store.owner_url().expose_secret())
     ))
+}
+
+/// The send API's way to the send topic: each job keyed by its rate-limit
+/// key, as `mailpipe enqueue` keys them, and acknowledged by the broker
+/// (`acks=all`) before the API answers.
+struct SendTopic {
+    producer: KafkaEvents,
+    throttle: Throttle,
+}
+
+impl JobSink for SendTopic {
+    fn key(&self, job: &mailpipe_core::SendJob) -> String {
+        self.throttle.key(job.queue_key()).to_owned()
+    }
+
+    fn submit<'a>(
+        &'a self,
+        jobs: &'a [KeyedJob],
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), SinkError>> + Send + 'a>> {
+        Box::pin(async move {
+            let sends = jobs.iter().map(|(key, payload)| self.producer.enqueue(key, payload));
+            futures::future::try_join_all(sends).await?;
+            Ok(())
+        })
+    }
 }
 
 /// A job ready to produce: its Kafka key (rate-limit key) and bytes.

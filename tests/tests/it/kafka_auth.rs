@@ -79,6 +79,12 @@ async fn each_service_reaches_kafka_over_tls_as_its_own_principal_and_only_its_t
     // Nothing those three tried reached the send topic.
     let end: i64 = end_offsets(&env.topics.send, 1).values().sum();
     assert_eq!(end, 20, "only the producer's 20 jobs are on the send topic");
+
+    // The analytics service's principal writes jobs too: the send API
+    // (POST /api/v1/messages) queues them.
+    let n = mailpipe::app::enqueue(&principal("mailpipe-analytics"), &jobs[..1]).await.unwrap();
+    assert_eq!(n, 1);
+    assert_eq!(end_offsets(&env.topics.send, 1).values().sum::<i64>(), 21);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -25,6 +25,7 @@ mod policy;
 mod relay;
 mod replies;
 mod retries;
+mod send_api;
 mod send_outage;
 mod store;
 mod suppression_filter;
