@@ -72,6 +72,9 @@ pub struct SendJob {
     /// mailpipe owns. Names keep the caller's spelling.
     pub headers: BTreeMap<String, String>,
     pub tags: Vec<String>,
+    /// Not before this time: until then the job waits on the retry
+    /// schedule (held in the ledger, not in memory). A time past is now.
+    pub send_at: Option<time::OffsetDateTime>,
 }
 
 /// Why a send job was refused. Every variant is a dead-letter case: the job
@@ -144,6 +147,9 @@ pub struct SendJobWire {
     pub headers: BTreeMap<String, String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tags: Vec<String>,
+    /// RFC 3339, e.g. `2026-12-24T09:00:00Z`.
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "time::serde::rfc3339::option")]
+    pub send_at: Option<time::OffsetDateTime>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -255,6 +261,7 @@ impl SendJob {
             vars: self.vars.clone(),
             headers: self.headers.clone(),
             tags: self.tags.clone(),
+            send_at: self.send_at,
         }
     }
 
@@ -342,6 +349,7 @@ impl TryFrom<SendJobWire> for SendJob {
             vars: w.vars,
             headers: w.headers,
             tags: w.tags,
+            send_at: w.send_at,
         })
     }
 }
@@ -349,6 +357,20 @@ impl TryFrom<SendJobWire> for SendJob {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn send_at_is_rfc3339_and_optional() {
+        let base = r#""job_id":"j","tenant_id":"t","campaign_id":"c","category":"marketing","from":{"email":"a@b.example"},"to":{"email":"c@d.example"},"subject":"s","text":"x""#;
+        let at =
+            SendJob::from_json(format!(r#"{{{base},"send_at":"2026-12-24T09:00:00+01:00"}}"#).as_bytes())
+                .unwrap();
+        assert_eq!(at.send_at.map(|t| t.unix_timestamp()), Some(1_798_099_200));
+        let wire = serde_json::to_string(&at.to_wire()).unwrap();
+        assert!(wire.contains(r#""send_at":"2026-12-24T09:00:00+01:00""#), "{wire}");
+        assert_eq!(SendJob::from_json(format!("{{{base}}}").as_bytes()).unwrap().send_at, None);
+        let e = SendJob::from_json(format!(r#"{{{base},"send_at":"tomorrow"}}"#).as_bytes()).unwrap_err();
+        assert_eq!(e.reason(), "malformed");
+    }
     use serde_json::json;
 
     fn base() -> serde_json::Value {

@@ -1,7 +1,8 @@
 //! The send API (issue 17, item 1): `POST /api/v1/messages` answers a
 //! tenant's batch item by item, in the worker's own words, queues what
 //! passes on the send topic keyed by rate-limit key, and the worker sends
-//! each job once however often the batch comes. Against the real broker,
+//! each job once however often the batch comes, and a job with `send_at`
+//! not before its time. Against the real broker,
 //! PostgreSQL and smtp-sink, with `mailpipe analytics` serving.
 
 use std::time::Duration;
@@ -117,6 +118,25 @@ async fn a_batch_is_answered_item_by_item_queued_by_rate_limit_key_and_sent_once
         .await;
     assert_eq!(env.ledger("acme", "api").await.get("sent"), Some(&5));
     assert_eq!(env.sink().messages().len(), 5, "each job sent once");
+
+    // A job for later waits on the retry schedule, and goes at its time.
+    let at = time::OffsetDateTime::now_utc() + time::Duration::seconds(3);
+    let mut later = job(20, "acme", "later", "a.example");
+    later["send_at"] = json!(at.format(&time::format_description::well_known::Rfc3339).unwrap());
+    let (status, body, text) =
+        post(&addr, Some(&key), &serde_json::to_vec(&json!({"messages": [later]})).unwrap()).await;
+    assert_eq!((status, body["accepted"].as_u64()), (202, Some(1)), "{text}");
+    eventually("held, then sent", Duration::from_secs(30), || async {
+        env.ledger("acme", "later").await.get("sent") == Some(&1)
+    })
+    .await;
+    let sent_at: i64 = sqlx::query_scalar("SELECT updated_at FROM send_ledger WHERE job_id = 'job-00020'")
+        .fetch_one(&mut platform_connection(&env.db.url).await)
+        .await
+        .unwrap();
+    let at_ms = i64::try_from(at.unix_timestamp_nanos() / 1_000_000).unwrap();
+    assert!(sent_at >= at_ms, "sent {} ms before its send_at", at_ms - sent_at);
+    assert_eq!(env.sink().messages().len(), 6);
     worker.stop().await;
 
     // Bad requests: a 4xx as documented, and nothing queued.
@@ -137,7 +157,7 @@ async fn a_batch_is_answered_item_by_item_queued_by_rate_limit_key_and_sent_once
         api.assert_answer("POST", PATH, status, &answer);
     }
     let end: i64 = end_offsets(&env.topics.send, 1).values().sum();
-    assert_eq!(end, 10, "only the two accepted batches are on the send topic");
+    assert_eq!(end, 11, "only the accepted batches are on the send topic");
 
     stop.cancel();
     analytics.await.unwrap().unwrap();

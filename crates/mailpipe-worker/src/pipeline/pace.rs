@@ -1,4 +1,4 @@
-//! Stage 2: may it go now? Not while its tenant's marketing stream is
+//! Stage 2: may it go now? Not before its `send_at`, nor while its tenant's marketing stream is
 //! paused (the reputation breaker). Then the rate limit of the recipient's domain or
 //! provider group allows a send, or the job waits: a short wait is slept
 //! off, a long one parks the job on the retry schedule so that it holds no
@@ -25,6 +25,16 @@ impl Pipeline {
         claim: &Claim,
         shutdown: &CancellationToken,
     ) -> Step<()> {
+        // Scheduled for later: held on the retry schedule until then, like
+        // a job the rate limit parks; when it comes back it is due.
+        if let Some(at) = job.send_at {
+            let wait = at - time::OffsetDateTime::now_utc();
+            if wait.is_positive() {
+                metrics::counter!("mailpipe_jobs_held_total", "why" => "scheduled").increment(1);
+                let wait = Duration::try_from(wait).unwrap_or(Duration::MAX);
+                return ended(self.park(rec, job, claim, wait, shutdown).await?);
+            }
+        }
         // The provider, by MX: a company domain hosted by Google is paced
         // as Google, with Google's limit, and counted with Google.
         let domain = job.to.email.domain();
@@ -84,7 +94,7 @@ impl Pipeline {
         delay: Duration,
         shutdown: &CancellationToken,
     ) -> Step<Outcome> {
-        let due = now_ms() + delay.as_millis() as i64;
+        let due = now_ms().saturating_add(i64::try_from(delay.as_millis()).unwrap_or(i64::MAX));
         // Fenced to the row as the claim read it, as a deferral after an
         // attempt is: another attempt may have sent the job meanwhile.
         let parked = durably("park", shutdown, || async {
