@@ -43,6 +43,10 @@ pub struct WorkerSettings {
     /// the retry schedule instead, releasing its slot for other domains.
     #[serde(rename = "park_after_ms", deserialize_with = "millis")]
     pub park_after: Duration,
+    /// How long a worker uses a registered template before it looks up its
+    /// version again: a new version reaches the workers within this time.
+    #[serde(rename = "template_recheck_ms", deserialize_with = "millis")]
+    pub template_recheck: Duration,
     /// How often the retry schedule is polled for due jobs.
     #[serde(rename = "retry_poll_ms", deserialize_with = "millis")]
     pub retry_poll: Duration,

@@ -135,3 +135,47 @@ fn render_sandboxes_of(parent: u32) -> Vec<u32> {
         })
         .collect()
 }
+
+/// A template registered anew reaches a running worker without a restart:
+/// the worker looks its version up again after `worker.template_recheck_ms`
+/// and compiles the new one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_worker_uses_a_template_registered_anew() {
+    let env = TestEnv::setup().var("MAILPIPE__WORKER__TEMPLATE_RECHECK_MS", "100").start().await;
+    let version = |v: i64, subject: &str| mailpipe_store::StoredTemplate {
+        subject: subject.into(),
+        html: None,
+        text: Some("Hi {{ name }}".into()),
+        version: v,
+    };
+    let registered = |i: usize| {
+        let mut j = job(i, "acme", "c", "a.example");
+        let o = j.as_object_mut().unwrap();
+        o.remove("subject");
+        o.remove("html");
+        o.insert("template_id".into(), json!("welcome"));
+        keyed(&j)
+    };
+    env.store.put_template("acme", "c", "welcome", &version(1, "First {{ name }}")).await.unwrap();
+    let worker = env.start_worker();
+    env.enqueue(&[registered(1)]).await;
+    eventually("the first sent", Duration::from_secs(60), || async {
+        env.ledger("acme", "c").await.get("sent") == Some(&1)
+    })
+    .await;
+
+    env.store.put_template("acme", "c", "welcome", &version(2, "Second {{ name }}")).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    env.enqueue(&[registered(2)]).await;
+    eventually("the second sent", Duration::from_secs(60), || async {
+        env.ledger("acme", "c").await.get("sent") == Some(&2)
+    })
+    .await;
+    let messages = env.sink().messages();
+    assert!(messages.iter().any(|m| m.contains("Subject: First User 1")), "{messages:?}");
+    assert!(
+        messages.iter().any(|m| m.contains("Subject: Second User 2")),
+        "version 2, same worker: {messages:?}"
+    );
+    worker.stop().await;
+}

@@ -218,6 +218,7 @@ impl Pipeline {
         senders: Arc<Senders>,
     ) -> Self {
         let limits = composer.limits().clone();
+        let template_recheck = cfg.template_recheck;
         Self {
             ledger: LedgerWriter::spawn(
                 store.bounded(cfg.ledger_write_timeout, cfg.ledger_connections()),
@@ -228,7 +229,7 @@ impl Pipeline {
             transport,
             events,
             cfg,
-            templates: TemplateCache::new(limits, 1024),
+            templates: TemplateCache::new(limits, 1024, template_recheck),
             senders,
             throttle: None,
             providers: None,
