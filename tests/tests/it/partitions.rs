@@ -526,3 +526,20 @@ async fn retention_drops_a_ledger_month_and_keeps_its_unfinished_jobs() {
     assert_eq!((rep.ledger_rows_deleted, rep.partitions_dropped), (2, 0), "{rep:?}");
     assert_eq!(count(&db.url, "SELECT COUNT(*) FROM send_ledger").await, 0);
 }
+
+/// A month that keeps more than a thousand unfinished jobs (a tenant may
+/// schedule many ahead) is not dropped, and its finished rows past
+/// retention still go, one by one (migration 0023).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_month_with_many_unfinished_jobs_still_loses_its_finished_rows() {
+    let TestStore { store, db } = fresh_store().await;
+    let now = mailpipe_core::now_ms();
+    let jobs: Vec<SendJob> = (0..1101).map(send_job).collect();
+    store.claim_jobs(&jobs.iter().map(claim_req).collect::<Vec<_>>()).await.unwrap();
+    store.finish_many(&jobs[..100].iter().map(sent).collect::<Vec<_>>()).await.unwrap();
+    let r = Retention { ledger_days: 20, ..keep_forever() };
+    let rep = store.purge(month_start(now, 2) + DAY, r).await.unwrap();
+    assert_eq!((rep.ledger_rows_deleted, rep.partitions_dropped), (100, 0), "{rep:?}");
+    let this_month = format!("send_ledger_{}", month(now));
+    assert!(partitions(&db.url, "send_ledger").await.contains(&(this_month, 1001)), "the unfinished stay");
+}
