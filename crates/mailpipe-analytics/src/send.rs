@@ -31,6 +31,9 @@ pub const MAX_BATCH: usize = 1000;
 /// those fit in a request.
 pub const MAX_SEND_BODY: usize = 16 * 1024 * 1024;
 
+/// How long a send request's body may take to arrive (16 MiB at 1.1 MB/s).
+const BODY_DEADLINE: std::time::Duration = std::time::Duration::from_secs(15);
+
 /// Send requests of one tenant served at once; more get a 429.
 pub const PER_TENANT_AT_ONCE: usize = 2;
 
@@ -131,6 +134,10 @@ enum Refusal {
     DuplicateJobId,
     /// A transactional job from a tenant not allowed that category.
     CategoryNotAllowed,
+    /// A `send_at` further ahead than the worker keeps a job waiting.
+    TooFarAhead,
+    /// Over the send topic's record limit, which the broker would refuse.
+    TooLargeForTheQueue,
 }
 
 impl Refusal {
@@ -139,6 +146,8 @@ impl Refusal {
             Refusal::TenantMismatch => "tenant_mismatch",
             Refusal::DuplicateJobId => "duplicate_job_id",
             Refusal::CategoryNotAllowed => "category_not_allowed",
+            Refusal::TooFarAhead => "invalid",
+            Refusal::TooLargeForTheQueue => "too_large",
         }
     }
 
@@ -147,13 +156,22 @@ impl Refusal {
             Refusal::TenantMismatch => "the job's tenant_id is not the API key's tenant",
             Refusal::DuplicateJobId => "the job_id came earlier in this batch; the first was taken",
             Refusal::CategoryNotAllowed => "this tenant may not send the transactional category",
+            Refusal::TooFarAhead => "send_at is more than 30 days ahead",
+            Refusal::TooLargeForTheQueue => "over the send topic's 1,000,000-byte record limit",
         }
     }
 }
 
-/// The one classifier of a parsed job: queued, or refused and why.
+/// The largest record the send topic takes: librdkafka's default
+/// `message.max.bytes`, under the parser's 1 MiB, so that a job the
+/// broker would refuse is refused here, alone, not as a failed batch.
+pub const MAX_QUEUED_JOB_BYTES: usize = 1_000_000;
+
+/// The one classifier of a parsed job (`bytes` long): queued, or refused
+/// and why.
 fn refusal(
     job: &SendJob,
+    bytes: usize,
     tenant: &TenantId,
     transactional: bool,
     seen: &mut HashSet<String>,
@@ -162,6 +180,10 @@ fn refusal(
         Some(Refusal::TenantMismatch)
     } else if job.category == Category::Transactional && !transactional {
         Some(Refusal::CategoryNotAllowed)
+    } else if job.schedule_error(time::OffsetDateTime::now_utc()).is_some() {
+        Some(Refusal::TooFarAhead)
+    } else if bytes > MAX_QUEUED_JOB_BYTES {
+        Some(Refusal::TooLargeForTheQueue)
     } else if !seen.insert(job.job_id.to_string()) {
         Some(Refusal::DuplicateJobId)
     } else {
@@ -208,9 +230,17 @@ pub(crate) async fn post_messages(State(s): State<ApiState>, headers: HeaderMap,
     let Ok(_permit) = s.send_permits.clone().acquire_owned().await else {
         return err(StatusCode::SERVICE_UNAVAILABLE, "shutting down");
     };
-    let bytes = match read_body(body, MAX_SEND_BODY).await {
-        Ok(b) => b,
-        Err(r) => return r,
+    // A turn is held while the body comes in: a client that trickles it
+    // gives the turn up after BODY_DEADLINE, not after the whole request's.
+    let bytes = match tokio::time::timeout(BODY_DEADLINE, read_body(body, MAX_SEND_BODY)).await {
+        Ok(Ok(b)) => b,
+        Ok(Err(r)) => return r,
+        Err(_) => {
+            return err(
+                StatusCode::REQUEST_TIMEOUT,
+                &format!("the body did not arrive within {} s", BODY_DEADLINE.as_secs()),
+            );
+        }
     };
     let batch: Batch<'_> = match serde_json::from_slice(&bytes) {
         Ok(b) => b,
@@ -243,7 +273,7 @@ pub(crate) async fn post_messages(State(s): State<ApiState>, headers: HeaderMap,
         };
         let item = match SendJob::from_json(raw.get().as_bytes()) {
             Err(e) => rejected(claimed_job_id(raw), e.reason(), &e.to_string()),
-            Ok(job) => match refusal(&job, &tenant, transactional, &mut seen) {
+            Ok(job) => match refusal(&job, raw.get().len(), &tenant, transactional, &mut seen) {
                 Some(r) => rejected(Some(job.job_id.to_string()), r.reason(), r.detail()),
                 None => {
                     queued.push((sink.key(&job), raw.get().as_bytes().to_vec()));
@@ -293,30 +323,46 @@ mod tests {
         SendJob::from_json(v.to_string().as_bytes()).unwrap()
     }
 
+    fn refusal_of(
+        job: &SendJob,
+        tenant: &TenantId,
+        transactional: bool,
+        seen: &mut HashSet<String>,
+    ) -> Option<Refusal> {
+        refusal(job, 100, tenant, transactional, seen)
+    }
+
     #[test]
     fn each_parsed_job_is_queued_or_refused_for_one_reason() {
         let acme = TenantId::parse("acme").unwrap();
         let mut seen = HashSet::new();
-        assert_eq!(refusal(&job("acme", "j1", "marketing"), &acme, false, &mut seen), None);
+        assert_eq!(refusal_of(&job("acme", "j1", "marketing"), &acme, false, &mut seen), None);
         assert_eq!(
-            refusal(&job("acme", "j1", "marketing"), &acme, false, &mut seen),
+            refusal_of(&job("acme", "j1", "marketing"), &acme, false, &mut seen),
             Some(Refusal::DuplicateJobId)
         );
         assert_eq!(
-            refusal(&job("globex", "j2", "marketing"), &acme, true, &mut seen),
+            refusal_of(&job("globex", "j2", "marketing"), &acme, true, &mut seen),
             Some(Refusal::TenantMismatch)
         );
         assert_eq!(
-            refusal(&job("acme", "j3", "transactional"), &acme, false, &mut seen),
+            refusal_of(&job("acme", "j3", "transactional"), &acme, false, &mut seen),
             Some(Refusal::CategoryNotAllowed)
         );
-        assert_eq!(refusal(&job("acme", "j3", "transactional"), &acme, true, &mut seen), None);
+        assert_eq!(refusal_of(&job("acme", "j3", "transactional"), &acme, true, &mut seen), None);
+        let mut later = job("acme", "j5", "marketing");
+        later.send_at = Some(time::OffsetDateTime::now_utc() + time::Duration::days(31));
+        assert_eq!(refusal_of(&later, &acme, true, &mut seen), Some(Refusal::TooFarAhead));
+        assert_eq!(
+            refusal(&job("acme", "j6", "marketing"), MAX_QUEUED_JOB_BYTES + 1, &acme, true, &mut seen),
+            Some(Refusal::TooLargeForTheQueue)
+        );
         // Another tenant's job does not take its id from this tenant's.
         assert_eq!(
-            refusal(&job("globex", "j4", "marketing"), &acme, true, &mut seen),
+            refusal_of(&job("globex", "j4", "marketing"), &acme, true, &mut seen),
             Some(Refusal::TenantMismatch)
         );
-        assert_eq!(refusal(&job("acme", "j4", "marketing"), &acme, true, &mut seen), None);
+        assert_eq!(refusal_of(&job("acme", "j4", "marketing"), &acme, true, &mut seen), None);
     }
 
     #[test]

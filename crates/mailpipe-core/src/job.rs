@@ -14,6 +14,9 @@ use crate::id::{CampaignId, IdError, JobId, TemplateId, TenantId};
 
 /// Largest inline template (subject, html or text), in bytes.
 pub const MAX_TEMPLATE_BYTES: usize = 256 * 1024;
+/// The furthest ahead a job's `send_at` may be: a scheduled job waits in
+/// the ledger, within its retention, not for ever.
+pub const MAX_SCHEDULE_AHEAD: time::Duration = time::Duration::days(30);
 /// Largest encoded job accepted from the queue.
 pub const MAX_JOB_BYTES: usize = 1024 * 1024;
 /// The most a job's `vars` may take, as JSON: what a template sees is
@@ -265,6 +268,19 @@ impl SendJob {
         }
     }
 
+    /// Why the job's `send_at` cannot be kept as of `now`: further ahead than
+    /// [`MAX_SCHEDULE_AHEAD`]. Checked where the time is known (the send
+    /// API, the worker), not by the parser, which reads bytes only.
+    pub fn schedule_error(&self, now: time::OffsetDateTime) -> Option<SendJobError> {
+        let at = self.send_at?;
+        (at - now > MAX_SCHEDULE_AHEAD).then(|| {
+            SendJobError::Invalid(format!(
+                "send_at is more than {} days ahead",
+                MAX_SCHEDULE_AHEAD.whole_days()
+            ))
+        })
+    }
+
     /// The Kafka key of the job: the recipient's domain, so that one consumer
     /// owns a domain and its rate limit.
     pub fn queue_key(&self) -> &str {
@@ -370,6 +386,10 @@ mod tests {
         assert_eq!(SendJob::from_json(format!("{{{base}}}").as_bytes()).unwrap().send_at, None);
         let e = SendJob::from_json(format!(r#"{{{base},"send_at":"tomorrow"}}"#).as_bytes()).unwrap_err();
         assert_eq!(e.reason(), "malformed");
+        let now = time::OffsetDateTime::from_unix_timestamp(1_798_099_200).unwrap();
+        assert!(at.schedule_error(now - time::Duration::days(30)).is_none(), "30 days ahead is kept");
+        let e = at.schedule_error(now - time::Duration::days(31)).unwrap();
+        assert_eq!(e.reason(), "invalid");
     }
     use serde_json::json;
 

@@ -28,7 +28,11 @@ impl Pipeline {
         // Scheduled for later: held on the retry schedule until then, like
         // a job the rate limit parks; when it comes back it is due.
         if let Some(at) = job.send_at {
-            let wait = at - time::OffsetDateTime::now_utc();
+            let now = time::OffsetDateTime::now_utc();
+            if let Some(e) = job.schedule_error(now) {
+                return ended(self.reject(rec, Some(job), e.reason(), &e.to_string(), shutdown).await?);
+            }
+            let wait = at - now;
             if wait.is_positive() {
                 metrics::counter!("mailpipe_jobs_held_total", "why" => "scheduled").increment(1);
                 let wait = Duration::try_from(wait).unwrap_or(Duration::MAX);
