@@ -371,13 +371,24 @@ async fn one_send_bounces_back(
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let bounce = sqlx::query_as(
-        "SELECT payload::json->>'reason', sender_domain FROM events WHERE type = 'bounced' AND job_id = $1",
-    )
-    .bind(&job)
-    .fetch_one(&mut env.pg().await)
-    .await
-    .unwrap();
+    // The suppression is written first, then the event (complaint::apply):
+    // seen the one, wait for the other.
+    let mut bounce = None;
+    while bounce.is_none() {
+        bounce = sqlx::query_as(
+            "SELECT payload::json->>'reason', sender_domain FROM events WHERE type = 'bounced' AND job_id = $1",
+        )
+        .bind(&job)
+        .fetch_optional(&mut env.pg().await)
+        .await
+        .unwrap();
+        assert!(
+            std::time::Instant::now() < deadline + Duration::from_secs(10),
+            "suppressed, but no bounced event"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let bounce = bounce.expect("the bounced event");
     worker.stop().await;
     inbound.stop().await;
     bounce
