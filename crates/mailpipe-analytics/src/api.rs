@@ -24,7 +24,7 @@ use tracing::warn;
 use crate::csv::{ImportError, export_csv};
 use crate::domains::{self, DomainsApi};
 use crate::send::{self, JobSink};
-use crate::{dashboard, session};
+use crate::{dashboard, session, templates};
 
 #[derive(Clone)]
 pub struct ApiState {
@@ -91,6 +91,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/v1/domains", get(domains::list).post(domains::add))
         .route("/api/v1/domains/{domain}/check", axum::routing::post(domains::check))
         .route("/api/v1/messages", axum::routing::post(send::post_messages))
+        .route("/api/v1/templates", get(templates::list).post(templates::upload))
         .route("/dashboard/login", get(session::form).post(session::login))
         .route("/dashboard/logout", axum::routing::post(session::logout))
         .route("/dashboard/campaigns/{id}", get(dashboard))

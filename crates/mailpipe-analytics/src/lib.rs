@@ -26,6 +26,7 @@ pub mod ingest;
 pub mod privacy;
 pub mod send;
 mod session;
+mod templates;
 
 use std::net::SocketAddr;
 use std::time::Duration;

@@ -108,6 +108,15 @@ pub enum RenderError {
 }
 
 impl RenderError {
+    /// Where a template went wrong: its part (`subject`, `html`, `text`)
+    /// and, when the template engine knows it, the line in that part.
+    pub fn template_location(&self) -> Option<(&'static str, Option<usize>)> {
+        match self {
+            RenderError::Template { part, source } => Some((part, source.line())),
+            _ => None,
+        }
+    }
+
     /// A stable reason code for dead letters and metrics.
     pub fn reason(&self) -> &'static str {
         match self {

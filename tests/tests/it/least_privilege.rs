@@ -227,7 +227,9 @@ async fn the_services_role_reads_no_tenant_row_without_a_tenant_context() {
             format!("SELECT count(*) FROM {table} WHERE {column}::text IN ('globex', 'globex.example')");
         assert_eq!(sqlx::query_scalar::<_, i64>(&theirs).fetch_one(&mut *tx).await.unwrap(), 0, "{table}");
     }
-    assert_eq!(readable, 10, "the tenant role reads the tables the API serves, dkim_keys by column");
+    // 11 since migration 0024: campaign_templates, which tenants register
+    // their templates in (POST /api/v1/templates).
+    assert_eq!(readable, 11, "the tenant role reads the tables the API serves, dkim_keys by column");
     tx.rollback().await.unwrap();
 }
 
@@ -279,6 +281,11 @@ async fn a_tenant_context_cannot_write_into_another_tenant() {
     );
     let as_acme = env.store.for_tenant(&acme);
     let e = as_acme.add_suppression(&theirs).await.unwrap_err().to_string();
+    assert!(e.contains("row-level security"), "{e}");
+    // Templates (migration 0024): its own, never in another's name.
+    assert_eq!(as_acme.register_template("acme", "c", "t", "s", Some("h"), None).await.unwrap(), 1);
+    let e =
+        as_acme.register_template("globex", "c", "t", "s", Some("h"), None).await.unwrap_err().to_string();
     assert!(e.contains("row-level security"), "{e}");
     env.store.add_suppression(&theirs).await.unwrap();
     assert_eq!(as_acme.list_suppressions(&Scope::Tenant(globex.clone())).await.unwrap(), vec![]);
