@@ -26,7 +26,7 @@ pub mod ingest;
 pub mod privacy;
 pub mod send;
 mod session;
-mod templates;
+pub mod templates;
 
 use std::net::SocketAddr;
 use std::time::Duration;

@@ -22,20 +22,23 @@ use crate::api::{ApiState, err, internal, json, read_body, tenant};
 /// (escaping can double a part), and the rest of the body.
 const MAX_UPLOAD: usize = 6 * MAX_TEMPLATE_BYTES + 4096;
 
+/// A template to register, as the API takes it and `mailpipe template put`
+/// makes it.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct Upload {
-    campaign_id: String,
-    template_id: String,
-    subject: String,
+pub struct Upload {
+    pub campaign_id: String,
+    pub template_id: String,
+    pub subject: String,
     #[serde(default)]
-    html: Option<String>,
+    pub html: Option<String>,
     #[serde(default)]
-    text: Option<String>,
+    pub text: Option<String>,
 }
 
 /// What is wrong with an upload, as the answer says it.
-enum Refused {
+#[derive(Debug)]
+pub enum Refused {
     BadRequest(String),
     TooLarge(&'static str),
     /// Does not compile: the message, its part and, if known, the line.
@@ -44,6 +47,19 @@ enum Refused {
         part: &'static str,
         line: Option<usize>,
     },
+}
+
+impl std::fmt::Display for Refused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Refused::BadRequest(m) => f.write_str(m),
+            Refused::TooLarge(part) => write!(f, "{part} is over {MAX_TEMPLATE_BYTES} bytes"),
+            Refused::Compile { message, part, line: Some(line) } => {
+                write!(f, "{part}, line {line}: {message}")
+            }
+            Refused::Compile { message, part, line: None } => write!(f, "{part}: {message}"),
+        }
+    }
 }
 
 impl Refused {
@@ -64,8 +80,9 @@ impl Refused {
     }
 }
 
-/// The upload, checked and compiled: its ids and its parts.
-fn check(u: &Upload) -> Result<(CampaignId, TemplateId), Refused> {
+/// The upload, checked and compiled (and dropped: the worker compiles what
+/// it renders): its ids, or what is wrong.
+pub fn check(u: &Upload) -> Result<(CampaignId, TemplateId), Refused> {
     let campaign = CampaignId::parse(u.campaign_id.clone())
         .map_err(|e| Refused::BadRequest(format!("campaign_id: {e}")))?;
     let template = TemplateId::parse(u.template_id.clone())

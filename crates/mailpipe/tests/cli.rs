@@ -291,3 +291,51 @@ fn bounce_parse_prints_a_json_line_per_recipient_and_names_only_sends_it_can_ver
     assert!(!missing.status.success(), "a file that cannot be read fails the command");
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[test]
+fn templates_are_compiled_before_they_are_registered_each_upload_the_next_version() {
+    let (dir, url) = embedded("template");
+    let env = [("MAILPIPE__STORE__URL", url.as_str())];
+    let bad = dir.join("bad.html");
+    std::fs::write(&bad, "<p>Hi\n{% if %}</p>").unwrap();
+    let put = |html: &std::path::Path| {
+        let html = html.to_str().unwrap().to_owned();
+        mailpipe(
+            &[
+                "template",
+                "put",
+                "acme",
+                "--campaign",
+                "spring",
+                "--id",
+                "welcome",
+                "--subject",
+                "Hi {{ name }}",
+                "--html",
+                &html,
+            ],
+            &env,
+        )
+    };
+    let o = put(&bad);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(stderr(&o).contains("html, line 2"), "{}", stderr(&o));
+    let good = dir.join("good.html");
+    std::fs::write(&good, "<p>Hi {{ name }}</p>").unwrap();
+    for version in [1, 2] {
+        let o = put(&good);
+        assert!(o.status.success(), "{}", stderr(&o));
+        assert!(stdout(&o).contains(&format!("version {version}")), "{}", stdout(&o));
+    }
+    let list = stdout(&mailpipe(&["template", "list", "acme"], &env));
+    assert!(list.contains("spring\twelcome\t2"), "{list}");
+    assert_eq!(
+        stdout(&mailpipe(&["template", "list", "globex"], &env)).lines().count(),
+        1,
+        "the header only"
+    );
+    let show =
+        stdout(&mailpipe(&["template", "show", "acme", "--campaign", "spring", "--id", "welcome"], &env));
+    assert!(show.contains("\"version\": 2") && show.contains("Hi {{ name }}</p>"), "{show}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

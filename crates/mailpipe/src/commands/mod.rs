@@ -14,6 +14,7 @@ pub mod inbound;
 pub mod migrate;
 pub mod purge;
 pub mod suppress;
+pub mod template;
 pub mod tenant;
 pub mod topics;
 pub mod tracker;
@@ -64,6 +65,12 @@ pub enum Command {
     /// Remove a recipient's personal data everywhere, keeping only a keyed
     /// hash in the suppression list so they are never mailed again.
     Erase(erase::Args),
+    /// Register and look at the templates a tenant's jobs name by
+    /// template_id (tenants do it themselves with POST /api/v1/templates).
+    Template {
+        #[command(subcommand)]
+        command: template::Command,
+    },
     /// Manage suppressions (platform-wide, or one tenant's with --tenant).
     Suppress {
         #[command(subcommand)]
@@ -109,6 +116,7 @@ impl Command {
             Command::Purge => purge::run(cfg).await,
             Command::Erase(args) => erase::run(args, cfg).await,
             Command::Suppress { command } => suppress::run(command, cfg).await,
+            Command::Template { command } => template::run(command, cfg).await,
             Command::Complaint(args) => complaint::run(args, cfg).await,
             Command::Bounce { command } => bounce::run(command, cfg).await,
             Command::Inbound => inbound::run(cfg).await,
