@@ -4,7 +4,7 @@
 # own outcome and is bounded in time; this prints a table of results.
 #
 #   scripts/chaos.sh                  # every case
-#   CASES="crash outage" scripts/chaos.sh
+#   CASES="crash serve outage" scripts/chaos.sh
 #   JOBS=20000 KILLS=6 scripts/chaos.sh
 #
 # Logs: $MAILPIPE_ARTIFACTS/chaos/<case>.log (/var/tmp/mailpipe-artifacts).
@@ -16,7 +16,7 @@ export CARGO_INCREMENTAL=${CARGO_INCREMENTAL:-0}
 JOBS=${JOBS:-20000}
 KILLS=${KILLS:-6}
 OUTAGE_JOBS=${OUTAGE_JOBS:-10000}
-CASES=${CASES:-crash outage deferrals replies tracker}
+CASES=${CASES:-crash serve outage deferrals replies tracker}
 logs=${MAILPIPE_ARTIFACTS:-/var/tmp/mailpipe-artifacts}/chaos
 mkdir -p "$logs"
 
@@ -30,6 +30,8 @@ cargo test --locked -q -p mailpipe-tests --no-run 2>/dev/null
 declare -A TEST FILTER WHAT
 TEST[crash]=crash;           FILTER[crash]=kill_9
 WHAT[crash]="kill -9 the worker $KILLS times during a $JOBS-job campaign: 0 lost, 0 duplicate Message-IDs, in-doubt accounted for"
+TEST[serve]=single_node;     FILTER[serve]=kill_9
+WHAT[serve]="kill -9 \`mailpipe serve\` (single node: SQLite queue, no Kafka) $KILLS times during a $JOBS-job campaign: 0 lost, 0 duplicates"
 TEST[outage]=send_outage;    FILTER[outage]=kafka_then_postgres
 WHAT[outage]="Kafka restart, then PostgreSQL restart, during a $OUTAGE_JOBS-job campaign: all sent once, none in doubt"
 TEST[deferrals]=retries;     FILTER[deferrals]=a_share_of_recipients
@@ -42,7 +44,7 @@ WHAT[tracker]="tracker under traffic while PostgreSQL then Kafka restart: events
 results=()
 failed=0
 for c in $CASES; do
-  [[ -n ${TEST[$c]:-} ]] || { echo "unknown case: $c (crash outage deferrals replies tracker)" >&2; exit 2; }
+  [[ -n ${TEST[$c]:-} ]] || { echo "unknown case: $c (crash serve outage deferrals replies tracker)" >&2; exit 2; }
   echo "==> $c: ${WHAT[$c]}"
   start=$SECONDS
   if MAILPIPE_CHAOS_JOBS=$JOBS MAILPIPE_CHAOS_KILLS=$KILLS MAILPIPE_CHAOS_OUTAGE_JOBS=$OUTAGE_JOBS \
@@ -53,7 +55,7 @@ for c in $CASES; do
     verdict=FAIL; failed=1
   fi
   # The tests print one summary line each ("crash test: ...", "send outage: ...").
-  summary=$(grep -E '^(crash test|send outage|deferrals|[0-9]+ requests answered)' "$logs/$c.log" | tail -1 || true)
+  summary=$(grep -E '^(crash test|single-node crash test|send outage|deferrals|[0-9]+ requests answered)' "$logs/$c.log" | tail -1 || true)
   [[ -n $summary ]] || summary=$(grep -Eo 'test result: .* [0-9]+ failed' "$logs/$c.log" | tail -1 || true)
   results+=("$(printf '%-10s %-6s %5ss  %s' "$c" "$verdict" $((SECONDS - start)) "${summary:-see $logs/$c.log}")")
   echo "${results[-1]}"

@@ -478,7 +478,7 @@ fn relay_env(db: &str, topics: &Topics, smtp_port: u16, group: &str) -> Vec<(Str
 /// `name` (at start, [`TEST_SENDER_DOMAIN`]), a platform domain the
 /// operator attests, for `tenants`: what lets their jobs be sent as it and
 /// signed.
-async fn register_sender_domain(cfg: &Config, store: &Store, tenants: &[TenantId], name: &str) {
+pub(crate) async fn register_sender_domain(cfg: &Config, store: &Store, tenants: &[TenantId], name: &str) {
     use mailpipe_domains::{KeySource, onboard};
     let sealer = app::sealer(cfg).expect("test key-encryption key");
     let domain = mailpipe_core::Domain::parse(name).expect("test sender domain");

@@ -9,6 +9,7 @@
 //! * [`env`]: [`TestEnv`], where a test starts: all of the above, set up.
 //! * [`postgres`], [`kafka`], [`smtp`]: the services one by one.
 //! * [`process`]: mailpipe as its own process; restarting a service.
+//! * [`single`]: [`SingleNode`], `mailpipe serve` on a SQLite file of its own.
 //! * [`dns`]: Knot DNS, a zone per test, and the independent DKIM checks.
 //! * [`http`]: raw HTTP/1.1, for what no client library would send.
 //! * [`services`]: who may use the services while one restarts.
@@ -23,6 +24,7 @@ pub mod postfix;
 pub mod postgres;
 pub mod process;
 pub mod services;
+pub mod single;
 pub mod smtp;
 pub mod tls;
 
@@ -44,6 +46,7 @@ pub use postgres::{
     platform_connection, service_url,
 };
 pub use process::{ServiceProcess, loopback_port, mailpipe_binary, restart_service};
+pub use single::SingleNode;
 pub use smtp::{Relayed, SmtpSink, TestRelay, test_certificates};
 
 pub const START_HINT: &str =

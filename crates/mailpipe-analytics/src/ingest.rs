@@ -17,8 +17,9 @@ use crate::AnalyticsError;
 pub enum EventFeed {
     /// The events topic, read by its own consumer group.
     Kafka(Box<KafkaSettings>),
-    /// The store's events table, re-read from the start every second: the
-    /// embedded default, whose store is small.
+    /// The store's events table, read every second: the single-node mode's
+    /// (on SQLite, from where the last read ended; on PostgreSQL, from the
+    /// start, as it is only for small stores without Kafka).
     Store,
 }
 
@@ -84,26 +85,49 @@ pub async fn run(feed: EventFeed, store: &Store, shutdown: CancellationToken) ->
             }
             source.commit_stored()?;
         }
-        EventFeed::Store => loop {
-            count_stored(store).await?;
-            tokio::select! {
-                _ = shutdown.cancelled() => break,
-                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        EventFeed::Store => {
+            // On SQLite a row's rowid only grows (one writer at a time), so
+            // each round reads on from where the last ended; PostgreSQL's
+            // paging is by position, so it reads from the start each round.
+            let keep = store.backend() == "sqlite";
+            let mut cursor = 0;
+            let mut backoff = STORE_BACKOFF;
+            loop {
+                let pause = match count_stored(store, if keep { cursor } else { 0 }).await {
+                    Ok((next, n)) => {
+                        cursor = next;
+                        backoff = STORE_BACKOFF;
+                        metrics::counter!("mailpipe_analytics_events_total").increment(n as u64);
+                        Duration::from_secs(1)
+                    }
+                    Err(e) => {
+                        warn!(error = %e, "cannot count the stored events; retrying");
+                        backoff.next_delay()
+                    }
+                };
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = tokio::time::sleep(pause) => {}
+                }
             }
-        },
+        }
     }
     Ok(())
 }
 
-/// Counts every event in the store now; returns how many were new.
-pub async fn count_stored(store: &Store) -> Result<usize, AnalyticsError> {
-    let (mut cursor, mut n) = (0, 0);
+/// Counts the stored events after `cursor`; returns where it ended and
+/// how many were new.
+pub async fn count_stored(store: &Store, mut cursor: i64) -> Result<(i64, usize), AnalyticsError> {
+    let mut n = 0;
     loop {
         let (next, events) = store.events_after(cursor, 1000).await?;
-        if events.is_empty() {
-            return Ok(n);
+        if next == cursor {
+            return Ok((cursor, n));
         }
-        n += store.apply_events(&events).await?;
+        // A page of rows that do not parse still moves the cursor on.
+        if !events.is_empty() {
+            n += store.apply_events(&events).await?;
+        }
         cursor = next;
     }
 }

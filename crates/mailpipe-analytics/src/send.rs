@@ -73,7 +73,8 @@ impl Drop for TenantSlot {
 /// A failed hand-over to the send queue, as the queue said it.
 pub type SinkError = Box<dyn std::error::Error + Send + Sync>;
 
-/// Where accepted jobs go: the send topic on Kafka.
+/// Where accepted jobs go: the send topic on Kafka, or the single node's
+/// queue in the store.
 pub trait JobSink: Send + Sync {
     /// The key a job is queued under: its rate-limit key, so that the one
     /// worker that owns the key's partition paces every job it covers.
@@ -213,7 +214,7 @@ pub(crate) async fn post_messages(State(s): State<ApiState>, headers: HeaderMap,
     let Some(sink) = s.sink.clone() else {
         return err(
             StatusCode::SERVICE_UNAVAILABLE,
-            "this server does not send: the send API needs queue.kind = \"kafka\" and the send topic (see the server's log)",
+            "this server does not send: the send API needs queue.kind = \"store\" (one machine) or \"kafka\" with the send topic (see the server's log)",
         );
     };
     // A tenant's own share first, so that one tenant's slow or many

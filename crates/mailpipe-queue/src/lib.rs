@@ -1,7 +1,9 @@
 //! Where send jobs come from and where events go.
 //!
-//! * [`JobSource`]: the Kafka consumer group ([`kafka::KafkaSource`]) or the
-//!   embedded in-process queue ([`memory::memory_queue`]).
+//! * [`JobSource`]: the Kafka consumer group ([`kafka::KafkaSource`]), the
+//!   single-node mode's durable queue in the SQLite store
+//!   ([`stored::StoredSource`]), or the demo's in-process queue
+//!   ([`memory::memory_queue`]).
 //! * [`Acker`]: told when a job's outcome is durable; for Kafka it stores the
 //!   lowest contiguous finished offset per partition ([`OffsetTracker`]).
 //! * [`kafka::KafkaEvents`]: publishes events and dead letters, awaiting the
@@ -12,6 +14,7 @@ pub mod kafka;
 pub mod memory;
 mod offsets;
 pub mod security;
+pub mod stored;
 pub mod topics;
 
 use std::future::Future;
@@ -27,6 +30,8 @@ pub enum QueueError {
     Unreachable { brokers: String, detail: String },
     #[error("kafka refused to {action}: {code}")]
     Refused { action: String, code: rdkafka::error::RDKafkaErrorCode },
+    #[error("the store's queue: {0}")]
+    Store(#[from] mailpipe_store::StoreError),
     #[error("queue closed")]
     Closed,
 }

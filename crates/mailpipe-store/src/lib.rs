@@ -20,7 +20,8 @@
 //! dead letters), `events`, `suppressions` (and `filter`, the in-memory
 //! filter in front of them), `tenants` (and API keys), `templates`,
 //! `privacy` (erasure, retention), `feedback` (complaint reports),
-//! `domains` (sending domains and their sealed DKIM keys) and `aggregates`
+//! `domains` (sending domains and their sealed DKIM keys), `queue` (the
+//! single-node mode's send queue, on SQLite) and `aggregates`
 //! (analytics counters and tenant reads).
 #![forbid(unsafe_code)]
 
@@ -36,6 +37,7 @@ mod feedback;
 mod filter;
 mod ledger;
 mod privacy;
+mod queue;
 mod streams;
 mod suppressions;
 mod templates;
@@ -47,6 +49,7 @@ pub use domains::{Added, CheckRecord, Owner, SendingDomain, StoredKey};
 pub use filter::{Bloom, SuppressionFilter, Verdict};
 pub use ledger::{Claim, ClaimRequest, DeadLetter, DueRetry, LedgerStatus, OutcomeRecord, SendingMark};
 pub use privacy::{ErasureReport, PurgeReport, Retention};
+pub use queue::QueuedJob;
 pub use streams::{StreamFigures, StreamKey, StreamState};
 pub use suppressions::{IMPORT_BATCH, Removal, SuppressionCursor};
 pub use templates::StoredTemplate;
@@ -87,6 +90,8 @@ pub enum StoreError {
     Batch(String),
     #[error("the ledger writer has stopped")]
     WriterGone,
+    #[error("not on this backend: {0}")]
+    Unsupported(&'static str),
     #[error("cannot create the SQLite directory {0}")]
     Directory(std::path::PathBuf, #[source] std::io::Error),
 }

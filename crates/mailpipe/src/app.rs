@@ -11,6 +11,7 @@ use mailpipe_analytics::{AnalyticsError, DomainsApi, EventFeed, Queues};
 use mailpipe_domains::{Sealer, Senders};
 use mailpipe_queue::QueueError;
 use mailpipe_queue::kafka::{KafkaEvents, KafkaSource};
+use mailpipe_queue::stored::StoredSource;
 use mailpipe_render::{Composer, Isolation, Sandbox, TrackingLinks};
 use mailpipe_smtp::{OpenError, Transport};
 use mailpipe_store::{Store, SuppressionFilter};
@@ -235,15 +236,16 @@ pub fn suppression_filter(
     filter
 }
 
-/// `mailpipe worker`: the Kafka consumer group, until shutdown.
+/// `mailpipe worker`: the Kafka consumer group, or the single node's store
+/// queue, until shutdown.
 pub async fn run_worker(
     cfg: &Config,
     shutdown: CancellationToken,
     metrics: Option<MetricsRender>,
 ) -> Result<()> {
-    if cfg.queue.kind != QueueKind::Kafka {
+    if cfg.queue.kind == QueueKind::Memory {
         bail!(
-            "queue.kind: `worker` consumes from Kafka; set queue.kind = \"kafka\" (the embedded in-process queue runs as `mailpipe demo`)"
+            "queue.kind: `worker` consumes from Kafka (\"kafka\") or the store's durable queue (\"store\"); the in-process \"memory\" queue is the demo's (`mailpipe demo`)"
         );
     }
     let keys = keys(cfg)?;
@@ -251,44 +253,117 @@ pub async fn run_worker(
     // configuration error (exit 2), not a half-started worker.
     let sealer = sealer(cfg)?;
     let store = store(cfg).await?;
-    // New links are signed in each tenant's current link generation.
-    follow_link_generations(cfg, &keys, &store, &shutdown).await;
-    let composer = composer(cfg, keys.ring, keys.hasher).await?;
-    let senders = senders(cfg, &store, sealer, &shutdown).await?;
-    let kafka = &cfg.queue.kafka;
-    let events = KafkaEvents::connect(kafka).await.map_err(kafka_hint)?;
-    let mut source = KafkaSource::connect(kafka, cfg.worker.grace_period).await.map_err(kafka_hint)?;
-    let transport = transport(cfg).await?;
+    let events = match cfg.queue.kind {
+        QueueKind::Kafka => Some(KafkaEvents::connect(&cfg.queue.kafka).await.map_err(kafka_hint)?),
+        QueueKind::Store | QueueKind::Memory => None,
+    };
+    let pipeline = worker_pipeline(cfg, keys, &store, sealer, events.as_ref(), &shutdown).await?;
     if let Some(render) = metrics {
         spawn_metrics_server("metrics.listen", cfg.metrics.listen, render, shutdown.clone()).await?;
     }
-    let pipeline = Arc::new(
-        Pipeline::new(
-            store.clone(),
-            composer,
-            transport,
-            EventOut::Kafka(events.clone()),
-            cfg.worker.clone(),
-            senders,
-        )
-        .with_throttle(Arc::new(Throttle::new(&cfg.throttle)))
-        .with_providers(Arc::new(
-            mailpipe_domains::Providers::new(&cfg.providers, &cfg.throttle.groups)
-                .context("providers: the DNS resolver for MX lookups")?,
-        ))
-        .with_suppression_filter(suppression_filter(cfg, &store, &shutdown))
-        .with_return_paths(cfg.return_paths.clone())
-        .with_breaker(breaker(cfg, &store, &events, &shutdown)),
-    );
-    info!(brokers = %kafka.brokers, group = %kafka.group_id, store = store.backend(), "worker started");
-    let report = mailpipe_worker::run(&mut source, pipeline, &cfg.worker, shutdown).await;
-    // Everything that finished has its offset stored; commit before leaving
-    // the group so the next owner starts exactly after it.
-    source.commit_stored()?;
-    events.flush(Duration::from_secs(10))?;
+    match &events {
+        Some(events) => {
+            let kafka = &cfg.queue.kafka;
+            let mut source =
+                KafkaSource::connect(kafka, cfg.worker.grace_period).await.map_err(kafka_hint)?;
+            info!(brokers = %kafka.brokers, group = %kafka.group_id, store = store.backend(), "worker started");
+            let report = mailpipe_worker::run(&mut source, pipeline, &cfg.worker, shutdown).await;
+            // Everything that finished has its offset stored; commit before
+            // leaving the group so the next owner starts exactly after it.
+            source.commit_stored()?;
+            events.flush(Duration::from_secs(10))?;
+            info!(abandoned = report.abandoned, "worker stopped");
+        }
+        None => {
+            let mut source = StoredSource::new(store.clone(), cfg.queue.poll, STORE_QUEUE_BATCH);
+            info!(store = %cfg.store.redacted_url(), "worker started on the store's queue");
+            let report = mailpipe_worker::run(&mut source, pipeline, &cfg.worker, shutdown).await;
+            // What finished leaves the queue; what did not is read again.
+            if let Err(e) = source.flush().await {
+                tracing::warn!(error = %e, "cannot remove finished jobs from the queue; the next start replays them");
+            }
+            info!(abandoned = report.abandoned, "worker stopped");
+        }
+    }
     store.close().await;
-    info!(abandoned = report.abandoned, "worker stopped");
     Ok(())
+}
+
+/// Records a store-queue worker reads at a time.
+const STORE_QUEUE_BATCH: usize = 256;
+
+/// The worker's pipeline over `store`, its events to Kafka when `events`
+/// is given, else only to the store; the sender registry, suppression
+/// filter and breaker follow the store in the background until `shutdown`.
+async fn worker_pipeline(
+    cfg: &Config,
+    keys: Keys,
+    store: &Store,
+    sealer: Sealer,
+    events: Option<&KafkaEvents>,
+    shutdown: &CancellationToken,
+) -> Result<Arc<Pipeline>> {
+    // New links are signed in each tenant's current link generation.
+    follow_link_generations(cfg, &keys, store, shutdown).await;
+    let composer = composer(cfg, keys.ring, keys.hasher).await?;
+    let senders = senders(cfg, store, sealer, shutdown).await?;
+    let transport = transport(cfg).await?;
+    let out = match events {
+        Some(e) => EventOut::Kafka(e.clone()),
+        None => EventOut::StoreOnly,
+    };
+    Ok(Arc::new(
+        Pipeline::new(store.clone(), composer, transport, out, cfg.worker.clone(), senders)
+            .with_throttle(Arc::new(Throttle::new(&cfg.throttle)))
+            .with_providers(Arc::new(
+                mailpipe_domains::Providers::new(&cfg.providers, &cfg.throttle.groups)
+                    .context("providers: the DNS resolver for MX lookups")?,
+            ))
+            .with_suppression_filter(suppression_filter(cfg, store, shutdown))
+            .with_return_paths(cfg.return_paths.clone())
+            .with_breaker(breaker(cfg, store, events, shutdown)),
+    ))
+}
+
+/// `mailpipe serve`: the single-node mode. The worker on the store's
+/// queue, the tracker, the API and analytics, and `inbound` when
+/// `bounces.domain` is set, in this one process until shutdown; each
+/// drains as it does alone. If one cannot start or fails, all stop.
+pub async fn run_serve(
+    cfg: &Config,
+    shutdown: CancellationToken,
+    metrics: Option<MetricsRender>,
+) -> Result<()> {
+    if cfg.queue.kind != QueueKind::Store {
+        bail!(
+            "queue.kind: `serve` is the single-node mode, whose queue is in the SQLite store: set queue.kind = \"store\" (beyond one machine, run `worker`, `tracker` and `analytics` on Kafka)"
+        );
+    }
+    // Configuration errors before anything starts; the schema once, before
+    // the services open their own pools on it.
+    keys(cfg)?;
+    sealer(cfg)?;
+    store(cfg).await?.close().await;
+    let watch = |what: &'static str, r: Result<()>| {
+        if r.is_err() {
+            shutdown.cancel();
+        }
+        r.with_context(|| format!("serve: the {what}"))
+    };
+    let inbound = async {
+        match cfg.return_paths {
+            Some(_) => watch("inbound listener", run_inbound(cfg, shutdown.clone(), None).await),
+            None => Ok(()),
+        }
+    };
+    info!(store = %cfg.store.redacted_url(), "serving: worker, tracker, API and analytics");
+    let (worker, tracker, analytics, inbound) = tokio::join!(
+        async { watch("worker", run_worker(cfg, shutdown.clone(), metrics).await) },
+        async { watch("tracker", run_tracker(cfg, shutdown.clone(), None).await) },
+        async { watch("API and analytics", run_analytics(cfg, shutdown.clone()).await) },
+        inbound,
+    );
+    worker.and(tracker).and(analytics).and(inbound)
 }
 
 /// The reputation breaker's view of paused streams, kept current by a task
@@ -296,7 +371,7 @@ pub async fn run_worker(
 fn breaker(
     cfg: &Config,
     store: &Store,
-    events: &KafkaEvents,
+    events: Option<&KafkaEvents>,
     shutdown: &CancellationToken,
 ) -> Option<(Arc<mailpipe_worker::Streams>, Duration)> {
     if !cfg.breaker.enabled {
@@ -307,7 +382,7 @@ fn breaker(
         store.clone(),
         cfg.breaker.clone(),
         streams.clone(),
-        Some(events.clone()),
+        events.cloned(),
         shutdown.clone(),
     );
     tokio::spawn(task);
@@ -367,7 +442,7 @@ pub async fn run_inbound(
     let store = store(cfg).await?;
     let events = match cfg.queue.kind {
         QueueKind::Kafka => Some(KafkaEvents::connect(&cfg.queue.kafka).await.map_err(kafka_hint)?),
-        QueueKind::Memory => None,
+        QueueKind::Store | QueueKind::Memory => None,
     };
     let b = &cfg.bounces;
     let listener = tokio::net::TcpListener::bind(b.listen)
@@ -416,7 +491,7 @@ pub async fn run_tracker(
     follow_link_generations(cfg, &keys, &store, &shutdown).await;
     let kafka = match cfg.queue.kind {
         QueueKind::Kafka => Some(KafkaEvents::connect(&cfg.queue.kafka).await.map_err(kafka_hint)?),
-        QueueKind::Memory => None,
+        QueueKind::Store | QueueKind::Memory => None,
     };
     let listener = tokio::net::TcpListener::bind(cfg.tracker.listen)
         .await
@@ -460,6 +535,11 @@ pub async fn run_analytics(cfg: &Config, shutdown: CancellationToken) -> Result<
                 }
             };
             Queues { events: EventFeed::kafka(kafka, &cfg.analytics.group_id), send }
+        }
+        QueueKind::Store => {
+            let sink: Arc<dyn JobSink> =
+                Arc::new(StoreQueue { store: store.clone(), throttle: Throttle::new(&cfg.throttle) });
+            Queues { events: EventFeed::Store, send: Some(sink) }
         }
         QueueKind::Memory => Queues { events: EventFeed::Store, send: None },
     };
@@ -508,12 +588,49 @@ impl JobSink for SendTopic {
     }
 }
 
+/// The send API's way to the single node's queue: each batch appended in
+/// one transaction, durable before the API answers.
+struct StoreQueue {
+    store: Store,
+    throttle: Throttle,
+}
+
+impl JobSink for StoreQueue {
+    fn key(&self, job: &mailpipe_core::SendJob) -> String {
+        self.throttle.key(job.queue_key()).to_owned()
+    }
+
+    fn submit<'a>(
+        &'a self,
+        jobs: &'a [KeyedJob],
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), SinkError>> + Send + 'a>> {
+        Box::pin(async move {
+            self.store.enqueue_jobs(jobs).await?;
+            Ok(())
+        })
+    }
+}
+
 /// A job ready to produce: its Kafka key (rate-limit key) and bytes.
 pub type KeyedJob = (String, Vec<u8>);
 
-/// Produces jobs to the send topic and returns how many the broker
-/// acknowledged.
+/// Puts jobs on the configured queue (the send topic, acknowledged by the
+/// broker, or the store's queue, committed) and returns how many.
 pub async fn enqueue(cfg: &Config, jobs: &[KeyedJob]) -> Result<usize> {
+    match cfg.queue.kind {
+        QueueKind::Kafka => {}
+        QueueKind::Store => {
+            let store = store(cfg).await?;
+            for chunk in jobs.chunks(1000) {
+                store.enqueue_jobs(chunk).await.context("writing to the store's queue")?;
+            }
+            store.close().await;
+            return Ok(jobs.len());
+        }
+        QueueKind::Memory => bail!(
+            "queue.kind: the in-process \"memory\" queue is the demo's; enqueue to \"store\" (the single-node mode's) or \"kafka\""
+        ),
+    }
     let kafka = &cfg.queue.kafka;
     let producer = KafkaEvents::connect_to(kafka, &kafka.send_topic).await.map_err(kafka_hint)?;
     let mut sent = 0;

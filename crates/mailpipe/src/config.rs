@@ -86,7 +86,10 @@ pub fn redact_url(url: &str) -> String {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum QueueKind {
+    /// The demo's in-process queue: not durable.
     Memory,
+    /// The single-node mode's durable queue, a table in the SQLite store.
+    Store,
     Kafka,
 }
 
@@ -95,6 +98,9 @@ pub struct QueueConfig {
     pub kind: QueueKind,
     /// The in-process queue's bound.
     pub capacity: usize,
+    /// The store queue: how often an idle worker looks for new jobs.
+    #[serde(rename = "poll_ms", deserialize_with = "mailpipe_core::units::millis")]
+    pub poll: Duration,
     pub kafka: KafkaSettings,
 }
 
@@ -326,6 +332,14 @@ impl Config {
         if let Some(s) = &queue {
             check_queue(s, &mut errors);
         }
+        if let (Some(q), Some(s)) = (&queue, &store)
+            && q.kind == QueueKind::Store
+            && !s.url.expose_secret().starts_with("sqlite:")
+        {
+            errors.push(
+                "queue.kind: \"store\" keeps the send queue in the SQLite store (the single-node mode); with PostgreSQL, use \"kafka\"".into(),
+            );
+        }
         if let Some(s) = &smtp {
             check_smtp(s, &mut errors);
         }
@@ -490,6 +504,9 @@ fn check_store(store: &StoreConfig, errors: &mut Vec<String>) {
 fn check_queue(queue: &QueueConfig, errors: &mut Vec<String>) {
     if queue.capacity == 0 {
         errors.push("queue.capacity: must be at least 1".into());
+    }
+    if queue.poll.is_zero() || queue.poll > Duration::from_secs(10) {
+        errors.push("queue.poll_ms: from 1 to 10000".into());
     }
     if !(1024..=1_048_576).contains(&queue.kafka.consumer_prefetch_kib) {
         errors.push("queue.kafka.consumer_prefetch_kib: 1024 (1 MiB) to 1048576 (1 GiB)".into());
@@ -816,10 +833,21 @@ mod tests {
     #[test]
     fn defaults_load_with_nothing_set() {
         let c = Config::load(None, env(&[])).unwrap();
-        assert_eq!(c.queue.kind, QueueKind::Memory);
+        assert_eq!(c.queue.kind, QueueKind::Store);
         assert_eq!(c.smtp.kind, mailpipe_smtp::TransportKind::File);
         assert!(c.store.url.expose_secret().starts_with("sqlite:"));
         assert!(c.token_secrets().is_err(), "no secrets in the defaults");
+    }
+
+    #[test]
+    fn the_store_queue_is_sqlite_only() {
+        let e = Config::load(None, env(&[("MAILPIPE__STORE__URL", "postgres://u:p@h/db")])).unwrap_err();
+        assert!(
+            e.to_string().contains("queue.kind: \"store\" keeps the send queue in the SQLite store"),
+            "{e}"
+        );
+        let c = env(&[("MAILPIPE__STORE__URL", "postgres://u:p@h/db"), ("MAILPIPE__QUEUE__KIND", "kafka")]);
+        assert!(Config::load(None, c).is_ok());
     }
 
     #[test]
@@ -939,6 +967,7 @@ mod tests {
             None,
             env(&[
                 ("MAILPIPE__STORE__URL", "postgres://u:hunter2hunter2@h/db"),
+                ("MAILPIPE__QUEUE__KIND", "kafka"),
                 ("MAILPIPE__TOKENS__RECIPIENT_KEY", "c2VjcmV0LXNlY3JldC1zZWNyZXQtc2VjcmV0LXNlY3JldC0="),
             ]),
         )

@@ -104,7 +104,13 @@ fn a_missing_secret_exits_2_and_names_the_key() {
 #[test]
 fn an_unreachable_database_is_a_clear_error_not_a_hang() {
     let started = Instant::now();
-    let o = mailpipe(&["migrate"], &[("MAILPIPE__STORE__URL", "postgres://u:secretpw@127.0.0.1:1/db")]);
+    let o = mailpipe(
+        &["migrate"],
+        &[
+            ("MAILPIPE__STORE__URL", "postgres://u:secretpw@127.0.0.1:1/db"),
+            ("MAILPIPE__QUEUE__KIND", "kafka"),
+        ],
+    );
     assert!(started.elapsed() < Duration::from_secs(30), "took {:?}", started.elapsed());
     assert_eq!(o.status.code(), Some(1));
     let e = stderr(&o);
@@ -338,4 +344,23 @@ fn templates_are_compiled_before_they_are_registered_each_upload_the_next_versio
         stdout(&mailpipe(&["template", "show", "acme", "--campaign", "spring", "--id", "welcome"], &env));
     assert!(show.contains("\"version\": 2") && show.contains("Hi {{ name }}</p>"), "{show}");
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn serve_and_enqueue_refuse_the_demos_memory_queue_and_serve_needs_its_keys() {
+    let (dir, url) = embedded("serve");
+    let jobs = dir.join("jobs.jsonl");
+    std::fs::write(&jobs, "").unwrap();
+    let memory = [("MAILPIPE__STORE__URL", url.as_str()), ("MAILPIPE__QUEUE__KIND", "memory")];
+    let o = mailpipe(&["serve"], &memory);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(stderr(&o).contains("set queue.kind = \"store\""), "{}", stderr(&o));
+    let o = mailpipe(&["enqueue", jobs.to_str().unwrap()], &memory);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(stderr(&o).contains("the in-process \"memory\" queue is the demo's"), "{}", stderr(&o));
+    // On the default store queue, nothing starts without the keys.
+    let o = mailpipe(&["serve"], &[("MAILPIPE__STORE__URL", url.as_str())]);
+    assert_ne!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(stderr(&o).contains("MAILPIPE__TOKENS__KEYS__1"), "{}", stderr(&o));
+    let _ = std::fs::remove_dir_all(dir);
 }

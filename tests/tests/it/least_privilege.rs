@@ -260,6 +260,7 @@ async fn the_services_role_cannot_change_the_schema_and_waits_for_the_owner_to_m
     let vars = vec![
         ("MAILPIPE__STORE__URL".to_string(), service_url(&fresh)),
         ("MAILPIPE__STORE__OWNER_URL".to_string(), fresh.url.clone()),
+        ("MAILPIPE__QUEUE__KIND".to_string(), "kafka".to_string()),
     ];
     let cfg = mailpipe::Config::load(None, vars).unwrap();
     let e = mailpipe::app::store(&cfg).await.unwrap_err().to_string();

@@ -27,6 +27,7 @@ mod replies;
 mod retries;
 mod send_api;
 mod send_outage;
+mod single_node;
 mod store;
 mod suppression_filter;
 mod templates;

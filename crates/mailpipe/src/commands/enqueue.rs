@@ -10,7 +10,7 @@ use mailpipe_core::SendJob;
 use mailpipe_throttle::Throttle;
 
 use crate::app::{self, KeyedJob};
-use crate::config::Config;
+use crate::config::{Config, QueueKind};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -42,7 +42,10 @@ pub async fn run(args: Args, cfg: &Config) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::FAILURE);
     }
     let n = app::enqueue(cfg, &jobs).await?;
-    println!("enqueued {n} job(s) to {}", cfg.queue.kafka.send_topic);
+    match cfg.queue.kind {
+        QueueKind::Kafka => println!("enqueued {n} job(s) to {}", cfg.queue.kafka.send_topic),
+        _ => println!("enqueued {n} job(s) to the store's queue ({})", cfg.store.redacted_url()),
+    }
     Ok(if bad.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 

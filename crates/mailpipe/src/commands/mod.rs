@@ -13,6 +13,7 @@ pub mod erase;
 pub mod inbound;
 pub mod migrate;
 pub mod purge;
+pub mod serve;
 pub mod suppress;
 pub mod template;
 pub mod tenant;
@@ -31,14 +32,19 @@ pub enum Command {
     /// Run the whole pipeline in one process on a sample campaign: SQLite,
     /// an in-process queue, .eml files, and the tracker on localhost.
     Demo(demo::Args),
-    /// Consume send jobs from Kafka and deliver them, until SIGTERM or
-    /// Ctrl-C; then drain in-flight jobs within worker.grace_period_secs.
+    /// Run the single-node mode until SIGTERM or Ctrl-C: the worker on the
+    /// durable queue in the SQLite store, the tracker, the API and
+    /// analytics (and inbound, when bounces.domain is set) in one process.
+    Serve,
+    /// Consume send jobs from Kafka (or the store's queue) and deliver
+    /// them, until SIGTERM or Ctrl-C; then drain in-flight jobs within
+    /// worker.grace_period_secs.
     Worker,
     /// Serve open pixels, click redirects and unsubscribes, until SIGTERM or
     /// Ctrl-C; then flush pending events.
     Tracker,
-    /// Produce send jobs from a JSON Lines file to Kafka (what a campaign
-    /// scheduler does). Every line is validated first; nothing is sent if
+    /// Queue send jobs from a JSON Lines file, on Kafka or the store's
+    /// queue as queue.kind says (what a campaign scheduler does). Every line is validated first; nothing is sent if
     /// any line is invalid, unless --skip-invalid is given.
     Enqueue(enqueue::Args),
     /// Apply database migrations to the configured store.
@@ -105,6 +111,7 @@ impl Command {
     pub async fn run(self, cfg: &Config) -> anyhow::Result<ExitCode> {
         match self {
             Command::Demo(args) => demo::run(args, cfg).await,
+            Command::Serve => serve::run(cfg).await,
             Command::Worker => worker::run(cfg).await,
             Command::Tracker => tracker::run(cfg).await,
             Command::Enqueue(args) => enqueue::run(args, cfg).await,
