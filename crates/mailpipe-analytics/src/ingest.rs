@@ -17,9 +17,10 @@ use crate::AnalyticsError;
 pub enum EventFeed {
     /// The events topic, read by its own consumer group.
     Kafka(Box<KafkaSettings>),
-    /// The store's events table, read every second: the single-node mode's
-    /// (on SQLite, from where the last read ended; on PostgreSQL, from the
-    /// start, as it is only for small stores without Kafka).
+    /// The store's events, read every second: the single-node mode's (on
+    /// SQLite through the store's feed, which keeps the place across
+    /// restarts; on PostgreSQL from the start, only for small stores
+    /// without Kafka).
     Store,
 }
 
@@ -86,16 +87,10 @@ pub async fn run(feed: EventFeed, store: &Store, shutdown: CancellationToken) ->
             source.commit_stored()?;
         }
         EventFeed::Store => {
-            // On SQLite a row's rowid only grows (one writer at a time), so
-            // each round reads on from where the last ended; PostgreSQL's
-            // paging is by position, so it reads from the start each round.
-            let keep = store.backend() == "sqlite";
-            let mut cursor = 0;
             let mut backoff = STORE_BACKOFF;
             loop {
-                let pause = match count_stored(store, if keep { cursor } else { 0 }).await {
-                    Ok((next, n)) => {
-                        cursor = next;
+                let pause = match count_stored(store).await {
+                    Ok(n) => {
                         backoff = STORE_BACKOFF;
                         metrics::counter!("mailpipe_analytics_events_total").increment(n as u64);
                         Duration::from_secs(1)
@@ -115,16 +110,28 @@ pub async fn run(feed: EventFeed, store: &Store, shutdown: CancellationToken) ->
     Ok(())
 }
 
-/// Counts the stored events after `cursor`; returns where it ended and
-/// how many were new.
-pub async fn count_stored(store: &Store, mut cursor: i64) -> Result<(i64, usize), AnalyticsError> {
+/// Counts the stored events not counted yet; returns how many were new.
+/// On SQLite, through the store's feed (a row per event, deleted once
+/// counted); on PostgreSQL, by reading every event again (only for a small
+/// store without Kafka).
+pub async fn count_stored(store: &Store) -> Result<usize, AnalyticsError> {
     let mut n = 0;
+    if store.events_feed(0).await?.is_some() {
+        loop {
+            let Some((last, events)) = store.events_feed(1000).await? else { return Ok(n) };
+            if last == 0 {
+                return Ok(n);
+            }
+            n += store.apply_events(&events).await?;
+            store.events_feed_done(last).await?;
+        }
+    }
+    let mut cursor = 0;
     loop {
         let (next, events) = store.events_after(cursor, 1000).await?;
         if next == cursor {
-            return Ok((cursor, n));
+            return Ok(n);
         }
-        // A page of rows that do not parse still moves the cursor on.
         if !events.is_empty() {
             n += store.apply_events(&events).await?;
         }

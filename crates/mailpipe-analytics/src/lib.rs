@@ -120,6 +120,5 @@ pub async fn run(
     let ingested = ingest::run(queues.events, &store, shutdown.clone()).await;
     shutdown.cancel();
     let _ = server.await;
-    store.close().await;
     ingested
 }

@@ -3,8 +3,9 @@
 //! partition.
 //!
 //! Records are read in offset order from where this consumer started (the
-//! first record still in the table); an acknowledged record is deleted, in
-//! batches, when the source next reads. A record not yet deleted when the
+//! first record still in the table); acknowledged records are deleted, in
+//! batches, when the source reads its next batch (or goes looking for
+//! one), and at a clean stop ([`StoredSource::flush`]). A record not yet deleted when the
 //! process dies (it was in flight, or done but not yet deleted) is read
 //! again by the next run, and the ledger makes it a replay or its first
 //! send, never a second one: the guarantee the Kafka consumer gives by
@@ -93,7 +94,14 @@ impl JobSource for StoredSource {
             if let Some(d) = self.ready.pop_front() {
                 return Ok(Some(d));
             }
-            self.flush().await?;
+            // Deleting is not reading: a delete that fails leaves the rows
+            // to the next one (or to a replay), and reading goes on.
+            if let Err(e) = self.flush().await {
+                tracing::warn!(error = %e, "cannot remove finished jobs from the store queue; retrying at the next read");
+            }
+            if let Ok(depth) = self.store.queue_depth().await {
+                metrics::gauge!("mailpipe_store_queue_depth").set(depth as f64);
+            }
             let rows = self.store.queued_after(self.after, self.batch).await?;
             let Some(last) = rows.last() else {
                 tokio::time::sleep(self.poll).await;

@@ -244,6 +244,36 @@ impl Store {
         Ok(fresh)
     }
 
+    /// The oldest events of the SQLite store's feed not yet counted (up to
+    /// `limit`), and the feed position to pass to
+    /// [`Store::events_feed_done`] once they are. Events erased since are
+    /// skipped. `None` on PostgreSQL, which has no feed:
+    /// [`Store::events_after`] reads it.
+    pub async fn events_feed(&self, limit: i64) -> Result<Option<(i64, Vec<Event>)>> {
+        let Pool::Sqlite(p) = &self.pool else { return Ok(None) };
+        let rows: Vec<(i64, Option<String>)> = sqlx::query_as(
+            "SELECT f.seq, e.payload FROM events_feed f LEFT JOIN events e ON e.event_id = f.event_id ORDER BY f.seq LIMIT $1",
+        )
+        .bind(limit)
+        .fetch_all(p)
+        .await?;
+        let last = rows.last().map_or(0, |r| r.0);
+        let events = rows
+            .iter()
+            .filter_map(|(_, p)| p.as_deref())
+            .filter_map(|p| serde_json::from_str(p).ok())
+            .collect();
+        Ok(Some((last, events)))
+    }
+
+    /// Removes the feed's rows up to `upto`: counted.
+    pub async fn events_feed_done(&self, upto: i64) -> Result<()> {
+        if let Pool::Sqlite(p) = &self.pool {
+            sqlx::query("DELETE FROM events_feed WHERE seq <= $1").bind(upto).execute(p).await?;
+        }
+        Ok(())
+    }
+
     /// Stored events after `cursor` (an opaque position; 0 = the start), in
     /// storage order, and the cursor to continue from.
     pub async fn events_after(&self, cursor: i64, limit: i64) -> Result<(i64, Vec<Event>)> {

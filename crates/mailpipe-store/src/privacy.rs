@@ -285,6 +285,11 @@ impl Store {
                     .execute(p)
                     .await?
                     .rows_affected();
+                // Feed rows no reader will count (no analytics runs on this
+                // file, or their events are gone).
+                sqlx::query("DELETE FROM events_feed WHERE NOT EXISTS (SELECT 1 FROM events e WHERE e.event_id = events_feed.event_id)")
+                    .execute(p)
+                    .await?;
                 out.dead_letters_deleted = sqlx::query("DELETE FROM dead_letters WHERE received_at < $1")
                     .bind(cutoff(r.dead_letters_days))
                     .execute(p)

@@ -248,16 +248,29 @@ pub async fn run_worker(
             "queue.kind: `worker` consumes from Kafka (\"kafka\") or the store's durable queue (\"store\"); the in-process \"memory\" queue is the demo's (`mailpipe demo`)"
         );
     }
-    let keys = keys(cfg)?;
     // Every key is loaded before any service is contacted: a bad key is a
     // configuration error (exit 2), not a half-started worker.
-    let sealer = sealer(cfg)?;
+    keys(cfg)?;
+    sealer(cfg)?;
     let store = store(cfg).await?;
+    let r = worker_on(cfg, &store, shutdown, metrics).await;
+    store.close().await;
+    r
+}
+
+/// The worker on `store`, which the caller closes.
+async fn worker_on(
+    cfg: &Config,
+    store: &Store,
+    shutdown: CancellationToken,
+    metrics: Option<MetricsRender>,
+) -> Result<()> {
+    let (keys, sealer) = (keys(cfg)?, sealer(cfg)?);
     let events = match cfg.queue.kind {
         QueueKind::Kafka => Some(KafkaEvents::connect(&cfg.queue.kafka).await.map_err(kafka_hint)?),
         QueueKind::Store | QueueKind::Memory => None,
     };
-    let pipeline = worker_pipeline(cfg, keys, &store, sealer, events.as_ref(), &shutdown).await?;
+    let pipeline = worker_pipeline(cfg, keys, store, sealer, events.as_ref(), &shutdown).await?;
     if let Some(render) = metrics {
         spawn_metrics_server("metrics.listen", cfg.metrics.listen, render, shutdown.clone()).await?;
     }
@@ -275,6 +288,8 @@ pub async fn run_worker(
             info!(abandoned = report.abandoned, "worker stopped");
         }
         None => {
+            // One consumer per file: a second would read every row too.
+            let _held = queue_lock(cfg)?;
             let mut source = StoredSource::new(store.clone(), cfg.queue.poll, STORE_QUEUE_BATCH);
             info!(store = %cfg.store.redacted_url(), "worker started on the store's queue");
             let report = mailpipe_worker::run(&mut source, pipeline, &cfg.worker, shutdown).await;
@@ -285,8 +300,30 @@ pub async fn run_worker(
             info!(abandoned = report.abandoned, "worker stopped");
         }
     }
-    store.close().await;
     Ok(())
+}
+
+/// Takes the store queue's lock, a file beside the SQLite file held while
+/// this process consumes its queue (the system lets it go when the process
+/// dies, kill -9 included).
+fn queue_lock(cfg: &Config) -> Result<std::fs::File> {
+    let url = cfg.store.url.expose_secret();
+    let path = url.trim_start_matches("sqlite:").trim_start_matches("//");
+    let path = path.split('?').next().unwrap_or(path);
+    let lock = format!("{path}.queue-lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock)
+        .with_context(|| format!("opening the store queue's lock file {lock}"))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => bail!(
+            "another `mailpipe serve` or `worker` consumes the queue of {path} (it holds {lock}): run one per file"
+        ),
+        Err(std::fs::TryLockError::Error(e)) => Err(e).with_context(|| format!("locking {lock}")),
+    }
 }
 
 /// Records a store-queue worker reads at a time.
@@ -339,30 +376,31 @@ pub async fn run_serve(
             "queue.kind: `serve` is the single-node mode, whose queue is in the SQLite store: set queue.kind = \"store\" (beyond one machine, run `worker`, `tracker` and `analytics` on Kafka)"
         );
     }
-    // Configuration errors before anything starts; the schema once, before
-    // the services open their own pools on it.
+    // Configuration errors before anything starts; then one store (one
+    // pool on the file) for every part.
     keys(cfg)?;
     sealer(cfg)?;
-    store(cfg).await?.close().await;
+    let store = store(cfg).await?;
+    // A part that ends, for whatever reason, stops the others: a node
+    // without its worker or its tracker is not running.
     let watch = |what: &'static str, r: Result<()>| {
-        if r.is_err() {
-            shutdown.cancel();
-        }
+        shutdown.cancel();
         r.with_context(|| format!("serve: the {what}"))
     };
     let inbound = async {
         match cfg.return_paths {
-            Some(_) => watch("inbound listener", run_inbound(cfg, shutdown.clone(), None).await),
+            Some(_) => watch("inbound listener", inbound_on(cfg, &store, shutdown.clone(), None).await),
             None => Ok(()),
         }
     };
     info!(store = %cfg.store.redacted_url(), "serving: worker, tracker, API and analytics");
     let (worker, tracker, analytics, inbound) = tokio::join!(
-        async { watch("worker", run_worker(cfg, shutdown.clone(), metrics).await) },
-        async { watch("tracker", run_tracker(cfg, shutdown.clone(), None).await) },
-        async { watch("API and analytics", run_analytics(cfg, shutdown.clone()).await) },
+        async { watch("worker", worker_on(cfg, &store, shutdown.clone(), metrics).await) },
+        async { watch("tracker", tracker_on(cfg, &store, shutdown.clone(), None).await) },
+        async { watch("API and analytics", analytics_on(cfg, &store, shutdown.clone()).await) },
         inbound,
     );
+    store.close().await;
     worker.and(tracker).and(analytics).and(inbound)
 }
 
@@ -425,7 +463,6 @@ pub fn tracker_app(
     Ok(mailpipe_tracker::app(&cfg.tracker, keys.ring.clone(), keys.ip_key.clone(), store, kafka)?)
 }
 
-/// `mailpipe tracker`: serves until shutdown, then flushes events.
 /// `mailpipe inbound`: bounces, auto-replies and complaints that come back
 /// to the return paths and the feedback address, until `shutdown`.
 pub async fn run_inbound(
@@ -433,13 +470,27 @@ pub async fn run_inbound(
     shutdown: CancellationToken,
     metrics: Option<MetricsRender>,
 ) -> Result<()> {
-    let Some(paths) = cfg.return_paths.clone() else {
+    if cfg.return_paths.is_none() {
         bail!(
             "bounces.domain is not set: `mailpipe inbound` receives mail for the return paths on it (docs/bounces.md)"
         );
-    };
-    let keys = keys(cfg)?;
+    }
+    keys(cfg)?;
     let store = store(cfg).await?;
+    let r = inbound_on(cfg, &store, shutdown, metrics).await;
+    store.close().await;
+    r
+}
+
+/// `inbound` on `store`, which the caller closes.
+async fn inbound_on(
+    cfg: &Config,
+    store: &Store,
+    shutdown: CancellationToken,
+    metrics: Option<MetricsRender>,
+) -> Result<()> {
+    let Some(paths) = cfg.return_paths.clone() else { bail!("bounces.domain is not set") };
+    let keys = keys(cfg)?;
     let events = match cfg.queue.kind {
         QueueKind::Kafka => Some(KafkaEvents::connect(&cfg.queue.kafka).await.map_err(kafka_hint)?),
         QueueKind::Store | QueueKind::Memory => None,
@@ -475,20 +526,33 @@ pub async fn run_inbound(
     ));
     info!(listen = %listener.local_addr()?, domain = paths.domain(), "inbound started");
     mailpipe_inbound::run(listener, limits, inbound, shutdown).await;
-    store.close().await;
     info!("inbound stopped");
     Ok(())
 }
 
+/// `mailpipe tracker`: serves until shutdown, then flushes events.
 pub async fn run_tracker(
     cfg: &Config,
     shutdown: CancellationToken,
     metrics: Option<MetricsRender>,
 ) -> Result<()> {
-    let keys = keys(cfg)?;
+    keys(cfg)?;
     let store = store(cfg).await?;
+    let r = tracker_on(cfg, &store, shutdown, metrics).await;
+    store.close().await;
+    r
+}
+
+/// The tracker on `store`, which the caller closes.
+async fn tracker_on(
+    cfg: &Config,
+    store: &Store,
+    shutdown: CancellationToken,
+    metrics: Option<MetricsRender>,
+) -> Result<()> {
+    let keys = keys(cfg)?;
     // A tenant's revoked links are refused from the first request on.
-    follow_link_generations(cfg, &keys, &store, &shutdown).await;
+    follow_link_generations(cfg, &keys, store, &shutdown).await;
     let kafka = match cfg.queue.kind {
         QueueKind::Kafka => Some(KafkaEvents::connect(&cfg.queue.kafka).await.map_err(kafka_hint)?),
         QueueKind::Store | QueueKind::Memory => None,
@@ -505,7 +569,6 @@ pub async fn run_tracker(
     mailpipe_tracker::serve(listener, app, &cfg.tracker, shutdown).await?;
     // The router (and every handle) is gone; the writer drains and stops.
     writer.finish(cfg.tracker.shutdown_grace).await;
-    store.close().await;
     info!("tracker stopped");
     Ok(())
 }
@@ -513,9 +576,18 @@ pub async fn run_tracker(
 /// `mailpipe analytics`: the tenant API and dashboard, event counting and
 /// scheduled purges, until shutdown.
 pub async fn run_analytics(cfg: &Config, shutdown: CancellationToken) -> Result<()> {
+    keys(cfg)?;
+    sealer(cfg)?;
+    let store = store(cfg).await?;
+    let r = analytics_on(cfg, &store, shutdown).await;
+    store.close().await;
+    r
+}
+
+/// Analytics on `store`, which the caller closes.
+async fn analytics_on(cfg: &Config, store: &Store, shutdown: CancellationToken) -> Result<()> {
     let keys = keys(cfg)?;
     let domains = DomainsApi::new(sealer(cfg)?, cfg.domains.clone());
-    let store = store(cfg).await?;
     tokio::spawn(mailpipe_domains::run_checks(store.clone(), cfg.domains.clone(), shutdown.clone()));
     let queues = match cfg.queue.kind {
         QueueKind::Kafka => {
@@ -537,18 +609,29 @@ pub async fn run_analytics(cfg: &Config, shutdown: CancellationToken) -> Result<
             Queues { events: EventFeed::kafka(kafka, &cfg.analytics.group_id), send }
         }
         QueueKind::Store => {
-            let sink: Arc<dyn JobSink> =
-                Arc::new(StoreQueue { store: store.clone(), throttle: Throttle::new(&cfg.throttle) });
+            let sink: Arc<dyn JobSink> = Arc::new(StoreQueue {
+                store: store.clone(),
+                throttle: Throttle::new(&cfg.throttle),
+                max_depth: cfg.queue.max_depth,
+            });
             Queues { events: EventFeed::Store, send: Some(sink) }
         }
         QueueKind::Memory => Queues { events: EventFeed::Store, send: None },
     };
-    mailpipe_analytics::run(&cfg.analytics, store, keys.hasher, domains, queues, cfg.retention, shutdown)
-        .await
-        .map_err(|e| match e {
-            AnalyticsError::Queue(q) => queue_error(q),
-            other => other.into(),
-        })
+    mailpipe_analytics::run(
+        &cfg.analytics,
+        store.clone(),
+        keys.hasher,
+        domains,
+        queues,
+        cfg.retention,
+        shutdown,
+    )
+    .await
+    .map_err(|e| match e {
+        AnalyticsError::Queue(q) => queue_error(q),
+        other => other.into(),
+    })
 }
 
 /// `mailpipe migrate`.
@@ -593,6 +676,18 @@ impl JobSink for SendTopic {
 struct StoreQueue {
     store: Store,
     throttle: Throttle,
+    max_depth: u64,
+}
+
+/// Refuses `n` more jobs when the store queue would hold more than `max`.
+async fn room_in_store_queue(store: &Store, n: usize, max: u64) -> Result<()> {
+    let depth = store.queue_depth().await.context("reading the store queue's depth")?;
+    if depth as u64 + n as u64 > max {
+        bail!(
+            "the store queue is full: {depth} jobs wait and {n} more would pass queue.max_depth ({max}); the worker (`mailpipe serve`) must catch up first"
+        );
+    }
+    Ok(())
 }
 
 impl JobSink for StoreQueue {
@@ -605,6 +700,7 @@ impl JobSink for StoreQueue {
         jobs: &'a [KeyedJob],
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), SinkError>> + Send + 'a>> {
         Box::pin(async move {
+            room_in_store_queue(&self.store, jobs.len(), self.max_depth).await.map_err(SinkError::from)?;
             self.store.enqueue_jobs(jobs).await?;
             Ok(())
         })
@@ -620,10 +716,10 @@ pub async fn enqueue(cfg: &Config, jobs: &[KeyedJob]) -> Result<usize> {
     match cfg.queue.kind {
         QueueKind::Kafka => {}
         QueueKind::Store => {
+            // All or nothing: one transaction for the whole file.
             let store = store(cfg).await?;
-            for chunk in jobs.chunks(1000) {
-                store.enqueue_jobs(chunk).await.context("writing to the store's queue")?;
-            }
+            room_in_store_queue(&store, jobs.len(), cfg.queue.max_depth).await?;
+            store.enqueue_jobs(jobs).await.context("writing to the store's queue (nothing was queued)")?;
             store.close().await;
             return Ok(jobs.len());
         }

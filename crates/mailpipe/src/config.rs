@@ -101,6 +101,9 @@ pub struct QueueConfig {
     /// The store queue: how often an idle worker looks for new jobs.
     #[serde(rename = "poll_ms", deserialize_with = "mailpipe_core::units::millis")]
     pub poll: Duration,
+    /// The store queue: the most jobs it holds; enqueue and the send API
+    /// refuse a batch that would pass it.
+    pub max_depth: u64,
     pub kafka: KafkaSettings,
 }
 
@@ -269,6 +272,7 @@ impl Config {
             "bounces",
             "breaker",
         ];
+        default_queue_kind(&mut tree);
         for key in tree.keys() {
             if !SECTIONS.contains(&key.as_str()) {
                 errors.push(format!("{key}: unknown section (known: {})", SECTIONS.join(", ")));
@@ -337,7 +341,15 @@ impl Config {
             && !s.url.expose_secret().starts_with("sqlite:")
         {
             errors.push(
-                "queue.kind: \"store\" keeps the send queue in the SQLite store (the single-node mode); with PostgreSQL, use \"kafka\"".into(),
+                "queue.kind: \"store\" keeps the send queue in the SQLite store (the single-node mode); with PostgreSQL, use \"kafka\" (or \"memory\": no send queue, events to the store)".into(),
+            );
+        }
+        if let (Some(q), Some(s)) = (&queue, &store)
+            && q.kind == QueueKind::Store
+            && in_memory_sqlite(s.url.expose_secret())
+        {
+            errors.push(
+                "store.url: the store queue needs a SQLite file (an in-memory database is each connection pool's own, so queued jobs would never be read)".into(),
             );
         }
         if let Some(s) = &smtp {
@@ -476,6 +488,33 @@ impl Config {
     }
 }
 
+/// `queue.kind`, when no layer sets it, follows the store: the single
+/// node's durable queue on a SQLite file; on PostgreSQL (or an in-memory
+/// SQLite database) "memory", what it was before
+/// the store queue existed (no Kafka: events go to the store), so that a
+/// configuration written then loads as it did.
+fn default_queue_kind(tree: &mut toml::Table) {
+    let file = tree
+        .get("store")
+        .and_then(|s| s.get("url"))
+        .and_then(toml::Value::as_str)
+        .is_none_or(|u| u.starts_with("sqlite:") && !in_memory_sqlite(u));
+    let queue = tree.entry("queue").or_insert_with(|| toml::Value::Table(Default::default()));
+    if let toml::Value::Table(q) = queue
+        && !q.contains_key("kind")
+    {
+        q.insert("kind".into(), toml::Value::String(if file { "store" } else { "memory" }.into()));
+    }
+}
+
+/// Whether a SQLite URL names a database that lives only in one
+/// connection pool's memory: each service would have its own, so a queue
+/// in it would be written by one and never read by another.
+fn in_memory_sqlite(url: &str) -> bool {
+    let rest = url.trim_start_matches("sqlite:").trim_start_matches("//");
+    rest.is_empty() || rest.starts_with(":memory:") || url.contains("mode=memory")
+}
+
 // The checks that span keys of one section. Each runs when its section
 // parsed, so that a value that does not parse in one section never hides
 // what is wrong in another.
@@ -504,6 +543,9 @@ fn check_store(store: &StoreConfig, errors: &mut Vec<String>) {
 fn check_queue(queue: &QueueConfig, errors: &mut Vec<String>) {
     if queue.capacity == 0 {
         errors.push("queue.capacity: must be at least 1".into());
+    }
+    if queue.max_depth == 0 {
+        errors.push("queue.max_depth: must be at least 1".into());
     }
     if queue.poll.is_zero() || queue.poll > Duration::from_secs(10) {
         errors.push("queue.poll_ms: from 1 to 10000".into());
@@ -840,14 +882,25 @@ mod tests {
     }
 
     #[test]
-    fn the_store_queue_is_sqlite_only() {
-        let e = Config::load(None, env(&[("MAILPIPE__STORE__URL", "postgres://u:p@h/db")])).unwrap_err();
+    fn the_store_queue_is_for_a_sqlite_file_and_the_default_follows_the_store() {
+        let pg = ("MAILPIPE__STORE__URL", "postgres://u:p@h/db");
+        let e = Config::load(None, env(&[pg, ("MAILPIPE__QUEUE__KIND", "store")])).unwrap_err();
         assert!(
             e.to_string().contains("queue.kind: \"store\" keeps the send queue in the SQLite store"),
             "{e}"
         );
-        let c = env(&[("MAILPIPE__STORE__URL", "postgres://u:p@h/db"), ("MAILPIPE__QUEUE__KIND", "kafka")]);
-        assert!(Config::load(None, c).is_ok());
+        // Unset, it is what it was before the store queue with PostgreSQL.
+        assert_eq!(Config::load(None, env(&[pg])).unwrap().queue.kind, QueueKind::Memory);
+        let kafka = env(&[pg, ("MAILPIPE__QUEUE__KIND", "kafka")]);
+        assert_eq!(Config::load(None, kafka).unwrap().queue.kind, QueueKind::Kafka);
+        for memory in ["sqlite::memory:", "sqlite:", "sqlite://x.db?mode=memory"] {
+            let url = ("MAILPIPE__STORE__URL", memory);
+            assert_eq!(Config::load(None, env(&[url])).unwrap().queue.kind, QueueKind::Memory, "{memory}");
+            let e = Config::load(None, env(&[url, ("MAILPIPE__QUEUE__KIND", "store")])).unwrap_err();
+            assert!(e.to_string().contains("the store queue needs a SQLite file"), "{memory}: {e}");
+        }
+        let file = env(&[("MAILPIPE__STORE__URL", "sqlite:/var/lib/mailpipe/m.db")]);
+        assert_eq!(Config::load(None, file).unwrap().queue.kind, QueueKind::Store);
     }
 
     #[test]
@@ -967,7 +1020,6 @@ mod tests {
             None,
             env(&[
                 ("MAILPIPE__STORE__URL", "postgres://u:hunter2hunter2@h/db"),
-                ("MAILPIPE__QUEUE__KIND", "kafka"),
                 ("MAILPIPE__TOKENS__RECIPIENT_KEY", "c2VjcmV0LXNlY3JldC1zZWNyZXQtc2VjcmV0LXNlY3JldC0="),
             ]),
         )

@@ -155,8 +155,10 @@ fn enqueue_reports_invalid_lines_by_number_and_sends_nothing() {
     std::fs::write(&f, format!("{good}\n{{oops\n\n{}\n", good.replace("r@y.example", "not-an-address")))
         .unwrap();
     // The broker address is unreachable on purpose: validation comes first.
-    let o =
-        mailpipe(&["enqueue", f.to_str().unwrap()], &[("MAILPIPE__QUEUE__KAFKA__BROKERS", "127.0.0.1:1")]);
+    let o = mailpipe(
+        &["enqueue", f.to_str().unwrap()],
+        &[("MAILPIPE__QUEUE__KIND", "kafka"), ("MAILPIPE__QUEUE__KAFKA__BROKERS", "127.0.0.1:1")],
+    );
     assert_eq!(o.status.code(), Some(1));
     let e = stderr(&o);
     assert!(e.contains("jobs.jsonl:2:") && e.contains("jobs.jsonl:4:"), "{e}");
@@ -360,7 +362,7 @@ fn serve_and_enqueue_refuse_the_demos_memory_queue_and_serve_needs_its_keys() {
     assert!(stderr(&o).contains("the in-process \"memory\" queue is the demo's"), "{}", stderr(&o));
     // On the default store queue, nothing starts without the keys.
     let o = mailpipe(&["serve"], &[("MAILPIPE__STORE__URL", url.as_str())]);
-    assert_ne!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_eq!(o.status.code(), Some(2), "a configuration error: {}", stderr(&o));
     assert!(stderr(&o).contains("MAILPIPE__TOKENS__KEYS__1"), "{}", stderr(&o));
     let _ = std::fs::remove_dir_all(dir);
 }
