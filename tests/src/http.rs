@@ -159,3 +159,73 @@ pub async fn api_get(addr: &str, target: &str, key: &str) -> (u16, serde_json::V
     let r = http(addr, "GET", target, &[("Authorization", auth.as_str())], b"").await;
     (r.status, serde_json::from_slice(&r.body).unwrap_or(serde_json::Value::Null))
 }
+
+/// `tests/support/webhook_receiver.py`: a real HTTP server that logs each
+/// webhook request and answers as `mode` says (`ok`, `flaky`, `down`,
+/// `hang`); killed when dropped.
+pub struct WebhookReceiver {
+    pub port: u16,
+    dir: std::path::PathBuf,
+    child: std::process::Child,
+}
+
+/// One request a [`WebhookReceiver`] got.
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct WebhookRequest {
+    pub n: u64,
+    pub id: Option<String>,
+    pub timestamp: Option<String>,
+    pub signature: Option<String>,
+    pub body: String,
+    pub status: u16,
+    pub hung: bool,
+}
+
+impl WebhookReceiver {
+    pub fn start(mode: &str) -> Self {
+        let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("support/webhook_receiver.py");
+        let dir = std::env::temp_dir().join(crate::unique("hooks"));
+        std::fs::create_dir_all(&dir).expect("receiver dir");
+        let mut child = std::process::Command::new("python3")
+            .arg(&script)
+            .arg(&dir)
+            .arg(mode)
+            .spawn()
+            .unwrap_or_else(|e| panic!("python3 {}: {e} (install python3)", script.display()));
+        let started = std::time::Instant::now();
+        let port = loop {
+            if let Some(p) =
+                std::fs::read_to_string(dir.join("port")).ok().and_then(|p| p.trim().parse().ok())
+            {
+                break p;
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!("the webhook receiver exited at start ({status})");
+            }
+            assert!(started.elapsed() < Duration::from_secs(10), "the webhook receiver did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        Self { port, dir, child }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    /// Every request so far, in arrival order.
+    pub fn requests(&self) -> Vec<WebhookRequest> {
+        std::fs::read_to_string(self.dir.join("requests.jsonl"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+}
+
+impl Drop for WebhookReceiver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}

@@ -34,7 +34,8 @@ use std::time::{Duration, Instant};
 pub use env::{Running, Setup, TestEnv};
 pub use exim::EximRelay;
 pub use http::{
-    HttpResponse, api_get, assert_served_only_after, http, list_unsubscribe, serve_api, status_line, try_http,
+    HttpResponse, WebhookReceiver, WebhookRequest, api_get, assert_served_only_after, http, list_unsubscribe,
+    serve_api, status_line, try_http,
 };
 pub use kafka::{
     Record, Topics, committed, end_offsets, fresh_topics, group_members, kafka_brokers, read_event_ids,

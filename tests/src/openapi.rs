@@ -1,5 +1,5 @@
 //! The server's answers checked against docs/openapi.json: the subset of
-//! JSON Schema that file uses (`type`, `enum`, `required`, `properties`,
+//! JSON Schema that file uses (`type`, one or a list, `maxLength`, `enum`, `required`, `properties`,
 //! `additionalProperties: false`, `items`, `minItems`, `maxItems`, and
 //! `$ref` within the file). A keyword outside that subset fails the check
 //! rather than passing unread.
@@ -17,6 +17,7 @@ const KNOWN: &[&str] = &[
     "items",
     "minItems",
     "maxItems",
+    "maxLength",
     "description",
     "$ref",
 ];
@@ -70,20 +71,31 @@ impl OpenApi {
         if let Some(k) = keywords.keys().find(|k| !KNOWN.contains(&k.as_str())) {
             panic!("{at}: the checker does not read `{k}`; teach it before using it");
         }
-        if let Some(t) = schema.get("type").and_then(Value::as_str) {
-            let ok = match t {
+        let types: Vec<&str> = match schema.get("type") {
+            Some(Value::String(t)) => vec![t.as_str()],
+            Some(Value::Array(ts)) => ts.iter().filter_map(Value::as_str).collect(),
+            _ => Vec::new(),
+        };
+        if !types.is_empty() {
+            let is = |t: &str| match t {
                 "object" => value.is_object(),
                 "array" => value.is_array(),
                 "string" => value.is_string(),
                 "integer" => value.is_i64() || value.is_u64(),
                 "number" => value.is_number(),
                 "boolean" => value.is_boolean(),
+                "null" => value.is_null(),
                 other => panic!("{at}: type {other} not handled"),
             };
-            if !ok {
-                out.push(format!("{at}: not a {t}: {value}"));
+            if !types.iter().any(|t| is(t)) {
+                out.push(format!("{at}: not a {}: {value}", types.join(" or ")));
                 return;
             }
+        }
+        if let (Some(max), Some(text)) = (schema.get("maxLength").and_then(Value::as_u64), value.as_str())
+            && text.chars().count() as u64 > max
+        {
+            out.push(format!("{at}: longer than {max}"));
         }
         if let Some(options) = schema.get("enum").and_then(Value::as_array)
             && !options.contains(value)

@@ -55,6 +55,10 @@ impl SingleNode {
             ("MAILPIPE__ANALYTICS__LISTEN", api.clone()),
             ("MAILPIPE__WORKER__GRACE_PERIOD_SECS", "20".into()),
             ("MAILPIPE__WORKER__SUPPRESSION_POLL_MS", "100".into()),
+            // The test's webhook receivers listen on loopback, over http.
+            ("MAILPIPE__WEBHOOKS__ALLOW_PRIVATE_ADDRESSES", "true".into()),
+            ("MAILPIPE__WEBHOOKS__ALLOW_HTTP", "true".into()),
+            ("MAILPIPE__WEBHOOKS__POLL_MS", "100".into()),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v))

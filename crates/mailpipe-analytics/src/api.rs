@@ -24,7 +24,7 @@ use tracing::warn;
 use crate::csv::{ImportError, export_csv};
 use crate::domains::{self, DomainsApi};
 use crate::send::{self, JobSink};
-use crate::{dashboard, session, templates};
+use crate::{dashboard, session, templates, webhooks};
 
 #[derive(Clone)]
 pub struct ApiState {
@@ -42,6 +42,8 @@ pub struct ApiState {
     pub(crate) send_permits: Arc<tokio::sync::Semaphore>,
     /// Send requests in progress per tenant (`send::PER_TENANT_AT_ONCE`).
     pub(crate) send_by_tenant: send::TenantSlots,
+    /// Webhook endpoints; without it those routes answer 503.
+    pub(crate) webhooks: Option<Arc<crate::webhooks::WebhooksApi>>,
 }
 
 /// Send requests read at once (see [`ApiState`]'s `send_permits`).
@@ -57,6 +59,7 @@ impl ApiState {
             sink: None,
             send_permits: Arc::new(tokio::sync::Semaphore::new(SEND_REQUESTS_AT_ONCE)),
             send_by_tenant: send::TenantSlots::default(),
+            webhooks: None,
         }
     }
 
@@ -70,6 +73,12 @@ impl ApiState {
     /// is served over HTTPS, as it should be beyond one machine.
     pub fn with_secure_cookie(mut self, secure: bool) -> Self {
         self.secure_cookie = secure;
+        self
+    }
+
+    /// Lets tenants manage webhook endpoints.
+    pub fn with_webhooks(mut self, webhooks: crate::webhooks::WebhooksApi) -> Self {
+        self.webhooks = Some(Arc::new(webhooks));
         self
     }
 
@@ -92,6 +101,10 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/v1/domains/{domain}/check", axum::routing::post(domains::check))
         .route("/api/v1/messages", axum::routing::post(send::post_messages))
         .route("/api/v1/templates", get(templates::list).post(templates::upload))
+        .route("/api/v1/webhooks", get(webhooks::list).post(webhooks::add))
+        .route("/api/v1/webhooks/{id}", axum::routing::delete(webhooks::remove))
+        .route("/api/v1/webhooks/{id}/rotate", axum::routing::post(webhooks::rotate))
+        .route("/api/v1/webhooks/{id}/enable", axum::routing::post(webhooks::enable))
         .route("/dashboard/login", get(session::form).post(session::login))
         .route("/dashboard/logout", axum::routing::post(session::logout))
         .route("/dashboard/campaigns/{id}", get(dashboard))

@@ -27,6 +27,7 @@ pub mod privacy;
 pub mod send;
 mod session;
 pub mod templates;
+pub mod webhooks;
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -89,14 +90,21 @@ pub struct Queues {
     pub send: Option<std::sync::Arc<dyn send::JobSink>>,
 }
 
+/// What the API manages besides the figures: sending domains, and webhook
+/// endpoints (none: those routes answer 503 and nothing is delivered).
+pub struct Apis {
+    pub domains: DomainsApi,
+    pub webhooks: Option<webhooks::WebhooksApi>,
+}
+
 /// `mailpipe analytics`: the tenant API and dashboard, event ingestion and
-/// the send API on `queues`, and purges every
+/// the send API on `queues`, webhook deliveries, and purges every
 /// `retention.purge_interval_hours`, until `shutdown`.
 pub async fn run(
     settings: &AnalyticsSettings,
     store: Store,
     hasher: RecipientHasher,
-    domains: DomainsApi,
+    apis: Apis,
     queues: Queues,
     retention: Retention,
     shutdown: CancellationToken,
@@ -104,10 +112,18 @@ pub async fn run(
     let listener = tokio::net::TcpListener::bind(settings.listen)
         .await
         .map_err(|e| AnalyticsError::Bind(settings.listen, e))?;
-    let mut state =
-        ApiState::new(store.clone(), hasher).with_domains(domains).with_secure_cookie(settings.secure_cookie);
+    let mut state = ApiState::new(store.clone(), hasher)
+        .with_domains(apis.domains)
+        .with_secure_cookie(settings.secure_cookie);
     if let Some(sink) = queues.send {
         state = state.with_sink(sink);
+    }
+    let mut dispatcher = None;
+    if let Some(w) = apis.webhooks {
+        let run =
+            mailpipe_webhooks::run(store.clone(), w.sealer.clone(), w.settings.clone(), shutdown.clone());
+        dispatcher = Some(tokio::spawn(run));
+        state = state.with_webhooks(w);
     }
     let router = router(state);
     let limits = settings.limits();
@@ -120,5 +136,8 @@ pub async fn run(
     let ingested = ingest::run(queues.events, &store, shutdown.clone()).await;
     shutdown.cancel();
     let _ = server.await;
+    if let Some(d) = dispatcher {
+        let _ = d.await;
+    }
     ingested
 }

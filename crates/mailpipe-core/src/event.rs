@@ -28,6 +28,9 @@ pub enum EventType {
     StreamPaused,
     /// A paused stream was resumed.
     StreamResumed,
+    /// A tenant's webhook endpoint was disabled after failing every attempt
+    /// of a delivery's retry schedule.
+    WebhookDisabled,
 }
 
 impl EventType {
@@ -45,6 +48,7 @@ impl EventType {
             EventType::Complaint => "complaint",
             EventType::StreamPaused => "stream_paused",
             EventType::StreamResumed => "stream_resumed",
+            EventType::WebhookDisabled => "webhook_disabled",
         }
     }
 
@@ -62,7 +66,8 @@ impl EventType {
             | EventType::Unsubscribe
             | EventType::Complaint
             | EventType::StreamPaused
-            | EventType::StreamResumed => false,
+            | EventType::StreamResumed
+            | EventType::WebhookDisabled => false,
         }
     }
 }

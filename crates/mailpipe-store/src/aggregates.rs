@@ -165,7 +165,7 @@ fn increments(e: &Event) -> Vec<String> {
         EventType::Unsubscribe => m.push("unsubscribes".into()),
         EventType::Complaint => m.push("complaints".into()),
         // About a tenant, not a campaign.
-        EventType::StreamPaused | EventType::StreamResumed => {}
+        EventType::StreamPaused | EventType::StreamResumed | EventType::WebhookDisabled => {}
     }
     m
 }
@@ -186,13 +186,37 @@ impl Store {
         let mut fresh = 0;
         on_pool!(self, p => {
             let mut tx = p.begin().await?;
+            // Events also go out to their tenants' webhooks, once: with
+            // the counting, in this transaction.
+            let hooked: std::collections::HashSet<String> =
+                sqlx::query_scalar(crate::webhooks::HOOKED).fetch_all(&mut *tx).await?.into_iter().collect();
             for e in events {
-                let (Some(t), Some(c)) = (e.tenant_id.as_ref(), e.campaign_id.as_ref()) else { continue };
+                let Some(t) = e.tenant_id.as_ref() else { continue };
+                let hooks = hooked.contains(t.as_str());
+                let Some(c) = e.campaign_id.as_ref() else {
+                    // About a tenant, not a campaign: nothing to count.
+                    if hooks {
+                        let new = sqlx::query(seen).bind(e.event_id.as_str()).bind(now).execute(&mut *tx).await?.rows_affected();
+                        if new > 0 {
+                            sqlx::query(crate::webhooks::FAN_OUT)
+                                .bind(crate::webhooks::webhook_message_id(e)).bind(e.kind.as_str())
+                                .bind(crate::webhooks::webhook_payload(e)).bind(now).bind(t.as_str())
+                                .execute(&mut *tx).await?;
+                        }
+                    }
+                    continue;
+                };
                 let new = sqlx::query(seen).bind(e.event_id.as_str()).bind(now).execute(&mut *tx).await?.rows_affected();
                 if new == 0 {
                     continue;
                 }
                 fresh += 1;
+                if hooks {
+                    sqlx::query(crate::webhooks::FAN_OUT)
+                        .bind(crate::webhooks::webhook_message_id(e)).bind(e.kind.as_str())
+                        .bind(crate::webhooks::webhook_payload(e)).bind(now).bind(t.as_str())
+                        .execute(&mut *tx).await?;
+                }
                 let at = (e.occurred_at.unix_timestamp_nanos() / 1_000_000) as i64;
                 let hour = at - at.rem_euclid(HOUR_MS);
                 let mut metrics = increments(e);

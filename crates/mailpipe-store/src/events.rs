@@ -94,7 +94,8 @@ fn id_is_per_occurrence(kind: EventType) -> bool {
         | EventType::Unsubscribe
         | EventType::Complaint
         | EventType::StreamPaused
-        | EventType::StreamResumed => false,
+        | EventType::StreamResumed
+        | EventType::WebhookDisabled => false,
     }
 }
 

@@ -42,6 +42,7 @@ mod streams;
 mod suppressions;
 mod templates;
 mod tenants;
+mod webhooks;
 mod writer;
 
 pub use aggregates::{CampaignRates, CampaignStats, DailyVolume, Overview, Progress};
@@ -54,6 +55,9 @@ pub use streams::{StreamFigures, StreamKey, StreamState};
 pub use suppressions::{IMPORT_BATCH, Removal, SuppressionCursor};
 pub use templates::StoredTemplate;
 pub use tenants::TenantPolicy;
+pub use webhooks::{
+    Attempted, WebhookDelivery, WebhookEndpoint, WebhookTarget, webhook_message_id, webhook_payload,
+};
 pub use writer::{BatchSettings, BatchStats, LedgerWriter};
 
 use std::str::FromStr;

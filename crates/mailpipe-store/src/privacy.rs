@@ -14,6 +14,8 @@ pub struct ErasureReport {
     /// Personalised URLs in the click tables.
     pub campaign_links_deleted: u64,
     pub rejected_reports_deleted: u64,
+    /// Webhook deliveries of the deleted events, sent or not.
+    pub webhook_deliveries_deleted: u64,
     pub suppression_kept: bool,
     /// Whether the tables were vacuumed, so that the deleted rows' old
     /// versions left the data files now rather than at the next autovacuum.
@@ -30,6 +32,7 @@ pub struct PurgeReport {
     pub client_details_removed: u64,
     pub dead_letters_deleted: u64,
     pub rejected_reports_deleted: u64,
+    pub webhook_deliveries_deleted: u64,
     /// Month partitions of events, dead letters and the ledger dropped
     /// whole (on PostgreSQL; their rows are not in the counts above).
     pub partitions_dropped: u64,
@@ -47,6 +50,9 @@ pub struct Retention {
     /// Complaint and bounce reports that could not be used, kept for the
     /// operator to look into: they quote the mail, addresses included.
     pub rejected_reports_days: u32,
+    /// Webhook deliveries once delivered or failed (their bodies are the
+    /// events, which `events_days` keeps).
+    pub webhook_deliveries_days: u32,
     /// How often `mailpipe analytics` purges (0: only `mailpipe purge`).
     /// [`Store::purge`] itself does not read it.
     pub purge_interval_hours: u64,
@@ -173,10 +179,16 @@ impl Store {
         let anon_sql =
             "UPDATE send_ledger SET recipient = $3, recipient_hash = $4, payload = NULL, last_reply = NULL
                         WHERE tenant_id = $1 AND job_id = $2";
+        // A delivery's body is its event: the job's, by its id in the body.
+        let del_job_hooks =
+            "DELETE FROM webhook_deliveries WHERE tenant_id = $1 AND payload LIKE $2 ESCAPE '\\'";
         in_tx!(self, tx => {
             for (tid, jid) in &jobs {
                 r.events_deleted +=
                     sqlx::query(del_events).bind(tid).bind(jid).execute(&mut *tx).await?.rows_affected();
+                let escaped = jid.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_");
+                r.webhook_deliveries_deleted += sqlx::query(del_job_hooks)
+                    .bind(tid).bind(format!("%\"job_id\":\"{escaped}\"%")).execute(&mut *tx).await?.rows_affected();
                 r.ledger_rows_anonymised += sqlx::query(anon_sql)
                     .bind(tid)
                     .bind(jid)
@@ -189,6 +201,8 @@ impl Store {
             for id in &events {
                 r.events_deleted +=
                     sqlx::query("DELETE FROM events WHERE event_id = $1").bind(id).execute(&mut *tx).await?.rows_affected();
+                r.webhook_deliveries_deleted += sqlx::query("DELETE FROM webhook_deliveries WHERE message_id = $1")
+                    .bind(format!("msg_{id}")).execute(&mut *tx).await?.rows_affected();
             }
             for (t, c, u) in &links {
                 r.campaign_links_deleted += sqlx::query("DELETE FROM campaign_links WHERE tenant_id = $1 AND campaign_id = $2 AND url = $3")
@@ -235,6 +249,8 @@ impl Store {
             // Soft bounces count within days; older ones are events' age.
             sqlx::query("DELETE FROM soft_bounces WHERE at < $1").bind(cutoff(r.events_days)).execute(p).await?;
             out.rejected_reports_deleted = sqlx::query("DELETE FROM rejected_reports WHERE received_at < $1").bind(cutoff(r.rejected_reports_days)).execute(p).await?.rows_affected();
+            out.webhook_deliveries_deleted = sqlx::query("DELETE FROM webhook_deliveries WHERE created_at < $1 AND status <> 'pending'")
+                .bind(cutoff(r.webhook_deliveries_days)).execute(p).await?.rows_affected();
         });
         match &self.pool {
             // Whole months: a row is kept at least its retention and at most

@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use mailpipe_analytics::send::{JobSink, SinkError};
-use mailpipe_analytics::{AnalyticsError, DomainsApi, EventFeed, Queues};
+use mailpipe_analytics::webhooks::WebhooksApi;
+use mailpipe_analytics::{AnalyticsError, Apis, DomainsApi, EventFeed, Queues};
 use mailpipe_domains::{Sealer, Senders};
 use mailpipe_queue::QueueError;
 use mailpipe_queue::kafka::{KafkaEvents, KafkaSource};
@@ -588,6 +589,10 @@ pub async fn run_analytics(cfg: &Config, shutdown: CancellationToken) -> Result<
 async fn analytics_on(cfg: &Config, store: &Store, shutdown: CancellationToken) -> Result<()> {
     let keys = keys(cfg)?;
     let domains = DomainsApi::new(sealer(cfg)?, cfg.domains.clone());
+    let webhooks = cfg.webhooks.enabled.then(|| -> Result<WebhooksApi> {
+        Ok(WebhooksApi { sealer: Arc::new(sealer(cfg)?), settings: cfg.webhooks.clone() })
+    });
+    let apis = Apis { domains, webhooks: webhooks.transpose()? };
     tokio::spawn(mailpipe_domains::run_checks(store.clone(), cfg.domains.clone(), shutdown.clone()));
     let queues = match cfg.queue.kind {
         QueueKind::Kafka => {
@@ -618,20 +623,12 @@ async fn analytics_on(cfg: &Config, store: &Store, shutdown: CancellationToken) 
         }
         QueueKind::Memory => Queues { events: EventFeed::Store, send: None },
     };
-    mailpipe_analytics::run(
-        &cfg.analytics,
-        store.clone(),
-        keys.hasher,
-        domains,
-        queues,
-        cfg.retention,
-        shutdown,
-    )
-    .await
-    .map_err(|e| match e {
-        AnalyticsError::Queue(q) => queue_error(q),
-        other => other.into(),
-    })
+    mailpipe_analytics::run(&cfg.analytics, store.clone(), keys.hasher, apis, queues, cfg.retention, shutdown)
+        .await
+        .map_err(|e| match e {
+            AnalyticsError::Queue(q) => queue_error(q),
+            other => other.into(),
+        })
 }
 
 /// `mailpipe migrate`.

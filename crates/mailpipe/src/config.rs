@@ -21,6 +21,7 @@ use mailpipe_smtp::{SmtpSettings, TlsMode};
 use mailpipe_store::Retention;
 use mailpipe_throttle::{ThrottleConfig, ThrottleSpec};
 use mailpipe_tracker::TrackerSettings;
+use mailpipe_webhooks::WebhookSettings;
 use mailpipe_worker::BreakerSettings;
 use mailpipe_worker::WorkerSettings;
 use secrecy::{ExposeSecret, SecretSlice, SecretString};
@@ -194,6 +195,8 @@ pub struct Config {
     pub bounces: BounceSettings,
     /// `[breaker]`: the reputation circuit breaker.
     pub breaker: BreakerSettings,
+    /// `[webhooks]`: signed webhooks to tenants' endpoints.
+    pub webhooks: WebhookSettings,
     /// Where return paths point, parsed from `[bounces]` at load; `None`
     /// when no bounce domain is set.
     pub return_paths: Option<ReturnPaths>,
@@ -254,7 +257,7 @@ impl Config {
             return Err(ConfigErrors(errors));
         }
 
-        const SECTIONS: [&str; 16] = [
+        const SECTIONS: [&str; 17] = [
             "store",
             "queue",
             "smtp",
@@ -271,6 +274,7 @@ impl Config {
             "retention",
             "bounces",
             "breaker",
+            "webhooks",
         ];
         default_queue_kind(&mut tree);
         for key in tree.keys() {
@@ -321,6 +325,10 @@ impl Config {
         let retention = section::<Retention>(&tree, "retention", &mut errors);
         let bounces = section::<BounceSettings>(&tree, "bounces", &mut errors);
         let breaker = section::<BreakerSettings>(&tree, "breaker", &mut errors);
+        let webhooks = section::<WebhookSettings>(&tree, "webhooks", &mut errors);
+        if let Some(w) = &webhooks {
+            errors.extend(w.problems());
+        }
         if let Some(b) = &breaker {
             errors.extend(b.problems());
         }
@@ -393,9 +401,10 @@ impl Config {
             Some(retention),
             Some(bounces),
             Some(breaker),
+            Some(webhooks),
         ) = (
             store, queue, smtp, worker, render, tracker, tokens, metrics, log, domains, throttle, providers,
-            analytics, retention, bounces, breaker,
+            analytics, retention, bounces, breaker, webhooks,
         )
         else {
             return Err(ConfigErrors(errors));
@@ -417,6 +426,7 @@ impl Config {
             retention,
             bounces,
             breaker,
+            webhooks,
             return_paths,
         };
         if errors.is_empty() { Ok(cfg) } else { Err(ConfigErrors(errors)) }

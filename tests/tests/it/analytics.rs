@@ -303,6 +303,7 @@ async fn retention_purges_old_events_client_details_and_ledger_rows() {
         client_details_days: 7,
         dead_letters_days: 30,
         rejected_reports_days: 30,
+        webhook_deliveries_days: 7,
         purge_interval_hours: 0,
     };
     store.reject_report("not_arf", b"To: someone@example.com\r\n").await.unwrap();

@@ -11,7 +11,7 @@ use mailpipe_tests::*;
 use sqlx::Connection;
 
 /// Every table that holds a tenant's rows, with the column that says whose.
-const TENANT_TABLES: [(&str, &str); 16] = [
+const TENANT_TABLES: [(&str, &str); 18] = [
     ("tenants", "tenant_id"),
     ("campaign_templates", "tenant_id"),
     ("send_ledger", "tenant_id"),
@@ -28,6 +28,8 @@ const TENANT_TABLES: [(&str, &str); 16] = [
     ("dkim_keys", "domain"),
     ("streams", "tenant_id"),
     ("sender_volume", "tenant_id"),
+    ("webhook_endpoints", "tenant_id"),
+    ("webhook_deliveries", "tenant_id"),
 ];
 
 fn event(kind: EventType, tenant: &str, job: &str, disc: &str) -> Event {
@@ -46,6 +48,9 @@ async fn seed(env: &TestEnv) {
     for tenant in ["acme", "globex"] {
         let t = TenantId::parse(tenant).unwrap();
         store.create_api_key(&t, "k").await.unwrap();
+        // An endpoint first: the events counted below are queued to it.
+        let url = format!("https://hooks.{tenant}.example/");
+        store.add_webhook(tenant, &format!("wh_{tenant}"), &url, &[], b"sealed").await.unwrap();
         let template =
             StoredTemplate { subject: "Hi".into(), html: None, text: Some("Hi".into()), version: 1 };
         store.put_template(tenant, "spring", "welcome", &template).await.unwrap();
@@ -228,8 +233,9 @@ async fn the_services_role_reads_no_tenant_row_without_a_tenant_context() {
         assert_eq!(sqlx::query_scalar::<_, i64>(&theirs).fetch_one(&mut *tx).await.unwrap(), 0, "{table}");
     }
     // 11 since migration 0024: campaign_templates, which tenants register
-    // their templates in (POST /api/v1/templates).
-    assert_eq!(readable, 11, "the tenant role reads the tables the API serves, dkim_keys by column");
+    // their templates in (POST /api/v1/templates); 13 since 0025, their
+    // webhook endpoints and deliveries.
+    assert_eq!(readable, 13, "the tenant role reads the tables the API serves, dkim_keys by column");
     tx.rollback().await.unwrap();
 }
 

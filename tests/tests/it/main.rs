@@ -36,3 +36,4 @@ mod tracker;
 mod tracker_crash;
 mod tracker_outage;
 mod unsubscribe;
+mod webhooks;

@@ -30,6 +30,7 @@ fn keep_forever() -> Retention {
         client_details_days: 0,
         dead_letters_days: 0,
         rejected_reports_days: 0,
+        webhook_deliveries_days: 0,
         purge_interval_hours: 0,
     }
 }

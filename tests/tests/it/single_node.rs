@@ -45,9 +45,15 @@ async fn serve_sends_what_enqueue_and_the_send_api_queue_tracks_and_counts_on_on
     up("the tracker", &node.tracker).await;
     node.wait_finished(100, &mut serve, Duration::from_secs(60), "sending the enqueued jobs").await;
 
-    // The send API on the same queue, with a job for later.
+    // The send API on the same queue, with a job for later; and a webhook
+    // endpoint for the events from now on.
     let key = node.store.create_api_key(&TenantId::parse("acme").unwrap(), "send").await.unwrap();
     let auth = format!("Bearer {key}");
+    let receiver = WebhookReceiver::start("ok");
+    let hook = serde_json::to_vec(&json!({"url": receiver.url("/"), "events": ["sent"]})).unwrap();
+    let headers = [("Content-Type", "application/json"), ("Authorization", auth.as_str())];
+    let r = http(&node.api, "POST", "/api/v1/webhooks", &headers, &hook).await;
+    assert_eq!(r.status, 201, "{}", r.text());
     // Job ids are per tenant: these are not the enqueued ones.
     let mut items: Vec<Value> = (200..220).map(|i| job(i, "acme", "api", "c.example")).collect();
     let at = time::OffsetDateTime::now_utc() + time::Duration::seconds(3);
@@ -55,7 +61,6 @@ async fn serve_sends_what_enqueue_and_the_send_api_queue_tracks_and_counts_on_on
     later["send_at"] = json!(at.format(&time::format_description::well_known::Rfc3339).unwrap());
     items.push(later);
     let body = serde_json::to_vec(&json!({ "messages": items })).unwrap();
-    let headers = [("Content-Type", "application/json"), ("Authorization", auth.as_str())];
     let r = http(&node.api, "POST", "/api/v1/messages", &headers, &body).await;
     let answer: Value = serde_json::from_slice(&r.body).unwrap_or(Value::Null);
     assert_eq!((r.status, answer["accepted"].as_u64()), (202, Some(21)), "{}", r.text());
@@ -68,6 +73,21 @@ async fn serve_sends_what_enqueue_and_the_send_api_queue_tracks_and_counts_on_on
         assert_eq!(node.ledger("acme", campaign).await.get("sent"), Some(&n), "{campaign}");
     }
     assert_eq!(node.sink().message_ids_once().len(), 121, "each job once");
+    // Their sent events came by webhook too, from the same process.
+    let want: HashSet<String> = node
+        .rows::<(String,)>(
+            "SELECT 'msg_' || event_id FROM events WHERE type = 'sent' AND campaign_id IN ('api', 'later')",
+        )
+        .await
+        .into_iter()
+        .map(|r| r.0)
+        .collect();
+    assert_eq!(want.len(), 21);
+    eventually("the 21 sent events by webhook", Duration::from_secs(30), || async {
+        let ids: HashSet<String> = receiver.requests().into_iter().filter_map(|r| r.id).collect();
+        want.is_subset(&ids)
+    })
+    .await;
     eventually("the finished jobs leave the queue", Duration::from_secs(10), || async {
         node.count("SELECT COUNT(*) FROM send_queue").await == 0
     })
