@@ -56,7 +56,7 @@ impl SingleNode {
             ("MAILPIPE__WORKER__GRACE_PERIOD_SECS", "20".into()),
             ("MAILPIPE__WORKER__SUPPRESSION_POLL_MS", "100".into()),
             // The test's webhook receivers listen on loopback, over http.
-            ("MAILPIPE__WEBHOOKS__ALLOW_PRIVATE_ADDRESSES", "true".into()),
+            ("MAILPIPE__WEBHOOKS__ALLOWED_NETWORKS", "[\"127.0.0.0/8\"]".into()),
             ("MAILPIPE__WEBHOOKS__ALLOW_HTTP", "true".into()),
             ("MAILPIPE__WEBHOOKS__POLL_MS", "100".into()),
         ]

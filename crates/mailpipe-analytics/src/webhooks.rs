@@ -78,14 +78,16 @@ pub(crate) async fn add(State(s): State<ApiState>, headers: HeaderMap, body: Bod
         }
     }
     let policy = api.settings.policy();
-    let url = match WebhookUrl::parse(&new.url, policy) {
+    let url = match WebhookUrl::parse(&new.url, &policy) {
         Ok(u) => u,
         Err(e) => return err(StatusCode::BAD_REQUEST, &e.to_string()),
     };
     // Checked now as every delivery will be: a tenant hears at once that a
     // URL points where webhooks may not go.
-    if let Err(e) = url.resolve(policy).await {
-        return err(StatusCode::BAD_REQUEST, &e.to_string());
+    match tokio::time::timeout(api.settings.timeout, url.resolve(&policy)).await {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => return err(StatusCode::BAD_REQUEST, &e.to_string()),
+        Err(_) => return err(StatusCode::BAD_REQUEST, &format!("url: {} did not resolve in time", url.host)),
     }
     let store = s.store.for_tenant(&tenant);
     match store.webhooks(tenant.as_str()).await {

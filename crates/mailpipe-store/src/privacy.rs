@@ -50,7 +50,7 @@ pub struct Retention {
     /// Complaint and bounce reports that could not be used, kept for the
     /// operator to look into: they quote the mail, addresses included.
     pub rejected_reports_days: u32,
-    /// Webhook deliveries once delivered or failed (their bodies are the
+    /// Webhook deliveries, whatever became of them (their bodies are the
     /// events, which `events_days` keeps).
     pub webhook_deliveries_days: u32,
     /// How often `mailpipe analytics` purges (0: only `mailpipe purge`).
@@ -249,7 +249,9 @@ impl Store {
             // Soft bounces count within days; older ones are events' age.
             sqlx::query("DELETE FROM soft_bounces WHERE at < $1").bind(cutoff(r.events_days)).execute(p).await?;
             out.rejected_reports_deleted = sqlx::query("DELETE FROM rejected_reports WHERE received_at < $1").bind(cutoff(r.rejected_reports_days)).execute(p).await?.rows_affected();
-            out.webhook_deliveries_deleted = sqlx::query("DELETE FROM webhook_deliveries WHERE created_at < $1 AND status <> 'pending'")
+            // Pending ones too: older than their retention, they are past
+            // any retry schedule (their endpoint disabled, or no dispatcher).
+            out.webhook_deliveries_deleted = sqlx::query("DELETE FROM webhook_deliveries WHERE created_at < $1")
                 .bind(cutoff(r.webhook_deliveries_days)).execute(p).await?.rows_affected();
         });
         match &self.pool {

@@ -131,9 +131,11 @@ impl Store {
         Ok(rows.into_iter().map(endpoint).collect())
     }
 
-    /// Removes an endpoint; false if the tenant has none by that id. Its
-    /// pending deliveries are dropped by the dispatcher.
+    /// Removes an endpoint and its deliveries; false if the tenant has none
+    /// by that id.
     pub async fn remove_webhook(&self, tenant: &str, endpoint_id: &str) -> Result<bool> {
+        let deliveries = "DELETE FROM webhook_deliveries WHERE tenant_id = $1 AND endpoint_id = $2";
+        scoped!(self, p => sqlx::query(deliveries).bind(tenant).bind(endpoint_id).execute(p).await.map(|_| ()))?;
         let sql = "DELETE FROM webhook_endpoints WHERE tenant_id = $1 AND endpoint_id = $2";
         let n = scoped!(self, p => sqlx::query(sql).bind(tenant).bind(endpoint_id).execute(p).await.map(|r| r.rows_affected()))?;
         Ok(n > 0)
@@ -211,8 +213,11 @@ impl Store {
         limit: i64,
         lease_until: i64,
     ) -> Result<Vec<WebhookDelivery>> {
+        // The outer conditions again: on PostgreSQL a row another
+        // dispatcher leased meanwhile is re-checked after its lock, and its
+        // new due time no longer qualifies.
         let sql = "UPDATE webhook_deliveries SET next_attempt_at = $4
-                   WHERE endpoint_id = $1 AND status = 'pending' AND message_id IN (
+                   WHERE endpoint_id = $1 AND status = 'pending' AND next_attempt_at <= $2 AND message_id IN (
                        SELECT message_id FROM webhook_deliveries
                        WHERE endpoint_id = $1 AND status = 'pending' AND next_attempt_at <= $2
                        ORDER BY next_attempt_at LIMIT $3)
@@ -234,8 +239,11 @@ impl Store {
             .collect())
     }
 
-    /// Records an attempt's outcome.
-    pub async fn webhook_attempted(&self, d: &WebhookDelivery, outcome: &Attempted) -> Result<()> {
+    /// Records an attempt's outcome, if the delivery is still as the
+    /// attempt took it (pending, after as many attempts): an attempt that
+    /// outlived its lease and was taken again records nothing. Returns
+    /// whether it recorded.
+    pub async fn webhook_attempted(&self, d: &WebhookDelivery, outcome: &Attempted) -> Result<bool> {
         let now = now_ms();
         let (status, next, error) = match outcome {
             Attempted::Delivered => ("delivered", None, None),
@@ -243,28 +251,39 @@ impl Store {
             Attempted::Failed { error } => ("failed", None, Some(error.as_str())),
         };
         let sql = "UPDATE webhook_deliveries SET status = $3, next_attempt_at = $4, last_error = $5, attempts = attempts + 1
-                   WHERE endpoint_id = $1 AND message_id = $2";
+                   WHERE endpoint_id = $1 AND message_id = $2 AND status = 'pending' AND attempts = $6";
         let success = "UPDATE webhook_endpoints SET last_success_at = $2 WHERE endpoint_id = $1";
+        let recorded: bool;
         on_pool!(self, p => {
             let mut tx = p.begin().await?;
-            sqlx::query(sql).bind(&d.endpoint_id).bind(&d.message_id).bind(status).bind(next).bind(error)
-                .execute(&mut *tx).await?;
-            if *outcome == Attempted::Delivered {
+            recorded = sqlx::query(sql).bind(&d.endpoint_id).bind(&d.message_id).bind(status).bind(next).bind(error)
+                .bind(d.attempts).execute(&mut *tx).await?.rows_affected() > 0;
+            if recorded && *outcome == Attempted::Delivered {
                 sqlx::query(success).bind(&d.endpoint_id).bind(now).execute(&mut *tx).await?;
             }
             tx.commit().await?;
         });
-        Ok(())
+        Ok(recorded)
     }
 
-    /// Disables an endpoint after persistent failure and records `event`
-    /// (`webhook_disabled`), fanned out to the tenant's other endpoints.
-    /// False if it was disabled already.
+    /// Disables an endpoint after persistent failure, closes its pending
+    /// deliveries as failed (enabled again, it gets the events from then on,
+    /// not a backlog), and records `event` (`webhook_disabled`), fanned out
+    /// to the tenant's other endpoints. False if it was disabled already.
     pub async fn disable_webhook(&self, endpoint_id: &str, reason: &str, event: &Event) -> Result<bool> {
         let sql = "UPDATE webhook_endpoints SET disabled_at = $2, disabled_reason = $3
                    WHERE endpoint_id = $1 AND disabled_at IS NULL";
-        let n = on_pool!(self, p => sqlx::query(sql).bind(endpoint_id).bind(now_ms()).bind(reason).execute(p).await
-            .map(|r| r.rows_affected()))?;
+        let close = "UPDATE webhook_deliveries SET status = 'failed', next_attempt_at = NULL, last_error = 'endpoint disabled'
+                     WHERE endpoint_id = $1 AND status = 'pending'";
+        let n: u64;
+        on_pool!(self, p => {
+            let mut tx = p.begin().await?;
+            n = sqlx::query(sql).bind(endpoint_id).bind(now_ms()).bind(reason).execute(&mut *tx).await?.rows_affected();
+            if n > 0 {
+                sqlx::query(close).bind(endpoint_id).execute(&mut *tx).await?;
+            }
+            tx.commit().await?;
+        });
         if n == 0 {
             return Ok(false);
         }

@@ -116,13 +116,15 @@ where
 {
     let (mut sender, conn) =
         hyper::client::conn::http1::handshake(io).await.map_err(|e| SendError::Http(e.to_string()))?;
-    let driver = tokio::spawn(conn);
-    let result = async {
-        let answer = sender.send_request(request).await.map_err(|e| SendError::Http(e.to_string()))?;
-        let status = answer.status().as_u16();
-        // A little of the body, so the receiver sees its answer read; the
-        // rest is dropped with the connection.
-        let mut body = answer.into_body();
+    // The connection's task ends with this function, however it ends (the
+    // caller's deadline included).
+    let _driver = AbortOnDrop(tokio::spawn(conn));
+    let answer = sender.send_request(request).await.map_err(|e| SendError::Http(e.to_string()))?;
+    let status = answer.status().as_u16();
+    // The status decides. A little of the body is read, briefly, so that
+    // the receiver sees its answer taken; the rest goes with the connection.
+    let mut body = answer.into_body();
+    let _ = tokio::time::timeout(BODY_GRACE, async {
         let mut read = 0;
         while read < MAX_ANSWER_BYTES {
             match body.frame().await {
@@ -130,9 +132,18 @@ where
                 _ => break,
             }
         }
-        Ok(status)
-    }
+    })
     .await;
-    driver.abort();
-    result
+    Ok(status)
+}
+
+/// How long the answer's body is read after its status.
+const BODY_GRACE: Duration = Duration::from_millis(500);
+
+struct AbortOnDrop(tokio::task::JoinHandle<Result<(), hyper::Error>>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }

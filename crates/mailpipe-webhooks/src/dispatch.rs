@@ -14,12 +14,12 @@ use bytes::Bytes;
 use mailpipe_core::{Event, EventType, TenantId, now_ms};
 use mailpipe_domains::Sealer;
 use mailpipe_store::{Attempted, Store, WebhookDelivery, WebhookTarget};
-use tokio::sync::Semaphore;
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
-use crate::client::Client;
+use crate::client::{Client, SendError};
 use crate::guard::WebhookUrl;
 use crate::sign::{Secret, signature_header};
 use crate::{WebhookSettings, sealing_context};
@@ -29,6 +29,27 @@ use crate::{WebhookSettings, sealing_context};
 struct Slots {
     endpoints: HashMap<String, usize>,
     tenants: HashMap<String, usize>,
+}
+
+/// One attempt's hold on its endpoint's and tenant's slots, and on a global
+/// permit: let go when dropped, however the attempt ends (a panic too).
+struct Held {
+    slots: Arc<Mutex<Slots>>,
+    endpoint: String,
+    tenant: String,
+    wake: Arc<Notify>,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        let mut s = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+        release(&mut s.endpoints, &self.endpoint);
+        release(&mut s.tenants, &self.tenant);
+        drop(s);
+        // A slot is free: look for more now, not at the next poll.
+        self.wake.notify_one();
+    }
 }
 
 /// Delivers until `shutdown`, then lets the attempts in flight finish
@@ -43,6 +64,7 @@ pub async fn run(store: Store, sealer: Arc<Sealer>, settings: WebhookSettings, s
     };
     let global = Arc::new(Semaphore::new(settings.max_in_flight.max(1)));
     let slots = Arc::new(Mutex::new(Slots::default()));
+    let wake = Arc::new(Notify::new());
     let tasks = TaskTracker::new();
     let settings = Arc::new(settings);
     info!(retry_span_secs = settings.retry_span().as_secs(), "webhook dispatcher started");
@@ -50,6 +72,10 @@ pub async fn run(store: Store, sealer: Arc<Sealer>, settings: WebhookSettings, s
         tokio::select! {
             _ = shutdown.cancelled() => break,
             _ = tokio::time::sleep(settings.poll) => {}
+            _ = wake.notified() => {
+                // Attempts that end together are looked past together.
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
         }
         let now = now_ms();
         let endpoints = match store.due_webhook_endpoints(now).await {
@@ -60,15 +86,15 @@ pub async fn run(store: Store, sealer: Arc<Sealer>, settings: WebhookSettings, s
             }
         };
         for endpoint in endpoints {
-            if shutdown.is_cancelled() {
+            if shutdown.is_cancelled() || global.available_permits() == 0 {
                 break;
             }
             let target = match store.webhook_target(&endpoint).await {
                 Ok(Some(t)) if !t.disabled => t,
-                // Disabled: its deliveries wait until it is enabled again.
+                // Disabled: its pending deliveries were closed with it.
                 Ok(Some(_)) => continue,
                 Ok(None) => {
-                    // Removed by its tenant: nothing more goes to it.
+                    // Removed: nothing more goes to it.
                     let _ = store.drop_webhook_deliveries(&endpoint).await;
                     continue;
                 }
@@ -77,6 +103,8 @@ pub async fn run(store: Store, sealer: Arc<Sealer>, settings: WebhookSettings, s
                     continue;
                 }
             };
+            // Only this loop takes permits, so what is free now stays free
+            // until the deliveries below are taken and started.
             let room = {
                 let s = slots.lock().unwrap_or_else(|p| p.into_inner());
                 let e = s.endpoints.get(&endpoint).copied().unwrap_or(0);
@@ -85,48 +113,50 @@ pub async fn run(store: Store, sealer: Arc<Sealer>, settings: WebhookSettings, s
                     .per_endpoint_in_flight
                     .saturating_sub(e)
                     .min(settings.per_tenant_in_flight.saturating_sub(t))
+                    .min(global.available_permits())
             };
             if room == 0 {
-                continue;
-            }
-            // Leased past the attempt's deadline: a crash hands it back.
-            let lease = now + (settings.timeout.as_millis() as i64) * 2 + 5_000;
-            let batch = match store.take_due_webhooks(&endpoint, now, room as i64, lease).await {
-                Ok(b) => b,
-                Err(e) => {
-                    warn!(error = %e, "cannot take due webhooks; retrying");
-                    continue;
-                }
-            };
-            if batch.is_empty() {
                 continue;
             }
             let secrets = match open_secrets(&sealer, &target, now) {
                 Ok(s) => Arc::new(s),
                 Err(e) => {
                     // The key-encryption key that sealed it is not configured:
-                    // the leases run out and the deliveries wait for it.
+                    // the deliveries wait for it.
                     warn!(endpoint = %endpoint, error = %e, "cannot open a webhook secret");
+                    continue;
+                }
+            };
+            // Leased past the attempt's deadline: a crash hands it back.
+            let taken = now_ms();
+            let lease = taken + (settings.timeout.as_millis() as i64) * 2 + 5_000;
+            let batch = match store.take_due_webhooks(&endpoint, taken, room as i64, lease).await {
+                Ok(b) => b,
+                Err(e) => {
+                    warn!(error = %e, "cannot take due webhooks; retrying");
                     continue;
                 }
             };
             let target = Arc::new(target);
             for d in batch {
-                let Ok(permit) = global.clone().acquire_owned().await else { break };
+                let Ok(permit) = global.clone().try_acquire_owned() else { break };
                 {
                     let mut s = slots.lock().unwrap_or_else(|p| p.into_inner());
                     *s.endpoints.entry(endpoint.clone()).or_default() += 1;
                     *s.tenants.entry(target.tenant_id.clone()).or_default() += 1;
                 }
-                let (client, store, settings, slots) =
-                    (client.clone(), store.clone(), settings.clone(), slots.clone());
+                let held = Held {
+                    slots: slots.clone(),
+                    endpoint: endpoint.clone(),
+                    tenant: target.tenant_id.clone(),
+                    wake: wake.clone(),
+                    _permit: permit,
+                };
+                let (client, store, settings) = (client.clone(), store.clone(), settings.clone());
                 let (target, secrets) = (target.clone(), secrets.clone());
                 tasks.spawn(async move {
                     attempt(&client, &store, &settings, &target, &secrets, &d).await;
-                    let mut s = slots.lock().unwrap_or_else(|p| p.into_inner());
-                    release(&mut s.endpoints, &target.endpoint_id);
-                    release(&mut s.tenants, &target.tenant_id);
-                    drop(permit);
+                    drop(held);
                 });
             }
         }
@@ -172,11 +202,12 @@ async fn attempt(
     d: &WebhookDelivery,
 ) {
     let policy = settings.policy();
-    let result = async {
-        let url = WebhookUrl::parse(&target.url, policy).map_err(|e| e.to_string())?;
+    // One deadline over the name's resolution and the exchange.
+    let exchange = async {
+        let url = WebhookUrl::parse(&target.url, &policy).map_err(|e| e.to_string())?;
         // Vetted now, not only at registration: the name may point
         // elsewhere since.
-        let addrs = url.resolve(policy).await.map_err(|e| e.to_string())?;
+        let addrs = url.resolve(&policy).await.map_err(|e| e.to_string())?;
         let ts = now_ms() / 1000;
         let headers = [
             ("webhook-id", d.message_id.clone()),
@@ -187,10 +218,19 @@ async fn attempt(
         match client.post(&url, &addrs, &headers, body, settings.timeout).await {
             Ok(status) if (200..300).contains(&status) => Ok(()),
             Ok(status) => Err(format!("answered {status}")),
-            Err(e) => Err(e.to_string()),
+            // What the tenant may read says no more than this: the reason a
+            // connection failed would map the network around the address.
+            Err(SendError::Timeout(t)) => Err(format!("no answer within {} s", t.as_secs())),
+            Err(e) => {
+                debug!(endpoint = %d.endpoint_id, error = %e, "webhook attempt failed");
+                Err("could not connect or complete the request".to_owned())
+            }
         }
-    }
-    .await;
+    };
+    let result = match tokio::time::timeout(settings.timeout, exchange).await {
+        Ok(r) => r,
+        Err(_) => Err(format!("no answer within {} s", settings.timeout.as_secs())),
+    };
     let done = d.attempts as usize + 1;
     let outcome = match result {
         Ok(()) => Attempted::Delivered,
@@ -209,9 +249,15 @@ async fn attempt(
         Attempted::Failed { .. } => "failed",
     };
     metrics::counter!("mailpipe_webhook_attempts_total", "result" => label).increment(1);
-    if let Err(e) = store.webhook_attempted(d, &outcome).await {
-        warn!(error = %e, endpoint = %d.endpoint_id, "cannot record a webhook attempt; it is retried when its lease runs out");
-        return;
+    match store.webhook_attempted(d, &outcome).await {
+        Ok(true) => {}
+        // Another attempt of it recorded first (this one outlived its
+        // lease): that one's outcome stands.
+        Ok(false) => return,
+        Err(e) => {
+            warn!(error = %e, endpoint = %d.endpoint_id, "cannot record a webhook attempt; it is retried when its lease runs out");
+            return;
+        }
     }
     if let Attempted::Failed { error } = &outcome {
         disable_if_failing(store, settings, d, error).await;

@@ -3,9 +3,10 @@
 //! ([`WebhookUrl::parse`]), its host resolved at registration and again at
 //! every delivery, and a delivery connects only to an address that was
 //! vetted ([`is_public`]), so a name that later resolves to a private
-//! address (DNS rebinding) is refused too. The operator may allow private
-//! addresses (`webhooks.allow_private_addresses`, for a receiver on the
-//! same network) and plain HTTP (`webhooks.allow_http`).
+//! address (DNS rebinding) is refused too. The operator may allow some
+//! private networks (`webhooks.allowed_networks`, for receivers on its own
+//! network; link-local addresses, where cloud metadata services live, never)
+//! and plain HTTP (`webhooks.allow_http`).
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
@@ -28,17 +29,92 @@ pub enum UrlError {
     BadPort,
     #[error("url: a fragment is never sent; remove it")]
     Fragment,
-    #[error("url: {host} resolves to {addr}, a loopback, private or reserved address")]
+    #[error("url: the path or query holds characters a request cannot carry (percent-encode them)")]
+    BadTarget,
+    #[error("url: {host} resolves to {addr}, a loopback, private, link-local or reserved address")]
     NotPublic { host: String, addr: IpAddr },
     #[error("url: {host} does not resolve: {detail}")]
     Unresolved { host: String, detail: String },
 }
 
 /// What the guard allows.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct Policy {
     pub allow_http: bool,
-    pub allow_private: bool,
+    /// Non-public networks allowed all the same (link-local never is).
+    pub allowed: Vec<Network>,
+}
+
+impl Policy {
+    /// Whether a delivery may connect to `ip`.
+    pub fn allows(&self, ip: IpAddr) -> bool {
+        let ip = canonical(ip);
+        if is_link_local(ip) {
+            return false;
+        }
+        is_public(ip) || self.allowed.iter().any(|n| n.contains(ip))
+    }
+}
+
+/// An address block, `10.1.0.0/16` or `fd00::/8`, parsed once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(try_from = "String")]
+pub struct Network {
+    addr: IpAddr,
+    prefix: u8,
+}
+
+impl TryFrom<String> for Network {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        s.parse()
+    }
+}
+
+impl std::str::FromStr for Network {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = || format!("{s:?} is not an address block (such as 10.1.0.0/16)");
+        let (a, p) = s.trim().split_once('/').ok_or_else(bad)?;
+        let addr: IpAddr = a.parse().map_err(|_| bad())?;
+        let prefix: u8 = p.parse().map_err(|_| bad())?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        if prefix > max {
+            return Err(bad());
+        }
+        Ok(Self { addr, prefix })
+    }
+}
+
+impl Network {
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        match (self.addr, ip) {
+            (IpAddr::V4(n), IpAddr::V4(i)) => {
+                let mask = u32::MAX.checked_shl(32 - u32::from(self.prefix)).unwrap_or(0);
+                u32::from(n) & mask == u32::from(i) & mask
+            }
+            (IpAddr::V6(n), IpAddr::V6(i)) => {
+                let mask = u128::MAX.checked_shl(128 - u32::from(self.prefix)).unwrap_or(0);
+                u128::from(n) & mask == u128::from(i) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
+/// An IPv4-mapped IPv6 address as its IPv4.
+fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    }
+}
+
+fn is_link_local(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => v4.is_link_local(),
+        IpAddr::V6(v6) => (v6.segments()[0] & 0xffc0) == 0xfe80,
+    }
 }
 
 /// A webhook URL, parsed: scheme, host, port and the request target.
@@ -60,7 +136,7 @@ impl std::fmt::Display for WebhookUrl {
 }
 
 impl WebhookUrl {
-    pub fn parse(s: &str, policy: Policy) -> Result<Self, UrlError> {
+    pub fn parse(s: &str, policy: &Policy) -> Result<Self, UrlError> {
         let s = s.trim();
         if s.len() > MAX_URL_BYTES {
             return Err(UrlError::TooLong);
@@ -87,18 +163,26 @@ impl WebhookUrl {
             return Err(UrlError::UserInfo);
         }
         let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
+            // Only an IPv6 literal in brackets, then nothing or a port.
             let (h, after) = v6.split_once(']').ok_or(UrlError::NoHost)?;
-            (h.to_owned(), after.strip_prefix(':'))
+            h.parse::<Ipv6Addr>().map_err(|_| UrlError::NoHost)?;
+            let port = match after {
+                "" => None,
+                p => Some(p.strip_prefix(':').ok_or(UrlError::BadPort)?),
+            };
+            (h.to_owned(), port)
         } else {
-            match authority.rsplit_once(':') {
-                Some((h, p)) => (h.to_owned(), Some(p)),
-                None => (authority.to_owned(), None),
+            let (h, p) = match authority.split_once(':') {
+                Some((h, p)) => (h, Some(p)),
+                None => (authority, None),
+            };
+            if !h.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_')) {
+                return Err(UrlError::NoHost);
             }
+            (h.to_owned(), p)
         };
         let host = host.to_ascii_lowercase();
-        if host.is_empty()
-            || !host.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':' | b'_'))
-        {
+        if host.is_empty() {
             return Err(UrlError::NoHost);
         }
         let port = match port {
@@ -116,6 +200,11 @@ impl WebhookUrl {
             t if t.starts_with('?') => format!("/{t}"),
             t => t.to_owned(),
         };
+        // What the request line will carry: refused now, not at every
+        // delivery for a day.
+        if target.parse::<hyper::http::uri::PathAndQuery>().is_err() {
+            return Err(UrlError::BadTarget);
+        }
         Ok(Self { https, host, port, target, raw: s.to_owned() })
     }
 
@@ -131,7 +220,7 @@ impl WebhookUrl {
     /// The host's addresses, every one vetted: one that is not public
     /// refuses the URL (unless `policy` allows private addresses), as a
     /// name that mixes public and private answers is not trusted either.
-    pub async fn resolve(&self, policy: Policy) -> Result<Vec<SocketAddr>, UrlError> {
+    pub async fn resolve(&self, policy: &Policy) -> Result<Vec<SocketAddr>, UrlError> {
         let addrs: Vec<SocketAddr> = match self.host.parse::<IpAddr>() {
             Ok(ip) => vec![SocketAddr::new(ip, self.port)],
             Err(_) => tokio::net::lookup_host((self.host.as_str(), self.port))
@@ -142,9 +231,7 @@ impl WebhookUrl {
         if addrs.is_empty() {
             return Err(UrlError::Unresolved { host: self.host.clone(), detail: "no address".into() });
         }
-        if !policy.allow_private
-            && let Some(bad) = addrs.iter().find(|a| !is_public(a.ip()))
-        {
+        if let Some(bad) = addrs.iter().find(|a| !policy.allows(a.ip())) {
             return Err(UrlError::NotPublic { host: self.host.clone(), addr: bad.ip() });
         }
         Ok(addrs)
@@ -181,6 +268,7 @@ fn is_public_v4(ip: Ipv4Addr) -> bool {
         || a == 0
         || (a == 100 && (64..128).contains(&b)) // shared address space (CGNAT)
         || (a == 192 && b == 0 && c == 0) // IETF protocol assignments
+        || (a == 192 && b == 88 && c == 99) // 6to4 relay anycast
         || (a == 198 && (18..20).contains(&b)) // benchmarking
         || a >= 240) // reserved
 }
@@ -196,6 +284,10 @@ fn is_public_v6(ip: Ipv6Addr) -> bool {
         || (s[0] == 0x2001 && s[1] == 0x0db8) // documentation
         || (s[0] == 0x0064 && s[1] == 0xff9b) // NAT64, which can reach IPv4 private space
         || s[0] == 0x2002 // 6to4, likewise
+        || (s[0] == 0x2001 && s[1] == 0) // Teredo, likewise
+        || (s[0] == 0x2001 && s[1] == 0x0002 && s[2] == 0) // benchmarking
+        || (s[0] == 0x0100 && s[1] == 0 && s[2] == 0 && s[3] == 0) // discard-only
+        || (s[0] == 0 && s[1] == 0 && s[2] == 0 && s[3] == 0 && s[4] == 0xffff) // IPv4-translated
         || (s[0] == 0 && s[1] == 0 && s[2] == 0 && s[3] == 0 && s[4] == 0 && s[5] == 0)) // IPv4-compatible
 }
 
@@ -203,7 +295,7 @@ fn is_public_v6(ip: Ipv6Addr) -> bool {
 mod tests {
     use super::*;
 
-    const STRICT: Policy = Policy { allow_http: false, allow_private: false };
+    const STRICT: &Policy = &Policy { allow_http: false, allowed: Vec::new() };
 
     #[test]
     fn urls_are_parsed_once_with_their_defaults() {
@@ -230,8 +322,12 @@ mod tests {
             assert_eq!(WebhookUrl::parse(bad, STRICT), Err(want), "{bad}");
         }
         assert!(
-            WebhookUrl::parse("http://x.example/", Policy { allow_http: true, allow_private: false }).is_ok()
+            WebhookUrl::parse("http://x.example/", &Policy { allow_http: true, allowed: Vec::new() }).is_ok()
         );
+        for bad in ["https://[::1]junk/", "https://[x.example]/", "https://x.example:1:2/", "https://:100/"] {
+            assert!(WebhookUrl::parse(bad, STRICT).is_err(), "{bad}");
+        }
+        assert_eq!(WebhookUrl::parse("https://x.example/a<b>", STRICT), Err(UrlError::BadTarget));
         assert_eq!(
             WebhookUrl::parse(&format!("https://x.example/{}", "a".repeat(2100)), STRICT),
             Err(UrlError::TooLong)
@@ -264,6 +360,11 @@ mod tests {
             "64:ff9b::a00:1",
             "2002:a00:1::1",
             "::127.0.0.1",
+            "2001::1",
+            "2001:2::1",
+            "100::1",
+            "::ffff:0:a00:1",
+            "192.88.99.1",
         ] {
             assert!(!is_public(ip.parse().unwrap()), "{ip} must be refused");
         }
@@ -276,8 +377,17 @@ mod tests {
     async fn a_private_address_is_refused_unless_allowed() {
         let u = WebhookUrl::parse("https://127.0.0.1:8443/hook", STRICT).unwrap();
         assert!(matches!(u.resolve(STRICT).await, Err(UrlError::NotPublic { .. })));
-        let open = Policy { allow_http: true, allow_private: true };
-        assert_eq!(u.resolve(open).await.unwrap(), vec!["127.0.0.1:8443".parse().unwrap()]);
+        let open = Policy { allow_http: true, allowed: vec!["127.0.0.0/8".parse().unwrap()] };
+        assert_eq!(u.resolve(&open).await.unwrap(), vec!["127.0.0.1:8443".parse().unwrap()]);
+        // Allowing networks never allows link-local (cloud metadata).
+        let all =
+            Policy { allow_http: true, allowed: vec!["0.0.0.0/0".parse().unwrap(), "::/0".parse().unwrap()] };
+        assert!(!all.allows("169.254.169.254".parse().unwrap()));
+        assert!(!all.allows("fe80::1".parse().unwrap()));
+        assert!(!all.allows("::ffff:169.254.169.254".parse().unwrap()));
+        assert!(all.allows("10.0.0.1".parse().unwrap()));
+        assert!(!open.allows("10.0.0.1".parse().unwrap()), "only the blocks listed");
+        assert!("10.0.0.0/33".parse::<Network>().is_err());
         let u = WebhookUrl::parse("https://localhost/hook", STRICT).unwrap();
         assert!(
             matches!(u.resolve(STRICT).await, Err(UrlError::NotPublic { .. })),

@@ -26,7 +26,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 pub use dispatch::run;
-pub use guard::{Policy, UrlError, WebhookUrl};
+pub use guard::{Network, Policy, UrlError, WebhookUrl};
 pub use sign::{Secret, signature_header};
 
 /// The `[webhooks]` section.
@@ -49,9 +49,10 @@ pub struct WebhookSettings {
     pub retry_schedule_secs: Vec<u64>,
     /// How long a rotated secret keeps signing beside the new one.
     pub secret_overlap_hours: u64,
-    /// Let endpoints resolve to loopback, private or reserved addresses:
-    /// only for a receiver on the platform's own network.
-    pub allow_private_addresses: bool,
+    /// Non-public address blocks endpoints may resolve to all the same
+    /// (`["10.20.0.0/16"]`): only for receivers on the platform's own
+    /// network. Link-local addresses are never allowed.
+    pub allowed_networks: Vec<guard::Network>,
     /// Let endpoints use plain `http://`.
     pub allow_http: bool,
     /// How often the dispatcher looks for due deliveries.
@@ -61,7 +62,7 @@ pub struct WebhookSettings {
 
 impl WebhookSettings {
     pub fn policy(&self) -> Policy {
-        Policy { allow_http: self.allow_http, allow_private: self.allow_private_addresses }
+        Policy { allow_http: self.allow_http, allowed: self.allowed_networks.clone() }
     }
 
     /// The span of the retry schedule: how long a failing delivery is tried.
@@ -85,8 +86,11 @@ impl WebhookSettings {
                 p.push(format!("webhooks.{key}: must be at least 1"));
             }
         }
-        if self.retry_schedule_secs.contains(&0) || self.retry_schedule_secs.len() > 30 {
-            p.push("webhooks.retry_schedule_secs: at most 30 waits, each at least 1 second".into());
+        if self.retry_schedule_secs.is_empty()
+            || self.retry_schedule_secs.contains(&0)
+            || self.retry_schedule_secs.len() > 30
+        {
+            p.push("webhooks.retry_schedule_secs: 1 to 30 waits, each at least 1 second".into());
         }
         if self.poll.is_zero() {
             p.push("webhooks.poll_ms: must be at least 1".into());
