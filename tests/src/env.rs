@@ -294,6 +294,27 @@ impl TestEnv {
         running
     }
 
+    /// `mailpipe analytics` (the API) in this process, on its configured
+    /// `analytics.listen`; returns once `/healthz` answers, and fails at
+    /// once with its error if it stops before.
+    pub async fn start_analytics(&self) -> Running {
+        let cfg = self.config();
+        let addr = cfg.analytics.listen.to_string();
+        let running = Running::spawn(move |stop| async move { app::run_analytics(&cfg, stop).await });
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            if crate::try_http(&addr, "GET", "/healthz", &[], b"").await.is_ok_and(|r| r.status == 200) {
+                return running;
+            }
+            if running.task.is_finished() {
+                let e = running.task.await.expect("analytics task").expect_err("stopped before serving");
+                panic!("analytics did not start: {e:#}");
+            }
+            assert!(std::time::Instant::now() < deadline, "analytics did not answer on {addr} within 30s");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// `mailpipe tracker` in this process; returns once it listens, and
     /// fails at once with its error if it stops before.
     pub async fn start_tracker(&self) -> Running {

@@ -149,6 +149,28 @@ pub fn campaign_jobs(
     range.map(|i| keyed(&job(i, tenant, campaign, domains[i % domains.len()]))).collect()
 }
 
+/// What a crash test checks of the sink against the ledger: every message
+/// on the sink is one the ledger knows, and every sent message missing from
+/// the sink is marked in doubt. Returns how many are missing (in doubt and
+/// not delivered). Duplicates are `SmtpSink::message_ids_once`'s to catch.
+pub fn missing_only_in_doubt(
+    on_sink: &std::collections::HashSet<String>,
+    ledger_ids: &std::collections::HashSet<String>,
+    in_doubt: &std::collections::HashSet<String>,
+) -> usize {
+    let missing: Vec<&String> = ledger_ids.iter().filter(|id| !on_sink.contains(*id)).collect();
+    assert!(
+        missing.iter().all(|id| in_doubt.contains(*id)),
+        "{} jobs missing from the sink are not marked in doubt",
+        missing.iter().filter(|id| !in_doubt.contains(**id)).count()
+    );
+    assert!(
+        on_sink.iter().all(|id| ledger_ids.contains(id)),
+        "the sink has a message the ledger does not know"
+    );
+    missing.len()
+}
+
 /// A size for a chaos case: `MAILPIPE_CHAOS_<NAME>` if set (the long runs
 /// of `scripts/chaos.sh`), else the short default of the test command.
 pub fn chaos_size(name: &str, default: usize) -> usize {

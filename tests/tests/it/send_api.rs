@@ -35,16 +35,7 @@ async fn a_batch_is_answered_item_by_item_queued_by_rate_limit_key_and_sent_once
         .var("MAILPIPE__ANALYTICS__GROUP_ID", unique("analytics"))
         .start()
         .await;
-    let cfg = env.config();
-    let stop = tokio_util::sync::CancellationToken::new();
-    let analytics = tokio::spawn({
-        let stop = stop.clone();
-        async move { mailpipe::app::run_analytics(&cfg, stop).await }
-    });
-    eventually("the API is up", Duration::from_secs(30), || async {
-        try_http(&addr, "GET", "/healthz", &[], b"").await.is_ok_and(|r| r.status == 200)
-    })
-    .await;
+    let analytics = env.start_analytics().await;
     let key = env.store.create_api_key(&TenantId::parse("acme").unwrap(), "send").await.unwrap();
 
     let good: Vec<Value> = (0..5).map(|i| job(i, "acme", "api", "a.example")).collect();
@@ -162,6 +153,5 @@ async fn a_batch_is_answered_item_by_item_queued_by_rate_limit_key_and_sent_once
     let end: i64 = end_offsets(&env.topics.send, 1).values().sum();
     assert_eq!(end, 11, "only the accepted batches are on the send topic");
 
-    stop.cancel();
-    analytics.await.unwrap().unwrap();
+    analytics.stop().await;
 }

@@ -60,16 +60,7 @@ async fn events_reach_each_tenants_endpoints_signed_at_least_once_and_a_hanging_
         .var("MAILPIPE__ANALYTICS__GROUP_ID", unique("analytics"))
         .start()
         .await;
-    let cfg = env.config();
-    let stop = tokio_util::sync::CancellationToken::new();
-    let analytics = tokio::spawn({
-        let stop = stop.clone();
-        async move { mailpipe::app::run_analytics(&cfg, stop).await }
-    });
-    eventually("the API is up", Duration::from_secs(30), || async {
-        try_http(&addr, "GET", "/healthz", &[], b"").await.is_ok_and(|r| r.status == 200)
-    })
-    .await;
+    let analytics = env.start_analytics().await;
     let acme_key = env.store.create_api_key(&TenantId::parse("acme").unwrap(), "hooks").await.unwrap();
     let globex_key = env.store.create_api_key(&TenantId::parse("globex").unwrap(), "hooks").await.unwrap();
 
@@ -202,8 +193,7 @@ async fn events_reach_each_tenants_endpoints_signed_at_least_once_and_a_hanging_
     assert_eq!(r.status, 404, "globex cannot remove acme's endpoint");
 
     worker.stop().await;
-    stop.cancel();
-    analytics.await.unwrap().unwrap();
+    analytics.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -218,16 +208,7 @@ async fn a_webhook_url_into_the_platforms_network_or_malformed_is_refused() {
         .var("MAILPIPE__ANALYTICS__GROUP_ID", unique("analytics"))
         .start()
         .await;
-    let cfg = env.config();
-    let stop = tokio_util::sync::CancellationToken::new();
-    let analytics = tokio::spawn({
-        let stop = stop.clone();
-        async move { mailpipe::app::run_analytics(&cfg, stop).await }
-    });
-    eventually("the API is up", Duration::from_secs(30), || async {
-        try_http(&addr, "GET", "/healthz", &[], b"").await.is_ok_and(|r| r.status == 200)
-    })
-    .await;
+    let analytics = env.start_analytics().await;
     let key = env.store.create_api_key(&TenantId::parse("acme").unwrap(), "hooks").await.unwrap();
     let api = mailpipe_tests::openapi::OpenApi::load();
     for (body, want) in [
@@ -263,6 +244,5 @@ async fn a_webhook_url_into_the_platforms_network_or_malformed_is_refused() {
     api.assert_answer("POST", "/api/v1/webhooks", 409, &answer);
     let r = http(&addr, "GET", "/api/v1/webhooks", &[], b"").await;
     assert_eq!(r.status, 401, "a key is needed");
-    stop.cancel();
-    analytics.await.unwrap().unwrap();
+    analytics.stop().await;
 }
