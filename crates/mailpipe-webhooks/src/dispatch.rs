@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use mailpipe_core::{Event, EventType, TenantId, now_ms};
+use mailpipe_core::{Backoff, Event, EventType, TenantId, now_ms};
 use mailpipe_domains::Sealer;
 use mailpipe_store::{Attempted, Store, WebhookDelivery, WebhookTarget};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
@@ -67,6 +67,7 @@ pub async fn run(store: Store, sealer: Arc<Sealer>, settings: WebhookSettings, s
     let wake = Arc::new(Notify::new());
     let tasks = TaskTracker::new();
     let settings = Arc::new(settings);
+    let mut outage = Backoff::new(settings.poll, Duration::from_secs(30));
     info!(retry_span_secs = settings.retry_span().as_secs(), "webhook dispatcher started");
     loop {
         tokio::select! {
@@ -79,9 +80,19 @@ pub async fn run(store: Store, sealer: Arc<Sealer>, settings: WebhookSettings, s
         }
         let now = now_ms();
         let endpoints = match store.due_webhook_endpoints(now).await {
-            Ok(e) => e,
+            Ok(e) => {
+                outage.reset();
+                e
+            }
             Err(e) => {
-                warn!(error = %e, "cannot read the due webhooks; retrying");
+                // The store is away: look again later and later (up to 30 s),
+                // not at every poll, and say so once per wait.
+                let wait = outage.next_delay();
+                warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "cannot read the due webhooks");
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = tokio::time::sleep(wait) => {}
+                }
                 continue;
             }
         };
