@@ -11,7 +11,7 @@ use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use mailpipe_core::{EventType, now_ms};
+use mailpipe_core::{EventType, TenantId, now_ms};
 use mailpipe_domains::Sealer;
 use mailpipe_webhooks::{Secret, WebhookSettings, WebhookUrl, sealing_context};
 use serde::Deserialize;
@@ -38,9 +38,14 @@ fn event_type(name: &str) -> Option<EventType> {
     serde_json::from_value(serde_json::Value::String(name.to_owned())).ok()
 }
 
-/// The routes' 503 when webhooks are off.
-fn off() -> Response {
-    err(StatusCode::SERVICE_UNAVAILABLE, "webhooks are not enabled on this server (webhooks.enabled)")
+/// The caller's tenant, from its key (401 without one), and the webhook
+/// settings (503 when webhooks are off): what every route starts from.
+async fn caller<'a>(s: &'a ApiState, headers: &HeaderMap) -> Result<(TenantId, &'a WebhooksApi), Response> {
+    let tenant = tenant(s, headers, None).await?;
+    let api = s.webhooks.as_deref().ok_or_else(|| {
+        err(StatusCode::SERVICE_UNAVAILABLE, "webhooks are not enabled on this server (webhooks.enabled)")
+    })?;
+    Ok((tenant, api))
 }
 
 fn seal(api: &WebhooksApi, endpoint_id: &str, secret: &Secret) -> Option<Vec<u8>> {
@@ -51,11 +56,10 @@ fn seal(api: &WebhooksApi, endpoint_id: &str, secret: &Secret) -> Option<Vec<u8>
 }
 
 pub(crate) async fn add(State(s): State<ApiState>, headers: HeaderMap, body: Body) -> Response {
-    let tenant = match tenant(&s, &headers, None).await {
-        Ok(t) => t,
+    let (tenant, api) = match caller(&s, &headers).await {
+        Ok(c) => c,
         Err(r) => return r,
     };
-    let Some(api) = s.webhooks.as_deref() else { return off() };
     let bytes = match read_body(body, MAX_JSON_BODY).await {
         Ok(b) => b,
         Err(r) => return r,
@@ -116,13 +120,10 @@ pub(crate) async fn add(State(s): State<ApiState>, headers: HeaderMap, body: Bod
 }
 
 pub(crate) async fn list(State(s): State<ApiState>, headers: HeaderMap) -> Response {
-    let tenant = match tenant(&s, &headers, None).await {
-        Ok(t) => t,
+    let tenant = match caller(&s, &headers).await {
+        Ok((t, _)) => t,
         Err(r) => return r,
     };
-    if s.webhooks.is_none() {
-        return off();
-    }
     let store = s.store.for_tenant(&tenant);
     let endpoints = match store.webhooks(tenant.as_str()).await {
         Ok(e) => e,
@@ -150,13 +151,10 @@ pub(crate) async fn remove(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Response {
-    let tenant = match tenant(&s, &headers, None).await {
-        Ok(t) => t,
+    let tenant = match caller(&s, &headers).await {
+        Ok((t, _)) => t,
         Err(r) => return r,
     };
-    if s.webhooks.is_none() {
-        return off();
-    }
     match s.store.for_tenant(&tenant).remove_webhook(tenant.as_str(), &id).await {
         Ok(true) => StatusCode::NO_CONTENT.into_response(),
         Ok(false) => err(StatusCode::NOT_FOUND, "no such webhook endpoint"),
@@ -169,11 +167,10 @@ pub(crate) async fn rotate(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Response {
-    let tenant = match tenant(&s, &headers, None).await {
-        Ok(t) => t,
+    let (tenant, api) = match caller(&s, &headers).await {
+        Ok(c) => c,
         Err(r) => return r,
     };
-    let Some(api) = s.webhooks.as_deref() else { return off() };
     let secret = Secret::generate();
     let Some(sealed) = seal(api, &id, &secret) else { return internal("sealing failed") };
     let until = now_ms() + (api.settings.secret_overlap_hours as i64) * 3_600_000;
@@ -191,13 +188,10 @@ pub(crate) async fn enable(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Response {
-    let tenant = match tenant(&s, &headers, None).await {
-        Ok(t) => t,
+    let tenant = match caller(&s, &headers).await {
+        Ok((t, _)) => t,
         Err(r) => return r,
     };
-    if s.webhooks.is_none() {
-        return off();
-    }
     match s.store.for_tenant(&tenant).enable_webhook(tenant.as_str(), &id).await {
         Ok(true) => json(&serde_json::json!({ "id": id, "enabled": true })),
         Ok(false) => err(StatusCode::NOT_FOUND, "no such webhook endpoint"),

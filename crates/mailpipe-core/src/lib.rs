@@ -23,6 +23,7 @@ pub mod backoff;
 pub mod event;
 pub mod id;
 pub mod job;
+pub mod net;
 pub mod sending;
 pub mod status;
 pub mod suppression;
@@ -33,6 +34,7 @@ pub use backoff::Backoff;
 pub use event::{ClientInfo, EncodedEvent, Event, EventType, SmtpReply, Verdict, VerdictClass};
 pub use id::{CampaignId, IdError, JobId, TemplateId, TenantId};
 pub use job::{Category, Content, Mailbox, SendJob, SendJobError};
+pub use net::Cidr;
 pub use sending::{DkimAlgorithm, DomainStatus, KeyState, Selector, SendingError};
 pub use suppression::{AppliesTo, Reason, RecipientRef, Scope, Suppressed, Suppression, SuppressionError};
 

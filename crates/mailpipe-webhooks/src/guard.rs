@@ -10,6 +10,8 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
+use mailpipe_core::Cidr;
+
 /// Longest URL accepted.
 pub const MAX_URL_BYTES: usize = 2048;
 
@@ -42,7 +44,7 @@ pub enum UrlError {
 pub struct Policy {
     pub allow_http: bool,
     /// Non-public networks allowed all the same (link-local never is).
-    pub allowed: Vec<Network>,
+    pub allowed: Vec<Cidr>,
 }
 
 impl Policy {
@@ -53,52 +55,6 @@ impl Policy {
             return false;
         }
         is_public(ip) || self.allowed.iter().any(|n| n.contains(ip))
-    }
-}
-
-/// An address block, `10.1.0.0/16` or `fd00::/8`, parsed once.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
-#[serde(try_from = "String")]
-pub struct Network {
-    addr: IpAddr,
-    prefix: u8,
-}
-
-impl TryFrom<String> for Network {
-    type Error = String;
-    fn try_from(s: String) -> Result<Self, String> {
-        s.parse()
-    }
-}
-
-impl std::str::FromStr for Network {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        let bad = || format!("{s:?} is not an address block (such as 10.1.0.0/16)");
-        let (a, p) = s.trim().split_once('/').ok_or_else(bad)?;
-        let addr: IpAddr = a.parse().map_err(|_| bad())?;
-        let prefix: u8 = p.parse().map_err(|_| bad())?;
-        let max = if addr.is_ipv4() { 32 } else { 128 };
-        if prefix > max {
-            return Err(bad());
-        }
-        Ok(Self { addr, prefix })
-    }
-}
-
-impl Network {
-    pub fn contains(&self, ip: IpAddr) -> bool {
-        match (self.addr, ip) {
-            (IpAddr::V4(n), IpAddr::V4(i)) => {
-                let mask = u32::MAX.checked_shl(32 - u32::from(self.prefix)).unwrap_or(0);
-                u32::from(n) & mask == u32::from(i) & mask
-            }
-            (IpAddr::V6(n), IpAddr::V6(i)) => {
-                let mask = u128::MAX.checked_shl(128 - u32::from(self.prefix)).unwrap_or(0);
-                u128::from(n) & mask == u128::from(i) & mask
-            }
-            _ => false,
-        }
     }
 }
 
@@ -387,7 +343,7 @@ mod tests {
         assert!(!all.allows("::ffff:169.254.169.254".parse().unwrap()));
         assert!(all.allows("10.0.0.1".parse().unwrap()));
         assert!(!open.allows("10.0.0.1".parse().unwrap()), "only the blocks listed");
-        assert!("10.0.0.0/33".parse::<Network>().is_err());
+        assert!("10.0.0.0/33".parse::<Cidr>().is_err());
         let u = WebhookUrl::parse("https://localhost/hook", STRICT).unwrap();
         assert!(
             matches!(u.resolve(STRICT).await, Err(UrlError::NotPublic { .. })),

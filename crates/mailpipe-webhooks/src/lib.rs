@@ -26,7 +26,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 pub use dispatch::run;
-pub use guard::{Network, Policy, UrlError, WebhookUrl};
+pub use guard::{Policy, UrlError, WebhookUrl};
 pub use sign::{Secret, signature_header};
 
 /// The `[webhooks]` section.
@@ -52,7 +52,7 @@ pub struct WebhookSettings {
     /// Non-public address blocks endpoints may resolve to all the same
     /// (`["10.20.0.0/16"]`): only for receivers on the platform's own
     /// network. Link-local addresses are never allowed.
-    pub allowed_networks: Vec<guard::Network>,
+    pub allowed_networks: Vec<mailpipe_core::Cidr>,
     /// Let endpoints use plain `http://`.
     pub allow_http: bool,
     /// How often the dispatcher looks for due deliveries.
