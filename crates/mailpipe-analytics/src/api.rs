@@ -24,7 +24,7 @@ use tracing::warn;
 use crate::csv::{ImportError, export_csv};
 use crate::domains::{self, DomainsApi};
 use crate::send::{self, JobSink};
-use crate::{dashboard, session, templates, webhooks};
+use crate::{dashboard, session, templates, warmup, webhooks};
 
 #[derive(Clone)]
 pub struct ApiState {
@@ -44,6 +44,8 @@ pub struct ApiState {
     pub(crate) send_by_tenant: send::TenantSlots,
     /// Webhook endpoints; without it those routes answer 503.
     pub(crate) webhooks: Option<Arc<crate::webhooks::WebhooksApi>>,
+    /// The warm-up ramp, to show where a tenant's domains stand on it.
+    pub(crate) warmup: Arc<mailpipe_core::WarmupSettings>,
 }
 
 /// Send requests read at once (see [`ApiState`]'s `send_permits`).
@@ -60,7 +62,14 @@ impl ApiState {
             send_permits: Arc::new(tokio::sync::Semaphore::new(SEND_REQUESTS_AT_ONCE)),
             send_by_tenant: send::TenantSlots::default(),
             webhooks: None,
+            warmup: Arc::default(),
         }
+    }
+
+    /// The warm-up ramp the workers apply (the default curve otherwise).
+    pub fn with_warmup(mut self, warmup: mailpipe_core::WarmupSettings) -> Self {
+        self.warmup = Arc::new(warmup);
+        self
     }
 
     /// Lets tenants send through `POST /api/v1/messages`, into `sink`.
@@ -99,6 +108,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/v1/suppressions.csv", get(export_suppressions).post(import_suppressions))
         .route("/api/v1/domains", get(domains::list).post(domains::add))
         .route("/api/v1/domains/{domain}/check", axum::routing::post(domains::check))
+        .route("/api/v1/warmup", get(warmup::list))
         .route("/api/v1/messages", axum::routing::post(send::post_messages))
         .route("/api/v1/templates", get(templates::list).post(templates::upload))
         .route("/api/v1/webhooks", get(webhooks::list).post(webhooks::add))

@@ -51,6 +51,8 @@ fn domain_json(d: &SendingDomain, settings: Option<&DomainSettings>) -> serde_js
         "records": records,
         "findings": findings,
         "checked_at": d.checked_at,
+        // On the warm-up ramp (GET /api/v1/warmup says where).
+        "warming": d.warmup_from.is_some(),
     })
 }
 
@@ -191,6 +193,11 @@ pub(crate) async fn page(State(s): State<ApiState>, headers: HeaderMap) -> Respo
         Err(e) => return internal(e),
     };
     let settings = s.domains.as_ref().map(|d| &d.settings);
+    let warming = match crate::warmup::of_tenant(&s, &t).await {
+        Ok(w) => w,
+        Err(e) => return internal(e),
+    };
+    let now = mailpipe_core::now_ms();
     let mut html = format!(
         "<!doctype html><html><head><meta charset=utf-8><title>Sending domains · {t}</title>\
          <style>body{{font-family:sans-serif;margin:2em}}td,th{{padding:4px 8px;text-align:left;vertical-align:top}}\
@@ -239,6 +246,7 @@ pub(crate) async fn page(State(s): State<ApiState>, headers: HeaderMap) -> Respo
             }
             html.push_str("</pre>");
         }
+        html.push_str(&crate::warmup::section(d.domain.as_str(), &warming, &s.warmup, now));
         html.push_str("</section>");
     }
     html.push_str("</body></html>\n");

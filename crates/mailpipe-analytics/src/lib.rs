@@ -27,6 +27,7 @@ pub mod privacy;
 pub mod send;
 mod session;
 pub mod templates;
+mod warmup;
 pub mod webhooks;
 
 use std::net::SocketAddr;
@@ -95,6 +96,8 @@ pub struct Queues {
 pub struct Apis {
     pub domains: DomainsApi,
     pub webhooks: Option<webhooks::WebhooksApi>,
+    /// The ramp warming domains are on, to show where they stand.
+    pub warmup: mailpipe_core::WarmupSettings,
 }
 
 /// `mailpipe analytics`: the tenant API and dashboard, event ingestion and
@@ -114,6 +117,7 @@ pub async fn run(
         .map_err(|e| AnalyticsError::Bind(settings.listen, e))?;
     let mut state = ApiState::new(store.clone(), hasher)
         .with_domains(apis.domains)
+        .with_warmup(apis.warmup)
         .with_secure_cookie(settings.secure_cookie);
     if let Some(sink) = queues.send {
         state = state.with_sink(sink);

@@ -16,6 +16,7 @@
 //!   SMTP replies and bounces alike.
 //! * [`backoff`]: [`Backoff`], the shape of every retry.
 //! * [`units`]: durations in settings, read in the unit their key names.
+//! * [`warmup`]: the arithmetic of a new sending domain's warm-up ramp.
 #![forbid(unsafe_code)]
 
 pub mod address;
@@ -28,6 +29,7 @@ pub mod sending;
 pub mod status;
 pub mod suppression;
 pub mod units;
+pub mod warmup;
 
 pub use address::{AddressError, Domain, EmailAddress, organizational, redact_addresses};
 pub use backoff::Backoff;
@@ -37,6 +39,7 @@ pub use job::{Category, Content, Mailbox, SendJob, SendJobError};
 pub use net::Cidr;
 pub use sending::{DkimAlgorithm, DomainStatus, KeyState, Selector, SendingError};
 pub use suppression::{AppliesTo, Reason, RecipientRef, Scope, Suppressed, Suppression, SuppressionError};
+pub use warmup::WarmupSettings;
 
 /// Current time as unix milliseconds: the one timestamp representation used
 /// in the stores, so that PostgreSQL and SQLite agree.

@@ -91,6 +91,7 @@ pub(crate) mod tests {
             claim_expiry: std::time::Duration::from_secs(72 * 3600),
             tenant_domain_limit: 100,
             refresh: std::time::Duration::from_secs(5),
+            warm_up: true,
         }
     }
 }

@@ -102,7 +102,10 @@ pub async fn add(
         }
     }
     let key = stored_key(sealer, domain, source, KeyState::Active).await?;
-    match store.add_sending_domain(domain, owner, &tenants, attested, &key, stale_before).await? {
+    // A tenant's new domain has no reputation yet; a platform domain is the
+    // operator's to warm up (`mailpipe warmup start`).
+    let warm_up = settings.warm_up && matches!(owner, Owner::Tenant(_));
+    match store.add_sending_domain(domain, owner, &tenants, attested, &key, stale_before, warm_up).await? {
         Added::New | Added::Exists => {}
         Added::HeldByAnother => return Err(DomainError::HeldByAnother(domain.clone())),
     }

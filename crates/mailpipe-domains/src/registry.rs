@@ -9,7 +9,7 @@
 //! without a restart. A domain that may send but whose key does not open
 //! here is neither signed for nor refused: its jobs wait ([`Permit`]).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -42,7 +42,12 @@ enum Slot {
     Unopenable,
 }
 
-type Snapshot = HashMap<(TenantId, String), Slot>;
+#[derive(Default)]
+struct Snapshot {
+    slots: HashMap<(TenantId, String), Slot>,
+    /// The domains on a warm-up ramp.
+    warming: HashSet<String>,
+}
 
 /// A load that keeps meeting changes gives up after this many tries.
 const CONSISTENT_TRIES: usize = 5;
@@ -73,11 +78,17 @@ impl Senders {
     /// Whether `tenant` may send as `domain`, and the key that signs it.
     pub fn permit(&self, tenant: &TenantId, domain: &str) -> Permit {
         let snapshot = self.current.read().unwrap_or_else(|p| p.into_inner()).clone();
-        match snapshot.get(&(tenant.clone(), domain.to_ascii_lowercase())) {
+        match snapshot.slots.get(&(tenant.clone(), domain.to_ascii_lowercase())) {
             Some(Slot::Key(k)) => Permit::Sign(k.clone()),
             Some(Slot::Unopenable) => Permit::KeyUnavailable,
             None => Permit::Refused,
         }
+    }
+
+    /// Whether `domain` is warming up (its mail is capped by its ramp).
+    pub fn warming(&self, domain: &str) -> bool {
+        let snapshot = self.current.read().unwrap_or_else(|p| p.into_inner()).clone();
+        !snapshot.warming.is_empty() && snapshot.warming.contains(&domain.to_ascii_lowercase())
     }
 
     /// As [`Senders::permit`], but a miss first looks for changes (one
@@ -129,7 +140,8 @@ impl Senders {
             let next = self.open_all(store).await?;
             let after = store.sending_domains_version().await?;
             if after == version {
-                metrics::gauge!("mailpipe_senders").set(next.len() as f64);
+                metrics::gauge!("mailpipe_senders").set(next.slots.len() as f64);
+                metrics::gauge!("mailpipe_domains_warming").set(next.warming.len() as f64);
                 *self.current.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(next);
                 *self.version.write().unwrap_or_else(|p| p.into_inner()) = Some(version);
                 return Ok(true);
@@ -143,7 +155,7 @@ impl Senders {
     }
 
     async fn open_all(&self, store: &Store) -> Result<Snapshot, StoreError> {
-        let mut next = Snapshot::new();
+        let mut next = Snapshot::default();
         for d in store.sending_domains(None).await? {
             if !d.status.may_send() {
                 continue;
@@ -174,7 +186,10 @@ impl Senders {
                 }
             };
             for t in &d.tenants {
-                next.insert((t.clone(), d.domain.as_str().to_owned()), slot.clone());
+                next.slots.insert((t.clone(), d.domain.as_str().to_owned()), slot.clone());
+            }
+            if d.warmup_from.is_some() {
+                next.warming.insert(d.domain.as_str().to_owned());
             }
         }
         Ok(next)

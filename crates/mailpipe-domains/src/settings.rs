@@ -61,4 +61,6 @@ pub struct DomainSettings {
     /// How often a worker looks for new, rotated and disabled domains.
     #[serde(rename = "refresh_ms", deserialize_with = "millis")]
     pub refresh: Duration,
+    /// Whether a tenant's new domain starts on the warm-up ramp (`[warmup]`).
+    pub warm_up: bool,
 }

@@ -65,6 +65,9 @@ pub struct SendingDomain {
     pub checked_at: Option<i64>,
     /// When it last turned `failing`; its grace period counts from here.
     pub failing_since: Option<i64>,
+    /// When its warm-up began; `None` for an established domain, which has
+    /// no ramp (docs/deliverability.md, "Warm-up").
+    pub warmup_from: Option<i64>,
     /// Who may send as it.
     pub tenants: Vec<TenantId>,
     pub keys: Vec<StoredKey>,
@@ -101,7 +104,8 @@ pub struct CheckRecord<'a> {
     pub failing_since: Option<i64>,
 }
 
-type DomainRow = (String, String, String, bool, Option<String>, i64, i64, Option<i64>, Option<i64>);
+type DomainRow =
+    (String, String, String, bool, Option<String>, i64, i64, Option<i64>, Option<i64>, Option<i64>);
 type KeyRow = (String, String, String, String, String, Vec<u8>, i64);
 
 fn bad(what: &str, e: impl std::fmt::Display) -> StoreError {
@@ -126,7 +130,18 @@ fn parse_domain(
     tenants: &[(String, String)],
     keys: &mut Vec<(String, StoredKey)>,
 ) -> Result<SendingDomain> {
-    let (domain, owner, status, attested, findings, created_at, updated_at, checked_at, failing_since) = row;
+    let (
+        domain,
+        owner,
+        status,
+        attested,
+        findings,
+        created_at,
+        updated_at,
+        checked_at,
+        failing_since,
+        warmup_from,
+    ) = row;
     let tenants = tenants
         .iter()
         .filter(|(d, _)| *d == domain)
@@ -144,6 +159,7 @@ fn parse_domain(
         updated_at,
         checked_at,
         failing_since,
+        warmup_from,
         tenants,
         keys: mine.into_iter().map(|(_, k)| k).collect(),
     })
@@ -151,9 +167,17 @@ fn parse_domain(
 
 /// Moves the revision on; every change the workers must see runs it in its
 /// transaction.
-const BUMP: &str = "UPDATE sending_domains_revision SET n = n + 1 WHERE id = 1";
+pub(crate) const BUMP: &str = "UPDATE sending_domains_revision SET n = n + 1 WHERE id = 1";
 
-const DOMAIN_COLUMNS: &str = "d.domain, d.owner, d.status, d.attested, d.findings, d.created_at, d.updated_at, d.checked_at, d.failing_since";
+/// What goes with a domain (ON DELETE CASCADE, and by hand where foreign
+/// keys are not enforced).
+const DEPENDENTS: [&str; 3] = [
+    "DELETE FROM dkim_keys WHERE domain = $1",
+    "DELETE FROM sending_domain_tenants WHERE domain = $1",
+    "DELETE FROM warmup WHERE domain = $1",
+];
+
+const DOMAIN_COLUMNS: &str = "d.domain, d.owner, d.status, d.attested, d.findings, d.created_at, d.updated_at, d.checked_at, d.failing_since, d.warmup_from";
 
 impl Store {
     /// Adds `domain`, held by `owner`, sendable as by `tenants`, with its
@@ -162,7 +186,9 @@ impl Store {
     /// and was made before `stale_before` (ms), or that has been disabled
     /// since before then: a claim nobody proved (or nobody proves any more),
     /// so that no tenant can hold a domain it does not control. `attested`: a platform domain the operator vouches for, so it
-    /// starts `verified`; any other starts `pending`.
+    /// starts `verified`; any other starts `pending`. `warm_up`: it starts
+    /// on the warm-up ramp now.
+    #[allow(clippy::too_many_arguments)]
     pub async fn add_sending_domain(
         &self,
         domain: &Domain,
@@ -171,14 +197,16 @@ impl Store {
         attested: bool,
         key: &StoredKey,
         stale_before: i64,
+        warm_up: bool,
     ) -> Result<Added> {
         let now = now_ms();
         let status = if attested { DomainStatus::Verified } else { DomainStatus::Pending };
         let holder = "SELECT owner, status, created_at, updated_at FROM sending_domains WHERE domain = $1";
         let drop_stale = "DELETE FROM sending_domains WHERE domain = $1 AND owner = $2
                           AND ((status = 'pending' AND created_at < $3) OR (status = 'disabled' AND updated_at < $3))";
-        let insert = "INSERT INTO sending_domains (domain, owner, status, attested, created_at, updated_at)
-                      VALUES ($1, $2, $3, $4, $5, $5) ON CONFLICT (domain) DO NOTHING";
+        let insert = "INSERT INTO sending_domains (domain, owner, status, attested, created_at, updated_at, warmup_from)
+                      VALUES ($1, $2, $3, $4, $5, $5, $6) ON CONFLICT (domain) DO NOTHING";
+        let warmup_from = warm_up.then_some(now);
         let member =
             "INSERT INTO sending_domain_tenants (domain, tenant_id) VALUES ($1, $2) ON CONFLICT DO NOTHING";
         let mut added = Added::New;
@@ -198,7 +226,7 @@ impl Store {
                     // Its keys and tenants go with it (ON DELETE CASCADE,
                     // and by hand where foreign keys are not enforced).
                     if gone {
-                        for sql in ["DELETE FROM dkim_keys WHERE domain = $1", "DELETE FROM sending_domain_tenants WHERE domain = $1"] {
+                        for sql in DEPENDENTS {
                             sqlx::query(sql).bind(domain.as_str()).execute(&mut *tx).await?;
                         }
                     }
@@ -212,7 +240,7 @@ impl Store {
                 _ => {
                     let n = sqlx::query(insert)
                         .bind(domain.as_str()).bind(owner.key()).bind(status.as_str()).bind(attested).bind(now)
-                        .execute(&mut *tx).await?.rows_affected();
+                        .bind(warmup_from).execute(&mut *tx).await?.rows_affected();
                     // A concurrent add of the same domain won the race:
                     // whose it is now decides.
                     if n == 0 {
@@ -413,7 +441,7 @@ impl Store {
     pub async fn remove_sending_domain(&self, domain: &Domain) -> Result<bool> {
         let n = on_pool!(self, p => {
             let mut tx = p.begin().await?;
-            for sql in ["DELETE FROM dkim_keys WHERE domain = $1", "DELETE FROM sending_domain_tenants WHERE domain = $1"] {
+            for sql in DEPENDENTS {
                 sqlx::query(sql).bind(domain.as_str()).execute(&mut *tx).await?;
             }
             let n = sqlx::query("DELETE FROM sending_domains WHERE domain = $1").bind(domain.as_str())

@@ -42,6 +42,7 @@ mod streams;
 mod suppressions;
 mod templates;
 mod tenants;
+mod warmup;
 mod webhooks;
 mod writer;
 
@@ -55,6 +56,7 @@ pub use streams::{StreamFigures, StreamKey, StreamState};
 pub use suppressions::{IMPORT_BATCH, Removal, SuppressionCursor};
 pub use templates::StoredTemplate;
 pub use tenants::TenantPolicy;
+pub use warmup::{RampView, Take, WarmupDomain, WarmupRow};
 pub use webhooks::{
     Attempted, WebhookDelivery, WebhookEndpoint, WebhookTarget, webhook_message_id, webhook_payload,
 };

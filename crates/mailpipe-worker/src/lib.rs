@@ -18,6 +18,7 @@ pub mod breaker;
 mod pipeline;
 mod settings;
 mod templates;
+pub mod warmup;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -32,6 +33,7 @@ use tracing::{info, warn};
 pub use breaker::{BreakerSettings, Streams};
 pub use pipeline::{EventOut, Outcome, Pipeline};
 pub use settings::{InDoubtPolicy, WorkerSettings};
+pub use warmup::Warmup;
 
 /// Outcome counters, for progress display and the end-of-run summary.
 #[derive(Debug, Default)]

@@ -359,7 +359,12 @@ async fn worker_pipeline(
             ))
             .with_suppression_filter(suppression_filter(cfg, store, shutdown))
             .with_return_paths(cfg.return_paths.clone())
-            .with_breaker(breaker(cfg, store, events, shutdown)),
+            .with_breaker(breaker(cfg, store, events, shutdown))
+            .with_warmup(
+                cfg.warmup
+                    .enabled
+                    .then(|| Arc::new(mailpipe_worker::Warmup::new(cfg.warmup.clone(), &cfg.breaker))),
+            ),
     ))
 }
 
@@ -592,7 +597,7 @@ async fn analytics_on(cfg: &Config, store: &Store, shutdown: CancellationToken) 
     let webhooks = cfg.webhooks.enabled.then(|| -> Result<WebhooksApi> {
         Ok(WebhooksApi { sealer: Arc::new(sealer(cfg)?), settings: cfg.webhooks.clone() })
     });
-    let apis = Apis { domains, webhooks: webhooks.transpose()? };
+    let apis = Apis { domains, webhooks: webhooks.transpose()?, warmup: cfg.warmup.clone() };
     tokio::spawn(mailpipe_domains::run_checks(store.clone(), cfg.domains.clone(), shutdown.clone()));
     let queues = match cfg.queue.kind {
         QueueKind::Kafka => {

@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use mailpipe_analytics::AnalyticsSettings;
+use mailpipe_core::WarmupSettings;
 use mailpipe_domains::DomainSettings;
 use mailpipe_domains::ProviderSettings;
 use mailpipe_feedback::{BounceSettings, ReturnPaths};
@@ -197,6 +198,8 @@ pub struct Config {
     pub breaker: BreakerSettings,
     /// `[webhooks]`: signed webhooks to tenants' endpoints.
     pub webhooks: WebhookSettings,
+    /// `[warmup]`: new sending domains' ramps.
+    pub warmup: WarmupSettings,
     /// Where return paths point, parsed from `[bounces]` at load; `None`
     /// when no bounce domain is set.
     pub return_paths: Option<ReturnPaths>,
@@ -257,7 +260,7 @@ impl Config {
             return Err(ConfigErrors(errors));
         }
 
-        const SECTIONS: [&str; 17] = [
+        const SECTIONS: [&str; 18] = [
             "store",
             "queue",
             "smtp",
@@ -275,6 +278,7 @@ impl Config {
             "bounces",
             "breaker",
             "webhooks",
+            "warmup",
         ];
         default_queue_kind(&mut tree);
         for key in tree.keys() {
@@ -326,6 +330,10 @@ impl Config {
         let bounces = section::<BounceSettings>(&tree, "bounces", &mut errors);
         let breaker = section::<BreakerSettings>(&tree, "breaker", &mut errors);
         let webhooks = section::<WebhookSettings>(&tree, "webhooks", &mut errors);
+        let warmup = section::<WarmupSettings>(&tree, "warmup", &mut errors);
+        if let Some(w) = &warmup {
+            errors.extend(w.problems());
+        }
         if let Some(w) = &webhooks {
             errors.extend(w.problems());
         }
@@ -402,9 +410,10 @@ impl Config {
             Some(bounces),
             Some(breaker),
             Some(webhooks),
+            Some(warmup),
         ) = (
             store, queue, smtp, worker, render, tracker, tokens, metrics, log, domains, throttle, providers,
-            analytics, retention, bounces, breaker, webhooks,
+            analytics, retention, bounces, breaker, webhooks, warmup,
         )
         else {
             return Err(ConfigErrors(errors));
@@ -427,6 +436,7 @@ impl Config {
             bounces,
             breaker,
             webhooks,
+            warmup,
             return_paths,
         };
         if errors.is_empty() { Ok(cfg) } else { Err(ConfigErrors(errors)) }

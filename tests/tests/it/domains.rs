@@ -642,6 +642,10 @@ async fn through_the_api_a_tenant_adds_and_checks_only_its_own_domains() {
     let page = http(&addr, "GET", "/dashboard/domains", &[("Authorization", acme_key.as_str())], b"").await;
     assert_eq!(page.status, 200);
     assert!(page.text().contains(&format!("id=\"s-{domain}\">verified")), "{}", page.text());
+    assert!(
+        page.text().contains("Nothing sent yet: every provider starts at day 1."),
+        "a tenant's new domain warms up"
+    );
 
     // Under row-level security, as the API's role on a connection of the
     // services' role: globex's view has none of acme's rows, and the sealed

@@ -11,7 +11,7 @@ use mailpipe_tests::*;
 use sqlx::Connection;
 
 /// Every table that holds a tenant's rows, with the column that says whose.
-const TENANT_TABLES: [(&str, &str); 18] = [
+const TENANT_TABLES: [(&str, &str); 19] = [
     ("tenants", "tenant_id"),
     ("campaign_templates", "tenant_id"),
     ("send_ledger", "tenant_id"),
@@ -30,6 +30,7 @@ const TENANT_TABLES: [(&str, &str); 18] = [
     ("sender_volume", "tenant_id"),
     ("webhook_endpoints", "tenant_id"),
     ("webhook_deliveries", "tenant_id"),
+    ("warmup", "domain"),
 ];
 
 fn event(kind: EventType, tenant: &str, job: &str, disc: &str) -> Event {
@@ -101,14 +102,17 @@ async fn seed(env: &TestEnv) {
     }
 }
 
-/// A domain only globex may send as, with a key: as the platform, in SQL
-/// (onboarding it properly would need DNS).
+/// A domain only globex may send as, with a key, warming up, and the
+/// shared domain's warm-up too: as the platform, in SQL (onboarding it
+/// properly would need DNS).
 async fn seed_globex_domain(platform: &mut sqlx::PgConnection) {
     for sql in [
         "INSERT INTO sending_domains (domain, owner, status, created_at, updated_at) VALUES ('globex.example', 'globex', 'pending', 0, 0)",
         "INSERT INTO sending_domain_tenants (domain, tenant_id) VALUES ('globex.example', 'globex')",
         "INSERT INTO dkim_keys (domain, selector, algorithm, state, public_key, sealed_key, created_at, updated_at)
          VALUES ('globex.example', 's1', 'ed25519-sha256', 'pending', 'pk', '\\x00', 0, 0)",
+        "INSERT INTO warmup (domain, provider, step, window_start, cap, started_at, updated_at)
+         VALUES ('globex.example', 'google', 0, 0, 50, 0, 0), ('sender.example', 'google', 0, 0, 50, 0, 0)",
     ] {
         sqlx::query(sql).execute(&mut *platform).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
     }
@@ -223,7 +227,7 @@ async fn the_services_role_reads_no_tenant_row_without_a_tenant_context() {
         let allowed: &[&str] = match table {
             // The shared domain acme may send as, and its key; not globex's.
             "sending_domains" => &[""],
-            "dkim_keys" => &[TEST_SENDER_DOMAIN],
+            "dkim_keys" | "warmup" => &[TEST_SENDER_DOMAIN],
             _ => &["acme"],
         };
         assert!(!owners.is_empty(), "{table}: acme sees its own rows");
@@ -234,8 +238,9 @@ async fn the_services_role_reads_no_tenant_row_without_a_tenant_context() {
     }
     // 11 since migration 0024: campaign_templates, which tenants register
     // their templates in (POST /api/v1/templates); 13 since 0025, their
-    // webhook endpoints and deliveries.
-    assert_eq!(readable, 13, "the tenant role reads the tables the API serves, dkim_keys by column");
+    // webhook endpoints and deliveries; 14 since 0027, the warm-up of the
+    // domains it may send as.
+    assert_eq!(readable, 14, "the tenant role reads the tables the API serves, dkim_keys by column");
     tx.rollback().await.unwrap();
 }
 

@@ -36,4 +36,5 @@ mod tracker;
 mod tracker_crash;
 mod tracker_outage;
 mod unsubscribe;
+mod warmup;
 mod webhooks;

@@ -4,8 +4,9 @@
 //!    taken (a finished job is only re-announced), the tenant may send as
 //!    the From domain (which gives the key that signs), and the recipient
 //!    is not suppressed;
-//! 2. [`pace`](Pipeline::pace): the rate limit allows a send now, or the job
-//!    is parked on the retry schedule;
+//! 2. [`pace`](Pipeline::pace): the rate limit and, for a domain warming
+//!    up, the day's cap allow a send now, or the job is parked on the retry
+//!    schedule;
 //! 3. [`render`](Pipeline::render): the template is found and the message
 //!    composed and signed `d=` the From domain;
 //! 4. [`deliver`](Pipeline::deliver): one SMTP attempt, the ledger marked
@@ -130,6 +131,8 @@ pub struct Pipeline {
     /// Paused marketing streams, and how long a held job waits before it is
     /// looked at again (the reputation breaker).
     streams: Option<(Arc<crate::Streams>, Duration)>,
+    /// The caps of domains warming up.
+    warmup: Option<Arc<crate::Warmup>>,
     tenants: Mutex<HashMap<TenantId, (mailpipe_store::TenantPolicy, std::time::Instant)>>,
     /// Per rate-limit key, the next free slot for a parked job, so that a
     /// backlog is spread over time at the key's rate instead of falling due
@@ -236,6 +239,7 @@ impl Pipeline {
             filter: None,
             return_paths: None,
             streams: None,
+            warmup: None,
             tenants: Mutex::new(HashMap::new()),
             slots: Mutex::new(HashMap::new()),
             running: Mutex::new(HashMap::new()),
@@ -275,6 +279,12 @@ impl Pipeline {
     /// are paused, looking at each again after its recheck delay.
     pub fn with_breaker(mut self, streams: Option<(Arc<crate::Streams>, Duration)>) -> Self {
         self.streams = streams;
+        self
+    }
+
+    /// Caps what domains warming up send per window and provider group.
+    pub fn with_warmup(mut self, warmup: Option<Arc<crate::Warmup>>) -> Self {
+        self.warmup = warmup;
         self
     }
 

@@ -2,7 +2,9 @@
 //! paused (the reputation breaker). Then the rate limit of the recipient's domain or
 //! provider group allows a send, or the job waits: a short wait is slept
 //! off, a long one parks the job on the retry schedule so that it holds no
-//! concurrency slot (and no partition) meanwhile.
+//! concurrency slot (and no partition) meanwhile. Last, a domain warming up
+//! must have room left in its cap to the provider for the window, or the
+//! job is parked for a later one.
 
 use std::ops::ControlFlow;
 use std::sync::atomic::Ordering;
@@ -57,17 +59,34 @@ impl Pipeline {
             metrics::counter!("mailpipe_jobs_held_total", "why" => "stream_paused").increment(1);
             return ended(self.park(rec, job, claim, *recheck, shutdown).await?);
         }
-        let Some(t) = &self.throttle else { return ControlFlow::Continue(()) };
-        let key = t.key_for(domain, group.as_deref());
-        while let Err(wait) = t.check(key) {
-            let delay = self.reserve_slot(t.key(key), t.interval(key), wait);
-            if delay > self.cfg.park_after {
-                return ended(self.park(rec, job, claim, delay, shutdown).await?);
+        if let Some(t) = &self.throttle {
+            let key = t.key_for(domain, group.as_deref());
+            while let Err(wait) = t.check(key) {
+                let delay = self.reserve_slot(t.key(key), t.interval(key), wait);
+                if delay > self.cfg.park_after {
+                    return ended(self.park(rec, job, claim, delay, shutdown).await?);
+                }
+                metrics::counter!("mailpipe_throttle_waits_total").increment(1);
+                tokio::select! {
+                    _ = shutdown.cancelled() => return ControlFlow::Break(None),
+                    _ = tokio::time::sleep(delay) => {}
+                }
             }
-            metrics::counter!("mailpipe_throttle_waits_total").increment(1);
-            tokio::select! {
-                _ = shutdown.cancelled() => return ControlFlow::Break(None),
-                _ = tokio::time::sleep(delay) => {}
+        }
+        // The warm-up cap last, so that it counts only sends about to go.
+        let sender = job.from.email.domain();
+        if let Some(w) = &self.warmup
+            && self.senders.warming(sender)
+        {
+            let provider = group.as_deref().unwrap_or("other");
+            let gate = durably("warmup", shutdown, || async {
+                Ok(w.admit(&self.store, sender, provider, job.category, now_ms()).await?)
+            })
+            .await?;
+            if let crate::warmup::Gate::ParkUntil(due) = gate {
+                metrics::counter!("mailpipe_jobs_held_total", "why" => "warmup").increment(1);
+                let wait = Duration::from_millis(u64::try_from(due - now_ms()).unwrap_or(0));
+                return ended(self.park(rec, job, claim, wait, shutdown).await?);
             }
         }
         ControlFlow::Continue(())

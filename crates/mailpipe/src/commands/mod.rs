@@ -19,6 +19,7 @@ pub mod template;
 pub mod tenant;
 pub mod topics;
 pub mod tracker;
+pub mod warmup;
 pub mod worker;
 
 use std::process::ExitCode;
@@ -77,6 +78,11 @@ pub enum Command {
         #[command(subcommand)]
         command: template::Command,
     },
+    /// Sending domains' warm-up: where each ramp stands; start or skip one.
+    Warmup {
+        #[command(subcommand)]
+        command: warmup::Command,
+    },
     /// Manage suppressions (platform-wide, or one tenant's with --tenant).
     Suppress {
         #[command(subcommand)]
@@ -124,6 +130,7 @@ impl Command {
             Command::Erase(args) => erase::run(args, cfg).await,
             Command::Suppress { command } => suppress::run(command, cfg).await,
             Command::Template { command } => template::run(command, cfg).await,
+            Command::Warmup { command } => warmup::run(command, cfg).await,
             Command::Complaint(args) => complaint::run(args, cfg).await,
             Command::Bounce { command } => bounce::run(command, cfg).await,
             Command::Inbound => inbound::run(cfg).await,
