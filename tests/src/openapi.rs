@@ -18,6 +18,7 @@ const KNOWN: &[&str] = &[
     "minItems",
     "maxItems",
     "maxLength",
+    "minimum",
     "description",
     "$ref",
 ];
@@ -97,6 +98,11 @@ impl OpenApi {
         {
             out.push(format!("{at}: longer than {max}"));
         }
+        if let (Some(min), Some(n)) = (schema.get("minimum").and_then(Value::as_i64), value.as_i64())
+            && n < min
+        {
+            out.push(format!("{at}: {n} is under the minimum {min}"));
+        }
         if let Some(options) = schema.get("enum").and_then(Value::as_array)
             && !options.contains(value)
         {
@@ -154,5 +160,9 @@ mod tests {
         assert_eq!(v.len(), 4, "{v:?}");
         let v = api.violations(api.response("POST", "/api/v1/messages", 401), &json!({"message": "x"}));
         assert_eq!(v.len(), 2, "{v:?}");
+        let versions = api.response("GET", "/api/v1/templates/{campaign_id}/{template_id}/versions", 200);
+        let zero =
+            json!({"campaign_id": "c", "template_id": "t", "versions": [{"version": 0, "registered_at": 1}]});
+        assert_eq!(api.violations(versions, &zero).len(), 1, "a version under its minimum");
     }
 }

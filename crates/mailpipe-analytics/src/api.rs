@@ -111,6 +111,8 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/v1/warmup", get(warmup::list))
         .route("/api/v1/messages", axum::routing::post(send::post_messages))
         .route("/api/v1/templates", get(templates::list).post(templates::upload))
+        .route("/api/v1/templates/{campaign_id}/{template_id}", get(templates::show))
+        .route("/api/v1/templates/{campaign_id}/{template_id}/versions", get(templates::versions))
         .route("/api/v1/webhooks", get(webhooks::list).post(webhooks::add))
         .route("/api/v1/webhooks/{id}", axum::routing::delete(webhooks::remove))
         .route("/api/v1/webhooks/{id}/rotate", axum::routing::post(webhooks::rotate))

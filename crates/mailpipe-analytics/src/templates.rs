@@ -1,14 +1,21 @@
 //! `POST /api/v1/templates` and `GET /api/v1/templates`: a tenant registers
-//! the templates its jobs name by `template_id` (docs/api.md, "Templates").
+//! the templates its jobs name by `template_id` (docs/api.md, "Templates"),
+//! and reads them back, any kept version, with
+//! `GET /api/v1/templates/{campaign_id}/{template_id}[?version=N]` and
+//! `.../versions`.
 //!
 //! A template is compiled before it is kept, by the same engine and limits
 //! the worker renders with, so a syntax error comes back now, with its part
 //! and line, instead of dead-lettering every job that names the template.
 //! Each upload is the next version; the workers use it within
-//! `worker.template_recheck_ms`, without a restart.
+//! `worker.template_recheck_ms`, without a restart. Earlier versions are
+//! kept, unchanged, for the jobs pinned to them (`template_version`).
+
+use std::num::NonZeroU32;
 
 use axum::body::Body;
-use axum::extract::State;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use mailpipe_core::job::MAX_TEMPLATE_BYTES;
@@ -162,6 +169,98 @@ pub(crate) async fn list(State(s): State<ApiState>, headers: HeaderMap) -> Respo
                 })
                 .collect();
             json(&serde_json::json!({ "templates": templates }))
+        }
+        Err(e) => internal(e),
+    }
+}
+
+/// Which version `GET /api/v1/templates/{campaign_id}/{template_id}` shows.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct VersionQuery {
+    version: Option<NonZeroU32>,
+}
+
+/// The path's ids, parsed, or what the 400 says: the one outside the id
+/// grammar.
+fn ids(campaign: String, template: String) -> Result<(CampaignId, TemplateId), String> {
+    let campaign = CampaignId::parse(campaign).map_err(|e| format!("campaign_id: {e}"))?;
+    let template = TemplateId::parse(template).map_err(|e| format!("template_id: {e}"))?;
+    Ok((campaign, template))
+}
+
+pub(crate) async fn show(
+    State(s): State<ApiState>,
+    headers: HeaderMap,
+    Path((campaign, template)): Path<(String, String)>,
+    query: Result<Query<VersionQuery>, QueryRejection>,
+) -> Response {
+    let tenant = match tenant(&s, &headers, None).await {
+        Ok(t) => t,
+        Err(r) => return r,
+    };
+    let Query(q) = match query {
+        Ok(q) => q,
+        Err(e) => return err(StatusCode::BAD_REQUEST, &format!("version: {}", e.body_text())),
+    };
+    let (campaign, template) = match ids(campaign, template) {
+        Ok(ids) => ids,
+        Err(m) => return err(StatusCode::BAD_REQUEST, &m),
+    };
+    let pinned = q.version.map(|v| i64::from(v.get()));
+    let found = s
+        .store
+        .for_tenant(&tenant)
+        .template(tenant.as_str(), campaign.as_str(), template.as_str(), pinned)
+        .await;
+    match found {
+        Ok(Some(t)) => json(&serde_json::json!({
+            "campaign_id": campaign.as_str(), "template_id": template.as_str(),
+            "version": t.version, "registered_at": t.registered_at,
+            "subject": t.subject, "html": t.html, "text": t.text
+        })),
+        Ok(None) if q.version.is_some() => {
+            err(StatusCode::NOT_FOUND, "no such version of this template is kept")
+        }
+        Ok(None) => err(StatusCode::NOT_FOUND, "no such template"),
+        Err(e) => internal(e),
+    }
+}
+
+pub(crate) async fn versions(
+    State(s): State<ApiState>,
+    headers: HeaderMap,
+    Path((campaign, template)): Path<(String, String)>,
+) -> Response {
+    let tenant = match tenant(&s, &headers, None).await {
+        Ok(t) => t,
+        Err(r) => return r,
+    };
+    let (campaign, template) = match ids(campaign, template) {
+        Ok(ids) => ids,
+        Err(m) => return err(StatusCode::BAD_REQUEST, &m),
+    };
+    let kept = s
+        .store
+        .for_tenant(&tenant)
+        .template_versions(tenant.as_str(), campaign.as_str(), template.as_str())
+        .await;
+    match kept {
+        Ok(v) if v.is_empty() => err(StatusCode::NOT_FOUND, "no such template"),
+        Ok(v) => {
+            let versions: Vec<_> = v
+                .into_iter()
+                .map(|v| {
+                    let mut o = serde_json::json!({ "version": v.version, "registered_at": v.registered_at });
+                    if let Some(at) = v.superseded_at {
+                        o["superseded_at"] = at.into();
+                    }
+                    o
+                })
+                .collect();
+            json(&serde_json::json!({
+                "campaign_id": campaign.as_str(), "template_id": template.as_str(), "versions": versions
+            }))
         }
         Err(e) => internal(e),
     }

@@ -6,6 +6,7 @@
 //! the dead-letter reason code.
 
 use std::collections::BTreeMap;
+use std::num::NonZeroU32;
 
 use serde::{Deserialize, Serialize};
 
@@ -56,8 +57,9 @@ pub struct Mailbox {
 pub enum Content {
     /// Templates carried in the job itself. At least one of html and text.
     Inline { subject: String, html: Option<String>, text: Option<String> },
-    /// A template registered for the job's campaign.
-    Registered(TemplateId),
+    /// A template registered for the job's campaign: the version given,
+    /// or the latest when none is.
+    Registered { id: TemplateId, version: Option<NonZeroU32> },
 }
 
 /// A validated send job.
@@ -144,6 +146,10 @@ pub struct SendJobWire {
     pub text: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub template_id: Option<String>,
+    /// The registered version to render (with `template_id` only); the
+    /// latest when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template_version: Option<NonZeroU32>,
     #[serde(default)]
     pub vars: serde_json::Map<String, serde_json::Value>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -243,11 +249,11 @@ impl SendJob {
 
     /// The wire form, for producers (the `enqueue` command, tests, benches).
     pub fn to_wire(&self) -> SendJobWire {
-        let (subject, html, text, template_id) = match &self.content {
+        let (subject, html, text, template_id, template_version) = match &self.content {
             Content::Inline { subject, html, text } => {
-                (Some(subject.clone()), html.clone(), text.clone(), None)
+                (Some(subject.clone()), html.clone(), text.clone(), None, None)
             }
-            Content::Registered(t) => (None, None, None, Some(t.to_string())),
+            Content::Registered { id, version } => (None, None, None, Some(id.to_string()), *version),
         };
         let mb = |m: &Mailbox| MailboxWire { email: m.email.to_string(), name: m.name.clone() };
         SendJobWire {
@@ -261,6 +267,7 @@ impl SendJob {
             html,
             text,
             template_id,
+            template_version,
             vars: self.vars.clone(),
             headers: self.headers.clone(),
             tags: self.tags.clone(),
@@ -302,11 +309,17 @@ impl TryFrom<SendJobWire> for SendJob {
         let html = template("html", w.html)?;
         let text = template("text", w.text)?;
         let content = match (w.template_id, subject, html, text) {
-            (Some(t), None, None, None) => Content::Registered(id("template_id", TemplateId::parse(t))?),
+            (Some(t), None, None, None) => Content::Registered {
+                id: id("template_id", TemplateId::parse(t))?,
+                version: w.template_version,
+            },
             (Some(_), ..) => {
                 return Err(SendJobError::Invalid(
                     "give either template_id or inline subject/html/text, not both".into(),
                 ));
+            }
+            (None, ..) if w.template_version.is_some() => {
+                return Err(SendJobError::Invalid("template_version is given without template_id".into()));
             }
             (None, Some(_), None, None) => {
                 return Err(SendJobError::Invalid("html or text is required".into()));
@@ -430,8 +443,28 @@ mod tests {
         o.remove("subject");
         o.remove("html");
         o.insert("template_id".into(), json!("welcome"));
-        let job = parse(v).unwrap();
-        assert_eq!(job.content, Content::Registered(TemplateId::parse("welcome").unwrap()));
+        let job = parse(v.clone()).unwrap();
+        let welcome = TemplateId::parse("welcome").unwrap();
+        assert_eq!(job.content, Content::Registered { id: welcome.clone(), version: None });
+
+        v["template_version"] = json!(3);
+        let pinned = parse(v.clone()).unwrap();
+        assert_eq!(pinned.content, Content::Registered { id: welcome, version: NonZeroU32::new(3) });
+        assert_eq!(SendJob::try_from(pinned.to_wire()).unwrap(), pinned, "the pin round-trips");
+
+        for (bad, why) in
+            [(json!(0), "versions start at 1"), (json!(-1), "negative"), (json!("3"), "a string")]
+        {
+            v["template_version"] = bad;
+            assert_eq!(parse(v.clone()).unwrap_err().reason(), "malformed", "{why}");
+        }
+        let mut inline = base();
+        inline["template_version"] = json!(2);
+        let e = parse(inline).unwrap_err();
+        assert_eq!(
+            (e.reason(), e.to_string().as_str()),
+            ("invalid", "template_version is given without template_id")
+        );
     }
 
     #[test]

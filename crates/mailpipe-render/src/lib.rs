@@ -351,8 +351,8 @@ impl Composer {
             (Content::Inline { subject, html, text }, _) => {
                 self.inline.get(subject, html.as_deref(), text.as_deref())?.render(&ctx)
             }
-            (Content::Registered(_), Some(t)) => t.render(&ctx),
-            (Content::Registered(id), None) => Err(RenderError::MissingTemplate(id.to_string())),
+            (Content::Registered { .. }, Some(t)) => t.render(&ctx),
+            (Content::Registered { id, .. }, None) => Err(RenderError::MissingTemplate(id.to_string())),
         }
     }
 
@@ -537,7 +537,7 @@ fn sources<'a>(
         (Content::Inline { subject, html, text }, _) => {
             Ok(sandbox::Sources { subject, html: html.as_deref(), text: text.as_deref() })
         }
-        (Content::Registered(_), Some(t)) => {
+        (Content::Registered { .. }, Some(t)) => {
             let set = t.set();
             Ok(sandbox::Sources {
                 subject: &set.subject,
@@ -545,6 +545,6 @@ fn sources<'a>(
                 text: set.text.as_deref(),
             })
         }
-        (Content::Registered(id), None) => Err(RenderError::MissingTemplate(id.to_string())),
+        (Content::Registered { id, .. }, None) => Err(RenderError::MissingTemplate(id.to_string())),
     }
 }

@@ -128,7 +128,10 @@ fn message_ids_are_deterministic_per_job() {
 #[test]
 fn registered_templates_are_used_and_required() {
     let mut j = job("marketing");
-    j.content = mailpipe_core::Content::Registered(mailpipe_core::TemplateId::parse("welcome").unwrap());
+    j.content = mailpipe_core::Content::Registered {
+        id: mailpipe_core::TemplateId::parse("welcome").unwrap(),
+        version: None,
+    };
     let c = composer();
     let err = c.compose(&j, None, datetime!(2026-11-29 12:00 UTC), None).unwrap_err();
     assert_eq!(err.reason(), "unknown_template");

@@ -54,7 +54,7 @@ pub use privacy::{ErasureReport, PurgeReport, Retention};
 pub use queue::QueuedJob;
 pub use streams::{StreamFigures, StreamKey, StreamState};
 pub use suppressions::{IMPORT_BATCH, Removal, SuppressionCursor};
-pub use templates::StoredTemplate;
+pub use templates::{StoredTemplate, TemplateVersion};
 pub use tenants::TenantPolicy;
 pub use warmup::{RampView, Take, WarmupDomain, WarmupRow};
 pub use webhooks::{

@@ -33,6 +33,7 @@ pub struct PurgeReport {
     pub dead_letters_deleted: u64,
     pub rejected_reports_deleted: u64,
     pub webhook_deliveries_deleted: u64,
+    pub template_versions_deleted: u64,
     /// Month partitions of events, dead letters and the ledger dropped
     /// whole (on PostgreSQL; their rows are not in the counts above).
     pub partitions_dropped: u64,
@@ -53,6 +54,10 @@ pub struct Retention {
     /// Webhook deliveries, whatever became of them (their bodies are the
     /// events, which `events_days` keeps).
     pub webhook_deliveries_days: u32,
+    /// Template versions past the upload that replaced them (the latest
+    /// version of a template is kept while it is registered). Pinned jobs
+    /// naming a version removed are dead-lettered `unknown_template`.
+    pub template_versions_days: u32,
     /// How often `mailpipe analytics` purges (0: only `mailpipe purge`).
     /// [`Store::purge`] itself does not read it.
     pub purge_interval_hours: u64,
@@ -253,6 +258,8 @@ impl Store {
             // any retry schedule (their endpoint disabled, or no dispatcher).
             out.webhook_deliveries_deleted = sqlx::query("DELETE FROM webhook_deliveries WHERE created_at < $1")
                 .bind(cutoff(r.webhook_deliveries_days)).execute(p).await?.rows_affected();
+            out.template_versions_deleted = sqlx::query("DELETE FROM campaign_template_versions WHERE superseded_at < $1")
+                .bind(cutoff(r.template_versions_days)).execute(p).await?.rows_affected();
         });
         match &self.pool {
             // Whole months: a row is kept at least its retention and at most

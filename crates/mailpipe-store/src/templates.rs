@@ -1,6 +1,9 @@
-//! Templates registered for a campaign: the demo and tests put a version of
-//! their choosing ([`Store::put_template`]); a tenant's upload makes the next
-//! one ([`Store::register_template`]).
+//! Templates registered for a campaign. Each upload is the next version
+//! ([`Store::register_template`]); every version is kept, unchanged, until
+//! retention removes it past its successor, so that a job pinned to one
+//! (`template_version`) renders what it was written for.
+//! `campaign_templates` holds the latest of each, which unpinned jobs use;
+//! `campaign_template_versions` holds them all.
 
 use mailpipe_core::now_ms;
 
@@ -13,30 +16,32 @@ pub struct StoredTemplate {
     pub html: Option<String>,
     pub text: Option<String>,
     pub version: i64,
+    /// When this version was registered (unix ms).
+    pub registered_at: i64,
+}
+
+/// One kept version of a template: when it was registered, and when the
+/// next one replaced it (none for the latest).
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct TemplateVersion {
+    pub version: i64,
+    pub registered_at: i64,
+    pub superseded_at: Option<i64>,
+}
+
+type Row = (String, Option<String>, Option<String>, i64, i64);
+
+fn stored((subject, html, text, version, registered_at): Row) -> StoredTemplate {
+    StoredTemplate { subject, html, text, version, registered_at }
 }
 
 impl Store {
-    pub async fn put_template(
-        &self,
-        tenant: &str,
-        campaign: &str,
-        template: &str,
-        t: &StoredTemplate,
-    ) -> Result<()> {
-        let sql = "INSERT INTO campaign_templates (tenant_id, campaign_id, template_id, subject, html, text, version, created_at)
-                   VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
-                   ON CONFLICT (tenant_id, campaign_id, template_id) DO UPDATE
-                   SET subject = excluded.subject, html = excluded.html, text = excluded.text, version = excluded.version";
-        on_pool!(self, p => sqlx::query(sql)
-            .bind(tenant).bind(campaign).bind(template)
-            .bind(&t.subject).bind(&t.html).bind(&t.text).bind(t.version).bind(now_ms())
-            .execute(p).await.map(|_| ()))?;
-        Ok(())
-    }
-
-    /// Registers a tenant's template for its campaign as the next version
-    /// (1 when new) and returns it. Run through [`Store::for_tenant`], the
-    /// database holds the statement to the tenant's own rows.
+    /// Registers a template for a campaign as the next version (1 when new)
+    /// and returns it: the latest for unpinned jobs, kept as that version
+    /// for pinned ones, the one it replaces marked superseded, all in one
+    /// transaction. Concurrent uploads get consecutive versions (the latest
+    /// row's lock orders them). Run through [`Store::for_tenant`], the
+    /// database holds the statements to the tenant's own rows.
     pub async fn register_template(
         &self,
         tenant: &str,
@@ -46,15 +51,29 @@ impl Store {
         html: Option<&str>,
         text: Option<&str>,
     ) -> Result<i64> {
-        let sql = "INSERT INTO campaign_templates (tenant_id, campaign_id, template_id, subject, html, text, version, created_at)
+        let latest = "INSERT INTO campaign_templates (tenant_id, campaign_id, template_id, subject, html, text, version, created_at)
                    VALUES ($1, $2, $3, $4, $5, $6, 1, $7)
                    ON CONFLICT (tenant_id, campaign_id, template_id) DO UPDATE
                    SET subject = excluded.subject, html = excluded.html, text = excluded.text,
                        version = campaign_templates.version + 1, created_at = excluded.created_at
                    RETURNING version";
-        let version: i64 = scoped!(self, p => sqlx::query_scalar(sql)
-            .bind(tenant).bind(campaign).bind(template).bind(subject).bind(html).bind(text).bind(now_ms())
-            .fetch_one(p).await)?;
+        let supersede = "UPDATE campaign_template_versions SET superseded_at = $4
+                   WHERE tenant_id = $1 AND campaign_id = $2 AND template_id = $3 AND superseded_at IS NULL";
+        let keep = "INSERT INTO campaign_template_versions
+                       (tenant_id, campaign_id, template_id, version, subject, html, text, created_at)
+                   VALUES ($1, $2, $3, $4, $5, $6, $7, $8)";
+        let now = now_ms();
+        let version: i64;
+        in_tx!(self, tx => {
+            version = sqlx::query_scalar(latest)
+                .bind(tenant).bind(campaign).bind(template).bind(subject).bind(html).bind(text).bind(now)
+                .fetch_one(&mut *tx).await?;
+            sqlx::query(supersede).bind(tenant).bind(campaign).bind(template).bind(now).execute(&mut *tx).await?;
+            sqlx::query(keep)
+                .bind(tenant).bind(campaign).bind(template).bind(version)
+                .bind(subject).bind(html).bind(text).bind(now)
+                .execute(&mut *tx).await?;
+        });
         Ok(version)
     }
 
@@ -67,16 +86,39 @@ impl Store {
         Ok(rows)
     }
 
+    /// The kept versions of one template, oldest first; empty when the
+    /// template is not registered.
+    pub async fn template_versions(
+        &self,
+        tenant: &str,
+        campaign: &str,
+        template: &str,
+    ) -> Result<Vec<TemplateVersion>> {
+        let sql = "SELECT version, created_at AS registered_at, superseded_at FROM campaign_template_versions
+                   WHERE tenant_id = $1 AND campaign_id = $2 AND template_id = $3 ORDER BY version";
+        let rows = scoped!(self, p => sqlx::query_as(sql).bind(tenant).bind(campaign).bind(template).fetch_all(p).await)?;
+        Ok(rows)
+    }
+
+    /// The template's latest version, or with `version` that version, if
+    /// it is kept.
     pub async fn template(
         &self,
         tenant: &str,
         campaign: &str,
         template: &str,
+        version: Option<i64>,
     ) -> Result<Option<StoredTemplate>> {
-        let sql = "SELECT subject, html, text, version FROM campaign_templates
+        let latest = "SELECT subject, html, text, version, created_at FROM campaign_templates
                    WHERE tenant_id = $1 AND campaign_id = $2 AND template_id = $3";
-        let row: Option<(String, Option<String>, Option<String>, i64)> = on_pool!(self, p =>
-            sqlx::query_as(sql).bind(tenant).bind(campaign).bind(template).fetch_optional(p).await)?;
-        Ok(row.map(|(subject, html, text, version)| StoredTemplate { subject, html, text, version }))
+        let pinned = "SELECT subject, html, text, version, created_at FROM campaign_template_versions
+                   WHERE tenant_id = $1 AND campaign_id = $2 AND template_id = $3 AND version = $4";
+        let row: Option<Row> = match version {
+            None => scoped!(self, p => sqlx::query_as(latest)
+                .bind(tenant).bind(campaign).bind(template).fetch_optional(p).await)?,
+            Some(v) => scoped!(self, p => sqlx::query_as(pinned)
+                .bind(tenant).bind(campaign).bind(template).bind(v).fetch_optional(p).await)?,
+        };
+        Ok(row.map(stored))
     }
 }

@@ -1,8 +1,11 @@
 //! Registered templates, compiled once per (tenant, campaign, template) and
-//! version, and kept in a small bounded cache. A cached template's version
-//! is looked up again once it is `recheck` old: a template registered anew
-//! (`mailpipe_store::Store::put_template`, a higher version) reaches the
-//! workers within that time, without a restart, and is compiled once.
+//! version, and kept in a small bounded cache: the latest version for
+//! unpinned jobs, each version pinned for the jobs that name one. A cached
+//! entry is looked up again once it is `recheck` old: a template registered
+//! anew (`mailpipe_store::Store::register_template`, a higher version)
+//! reaches the workers within that time, without a restart, and is compiled
+//! once; a pinned version never changes, so its lookup only confirms that
+//! it is still kept (retention removes superseded versions in time).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -11,7 +14,8 @@ use std::time::{Duration, Instant};
 use mailpipe_render::{CompiledTemplates, RenderError, TemplateLimits, TemplateSet};
 use mailpipe_store::{Store, StoreError};
 
-type Key = (String, String, String);
+/// (tenant, campaign, template, the version pinned or `None` for the latest).
+type Key = (String, String, String, Option<i64>);
 
 /// A compiled template, its version, and when that version was read.
 struct Entry {
@@ -45,14 +49,15 @@ impl TemplateCache {
         tenant: &str,
         campaign: &str,
         template: &str,
+        version: Option<i64>,
     ) -> Result<Lookup, StoreError> {
-        let key = (tenant.to_owned(), campaign.to_owned(), template.to_owned());
+        let key = (tenant.to_owned(), campaign.to_owned(), template.to_owned(), version);
         if let Some(e) = self.lock().get(&key)
             && e.read_at.elapsed() < self.recheck
         {
             return Ok(Lookup::Found(e.compiled.clone()));
         }
-        let Some(stored) = store.template(tenant, campaign, template).await? else {
+        let Some(stored) = store.template(tenant, campaign, template, version).await? else {
             self.lock().remove(&key);
             return Ok(Lookup::Unknown);
         };

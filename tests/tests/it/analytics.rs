@@ -304,6 +304,7 @@ async fn retention_purges_old_events_client_details_and_ledger_rows() {
         dead_letters_days: 30,
         rejected_reports_days: 30,
         webhook_deliveries_days: 7,
+        template_versions_days: 90,
         purge_interval_hours: 0,
     };
     store.reject_report("not_arf", b"To: someone@example.com\r\n").await.unwrap();

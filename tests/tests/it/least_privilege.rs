@@ -6,14 +6,15 @@
 use mailpipe_core::{
     AppliesTo, CampaignId, Event, EventType, JobId, Reason, Scope, SendJob, Suppression, TenantId,
 };
-use mailpipe_store::{DeadLetter, LedgerStatus, StoredTemplate};
+use mailpipe_store::{DeadLetter, LedgerStatus};
 use mailpipe_tests::*;
 use sqlx::Connection;
 
 /// Every table that holds a tenant's rows, with the column that says whose.
-const TENANT_TABLES: [(&str, &str); 19] = [
+const TENANT_TABLES: [(&str, &str); 20] = [
     ("tenants", "tenant_id"),
     ("campaign_templates", "tenant_id"),
+    ("campaign_template_versions", "tenant_id"),
     ("send_ledger", "tenant_id"),
     ("suppressions", "scope_tenant"),
     ("events", "tenant_id"),
@@ -52,9 +53,7 @@ async fn seed(env: &TestEnv) {
         // An endpoint first: the events counted below are queued to it.
         let url = format!("https://hooks.{tenant}.example/");
         store.add_webhook(tenant, &format!("wh_{tenant}"), &url, &[], b"sealed").await.unwrap();
-        let template =
-            StoredTemplate { subject: "Hi".into(), html: None, text: Some("Hi".into()), version: 1 };
-        store.put_template(tenant, "spring", "welcome", &template).await.unwrap();
+        store.register_template(tenant, "spring", "welcome", "Hi", None, Some("Hi")).await.unwrap();
         let mut j = job(1, tenant, "spring", "example.com");
         j["to"]["email"] = format!("someone@{tenant}.example").into();
         claim(store, &SendJob::from_json(&serde_json::to_vec(&j).unwrap()).unwrap()).await;
@@ -239,8 +238,8 @@ async fn the_services_role_reads_no_tenant_row_without_a_tenant_context() {
     // 11 since migration 0024: campaign_templates, which tenants register
     // their templates in (POST /api/v1/templates); 13 since 0025, their
     // webhook endpoints and deliveries; 14 since 0027, the warm-up of the
-    // domains it may send as.
-    assert_eq!(readable, 14, "the tenant role reads the tables the API serves, dkim_keys by column");
+    // domains it may send as; 15 since 0028, its templates' kept versions.
+    assert_eq!(readable, 15, "the tenant role reads the tables the API serves, dkim_keys by column");
     tx.rollback().await.unwrap();
 }
 

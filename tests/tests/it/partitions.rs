@@ -31,6 +31,7 @@ fn keep_forever() -> Retention {
         dead_letters_days: 0,
         rejected_reports_days: 0,
         webhook_deliveries_days: 0,
+        template_versions_days: 0,
         purge_interval_hours: 0,
     }
 }

@@ -138,38 +138,54 @@ fn render_sandboxes_of(parent: u32) -> Vec<u32> {
 
 /// A template registered anew reaches a running worker without a restart:
 /// the worker looks its version up again after `worker.template_recheck_ms`
-/// and compiles the new one.
+/// and compiles the new one. A job pinned to a version (`template_version`)
+/// renders that version after newer ones; one pinned to a version never
+/// registered, or one retention has removed, is dead-lettered with a reason
+/// that names it, and the running worker does not keep rendering it from
+/// its cache.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_running_worker_uses_a_template_registered_anew() {
+async fn a_running_worker_uses_a_template_registered_anew_and_a_pinned_version() {
     let env = TestEnv::setup().var("MAILPIPE__WORKER__TEMPLATE_RECHECK_MS", "100").start().await;
-    let version = |v: i64, subject: &str| mailpipe_store::StoredTemplate {
-        subject: subject.into(),
-        html: None,
-        text: Some("Hi {{ name }}".into()),
-        version: v,
+    let register = |subject: &'static str| {
+        let store = env.store.clone();
+        async move {
+            store
+                .register_template("acme", "c", "welcome", subject, None, Some("Hi {{ name }}"))
+                .await
+                .unwrap()
+        }
     };
-    let registered = |i: usize| {
+    let registered = |i: usize, pin: Option<u32>| {
         let mut j = job(i, "acme", "c", "a.example");
         let o = j.as_object_mut().unwrap();
         o.remove("subject");
         o.remove("html");
         o.insert("template_id".into(), json!("welcome"));
+        if let Some(v) = pin {
+            o.insert("template_version".into(), json!(v));
+        }
         keyed(&j)
     };
-    env.store.put_template("acme", "c", "welcome", &version(1, "First {{ name }}")).await.unwrap();
+    let outcomes = |sent: i64, dead: i64| {
+        let env = &env;
+        async move {
+            let l = env.ledger("acme", "c").await;
+            l.get("sent") == Some(&sent) && l.get("dead_lettered").copied().unwrap_or(0) == dead
+        }
+    };
+    assert_eq!(register("First {{ name }}").await, 1);
     let worker = env.start_worker();
-    env.enqueue(&[registered(1)]).await;
-    eventually("the first sent", Duration::from_secs(60), || async {
-        env.ledger("acme", "c").await.get("sent") == Some(&1)
-    })
-    .await;
+    env.enqueue(&[registered(1, None)]).await;
+    eventually("the first sent", Duration::from_secs(60), || outcomes(1, 0)).await;
 
-    env.store.put_template("acme", "c", "welcome", &version(2, "Second {{ name }}")).await.unwrap();
+    assert_eq!(register("Second {{ name }}").await, 2);
     tokio::time::sleep(Duration::from_millis(300)).await;
-    env.enqueue(&[registered(2)]).await;
-    eventually("the second sent", Duration::from_secs(60), || async {
-        env.ledger("acme", "c").await.get("sent") == Some(&2)
-    })
+    env.enqueue(&[registered(2, None), registered(3, Some(1)), registered(4, Some(7))]).await;
+    eventually(
+        "the latest and the pinned sent, the unknown version dead-lettered",
+        Duration::from_secs(60),
+        || outcomes(3, 1),
+    )
     .await;
     let messages = env.sink().messages();
     assert!(messages.iter().any(|m| m.contains("Subject: First User 1")), "{messages:?}");
@@ -177,7 +193,85 @@ async fn a_running_worker_uses_a_template_registered_anew() {
         messages.iter().any(|m| m.contains("Subject: Second User 2")),
         "version 2, same worker: {messages:?}"
     );
+    assert!(
+        messages.iter().any(|m| m.contains("Subject: First User 3")),
+        "pinned to version 1: {messages:?}"
+    );
+    let dead = |job: &'static str| {
+        let env = &env;
+        async move {
+            sqlx::query_as::<_, (String, String)>("SELECT reason, detail FROM dead_letters WHERE job_id = $1")
+                .bind(job)
+                .fetch_one(&mut env.pg().await)
+                .await
+                .unwrap()
+        }
+    };
+    let (reason, detail) = dead("job-00004").await;
+    assert_eq!(reason, "unknown_template");
+    assert!(detail.contains("welcome version 7"), "{detail}");
+
+    // Retention removes version 1 past its successor; the latest stays.
+    let day = 86_400_000;
+    let retention = mailpipe_store::Retention {
+        events_days: 0,
+        ledger_days: 0,
+        client_details_days: 0,
+        dead_letters_days: 0,
+        rejected_reports_days: 0,
+        webhook_deliveries_days: 0,
+        template_versions_days: 90,
+        purge_interval_hours: 0,
+    };
+    let now = mailpipe_core::now_ms();
+    assert_eq!(
+        env.store.purge(now, retention).await.unwrap().template_versions_deleted,
+        0,
+        "superseded today"
+    );
+    assert_eq!(env.store.purge(now + 91 * day, retention).await.unwrap().template_versions_deleted, 1);
+    assert!(env.store.template("acme", "c", "welcome", Some(1)).await.unwrap().is_none());
+    assert_eq!(
+        env.store.template("acme", "c", "welcome", Some(2)).await.unwrap().unwrap().subject,
+        "Second {{ name }}"
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    env.enqueue(&[registered(5, Some(1)), registered(6, Some(2))]).await;
+    eventually(
+        "pinned to the kept version sent, to the removed one dead-lettered",
+        Duration::from_secs(60),
+        || outcomes(4, 2),
+    )
+    .await;
+    assert_eq!(dead("job-00005").await.0, "unknown_template", "not rendered from the worker's cache");
+    assert!(env.sink().messages().iter().any(|m| m.contains("Subject: Second User 6")));
     worker.stop().await;
+}
+
+/// Versions on both backends: consecutive, each kept as registered, the one
+/// replaced marked superseded; an unknown version is none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_version_is_kept_on_postgres_and_sqlite() {
+    let pg = fresh_store().await;
+    let lite = fresh_sqlite_store().await;
+    for store in [&pg.store, &lite.store] {
+        for (n, subject) in ["one", "two", "three"].into_iter().enumerate() {
+            let v = store.register_template("acme", "c", "t", subject, Some("<p>x</p>"), None).await.unwrap();
+            assert_eq!(v, n as i64 + 1);
+        }
+        assert_eq!(store.register_template("globex", "c", "t", "theirs", None, Some("x")).await.unwrap(), 1);
+        let versions = store.template_versions("acme", "c", "t").await.unwrap();
+        assert_eq!(versions.iter().map(|v| v.version).collect::<Vec<_>>(), [1, 2, 3]);
+        assert!(versions[..2].iter().all(|v| v.superseded_at.is_some()), "{versions:?}");
+        assert_eq!(versions[2].superseded_at, None, "the latest");
+        for (version, subject) in [(Some(1), "one"), (Some(2), "two"), (Some(3), "three"), (None, "three")] {
+            let t = store.template("acme", "c", "t", version).await.unwrap().unwrap();
+            assert_eq!(t.subject, subject, "{version:?}");
+        }
+        assert!(store.template("acme", "c", "t", Some(4)).await.unwrap().is_none());
+        assert!(store.template("globex", "c", "t", Some(2)).await.unwrap().is_none());
+        assert!(store.template_versions("acme", "c", "nope").await.unwrap().is_empty());
+    }
 }
 
 /// A tenant registers its templates through the API: compiled at upload (a
@@ -242,9 +336,92 @@ async fn a_tenant_registers_its_templates_through_the_api() {
         assert_eq!(t.len(), 1, "{body}");
         assert_eq!(t[0]["version"].as_i64(), Some(version), "{body}");
     }
-    let kept = env.store.template("acme", "spring", "welcome").await.unwrap().unwrap();
+    let kept = env.store.template("acme", "spring", "welcome", None).await.unwrap().unwrap();
     assert_eq!((kept.version, kept.html.as_deref()), (2, Some("<p>v2 {{ name }}</p>")));
+
+    // Every version is kept and can be read back, the latest by default.
+    let one = "/api/v1/templates/{campaign_id}/{template_id}";
+    for (target, version, html) in [
+        ("/api/v1/templates/spring/welcome", 2, "<p>v2 {{ name }}</p>"),
+        ("/api/v1/templates/spring/welcome?version=1", 1, "<p>v1 {{ name }}</p>"),
+    ] {
+        let (status, body) = api_get(&addr, target, &acme).await;
+        assert_eq!(
+            (status, body["version"].as_i64(), body["html"].as_str()),
+            (200, Some(version), Some(html))
+        );
+        api.assert_answer("GET", one, 200, &body);
+    }
+    let (status, body) = api_get(&addr, "/api/v1/templates/spring/welcome/versions", &acme).await;
+    assert_eq!(status, 200, "{body}");
+    api.assert_answer("GET", "/api/v1/templates/{campaign_id}/{template_id}/versions", 200, &body);
+    let v = body["versions"].as_array().unwrap();
+    assert_eq!(v.iter().map(|v| v["version"].as_i64().unwrap()).collect::<Vec<_>>(), [1, 2], "{body}");
+    assert!(v[0]["superseded_at"].as_i64() >= v[1]["registered_at"].as_i64(), "v1 replaced by v2: {body}");
+    assert!(v[1].get("superseded_at").is_none(), "the latest is current: {body}");
+    // globex has its own spring/welcome at version 1 only: acme's second
+    // version is not there for it, by either path.
+    let (status, body) = api_get(&addr, "/api/v1/templates/spring/welcome?version=2", &globex).await;
+    assert_eq!(status, 404, "{body}");
+    api.assert_answer("GET", one, 404, &body);
+    let (status, body) = api_get(&addr, "/api/v1/templates/spring/welcome", &globex).await;
+    assert_eq!((status, body["html"].as_str()), (200, Some("<p>theirs</p>")), "{body}");
+    let (status, body) = api_get(&addr, "/api/v1/templates/spring/nope/versions", &acme).await;
+    assert_eq!(status, 404, "{body}");
+    for bad in ["/api/v1/templates/spring/welcome?version=0", "/api/v1/templates/spring/welcome?v=1"] {
+        let (status, body) = api_get(&addr, bad, &acme).await;
+        assert_eq!(status, 400, "{bad}: {body}");
+        api.assert_answer("GET", one, 400, &body);
+    }
     let (status, _) = api_get(&addr, "/api/v1/templates", "mp_nobody").await;
     assert_eq!(status, 401);
     server.abort();
+}
+
+/// A deployment upgrading to 0028 keeps what it had registered as each
+/// template's first kept version, though the table's FORCEd policies hide
+/// every tenant's rows from the owner that migrates.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upgraded_database_keeps_its_templates_as_versions() {
+    use sqlx::Connection;
+    let db = fresh_database().await;
+    let src =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../crates/mailpipe-store/migrations/postgres");
+    let before = std::env::temp_dir().join(unique("migrations-0027"));
+    std::fs::create_dir_all(&before).unwrap();
+    for f in std::fs::read_dir(&src).unwrap() {
+        let f = f.unwrap().path();
+        let name = f.file_name().unwrap().to_string_lossy().into_owned();
+        if name.as_str() < "0028" {
+            std::fs::copy(&f, before.join(&name)).unwrap();
+        }
+    }
+    let mut owner = sqlx::PgConnection::connect(&db.url).await.unwrap();
+    sqlx::migrate::Migrator::new(before.as_path()).await.unwrap().run(&mut owner).await.unwrap();
+    let _ = std::fs::remove_dir_all(&before);
+    sqlx::query(
+        "INSERT INTO campaign_templates (tenant_id, campaign_id, template_id, subject, html, text, version, created_at)
+         VALUES ('acme', 'c', 't', 'Third', NULL, 'x', 3, 1000), ('globex', 'c', 't', 'First', '<p>x</p>', NULL, 1, 2000)",
+    )
+    .execute(&mut platform_connection(&db.url).await)
+    .await
+    .unwrap();
+
+    sqlx::migrate::Migrator::new(src.as_path())
+        .await
+        .unwrap()
+        .run(&mut owner)
+        .await
+        .expect("0028 over templates");
+    let store = mailpipe_store::Store::connect(&db.url, 2).await.unwrap();
+    for (tenant, version, subject) in [("acme", 3, "Third"), ("globex", 1, "First")] {
+        let kept = store.template(tenant, "c", "t", Some(version)).await.unwrap();
+        assert_eq!(kept.map(|t| t.subject), Some(subject.to_owned()), "{tenant}");
+    }
+    assert_eq!(store.register_template("acme", "c", "t", "Fourth", None, Some("x")).await.unwrap(), 4);
+    let versions = store.template_versions("acme", "c", "t").await.unwrap();
+    assert_eq!(
+        versions.iter().map(|v| (v.version, v.superseded_at.is_some())).collect::<Vec<_>>(),
+        [(3, true), (4, false)]
+    );
 }

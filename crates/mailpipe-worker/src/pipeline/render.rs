@@ -25,18 +25,30 @@ impl Pipeline {
     ) -> Step<Composed> {
         let compiled = match &job.content {
             Content::Inline { .. } => None,
-            Content::Registered(t) => {
+            Content::Registered { id: t, version } => {
+                let pinned = version.map(|v| i64::from(v.get()));
                 let lookup = durably("template", shutdown, || async {
                     Ok(self
                         .templates
-                        .get(&self.store, job.tenant_id.as_str(), job.campaign_id.as_str(), t.as_str())
+                        .get(
+                            &self.store,
+                            job.tenant_id.as_str(),
+                            job.campaign_id.as_str(),
+                            t.as_str(),
+                            pinned,
+                        )
                         .await?)
                 })
                 .await?;
                 match lookup {
                     Lookup::Found(c) => Some(c),
                     Lookup::Unknown => {
-                        let detail = format!("template {t} is not registered for this campaign");
+                        let detail = match version {
+                            None => format!("template {t} is not registered for this campaign"),
+                            Some(v) => format!(
+                                "template {t} version {v} is not registered for this campaign (or no longer kept)"
+                            ),
+                        };
                         return ended(
                             self.reject(rec, Some(job), "unknown_template", &detail, shutdown).await?,
                         );

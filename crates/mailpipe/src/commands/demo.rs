@@ -13,7 +13,7 @@ use mailpipe_core::{CampaignId, Category, DkimAlgorithm, Domain, JobId, Suppress
 use mailpipe_domains::{KeySource, Sealer, Senders, onboard};
 use mailpipe_queue::memory::memory_queue;
 use mailpipe_smtp::TransportKind;
-use mailpipe_store::{Owner, Store, StoredTemplate};
+use mailpipe_store::{Owner, Store};
 use mailpipe_token::{Action, Claims};
 use mailpipe_worker::{EventOut, Pipeline};
 use rand::RngCore;
@@ -252,16 +252,13 @@ pub async fn send_sample(
     store.set_transactional_allowed(&TenantId::parse("acme")?, true).await?;
     store.set_transactional_allowed(&TenantId::parse("globex")?, true).await?;
     store
-        .put_template(
+        .register_template(
             "globex",
             &receipts,
             "receipt",
-            &StoredTemplate {
-                subject: "Your Globex order {{ order }}".into(),
-                html: Some("<p>Thank you, {{ first_name }}.</p><p>Order {{ order }}: €{{ total }}.</p><p><a href=\"https://globex.example/orders/{{ order }}\">Track your order</a></p>".into()),
-                text: None,
-                version: 1,
-            },
+            "Your Globex order {{ order }}",
+            Some("<p>Thank you, {{ first_name }}.</p><p>Order {{ order }}: €{{ total }}.</p><p><a href=\"https://globex.example/orders/{{ order }}\">Track your order</a></p>"),
+            None,
         )
         .await?;
 

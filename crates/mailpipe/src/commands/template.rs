@@ -1,4 +1,4 @@
-//! `mailpipe template put|list|show`: the operator's side of the templates
+//! `mailpipe template put|list|show|versions`: the operator's side of the templates
 //! a tenant registers with `POST /api/v1/templates` (docs/api.md,
 //! "Templates"), with the same checks.
 
@@ -36,8 +36,20 @@ pub enum Command {
     },
     /// A tenant's templates, each at its latest version.
     List { tenant: String },
-    /// A template's latest version, as JSON.
+    /// A template's latest version, or the one given, as JSON.
     Show {
+        tenant: String,
+        #[arg(long)]
+        campaign: String,
+        #[arg(long)]
+        id: String,
+        /// A kept version (`template versions` lists them).
+        #[arg(long)]
+        version: Option<std::num::NonZeroU32>,
+    },
+    /// The kept versions of a template: when each was registered and, but
+    /// for the latest, replaced.
+    Versions {
         tenant: String,
         #[arg(long)]
         campaign: String,
@@ -82,16 +94,40 @@ pub async fn run(command: Command, cfg: &Config) -> anyhow::Result<ExitCode> {
                 println!("{campaign}\t{template}\t{version}");
             }
         }
-        Command::Show { tenant, campaign, id } => {
+        Command::Show { tenant, campaign, id, version } => {
             let tenant = tenant_id(&tenant)?;
-            let Some(t) = store.template(tenant.as_str(), &campaign, &id).await? else {
-                anyhow::bail!("{tenant} has no template {id} for campaign {campaign}");
+            let pinned = version.map(|v| i64::from(v.get()));
+            let Some(t) = store.template(tenant.as_str(), &campaign, &id, pinned).await? else {
+                match version {
+                    None => anyhow::bail!("{tenant} has no template {id} for campaign {campaign}"),
+                    Some(v) => {
+                        anyhow::bail!("{tenant} has no version {v} of template {id} for campaign {campaign}")
+                    }
+                }
             };
             let shown = serde_json::json!({
                 "campaign_id": campaign, "template_id": id, "version": t.version,
                 "subject": t.subject, "html": t.html, "text": t.text
             });
             println!("{}", serde_json::to_string_pretty(&shown)?);
+        }
+        Command::Versions { tenant, campaign, id } => {
+            let tenant = tenant_id(&tenant)?;
+            let versions = store.template_versions(tenant.as_str(), &campaign, &id).await?;
+            if versions.is_empty() {
+                anyhow::bail!("{tenant} has no template {id} for campaign {campaign}");
+            }
+            println!("version\tregistered_at\tsuperseded_at");
+            for v in versions {
+                let at = |ms: i64| {
+                    time::OffsetDateTime::from_unix_timestamp(ms.div_euclid(1000))
+                        .ok()
+                        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+                        .unwrap_or_else(|| ms.to_string())
+                };
+                let superseded = v.superseded_at.map(at).unwrap_or_else(|| "-".into());
+                println!("{}\t{}\t{superseded}", v.version, at(v.registered_at));
+            }
         }
     }
     Ok(ExitCode::SUCCESS)
