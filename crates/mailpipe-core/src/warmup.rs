@@ -4,9 +4,11 @@
 //!
 //! Per sending domain and provider group, a window (a UTC day by default)
 //! lets through at most the ramp's cap for the ramp's current step. A
-//! window that had mail and ended with the domain healthy moves the ramp
-//! one step on; one that ended unhealthy holds it where it is; an idle one
-//! neither. Past the ramp's last step the pair is warm: no cap.
+//! window that used at least half its cap and ended with the domain
+//! healthy moves the ramp one step on; one that ended unhealthy holds it
+//! where it is; a window that used less (an idle one, or a trickle) neither:
+//! the ramp follows the volume a domain has shown it can send well, not the
+//! days on the calendar. Past the ramp's last step the pair is warm: no cap.
 
 use std::time::Duration;
 
@@ -46,6 +48,11 @@ impl Default for WarmupSettings {
 
 /// How many windows of figures the health check reads.
 pub const HEALTH_WINDOWS: i64 = 7;
+
+/// Transactional mail goes past the cap, counted, up to this many times
+/// the cap: receipts are not held for an ordinary day's overflow, but a
+/// flood labelled transactional does not skip the ramp.
+pub const TRANSACTIONAL_HEADROOM: i64 = 2;
 
 impl WarmupSettings {
     pub fn problems(&self) -> Vec<String> {
@@ -89,13 +96,15 @@ impl WarmupSettings {
     }
 
     /// Where the ramp goes when the window it was in is over: one step on if
-    /// the window had mail and the domain is healthy (`unhealthy` is `None`),
-    /// else where it was; with the reason it held, if it held on health.
+    /// the window used at least half its cap and the domain is healthy
+    /// (`unhealthy` is `None`), else where it was; with the reason it held,
+    /// if it held on health. A domain that sends a trickle each day does not
+    /// earn a big one's cap by waiting.
     pub fn next_step(&self, step: i64, used: i64, unhealthy: Option<&str>) -> (i64, Option<String>) {
-        if self.cap(step).is_none() {
+        let Some(cap) = self.cap(step) else {
             return (step, None);
-        }
-        match (used > 0, unhealthy) {
+        };
+        match (used.saturating_mul(2) >= cap, unhealthy) {
             (false, _) => (step, None),
             (true, Some(why)) => (step, Some(why.to_owned())),
             (true, None) => (step + 1, None),
@@ -114,16 +123,23 @@ impl WarmupSettings {
         let mut d = 1i64;
         loop {
             let start = window_start.saturating_add(d.saturating_mul(w));
-            let Some(cap) = self.cap(step + d) else { return start };
-            let cap = cap.max(1);
-            if k < before + cap {
-                let place = k - before;
-                // (w / cap) * place, without overflow for large caps.
-                let offset = (i128::from(w) * i128::from(place) / i128::from(cap)) as i64;
-                return start.saturating_add(offset);
-            }
-            before += cap;
-            d += 1;
+            let (place, cap) = match self.cap(step.saturating_add(d)) {
+                Some(cap) if k < before.saturating_add(cap.max(1)) => (k - before, cap.max(1)),
+                Some(cap) => {
+                    before = before.saturating_add(cap.max(1));
+                    d += 1;
+                    continue;
+                }
+                // Past the ramp: no cap, but still spread, at the last
+                // step's pace, rather than all due at one instant.
+                None => {
+                    let last = self.ramp.last().copied().unwrap_or(1).max(1);
+                    ((k - before) % last, last)
+                }
+            };
+            // (w / cap) * place, without overflow for large caps.
+            let offset = (i128::from(w) * i128::from(place) / i128::from(cap)) as i64;
+            return start.saturating_add(offset);
         }
     }
 }
@@ -161,11 +177,14 @@ mod tests {
     }
 
     #[test]
-    fn the_ramp_moves_on_a_healthy_day_with_mail_and_holds_otherwise() {
+    fn the_ramp_moves_on_a_healthy_day_that_used_half_its_cap_and_holds_otherwise() {
         let s = short(&[10, 20, 40]);
         assert_eq!(s.next_step(0, 10, None), (1, None));
+        assert_eq!(s.next_step(0, 5, None), (1, None), "half the cap is a day of sending");
+        assert_eq!(s.next_step(0, 4, None), (0, None), "a trickle is not");
+        assert_eq!(s.next_step(0, 1, None), (0, None), "one message a day never warms a domain");
         assert_eq!(s.next_step(0, 0, None), (0, None), "an idle window is not a day of sending");
-        assert_eq!(s.next_step(1, 5, Some("complaint rate 1%")), (1, Some("complaint rate 1%".into())));
+        assert_eq!(s.next_step(1, 10, Some("complaint rate 1%")), (1, Some("complaint rate 1%".into())));
         assert_eq!(s.next_step(2, 40, None), (3, None));
         assert_eq!(s.cap(3), None);
         assert_eq!(s.next_step(3, 1_000, Some("x")), (3, None), "a warm pair stays warm");
@@ -182,13 +201,39 @@ mod tests {
         assert_eq!(s.park_until(start, 0, 19), start + DAY + 19 * DAY / 20);
         assert_eq!(s.park_until(start, 0, 20), start + 2 * DAY);
         assert_eq!(s.park_until(start, 0, 21), start + 2 * DAY + DAY / 40);
-        // Past 20 + 40, the ramp is over: no cap, due at that window's start.
+        // Past 20 + 40, the ramp is over: no cap, spread over that window
+        // at the last step's pace (40 a day), never past it.
         assert_eq!(s.park_until(start, 0, 60), start + 3 * DAY);
-        assert_eq!(s.park_until(start, 0, 1_000_000), start + 3 * DAY);
+        assert_eq!(s.park_until(start, 0, 61), start + 3 * DAY + DAY / 40);
+        assert_eq!(s.park_until(start, 0, 100), start + 3 * DAY);
+        for k in [60, 99, 1_000_000, i64::MAX] {
+            let due = s.park_until(start, 0, k);
+            assert!((start + 3 * DAY..start + 4 * DAY).contains(&due), "{k}: {due}");
+        }
+        // No overflow however large the caps.
+        let huge = short(&[i64::MAX, i64::MAX]);
+        assert!(huge.park_until(start, 0, i64::MAX) >= start + DAY);
         // Nothing parked is ever due in the window it was parked in.
         for k in 0..200 {
             assert!(s.park_until(start, 1, k) >= start + DAY);
         }
+    }
+
+    /// The default curve with every window used to its cap: a few dozen on
+    /// day 1, each day's cap the next, no cap from day 29.
+    #[test]
+    fn the_default_ramp_is_warm_after_four_weeks_of_full_healthy_days() {
+        let s = WarmupSettings::default();
+        let (mut step, mut caps) = (0, Vec::new());
+        for _ in 0..30 {
+            caps.push(s.cap(step));
+            step = s.next_step(step, s.cap(step).unwrap_or(0), None).0;
+        }
+        assert_eq!(caps[0], Some(50));
+        assert_eq!(caps[6], Some(450), "a week in");
+        assert_eq!(caps[13], Some(6_500), "two weeks in");
+        assert_eq!(caps[27], Some(1_500_000));
+        assert_eq!(caps[28], None, "warm from day 29");
     }
 
     #[test]

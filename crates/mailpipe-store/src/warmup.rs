@@ -4,6 +4,7 @@
 //! [`mailpipe_core::warmup`]'s; this module only counts, atomically, so that
 //! any number of workers together never let more through than the cap.
 
+use mailpipe_core::warmup::TRANSACTIONAL_HEADROOM;
 use mailpipe_core::{Domain, TenantId};
 
 use crate::domains::BUMP;
@@ -66,8 +67,9 @@ const COLUMNS: &str = "w.domain, w.provider, w.step, w.window_start, w.cap, w.us
 
 impl Store {
     /// Takes one send of `domain`'s ramp to `provider` in the window that
-    /// starts at `window`: within the cap, or past it when `force` (mail
-    /// that counts against the cap but is never held: transactional).
+    /// starts at `window`: within the cap, or, when `force` (transactional
+    /// mail, which counts against the cap but is not held for an ordinary
+    /// overflow), within [`TRANSACTIONAL_HEADROOM`] times the cap.
     pub async fn warmup_take(
         &self,
         domain: &str,
@@ -77,13 +79,14 @@ impl Store {
         now: i64,
     ) -> Result<Take> {
         let take = "UPDATE warmup SET used = used + 1, updated_at = $5
-                    WHERE domain = $1 AND provider = $2 AND window_start = $3 AND (cap IS NULL OR used < cap OR $4)
+                    WHERE domain = $1 AND provider = $2 AND window_start = $3
+                      AND (cap IS NULL OR used < cap OR ($4 AND used / $6 < cap))
                     RETURNING cap";
         let over = "UPDATE warmup SET parked = parked + 1, updated_at = $4
                     WHERE domain = $1 AND provider = $2 AND window_start = $3 AND cap IS NOT NULL AND used >= cap
                     RETURNING step, parked";
         let read = format!("SELECT {COLUMNS} FROM warmup w WHERE w.domain = $1 AND w.provider = $2");
-        let taken: Option<Option<i64>> = on_pool!(self, p => sqlx::query_scalar(take).bind(domain).bind(provider).bind(window).bind(force).bind(now).fetch_optional(p).await)?;
+        let taken: Option<Option<i64>> = on_pool!(self, p => sqlx::query_scalar(take).bind(domain).bind(provider).bind(window).bind(force).bind(now).bind(TRANSACTIONAL_HEADROOM).fetch_optional(p).await)?;
         if let Some(cap) = taken {
             return Ok(Take::Taken { warm: cap.is_none() });
         }

@@ -1,16 +1,19 @@
 //! The warm-up gate (docs/deliverability.md, "Warm-up"): a domain that is
 //! warming up sends to each provider group at most its ramp's cap per
 //! window. Over the cap, marketing is parked for a later window, never
-//! dropped; transactional mail counts against the cap but always goes.
-//! When a window ends, the ramp moves one step on if the window had mail
-//! and the domain's complaint and bounce figures are healthy, and holds
-//! otherwise. The counts are the store's, so workers together keep the cap.
+//! dropped; transactional mail counts against the cap and goes past it,
+//! up to [`TRANSACTIONAL_HEADROOM`] times the cap, then waits as marketing
+//! does. When a window ends, the ramp moves one step on if the window used
+//! at least half its cap and the domain's complaint and bounce figures are
+//! healthy, and holds otherwise. The counts are the store's, so workers together keep the cap.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use mailpipe_core::warmup::HEALTH_WINDOWS;
+#[cfg(doc)]
+use mailpipe_core::warmup::TRANSACTIONAL_HEADROOM;
 use mailpipe_core::{Category, WarmupSettings};
 use mailpipe_store::{Store, StoreError, Take};
 
@@ -93,8 +96,11 @@ impl Warmup {
                 Take::Stale(row) if row.window_start > window => window = row.window_start,
                 Take::Stale(row) if row.window_start == window => {}
                 Take::Stale(row) => {
-                    let unhealthy =
-                        if row.used > 0 { self.unhealthy(store, domain, now).await? } else { None };
+                    let unhealthy = if row.used > 0 {
+                        self.unhealthy(store, domain, row.window_start).await?
+                    } else {
+                        None
+                    };
                     let (step, held) = self.settings.next_step(row.step, row.used, unhealthy.as_deref());
                     if let Some(why) = &held {
                         metrics::counter!("mailpipe_warmup_holds_total").increment(1);
@@ -121,13 +127,17 @@ impl Warmup {
         Ok(Gate::ParkUntil(now + 1_000))
     }
 
-    /// Why `domain`'s figures hold its ramp, if they do: over the last
-    /// window or the last seven, at or above a warning level.
-    async fn unhealthy(&self, store: &Store, domain: &str, now: i64) -> Result<Option<String>, StoreError> {
+    /// Why `domain`'s figures hold its ramp, if they do: since the start of
+    /// the window that ended (`ended`), or of the six before it, at or
+    /// above a warning level. From the window's start, not a window back
+    /// from now: the first send after a quiet spell must not judge the
+    /// window on an empty stretch of the next.
+    async fn unhealthy(&self, store: &Store, domain: &str, ended: i64) -> Result<Option<String>, StoreError> {
         let w = self.settings.window_ms();
-        for (label, len) in [("the last window", w), ("the last 7 windows", w.saturating_mul(HEALTH_WINDOWS))]
+        let week = w.saturating_mul(HEALTH_WINDOWS - 1);
+        for (label, since) in [("the last window", ended), ("the last 7 windows", ended.saturating_sub(week))]
         {
-            let figures = store.domain_figures(domain, now.saturating_sub(len)).await?;
+            let figures = store.domain_figures(domain, since).await?;
             match judge(&figures, label, &self.health) {
                 Judgement::Healthy => {}
                 Judgement::Warn(why) | Judgement::Pause(why) => return Ok(Some(why)),

@@ -59,21 +59,12 @@ impl Pipeline {
             metrics::counter!("mailpipe_jobs_held_total", "why" => "stream_paused").increment(1);
             return ended(self.park(rec, job, claim, *recheck, shutdown).await?);
         }
-        if let Some(t) = &self.throttle {
-            let key = t.key_for(domain, group.as_deref());
-            while let Err(wait) = t.check(key) {
-                let delay = self.reserve_slot(t.key(key), t.interval(key), wait);
-                if delay > self.cfg.park_after {
-                    return ended(self.park(rec, job, claim, delay, shutdown).await?);
-                }
-                metrics::counter!("mailpipe_throttle_waits_total").increment(1);
-                tokio::select! {
-                    _ = shutdown.cancelled() => return ControlFlow::Break(None),
-                    _ = tokio::time::sleep(delay) => {}
-                }
-            }
-        }
-        // The warm-up cap last, so that it counts only sends about to go.
+        // The warm-up cap before the rate limits: a job parked over its
+        // domain's cap must not spend a token of the recipient's provider,
+        // which every tenant shares (a tenant's backlog of a million parked
+        // newsletters would hold up everyone's Gmail traffic). A job the
+        // throttle then parks has used a place of the cap without going:
+        // the cap errs low, never high.
         let sender = job.from.email.domain();
         if let Some(w) = &self.warmup
             && self.senders.warming(sender)
@@ -87,6 +78,20 @@ impl Pipeline {
                 metrics::counter!("mailpipe_jobs_held_total", "why" => "warmup").increment(1);
                 let wait = Duration::from_millis(u64::try_from(due - now_ms()).unwrap_or(0));
                 return ended(self.park(rec, job, claim, wait, shutdown).await?);
+            }
+        }
+        if let Some(t) = &self.throttle {
+            let key = t.key_for(domain, group.as_deref());
+            while let Err(wait) = t.check(key) {
+                let delay = self.reserve_slot(t.key(key), t.interval(key), wait);
+                if delay > self.cfg.park_after {
+                    return ended(self.park(rec, job, claim, delay, shutdown).await?);
+                }
+                metrics::counter!("mailpipe_throttle_waits_total").increment(1);
+                tokio::select! {
+                    _ = shutdown.cancelled() => return ControlFlow::Break(None),
+                    _ = tokio::time::sleep(delay) => {}
+                }
             }
         }
         ControlFlow::Continue(())
