@@ -201,7 +201,12 @@ pub(crate) async fn show(
     };
     let Query(q) = match query {
         Ok(q) => q,
-        Err(e) => return err(StatusCode::BAD_REQUEST, &format!("version: {}", e.body_text())),
+        Err(e) => {
+            return err(
+                StatusCode::BAD_REQUEST,
+                &format!("the query takes `version`, from 1: {}", e.body_text()),
+            );
+        }
     };
     let (campaign, template) = match ids(campaign, template) {
         Ok(ids) => ids,
@@ -219,10 +224,13 @@ pub(crate) async fn show(
             "version": t.version, "registered_at": t.registered_at,
             "subject": t.subject, "html": t.html, "text": t.text
         })),
-        Ok(None) if q.version.is_some() => {
-            err(StatusCode::NOT_FOUND, "no such version of this template is kept")
-        }
-        Ok(None) => err(StatusCode::NOT_FOUND, "no such template"),
+        Ok(None) => err(
+            StatusCode::NOT_FOUND,
+            match q.version {
+                Some(_) => "no such template, or that version is not kept",
+                None => "no such template",
+            },
+        ),
         Err(e) => internal(e),
     }
 }

@@ -63,6 +63,21 @@ pub struct Retention {
     pub purge_interval_hours: u64,
 }
 
+impl Retention {
+    /// What a deployment must not set: a template version gone before a
+    /// job scheduled against it can come due.
+    pub fn problems(&self) -> Vec<String> {
+        let horizon = mailpipe_core::job::MAX_SCHEDULE_AHEAD.whole_days();
+        let days = i64::from(self.template_versions_days);
+        if days != 0 && days <= horizon {
+            return vec![format!(
+                "retention.template_versions_days: 0 (forever) or more than {horizon}, send_at's horizon, so that a job scheduled against a version finds it"
+            )];
+        }
+        Vec::new()
+    }
+}
+
 impl Store {
     /// Erases a recipient, wherever the address is held in any case:
     ///
@@ -446,6 +461,26 @@ fn percent_decoded(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn template_versions_outlive_the_schedule_horizon() {
+        let r = |days| Retention {
+            events_days: 395,
+            ledger_days: 90,
+            client_details_days: 30,
+            dead_letters_days: 30,
+            rejected_reports_days: 30,
+            webhook_deliveries_days: 7,
+            template_versions_days: days,
+            purge_interval_hours: 24,
+        };
+        assert!(r(0).problems().is_empty(), "forever");
+        assert!(r(90).problems().is_empty());
+        assert!(r(31).problems().is_empty());
+        let p = r(30).problems();
+        assert!(p.len() == 1 && p[0].starts_with("retention.template_versions_days"), "{p:?}");
+        assert_eq!(r(1).problems().len(), 1);
+    }
 
     #[test]
     fn an_address_is_found_in_any_case_encoding_or_json_escape_and_only_whole() {

@@ -3,7 +3,8 @@
 //! retention removes it past its successor, so that a job pinned to one
 //! (`template_version`) renders what it was written for.
 //! `campaign_templates` holds the latest of each, which unpinned jobs use;
-//! `campaign_template_versions` holds them all.
+//! `campaign_template_versions` holds them all, kept by the database's
+//! triggers from every write of the first, and unchangeable.
 
 use mailpipe_core::now_ms;
 
@@ -37,11 +38,13 @@ fn stored((subject, html, text, version, registered_at): Row) -> StoredTemplate 
 
 impl Store {
     /// Registers a template for a campaign as the next version (1 when new)
-    /// and returns it: the latest for unpinned jobs, kept as that version
-    /// for pinned ones, the one it replaces marked superseded, all in one
-    /// transaction. Concurrent uploads get consecutive versions (the latest
-    /// row's lock orders them). Run through [`Store::for_tenant`], the
-    /// database holds the statements to the tenant's own rows.
+    /// and returns it: the latest for unpinned jobs. The database keeps it
+    /// as that version too, and marks the one it replaces superseded, in
+    /// the same statement's trigger (migration 0028), so that every writer
+    /// keeps the versions, an older release's included. Concurrent uploads
+    /// get consecutive versions (the latest row's lock orders them). Run
+    /// through [`Store::for_tenant`], the database holds the statement to
+    /// the tenant's own rows.
     pub async fn register_template(
         &self,
         tenant: &str,
@@ -51,29 +54,15 @@ impl Store {
         html: Option<&str>,
         text: Option<&str>,
     ) -> Result<i64> {
-        let latest = "INSERT INTO campaign_templates (tenant_id, campaign_id, template_id, subject, html, text, version, created_at)
+        let sql = "INSERT INTO campaign_templates (tenant_id, campaign_id, template_id, subject, html, text, version, created_at)
                    VALUES ($1, $2, $3, $4, $5, $6, 1, $7)
                    ON CONFLICT (tenant_id, campaign_id, template_id) DO UPDATE
                    SET subject = excluded.subject, html = excluded.html, text = excluded.text,
                        version = campaign_templates.version + 1, created_at = excluded.created_at
                    RETURNING version";
-        let supersede = "UPDATE campaign_template_versions SET superseded_at = $4
-                   WHERE tenant_id = $1 AND campaign_id = $2 AND template_id = $3 AND superseded_at IS NULL";
-        let keep = "INSERT INTO campaign_template_versions
-                       (tenant_id, campaign_id, template_id, version, subject, html, text, created_at)
-                   VALUES ($1, $2, $3, $4, $5, $6, $7, $8)";
-        let now = now_ms();
-        let version: i64;
-        in_tx!(self, tx => {
-            version = sqlx::query_scalar(latest)
-                .bind(tenant).bind(campaign).bind(template).bind(subject).bind(html).bind(text).bind(now)
-                .fetch_one(&mut *tx).await?;
-            sqlx::query(supersede).bind(tenant).bind(campaign).bind(template).bind(now).execute(&mut *tx).await?;
-            sqlx::query(keep)
-                .bind(tenant).bind(campaign).bind(template).bind(version)
-                .bind(subject).bind(html).bind(text).bind(now)
-                .execute(&mut *tx).await?;
-        });
+        let version: i64 = scoped!(self, p => sqlx::query_scalar(sql)
+            .bind(tenant).bind(campaign).bind(template).bind(subject).bind(html).bind(text).bind(now_ms())
+            .fetch_one(p).await)?;
         Ok(version)
     }
 

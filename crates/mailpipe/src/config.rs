@@ -327,6 +327,9 @@ impl Config {
         }
         let analytics = section::<AnalyticsSettings>(&tree, "analytics", &mut errors);
         let retention = section::<Retention>(&tree, "retention", &mut errors);
+        if let Some(r) = &retention {
+            errors.extend(r.problems());
+        }
         let bounces = section::<BounceSettings>(&tree, "bounces", &mut errors);
         let breaker = section::<BreakerSettings>(&tree, "breaker", &mut errors);
         let webhooks = section::<WebhookSettings>(&tree, "webhooks", &mut errors);

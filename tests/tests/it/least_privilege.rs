@@ -298,6 +298,25 @@ async fn a_tenant_context_cannot_write_into_another_tenant() {
     let e =
         as_acme.register_template("globex", "c", "t", "s", Some("h"), None).await.unwrap_err().to_string();
     assert!(e.contains("row-level security"), "{e}");
+    // Their kept versions (0028): acme's upload kept its own; in acme's
+    // context no statement writes another's version, changes one, or
+    // deletes one.
+    assert_eq!(as_acme.template_versions("acme", "c", "t").await.unwrap().len(), 1);
+    let mut conn = sqlx::PgConnection::connect(&service_url(&env.db)).await.unwrap();
+    for (sql, want) in [
+        (
+            "INSERT INTO campaign_template_versions (tenant_id, campaign_id, template_id, version, subject, created_at)
+             VALUES ('globex', 'c', 't', 7, 's', 0)",
+            "row-level security",
+        ),
+        ("UPDATE campaign_template_versions SET subject = 'changed'", "permission denied"),
+        ("DELETE FROM campaign_template_versions", "permission denied"),
+    ] {
+        let mut tx = conn.begin().await.unwrap();
+        enter(&mut tx, "acme").await;
+        let e = sqlx::query(sql).execute(&mut *tx).await.expect_err(sql).to_string();
+        assert!(e.contains(want), "{sql}: {e}");
+    }
     env.store.add_suppression(&theirs).await.unwrap();
     assert_eq!(as_acme.list_suppressions(&Scope::Tenant(globex.clone())).await.unwrap(), vec![]);
     let removal =

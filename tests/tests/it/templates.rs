@@ -249,133 +249,82 @@ async fn a_running_worker_uses_a_template_registered_anew_and_a_pinned_version()
 }
 
 /// Versions on both backends: consecutive, each kept as registered, the one
-/// replaced marked superseded; an unknown version is none.
+/// replaced marked superseded, concurrent uploads each their own version;
+/// an unknown version is none; and no statement, whoever runs it, changes
+/// a kept version.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_version_is_kept_on_postgres_and_sqlite() {
+async fn every_version_is_kept_unchanged_on_postgres_and_sqlite() {
+    use sqlx::Connection;
     let pg = fresh_store().await;
-    let lite = fresh_sqlite_store().await;
-    for store in [&pg.store, &lite.store] {
+    let path = std::env::temp_dir().join(format!("{}.db", unique("template-versions")));
+    let lite = mailpipe_store::Store::connect(&format!("sqlite:{}", path.display()), 4).await.unwrap();
+    lite.migrate().await.unwrap();
+    for store in [pg.store.clone(), lite] {
+        let b = store.backend();
         for (n, subject) in ["one", "two", "three"].into_iter().enumerate() {
             let v = store.register_template("acme", "c", "t", subject, Some("<p>x</p>"), None).await.unwrap();
-            assert_eq!(v, n as i64 + 1);
+            assert_eq!(v, n as i64 + 1, "{b}");
         }
         assert_eq!(store.register_template("globex", "c", "t", "theirs", None, Some("x")).await.unwrap(), 1);
         let versions = store.template_versions("acme", "c", "t").await.unwrap();
-        assert_eq!(versions.iter().map(|v| v.version).collect::<Vec<_>>(), [1, 2, 3]);
-        assert!(versions[..2].iter().all(|v| v.superseded_at.is_some()), "{versions:?}");
-        assert_eq!(versions[2].superseded_at, None, "the latest");
+        assert_eq!(versions.iter().map(|v| v.version).collect::<Vec<_>>(), [1, 2, 3], "{b}");
+        assert!(versions[..2].iter().all(|v| v.superseded_at.is_some()), "{b}: {versions:?}");
+        assert_eq!(versions[2].superseded_at, None, "{b}: the latest");
         for (version, subject) in [(Some(1), "one"), (Some(2), "two"), (Some(3), "three"), (None, "three")] {
             let t = store.template("acme", "c", "t", version).await.unwrap().unwrap();
-            assert_eq!(t.subject, subject, "{version:?}");
+            assert_eq!(t.subject, subject, "{b}: {version:?}");
         }
         assert!(store.template("acme", "c", "t", Some(4)).await.unwrap().is_none());
         assert!(store.template("globex", "c", "t", Some(2)).await.unwrap().is_none());
         assert!(store.template_versions("acme", "c", "nope").await.unwrap().is_empty());
-    }
-}
 
-/// A tenant registers its templates through the API: compiled at upload (a
-/// syntax error comes back with its part and line), each upload the next
-/// version, each tenant's its own (row-level security on the tenant's
-/// context), every answer as docs/openapi.json says.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_tenant_registers_its_templates_through_the_api() {
-    use mailpipe_core::TenantId;
-    let env = TestEnv::setup().tenants(&["acme", "globex"]).start().await;
-    let (addr, server) = serve_api(env.store.clone()).await;
-    let api = mailpipe_tests::openapi::OpenApi::load();
-    let key = |t: &'static str| {
-        let store = env.store.clone();
-        async move { store.create_api_key(&TenantId::parse(t).unwrap(), "templates").await.unwrap() }
-    };
-    let (acme, globex) = (key("acme").await, key("globex").await);
-    let post = |key: String, body: serde_json::Value| {
-        let addr = addr.clone();
-        async move {
-            let auth = format!("Bearer {key}");
-            let r = http(
-                &addr,
-                "POST",
-                "/api/v1/templates",
-                &[("Authorization", auth.as_str())],
-                body.to_string().as_bytes(),
-            )
-            .await;
-            (r.status, serde_json::from_slice::<serde_json::Value>(&r.body).unwrap_or_default())
-        }
-    };
-    let upload = |html: &str| json!({"campaign_id": "spring", "template_id": "welcome", "subject": "Hi {{ name }}", "html": html});
-
-    let (status, body) = post(acme.clone(), upload("<p>\n{{ name }}\n{% if %}</p>")).await;
-    assert_eq!(
-        (status, body["part"].as_str(), body["line"].as_u64()),
-        (422, Some("html"), Some(3)),
-        "{body}"
-    );
-    api.assert_answer("POST", "/api/v1/templates", 422, &body);
-    for want in [1, 2] {
-        let (status, body) = post(acme.clone(), upload(&format!("<p>v{want} {{{{ name }}}}</p>"))).await;
-        assert_eq!((status, body["version"].as_i64()), (201, Some(want)), "{body}");
-        api.assert_answer("POST", "/api/v1/templates", 201, &body);
+        // Eight uploads at once: versions 4 to 11, one each, one latest.
+        let uploads = (0..8).map(|i| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                store
+                    .register_template("acme", "c", "t", &format!("at once {i}"), None, Some("x"))
+                    .await
+                    .unwrap()
+            })
+        });
+        let mut got: Vec<i64> =
+            futures::future::join_all(uploads).await.into_iter().map(Result::unwrap).collect();
+        got.sort_unstable();
+        assert_eq!(got, (4..=11).collect::<Vec<_>>(), "{b}");
+        let versions = store.template_versions("acme", "c", "t").await.unwrap();
+        assert_eq!(versions.len(), 11, "{b}");
+        let current: Vec<_> = versions.iter().filter(|v| v.superseded_at.is_none()).collect();
+        assert_eq!(current.iter().map(|v| v.version).collect::<Vec<_>>(), [11], "{b}: {versions:?}");
+        let latest = store.template("acme", "c", "t", None).await.unwrap().unwrap();
+        let kept = store.template("acme", "c", "t", Some(11)).await.unwrap().unwrap();
+        assert_eq!((latest.version, &latest.subject), (11, &kept.subject), "{b}");
     }
-    let (status, body) = post(globex.clone(), upload("<p>theirs</p>")).await;
-    assert_eq!((status, body["version"].as_i64()), (201, Some(1)), "another tenant's own: {body}");
-    let (status, body) = post(
-        acme.clone(),
-        json!({"campaign_id": "spring", "template_id": "x", "subject": "s", "html": "h", "css": "no"}),
+
+    // Whoever asks, a kept version does not change: not its content, not
+    // a superseded_at once set (the latest's may be set, once).
+    let refused = [
+        "UPDATE campaign_template_versions SET subject = 'changed' WHERE tenant_id = 'acme' AND version = 1",
+        "UPDATE campaign_template_versions SET version = 99 WHERE tenant_id = 'acme' AND version = 1",
+        "UPDATE campaign_template_versions SET superseded_at = NULL WHERE tenant_id = 'acme' AND version = 1",
+    ];
+    let mut owner = platform_connection(&pg.db).await;
+    let mut lite = sqlx::SqliteConnection::connect(&format!("sqlite:{}", path.display())).await.unwrap();
+    for sql in refused {
+        let e = sqlx::query(sql).execute(&mut owner).await.expect_err(sql).to_string();
+        assert!(e.contains("never changes"), "postgres: {sql}: {e}");
+        let e = sqlx::query(sql).execute(&mut lite).await.expect_err(sql).to_string();
+        assert!(e.contains("never changes"), "sqlite: {sql}: {e}");
+    }
+    let one: String = sqlx::query_scalar(
+        "SELECT subject FROM campaign_template_versions WHERE tenant_id = 'acme' AND version = 1",
     )
-    .await;
-    assert_eq!(status, 400, "{body}");
-    api.assert_answer("POST", "/api/v1/templates", 400, &body);
-
-    for (k, version) in [(&acme, 2), (&globex, 1)] {
-        let (status, body) = api_get(&addr, "/api/v1/templates", k).await;
-        assert_eq!(status, 200);
-        api.assert_answer("GET", "/api/v1/templates", 200, &body);
-        let t = body["templates"].as_array().unwrap();
-        assert_eq!(t.len(), 1, "{body}");
-        assert_eq!(t[0]["version"].as_i64(), Some(version), "{body}");
-    }
-    let kept = env.store.template("acme", "spring", "welcome", None).await.unwrap().unwrap();
-    assert_eq!((kept.version, kept.html.as_deref()), (2, Some("<p>v2 {{ name }}</p>")));
-
-    // Every version is kept and can be read back, the latest by default.
-    let one = "/api/v1/templates/{campaign_id}/{template_id}";
-    for (target, version, html) in [
-        ("/api/v1/templates/spring/welcome", 2, "<p>v2 {{ name }}</p>"),
-        ("/api/v1/templates/spring/welcome?version=1", 1, "<p>v1 {{ name }}</p>"),
-    ] {
-        let (status, body) = api_get(&addr, target, &acme).await;
-        assert_eq!(
-            (status, body["version"].as_i64(), body["html"].as_str()),
-            (200, Some(version), Some(html))
-        );
-        api.assert_answer("GET", one, 200, &body);
-    }
-    let (status, body) = api_get(&addr, "/api/v1/templates/spring/welcome/versions", &acme).await;
-    assert_eq!(status, 200, "{body}");
-    api.assert_answer("GET", "/api/v1/templates/{campaign_id}/{template_id}/versions", 200, &body);
-    let v = body["versions"].as_array().unwrap();
-    assert_eq!(v.iter().map(|v| v["version"].as_i64().unwrap()).collect::<Vec<_>>(), [1, 2], "{body}");
-    assert!(v[0]["superseded_at"].as_i64() >= v[1]["registered_at"].as_i64(), "v1 replaced by v2: {body}");
-    assert!(v[1].get("superseded_at").is_none(), "the latest is current: {body}");
-    // globex has its own spring/welcome at version 1 only: acme's second
-    // version is not there for it, by either path.
-    let (status, body) = api_get(&addr, "/api/v1/templates/spring/welcome?version=2", &globex).await;
-    assert_eq!(status, 404, "{body}");
-    api.assert_answer("GET", one, 404, &body);
-    let (status, body) = api_get(&addr, "/api/v1/templates/spring/welcome", &globex).await;
-    assert_eq!((status, body["html"].as_str()), (200, Some("<p>theirs</p>")), "{body}");
-    let (status, body) = api_get(&addr, "/api/v1/templates/spring/nope/versions", &acme).await;
-    assert_eq!(status, 404, "{body}");
-    for bad in ["/api/v1/templates/spring/welcome?version=0", "/api/v1/templates/spring/welcome?v=1"] {
-        let (status, body) = api_get(&addr, bad, &acme).await;
-        assert_eq!(status, 400, "{bad}: {body}");
-        api.assert_answer("GET", one, 400, &body);
-    }
-    let (status, _) = api_get(&addr, "/api/v1/templates", "mp_nobody").await;
-    assert_eq!(status, 401);
-    server.abort();
+    .fetch_one(&mut owner)
+    .await
+    .unwrap();
+    assert_eq!(one, "one");
+    drop(lite);
+    let _ = std::fs::remove_file(path);
 }
 
 /// A deployment upgrading to 0028 keeps what it had registered as each
