@@ -145,8 +145,12 @@ pub struct Claim {
     /// Attempts made before this one.
     pub attempts: i32,
     pub message_id: Option<String>,
-    /// When the job was first claimed (unix ms): its age bounds its retries.
+    /// When the job was first claimed (unix ms).
     pub created_at_ms: i64,
+    /// When its first SMTP attempt began (unix ms), from which its age
+    /// bounds its retries; `None` before the first attempt (or for a job
+    /// last attempted before migration 0030).
+    pub first_attempt_ms: Option<i64>,
     /// The job is on the retry schedule, which owns it from then on: a
     /// redelivered queue record for it is acknowledged without sending.
     pub scheduled: bool,
@@ -248,11 +252,11 @@ pub(crate) fn rounds<K: Eq + std::hash::Hash>(keys: impl Iterator<Item = K>) -> 
 }
 
 /// A claimed row as read: status, attempts, message id, created at,
-/// scheduled, return tag.
-type ClaimRow = (String, i32, Option<String>, i64, bool, Option<String>);
+/// scheduled, return tag, first attempt at.
+type ClaimRow = (String, i32, Option<String>, i64, bool, Option<String>, Option<i64>);
 
 /// A claimed row with its place in the batch (`ord`) in front.
-type OrdClaimRow = (i32, String, i32, Option<String>, i64, bool, Option<String>);
+type OrdClaimRow = (i32, String, i32, Option<String>, i64, bool, Option<String>, Option<i64>);
 
 impl TryFrom<ClaimRow> for Claim {
     type Error = StoreError;
@@ -264,6 +268,7 @@ impl TryFrom<ClaimRow> for Claim {
             created_at_ms: row.3,
             scheduled: row.4,
             return_tag: row.5,
+            first_attempt_ms: row.6,
         })
     }
 }
@@ -310,11 +315,11 @@ async fn claim_round_pg(
                                      OFFSET 0)
                    ORDER BY ord
                    ON CONFLICT (tenant_id, job_id, part) DO NOTHING
-                   RETURNING tenant_id, job_id, status, attempts, message_id, created_at, payload IS NOT NULL AS scheduled, return_tag)
-               SELECT i.ord, ins.status, ins.attempts, ins.message_id, ins.created_at, ins.scheduled, ins.return_tag
+                   RETURNING tenant_id, job_id, status, attempts, message_id, created_at, payload IS NOT NULL AS scheduled, return_tag, first_attempt_at)
+               SELECT i.ord, ins.status, ins.attempts, ins.message_id, ins.created_at, ins.scheduled, ins.return_tag, ins.first_attempt_at
                FROM ins JOIN i ON i.tenant_id = ins.tenant_id AND i.job_id = ins.job_id
                UNION ALL
-               SELECT i.ord, l.status, l.attempts, l.message_id, l.created_at, l.payload IS NOT NULL, l.return_tag
+               SELECT i.ord, l.status, l.attempts, l.message_id, l.created_at, l.payload IS NOT NULL, l.return_tag, l.first_attempt_at
                FROM i CROSS JOIN LATERAL (SELECT * FROM send_ledger l
                                           WHERE l.tenant_id = i.tenant_id AND l.job_id = i.job_id OFFSET 0) l
                WHERE NOT EXISTS (SELECT 1 FROM ins WHERE ins.tenant_id = i.tenant_id AND ins.job_id = i.job_id)";
@@ -335,12 +340,12 @@ async fn claim_round_pg(
         .fetch_all(&mut *p)
         .await?;
     let mut rows: Vec<Option<ClaimRow>> = vec![None; order.len()];
-    for (ord, status, attempts, mid, created, scheduled, tag) in got {
-        rows[ord as usize] = Some((status, attempts, mid, created, scheduled, tag));
+    for (ord, status, attempts, mid, created, scheduled, tag, first) in got {
+        rows[ord as usize] = Some((status, attempts, mid, created, scheduled, tag, first));
     }
     let missing: Vec<usize> = (0..order.len()).filter(|&k| rows[k].is_none()).collect();
     if !missing.is_empty() {
-        let sql = "SELECT i.ord, l.status, l.attempts, l.message_id, l.created_at, l.payload IS NOT NULL, l.return_tag
+        let sql = "SELECT i.ord, l.status, l.attempts, l.message_id, l.created_at, l.payload IS NOT NULL, l.return_tag, l.first_attempt_at
                    FROM UNNEST($1::int4[], $2::text[], $3::text[]) AS i(ord, tenant_id, job_id)
                    CROSS JOIN LATERAL (SELECT * FROM send_ledger l
                                        WHERE l.tenant_id = i.tenant_id AND l.job_id = i.job_id OFFSET 0) l";
@@ -351,8 +356,8 @@ async fn claim_round_pg(
             .bind(missing.iter().map(|&k| reqs[order[k]].job_id.as_str()).collect::<Vec<_>>())
             .fetch_all(&mut *p)
             .await?;
-        for (ord, status, attempts, mid, created, scheduled, tag) in again {
-            rows[ord as usize] = Some((status, attempts, mid, created, scheduled, tag));
+        for (ord, status, attempts, mid, created, scheduled, tag, first) in again {
+            rows[ord as usize] = Some((status, attempts, mid, created, scheduled, tag, first));
         }
     }
     // Back from key order to the round's order.
@@ -376,7 +381,8 @@ async fn claim_round_lite(
     let insert = "INSERT INTO send_ledger (tenant_id, job_id, campaign_id, category, recipient, recipient_domain, status, attempts, created_at, updated_at, recipient_hash, return_tag)
                   VALUES ($1, $2, $3, $4, CASE WHEN EXISTS (SELECT 1 FROM erasures WHERE recipient_hash = $8 AND scope_tenant IN ('', $1)) THEN 'erased:' || $8 ELSE $5 END, $6, 'pending', 0, $7, $7, $8, $9)
                   ON CONFLICT (tenant_id, job_id) DO NOTHING";
-    let select = "SELECT status, attempts, message_id, created_at, payload IS NOT NULL, return_tag
+    let select =
+        "SELECT status, attempts, message_id, created_at, payload IS NOT NULL, return_tag, first_attempt_at
                   FROM send_ledger WHERE tenant_id = $1 AND job_id = $2";
     let mut rows = Vec::with_capacity(round.len());
     for &i in round {
@@ -412,7 +418,8 @@ async fn mark_round_pg(
     round.sort_by(|&a, &b| {
         (&marks[a].tenant_id, &marks[a].job_id).cmp(&(&marks[b].tenant_id, &marks[b].job_id))
     });
-    let sql = "UPDATE send_ledger l SET status = 'sending', message_id = i.message_id, attempts = l.attempts + 1, updated_at = $1
+    let sql = "UPDATE send_ledger l SET status = 'sending', message_id = i.message_id, attempts = l.attempts + 1, updated_at = $1,
+                   first_attempt_at = COALESCE(l.first_attempt_at, $1)
                FROM UNNEST($2::int4[], $3::text[], $4::text[], $5::text[], $6::text[], $7::int4[])
                     AS i(ord, tenant_id, job_id, message_id, status, attempts)
                WHERE l.tenant_id = i.tenant_id AND l.job_id = i.job_id
@@ -444,7 +451,8 @@ async fn mark_round_lite(
     now: i64,
 ) -> Result<Vec<usize>> {
     let sql =
-        "UPDATE send_ledger SET status = 'sending', message_id = $3, attempts = attempts + 1, updated_at = $4
+        "UPDATE send_ledger SET status = 'sending', message_id = $3, attempts = attempts + 1, updated_at = $4,
+                   first_attempt_at = COALESCE(first_attempt_at, $4)
                WHERE tenant_id = $1 AND job_id = $2 AND status = $5 AND attempts = $6";
     let mut applied = Vec::new();
     for &i in round {
@@ -742,7 +750,11 @@ impl Store {
         event: Option<&Event>,
         expect: Option<&[(LedgerStatus, i32)]>,
     ) -> Result<bool> {
-        let update = "UPDATE send_ledger SET status = 'deferred', attempts = $3, last_reply = COALESCE($4, last_reply), next_attempt_at = $5, payload = $6, updated_at = $7, shard = $8
+        // A deferral after an attempt (a 4xx before DATA never marks the
+        // row `sending`) dates the first attempt, if nothing did; a hold
+        // (no attempt yet) leaves it unset.
+        let update = "UPDATE send_ledger SET status = 'deferred', attempts = $3, last_reply = COALESCE($4, last_reply), next_attempt_at = $5, payload = $6, updated_at = $7, shard = $8,
+                             first_attempt_at = CASE WHEN $3 > 0 THEN COALESCE(first_attempt_at, $7) ELSE first_attempt_at END
                       WHERE tenant_id = $1 AND job_id = $2
                         AND ($9 OR (status = $10 AND attempts = $11) OR (status = $12 AND attempts = $13)
                              -- this deferral, already written: a retry after its commit's answer was lost

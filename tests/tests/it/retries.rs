@@ -187,3 +187,47 @@ async fn a_share_of_recipients_deferred_is_delivered_after_retries_and_the_campa
     assert_eq!(ev.get("sent"), Some(&(N as i64)), "{ev:?}");
     println!("deferrals: {N} jobs, {} deferred once, all delivered once after retries", deferred.len());
 }
+
+/// `worker.max_age_secs` bounds a job's retries from its first attempt, not
+/// from its claim: a job held longer than that before it was first tried
+/// (here by its `send_at`; a warm-up cap or a paused stream alike) is still
+/// retried after a deferral, and then fails on its age like any other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_held_past_max_age_before_its_first_attempt_is_still_retried() {
+    let failing = SmtpSink::start(&["-r", "RCPT"]);
+    let env = TestEnv::setup()
+        .relay(failing.port)
+        .var("MAILPIPE__WORKER__RETRY_BASE_MS", 400)
+        .var("MAILPIPE__WORKER__MAX_ATTEMPTS", 50)
+        .var("MAILPIPE__WORKER__RETRY_POLL_MS", 100)
+        .var("MAILPIPE__WORKER__MAX_AGE_SECS", 3)
+        .start()
+        .await;
+    let at = time::OffsetDateTime::now_utc() + time::Duration::seconds(5);
+    let mut held = job(1, "acme", "c", "a.example");
+    held["send_at"] = at.format(&time::format_description::well_known::Rfc3339).unwrap().into();
+    env.enqueue(&[keyed(&held), keyed(&job(2, "acme", "c", "a.example"))]).await;
+    let worker = env.start_worker();
+    eventually("both jobs failed on their age", Duration::from_secs(60), || async {
+        env.ledger("acme", "c").await.get("failed") == Some(&2)
+    })
+    .await;
+    worker.stop().await;
+    let rows: Vec<(String, i32, i64)> = sqlx::query_as(
+        "SELECT job_id, attempts, first_attempt_at - created_at FROM send_ledger WHERE tenant_id = 'acme' ORDER BY job_id",
+    )
+    .fetch_all(&mut env.pg().await)
+    .await
+    .unwrap();
+    let (held, control) = (&rows[0], &rows[1]);
+    assert!(held.2 >= 4_000, "first tried at its send_at, about 5 s after its claim: {rows:?}");
+    assert!(held.1 >= 2, "retried after its first deferral, not failed at once: {rows:?}");
+    assert!(control.1 >= 2 && control.2 < 4_000, "{rows:?}");
+    assert!(rows.iter().all(|r| r.1 < 50), "failed on their age, not their attempts: {rows:?}");
+    let reasons: Vec<String> =
+        sqlx::query_scalar("SELECT reason FROM events WHERE tenant_id = 'acme' AND type = 'failed'")
+            .fetch_all(&mut env.pg().await)
+            .await
+            .unwrap();
+    assert_eq!(reasons, ["max_age", "max_age"]);
+}

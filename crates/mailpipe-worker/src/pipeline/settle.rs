@@ -73,7 +73,17 @@ impl Pipeline {
         // Deferred (or in doubt under the retry policy): onto the durable
         // retry schedule, unless the job is out of attempts or too old.
         let delay = self.cfg.retry_backoff().jittered(attempt.number);
-        let age = Duration::from_millis((now_ms() - claim.created_at_ms).max(0) as u64);
+        // Its age from its first attempt: a job held before that (by its
+        // send_at, a warm-up cap, a paused stream, a rate limit) waited on
+        // us, not on the receiver. This attempt is the first when the claim
+        // read none; a job attempted before migration 0030 keeps its claim.
+        let now = now_ms();
+        let since = match (claim.first_attempt_ms, claim.attempts) {
+            (Some(first), _) => first,
+            (None, 0) => now,
+            (None, _) => claim.created_at_ms,
+        };
+        let age = Duration::from_millis((now - since).max(0) as u64);
         if attempt.number >= self.cfg.max_attempts || age + delay > self.cfg.max_age {
             let mut e = ev(EventType::Failed, "");
             let why = if attempt.number >= self.cfg.max_attempts { "max_attempts" } else { "max_age" };
