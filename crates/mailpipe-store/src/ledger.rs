@@ -147,7 +147,8 @@ pub struct Claim {
     pub message_id: Option<String>,
     /// When the job was first claimed (unix ms).
     pub created_at_ms: i64,
-    /// When its first SMTP attempt began (unix ms), from which its age
+    /// When its first SMTP attempt was recorded (unix ms: its commit-point
+    /// mark, or its deferral if refused before DATA), from which its age
     /// bounds its retries; `None` before the first attempt (or for a job
     /// last attempted before migration 0030).
     pub first_attempt_ms: Option<i64>,
@@ -419,7 +420,7 @@ async fn mark_round_pg(
         (&marks[a].tenant_id, &marks[a].job_id).cmp(&(&marks[b].tenant_id, &marks[b].job_id))
     });
     let sql = "UPDATE send_ledger l SET status = 'sending', message_id = i.message_id, attempts = l.attempts + 1, updated_at = $1,
-                   first_attempt_at = COALESCE(l.first_attempt_at, $1)
+                   first_attempt_at = COALESCE(l.first_attempt_at, CASE WHEN l.attempts > 0 THEN l.created_at ELSE $1 END)
                FROM UNNEST($2::int4[], $3::text[], $4::text[], $5::text[], $6::text[], $7::int4[])
                     AS i(ord, tenant_id, job_id, message_id, status, attempts)
                WHERE l.tenant_id = i.tenant_id AND l.job_id = i.job_id
@@ -452,7 +453,7 @@ async fn mark_round_lite(
 ) -> Result<Vec<usize>> {
     let sql =
         "UPDATE send_ledger SET status = 'sending', message_id = $3, attempts = attempts + 1, updated_at = $4,
-                   first_attempt_at = COALESCE(first_attempt_at, $4)
+                   first_attempt_at = COALESCE(first_attempt_at, CASE WHEN attempts > 0 THEN created_at ELSE $4 END)
                WHERE tenant_id = $1 AND job_id = $2 AND status = $5 AND attempts = $6";
     let mut applied = Vec::new();
     for &i in round {
@@ -752,9 +753,12 @@ impl Store {
     ) -> Result<bool> {
         // A deferral after an attempt (a 4xx before DATA never marks the
         // row `sending`) dates the first attempt, if nothing did; a hold
-        // (no attempt yet) leaves it unset.
+        // (no attempt yet) leaves it unset. A row attempted before
+        // migration 0030 takes its claim's time, as settle judged it.
         let update = "UPDATE send_ledger SET status = 'deferred', attempts = $3, last_reply = COALESCE($4, last_reply), next_attempt_at = $5, payload = $6, updated_at = $7, shard = $8,
-                             first_attempt_at = CASE WHEN $3 > 0 THEN COALESCE(first_attempt_at, $7) ELSE first_attempt_at END
+                             first_attempt_at = CASE WHEN $3 > 0
+                                 THEN COALESCE(first_attempt_at, CASE WHEN attempts > 0 THEN created_at ELSE $7 END)
+                                 ELSE first_attempt_at END
                       WHERE tenant_id = $1 AND job_id = $2
                         AND ($9 OR (status = $10 AND attempts = $11) OR (status = $12 AND attempts = $13)
                              -- this deferral, already written: a retry after its commit's answer was lost
