@@ -44,7 +44,7 @@ pub use kafka::{
 pub use postfix::PostfixRelay;
 pub use postgres::{
     SqliteStore, TestDatabase, TestStore, database_url, fresh_database, fresh_sqlite_store, fresh_store,
-    platform_connection, service_url,
+    migrate_postgres_before, platform_connection, service_url,
 };
 pub use process::{ServiceProcess, loopback_port, mailpipe_binary, restart_service};
 pub use single::SingleNode;

@@ -64,6 +64,33 @@ impl TestDatabase {
     }
 }
 
+/// Migrates `url`'s database, as the owner, with the PostgreSQL migrations
+/// numbered before `before` only (e.g. "0028"): a deployment of an earlier
+/// release, for upgrade tests.
+pub async fn migrate_postgres_before(url: &str, before: &str) {
+    let src =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../crates/mailpipe-store/migrations/postgres");
+    let dir = std::env::temp_dir().join(unique(&format!("migrations-before-{before}")));
+    std::fs::create_dir_all(&dir).expect("a directory for the earlier migrations");
+    for f in std::fs::read_dir(&src).expect("the PostgreSQL migrations") {
+        let f = f.expect("a migration").path();
+        let name = f.file_name().unwrap_or_default().to_string_lossy().into_owned();
+        if name.as_str() < before {
+            std::fs::copy(&f, dir.join(&name)).expect("copy a migration");
+        }
+    }
+    let mut owner = sqlx::PgConnection::connect(url)
+        .await
+        .unwrap_or_else(|e| panic!("connect to {url}: {e}\n{START_HINT}"));
+    let run = sqlx::migrate::Migrator::new(dir.as_path())
+        .await
+        .expect("the earlier migrations")
+        .run(&mut owner)
+        .await;
+    let _ = std::fs::remove_dir_all(&dir);
+    run.unwrap_or_else(|e| panic!("migrations before {before}: {e}"));
+}
+
 /// A fresh, empty PostgreSQL database.
 pub async fn fresh_database() -> TestDatabase {
     let shared = services::shared().await;

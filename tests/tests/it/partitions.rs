@@ -221,23 +221,10 @@ async fn a_record_dead_lettered_twice_at_once_is_kept_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upgraded_database_keeps_its_rows_in_the_old_table() {
     let db = fresh_database().await;
-    let dir = std::env::temp_dir().join(unique("migrations-0020"));
-    std::fs::create_dir_all(&dir).unwrap();
     let src =
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../crates/mailpipe-store/migrations/postgres");
-    for f in std::fs::read_dir(&src).unwrap() {
-        let f = f.unwrap().path();
-        let name = f.file_name().unwrap().to_string_lossy().into_owned();
-        if name.as_str() < "0021" {
-            std::fs::copy(&f, dir.join(&name)).unwrap();
-        }
-    }
+    migrate_postgres_before(&db.url, "0021").await;
     let now = mailpipe_core::now_ms();
-    {
-        let mut owner = sqlx::PgConnection::connect(&db.url).await.unwrap();
-        sqlx::migrate::Migrator::new(dir.as_path()).await.unwrap().run(&mut owner).await.unwrap();
-        let _ = std::fs::remove_dir_all(&dir);
-    }
     let store = Store::connect(&db.url, 2).await.unwrap();
     let events: Vec<Event> =
         (0..60).map(|d| ev(EventType::Sent, &format!("j{d}"), "", now - d * DAY - 1000)).collect();

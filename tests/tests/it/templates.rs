@@ -440,18 +440,8 @@ async fn an_upgraded_database_keeps_its_templates_as_versions() {
     let db = fresh_database().await;
     let src =
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../crates/mailpipe-store/migrations/postgres");
-    let before = std::env::temp_dir().join(unique("migrations-0027"));
-    std::fs::create_dir_all(&before).unwrap();
-    for f in std::fs::read_dir(&src).unwrap() {
-        let f = f.unwrap().path();
-        let name = f.file_name().unwrap().to_string_lossy().into_owned();
-        if name.as_str() < "0028" {
-            std::fs::copy(&f, before.join(&name)).unwrap();
-        }
-    }
+    migrate_postgres_before(&db.url, "0028").await;
     let mut owner = sqlx::PgConnection::connect(&db.url).await.unwrap();
-    sqlx::migrate::Migrator::new(before.as_path()).await.unwrap().run(&mut owner).await.unwrap();
-    let _ = std::fs::remove_dir_all(&before);
     sqlx::query(
         "INSERT INTO campaign_templates (tenant_id, campaign_id, template_id, subject, html, text, version, created_at)
          VALUES ('acme', 'c', 't', 'Third', NULL, 'x', 3, 1000), ('globex', 'c', 't', 'First', '<p>x</p>', NULL, 1, 2000)",
