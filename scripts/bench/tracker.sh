@@ -12,6 +12,7 @@
 #                                         # waits between requests so that
 #                                         # the total is about RATE/s; prints
 #                                         # the spool's size through the run
+#   MAILPIPE_BIN=/tmp/mailpipe-old scripts/bench/tracker.sh  # another build
 #   SYNC_MS=0 scripts/bench/tracker.sh    # tracker.spool_sync_ms (default:
 #                                         # config/default.toml; 0 = fdatasync
 #                                         # before answering)
@@ -29,8 +30,10 @@ eval "$(scripts/services.sh env)"
 # Counts as the platform sees them: row-level security shows a session that
 # does not say whose rows it reads none (docs/security.md, "The database").
 platform_psql() { PGOPTIONS="-c mailpipe.scope=platform" psql -tA "$1" -c "$2"; }
-cargo build --release -p mailpipe -q
-BIN=$CARGO_TARGET_DIR/release/mailpipe
+# MAILPIPE_BIN: another build of the tracker, for an A/B of two builds
+# run alternately (nginx is measured either way).
+if [ -z "${MAILPIPE_BIN:-}" ]; then cargo build --release -p mailpipe -q; fi
+BIN=${MAILPIPE_BIN:-$CARGO_TARGET_DIR/release/mailpipe}
 
 work=$(mktemp -d /var/tmp/mailpipe-bench.XXXX)
 db="bench_$(date +%s)"

@@ -7,7 +7,9 @@
 //! Each batch is one record, `[len: u32 LE][crc32: u32 LE][len bytes of
 //! JSON lines]`, written at the segment's end and made durable with one
 //! `fdatasync`: no file is created, renamed or deleted per batch, so the
-//! request path pays for one data sync and nothing else. A crash can leave
+//! request path pays for one data sync and nothing else. With
+//! `sync_every`, batches are only written, and a timer syncs the tail
+//! (and any segment closed since) without holding the writer's lock. A crash can leave
 //! only a torn last record, which fails its length or CRC check and is cut
 //! off at the next open; its requests were never answered.
 //!
@@ -28,8 +30,8 @@ use std::fs::{File, OpenOptions};
 use std::io::{ErrorKind, Read};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use mailpipe_core::{EncodedEvent, Event};
@@ -93,7 +95,8 @@ pub struct Position {
 /// The segment being written.
 struct Tail {
     seq: u64,
-    file: File,
+    /// Shared with [`Spool::sync`], which syncs it without holding the lock.
+    file: Arc<File>,
     /// Where the next record goes; everything before it is written (and
     /// synced, unless the spool syncs on a timer).
     end: u64,
@@ -108,6 +111,10 @@ pub struct Spool {
     sync_every: Option<Duration>,
     /// Written since the last sync (with `sync_every` only).
     unsynced: AtomicBool,
+    /// Segments closed since the last sync, with `sync_every`: the next
+    /// [`Spool::sync`] syncs them and the directory, so that a roll does
+    /// not stall the writer (or a request) for three syncs.
+    rolled: Mutex<Vec<Arc<File>>>,
     /// Bytes in all segments, shipped or not.
     bytes: AtomicU64,
     tail: Mutex<Tail>,
@@ -255,14 +262,14 @@ impl Spool {
                     file.set_len(end)?;
                     file.sync_all()?;
                 }
-                Tail { seq, file, end, opened: Instant::now() }
+                Tail { seq, file: Arc::new(file), end, opened: Instant::now() }
             }
             None => {
                 let seq = start.seq;
                 let file =
                     OpenOptions::new().read(true).write(true).create_new(true).open(seg_path(dir, seq))?;
                 sync_dir(dir)?;
-                Tail { seq, file, end: 0, opened: Instant::now() }
+                Tail { seq, file: Arc::new(file), end: 0, opened: Instant::now() }
             }
         };
         let mut bytes = 0;
@@ -282,6 +289,7 @@ impl Spool {
             idle_roll,
             sync_every,
             unsynced: AtomicBool::new(false),
+            rolled: Mutex::new(Vec::new()),
             bytes: AtomicU64::new(bytes),
             tail: Mutex::new(tail),
             durable: Mutex::new(durable),
@@ -351,10 +359,26 @@ impl Spool {
 
     /// Makes every written batch durable (with `sync_every`; a no-op
     /// otherwise, or when nothing was written since). Blocking.
+    ///
+    /// The tail's lock is held only to find the file: appends go on while
+    /// the disk syncs. A record written meanwhile sets the flag again, so
+    /// the next sync covers it if this one did not.
     pub fn sync(&self) -> std::io::Result<()> {
         if self.unsynced.swap(false, Ordering::Relaxed) {
-            let tail = self.tail.lock().unwrap_or_else(|p| p.into_inner());
-            if let Err(e) = tail.file.sync_data() {
+            let rolled = std::mem::take(&mut *self.rolled.lock().unwrap_or_else(|p| p.into_inner()));
+            let file = self.tail.lock().unwrap_or_else(|p| p.into_inner()).file.clone();
+            let synced = (|| {
+                for f in &rolled {
+                    f.sync_all()?;
+                }
+                if !rolled.is_empty() {
+                    // The segments created by those rolls.
+                    sync_dir(&self.dir)?;
+                }
+                file.sync_data()
+            })();
+            if let Err(e) = synced {
+                self.rolled.lock().unwrap_or_else(|p| p.into_inner()).extend(rolled);
                 self.unsynced.store(true, Ordering::Relaxed);
                 return Err(e);
             }
@@ -367,12 +391,20 @@ impl Spool {
         // A failed write may have left bytes past the end; they must not
         // be read as the start of a record.
         tail.file.set_len(tail.end)?;
-        tail.file.sync_all()?;
+        if self.sync_every.is_none() {
+            tail.file.sync_all()?;
+        }
         let seq = tail.seq + 1;
         let file =
             OpenOptions::new().read(true).write(true).create_new(true).open(seg_path(&self.dir, seq))?;
-        sync_dir(&self.dir)?;
-        *tail = Tail { seq, file, end: 0, opened: Instant::now() };
+        if self.sync_every.is_some() {
+            // Synced on the timer with the rest (see `rolled`).
+            self.rolled.lock().unwrap_or_else(|p| p.into_inner()).push(tail.file.clone());
+            self.unsynced.store(true, Ordering::Relaxed);
+        } else {
+            sync_dir(&self.dir)?;
+        }
+        *tail = Tail { seq, file: Arc::new(file), end: 0, opened: Instant::now() };
         *self.durable.lock().unwrap_or_else(|p| p.into_inner()) = Position { seq, offset: 0 };
         Ok(())
     }
@@ -663,6 +695,27 @@ mod tests {
         assert!(!s.pending_sync(), "the default syncs each batch as it is written");
         let mut r = s.reader();
         assert_eq!(ids(&s.read(&mut r, 100).unwrap()), want(1..=2));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn with_sync_every_a_rolled_segment_is_synced_by_the_next_sync() {
+        let dir = fresh("interval-roll");
+        let options =
+            SpoolOptions { segment_bytes: 1, ..SpoolOptions::new(1 << 30, Some(Duration::from_millis(100))) };
+        let s = Spool::open_with(&dir, options.clone()).unwrap();
+        for i in 1..=3 {
+            s.append(&[ev(i)]).unwrap();
+        }
+        assert_eq!(seg_count(&dir), 3, "each record past the first rolled a segment");
+        assert_eq!(s.rolled.lock().unwrap().len(), 2, "the closed segments wait for the timer");
+        s.sync().unwrap();
+        assert!(s.rolled.lock().unwrap().is_empty());
+        assert!(!s.pending_sync());
+        drop(s);
+        let s = Spool::open_with(&dir, options).unwrap();
+        let mut r = s.reader();
+        assert_eq!(ids(&s.read(&mut r, 100).unwrap()), want(1..=3));
         let _ = std::fs::remove_dir_all(&dir);
     }
 
