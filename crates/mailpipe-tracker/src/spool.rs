@@ -9,9 +9,12 @@
 //! `fdatasync`: no file is created, renamed or deleted per batch, so the
 //! request path pays for one data sync and nothing else. With
 //! `sync_every`, batches are only written, and a timer syncs the tail
-//! (and any segment closed since) without holding the writer's lock. A crash can leave
-//! only a torn last record, which fails its length or CRC check and is cut
-//! off at the next open; its requests were never answered.
+//! (and any segment closed since) without holding the writer's lock. A
+//! process crash can leave only a torn last record, which fails its length
+//! or CRC check and is cut off at the next open; its requests were never
+//! answered. With `sync_every`, a power loss can also tear or lose
+//! segments closed since the last sync: reading skips bad records and
+//! missing segments.
 //!
 //! A segment is closed when it reaches `segment_bytes`, or when everything
 //! in it has been shipped and it is older than [`IDLE_ROLL`], so shipped
@@ -115,6 +118,9 @@ pub struct Spool {
     /// [`Spool::sync`] syncs them and the directory, so that a roll does
     /// not stall the writer (or a request) for three syncs.
     rolled: Mutex<Vec<Arc<File>>>,
+    /// Held through each [`Spool::sync`]: a sync that returns has waited
+    /// for one already running (an unsubscribe's and the timer's).
+    syncing: Mutex<()>,
     /// Bytes in all segments, shipped or not.
     bytes: AtomicU64,
     tail: Mutex<Tail>,
@@ -250,7 +256,8 @@ impl Spool {
         }
         segs.retain(|&s| s >= start.seq);
 
-        // Only the last segment can end in a torn record.
+        // Only the last segment can end in a torn record after a process
+        // crash (after a power loss, see `read` for the others).
         let tail = match segs.last() {
             Some(&seq) => {
                 let path = seg_path(dir, seq);
@@ -290,6 +297,7 @@ impl Spool {
             sync_every,
             unsynced: AtomicBool::new(false),
             rolled: Mutex::new(Vec::new()),
+            syncing: Mutex::new(()),
             bytes: AtomicU64::new(bytes),
             tail: Mutex::new(tail),
             durable: Mutex::new(durable),
@@ -364,9 +372,14 @@ impl Spool {
     /// the disk syncs. A record written meanwhile sets the flag again, so
     /// the next sync covers it if this one did not.
     pub fn sync(&self) -> std::io::Result<()> {
+        let _one_at_a_time = self.syncing.lock().unwrap_or_else(|p| p.into_inner());
         if self.unsynced.swap(false, Ordering::Relaxed) {
-            let rolled = std::mem::take(&mut *self.rolled.lock().unwrap_or_else(|p| p.into_inner()));
-            let file = self.tail.lock().unwrap_or_else(|p| p.into_inner()).file.clone();
+            // Under the tail's lock, so that no roll falls between the two.
+            let (rolled, file) = {
+                let tail = self.tail.lock().unwrap_or_else(|p| p.into_inner());
+                let rolled = std::mem::take(&mut *self.rolled.lock().unwrap_or_else(|p| p.into_inner()));
+                (rolled, tail.file.clone())
+            };
             let synced = (|| {
                 for f in &rolled {
                     f.sync_all()?;
@@ -428,7 +441,19 @@ impl Spool {
         let mut events = Vec::new();
         while pos < durable && events.len() < max_events {
             if r.file.as_ref().map(|(s, _)| *s) != Some(pos.seq) {
-                r.file = Some((pos.seq, File::open(seg_path(&self.dir, pos.seq))?));
+                match File::open(seg_path(&self.dir, pos.seq)) {
+                    Ok(f) => r.file = Some((pos.seq, f)),
+                    // A segment closed but not yet synced when the power
+                    // went (timed sync only): its events are lost, not the
+                    // ones after it.
+                    Err(e) if e.kind() == ErrorKind::NotFound && pos.seq < durable.seq => {
+                        warn!(segment = pos.seq, "a spool segment is missing; skipping it");
+                        metrics::counter!("mailpipe_tracker_spool_bad_lines_total").increment(1);
+                        pos = Position { seq: pos.seq + 1, offset: 0 };
+                        continue;
+                    }
+                    Err(e) => return Err(e),
+                }
             }
             let Some((_, file)) = &r.file else { unreachable!() };
             let end = if pos.seq == durable.seq { durable.offset } else { file.metadata()?.len() };
@@ -713,9 +738,27 @@ mod tests {
         assert!(s.rolled.lock().unwrap().is_empty());
         assert!(!s.pending_sync());
         drop(s);
-        let s = Spool::open_with(&dir, options).unwrap();
+        let s = Spool::open_with(&dir, options.clone()).unwrap();
         let mut r = s.reader();
         assert_eq!(ids(&s.read(&mut r, 100).unwrap()), want(1..=3));
+        drop(s);
+        // A segment lost to a power loss before its sync: the events after
+        // it are still shipped.
+        let first = std::fs::read_dir(&dir)
+            .unwrap()
+            .filter_map(|e| {
+                e.unwrap().file_name().to_string_lossy().strip_suffix(".seg")?.parse::<u64>().ok()
+            })
+            .min()
+            .unwrap();
+        std::fs::remove_file(seg_path(&dir, first + 1)).unwrap();
+        let s = Spool::open_with(&dir, options).unwrap();
+        let mut r = s.reader();
+        let mut got = ids(&s.read(&mut r, 100).unwrap());
+        got.sort();
+        let mut expected = [want(1..=1), want(3..=3)].concat();
+        expected.sort();
+        assert_eq!(got, expected);
         let _ = std::fs::remove_dir_all(&dir);
     }
 
