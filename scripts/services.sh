@@ -66,6 +66,7 @@ install_all() {
   # rdkafka's "ssl" feature: librdkafka's TLS and SCRAM link the system OpenSSL.
   need_root_or_have /usr/include/openssl/ssl.h libssl-dev
   need_root_or_have curl curl
+  need_root_or_have ss iproute2
   # Tests beyond the services: the STARTTLS test relay and its certificates,
   # the browser test (headless Chromium driven from Node), and the load
   # harness (wrk against the tracker and nginx).
@@ -211,7 +212,14 @@ kafka_java() {
     -Dlog4j2.configurationFile="$kafka_dir/log4j2.xml" -cp "$(kafka_classpath)" "$@"
 }
 
-port_open() { (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null; }
+# Whether something listens on the port. Asks the kernel (ss) instead of
+# connecting: every port here is inside Linux's ephemeral range
+# (32768-60999), and a connect to a port nobody listens on yet can pick that
+# same port as its own source and connect to itself (TCP simultaneous open).
+# The poll then "succeeds" and the stray socket holds the port, so the
+# service starting behind it fails with "Address already in use" (seen here:
+# Kafka could not bind :59092 and every topic creation timed out).
+port_open() { ss -Hltn "sport = :$2" 2>/dev/null | grep -qF -e " $1:$2 " -e "[::ffff:$1]:$2 "; }
 
 wait_port() { # host port seconds
   local i
@@ -300,6 +308,8 @@ PROPS
   for t in mailpipe.send.v1 mailpipe.events.v1 mailpipe.send.dlq.v1; do
     ok=
     for _ in 1 2 3 4 5 6 7 8 9 10; do
+      kill -0 "$(cat "$kafka_pid_file")" 2>/dev/null \
+        || { tail -30 "$kafka_dir/server.log" >&2; die "Kafka exited while starting (its log is above)"; }
       if kafka_java org.apache.kafka.tools.TopicCommand --bootstrap-server "127.0.0.1:$KAFKA_PORT" \
           --create --if-not-exists --topic "$t" --partitions "$KAFKA_PARTITIONS" --replication-factor 1 \
           >>"$kafka_dir/topics.log" 2>&1; then ok=1; break; fi

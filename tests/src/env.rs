@@ -283,7 +283,7 @@ impl TestEnv {
     pub async fn start_inbound(&self, cfg: Config, addr: std::net::SocketAddr) -> Running {
         let running = Running::spawn(move |stop| async move { app::run_inbound(&cfg, stop, None).await });
         let deadline = std::time::Instant::now() + Duration::from_secs(20);
-        while tokio::net::TcpStream::connect(addr).await.is_err() {
+        while !crate::process::listens(addr).await {
             if running.task.is_finished() {
                 let e = running.task.await.expect("inbound task").expect_err("stopped before listening");
                 panic!("inbound did not start: {e:#}");
@@ -322,7 +322,7 @@ impl TestEnv {
         let addr = self.tracker_addr();
         let running = Running::spawn(move |stop| async move { app::run_tracker(&cfg, stop, None).await });
         let deadline = std::time::Instant::now() + Duration::from_secs(20);
-        while tokio::net::TcpStream::connect(&addr).await.is_err() {
+        while !crate::process::listens(&addr).await {
             if running.task.is_finished() {
                 panic!("the tracker stopped before it listened: {:?}", running.task.await);
             }

@@ -130,7 +130,7 @@ begin transports
     fn wait_for_greeting(&self, timeout: Duration) {
         let deadline = Instant::now() + timeout;
         loop {
-            if let Ok(stream) = std::net::TcpStream::connect(("127.0.0.1", self.port)) {
+            if let Some(stream) = crate::process::connect_listener(self.port) {
                 let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
                 let mut line = String::new();
                 if BufReader::new(&stream).read_line(&mut line).is_ok() && line.starts_with("220") {

@@ -46,7 +46,7 @@ pub use postgres::{
     SqliteStore, TestDatabase, TestStore, database_url, fresh_database, fresh_sqlite_store, fresh_store,
     migrate_postgres_before, platform_connection, service_url,
 };
-pub use process::{ServiceProcess, loopback_port, mailpipe_binary, restart_service};
+pub use process::{ServiceProcess, listens, loopback_port, mailpipe_binary, restart_service};
 pub use single::SingleNode;
 pub use smtp::{Relayed, SmtpSink, TestRelay, test_certificates};
 

@@ -115,10 +115,34 @@ pub fn loopback_port() -> u16 {
     free_port()
 }
 
+/// Whether something listens on `addr`. A test's ports come from the
+/// kernel's ephemeral range, and a connect to such a port that nobody
+/// listens on yet can pick the same port as its own source and connect to
+/// itself (TCP simultaneous open): that is not a listener, and the socket
+/// would keep the port from the service about to bind it, so it is dropped
+/// at once and counts as "not yet".
+pub async fn listens(addr: impl tokio::net::ToSocketAddrs) -> bool {
+    match tokio::net::TcpStream::connect(addr).await {
+        Ok(s) => !is_self_connect(s.local_addr().ok(), s.peer_addr().ok()),
+        Err(_) => false,
+    }
+}
+
+fn is_self_connect(local: Option<std::net::SocketAddr>, peer: Option<std::net::SocketAddr>) -> bool {
+    local.is_none() || local == peer
+}
+
+/// A connection to a listener on loopback `port`, never one to itself (see
+/// [`listens`]).
+pub(crate) fn connect_listener(port: u16) -> Option<std::net::TcpStream> {
+    let s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    (!is_self_connect(s.local_addr().ok(), s.peer_addr().ok())).then_some(s)
+}
+
 /// Blocks until something listens on loopback `port`, or fails naming `what`.
 pub(crate) fn wait_for_port(port: u16, timeout: Duration, what: &str) {
     let deadline = Instant::now() + timeout;
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+    while connect_listener(port).is_none() {
         assert!(Instant::now() < deadline, "{what} did not listen on {port}");
         std::thread::sleep(Duration::from_millis(20));
     }

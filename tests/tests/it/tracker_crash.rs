@@ -27,10 +27,7 @@ async fn answered_events_survive_kill_9_of_the_tracker_and_ship_at_the_next_star
         ("MAILPIPE__TRACKER__SHIP_MAX_DELAY_SECS", "600"),
     ]);
     let addr = env.tracker_addr();
-    eventually("the tracker listens", Duration::from_secs(30), || async {
-        tokio::net::TcpStream::connect(&addr).await.is_ok()
-    })
-    .await;
+    eventually("the tracker listens", Duration::from_secs(30), || async { listens(&addr).await }).await;
 
     // Eight clients each open their own jobs' pixels, one job per request,
     // so that every answered request names the one event it must leave.

@@ -19,10 +19,7 @@ async fn no_event_is_lost_when_postgres_then_kafka_restart_under_traffic() {
     let ring = mailpipe::app::keys(&env.config()).unwrap().ring;
     let mut tracker = env.tracker_process();
     let addr = env.tracker_addr();
-    eventually("the tracker listens", Duration::from_secs(20), || async {
-        tokio::net::TcpStream::connect(&addr).await.is_ok()
-    })
-    .await;
+    eventually("the tracker listens", Duration::from_secs(20), || async { listens(&addr).await }).await;
     let token = ring
         .sign(&Claims {
             tenant_id: TenantId::parse("acme").unwrap(),
