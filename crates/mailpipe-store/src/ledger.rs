@@ -18,10 +18,9 @@ enum Conn<'c> {
 }
 
 /// Runs `$body` once per round of a batch, with `$c` a [`Conn`] and
-/// `$round` the round's indexes, and collects what each gives. On
-/// PostgreSQL a lone round is one statement on a pooled connection (its own
-/// commit), and several rounds share one transaction, so that a failure
-/// applies none of them; on SQLite the rounds are always one transaction.
+/// `$round` the round's indexes, and collects what each gives. The rounds
+/// share one transaction, so that a failure applies none of them. On
+/// PostgreSQL it begins with [`PLANNED_ONCE`] in the same round trip.
 /// With `holding_the_month`, PostgreSQL's rounds always run in a
 /// transaction that first takes [`hold_the_month`].
 macro_rules! in_rounds {
@@ -35,15 +34,8 @@ macro_rules! in_rounds {
         debug_assert!($self.tenant.is_none(), "the ledger is the platform's");
         let mut results = Vec::with_capacity($rounds.len());
         match &$self.pool {
-            Pool::Postgres(p) if $rounds.len() <= 1 && !$hold => {
-                let mut conn = p.acquire().await?;
-                for $round in $rounds.iter() {
-                    let $c = Conn::Pg(&mut *conn);
-                    results.push($body?);
-                }
-            }
             Pool::Postgres(p) => {
-                let mut tx = p.begin().await?;
+                let mut tx = p.begin_with(PLANNED_ONCE).await?;
                 if $hold {
                     hold_the_month(&mut tx).await?;
                 }
@@ -65,6 +57,26 @@ macro_rules! in_rounds {
         results
     }};
 }
+
+/// How a batch's transaction begins on PostgreSQL, in one round trip.
+///
+/// The batch statements (claims, commit-point marks, outcomes) are prepared
+/// once per connection and run with one generic plan, instead of being
+/// parsed and planned for every batch: planning them over the ledger's
+/// monthly partitions cost PostgreSQL more CPU than running them (measured
+/// with pg_stat_statements, docs/benchmarks.md, session 33).
+///
+/// A plan kept that long must not depend on the statistics of the moment.
+/// Planned while a partition is empty or has never been analysed, these
+/// joins pick a hash join over a sequential scan of every partition, and a
+/// cached plan would keep scanning as the month grows. With sequential
+/// scans disabled the one plan left is the one wanted at any size: a nested
+/// loop over the batch with a primary-key lookup in each partition. Both
+/// settings are `LOCAL`: they end with the transaction, and nothing else
+/// run on the pooled connection sees them. A plan is still made again when
+/// a partition is added or dropped, or statistics change.
+const PLANNED_ONCE: &str =
+    "BEGIN; SET LOCAL plan_cache_mode = force_generic_plan; SET LOCAL enable_seqscan = off";
 
 /// Holds, to the end of the transaction, the ledger's month where it is:
 /// an advisory lock taken shared here and exclusive by
@@ -325,9 +337,6 @@ async fn claim_round_pg(
                                           WHERE l.tenant_id = i.tenant_id AND l.job_id = i.job_id OFFSET 0) l
                WHERE NOT EXISTS (SELECT 1 FROM ins WHERE ins.tenant_id = i.tenant_id AND ins.job_id = i.job_id)";
     let got: Vec<OrdClaimRow> = sqlx::query_as(sql)
-        // Planned for each batch, like the mark's: a plan cached while the
-        // month was empty would go on scanning it for each lookup.
-        .persistent(false)
         .bind((0..order.len() as i32).collect::<Vec<_>>())
         .bind(pick(|r| &r.tenant_id))
         .bind(pick(|r| &r.job_id))
@@ -351,7 +360,6 @@ async fn claim_round_pg(
                    CROSS JOIN LATERAL (SELECT * FROM send_ledger l
                                        WHERE l.tenant_id = i.tenant_id AND l.job_id = i.job_id OFFSET 0) l";
         let again: Vec<OrdClaimRow> = sqlx::query_as(sql)
-            .persistent(false)
             .bind(missing.iter().map(|&k| k as i32).collect::<Vec<_>>())
             .bind(missing.iter().map(|&k| reqs[order[k]].tenant_id.as_str()).collect::<Vec<_>>())
             .bind(missing.iter().map(|&k| reqs[order[k]].job_id.as_str()).collect::<Vec<_>>())
@@ -428,10 +436,6 @@ async fn mark_round_pg(
                RETURNING i.ord";
     let pick = |f: fn(&SendingMark) -> &str| round.iter().map(|&i| f(&marks[i])).collect::<Vec<_>>();
     let applied: Vec<i32> = sqlx::query_scalar(sql)
-        // Planned for each batch: a plan cached while the ledger was small
-        // joins it by a scan, and keeps doing so as it grows (measured: the
-        // mark twice as slow). The claim's likewise (claim_round_pg).
-        .persistent(false)
         .bind(now)
         .bind((0..round.len() as i32).collect::<Vec<_>>())
         .bind(pick(|m| &m.tenant_id))
@@ -508,9 +512,6 @@ async fn finish_round_pg(
     let n = round.len();
     let col = |f: &dyn Fn(&OutcomeRecord) -> Option<&str>| (0..n).map(|i| f(o(i))).collect::<Vec<_>>();
     let applied: Vec<i32> = sqlx::query_scalar(sql)
-        // Planned for each batch, like the mark's: a plan cached while the
-        // ledger was small would go on joining it by a scan.
-        .persistent(false)
         .bind((0..n as i32).collect::<Vec<_>>())
         .bind(col(&|r| Some(&r.tenant_id)))
         .bind(col(&|r| Some(&r.job_id)))

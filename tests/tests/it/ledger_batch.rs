@@ -298,3 +298,51 @@ async fn postgres_a_deferral_never_undoes_another_attempts_send() {
 async fn sqlite_a_deferral_never_undoes_another_attempts_send() {
     fenced_deferral(&fresh_sqlite_store().await.store).await;
 }
+
+/// The batch statements keep one plan per connection, so that plan must
+/// be the primary-key lookup whatever the statistics said when it was
+/// made. Planned on a ledger analysed while empty, these joins pick a
+/// sequential scan of every partition, and a plan kept would go on
+/// scanning as the month fills. Here no batch may scan a partition.
+#[tokio::test]
+async fn batches_look_jobs_up_by_key_even_when_planned_on_an_empty_ledger() {
+    let pg = fresh_store().await;
+    let mut c = platform_connection(&pg.db).await;
+    sqlx::query("ANALYZE send_ledger").execute(&mut c).await.unwrap();
+    let scans = "SELECT COALESCE(SUM(seq_scan), 0)::bigint, COALESCE(SUM(idx_scan), 0)::bigint
+                 FROM pg_stat_user_tables
+                 WHERE relid IN (SELECT inhrelid FROM pg_inherits WHERE inhparent = 'send_ledger'::regclass)";
+    let (seq0, idx0): (i64, i64) = sqlx::query_as(scans).fetch_one(&mut c).await.unwrap();
+
+    // Rounds of each batch over the store's pooled connections: the first
+    // make the plans, the later ones run them.
+    for round in 0..4 {
+        let jobs: Vec<SendJob> = (round * 20 + 1..=round * 20 + 20).map(send_job).collect();
+        let claims = pg.store.claim_jobs(&jobs.iter().map(claim_req).collect::<Vec<_>>()).await.unwrap();
+        assert!(claims.iter().all(|c| c.status == LedgerStatus::Pending));
+        let marks: Vec<_> = jobs.iter().zip(&claims).map(|(j, c)| mark(j, "m", c)).collect();
+        assert!(pg.store.mark_sending_many(&marks).await.unwrap().iter().all(|&applied| applied));
+        let outs: Vec<_> = jobs.iter().map(|j| sent(j, "250 ok")).collect();
+        assert!(pg.store.finish_many(&outs).await.unwrap().iter().all(|&applied| applied));
+    }
+    // Closed, the store's server processes end and report their counters.
+    pg.store.close().await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let (seq, idx) = loop {
+        let (seq, idx): (i64, i64) = sqlx::query_as(scans).fetch_one(&mut c).await.unwrap();
+        if idx > idx0 {
+            break (seq, idx);
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the batches' index lookups never showed in pg_stat_user_tables"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(
+        seq - seq0,
+        0,
+        "the batches scanned the ledger's partitions (and looked up by key {} times)",
+        idx - idx0
+    );
+}
