@@ -18,9 +18,10 @@ enum Conn<'c> {
 }
 
 /// Runs `$body` once per round of a batch, with `$c` a [`Conn`] and
-/// `$round` the round's indexes, and collects what each gives. The rounds
-/// share one transaction, so that a failure applies none of them. On
-/// PostgreSQL it begins with [`PLANNED_ONCE`] in the same round trip.
+/// `$round` the round's indexes, and collects what each gives. On
+/// PostgreSQL a lone round is one statement on a pooled connection (its own
+/// commit), and several rounds share one transaction, so that a failure
+/// applies none of them; on SQLite the rounds are always one transaction.
 /// With `holding_the_month`, PostgreSQL's rounds always run in a
 /// transaction that first takes [`hold_the_month`].
 macro_rules! in_rounds {
@@ -34,8 +35,15 @@ macro_rules! in_rounds {
         debug_assert!($self.tenant.is_none(), "the ledger is the platform's");
         let mut results = Vec::with_capacity($rounds.len());
         match &$self.pool {
+            Pool::Postgres(p) if $rounds.len() <= 1 && !$hold => {
+                let mut conn = p.acquire().await?;
+                for $round in $rounds.iter() {
+                    let $c = Conn::Pg(&mut *conn);
+                    results.push($body?);
+                }
+            }
             Pool::Postgres(p) => {
-                let mut tx = p.begin_with(PLANNED_ONCE).await?;
+                let mut tx = p.begin().await?;
                 if $hold {
                     hold_the_month(&mut tx).await?;
                 }
@@ -58,25 +66,31 @@ macro_rules! in_rounds {
     }};
 }
 
-/// How a batch's transaction begins on PostgreSQL, in one round trip.
+/// How long a connection keeps its plan of a batch statement.
 ///
-/// The batch statements (claims, commit-point marks, outcomes) are prepared
-/// once per connection and run with one generic plan, instead of being
-/// parsed and planned for every batch: planning them over the ledger's
-/// monthly partitions cost PostgreSQL more CPU than running them (measured
-/// with pg_stat_statements, docs/benchmarks.md, session 33).
+/// The batch statements (claims, commit-point marks, outcomes) run many
+/// times a second. Parsed and planned for each batch, over the ledger's
+/// monthly partitions and their indexes, they cost PostgreSQL more CPU than
+/// running them did (measured with pg_stat_statements, docs/benchmarks.md,
+/// session 33). Kept for good, a plan goes stale: made while a partition is
+/// empty, unanalysed or analysed empty, it joins the batch to the ledger by
+/// scanning every partition (a hash join, or a nested loop over a
+/// materialised full index scan even with sequential scans disabled), and
+/// it would go on scanning as the month fills until the next ANALYZE.
 ///
-/// A plan kept that long must not depend on the statistics of the moment.
-/// Planned while a partition is empty or has never been analysed, these
-/// joins pick a hash join over a sequential scan of every partition, and a
-/// cached plan would keep scanning as the month grows. With sequential
-/// scans disabled the one plan left is the one wanted at any size: a nested
-/// loop over the batch with a primary-key lookup in each partition. Both
-/// settings are `LOCAL`: they end with the transaction, and nothing else
-/// run on the pooled connection sees them. A plan is still made again when
-/// a partition is added or dropped, or statistics change.
-const PLANNED_ONCE: &str =
-    "BEGIN; SET LOCAL plan_cache_mode = force_generic_plan; SET LOCAL enable_seqscan = off";
+/// So each statement is prepared and kept, but only for this long: its text
+/// names the period it belongs to ([`replanned`]), and a new period is a
+/// new statement, planned against the ledger's size then (the planner reads
+/// a table's current size, whatever its statistics say). A stale plan lives
+/// at most this long; the writer's connections plan each statement about
+/// once per period, and evict old ones ([`crate::Store::bounded`]).
+pub(crate) const PLAN_PERIOD_MS: i64 = 1_000;
+
+/// `sql` for this [`PLAN_PERIOD_MS`]: the same statement, with a comment
+/// that makes it a different prepared statement in the next period.
+fn replanned(sql: &str) -> String {
+    format!("{sql}\n-- plan period {}", now_ms().div_euclid(PLAN_PERIOD_MS))
+}
 
 /// Holds, to the end of the transaction, the ledger's month where it is:
 /// an advisory lock taken shared here and exclusive by
@@ -336,7 +350,8 @@ async fn claim_round_pg(
                FROM i CROSS JOIN LATERAL (SELECT * FROM send_ledger l
                                           WHERE l.tenant_id = i.tenant_id AND l.job_id = i.job_id OFFSET 0) l
                WHERE NOT EXISTS (SELECT 1 FROM ins WHERE ins.tenant_id = i.tenant_id AND ins.job_id = i.job_id)";
-    let got: Vec<OrdClaimRow> = sqlx::query_as(sql)
+    let sql = replanned(sql);
+    let got: Vec<OrdClaimRow> = sqlx::query_as(&sql)
         .bind((0..order.len() as i32).collect::<Vec<_>>())
         .bind(pick(|r| &r.tenant_id))
         .bind(pick(|r| &r.job_id))
@@ -359,7 +374,10 @@ async fn claim_round_pg(
                    FROM UNNEST($1::int4[], $2::text[], $3::text[]) AS i(ord, tenant_id, job_id)
                    CROSS JOIN LATERAL (SELECT * FROM send_ledger l
                                        WHERE l.tenant_id = i.tenant_id AND l.job_id = i.job_id OFFSET 0) l";
+        // Rare (a job claimed by another transaction meanwhile): planned
+        // each time, never kept.
         let again: Vec<OrdClaimRow> = sqlx::query_as(sql)
+            .persistent(false)
             .bind(missing.iter().map(|&k| k as i32).collect::<Vec<_>>())
             .bind(missing.iter().map(|&k| reqs[order[k]].tenant_id.as_str()).collect::<Vec<_>>())
             .bind(missing.iter().map(|&k| reqs[order[k]].job_id.as_str()).collect::<Vec<_>>())
@@ -435,7 +453,8 @@ async fn mark_round_pg(
                  AND l.status = i.status AND l.attempts = i.attempts
                RETURNING i.ord";
     let pick = |f: fn(&SendingMark) -> &str| round.iter().map(|&i| f(&marks[i])).collect::<Vec<_>>();
-    let applied: Vec<i32> = sqlx::query_scalar(sql)
+    let sql = replanned(sql);
+    let applied: Vec<i32> = sqlx::query_scalar(&sql)
         .bind(now)
         .bind((0..round.len() as i32).collect::<Vec<_>>())
         .bind(pick(|m| &m.tenant_id))
@@ -511,7 +530,8 @@ async fn finish_round_pg(
     let o = |i: usize| &outs[round[i]];
     let n = round.len();
     let col = |f: &dyn Fn(&OutcomeRecord) -> Option<&str>| (0..n).map(|i| f(o(i))).collect::<Vec<_>>();
-    let applied: Vec<i32> = sqlx::query_scalar(sql)
+    let sql = replanned(sql);
+    let applied: Vec<i32> = sqlx::query_scalar(&sql)
         .bind((0..n as i32).collect::<Vec<_>>())
         .bind(col(&|r| Some(&r.tenant_id)))
         .bind(col(&|r| Some(&r.job_id)))

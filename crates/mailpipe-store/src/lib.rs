@@ -188,12 +188,23 @@ impl Store {
     /// leave it running and its connection held (sqlx waits for it before
     /// reusing the connection). On SQLite, this same store: its writes wait
     /// at most `busy_timeout` for the file's lock.
+    ///
+    /// Its connections run the ledger's batch statements, each prepared
+    /// anew once per `PLAN_PERIOD_MS` (ledger.rs): they use the generic plan
+    /// from the first execution (not five custom plans first, PostgreSQL's
+    /// default), and keep few statements, so that the periods gone are
+    /// closed on the server instead of holding their plans' memory.
     pub fn bounded(&self, timeout: Duration, max_connections: u32) -> Store {
         match &self.pool {
             Pool::Postgres(p) => {
                 let ms = timeout.as_millis().max(1);
-                let options =
-                    (*p.connect_options()).clone().options([("statement_timeout", format!("{ms}ms"))]);
+                let options = (*p.connect_options())
+                    .clone()
+                    .options([
+                        ("statement_timeout", format!("{ms}ms")),
+                        ("plan_cache_mode", "force_generic_plan".to_owned()),
+                    ])
+                    .statement_cache_capacity(8);
                 let pool = PgPoolOptions::new()
                     .max_connections(max_connections.max(1))
                     .acquire_timeout(Duration::from_secs(10))
