@@ -66,30 +66,44 @@ macro_rules! in_rounds {
     }};
 }
 
-/// How long a connection keeps its plan of a batch statement.
+/// How long the ledger writer's connections keep a plan of a batch
+/// statement.
 ///
 /// The batch statements (claims, commit-point marks, outcomes) run many
 /// times a second. Parsed and planned for each batch, over the ledger's
-/// monthly partitions and their indexes, they cost PostgreSQL more CPU than
-/// running them did (measured with pg_stat_statements, docs/benchmarks.md,
-/// session 33). Kept for good, a plan goes stale: made while a partition is
-/// empty, unanalysed or analysed empty, it joins the batch to the ledger by
-/// scanning every partition (a hash join, or a nested loop over a
-/// materialised full index scan even with sequential scans disabled), and
-/// it would go on scanning as the month fills until the next ANALYZE.
+/// monthly partitions and their indexes, they cost PostgreSQL nearly as
+/// much CPU as running them: 43% of their time (measured with
+/// pg_stat_statements, docs/benchmarks.md, session 33). Kept for good, a
+/// plan goes stale: made while a partition is empty, unanalysed or
+/// analysed empty, it joins the batch to the ledger by scanning every
+/// partition (a hash join, or a nested loop over a materialised full index
+/// scan even with sequential scans disabled), and it would go on scanning
+/// as the month fills until the next ANALYZE.
 ///
 /// So each statement is prepared and kept, but only for this long: its text
-/// names the period it belongs to ([`replanned`]), and a new period is a
-/// new statement, planned against the ledger's size then (the planner reads
-/// a table's current size, whatever its statistics say). A stale plan lives
-/// at most this long; the writer's connections plan each statement about
-/// once per period, and evict old ones ([`crate::Store::bounded`]).
-pub(crate) const PLAN_PERIOD_MS: i64 = 1_000;
+/// names the period it belongs to ([`batch_statement`]), and a new period
+/// is a new statement, planned against the ledger's size then (the planner
+/// reads a table's current size, whatever its statistics say). A stale
+/// plan lives at most this long; the writer's connections plan each
+/// statement about once per period, and evict old ones
+/// ([`Store::bounded`]).
+const PLAN_PERIOD_MS: i64 = 1_000;
 
-/// `sql` for this [`PLAN_PERIOD_MS`]: the same statement, with a comment
-/// that makes it a different prepared statement in the next period.
-fn replanned(sql: &str) -> String {
-    format!("{sql}\n-- plan period {}", now_ms().div_euclid(PLAN_PERIOD_MS))
+/// How a batch statement goes on a connection of `store`: on the ledger
+/// writer's ([`Store::bounded`]), prepared and kept for this
+/// [`PLAN_PERIOD_MS`], its text the same statement with a comment that
+/// makes it a different prepared statement in the next period. Elsewhere
+/// (tests, one-off calls) planned each time and never kept, so that its
+/// periods do not fill a general pool's statement cache.
+fn batch_statement(store: &Store, sql: &'static str) -> (std::borrow::Cow<'static, str>, bool) {
+    if !store.keeps_plans {
+        return (sql.into(), false);
+    }
+    // Each process's periods begin at its own offset, so that the workers
+    // of one database do not all plan again in the same instant.
+    static OFFSET: std::sync::OnceLock<i64> = std::sync::OnceLock::new();
+    let offset = *OFFSET.get_or_init(|| i64::from(std::process::id()) % PLAN_PERIOD_MS);
+    (format!("{sql}\n-- plan period {}", (now_ms() + offset).div_euclid(PLAN_PERIOD_MS)).into(), true)
 }
 
 /// Holds, to the end of the transaction, the ledger's month where it is:
@@ -303,6 +317,7 @@ impl TryFrom<ClaimRow> for Claim {
 /// One round of claims on PostgreSQL, in one statement: the inserts, or
 /// else the rows that are there. The rows come back in the round's order.
 async fn claim_round_pg(
+    store: &Store,
     p: &mut sqlx::PgConnection,
     reqs: &[ClaimRequest],
     round: &[usize],
@@ -350,8 +365,9 @@ async fn claim_round_pg(
                FROM i CROSS JOIN LATERAL (SELECT * FROM send_ledger l
                                           WHERE l.tenant_id = i.tenant_id AND l.job_id = i.job_id OFFSET 0) l
                WHERE NOT EXISTS (SELECT 1 FROM ins WHERE ins.tenant_id = i.tenant_id AND ins.job_id = i.job_id)";
-    let sql = replanned(sql);
+    let (sql, keep) = batch_statement(store, sql);
     let got: Vec<OrdClaimRow> = sqlx::query_as(&sql)
+        .persistent(keep)
         .bind((0..order.len() as i32).collect::<Vec<_>>())
         .bind(pick(|r| &r.tenant_id))
         .bind(pick(|r| &r.job_id))
@@ -434,6 +450,7 @@ async fn claim_round_lite(
 /// One round of commit-point marks on PostgreSQL, in one statement.
 /// Returns the indexes that applied.
 async fn mark_round_pg(
+    store: &Store,
     p: &mut sqlx::PgConnection,
     marks: &[SendingMark],
     round: &[usize],
@@ -453,8 +470,9 @@ async fn mark_round_pg(
                  AND l.status = i.status AND l.attempts = i.attempts
                RETURNING i.ord";
     let pick = |f: fn(&SendingMark) -> &str| round.iter().map(|&i| f(&marks[i])).collect::<Vec<_>>();
-    let sql = replanned(sql);
+    let (sql, keep) = batch_statement(store, sql);
     let applied: Vec<i32> = sqlx::query_scalar(&sql)
+        .persistent(keep)
         .bind(now)
         .bind((0..round.len() as i32).collect::<Vec<_>>())
         .bind(pick(|m| &m.tenant_id))
@@ -503,6 +521,7 @@ async fn mark_round_lite(
 /// statement that carries it, or not at all). Returns the indexes that
 /// applied.
 async fn finish_round_pg(
+    store: &Store,
     p: &mut sqlx::PgConnection,
     outs: &[OutcomeRecord],
     round: &[usize],
@@ -530,8 +549,9 @@ async fn finish_round_pg(
     let o = |i: usize| &outs[round[i]];
     let n = round.len();
     let col = |f: &dyn Fn(&OutcomeRecord) -> Option<&str>| (0..n).map(|i| f(o(i))).collect::<Vec<_>>();
-    let sql = replanned(sql);
+    let (sql, keep) = batch_statement(store, sql);
     let applied: Vec<i32> = sqlx::query_scalar(&sql)
+        .persistent(keep)
         .bind((0..n as i32).collect::<Vec<_>>())
         .bind(col(&|r| Some(&r.tenant_id)))
         .bind(col(&|r| Some(&r.job_id)))
@@ -634,7 +654,7 @@ impl Store {
         let now = now_ms();
         let rounds = rounds(reqs.iter().map(|r| (&r.tenant_id, &r.job_id)));
         let rows = in_rounds!(self, &rounds, holding_the_month, c, round => match c {
-            Conn::Pg(c) => claim_round_pg(c, reqs, round, now).await,
+            Conn::Pg(c) => claim_round_pg(self, c, reqs, round, now).await,
             Conn::Lite(c) => claim_round_lite(c, reqs, round, now).await,
         });
         let mut out: Vec<Option<Claim>> = vec![None; reqs.len()];
@@ -677,7 +697,7 @@ impl Store {
         let now = now_ms();
         let rounds = rounds(marks.iter().map(|m| (&m.tenant_id, &m.job_id)));
         let applied = in_rounds!(self, &rounds, c, round => match c {
-            Conn::Pg(c) => mark_round_pg(c, marks, round, now).await,
+            Conn::Pg(c) => mark_round_pg(self, c, marks, round, now).await,
             Conn::Lite(c) => mark_round_lite(c, marks, round, now).await,
         });
         let mut out = vec![false; marks.len()];
@@ -712,7 +732,7 @@ impl Store {
         let now = now_ms();
         let rounds = rounds(outcomes.iter().map(|o| (&o.tenant_id, &o.job_id)));
         let applied = in_rounds!(self, &rounds, c, round => match c {
-            Conn::Pg(c) => finish_round_pg(c, outcomes, round, now).await,
+            Conn::Pg(c) => finish_round_pg(self, c, outcomes, round, now).await,
             Conn::Lite(c) => finish_round_lite(c, outcomes, round, now).await,
         });
         let mut out = vec![false; outcomes.len()];

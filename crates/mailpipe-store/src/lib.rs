@@ -130,6 +130,10 @@ pub struct Store {
     pool: Pool,
     /// Set by [`Store::for_tenant`]: whose rows this handle works on.
     tenant: Option<TenantId>,
+    /// Set by [`Store::bounded`], the ledger writer's pool: its connections
+    /// keep the ledger's batch statements prepared for a plan period
+    /// (`PLAN_PERIOD_MS`, ledger.rs). Elsewhere they are planned each time.
+    keeps_plans: bool,
 }
 
 impl Store {
@@ -151,7 +155,7 @@ impl Store {
                 .connect_with(options)
                 .await
                 .map_err(|source| StoreError::Connect { backend: "PostgreSQL", source })?;
-            Ok(Self { pool: Pool::Postgres(pool), tenant: None })
+            Ok(Self { pool: Pool::Postgres(pool), tenant: None, keeps_plans: false })
         } else if url.starts_with("sqlite:") {
             let opts = SqliteConnectOptions::from_str(url)
                 .map_err(|source| StoreError::Connect { backend: "SQLite", source })?;
@@ -172,7 +176,7 @@ impl Store {
                 .connect_with(opts)
                 .await
                 .map_err(|source| StoreError::Connect { backend: "SQLite", source })?;
-            Ok(Self { pool: Pool::Sqlite(pool), tenant: None })
+            Ok(Self { pool: Pool::Sqlite(pool), tenant: None, keeps_plans: false })
         } else {
             Err(StoreError::UnsupportedUrl(url.to_owned()))
         }
@@ -189,11 +193,14 @@ impl Store {
     /// reusing the connection). On SQLite, this same store: its writes wait
     /// at most `busy_timeout` for the file's lock.
     ///
-    /// Its connections run the ledger's batch statements, each prepared
-    /// anew once per `PLAN_PERIOD_MS` (ledger.rs): they use the generic plan
-    /// from the first execution (not five custom plans first, PostgreSQL's
-    /// default), and keep few statements, so that the periods gone are
-    /// closed on the server instead of holding their plans' memory.
+    /// It is the ledger writer's pool: its connections keep the ledger's
+    /// batch statements, each prepared anew once per `PLAN_PERIOD_MS`
+    /// (ledger.rs), use the generic plan from the first execution (not five
+    /// custom plans first, PostgreSQL's default) for every statement run
+    /// on it, and keep few statements, so that the periods gone are closed
+    /// on the server instead of holding their plans' memory. A statement
+    /// that needs a plan for its parameters' values (pruning partitions by
+    /// time, say) does not belong on it.
     pub fn bounded(&self, timeout: Duration, max_connections: u32) -> Store {
         match &self.pool {
             Pool::Postgres(p) => {
@@ -210,7 +217,7 @@ impl Store {
                     .acquire_timeout(Duration::from_secs(10))
                     .after_connect(|conn, _| Box::pin(context::platform(conn)))
                     .connect_lazy_with(options);
-                Store { pool: Pool::Postgres(pool), tenant: self.tenant.clone() }
+                Store { pool: Pool::Postgres(pool), tenant: self.tenant.clone(), keeps_plans: true }
             }
             Pool::Sqlite(_) => self.clone(),
         }
@@ -227,7 +234,7 @@ impl Store {
     /// SQLite, which has no roles or row-level security, it is the same
     /// store: the SQL's own `WHERE` clauses are the only fence there.
     pub fn for_tenant(&self, tenant: &TenantId) -> Store {
-        Store { pool: self.pool.clone(), tenant: Some(tenant.clone()) }
+        Store { pool: self.pool.clone(), tenant: Some(tenant.clone()), keeps_plans: self.keeps_plans }
     }
 
     /// Applies the embedded migrations of this backend. On PostgreSQL this
