@@ -19,13 +19,34 @@ fn test_ca() -> String {
 
 /// This env's configuration, on the SASL_SSL listener as `user` (with
 /// `password`), trusting the test CA.
+///
+/// A client that is let in gets 30 s to connect: a TLS handshake and a
+/// SCRAM exchange with a broker on two cores busy with the whole suite took
+/// more than 5 s once in CI (the worker then failed with a timeout instead
+/// of the authorisation error under test). A client meant to be refused
+/// gets 5 s ([`refused_principal`]), since it waits out its timeout.
 fn as_principal(env: &TestEnv, group: &str, user: &str, password: &str) -> Config {
+    principal_with_timeout(env, group, user, password, "30")
+}
+
+/// As [`as_principal`], for a client the broker refuses: it fails after 5 s.
+fn refused_principal(env: &TestEnv, group: &str, user: &str, password: &str) -> Config {
+    principal_with_timeout(env, group, user, password, "5")
+}
+
+fn principal_with_timeout(
+    env: &TestEnv,
+    group: &str,
+    user: &str,
+    password: &str,
+    timeout_secs: &str,
+) -> Config {
     let (brokers, ca) = (sasl_brokers(), test_ca());
     assert!(std::path::Path::new(&ca).is_file(), "the test broker's CA {ca} is missing\n{START_HINT}");
     env.config_with(&[
         ("MAILPIPE__QUEUE__KAFKA__BROKERS", &brokers),
         ("MAILPIPE__QUEUE__KAFKA__GROUP_ID", group),
-        ("MAILPIPE__QUEUE__KAFKA__CONNECT_TIMEOUT_SECS", "5"),
+        ("MAILPIPE__QUEUE__KAFKA__CONNECT_TIMEOUT_SECS", timeout_secs),
         ("MAILPIPE__QUEUE__KAFKA__SECURITY__PROTOCOL", "sasl_ssl"),
         ("MAILPIPE__QUEUE__KAFKA__SECURITY__USERNAME", user),
         ("MAILPIPE__QUEUE__KAFKA__SECURITY__PASSWORD", password),
@@ -64,7 +85,7 @@ async fn each_service_reaches_kafka_over_tls_as_its_own_principal_and_only_its_t
 
     // A wrong password, and a client with TLS but no credentials at all,
     // are refused before they see a topic.
-    let wrong = as_principal(&env, &group, "mailpipe-producer", "not-the-secret");
+    let wrong = refused_principal(&env, &group, "mailpipe-producer", "not-the-secret");
     let e = mailpipe::app::enqueue(&wrong, &jobs[..1]).await.unwrap_err();
     assert!(format!("{e:#}").contains("is Kafka running?"), "refused at connect: {e:#}");
     let anonymous = env.config_with(&[
