@@ -221,6 +221,24 @@ kafka_java() {
 # Kafka could not bind :59092 and every topic creation timed out).
 port_open() { ss -Hltn "sport = :$2" 2>/dev/null | grep -qF -e " $1:$2 " -e "[::ffff:$1]:$2 "; }
 
+# The service ports above 32767 lie in Linux's ephemeral range, from which
+# the kernel picks the source port of every outgoing connection. While a
+# service is down (a restart under test), clients keep reconnecting to it,
+# and one of those connects can be given the service's own port as its
+# source and connect to itself (TCP simultaneous open); the socket then
+# holds the port and the service cannot bind it ("Address already in
+# use": seen in CI when Kafka restarted under the tests' clients). Reserved
+# ports are never picked that way. A kernel setting, kept until reboot;
+# needs root, as the installs do.
+reserve_ports() {
+  local f=/proc/sys/net/ipv4/ip_local_reserved_ports want cur
+  want="$PG_PORT,$DNS_PORT,$KAFKA_PORT,$KAFKA_CONTROLLER_PORT,$KAFKA_SASL_PORT"
+  cur=$(cat "$f" 2>/dev/null) || return 0
+  if ! (echo "${cur:+$cur,}$want" > "$f") 2>/dev/null; then
+    say "WARNING: could not reserve ports $want ($f needs root): a restarted service may find its port taken"
+  fi
+}
+
 wait_port() { # host port seconds
   local i
   for ((i = 0; i < $3 * 10; i++)); do
@@ -300,7 +318,7 @@ PROPS
       -Dlog4j2.configurationFile="$kafka_dir/log4j2.xml" -cp "$(kafka_classpath)" \
       kafka.Kafka "$kafka_dir/server.properties" >"$kafka_dir/stdout.log" 2>&1 &
     echo $! > "$kafka_pid_file"
-    wait_port 127.0.0.1 "$KAFKA_PORT" 90 || { tail -30 "$kafka_dir/server.log" "$kafka_dir/stdout.log" >&2; die "Kafka did not open :$KAFKA_PORT within 90s"; }
+    wait_port 127.0.0.1 "$KAFKA_PORT" 90 || { tail -n 30 "$kafka_dir/server.log" "$kafka_dir/stdout.log" >&2; die "Kafka did not open :$KAFKA_PORT within 90s"; }
     echo "$stamp" > "$kafka_dir/running.stamp"
   fi
   # The broker answers metadata before it is ready to create topics; retry briefly.
@@ -481,12 +499,12 @@ status() {
 }
 
 case "${1:-}" in
-  up) install_all; pg_up; sink_up; dns_up; kafka_up; status ;;
+  up) reserve_ports; install_all; pg_up; sink_up; dns_up; kafka_up; status ;;
   down) kafka_down; dns_down; sink_down; pg_down ;;
   status) status ;;
   env) print_env ;;
-  restart-kafka) kafka_down; kafka_up ;;
-  restart-postgres) pg_down; pg_up ;;
+  restart-kafka) reserve_ports; kafka_down; kafka_up ;;
+  restart-postgres) reserve_ports; pg_down; pg_up ;;
   create-topic)
     # create-topic NAME [PARTITIONS]: for load harnesses that want fresh topics.
     [ -n "${2:-}" ] || die "usage: $0 create-topic NAME [PARTITIONS]"
