@@ -18,6 +18,8 @@
 #   PREFETCH_KIB=65536 scripts/bench/send.sh   # the consumer's prefetch (default 8192)
 #   ONLY=inproc N=5000 scripts/bench/send.sh    # one worker run (ed25519, inproc or rsa), its
 #                                               # rate and steps only, no table: for a quick look
+#   BENCH_SQL="ALTER TABLE ..." scripts/bench/send.sh  # run on each case's new database first
+# Each case also prints its CPU per message by process (scripts/bench/cpu_budget.py).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/var/tmp/mailpipe-target}
@@ -99,6 +101,9 @@ run_worker() { # label algorithm [isolation]; sets RESULT="rate rss_mb sent sand
     MAILPIPE__RENDER__ISOLATION="$isolation"
   )
   env "${envv[@]}" "$BIN" --config "$cfg" migrate >/dev/null
+  # BENCH_SQL: statements run on the new database before the worker starts,
+  # as its owner (an A/B of a storage setting or an index).
+  [ -z "${BENCH_SQL:-}" ] || psql -q "$url" -c "$BENCH_SQL" >/dev/null
   env "${envv[@]}" "$BIN" --config "$cfg" tenant add acme --allow-transactional >/dev/null
   # The jobs' From domain, the platform's, attested (no DNS to check here).
   env "${envv[@]}" "$BIN" --config "$cfg" domain add-shared acme.example --tenants acme --attested \
@@ -115,14 +120,28 @@ run_worker() { # label algorithm [isolation]; sets RESULT="rate rss_mb sent sand
   # WAL written during the run (the cluster's; nothing else writes much meanwhile).
   local wal0
   wal0=$(psql -tA "$MAILPIPE_TEST_DATABASE_URL" -c "SELECT pg_current_wal_lsn()")
+  # Every process's CPU from here to the last outcome: what a message costs
+  # the worker, PostgreSQL, smtp-sink and Kafka (steadier than the rate on a
+  # shared machine).
+  python3 scripts/bench/cpu_budget.py snap "$work/cpu.json"
   env "${envv[@]}" "$BIN" --config "$cfg" worker > "$work/$label.log" 2>&1 &
   worker_pid=$!
-  local finished=0
+  # Waits for every job's outcome. The worker's own counters are read
+  # while it runs (one HTTP request a second), and the ledger only once
+  # they say all are done: a psql a second (a new connection, SCRAM, a
+  # fresh backend and a count over the growing ledger) took 2-3% of the
+  # two cores from the run it was measuring.
+  local finished=0 counted
   for _ in $(seq 1800); do
-    finished=$(platform_psql "$url" "SELECT COUNT(*) FROM send_ledger WHERE status IN ('sent','bounced','failed','dead_lettered','suppressed')")
-    [ "$finished" -ge "$N" ] && break
+    counted=$(curl -fsS "http://127.0.0.1:$MPORT/metrics" 2>/dev/null \
+      | awk '/^mailpipe_jobs_total\{/ && /outcome="(sent|bounced|failed|dead_lettered|suppressed)"/ {s += $NF} END {print int(s)}' || echo 0)
+    if [ "${counted:-0}" -ge "$N" ] || ! kill -0 "$worker_pid" 2>/dev/null; then
+      finished=$(platform_psql "$url" "SELECT COUNT(*) FROM send_ledger WHERE status IN ('sent','bounced','failed','dead_lettered','suppressed')")
+      [ "$finished" -ge "$N" ] && break
+    fi
     sleep 1
   done
+  python3 scripts/bench/cpu_budget.py report "$work/cpu.json" "$N" "$label" >> "$work/steps.txt" || true
   # Where a job's time went: the mean of each step (mailpipe_step_seconds).
   curl -fsS "http://127.0.0.1:$MPORT/metrics" 2>/dev/null | python3 -c '
 import re, sys
@@ -164,7 +183,8 @@ print("'"$label"' steps, mean per job (concurrent, so they add up to more than 1
   local size="(pg_total_relation_size('TABLE') + (SELECT COALESCE(SUM(pg_total_relation_size(inhrelid)), 0) FROM pg_inherits WHERE inhparent = 'TABLE'::regclass))"
   platform_psql "$url" "SELECT '$label storage per message sent: ledger ' || ${size//TABLE/send_ledger} / $sent
       || ' B, events ' || ${size//TABLE/events} / $sent || ' B (' || (SELECT COUNT(*) FROM events) || ' events of ' || (SELECT AVG(length(payload))::int FROM events) || ' B JSON each), WAL '
-      || pg_wal_lsn_diff(pg_current_wal_lsn(), '$wal0') / $sent || ' B'" >> "$work/steps.txt" 2>/dev/null || true
+      || pg_wal_lsn_diff(pg_current_wal_lsn(), '$wal0') / $sent || ' B; ledger updates HOT: '
+      || (SELECT round(100.0 * SUM(n_tup_hot_upd) / NULLIF(SUM(n_tup_upd), 0)) FROM pg_stat_user_tables WHERE relname LIKE 'send_ledger%') || '%'" >> "$work/steps.txt" 2>/dev/null || true
   psql -q "$MAILPIPE_TEST_DATABASE_URL" -c "DROP DATABASE $db" >/dev/null
   local cpu_s
   cpu_s=$(python3 -c "print(max($ticks, 1) / $(getconf CLK_TCK))")
@@ -185,8 +205,8 @@ echo "worker with Ed25519 DKIM, templates rendered in the worker: $inproc messag
 run_worker rsa rsa-sha256; read -r dkim dkim_rss dkim_sent _ dkim_cpu dkim_cpu_s <<<"$RESULT"
 echo "worker with RSA-2048 DKIM: $dkim messages/s, $dkim_cpu per CPU-second" >&2
 pct() { python3 -c "print(f'{$1/$2:.0%}')"; }
-printf '\nmachine: %s, %s cores; N=%s jobs of ~%s bytes, 5 links, 5 domains, %s partitions\n\n' \
-  "$(uname -m)" "$(nproc)" "$N" "$msg_size" "$PARTS"
+printf '\nmachine: %s, %s cores; N=%s jobs of ~%s bytes, 5 links, 5 domains, %s partitions; the worker on %s SMTP connections, smtp-source on 10\n\n' \
+  "$(uname -m)" "$(nproc)" "$N" "$msg_size" "$PARTS" "${CONNS:-16}"
 printf '| measure | messages/s | ratio | floor |\n|---|---|---|---|\n'
 printf '| smtp-source → smtp-sink (SMTP ceiling) | %s | 100%% | |\n' "$ceiling"
 printf '| one core signing RSA-2048 (DKIM ceiling) | %s | 100%% | |\n' "$rsa_rate"
