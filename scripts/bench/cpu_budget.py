@@ -1,16 +1,18 @@
 #!/usr/bin/env python3
 """CPU per message by process group, over a send run.
 
-    cpu_budget.py snap FILE            # record every process's CPU ticks, and the machine's
-    cpu_budget.py report FILE N LABEL  # CPU since FILE, per message of N, by group
+    cpu_budget.py snap FILE                       # every process's CPU ticks, and the machine's
+    cpu_budget.py report FILE N LABEL WORKER_PID  # CPU since FILE, per message of N, by group
 
-Groups by the process name: the worker (mailpipe, with its threads and
-render sandboxes), postgres (every backend and background process of the
-cluster), kafka (java), smtp-sink, and everything else. A process that
-started after the snapshot counts from zero; one that ended before the
-report is missed (the bench's are alive at both ends: the pool keeps its
-connections). The machine's line is busy time from /proc/stat, which
-counts every process, the kernel's softirq work included.
+Groups: the worker (WORKER_PID and its descendants, the render sandboxes),
+postgres (every process of the cluster), kafka (java), smtp-sink, and
+everything else. Each process counts its own CPU and that of its children
+it has reaped, so a backend or autovacuum worker that ends during the run
+is still counted, through the postmaster (one that was alive at the
+snapshot is then over-counted by what it had used before it). A process
+that started after the snapshot counts from zero. The machine's line is
+busy time from /proc/stat (not idle, iowait or steal), which counts every
+process and the kernel's softirq work.
 """
 import json
 import os
@@ -31,20 +33,19 @@ def processes():
             continue
         name = s[s.index("(") + 1 : s.rindex(")")]
         fields = s[s.rindex(")") + 2 :].split()
-        # utime, stime; starttime tells a reused pid from the one snapped.
-        out[pid] = (name, int(fields[11]) + int(fields[12]), fields[19])
+        # utime, stime, cutime, cstime; the parent; starttime tells a
+        # reused pid from the one snapped.
+        out[pid] = (name, sum(int(x) for x in fields[11:15]), fields[19], fields[1])
     return out
 
 
 def machine():
     with open("/proc/stat") as f:
         t = [int(x) for x in f.readline().split()[1:9]]
-    return sum(t) - t[3] - t[4]  # all but idle and iowait
+    return sum(t) - t[3] - t[4] - t[7]  # all but idle, iowait and steal
 
 
 def group(name):
-    if name.startswith("mailpipe") or name.startswith("tokio-rt") or name.startswith("rdk:"):
-        return "worker"
     if name.startswith("postgres"):
         return "postgres"
     if name == "java":
@@ -59,19 +60,34 @@ def main():
         with open(sys.argv[2], "w") as f:
             json.dump({"procs": processes(), "machine": machine()}, f)
         return
-    path, n, label = sys.argv[2], int(sys.argv[3]), sys.argv[4]
+    path, n, label, worker = sys.argv[2], int(sys.argv[3]), sys.argv[4], sys.argv[5]
     with open(path) as f:
         before = json.load(f)
     now = processes()
-    by = {}
-    for pid, (name, ticks, start) in now.items():
+
+    def in_worker(pid):
+        seen = set()
+        while pid in now and pid not in seen:
+            if pid == worker:
+                return True
+            seen.add(pid)
+            pid = now[pid][3]
+        return False
+
+    by, others = {}, {}
+    for pid, (name, ticks, start, _) in now.items():
         was = before["procs"].get(pid)
         base = was[1] if was and was[2] == start else 0
-        by[group(name)] = by.get(group(name), 0) + ticks - base
+        g = "worker" if in_worker(pid) else group(name)
+        by[g] = by.get(g, 0) + ticks - base
+        if g == "other":
+            others[name] = others.get(name, 0) + ticks - base
     total = machine() - before["machine"]
     us = lambda ticks: round(ticks / HZ / max(n, 1) * 1e6)
     parts = ", ".join(f"{g} {us(by.get(g, 0))}" for g in ("worker", "postgres", "smtp-sink", "kafka", "other"))
-    print(f"{label} CPU per message, µs: {parts}; the machine {us(total)}")
+    top = sorted(others.items(), key=lambda kv: -kv[1])[:3]
+    most = ", ".join(f"{name} {us(t)}" for name, t in top if t > 0)
+    print(f"{label} CPU per message, µs: {parts} ({most}); the machine {us(total)}")
 
 
 if __name__ == "__main__":

@@ -132,16 +132,27 @@ run_worker() { # label algorithm [isolation]; sets RESULT="rate rss_mb sent sand
   # fresh backend and a count over the growing ledger) took 2-3% of the
   # two cores from the run it was measuring.
   local finished=0 counted
-  for _ in $(seq 1800); do
-    counted=$(curl -fsS "http://127.0.0.1:$MPORT/metrics" 2>/dev/null \
-      | awk '/^mailpipe_jobs_total\{/ && /outcome="(sent|bounced|failed|dead_lettered|suppressed)"/ {s += $NF} END {print int(s)}' || echo 0)
-    if [ "${counted:-0}" -ge "$N" ] || ! kill -0 "$worker_pid" 2>/dev/null; then
+  for i in $(seq 1800); do
+    # awk prints 0 when curl gets nothing (the worker still starting);
+    # curl's failure is then the pipeline's, which must not end the script.
+    counted=$(curl -fsS --max-time 5 "http://127.0.0.1:$MPORT/metrics" 2>/dev/null \
+      | awk '/^mailpipe_jobs_total\{/ && /outcome="(sent|bounced|failed|dead_lettered|suppressed)"/ {s += $NF} END {print int(s)}') || true
+    # The ledger is the record: asked when the counters say all are done,
+    # every 30 s whatever they say, and when the worker has died.
+    local alive=1
+    kill -0 "$worker_pid" 2>/dev/null || alive=0
+    if [ "${counted:-0}" -ge "$N" ] || [ $((i % 30)) = 0 ] || [ $alive = 0 ]; then
       finished=$(platform_psql "$url" "SELECT COUNT(*) FROM send_ledger WHERE status IN ('sent','bounced','failed','dead_lettered','suppressed')")
       [ "$finished" -ge "$N" ] && break
+      if [ $alive = 0 ]; then
+        echo "$label: the worker exited with $finished of $N jobs finished; its log:" >&2
+        tail -n 20 "$work/$label.log" >&2
+        exit 1
+      fi
     fi
     sleep 1
   done
-  python3 scripts/bench/cpu_budget.py report "$work/cpu.json" "$N" "$label" >> "$work/steps.txt" || true
+  python3 scripts/bench/cpu_budget.py report "$work/cpu.json" "$finished" "$label" "$worker_pid" >> "$work/steps.txt" || true
   # Where a job's time went: the mean of each step (mailpipe_step_seconds).
   curl -fsS "http://127.0.0.1:$MPORT/metrics" 2>/dev/null | python3 -c '
 import re, sys

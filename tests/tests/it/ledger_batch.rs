@@ -405,6 +405,19 @@ async fn counter_reaches(c: &mut sqlx::PgConnection, sql: &str, at_least: i64) {
 async fn a_ledger_rows_updates_stay_on_its_page() {
     let pg = fresh_store().await;
     let mut c = platform_connection(&pg.db).await;
+    // An autoanalyze's snapshot would keep dead versions from being pruned
+    // in the meantime, and updates from finding the room: not this test's
+    // question.
+    sqlx::query(
+        "DO $$ DECLARE p regclass; BEGIN
+           FOR p IN SELECT inhrelid FROM pg_inherits WHERE inhparent = 'send_ledger'::regclass LOOP
+             EXECUTE format('ALTER TABLE %s SET (autovacuum_enabled = false)', p);
+           END LOOP;
+         END $$",
+    )
+    .execute(&mut c)
+    .await
+    .unwrap();
     let store = pg.store.bounded(Duration::from_secs(10), 1);
     for from in (1..=400).step_by(50) {
         let jobs: Vec<SendJob> = (from..from + 50).map(send_job).collect();
@@ -429,9 +442,25 @@ async fn a_ledger_rows_updates_stay_on_its_page() {
     .await
     .unwrap();
     assert!(hot * 10 >= updates * 9, "{hot} of {updates} ledger updates were HOT");
-    // A month made later, four months from now, is made with the room too.
+    // A month made later is made with the room, and only the ledger's.
     let later = mailpipe_core::now_ms() + 120 * 86_400_000;
     sqlx::query("SELECT mailpipe_prepare_partitions($1)").bind(later).execute(&mut c).await.unwrap();
+    let month: String = sqlx::query_scalar("SELECT suffix FROM mailpipe_month_bounds($1, 0)")
+        .bind(later)
+        .fetch_one(&mut c)
+        .await
+        .unwrap();
+    let options = |table: String| {
+        sqlx::query_scalar::<_, Option<Vec<String>>>(
+            "SELECT reloptions FROM pg_class WHERE oid = $1::regclass",
+        )
+        .bind(table)
+    };
+    let ledger = options(format!("send_ledger_{month}")).fetch_one(&mut c).await.unwrap();
+    assert_eq!(ledger, Some(vec!["fillfactor=50".to_owned()]), "send_ledger_{month}");
+    let events = options(format!("events_{month}")).fetch_one(&mut c).await.unwrap();
+    assert_eq!(events, None, "events_{month}");
+    // And every month of the ledger, those the migration found included.
     let bare: Vec<String> = sqlx::query_scalar(
         "SELECT c.relname::text FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
          WHERE i.inhparent = 'send_ledger'::regclass AND NOT ('fillfactor=50' = ANY (COALESCE(c.reloptions, '{}')))",
@@ -439,11 +468,5 @@ async fn a_ledger_rows_updates_stay_on_its_page() {
     .fetch_all(&mut c)
     .await
     .unwrap();
-    let months: i64 =
-        sqlx::query_scalar("SELECT COUNT(*) FROM pg_inherits WHERE inhparent = 'send_ledger'::regclass")
-            .fetch_one(&mut c)
-            .await
-            .unwrap();
-    assert!(months >= 5, "the month four ahead was not made ({months} partitions)");
     assert!(bare.is_empty(), "ledger partitions without the room: {bare:?}");
 }
