@@ -33,7 +33,7 @@ pub struct RenderSettings {
     /// The most a whole message may be, signature included, in bytes.
     pub max_message_bytes: usize,
     pub isolation: Isolation,
-    /// Sandbox processes per worker; 0: one per core.
+    /// Sandbox processes per worker; 0: two per core.
     pub processes: usize,
     /// Memory each sandbox may take for its renders, in MiB.
     pub memory_mb: u64,
@@ -56,7 +56,11 @@ impl RenderSettings {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         SandboxSettings {
             exe: self.sandbox_exe.clone().unwrap_or(this_exe),
-            processes: if self.processes == 0 { cores } else { self.processes },
+            // Two per core: a render's round trip through a pipe waits to be
+            // scheduled at both ends, so one sandbox per core leaves the
+            // cores idle between renders while jobs queue for a sandbox
+            // (docs/benchmarks.md, session 34).
+            processes: if self.processes == 0 { 2 * cores } else { self.processes },
             memory_mb: self.memory_mb,
             timeout: self.timeout,
             limits: self.limits(),
@@ -82,5 +86,31 @@ impl RenderSettings {
             p.push("render.timeout_ms: must be at least 1".into());
         }
         p
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(processes: usize) -> RenderSettings {
+        RenderSettings {
+            fuel: 1000,
+            recursion: 8,
+            max_part_bytes: 4096,
+            max_message_bytes: 8192,
+            isolation: Isolation::Process,
+            processes,
+            memory_mb: 64,
+            timeout: Duration::from_secs(1),
+            sandbox_exe: None,
+        }
+    }
+
+    #[test]
+    fn sandboxes_default_to_two_per_core_and_a_count_given_is_kept() {
+        let cores = std::thread::available_parallelism().unwrap().get();
+        assert_eq!(settings(0).sandbox(PathBuf::from("mailpipe")).processes, 2 * cores);
+        assert_eq!(settings(3).sandbox(PathBuf::from("mailpipe")).processes, 3);
     }
 }
