@@ -311,16 +311,7 @@ async fn a_batch_plan_made_on_an_empty_ledger_is_not_kept_as_it_fills() {
     let mut c = platform_connection(&pg.db).await;
     // Analysed empty, and kept so: an autoanalyze meanwhile would make new
     // plans, and a kept plan would pass too.
-    sqlx::query(
-        "DO $$ DECLARE p regclass; BEGIN
-           FOR p IN SELECT inhrelid FROM pg_inherits WHERE inhparent = 'send_ledger'::regclass LOOP
-             EXECUTE format('ALTER TABLE %s SET (autovacuum_enabled = false)', p);
-           END LOOP;
-         END $$",
-    )
-    .execute(&mut c)
-    .await
-    .unwrap();
+    ledger_autovacuum_off(&mut c).await;
     sqlx::query("ANALYZE send_ledger").execute(&mut c).await.unwrap();
     // The writer's kind of store: one connection, its own plan cache.
     let store = pg.store.bounded(Duration::from_secs(10), 1);
@@ -408,16 +399,7 @@ async fn a_ledger_rows_updates_stay_on_its_page() {
     // An autoanalyze's snapshot would keep dead versions from being pruned
     // in the meantime, and updates from finding the room: not this test's
     // question.
-    sqlx::query(
-        "DO $$ DECLARE p regclass; BEGIN
-           FOR p IN SELECT inhrelid FROM pg_inherits WHERE inhparent = 'send_ledger'::regclass LOOP
-             EXECUTE format('ALTER TABLE %s SET (autovacuum_enabled = false)', p);
-           END LOOP;
-         END $$",
-    )
-    .execute(&mut c)
-    .await
-    .unwrap();
+    ledger_autovacuum_off(&mut c).await;
     let store = pg.store.bounded(Duration::from_secs(10), 1);
     for from in (1..=400).step_by(50) {
         let jobs: Vec<SendJob> = (from..from + 50).map(send_job).collect();
@@ -469,4 +451,19 @@ async fn a_ledger_rows_updates_stay_on_its_page() {
     .await
     .unwrap();
     assert!(bare.is_empty(), "ledger partitions without the room: {bare:?}");
+}
+
+/// Turns autovacuum (and with it autoanalyze) off on every month of the
+/// ledger, so that nothing analyses or prunes it behind a test's back.
+async fn ledger_autovacuum_off(c: &mut sqlx::PgConnection) {
+    sqlx::query(
+        "DO $$ DECLARE p regclass; BEGIN
+           FOR p IN SELECT inhrelid FROM pg_inherits WHERE inhparent = 'send_ledger'::regclass LOOP
+             EXECUTE format('ALTER TABLE %s SET (autovacuum_enabled = false)', p);
+           END LOOP;
+         END $$",
+    )
+    .execute(c)
+    .await
+    .unwrap();
 }
