@@ -15,6 +15,7 @@
 #   scripts/bench/send.sh            # N=50000
 #   N=10000 scripts/bench/send.sh
 #   CONNS=48 scripts/bench/send.sh   # SMTP connections of the worker (default 16)
+#   IN_FLIGHT=512 scripts/bench/send.sh   # the worker's max_in_flight (default 256)
 #   PREFETCH_KIB=65536 scripts/bench/send.sh   # the consumer's prefetch (default 8192)
 #   ONLY=inproc N=5000 scripts/bench/send.sh    # one worker run (ed25519, inproc or rsa), its
 #                                               # rate and steps only, no table: for a quick look
@@ -94,7 +95,7 @@ run_worker() { # label algorithm [isolation]; sets RESULT="rate rss_mb sent sand
     MAILPIPE__QUEUE__KIND=kafka MAILPIPE__QUEUE__KAFKA__BROKERS="$MAILPIPE_TEST_KAFKA_BROKERS"
     MAILPIPE__QUEUE__KAFKA__SEND_TOPIC="$topic" MAILPIPE__QUEUE__KAFKA__GROUP_ID="bench-$ts"
     MAILPIPE__SMTP__KIND=smtp MAILPIPE__SMTP__PORT=$SPORT MAILPIPE__SMTP__MAX_CONNECTIONS=${CONNS:-16}
-    MAILPIPE__WORKER__MAX_IN_FLIGHT=256
+    MAILPIPE__WORKER__MAX_IN_FLIGHT=${IN_FLIGHT:-256}
     MAILPIPE__QUEUE__KAFKA__CONSUMER_PREFETCH_KIB=${PREFETCH_KIB:-8192}
     MAILPIPE__TOKENS__KEYS__1="$key" MAILPIPE__TOKENS__RECIPIENT_KEY="$key" MAILPIPE__DOMAINS__KEYS__1="$key"
     MAILPIPE__METRICS__LISTEN=127.0.0.1:$MPORT MAILPIPE__LOG__LEVEL=warn

@@ -453,6 +453,64 @@ async fn a_ledger_rows_updates_stay_on_its_page() {
     assert!(bare.is_empty(), "ledger partitions without the room: {bare:?}");
 }
 
+/// A claim in a large campaign reads no more of the ledger's pages than one
+/// in a small campaign (migration 0032): the campaign index must not make
+/// each insert walk past the campaign's earlier rows. One row more read 5
+/// buffers at 100 jobs and 10 at 20,000 with the btree; with 0022's hash
+/// index, 6 and 59.
+#[tokio::test]
+async fn a_claim_costs_the_same_at_a_campaigns_20000th_job_as_at_its_first() {
+    let pg = fresh_store().await;
+    let mut c = platform_connection(&pg.db).await;
+    ledger_autovacuum_off(&mut c).await;
+    let fill = |from: i32, to: i32| {
+        sqlx::query(
+            "INSERT INTO send_ledger (tenant_id, job_id, campaign_id, category, recipient, recipient_domain,
+                                      status, attempts, created_at, updated_at, recipient_hash, part)
+             SELECT 'acme', 'bulk-' || n, 'spring', 'marketing', 'user' || n || '@a.example', 'a.example',
+                    'sent', 1, 0, 0, md5(n::text), (SELECT part FROM send_ledger_current)
+             FROM generate_series($1::int, $2::int) AS n",
+        )
+        .bind(from)
+        .bind(to)
+    };
+    fill(1, 100).execute(&mut c).await.unwrap();
+    let small = one_more_claims_buffers(&mut c).await;
+    fill(101, 20_000).execute(&mut c).await.unwrap();
+    let large = one_more_claims_buffers(&mut c).await;
+    // Each btree grows a level meanwhile (a page more for each index, and
+    // the free space map's): 5 more in all. The hash index read 53 more.
+    assert!(
+        large <= small + 20,
+        "one more job of the campaign read {small} buffers at 100 jobs and {large} at 20,000"
+    );
+}
+
+/// The shared buffers an insert of one more row of campaign `spring` reads
+/// or hits (the insert itself is rolled back).
+async fn one_more_claims_buffers(c: &mut sqlx::PgConnection) -> i64 {
+    use sqlx::Connection as _;
+    let mut tx = c.begin().await.unwrap();
+    let plan: Vec<String> = sqlx::query_scalar(
+        "EXPLAIN (ANALYZE, BUFFERS, COSTS OFF, TIMING OFF)
+         INSERT INTO send_ledger (tenant_id, job_id, campaign_id, category, recipient, recipient_domain,
+                                  status, attempts, created_at, updated_at, recipient_hash, part)
+         VALUES ('acme', 'probe', 'spring', 'marketing', 'probe@a.example', 'a.example',
+                 'pending', 0, 0, 0, md5('probe'), (SELECT part FROM send_ledger_current))",
+    )
+    .fetch_all(&mut *tx)
+    .await
+    .unwrap();
+    tx.rollback().await.unwrap();
+    // The first Buffers line is the insert's own, its partition's included
+    // (the planner's come last, under "Planning:").
+    let line = plan.iter().find(|l| l.trim_start().starts_with("Buffers: shared")).expect("a Buffers line");
+    let count = |key: &str| -> i64 {
+        line.split_whitespace().filter_map(|w| w.strip_prefix(key)).map(|n| n.parse::<i64>().unwrap()).sum()
+    };
+    count("hit=") + count("read=")
+}
+
 /// Turns autovacuum (and with it autoanalyze) off on every month of the
 /// ledger, so that nothing analyses or prunes it behind a test's back.
 async fn ledger_autovacuum_off(c: &mut sqlx::PgConnection) {
