@@ -43,8 +43,8 @@ pub use kafka::{
 };
 pub use postfix::PostfixRelay;
 pub use postgres::{
-    SqliteStore, TestDatabase, TestStore, database_url, fresh_database, fresh_sqlite_store, fresh_store,
-    migrate_postgres_before, platform_connection, service_url,
+    SqliteStore, TestDatabase, TestStore, counter_reaches, database_url, fresh_database, fresh_sqlite_store,
+    fresh_store, migrate_postgres_before, platform_connection, service_url,
 };
 pub use process::{ServiceProcess, listens, loopback_port, mailpipe_binary, restart_service};
 pub use single::SingleNode;

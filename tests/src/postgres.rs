@@ -36,6 +36,25 @@ pub async fn platform_connection(url: &str) -> sqlx::PgConnection {
     conn
 }
 
+/// Waits until `sql` (a sum over the statistics views, such as
+/// `pg_stat_user_tables`) reaches `at_least`: a server process reports its
+/// counters at the end of a transaction, at most once a second, and they
+/// are readable soon after.
+pub async fn counter_reaches(c: &mut sqlx::PgConnection, sql: &str, at_least: i64) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let n: i64 = sqlx::query_scalar(sql).fetch_one(&mut *c).await.expect("read the statistics views");
+        if n >= at_least {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "counters never reached {at_least}: {n} after 30 s of {sql}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
 /// A test's own database. Holds a share of the services ([`services`]) for
 /// as long as it lives, so that no test restarts PostgreSQL under it.
 /// Derefs to its URL.

@@ -354,35 +354,51 @@ impl Store {
     /// Of the given (tenant, job) pairs, those whose recipient was erased.
     /// The tracker strips client details from their events, so an erased
     /// person's old links produce no new identifying data.
+    ///
+    /// One probe of the ledger's key per distinct pair. Asking by
+    /// `tenant_id = ANY(..) AND job_id = ANY(..)` instead made the index
+    /// probe every tenant of the batch with every job of it: a shipping
+    /// batch of 4,096 events over 500 tenants would have been two million
+    /// probes per month of the ledger.
     pub async fn erased_jobs(
         &self,
         jobs: &[(String, String)],
     ) -> Result<std::collections::HashSet<(String, String)>> {
-        if jobs.is_empty() {
+        let pairs: std::collections::BTreeSet<(&str, &str)> =
+            jobs.iter().map(|(t, j)| (t.as_str(), j.as_str())).collect();
+        if pairs.is_empty() {
             return Ok(Default::default());
         }
-        let tenants: Vec<&str> = jobs.iter().map(|(t, _)| t.as_str()).collect();
-        let ids: Vec<&str> = jobs.iter().map(|(_, j)| j.as_str()).collect();
-        // A superset (any tenant × any job of the batch), narrowed below.
         let rows: Vec<(String, String)> = match &self.pool {
             Pool::Postgres(p) => {
-                sqlx::query_as("SELECT tenant_id, job_id FROM send_ledger WHERE recipient LIKE 'erased:%' AND tenant_id = ANY($1) AND job_id = ANY($2)")
-                    .bind(tenants)
-                    .bind(ids)
-                    .fetch_all(p)
-                    .await?
+                let (tenants, ids): (Vec<&str>, Vec<&str>) = pairs.iter().copied().unzip();
+                // OFFSET 0 keeps the subquery from being flattened into a
+                // join the planner could hash over the whole ledger: a nested
+                // loop over the pairs, each a probe of the key.
+                sqlx::query_as(
+                    "SELECT k.tenant_id, k.job_id FROM UNNEST($1::text[], $2::text[]) AS k(tenant_id, job_id)
+                     CROSS JOIN LATERAL (SELECT 1 FROM send_ledger l
+                                         WHERE l.tenant_id = k.tenant_id AND l.job_id = k.job_id
+                                           AND l.recipient LIKE 'erased:%' OFFSET 0) e",
+                )
+                .bind(tenants)
+                .bind(ids)
+                .fetch_all(p)
+                .await?
             }
             Pool::Sqlite(p) => {
-                let (t, j) = (serde_json::to_string(&tenants).unwrap_or_default(), serde_json::to_string(&ids).unwrap_or_default());
-                sqlx::query_as("SELECT tenant_id, job_id FROM send_ledger WHERE recipient LIKE 'erased:%' AND tenant_id IN (SELECT value FROM json_each($1)) AND job_id IN (SELECT value FROM json_each($2))")
-                    .bind(t)
-                    .bind(j)
-                    .fetch_all(p)
-                    .await?
+                let pairs = serde_json::to_string(&pairs).unwrap_or_default();
+                sqlx::query_as(
+                    "SELECT l.tenant_id, l.job_id FROM json_each($1) AS k
+                     JOIN send_ledger l ON l.tenant_id = json_extract(k.value, '$[0]') AND l.job_id = json_extract(k.value, '$[1]')
+                     WHERE l.recipient LIKE 'erased:%'",
+                )
+                .bind(pairs)
+                .fetch_all(p)
+                .await?
             }
         };
-        let wanted: std::collections::HashSet<&(String, String)> = jobs.iter().collect();
-        Ok(rows.into_iter().filter(|r| wanted.contains(r)).collect())
+        Ok(rows.into_iter().collect())
     }
 }
 

@@ -9,7 +9,7 @@ use mailpipe_core::{Event, EventType, Scope, SendJob};
 use mailpipe_store::{
     BatchSettings, ClaimRequest, LedgerStatus, LedgerWriter, OutcomeRecord, SendingMark, Store,
 };
-use mailpipe_tests::{fresh_sqlite_store, fresh_store, job, platform_connection, test_keys};
+use mailpipe_tests::{counter_reaches, fresh_sqlite_store, fresh_store, job, platform_connection, test_keys};
 
 fn send_job(n: usize) -> SendJob {
     SendJob::from_json(&serde_json::to_vec(&job(n, "acme", "c", "a.example")).unwrap()).unwrap()
@@ -367,24 +367,6 @@ async fn a_batch_plan_made_on_an_empty_ledger_is_not_kept_as_it_fills() {
         scanned + by_index < 1_000,
         "the batches read the month: {scanned} rows by scans, {by_index} index entries"
     );
-}
-
-/// Waits until `sql` (a sum over `pg_stat_user_tables`) reaches `at_least`:
-/// a server process reports its counters as it ends, and they are readable
-/// soon after.
-async fn counter_reaches(c: &mut sqlx::PgConnection, sql: &str, at_least: i64) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let n: i64 = sqlx::query_scalar(sql).fetch_one(&mut *c).await.unwrap();
-        if n >= at_least {
-            return;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "counters never reached pg_stat_user_tables: {n} of {at_least}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 /// A ledger row is updated twice soon after its insert (the commit point,
