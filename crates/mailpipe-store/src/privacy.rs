@@ -355,9 +355,11 @@ impl Store {
     /// The tracker strips client details from their events, so an erased
     /// person's old links produce no new identifying data.
     ///
-    /// One probe of the ledger's key per distinct pair. Asking by
-    /// `tenant_id = ANY(..) AND job_id = ANY(..)` instead made the index
-    /// probe every tenant of the batch with every job of it: a shipping
+    /// One probe of the ledger's key per distinct pair and month of the
+    /// ledger (a near-empty month may be read whole instead, which costs
+    /// about as little). Asking by `tenant_id = ANY(..) AND job_id =
+    /// ANY(..)` instead made the index probe every tenant of the batch with
+    /// every job of it, or the planner read the month whole: a shipping
     /// batch of 4,096 events over 500 tenants would have been two million
     /// probes per month of the ledger.
     pub async fn erased_jobs(
